@@ -1,0 +1,84 @@
+import {Command, Flags, type Interfaces} from '@oclif/core'
+
+import {installSigintHandler} from './cancel.js'
+import {toUserError, UserError} from './errors.js'
+import {resolveTarget, type Target} from './target/target.js'
+
+export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
+
+/** How every command finds the database: the same flags everywhere (flags > env files > PG* > defaults). */
+export abstract class BaseCommand extends Command {
+  static baseFlags = {
+    container: Flags.string({description: 'Postgres container for pg_dump/pg_restore (default ${PROJECT_NAME}_postgres, then nself-postgres).', helpGroup: 'CONNECTION'}),
+    database: Flags.string({char: 'd', description: 'Database name (default POSTGRES_DB from the nself env).', helpGroup: 'CONNECTION'}),
+    'env-file': Flags.string({description: 'An extra env file read after .env, .env.dev and .env.local.', helpGroup: 'CONNECTION'}),
+    host: Flags.string({description: 'Server host for SQL (default POSTGRES_HOST, PGHOST, 127.0.0.1).', helpGroup: 'CONNECTION'}),
+    json: Flags.boolean({default: false, description: 'Print one JSON document on stdout and nothing else.'}),
+    local: Flags.boolean({default: false, description: 'Run pg_dump/pg_restore on this machine instead of docker exec.', helpGroup: 'CONNECTION'}),
+    port: Flags.integer({description: 'Server port (default POSTGRES_PORT, PGPORT, 5432).', helpGroup: 'CONNECTION', max: 65_535, min: 1}),
+    'project-dir': Flags.string({default: '.', description: 'nself project root holding the .env files.', helpGroup: 'CONNECTION'}),
+    schema: Flags.string({description: 'Schema holding the nChat tables (default: where nchat_users is).', helpGroup: 'CONNECTION'}),
+    user: Flags.string({char: 'U', description: 'Database user (default POSTGRES_USER, PGUSER, postgres).', helpGroup: 'CONNECTION'}),
+    verbose: Flags.boolean({default: false, description: 'Show the underlying cause of errors.'}),
+    yes: Flags.boolean({char: 'y', default: false, description: 'Answer yes to confirmations (required without a terminal).'}),
+  }
+
+  protected jsonMode = false
+  protected verbose = false
+
+  protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
+    installSigintHandler()
+    // Parse errors (unknown flag, bad value) come through catch() as one sentence too.
+    const {flags} = await this.parse(cmd)
+    const f = flags as BaseFlags<T>
+    this.jsonMode = Boolean(f.json)
+    this.verbose = Boolean(f.verbose) || Boolean(process.env.DEBUG)
+    return f
+  }
+
+  protected targetFrom(flags: BaseFlags<typeof BaseCommand>, extra: {backupDir?: string} = {}): Target {
+    return resolveTarget({
+      backupDir: extra.backupDir,
+      container: flags.container,
+      database: flags.database,
+      envFile: flags['env-file'],
+      host: flags.host,
+      local: flags.local,
+      port: flags.port,
+      projectDir: flags['project-dir'],
+      schema: flags.schema,
+      user: flags.user,
+    })
+  }
+
+  /** Human output goes to stderr in --json mode so stdout holds only the document. */
+  protected say(line: string): void {
+    if (this.jsonMode) return
+    process.stdout.write(line + '\n')
+  }
+
+  protected printJson(doc: unknown): void {
+    process.stdout.write(JSON.stringify(doc, replacer, 2) + '\n')
+  }
+
+  async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<void> {
+    // oclif's own exit (this.exit) and help requests pass through.
+    if (err.oclif?.exit !== undefined && !(err instanceof UserError) && /EEXIT/.test(String((err as {code?: string}).code))) throw err
+    const parseError = /Nonexistent flag|Unexpected argument|Expected|Missing required flag|must be|is not a|Parsing/i.test(err.message) && !(err instanceof UserError)
+    const ue = parseError ? new UserError(err.message.split('\n')[0].replace(/\.$/, '') + '.', {hint: 'See --help.', exitCode: 2}) : toUserError(err)
+    if (this.jsonMode || process.argv.includes('--json')) {
+      this.printJson({error: {hint: ue.hint, message: ue.message}, ok: false})
+    }
+    process.stderr.write(`Error: ${ue.message}\n`)
+    if (ue.hint) process.stderr.write(`  ${ue.hint}\n`)
+    if (this.verbose || process.argv.includes('--verbose')) {
+      const cause = (ue.cause ?? err) as Error
+      process.stderr.write(`\n${cause?.stack ?? String(cause)}\n`)
+    }
+    process.exitCode = ue.exitCode
+  }
+}
+
+function replacer(_key: string, value: unknown): unknown {
+  return typeof value === 'bigint' ? value.toString() : value
+}

@@ -1,0 +1,82 @@
+import {setTimeout as sleep} from 'node:timers/promises'
+
+import {throwIfCancelled} from '../cancel.js'
+import {UserError} from '../errors.js'
+import type {Querier, Sql} from '../target/connect.js'
+
+/** 'nslf' and the release: the advisory lock key every `nself db e2ee` run on a database takes. */
+const LOCK_CLASS = 0x6e_73_6c_66
+const LOCK_OBJ = 40
+
+export interface LockHolder {
+  pid: number
+  seconds: number
+  relation?: string
+  query: string
+  application: string
+}
+
+/**
+ * One run at a time: a session advisory lock on a reserved connection, released by the caller. A second run
+ * waits up to `waitMs`, saying who holds it, then stops with a clear error.
+ */
+export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void): Promise<() => Promise<void>> {
+  const conn = await sql.reserve()
+  const started = Date.now()
+  let told = false
+  for (;;) {
+    const [{ok}] = await conn<{ok: boolean}[]>`select pg_try_advisory_lock(${LOCK_CLASS}, ${LOCK_OBJ}) as ok`
+    if (ok) break
+    const [holder] = await conn<LockHolder[]>`
+      select a.pid, coalesce(a.application_name, '') as application, extract(epoch from now() - a.backend_start)::int as seconds, '' as query
+      from pg_locks l join pg_stat_activity a on a.pid = l.pid
+      where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS} and l.objid = ${LOCK_OBJ} and l.granted limit 1`
+    const who = holder ? `pid ${holder.pid}${holder.application ? ` (${holder.application})` : ''}` : 'another session'
+    if (Date.now() - started >= waitMs) {
+      conn.release()
+      throw new UserError(`Another nself db e2ee run (${who}) is working on this database; waited ${Math.round(waitMs / 1000)} s for it.`, {
+        hint: 'Let it finish, or raise --lock-wait.',
+      })
+    }
+    if (!told) {
+      log(`waiting for another nself db e2ee run (${who}) to finish…`)
+      told = true
+    }
+    throwIfCancelled('waiting for the migration lock')
+    await sleep(Math.min(500, Math.max(50, waitMs / 20)))
+  }
+  return async () => {
+    try {
+      await conn`select pg_advisory_unlock(${LOCK_CLASS}, ${LOCK_OBJ})`
+    } finally {
+      conn.release()
+    }
+  }
+}
+
+/**
+ * Sessions whose open transaction holds a lock on one of these tables and has been open for longer than
+ * `olderThanMs`. Requesting a strong lock while they are there would queue every later writer behind us.
+ */
+export async function longLockHolders(sql: Querier, schema: string, tables: string[], olderThanMs: number): Promise<LockHolder[]> {
+  if (tables.length === 0) return []
+  return sql<LockHolder[]>`
+    select distinct on (a.pid) a.pid, c.relname as relation, coalesce(a.application_name, '') as application,
+      extract(epoch from now() - a.xact_start)::int as seconds, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
+    from pg_locks l
+    join pg_class c on c.oid = l.relation
+    join pg_namespace n on n.oid = c.relnamespace
+    join pg_stat_activity a on a.pid = l.pid
+    where l.granted and l.locktype = 'relation' and n.nspname = ${schema} and c.relname = any(${tables})
+      and a.pid <> pg_backend_pid() and a.xact_start < now() - make_interval(secs => ${olderThanMs / 1000})
+    order by a.pid, a.xact_start`
+}
+
+/** Full-jitter exponential backoff: 0..min(cap, base·2^attempt). */
+export function backoffMs(attempt: number, baseMs = 100, capMs = 2000): number {
+  return Math.round(Math.random() * Math.min(capMs, baseMs * 2 ** attempt))
+}
+
+export function isLockTimeout(error: unknown): boolean {
+  return (error as {code?: string})?.code === '55P03'
+}

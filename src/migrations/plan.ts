@@ -1,0 +1,133 @@
+import {UserError} from '../errors.js'
+import type {Querier} from '../target/connect.js'
+import type {MigrationFile} from './files.js'
+import {activeLedgerRows, detectShape, findAppSchema, type LedgerRow, type LedgerShape, recordedVersions} from './ledger.js'
+import {stripComments} from './statements.js'
+
+export type MigrationState =
+  /** In our ledger with the same checksum, every statement done. */
+  | 'applied'
+  /** Not applied. */
+  | 'pending'
+  /** Its transaction committed but a statement that runs alone (CONCURRENTLY, VALIDATE) did not finish. */
+  | 'partial'
+  /** Applied with a different file: refused. */
+  | 'drifted'
+  /** In schema_migrations but not in our ledger (applied by hand or by another tool): re-run idempotently. */
+  | 'recorded-elsewhere'
+
+export interface MigrationStatus {
+  version: number
+  name: string
+  state: MigrationState
+  checksum: string
+  ledger?: Pick<LedgerRow, 'applied_at' | 'applied_by' | 'checksum' | 'duration_ms' | 'finished_at'>
+  /** Tables its up file creates that exist already (a hand-run of the guide): never dropped automatically. */
+  preexisting: string[]
+}
+
+export interface Plan {
+  appSchema: string
+  shape: LedgerShape
+  recorded: number[]
+  /** Highest version in schema_migrations, or null when it is empty or missing. */
+  current: number | null
+  migrations: MigrationStatus[]
+  /** What `migrate` would run, in order (pending, partial and recorded-elsewhere ones up to --to). */
+  toApply: MigrationFile[]
+  /** Recorded versions higher than the newest packaged migration. */
+  ahead: number[]
+}
+
+export function createdTables(m: MigrationFile): string[] {
+  const names = new Set<string>()
+  for (const s of m.statements) {
+    const match = /^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i.exec(stripComments(s.sql))
+    if (match) names.add(match[1].toLowerCase())
+  }
+  return [...names]
+}
+
+async function existingTables(sql: Querier, schema: string, names: string[]): Promise<string[]> {
+  if (names.length === 0) return []
+  const rows = await sql<{name: string}[]>`
+    select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = ${schema} and c.relname = any(${names})`
+  return rows.map((r) => r.name)
+}
+
+export async function readPlan(sql: Querier, migrations: MigrationFile[], options: {schema?: string; to?: number} = {}): Promise<Plan> {
+  const appSchema = await findAppSchema(sql, options.schema)
+  const shape = await detectShape(sql, appSchema)
+  const recorded = await recordedVersions(sql, shape)
+  const ledger = await activeLedgerRows(sql)
+  const newest = migrations.at(-1)!.version
+
+  const statuses: MigrationStatus[] = []
+  for (const m of migrations) {
+    const row = ledger.get(m.version)
+    let state: MigrationState
+    if (row) state = row.checksum === m.checksum ? (row.finished_at ? 'applied' : 'partial') : 'drifted'
+    else state = recorded.includes(m.version) ? 'recorded-elsewhere' : 'pending'
+    const preexisting = state === 'applied' ? [] : await existingTables(sql, appSchema, createdTables(m))
+    statuses.push({
+      checksum: m.checksum,
+      ledger: row && {applied_at: row.applied_at, applied_by: row.applied_by, checksum: row.checksum, duration_ms: row.duration_ms, finished_at: row.finished_at},
+      name: m.name,
+      preexisting,
+      state,
+      version: m.version,
+    })
+  }
+
+  if (options.to !== undefined && !migrations.some((m) => m.version === options.to)) {
+    throw new UserError(`--to ${options.to} is not one of the packaged migrations (${migrations.map((m) => m.version).join(', ')}).`)
+  }
+  const limit = options.to ?? newest
+  const toApply = migrations.filter((m, i) => m.version <= limit && statuses[i].state !== 'applied')
+  return {
+    ahead: recorded.filter((v) => v > newest),
+    appSchema,
+    current: recorded.length > 0 ? recorded.at(-1)! : null,
+    migrations: statuses,
+    recorded,
+    shape,
+    toApply,
+  }
+}
+
+/** Refuse, by name, what must never be run over: drift, a ledger ahead of us, --to below what is applied. */
+export function assertCanMigrate(plan: Plan, to?: number): void {
+  const drifted = plan.migrations.filter((m) => m.state === 'drifted')
+  if (drifted.length > 0) {
+    const d = drifted[0]
+    throw new UserError(`Migration ${d.name} was applied with a different file (checksum ${d.ledger!.checksum.slice(0, 12)}… in the ledger, ${d.checksum.slice(0, 12)}… now); refusing to run.`, {
+      hint: 'Use the plugin version that applied it, or roll it back first (nself db e2ee rollback).',
+    })
+  }
+  if (plan.ahead.length > 0) {
+    throw new UserError(`schema_migrations records version ${plan.ahead.at(-1)}, newer than the newest migration this plugin knows (${plan.migrations.at(-1)!.version}).`, {
+      hint: 'This database was migrated by a newer nChat; use the matching plugin version.',
+    })
+  }
+  if (to !== undefined) {
+    const above = plan.migrations.filter((m) => m.version > to && m.state !== 'pending')
+    if (above.length > 0) {
+      throw new UserError(`--to ${to} is below version ${above.at(-1)!.version}, which is already applied; migrate only moves forward.`, {
+        hint: 'Use nself db e2ee rollback --strategy down --to VERSION to go back.',
+      })
+    }
+  }
+}
+
+export async function serverVersionNum(sql: Querier): Promise<{num: number; text: string}> {
+  const [row] = await sql<{num: string; text: string}[]>`select current_setting('server_version_num') as num, current_setting('server_version') as text`
+  return {num: Number(row.num), text: row.text}
+}
+
+export function assertServerSupported(v: {num: number; text: string}): void {
+  if (v.num < 140_000) {
+    throw new UserError(`The PostgreSQL server is version ${v.text}; nChat v0.4.0 needs PostgreSQL 14 or newer.`, {hint: 'Upgrade the nself postgres image first.'})
+  }
+}
+

@@ -1,0 +1,371 @@
+import {setTimeout as sleep} from 'node:timers/promises'
+
+import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
+import {CancelledError, toUserError, UserError} from '../errors.js'
+import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
+import type {MigrationFile} from './files.js'
+import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, recordVersion, unrecordVersion} from './ledger.js'
+import {backoffMs, isLockTimeout, longLockHolders, acquireRunLock} from './locks.js'
+import {assertCanMigrate, type Plan, readPlan} from './plan.js'
+import {referencedTables, type Statement} from './statements.js'
+
+export interface RunnerOptions {
+  sql: Sql
+  migrations: MigrationFile[]
+  schema?: string
+  /** lock_timeout for statements that take strong locks on existing tables (a writer waits at most this). */
+  lockTimeoutMs?: number
+  /** Total time to keep retrying lock timeouts and waiting for long transactions before giving up. */
+  maxLockWaitMs?: number
+  /** How long a second run waits for the advisory lock. */
+  runLockWaitMs?: number
+  /** statement_timeout inside the transactions (DDL on new or small objects). */
+  statementTimeoutMs?: number
+  /** statement_timeout for index builds and constraint validation (0 = none). */
+  buildTimeoutMs?: number
+  /** Undo the migrations this run applied when it fails or is interrupted (default true). */
+  revertOnFailure?: boolean
+  /** Record the locks each transactional statement took (the dry run's report). */
+  observeLocks?: boolean
+  log?: (line: string) => void
+  progress?: (line: string) => void
+}
+
+export interface LockTaken {
+  relation: string
+  mode: string
+}
+
+export interface StatementReport {
+  line: number
+  summary: string
+  mode: Statement['mode']
+  durationMs: number
+  locks?: LockTaken[]
+}
+
+export interface MigrationReport {
+  version: number
+  name: string
+  direction: 'up' | 'down'
+  durationMs: number
+  lockRetries: number
+  statements: StatementReport[]
+}
+
+export interface RunReport {
+  before: number | null
+  after: number | null
+  appSchema: string
+  migrations: MigrationReport[]
+  reverted: number[]
+}
+
+const DEFAULTS = {buildTimeoutMs: 0, lockTimeoutMs: 200, maxLockWaitMs: 120_000, runLockWaitMs: 60_000, statementTimeoutMs: 60_000}
+
+type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress'>> & Pick<RunnerOptions, 'schema'> & {log: (l: string) => void; progress: (l: string) => void}
+
+function resolve(o: RunnerOptions): Resolved {
+  return {
+    ...DEFAULTS,
+    observeLocks: false,
+    revertOnFailure: true,
+    ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)),
+    log: o.log ?? (() => {}),
+    progress: o.progress ?? o.log ?? (() => {}),
+  } as Resolved
+}
+
+function statementError(m: MigrationFile | {name: string; file: string}, s: Statement, error: unknown, direction: 'up' | 'down'): UserError {
+  if (error instanceof CancelledError) return error
+  const inner = toUserError(error)
+  const file = direction === 'down' ? `down file of ${m.name}` : `migration ${m.name}`
+  return new UserError(`The ${file} failed at line ${s.line} (${s.summary}): ${inner.message.replace(/\.$/, '')}.`, {cause: error, hint: inner.hint})
+}
+
+/**
+ * Apply the pending migrations. Per file: the transactional statements and the ledger rows in one transaction
+ * (all or nothing), retried as a whole on lock timeouts; then each CONCURRENTLY / VALIDATE statement alone.
+ */
+export async function migrateUp(options: RunnerOptions & {to?: number}): Promise<RunReport> {
+  const o = resolve(options)
+  const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log)
+  try {
+    // Read the plan under the lock: a run that waited must see what the other one applied.
+    const plan = await readPlan(o.sql, o.migrations, {schema: o.schema, to: options.to})
+    assertCanMigrate(plan, options.to)
+    const report: RunReport = {after: plan.current, appSchema: plan.appSchema, before: plan.current, migrations: [], reverted: []}
+    const committed: MigrationFile[] = []
+    let applied = new Set(plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version))
+    try {
+      for (const m of plan.toApply) {
+        throwIfCancelled(`migration ${m.name}`)
+        const status = plan.migrations.find((s) => s.version === m.version)!
+        o.log(`applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`)
+        const mr: MigrationReport = {direction: 'up', durationMs: 0, lockRetries: 0, name: m.name, statements: [], version: m.version}
+        const t0 = Date.now()
+        const inTx = m.statements.filter((s) => s.mode === 'transaction')
+        const alone = m.statements.filter((s) => s.mode !== 'transaction')
+        const withNew = new Set([...applied, m.version])
+        await runTransaction(o, plan, m, inTx, mr, withNew, async (tx) => {
+          await ensureSchemaMigrations(tx, plan.shape)
+          plan.shape.exists = true
+          await recordVersion(tx, plan.shape, m.version, m.name)
+          await ensureOwnLedger(tx)
+          await insertLedgerRow(tx, {appSchema: plan.appSchema, checksum: m.checksum, durationMs: Date.now() - t0, finished: alone.length === 0, name: m.name, version: m.version})
+        }, 'up')
+        if (status.preexisting.length === 0 && status.state === 'pending') committed.push(m)
+        applied = withNew
+        const t1 = Date.now()
+        for (const s of alone) await runAlone(o, plan.appSchema, m, s, mr)
+        if (alone.length > 0) await markFinished(o.sql, m.version, Date.now() - t1)
+        mr.durationMs = Date.now() - t0
+        report.migrations.push(mr)
+        report.after = Math.max(report.after ?? 0, m.version)
+        o.log(`applied ${m.name} in ${mr.durationMs} ms`)
+      }
+    } catch (error) {
+      if (!o.revertOnFailure || committed.length === 0) throw error
+      const reason = error instanceof UserError ? error : toUserError(error)
+      o.log(`undoing what this run applied (${committed.map((m) => m.name).join(', ')})…`)
+      try {
+        await runDown(o, plan, [...committed].reverse(), applied)
+      } catch (revertError) {
+        throw new UserError(`${reason.message.replace(/\.$/, '')}; undoing the migrations this run applied also failed: ${toUserError(revertError).message}`, {
+          cause: error, exitCode: reason.exitCode, hint: 'Run `nself db e2ee status` to see what is applied; `nself db e2ee migrate` finishes it, `nself db e2ee rollback` undoes it.',
+        })
+      }
+      const note = `${committed.length} migration(s) this run applied were undone, so the database is as it was before`
+      if (reason instanceof CancelledError) {
+        throw Object.assign(new CancelledError('the migration'), {message: `Interrupted by Ctrl+C; ${note}.`})
+      }
+      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${note}.`, {cause: error, exitCode: reason.exitCode, hint: reason.hint})
+    }
+    return report
+  } finally {
+    await release()
+  }
+}
+
+/** Run down files, newest first, each with its ledger rows in one transaction, down to version `to`. */
+export async function migrateDown(options: RunnerOptions & {to: number}): Promise<RunReport> {
+  const o = resolve(options)
+  const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log)
+  try {
+    const plan = await readPlan(o.sql, o.migrations, {schema: o.schema})
+    const drifted = plan.migrations.find((m) => m.state === 'drifted' && m.version > options.to)
+    if (drifted) throw new UserError(`Migration ${drifted.name} was applied with a different file; its down file may not match, refusing to roll it back.`)
+    const applied = new Set(plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version))
+    const targets = o.migrations.filter((m) => m.version > options.to && applied.has(m.version)).reverse()
+    const report: RunReport = {after: plan.current, appSchema: plan.appSchema, before: plan.current, migrations: [], reverted: []}
+    report.migrations = await runDown(o, plan, targets, applied)
+    const remaining = plan.recorded.filter((v) => v <= options.to || !o.migrations.some((m) => m.version === v))
+    report.after = remaining.length > 0 ? Math.max(...remaining) : null
+    report.reverted = targets.map((m) => m.version)
+    return report
+  } finally {
+    await release()
+  }
+}
+
+async function runDown(o: Resolved, plan: Plan, newestFirst: MigrationFile[], appliedNow: Set<number>): Promise<MigrationReport[]> {
+  const reports: MigrationReport[] = []
+  const applied = new Set(appliedNow)
+  for (const m of newestFirst) {
+    o.log(`reverting ${m.name}`)
+    const t0 = Date.now()
+    const mr: MigrationReport = {direction: 'down', durationMs: 0, lockRetries: 0, name: m.name, statements: [], version: m.version}
+    await runTransaction(o, plan, m, m.down.statements, mr, applied, async (tx) => {
+      await unrecordVersion(tx, plan.shape, m.version)
+      await markRolledBack(tx, m.version)
+    }, 'down')
+    applied.delete(m.version)
+    mr.durationMs = Date.now() - t0
+    reports.push(mr)
+    o.log(`reverted ${m.name} in ${mr.durationMs} ms`)
+  }
+  return reports
+}
+
+async function runTransaction(
+  o: Resolved, plan: Plan, m: MigrationFile, statements: Statement[], mr: MigrationReport, appliedVersions: Set<number>,
+  ledger: (tx: Querier) => Promise<void>, direction: 'up' | 'down',
+): Promise<void> {
+  const tables = await existingTables(o.sql, plan.appSchema, [...new Set(statements.flatMap((s) => referencedTables(s.sql)))])
+  const started = Date.now()
+  for (let attempt = 0; ; attempt++) {
+    await waitForLongHolders(o, plan.appSchema, tables, started, m.name)
+    let current: Statement | undefined
+    let running: {cancel: () => void} | undefined
+    const dispose = onCancel(() => running?.cancel())
+    const reports: StatementReport[] = []
+    try {
+      await o.sql.begin(async (tx) => {
+        await tx.unsafe(`set local lock_timeout = ${Math.max(1, Math.round(o.lockTimeoutMs))}`)
+        await tx.unsafe(`set local statement_timeout = ${Math.round(o.statementTimeoutMs)}`)
+        await tx.unsafe(`set local search_path to ${quoteIdent(plan.appSchema)}`)
+        await tx`select set_config('nself_e2ee.applied_versions', ${[...appliedVersions].sort((a, b) => a - b).join(',')}, true)`
+        let seen = new Map<string, string>()
+        for (const s of statements) {
+          current = s
+          throwIfCancelled(`migration ${m.name}`)
+          const t = Date.now()
+          const q = tx.unsafe(s.sql)
+          running = q
+          await q
+          running = undefined
+          const rep: StatementReport = {durationMs: Date.now() - t, line: s.line, mode: s.mode, summary: s.summary}
+          if (o.observeLocks) {
+            const now = await heldLocks(tx)
+            rep.locks = [...now].filter(([k, v]) => seen.get(k) !== v).map(([relation, mode]) => ({mode, relation}))
+            seen = now
+          }
+          reports.push(rep)
+        }
+        current = undefined
+        await ledger(tx)
+      })
+      mr.statements.push(...reports)
+      return
+    } catch (error) {
+      if (isCancelled()) throw new CancelledError(`migration ${m.name}`)
+      if (isLockTimeout(error) && Date.now() - started < o.maxLockWaitMs) {
+        mr.lockRetries++
+        const wait = backoffMs(attempt)
+        o.log(`lock wait on ${current ? current.summary : 'the ledger'} exceeded ${o.lockTimeoutMs} ms (writers were let through); retry ${attempt + 1} in ${wait} ms`)
+        await sleep(wait)
+        continue
+      }
+      if (isLockTimeout(error)) {
+        throw new UserError(`Migration ${m.name} could not get its locks within ${Math.round(o.maxLockWaitMs / 1000)} s (${current?.summary ?? 'ledger'}); nothing of it was applied.`, {
+          hint: 'Find long transactions with pg_stat_activity, or raise --max-lock-wait.',
+        })
+      }
+      if (current) throw statementError(m, current, error, direction)
+      throw toUserError(error, `recording ${m.name} in the ledger`)
+    } finally {
+      dispose()
+    }
+  }
+}
+
+async function heldLocks(tx: Querier): Promise<Map<string, string>> {
+  const rows = await tx<{relation: string; mode: string}[]>`
+    select c.relname as relation, string_agg(l.mode, '+' order by l.mode) as mode
+    from pg_locks l join pg_class c on c.oid = l.relation
+    where l.pid = pg_backend_pid() and l.locktype = 'relation' and c.relkind in ('r', 'p', 'v', 'm')
+      and c.relnamespace <> 'pg_catalog'::regnamespace
+    group by c.relname`
+  return new Map(rows.map((r) => [r.relation, r.mode]))
+}
+
+async function existingTables(sql: Querier, schema: string, names: string[]): Promise<string[]> {
+  if (names.length === 0) return []
+  const rows = await sql<{name: string}[]>`
+    select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = ${schema} and c.relname = any(${names}) and c.relkind in ('r', 'p')`
+  return rows.map((r) => r.name)
+}
+
+/** Do not request a lock while an old transaction holds one on these tables: we would queue writers behind it. */
+async function waitForLongHolders(o: Resolved, schema: string, tables: string[], started: number, what: string): Promise<void> {
+  let told = false
+  for (;;) {
+    const holders = await longLockHolders(o.sql, schema, tables, o.lockTimeoutMs)
+    if (holders.length === 0) return
+    const h = holders[0]
+    const desc = `pid ${h.pid} (transaction open ${h.seconds} s on ${h.relation}${h.query ? `: ${h.query}` : ''})`
+    if (Date.now() - started >= o.maxLockWaitMs) {
+      throw new UserError(`${what} cannot start: ${desc} has held its lock for longer than --max-lock-wait (${Math.round(o.maxLockWaitMs / 1000)} s); nothing was changed.`, {
+        hint: `Let that transaction finish, or end it with SELECT pg_terminate_backend(${h.pid}); then run again.`,
+      })
+    }
+    if (!told) {
+      o.log(`waiting, without taking any lock, for ${desc} to finish`)
+      told = true
+    }
+    throwIfCancelled(what)
+    await sleep(250)
+  }
+}
+
+const INDEX_NAME = /INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i
+
+/** A statement that cannot run in a transaction (or needs its own): on a reserved session, alone. */
+async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statement, mr: MigrationReport): Promise<void> {
+  const conn = await o.sql.reserve()
+  let running: {cancel: () => void} | undefined
+  const dispose = onCancel(() => running?.cancel())
+  const started = Date.now()
+  try {
+    // These take SHARE UPDATE EXCLUSIVE, which writers do not queue behind; the long lock_timeout only
+    // bounds the wait for old snapshots to end.
+    await conn.unsafe(`set lock_timeout = ${Math.max(1000, o.maxLockWaitMs)}`)
+    await conn.unsafe(`set statement_timeout = ${Math.round(o.buildTimeoutMs)}`)
+    await conn.unsafe(`set search_path to ${quoteIdent(schema)}`)
+    const [{pid}] = await conn<{pid: number}[]>`select pg_backend_pid() as pid`
+    const indexName = s.mode === 'concurrent' ? INDEX_NAME.exec(s.sql)?.[1] : undefined
+    for (let attempt = 0; ; attempt++) {
+      throwIfCancelled(`migration ${m.name}`)
+      if (indexName && /^\s*CREATE/i.test(s.sql)) await dropInvalidIndex(conn, schema, indexName, o.log)
+      const stopProgress = indexName ? watchIndexBuild(o, pid, indexName) : () => {}
+      try {
+        const q = conn.unsafe(s.sql)
+        running = q
+        await q
+        break
+      } catch (error) {
+        if (isCancelled()) {
+          if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log).catch(() => {})
+          throw new CancelledError(`migration ${m.name}`)
+        }
+        if (isLockTimeout(error) && Date.now() - started < o.maxLockWaitMs) {
+          mr.lockRetries++
+          await sleep(backoffMs(attempt))
+          continue
+        }
+        throw statementError(m, s, error, 'up')
+      } finally {
+        running = undefined
+        stopProgress()
+      }
+    }
+    mr.statements.push({durationMs: Date.now() - started, line: s.line, mode: s.mode, summary: s.summary, ...(o.observeLocks ? {locks: [{mode: 'ShareUpdateExclusiveLock', relation: referencedTables(s.sql)[0] ?? '?'}]} : {})})
+  } finally {
+    dispose()
+    await conn.unsafe('reset all').catch(() => {})
+    conn.release()
+  }
+}
+
+/** An index left INVALID by an interrupted CONCURRENTLY build is dropped so it can be built again. */
+async function dropInvalidIndex(conn: Querier, schema: string, name: string, log: (l: string) => void): Promise<void> {
+  const rows = await conn<{valid: boolean}[]>`
+    select i.indisvalid as valid from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = ${schema} and c.relname = ${name}`
+  if (rows.length === 1 && !rows[0].valid) {
+    log(`index ${name} was left invalid by an interrupted build; rebuilding it`)
+    await conn.unsafe(`drop index concurrently if exists ${quoteIdent(schema)}.${quoteIdent(name)}`)
+  }
+}
+
+function watchIndexBuild(o: Resolved, pid: number, name: string): () => void {
+  let stopped = false
+  const timer = setInterval(async () => {
+    if (stopped) return
+    try {
+      const [p] = await o.sql<{phase: string; blocks_done: string; blocks_total: string; tuples_done: string; tuples_total: string}[]>`
+        select phase, blocks_done, blocks_total, tuples_done, tuples_total from pg_stat_progress_create_index where pid = ${pid}`
+      if (p && !stopped) {
+        const pct = Number(p.blocks_total) > 0 ? ` ${Math.round((100 * Number(p.blocks_done)) / Number(p.blocks_total))}% of ${p.blocks_total} blocks` : ''
+        o.progress(`${name}: ${p.phase}${pct}`)
+      }
+    } catch {
+      // Progress is cosmetic.
+    }
+  }, 1000)
+  return () => {
+    stopped = true
+    clearInterval(timer)
+  }
+}

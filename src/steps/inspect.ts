@@ -1,0 +1,59 @@
+import type {MigrationFile} from '../migrations/files.js'
+import {loadMigrations} from '../migrations/files.js'
+import {assertServerSupported, type Plan, readPlan, serverVersionNum} from '../migrations/plan.js'
+import {connectChecked, type Sql} from '../target/connect.js'
+import type {Target} from '../target/target.js'
+
+export interface Inspection {
+  sql: Sql
+  server: {num: number; text: string}
+  migrations: MigrationFile[]
+  plan: Plan
+}
+
+/** Connect, check the server, load the migrations and read where the database stands. Read-only. */
+export async function inspect(target: Target, options: {migrationsDir?: string; to?: number; onNotice?: (m: string) => void} = {}): Promise<Inspection> {
+  const migrations = loadMigrations(options.migrationsDir)
+  const sql = await connectChecked(target.conn, {onNotice: options.onNotice})
+  try {
+    const server = await serverVersionNum(sql)
+    assertServerSupported(server)
+    const plan = await readPlan(sql, migrations, {schema: target.schema, to: options.to})
+    return {migrations, plan, server, sql}
+  } catch (error) {
+    await sql.end({timeout: 2})
+    throw error
+  }
+}
+
+export function statusDocument(target: Target, ins: Inspection) {
+  const {plan} = ins
+  return {
+    connection: {
+      database: target.conn.database,
+      host: target.conn.host,
+      mode: target.mode,
+      port: target.conn.port,
+      sources: target.sources,
+      user: target.conn.user,
+    },
+    ledger: {
+      current: plan.current,
+      recorded: plan.recorded,
+      schemaMigrations: plan.shape.exists ? {schema: plan.shape.schema, timeColumn: plan.shape.timeColumn ?? null, versionType: plan.shape.versionType} : null,
+    },
+    migrations: plan.migrations.map((m) => ({
+      appliedAt: m.ledger?.applied_at ?? null,
+      appliedBy: m.ledger?.applied_by ?? null,
+      checksum: m.checksum,
+      durationMs: m.ledger?.duration_ms ?? null,
+      ledgerChecksum: m.ledger?.checksum ?? null,
+      name: m.name,
+      state: m.state,
+      version: m.version,
+    })),
+    pending: plan.toApply.map((m) => m.version),
+    schema: plan.appSchema,
+    server: ins.server.text,
+  }
+}

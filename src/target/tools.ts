@@ -1,0 +1,137 @@
+import {randomBytes} from 'node:crypto'
+import path from 'node:path'
+import {execa, type Options, type ResultPromise} from 'execa'
+
+import {onCancel} from '../cancel.js'
+import {UserError} from '../errors.js'
+import {APP_NAME} from './connect.js'
+import type {Target} from './target.js'
+
+export type PgTool = 'pg_dump' | 'pg_restore' | 'psql'
+
+export interface RunOptions {
+  /**
+   * The application_name the tool's server session carries (default APP_NAME). Give a child its own name,
+   * e.g. `${APP_NAME}-dump`, so a cancel can end exactly that session without touching this process's pool.
+   */
+  appName?: string
+}
+
+export interface Invocation {
+  file: string
+  args: string[]
+  /** Values only ever travel in the environment; argv carries at most the variable names. */
+  env: Record<string, string>
+}
+
+/**
+ * Runs PostgreSQL's client tools where the operator's setup has them: inside the nself postgres container
+ * through `docker exec -i` (never -t: a TTY mangles binary dumps), or on this machine with --local.
+ */
+export class PgTools {
+  private constructor(readonly target: Target, readonly container?: string) {}
+
+  static async create(target: Target): Promise<PgTools> {
+    if (target.mode === 'local') return new PgTools(target)
+    return new PgTools(target, await findContainer(target.containerCandidates))
+  }
+
+  describe(): string {
+    return this.container ? `docker exec in container ${this.container}` : 'local client tools'
+  }
+
+  /**
+   * The argv for `tool args…` connected to `database`, in this mode. `database` null: no connection
+   * arguments at all (for `pg_restore --list` or `pg_restore -f`, which read an archive without a server).
+   */
+  invocation(tool: PgTool, args: string[], database: string | null, runOptions: RunOptions = {}): Invocation {
+    const {conn} = this.target
+    const env: Record<string, string> = {PGAPPNAME: runOptions.appName ?? APP_NAME}
+    if (conn.password) env.PGPASSWORD = conn.password
+    if (this.container) {
+      // Inside the container the tools reach the server on its own socket; only the user and database matter.
+      const envNames = Object.keys(env).flatMap((k) => ['-e', k])
+      const connArgs = database === null ? [] : ['-U', conn.user, '-d', database]
+      return {args: ['exec', '-i', ...envNames, this.container, tool, ...connArgs, ...args], env, file: 'docker'}
+    }
+    const connArgs = database === null ? [] : ['-h', conn.host, '-p', String(conn.port), '-U', conn.user, '-d', database]
+    return {args: [...connArgs, ...args], env, file: tool}
+  }
+
+  /** Start a tool; on Ctrl+C the child is killed (the server session it opened is ended by the caller). */
+  run(tool: PgTool, args: string[], database: string | null, options: Options = {}, runOptions: RunOptions = {}): ResultPromise {
+    const inv = this.invocation(tool, args, database, runOptions)
+    const child = execa(inv.file, inv.args, {env: inv.env, extendEnv: true, reject: true, stripFinalNewline: true, ...options})
+    const dispose = onCancel(() => {
+      child.kill('SIGTERM')
+    })
+    child.finally(dispose).catch(() => {})
+    return child
+  }
+
+  /** Major version of a client tool where it runs (container or here). */
+  async toolMajor(tool: PgTool): Promise<number> {
+    const inv = this.container
+      ? {args: ['exec', '-i', this.container, tool, '--version'], file: 'docker'}
+      : {args: ['--version'], file: tool}
+    try {
+      const {stdout} = await execa(inv.file, inv.args)
+      const m = /(\d+)(?:\.(\d+))?/.exec(stdout)
+      if (!m) throw new Error(`unexpected output "${stdout}"`)
+      return Number(m[1])
+    } catch (error) {
+      if ((error as {code?: string}).code === 'ENOENT') {
+        throw new UserError(`${tool} was not found on this machine.`, {
+          hint: 'Install the PostgreSQL client tools (same or newer major version than the server), or drop --local to run them in the nself postgres container.',
+        })
+      }
+      throw new UserError(`Cannot run ${tool} ${this.describe()}: ${(error as Error).message.split('\n')[0]}.`)
+    }
+  }
+
+  /**
+   * Make a local file readable by the tools. In docker mode the file is copied into the container's /tmp
+   * (pg_restore -j needs a seekable file, not stdin). Returns the path the tool should use and a cleanup.
+   */
+  async provide(localPath: string): Promise<{path: string; cleanup: () => Promise<void>}> {
+    if (!this.container) return {cleanup: async () => {}, path: localPath}
+    const remote = `/tmp/nself-e2ee-${randomBytes(4).toString('hex')}-${path.basename(localPath)}`
+    try {
+      await execa('docker', ['cp', localPath, `${this.container}:${remote}`])
+    } catch (error) {
+      throw new UserError(`Cannot copy ${localPath} into container ${this.container}: ${firstLine(error)}.`)
+    }
+    return {
+      cleanup: async () => {
+        await execa('docker', ['exec', '-i', this.container!, 'rm', '-f', remote]).catch(() => {})
+      },
+      path: remote,
+    }
+  }
+}
+
+function firstLine(error: unknown): string {
+  const e = error as {stderr?: string; message?: string}
+  return (e.stderr || e.message || String(error)).trim().split('\n')[0]
+}
+
+async function findContainer(candidates: string[]): Promise<string> {
+  const tried: string[] = []
+  for (const name of candidates) {
+    try {
+      const {stdout} = await execa('docker', ['inspect', '--format', '{{.State.Running}}', name])
+      if (stdout.trim() === 'true') return name
+      tried.push(`${name} (not running)`)
+    } catch (error) {
+      if ((error as {code?: string}).code === 'ENOENT') {
+        throw new UserError('docker was not found on this machine.', {
+          hint: 'Install docker, or pass --local to run pg_dump/pg_restore on this machine.',
+        })
+      }
+      tried.push(`${name} (not found)`)
+    }
+  }
+  throw new UserError(`No running nself postgres container: tried ${tried.join(', ')}.`, {
+    hint: 'Start the stack with `nself start`, name the container with --container, or pass --local.',
+  })
+}
