@@ -190,3 +190,10 @@ export async function markRolledBack(tx: Querier, version: number): Promise<void
   if (!(await ownLedgerExists(tx))) return
   await tx.unsafe(`update ${LEDGER_TABLE} set rolled_back_at = now(), rolled_back_by = current_user || ' / ' || $2 where version = $1 and rolled_back_at is null`, [version, whoRuns()])
 }
+
+/** The highest version in schema_migrations of the database `sql` is connected to (null when none). */
+export async function readLedgerVersion(sql: Querier, schema?: string): Promise<number | null> {
+  const appSchema = await findAppSchema(sql, schema)
+  const versions = await recordedVersions(sql, await detectShape(sql, appSchema))
+  return versions.length > 0 ? versions.at(-1)! : null
+}

@@ -93,6 +93,11 @@ export class PgTools {
    * Make a local file readable by the tools. In docker mode the file is copied into the container's /tmp
    * (pg_restore -j needs a seekable file, not stdin). Returns the path the tool should use and a cleanup.
    */
+  /** Run a plain command where the tools run (in the container, or here). */
+  exec(argv: string[]): ResultPromise {
+    return this.container ? execa('docker', ['exec', '-i', this.container, ...argv]) : execa(argv[0], argv.slice(1))
+  }
+
   async provide(localPath: string): Promise<{path: string; cleanup: () => Promise<void>}> {
     if (!this.container) return {cleanup: async () => {}, path: localPath}
     const remote = `/tmp/nself-e2ee-${randomBytes(4).toString('hex')}-${path.basename(localPath)}`

@@ -1,0 +1,52 @@
+import {Flags} from '@oclif/core'
+
+import {BaseCommand} from '../../../base-command.js'
+import {backupFlags, runnerFlags} from '../../../flags.js'
+import {runMigrate, type MigrateSummary} from '../../../pipeline/migrate.js'
+import {fmtMs} from '../../../pipeline/ui.js'
+
+export default class Migrate extends BaseCommand {
+  static description = `Upgrade nChat's database to v0.4.0: preflight, verified backup, dry run on a restored copy, apply (online: short lock timeouts, concurrent index builds), verify, vacuum.
+
+Every step is shown as it runs; the first failure stops the run with production as it was. A second run is a no-op.`
+  static examples = [
+    '<%= config.bin %> db e2ee migrate',
+    '<%= config.bin %> db e2ee migrate --yes --json',
+    '<%= config.bin %> db e2ee migrate --yes --local --host 127.0.0.1 --user postgres --database nchat --backup-dir /var/backups/nchat',
+  ]
+  static flags = {
+    ...runnerFlags,
+    ...backupFlags,
+    'keep-dryrun-db': Flags.boolean({default: false, description: 'Keep the dry-run database for inspection instead of dropping it.'}),
+    'skip-backup': Flags.boolean({default: false, description: 'Do not take a backup (needs --yes; the dry run is skipped too). Dangerous.'}),
+    'skip-dryrun': Flags.boolean({default: false, description: 'Do not rehearse the migration on a restored copy first.'}),
+    to: Flags.integer({description: 'Stop after this migration version (e.g. 14).', min: 13}),
+  }
+
+  async run(): Promise<void> {
+    const flags = await this.parseBase(Migrate)
+    const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
+    if (flags['skip-backup']) process.stderr.write('WARNING: --skip-backup: no backup will be taken; the only way back will be the down migrations.\n')
+    const s = await runMigrate({
+      jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'], lockTimeoutMs: flags['lock-timeout'],
+      maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
+      skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], target, to: flags.to, yes: flags.yes,
+    })
+    if (this.jsonMode) return this.printJson(s)
+    this.printSummary(s)
+  }
+
+  private printSummary(s: MigrateSummary): void {
+    this.say('')
+    if (s.nothingToDo) {
+      this.say(`Nothing to do: ${s.database} is at ${s.after ?? 'nothing'} (schema ${s.schema}).`)
+      return
+    }
+    this.say(`Migrated ${s.database} (schema ${s.schema}) from ${s.before ?? 'nothing'} to ${s.after}: ${s.applied.join(', ')}.`)
+    if (s.backup) this.say(`Backup      ${s.backup.file} (sha256 ${s.backup.sha256.slice(0, 16)}…)`)
+    if (s.dryrun) this.say(`Forecast    ${fmtMs(s.dryrun.forecastMs)} on the dry-run copy; actual ${fmtMs(s.applyMs ?? 0)}${s.lockRetries ? ` (${s.lockRetries} lock retries)` : ''}`)
+    this.say(`Steps       ${Object.entries(s.timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')}`)
+    if (s.verify) this.say(`Verified    ${s.verify.checks.length} checks`)
+    for (const w of s.warnings) this.say(`Warning     ${w}`)
+  }
+}

@@ -1,0 +1,53 @@
+import {Flags} from '@oclif/core'
+
+import {BaseCommand} from '../../../base-command.js'
+import {backupFlags, runnerFlags} from '../../../flags.js'
+import {runRollback, type RollbackSummary} from '../../../pipeline/rollback.js'
+import {fmtMs} from '../../../pipeline/ui.js'
+
+export default class Rollback extends BaseCommand {
+  static description = `Go back to before the upgrade, without ever being left with no database.
+
+--strategy restore (default): check the newest pre-migration backup (or --backup FILE), restore it into a new database, check it against its manifest, say what would be lost, then swap names in one short step; the replaced database is kept.
+--strategy down: take a safety backup, then run the down files newest first (each with its ledger rows in one transaction) to --to (default 12, the v0.3.0 schema).`
+  static examples = [
+    '<%= config.bin %> db e2ee rollback',
+    '<%= config.bin %> db e2ee rollback --yes --backup backups/nchat_20260130_101500.dump',
+    '<%= config.bin %> db e2ee rollback --strategy down --to 14',
+  ]
+  static flags = {
+    ...runnerFlags,
+    ...backupFlags,
+    backup: Flags.string({description: 'The backup to restore (default: the newest pre-migration backup in the backup dir).'}),
+    strategy: Flags.string({default: 'restore', description: 'restore: swap in the backup; down: run the down migrations.', options: ['restore', 'down']}),
+    to: Flags.integer({default: 12, description: 'With --strategy down: the version to go back to.', min: 12}),
+  }
+
+  async run(): Promise<void> {
+    const flags = await this.parseBase(Rollback)
+    const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
+    const s = await runRollback({
+      backupFile: flags.backup, jobs: flags.jobs, json: this.jsonMode, lockTimeoutMs: flags['lock-timeout'],
+      maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
+      strategy: flags.strategy as 'restore' | 'down', target, to: flags.to, yes: flags.yes,
+    })
+    if (this.jsonMode) return this.printJson(s)
+    this.report(s)
+  }
+
+  private report(s: RollbackSummary): void {
+    this.say('')
+    if (s.strategy === 'down' && s.reverted.length === 0) {
+      this.say(`Nothing to revert: ${s.database} is at ${s.after ?? 'nothing'}.`)
+      return
+    }
+    this.say(`Rolled back ${s.database} (${s.strategy}): migration ${s.before ?? 'none'} → ${s.after ?? 'none'}.`)
+    if (s.backup) this.say(`Backup      ${s.backup.file} (${s.strategy === 'restore' ? 'restored' : 'safety backup, taken before reverting'})`)
+    for (const l of s.lost) this.say(`Lost        ${l.rows} ${l.what}`)
+    if (s.kept) {
+      this.say(`Kept        the replaced database as ${s.kept.database} (connections were refused for ${fmtMs(s.swapWindowMs ?? 0)})`)
+      this.say(`            drop it when you no longer need it: ${s.kept.dropWith}`)
+    }
+    this.say(`Steps       ${Object.entries(s.timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')}`)
+  }
+}

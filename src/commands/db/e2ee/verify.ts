@@ -1,0 +1,47 @@
+import {Flags} from '@oclif/core'
+
+import {BaseCommand} from '../../../base-command.js'
+import {UserError} from '../../../errors.js'
+import {readManifest} from '../../../steps/backup.js'
+import {inspect} from '../../../steps/inspect.js'
+import {verifyDatabase} from '../../../steps/verify.js'
+
+export default class Verify extends BaseCommand {
+  static description = `Check that every object migrations 013-016 create is there and valid (tables, columns, indexes by name and validity, constraints validated with their delete rules, checks, the bundle view and claim function), that existing rows were not changed, and that the guide's queries use their indexes.
+
+Read-only; works on any database. Exit 1 when a check fails, naming the object.`
+  static examples = ['<%= config.bin %> db e2ee verify', '<%= config.bin %> db e2ee verify --json -d nchat_test --manifest backups/nchat_20260130_101500.dump.manifest.json']
+  static flags = {
+    manifest: Flags.string({description: 'A backup manifest whose row counts the tables must still have (exactly, with --exact-counts).'}),
+    'exact-counts': Flags.boolean({default: false, description: 'Fail (instead of warn) when row counts differ from the manifest.'}),
+    'migrations-dir': Flags.string({description: 'Use migration files from this folder instead of the packaged ones.'}),
+  }
+
+  async run(): Promise<void> {
+    const flags = await this.parseBase(Verify)
+    const target = this.targetFrom(flags)
+    const manifest = flags.manifest ? await readManifest(flags.manifest) : undefined
+    const ins = await inspect(target, {migrationsDir: flags['migrations-dir']})
+    try {
+      const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
+      if (applied.length === 0) {
+        throw new UserError(`None of the migrations ${ins.migrations.map((m) => m.name).join(', ')} is applied to ${target.conn.database}; there is nothing to verify.`, {hint: 'Run nself db e2ee migrate first.'})
+      }
+      const upTo = Math.max(...applied)
+      const report = await verifyDatabase(ins.sql, {exactCounts: flags['exact-counts'], manifest, schema: ins.plan.appSchema, upTo})
+      if (this.jsonMode) {
+        this.printJson({database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report})
+      } else {
+        for (const c of report.checks) this.say(`  ${c.status === 'ok' ? 'ok  ' : c.status === 'warn' ? 'WARN' : 'FAIL'}  ${c.name}: ${c.detail}`)
+        this.say('')
+        this.say(report.ok ? `Verified ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${report.checks.length} checks passed.` : `${report.failures.length} check(s) failed.`)
+      }
+      if (!report.ok) {
+        if (this.jsonMode) process.exitCode = 1
+        else throw new UserError(`Verification failed: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more, listed above)` : ''}.`)
+      }
+    } finally {
+      await ins.sql.end({timeout: 2})
+    }
+  }
+}

@@ -1,0 +1,14 @@
+import {Flags} from '@oclif/core'
+
+/** Flags shared by the commands that run migrations (migrate, dryrun, rollback). */
+export const runnerFlags = {
+  'lock-timeout': Flags.integer({default: 200, description: 'lock_timeout in ms for statements that lock existing tables: the longest a writer can be held up.', min: 10}),
+  'lock-wait': Flags.integer({default: 60, description: 'Seconds to wait for another nself db e2ee run on the same database.', min: 0}),
+  'max-lock-wait': Flags.integer({default: 120, description: 'Seconds to keep retrying locks (and waiting for long transactions) before giving up.', min: 1}),
+  'migrations-dir': Flags.string({description: 'Use migration files from this folder instead of the packaged ones.'}),
+}
+
+export const backupFlags = {
+  'backup-dir': Flags.string({description: 'Where backups go (default: the nself project\'s backups/).'}),
+  jobs: Flags.integer({default: 2, description: 'Parallel jobs for pg_restore.', max: 64, min: 1}),
+}

@@ -1,0 +1,28 @@
+/**
+ * The library behind the commands: usable without oclif (the commands are thin wrappers over these).
+ *
+ *   import {resolveTarget, connect, loadMigrations, migrateUp} from '@nself/plugin-e2ee'
+ *   const target = resolveTarget({projectDir: '.', local: true})
+ *   const sql = connect(target.conn)
+ *   await migrateUp({sql, migrations: loadMigrations()})
+ */
+export {CancelledError, UserError} from './errors.js'
+export {cancel, installSigintHandler, onCancel} from './cancel.js'
+export {resolveTarget, type Target, type TargetOptions} from './target/target.js'
+export {connect, connectChecked, type Sql} from './target/connect.js'
+export {PgTools} from './target/tools.js'
+export {loadMigrations, packagedMigrationsDir, type MigrationFile} from './migrations/files.js'
+export {parseStatements, splitStatements, type Statement} from './migrations/statements.js'
+export {readPlan, type Plan, type MigrationState} from './migrations/plan.js'
+export {migrateDown, migrateUp, type RunReport, type RunnerOptions} from './migrations/runner.js'
+export {readLedgerVersion} from './migrations/ledger.js'
+export {preflight} from './steps/preflight.js'
+export {takeBackup, verifyBackup, listBackups, newestBackup} from './steps/backup.js'
+export {createClone, sweepClones} from './steps/clone.js'
+export {restoreIntoNewDatabase, swapDatabases} from './steps/restore.js'
+export {dryRun} from './steps/dryrun.js'
+export {verifyDatabase} from './steps/verify.js'
+export {vacuumTables} from './steps/vacuum.js'
+export {runMigrate} from './pipeline/migrate.js'
+export {runDryRun} from './pipeline/dryrun.js'
+export {runRollback} from './pipeline/rollback.js'

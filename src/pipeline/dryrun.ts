@@ -1,0 +1,155 @@
+import {Listr, type ListrTask} from 'listr2'
+
+import {UserError} from '../errors.js'
+import type {Target} from '../target/target.js'
+import {PgTools} from '../target/tools.js'
+import {type BackupInfo, type ListedBackup, takeBackup, verifyBackup} from '../steps/backup.js'
+import {dryRun, type DryRunReport} from '../steps/dryrun.js'
+import {inspect, type Inspection} from '../steps/inspect.js'
+import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../steps/preflight.js'
+import {fmtMs, pickRenderer} from './ui.js'
+
+export interface DryRunCommandOptions {
+  target: Target
+  json: boolean
+  fromBackup?: string
+  to?: number
+  jobs: number
+  keepDryrunDb: boolean
+  migrationsDir?: string
+  lockTimeoutMs: number
+  maxLockWaitMs: number
+}
+
+export interface DryRunSummary {
+  ok: boolean
+  database: string
+  schema: string
+  current: number | null
+  wouldApply: string[]
+  backup: {file: string; taken: boolean} | null
+  clone: string | null
+  kept: boolean
+  forecastMs: number | null
+  restoreMs: number | null
+  leftOut: DryRunReport['leftOut']
+  /** Every statement of every migration: where it runs, the locks it took on which tables, and its time on the clone. */
+  statements: Array<{migration: string; line: number; statement: string; inTransaction: boolean; runsAlone: string | null; locks: Array<{table: string; mode: string}>; ms: number}>
+  verification: {ok: boolean; checks: number; failures: string[]} | null
+  failure: string | null
+  preflight: PreflightReport['checks']
+}
+
+interface Ctx {
+  ins?: Inspection
+  tools?: PgTools
+  pre?: PreflightReport
+  backup?: BackupInfo | ListedBackup
+  taken: boolean
+  dry?: DryRunReport
+}
+
+/** The guide's dry run as its own command: production is only read, nothing in it changes. */
+export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary> {
+  const ctx: Ctx = {taken: false}
+  const tasks: ListrTask<Ctx, any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+    {
+      task: async (c, task) => {
+        c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
+        if (c.ins.plan.toApply.length === 0) {
+          task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
+          return
+        }
+        c.tools = await PgTools.create(o.target)
+        c.pre = await preflight({backupDir: o.fromBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
+        task.title = `Preflight: ${c.pre.checks.length} checks passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
+      },
+      title: 'Preflight (read-only)',
+    },
+    {
+      skip: (c) => nothing(c),
+      task: async (c, task) => {
+        const ins = c.ins!
+        if (o.fromBackup) {
+          const checked = await verifyBackup({file: o.fromBackup, requireManifest: true, tools: c.tools!})
+          if (checked.manifest.database !== o.target.conn.database) {
+            throw new UserError(`The backup ${o.fromBackup} is of database ${checked.manifest.database}, not ${o.target.conn.database}.`)
+          }
+          c.backup = {file: o.fromBackup, manifest: checked.manifest, manifestFile: `${o.fromBackup}.manifest.json`}
+          task.title = `Backup ${o.fromBackup}: checked against its manifest`
+          return
+        }
+        c.backup = await takeBackup({
+          dir: o.target.backupDir, ledgerVersion: ins.plan.current, log: (l) => { task.output = l },
+          onProgress: (b) => { task.output = `${fmtBytes(b)} written` }, purpose: 'dryrun', schema: ins.plan.appSchema,
+          sql: ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: c.tools!,
+        })
+        c.taken = true
+        task.title = `Backup: ${c.backup.file} (${fmtBytes((c.backup as BackupInfo).bytes)}, verified)`
+      },
+      title: 'Backup',
+    },
+    {
+      skip: (c) => nothing(c),
+      task: async (c, task) => {
+        const ins = c.ins!
+        c.dry = await dryRun({
+          backup: c.backup!, extraTables: ins.plan.migrations.flatMap((m) => m.preexisting).filter((t) => !TOUCHED_TABLES.includes(t)),
+          jobs: o.jobs, keep: o.keepDryrunDb, ledgerSchema: ins.plan.shape.exists ? ins.plan.shape.schema : undefined, log: (l) => { task.output = l }, migrations: ins.migrations,
+          progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
+          schema: ins.plan.appSchema, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+        })
+        task.title = c.dry.failure
+          ? `Dry run on ${c.dry.clone}: WOULD FAIL`
+          : `Dry run on ${c.dry.clone}: applied in ${fmtMs(c.dry.applyMs)}, verified${c.dry.kept ? ' (kept)' : ', dropped'}`
+      },
+      title: 'Apply and verify on a restored copy',
+    },
+  ]
+  try {
+    await new Listr<Ctx, any, any>(tasks, {concurrent: false, exitOnError: true, registerSignalListeners: false, renderer: pickRenderer(o.json)} as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    return summarize(o, ctx)
+  } finally {
+    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+  }
+}
+
+function nothing(c: Ctx): boolean {
+  return Boolean(c.ins && c.ins.plan.toApply.length === 0)
+}
+
+function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
+  const ins = c.ins!
+  const d = c.dry
+  const statements: DryRunSummary['statements'] = []
+  for (const m of d?.run?.migrations ?? []) {
+    for (const s of m.statements) {
+      statements.push({
+        inTransaction: s.mode === 'transaction',
+        line: s.line,
+        locks: (s.locks ?? []).map((l) => ({mode: l.mode, table: l.relation})),
+        migration: m.name,
+        ms: s.durationMs,
+        runsAlone: s.mode === 'concurrent' ? 'outside any transaction (CONCURRENTLY)' : s.mode === 'validate' ? 'in its own short transaction' : null,
+        statement: s.summary,
+      })
+    }
+  }
+  return {
+    backup: c.backup ? {file: c.backup.file, taken: c.taken} : null,
+    clone: d?.clone ?? null,
+    current: ins.plan.current,
+    database: o.target.conn.database,
+    failure: d?.failure ?? null,
+    forecastMs: d ? d.applyMs : null,
+    kept: d?.kept ?? false,
+    leftOut: d?.leftOut ?? [],
+    ok: !d?.failure,
+    preflight: c.pre?.checks ?? [],
+    restoreMs: d?.restoreMs ?? null,
+    schema: ins.plan.appSchema,
+    statements,
+    verification: d?.verify ? {checks: d.verify.checks.length, failures: d.verify.failures, ok: d.verify.ok} : null,
+    wouldApply: ins.plan.toApply.map((m) => m.name),
+  }
+}

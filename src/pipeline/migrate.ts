@@ -1,0 +1,205 @@
+import {Listr, type ListrTask} from 'listr2'
+
+import {UserError} from '../errors.js'
+import type {RunReport} from '../migrations/runner.js'
+import {migrateUp} from '../migrations/runner.js'
+import type {Target} from '../target/target.js'
+import {PgTools} from '../target/tools.js'
+import {type BackupInfo, takeBackup} from '../steps/backup.js'
+import {dryRun, type DryRunReport} from '../steps/dryrun.js'
+import {inspect, type Inspection} from '../steps/inspect.js'
+import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../steps/preflight.js'
+import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
+import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
+import {assertCanConfirm, confirm, fmtMs, pickRenderer} from './ui.js'
+
+export interface MigrateOptions {
+  target: Target
+  yes: boolean
+  json: boolean
+  to?: number
+  migrationsDir?: string
+  skipBackup: boolean
+  skipDryrun: boolean
+  keepDryrunDb: boolean
+  jobs: number
+  lockTimeoutMs: number
+  maxLockWaitMs: number
+  runLockWaitMs: number
+  log?: (line: string) => void
+}
+
+export interface MigrateSummary {
+  ok: boolean
+  database: string
+  schema: string
+  before: number | null
+  after: number | null
+  applied: string[]
+  nothingToDo: boolean
+  backup: {file: string; bytes: number; sha256: string} | null
+  dryrun: {forecastMs: number; restoreMs: number; clone: string; kept: boolean; leftOut: DryRunReport['leftOut']} | null
+  applyMs: number | null
+  lockRetries: number
+  verify: VerifyReport | null
+  vacuumed: string[]
+  preflight: PreflightReport['checks']
+  timings: Record<string, number>
+  warnings: string[]
+}
+
+interface Ctx {
+  ins?: Inspection
+  tools?: PgTools
+  pre?: PreflightReport
+  backup?: BackupInfo
+  dry?: DryRunReport
+  run?: RunReport
+  verify?: VerifyReport
+  vacuumed: string[]
+  timings: Record<string, number>
+  warnings: string[]
+}
+
+function timed<T>(ctx: Ctx, name: string, fn: () => Promise<T>): Promise<T> {
+  const t0 = Date.now()
+  return fn().finally(() => {
+    ctx.timings[name] = Date.now() - t0
+  })
+}
+
+/** The guide's whole procedure, in order, stopping at the first failure with production as it was. */
+export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
+  if (o.skipBackup && !o.yes) {
+    throw new UserError('--skip-backup needs --yes: migrating without a fresh backup leaves no way back but the down files.', {exitCode: 2})
+  }
+  assertCanConfirm(o.yes, 'Migrating the production database')
+  const ctx: Ctx = {timings: {}, vacuumed: [], warnings: []}
+  const renderer = pickRenderer(o.json)
+  const runner = {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
+  const listrOptions = {concurrent: false, exitOnError: true, registerSignalListeners: false, renderer, rendererOptions: {collapseSubtasks: false}}
+
+  try {
+    const before: ListrTask<Ctx, any, any>[] = [
+      {
+        task: async (c, task) => timed(c, 'preflight', async () => {
+          c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
+          if (c.ins.plan.toApply.length === 0) {
+            task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
+            return
+          }
+          const needTools = !o.skipBackup || !o.skipDryrun
+          c.tools = needTools ? await PgTools.create(o.target) : undefined
+          c.pre = await preflight({backupDir: o.skipBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: !o.skipDryrun, target: o.target, to: o.to, tools: c.tools})
+          for (const ch of c.pre.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${ch.name}: ${ch.detail}`)
+          task.title = `Preflight: ${c.pre.checks.length} checks passed; to apply: ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
+        }),
+        title: 'Preflight',
+      },
+      {
+        skip: (c) => nothing(c) || (o.skipBackup ? 'skipped (--skip-backup): NO BACKUP WAS TAKEN' : false),
+        task: async (c, task) => timed(c, 'backup', async () => {
+          const ins = c.ins!
+          c.backup = await takeBackup({
+            dir: o.target.backupDir, ledgerVersion: ins.plan.current, log: (l) => { task.output = l },
+            onProgress: (bytes) => { task.output = `${fmtBytes(bytes)} written` }, purpose: 'pre-migration',
+            schema: ins.plan.appSchema, sql: ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: c.tools!,
+          })
+          task.title = `Backup: ${c.backup.file} (${fmtBytes(c.backup.bytes)}, verified)`
+        }),
+        title: 'Backup',
+      },
+      {
+        skip: (c) => nothing(c) || (o.skipDryrun ? 'skipped (--skip-dryrun)' : false) || (o.skipBackup ? 'skipped: the dry run restores the backup, and there is none' : false),
+        task: async (c, task) => timed(c, 'dryrun', async () => {
+          const ins = c.ins!
+          c.dry = await dryRun({
+            backup: c.backup!, extraTables: extraTables(ins), jobs: o.jobs, keep: o.keepDryrunDb, ledgerSchema: ins.plan.shape.exists ? ins.plan.shape.schema : undefined,
+            log: (l) => { task.output = l }, migrations: ins.migrations, progress: (l) => { task.output = l },
+            runner, schema: ins.plan.appSchema, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+          })
+          if (c.dry.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${c.dry.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
+          task.title = `Dry run: applied and verified on ${c.dry.clone} in ${fmtMs(c.dry.applyMs)} (restore ${fmtMs(c.dry.restoreMs)})${c.dry.kept ? ', kept' : ', dropped'}`
+        }),
+        title: 'Dry run on a restored copy',
+      },
+    ]
+    await new Listr<Ctx, any, any>(before, listrOptions as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    const ins = ctx.ins!
+    if (nothing(ctx)) return summary(o, ctx, true)
+
+    if (!o.yes) {
+      const plan = ins.plan.toApply.map((m) => m.name).join(', ')
+      const forecast = ctx.dry ? ` Forecast from the dry run: ${fmtMs(ctx.dry.applyMs)}.` : ''
+      const backup = ctx.backup ? ` Backup: ${ctx.backup.file}.` : ' NO BACKUP.'
+      process.stderr.write(`\nAbout to apply ${plan} to ${o.target.conn.database} (schema ${ins.plan.appSchema}) on ${o.target.conn.host}:${o.target.conn.port}.${forecast}${backup}\n`)
+      if (!(await confirm('Apply to production now?', false))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
+    }
+
+    const after: ListrTask<Ctx, any, any>[] = [
+      {
+        task: async (c, task) => timed(c, 'apply', async () => {
+          const t0 = Date.now()
+          c.run = await migrateUp({
+            ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: (l) => { task.output = l },
+            schema: ins.plan.appSchema, sql: ins.sql, to: o.to,
+          })
+          const retries = c.run.migrations.reduce((n, m) => n + m.lockRetries, 0)
+          task.title = `Apply: ${c.run.migrations.map((m) => m.name).join(', ') || 'nothing left'} in ${fmtMs(Date.now() - t0)}${retries ? ` (${retries} lock retries)` : ''}`
+        }),
+        title: 'Apply to production',
+      },
+      {
+        task: async (c, task) => timed(c, 'verify', async () => {
+          c.verify = await verifyDatabase(ins.sql, {exactCounts: false, manifest: c.backup?.manifest, schema: ins.plan.appSchema, upTo: c.run!.after ?? undefined})
+          for (const w of c.verify.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${w.name}: ${w.detail}`)
+          if (!c.verify.ok) throw new UserError(`Verification failed after the migration: ${c.verify.failures[0].replace(/\.$/, '')}${c.verify.failures.length > 1 ? ` (and ${c.verify.failures.length - 1} more)` : ''}.`, {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (c.backup?.file ?? 'missing') + '.'})
+          task.title = `Verify: ${c.verify.checks.length} checks passed`
+        }),
+        title: 'Verify',
+      },
+      {
+        task: async (c, task) => timed(c, 'vacuum', async () => {
+          const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => { task.output = l })
+          c.vacuumed = done.map((d) => d.table)
+          task.title = `Vacuum: VACUUM ANALYZE of ${c.vacuumed.length} tables`
+        }),
+        title: 'Vacuum and analyze',
+      },
+    ]
+    await new Listr<Ctx, any, any>(after, listrOptions as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    return summary(o, ctx, false)
+  } finally {
+    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+  }
+}
+
+function nothing(c: Ctx): boolean {
+  return Boolean(c.ins && c.ins.plan.toApply.length === 0)
+}
+
+function extraTables(ins: Inspection): string[] {
+  return ins.plan.migrations.flatMap((m) => m.preexisting).filter((t) => !TOUCHED_TABLES.includes(t))
+}
+
+function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummary {
+  const ins = c.ins!
+  return {
+    after: c.run?.after ?? ins.plan.current,
+    applied: c.run?.migrations.map((m) => m.name) ?? [],
+    applyMs: c.timings.apply ?? null,
+    backup: c.backup ? {bytes: c.backup.bytes, file: c.backup.file, sha256: c.backup.manifest.sha256} : null,
+    before: ins.plan.current,
+    database: o.target.conn.database,
+    dryrun: c.dry ? {clone: c.dry.clone, forecastMs: c.dry.applyMs, kept: c.dry.kept, leftOut: c.dry.leftOut, restoreMs: c.dry.restoreMs} : null,
+    lockRetries: c.run?.migrations.reduce((n, m) => n + m.lockRetries, 0) ?? 0,
+    nothingToDo,
+    ok: true,
+    preflight: c.pre?.checks ?? [],
+    schema: ins.plan.appSchema,
+    timings: c.timings,
+    vacuumed: c.vacuumed,
+    verify: c.verify ?? null,
+    warnings: c.warnings,
+  }
+}

@@ -1,0 +1,313 @@
+import {Listr, type ListrTask} from 'listr2'
+
+import {UserError} from '../errors.js'
+import {createdTables} from '../migrations/plan.js'
+import {readLedgerVersion} from '../migrations/ledger.js'
+import {migrateDown, type RunReport} from '../migrations/runner.js'
+import {connect, connectChecked, quoteIdent, type Sql} from '../target/connect.js'
+import type {Target} from '../target/target.js'
+import {PgTools} from '../target/tools.js'
+import {type BackupInfo, type ListedBackup, newestBackup, takeBackup, timestamp, verifyBackup} from '../steps/backup.js'
+import {inspect, type Inspection} from '../steps/inspect.js'
+import {fmtBytes, TOUCHED_TABLES} from '../steps/preflight.js'
+import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
+import {assertCanConfirm, confirm, fmtMs, pickRenderer} from './ui.js'
+
+export interface RollbackOptions {
+  target: Target
+  strategy: 'restore' | 'down'
+  yes: boolean
+  json: boolean
+  backupFile?: string
+  to: number
+  jobs: number
+  migrationsDir?: string
+  lockTimeoutMs: number
+  maxLockWaitMs: number
+  runLockWaitMs: number
+}
+
+export interface LossItem {
+  what: string
+  rows: number
+}
+
+export interface RollbackSummary {
+  ok: boolean
+  strategy: 'restore' | 'down'
+  database: string
+  before: number | null
+  after: number | null
+  backup: {file: string; created_at: string; ledger_version: number | null} | null
+  /** What the rollback destroys (rows written since the backup, or rows in the tables the down files drop). */
+  lost: LossItem[]
+  reverted: number[]
+  kept: {database: string; dropWith: string} | null
+  swapWindowMs: number | null
+  timings: Record<string, number>
+}
+
+interface Ctx {
+  ins?: Inspection
+  tools?: PgTools
+  backup?: ListedBackup | BackupInfo
+  restored?: {name: string; drop(): Promise<void>}
+  lost: LossItem[]
+  down?: RunReport
+  kept?: string
+  windowMs?: number
+  after?: number | null
+  timings: Record<string, number>
+}
+
+function timed<T>(ctx: Ctx, name: string, fn: () => Promise<T>): Promise<T> {
+  const t0 = Date.now()
+  return fn().finally(() => {
+    ctx.timings[name] = Date.now() - t0
+  })
+}
+
+const listrOptions = (json: boolean) => ({concurrent: false, exitOnError: true, registerSignalListeners: false, renderer: pickRenderer(json)}) as any // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** A second connection on the same server, to a maintenance database (renames need one that is neither side). */
+async function maintenance(target: Target): Promise<Sql> {
+  for (const db of ['postgres', 'template1']) {
+    if (db === target.conn.database) continue
+    try {
+      return await connectChecked(target.conn, {database: db, max: 2})
+    } catch {
+      // try the next one
+    }
+  }
+  throw new UserError(`Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}, which the swap needs.`)
+}
+
+export async function runRollback(o: RollbackOptions): Promise<RollbackSummary> {
+  assertCanConfirm(o.yes, 'Rolling back the production database')
+  return o.strategy === 'restore' ? rollbackRestore(o) : rollbackDown(o)
+}
+
+/** Rollback option 1 of the guide, done safely (D7): restore beside, check, then swap names in one short step. */
+async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
+  const ctx: Ctx = {lost: [], timings: {}}
+  const db = o.target.conn.database
+  let admin: Sql | undefined
+  try {
+    const before: ListrTask<Ctx, any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+      {
+        task: async (c, task) => timed(c, 'backup check', async () => {
+          c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
+          c.tools = await PgTools.create(o.target)
+          let file = o.backupFile
+          if (!file) {
+            const found = await newestBackup(o.target.backupDir, db, 'pre-migration')
+            if (!found) {
+              throw new UserError(`No pre-migration backup of ${db} in ${o.target.backupDir}; refusing to roll back without a way back.`, {
+                hint: 'Name one with --backup FILE, or use --strategy down.',
+              })
+            }
+            file = found.file
+          }
+          const checked = await verifyBackup({file, requireManifest: true, tools: c.tools})
+          c.backup = {file, manifest: checked.manifest, manifestFile: `${file}.manifest.json`}
+          if (checked.manifest.database !== db) {
+            throw new UserError(`The backup ${file} is of database ${checked.manifest.database}, not ${db}.`, {hint: 'Pass the backup of this database with --backup.'})
+          }
+          task.title = `Backup ${file}: sha256 and archive verified (taken ${checked.manifest.created_at}, at migration ${checked.manifest.ledger_version ?? 'none'})`
+        }),
+        title: 'Check the backup',
+      },
+      {
+        task: async (c, task) => timed(c, 'restore', async () => {
+          c.restored = await restoreIntoNewDatabase({
+            admin: c.ins!.sql, backup: c.backup!, jobs: o.jobs, log: (l) => { task.output = l },
+            onProgress: (p) => { task.output = `restoring: ${p.done}/${p.total} archive entries` }, target: o.target, tools: c.tools!,
+          })
+          const rsql = connect(o.target.conn, {database: c.restored.name, max: 1})
+          try {
+            await checkRestoredMatchesManifest(rsql, c.backup!.manifest, (s) => readLedgerVersion(s, c.backup!.manifest.schema))
+          } finally {
+            await rsql.end({timeout: 2})
+          }
+          task.title = `Restored into ${c.restored.name} and checked against the manifest (row counts, ledger ${c.backup!.manifest.ledger_version ?? 'none'})`
+        }),
+        title: 'Restore into a new database',
+      },
+      {
+        task: async (c, task) => timed(c, 'loss', async () => {
+          c.lost = await lossSinceBackup(c.ins!, c.backup!.manifest)
+          task.title = c.lost.length ? `Since the backup: ${c.lost.map((l) => `${l.rows} ${l.what}`).join(', ')} would be lost` : 'Nothing was written since the backup'
+        }),
+        title: 'Count what the rollback loses',
+      },
+    ]
+    await new Listr<Ctx, any, any>(before, listrOptions(o.json)).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+
+    if (!o.yes) {
+      process.stderr.write(`\nAbout to replace ${db} by ${ctx.restored!.name} (the backup of ${ctx.backup!.manifest.created_at}). Connections to ${db} will be ended for a moment.\n`)
+      for (const l of ctx.lost) process.stderr.write(`  will be lost: ${l.rows} ${l.what}\n`)
+      if (!(await confirm('Swap now?', false))) {
+        await ctx.restored!.drop()
+        throw new UserError(`Stopped at the confirmation; ${db} was not changed and the restored copy was dropped.`)
+      }
+    }
+
+    await ctx.ins!.sql.end({timeout: 2})
+    admin = await maintenance(o.target)
+    const keptName = `${db}_pre_rollback_${timestamp()}`.slice(0, 63)
+    const after: ListrTask<Ctx, any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+      {
+        task: async (c, task) => timed(c, 'swap', async () => {
+          const r = await swapDatabases({admin: admin!, keptName, live: db, log: (l) => { task.output = l }, replacement: c.restored!.name})
+          c.kept = r.keptName
+          c.windowMs = r.windowMs
+          task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (connections refused for ${fmtMs(r.windowMs)})`
+        }),
+        title: 'Swap the databases',
+      },
+      {
+        task: async (c, task) => {
+          const sql = await connectChecked(o.target.conn, {max: 1})
+          try {
+            c.after = await readLedgerVersion(sql, o.target.schema)
+          } finally {
+            await sql.end({timeout: 2})
+          }
+          task.title = `Status: ${db} is at migration ${c.after ?? 'none'}`
+        },
+        title: 'Status',
+      },
+    ]
+    await new Listr<Ctx, any, any>(after, listrOptions(o.json)).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    return {
+      after: ctx.after ?? null,
+      backup: {created_at: ctx.backup!.manifest.created_at, file: ctx.backup!.file, ledger_version: ctx.backup!.manifest.ledger_version},
+      before: ctx.ins!.plan.current,
+      database: db,
+      kept: {database: ctx.kept!, dropWith: `DROP DATABASE ${quoteIdent(ctx.kept!)};`},
+      lost: ctx.lost,
+      ok: true,
+      reverted: [],
+      strategy: 'restore',
+      swapWindowMs: ctx.windowMs ?? null,
+      timings: ctx.timings,
+    }
+  } catch (error) {
+    if (ctx.restored && !ctx.kept) await ctx.restored.drop().catch(() => {})
+    throw error
+  } finally {
+    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+    await admin?.end({timeout: 2}).catch(() => {})
+  }
+}
+
+/** Rows written since the backup: per counted table the difference, and messages newer than the backup. */
+async function lossSinceBackup(ins: Inspection, manifest: {created_at: string; row_counts: Record<string, number>; schema: string}): Promise<LossItem[]> {
+  const {sql, plan} = ins
+  const s = quoteIdent(plan.appSchema)
+  const lost: LossItem[] = []
+  const [{newer}] = await sql.unsafe<{newer: string}[]>(`select count(*)::bigint as newer from ${s}.nchat_messages where created_at > $1`, [manifest.created_at])
+  if (Number(newer) > 0) lost.push({rows: Number(newer), what: 'messages created after the backup'})
+  for (const [table, count] of Object.entries(manifest.row_counts)) {
+    const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${s}.${quoteIdent(table)}`)
+    const delta = Number(n) - count
+    if (delta !== 0 && table !== 'nchat_messages') lost.push({rows: Math.abs(delta), what: `${delta > 0 ? 'more' : 'fewer'} rows in ${table} than in the backup`})
+  }
+  lost.push(...(await rowsInNewTables(ins, ins.migrations.filter((m) => plan.migrations.find((x) => x.version === m.version)?.state !== 'pending').map((m) => m.version))))
+  return lost
+}
+
+async function rowsInNewTables(ins: Inspection, versions: number[]): Promise<LossItem[]> {
+  const {sql, plan} = ins
+  const out: LossItem[] = []
+  for (const m of ins.migrations.filter((x) => versions.includes(x.version))) {
+    for (const t of createdTables(m)) {
+      const [{exists}] = await sql<{exists: boolean}[]>`select to_regclass(${`${quoteIdent(plan.appSchema)}.${quoteIdent(t)}`}) is not null as exists`
+      if (!exists || out.some((o) => o.what.endsWith(` ${t}`))) continue
+      const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(plan.appSchema)}.${quoteIdent(t)}`)
+      if (Number(n) > 0) out.push({rows: Number(n), what: `rows in ${t}`})
+    }
+  }
+  const s = quoteIdent(plan.appSchema)
+  const cols = await sql<{table_name: string; column_name: string}[]>`
+    select table_name, column_name from information_schema.columns
+    where table_schema = ${plan.appSchema} and ((table_name = 'nchat_messages' and column_name = 'is_encrypted') or (table_name = 'nchat_channels' and column_name = 'enforce_encryption'))`
+  if (versions.includes(14) && cols.some((c) => c.column_name === 'is_encrypted')) {
+    const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${s}.nchat_messages where is_encrypted or encrypted_payload is not null or sender_device_id is not null`)
+    if (Number(n) > 0) out.push({rows: Number(n), what: 'encrypted messages (their payload columns are dropped)'})
+  }
+  if (versions.includes(14) && cols.some((c) => c.column_name === 'enforce_encryption')) {
+    const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${s}.nchat_channels where enforce_encryption`)
+    if (Number(n) > 0) out.push({rows: Number(n), what: 'channels enforcing encryption (the setting is dropped)'})
+  }
+  return out
+}
+
+/** Rollback option 2 of the guide, done completely (D6): safety backup, then every down file newest first. */
+async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
+  const ctx: Ctx = {lost: [], timings: {}}
+  const db = o.target.conn.database
+  const runner = {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
+  try {
+    ctx.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
+    const ins = ctx.ins
+    if (!ins.migrations.some((m) => m.version === o.to) && o.to !== ins.migrations[0].version - 1) {
+      throw new UserError(`--to ${o.to} is not a version this rollback can reach (${ins.migrations[0].version - 1} or one of ${ins.migrations.map((m) => m.version).join(', ')}).`, {exitCode: 2})
+    }
+    const revert = ins.plan.migrations.filter((m) => m.version > o.to && m.state !== 'pending').map((m) => m.version)
+    if (revert.length === 0) {
+      return {after: ins.plan.current, backup: null, before: ins.plan.current, database: db, kept: null, lost: [], ok: true, reverted: [], strategy: 'down', swapWindowMs: null, timings: {}}
+    }
+    ctx.lost = await rowsInNewTables(ins, revert)
+    if (!o.yes) {
+      process.stderr.write(`\nAbout to revert ${revert.map((v) => ins.migrations.find((m) => m.version === v)!.name).join(', ')} on ${db}.\n`)
+      for (const l of ctx.lost) process.stderr.write(`  will be destroyed: ${l.rows} ${l.what}\n`)
+      if (ctx.lost.length === 0) process.stderr.write('  the tables to drop hold no rows\n')
+      if (!(await confirm('Revert now? A safety backup is taken first.', false))) throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
+    }
+    const tasks: ListrTask<Ctx, any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+      {
+        task: async (c, task) => timed(c, 'backup', async () => {
+          c.tools = await PgTools.create(o.target)
+          c.backup = await takeBackup({
+            dir: o.target.backupDir, ledgerVersion: ins.plan.current, log: (l) => { task.output = l },
+            onProgress: (b) => { task.output = `${fmtBytes(b)} written` }, purpose: 'pre-rollback', schema: ins.plan.appSchema,
+            sql: ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: c.tools,
+          })
+          task.title = `Safety backup: ${c.backup.file}`
+        }),
+        title: 'Safety backup',
+      },
+      {
+        task: async (c, task) => timed(c, 'down', async () => {
+          c.down = await migrateDown({...runner, log: (l) => { task.output = l }, migrations: ins.migrations, schema: ins.plan.appSchema, sql: ins.sql, to: o.to})
+          task.title = `Reverted ${c.down.migrations.map((m) => m.name).join(', ')}`
+        }),
+        title: 'Run the down migrations, newest first',
+      },
+      {
+        task: async (c, task) => {
+          c.after = await readLedgerVersion(ins.sql, ins.plan.appSchema)
+          task.title = `Status: ${db} is at migration ${c.after ?? 'none'}`
+        },
+        title: 'Status',
+      },
+    ]
+    await new Listr<Ctx, any, any>(tasks, listrOptions(o.json)).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    return {
+      after: ctx.after ?? null,
+      backup: ctx.backup ? {created_at: ctx.backup.manifest.created_at, file: ctx.backup.file, ledger_version: ctx.backup.manifest.ledger_version} : null,
+      before: ins.plan.current,
+      database: db,
+      kept: null,
+      lost: ctx.lost,
+      ok: true,
+      reverted: ctx.down?.reverted ?? [],
+      strategy: 'down',
+      swapWindowMs: null,
+      timings: ctx.timings,
+    }
+  } finally {
+    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+  }
+}

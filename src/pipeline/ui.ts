@@ -1,0 +1,37 @@
+import {createInterface} from 'node:readline/promises'
+
+import {UserError} from '../errors.js'
+
+export type RendererName = 'default' | 'verbose' | 'silent'
+
+/** listr2's default renderer on a terminal; one line per event in CI or when piped; nothing with --json. */
+export function pickRenderer(json: boolean): RendererName {
+  if (json) return 'silent'
+  if (process.env.CI || !process.stdout.isTTY) return 'verbose'
+  return 'default'
+}
+
+/** Destructive steps need a yes: --yes, or an answer on a terminal. Checked before any work starts. */
+export function assertCanConfirm(yes: boolean, what: string): void {
+  if (yes) return
+  if (!process.stdin.isTTY || !process.stdout.isTTY) {
+    throw new UserError(`${what} needs confirmation, and there is no terminal to ask on.`, {hint: 'Pass --yes to confirm in scripts and CI.', exitCode: 2})
+  }
+}
+
+export async function confirm(question: string, yes: boolean): Promise<boolean> {
+  if (yes) return true
+  const rl = createInterface({input: process.stdin, output: process.stderr})
+  try {
+    const answer = await rl.question(`${question} [y/N] `)
+    return /^y(es)?$/i.test(answer.trim())
+  } finally {
+    rl.close()
+  }
+}
+
+export function fmtMs(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)} ms`
+  if (ms < 120_000) return `${(ms / 1000).toFixed(1)} s`
+  return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`
+}

@@ -1,0 +1,767 @@
+import {createHash} from 'node:crypto'
+import {constants as fsConstants, createReadStream} from 'node:fs'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+
+import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
+import {CancelledError, UserError, toUserError} from '../errors.js'
+import {APP_NAME, connect, quoteIdent, type Sql} from '../target/connect.js'
+import type {Target} from '../target/target.js'
+import type {PgTools} from '../target/tools.js'
+
+/**
+ * Backups in nself's own layout (DESIGN-NOTES §1): `pg_dump -Fc` through `docker exec -i` (or locally), written
+ * to `<backupDir>/<PROJECT>_<YYYYMMDD_HHMMSS>.dump` with mode 0600 in a 0700 folder, so `nself db restore`
+ * reads ours and we read theirs. Beside each dump a manifest (`<file>.manifest.json`) records what the dump
+ * holds: checksum, size, server version, ledger version and the exact row counts of the app's tables, counted
+ * in the very snapshot pg_dump dumps (exported with pg_export_snapshot, passed with --snapshot), so a restore
+ * can be checked against it to the row even while the app keeps writing during the backup.
+ */
+
+export const MANIFEST_FORMAT = 'nself-e2ee-backup/1'
+export const MANIFEST_SUFFIX = '.manifest.json'
+
+export type BackupPurpose = 'pre-migration' | 'pre-rollback' | 'manual' | 'external'
+
+export interface Manifest {
+  format: typeof MANIFEST_FORMAT
+  /** Basename of the dump, in the manifest's folder. */
+  file: string
+  sha256: string
+  size: number
+  database: string
+  schema: string
+  server_version: string
+  server_version_num: number
+  ledger_version: number | null
+  /** Exact `count(*)` of each listed table that existed, in the dump's snapshot; keys are table names in `schema`. */
+  row_counts: Record<string, number>
+  created_at: string
+  pg_dump_major: number
+  purpose: BackupPurpose | string
+  project?: string
+  /** pg_dump's compression option, e.g. "-Z 1" or "--compress=lz4". */
+  compression?: string
+  /** Number of entries in the archive's table of contents. */
+  toc_entries?: number
+  /** Built from the archive itself because the dump has no manifest (e.g. one made by `nself db backup`). */
+  synthesized?: boolean
+}
+
+export interface BackupInfo {
+  file: string
+  manifestFile: string
+  manifest: Manifest
+  bytes: number
+  durationMs: number
+}
+
+/** A backup found on disk: what createClone and restoreIntoNewDatabase take. */
+export interface ListedBackup {
+  file: string
+  manifestFile: string
+  manifest: Manifest
+}
+
+export interface TakeBackupOptions {
+  target: Target
+  tools: PgTools
+  /** Connected to the target database (the one dumped). */
+  sql: Sql
+  /** The app's schema: where `tables` live. */
+  schema: string
+  ledgerVersion: number | null
+  /** Tables (in `schema`) whose rows are counted into the manifest and whose data the dump must hold. */
+  tables: string[]
+  dir?: string
+  purpose?: BackupPurpose | string
+  onProgress?: (bytes: number) => void
+  log?: (line: string) => void
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Small helpers shared with clone.ts and restore.ts
+
+const pad = (n: number, w = 2) => String(n).padStart(w, '0')
+
+/** Local time as nself's `date +%Y%m%d_%H%M%S` prints it; `sep` '' gives YYYYMMDDHHMMSS. */
+export function timestamp(date = new Date(), sep = '_'): string {
+  return `${date.getFullYear()}${pad(date.getMonth() + 1)}${pad(date.getDate())}${sep}${pad(date.getHours())}${pad(date.getMinutes())}${pad(date.getSeconds())}`
+}
+
+const sleep = (ms: number) => new Promise((resolve) => {
+  setTimeout(resolve, ms)
+})
+
+/** Wait for the next wall-clock second (names carry second resolution). */
+export async function nextSecond(): Promise<void> {
+  await sleep(1000 - (Date.now() % 1000) + 5)
+}
+
+export function firstLine(error: unknown): string {
+  const e = error as {stderr?: unknown; shortMessage?: string; message?: string}
+  const stderr = typeof e?.stderr === 'string' ? e.stderr : ''
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean)
+  // The tools prefix real failures with "error:"; prefer those over verbose chatter.
+  const errorLine = lines.find((l) => /(^|: )(error|fatal|FATAL|ERROR):/.test(l)) ?? lines.at(-1)
+  const text = errorLine ?? e?.shortMessage ?? e?.message ?? String(error)
+  return text.split('\n')[0].replace(/^(pg_dump|pg_restore|psql): (error: )?/, '').replace(/\.$/, '').trim()
+}
+
+/** Removes a secret from text that may reach the operator. */
+export function redact(text: string, secret?: string): string {
+  return secret ? text.split(secret).join('***') : text
+}
+
+async function removeQuietly(file: string): Promise<void> {
+  await fs.rm(file, {force: true}).catch(() => {})
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  try {
+    const fh = await fs.open(dir, fsConstants.O_RDONLY)
+    try {
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+  } catch {
+    // Some filesystems refuse fsync on a directory; the data itself was synced.
+  }
+}
+
+/** End the server sessions that carry `appName` (children `docker exec` left running), over a fresh connection. */
+export async function terminateSessions(target: Target, appName: string, database = target.conn.database): Promise<number> {
+  const sql = connect(target.conn, {database, max: 1})
+  try {
+    const rows = await sql`
+      select pg_terminate_backend(pid) as ok from pg_stat_activity
+      where application_name = ${appName} and pid <> pg_backend_pid() and backend_type = 'client backend'`
+    return rows.length
+  } catch {
+    return 0
+  } finally {
+    await sql.end({timeout: 2}).catch(() => {})
+  }
+}
+
+function fsErrorSentence(error: unknown, what: string, file: string): UserError {
+  const code = (error as {code?: string}).code ?? ''
+  const msg = (error as Error).message ?? String(error)
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new UserError(`${what} ${file} failed: the disk is full (${code}).`, {
+      cause: error,
+      hint: 'Free disk space or choose another folder with --backup-dir; nothing was changed in the database.',
+    })
+  }
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || code === 'ENOTDIR' || code === 'EEXIST' || code === 'EISDIR') {
+    return new UserError(`${what} ${file} failed: the folder is not writable (${code}).`, {
+      cause: error,
+      hint: 'Choose a writable folder with --backup-dir, or fix the folder\'s owner and permissions.',
+    })
+  }
+  return new UserError(`${what} ${file} failed: ${msg.replace(/\.$/, '')}.`, {cause: error})
+}
+
+/** Create the backup folder (0700) or tighten an existing one that others could read. */
+export async function ensureBackupDir(dir: string, log?: (line: string) => void): Promise<void> {
+  try {
+    await fs.mkdir(dir, {mode: 0o700, recursive: true})
+  } catch (error) {
+    throw fsErrorSentence(error, 'Creating the backup folder', dir)
+  }
+  let st
+  try {
+    st = await fs.stat(dir)
+  } catch (error) {
+    throw fsErrorSentence(error, 'Reading the backup folder', dir)
+  }
+  if (!st.isDirectory()) {
+    throw new UserError(`The backup folder ${dir} is not a folder.`, {hint: 'Choose a folder with --backup-dir.'})
+  }
+  if ((st.mode & 0o077) !== 0) {
+    const mode = (st.mode & 0o777).toString(8)
+    try {
+      if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw new Error('not owner')
+      await fs.chmod(dir, 0o700)
+      log?.(`The backup folder ${dir} had mode ${mode}; set it to 700 (backups hold all the chat data).`)
+    } catch {
+      log?.(`Warning: the backup folder ${dir} has mode ${mode} and is not ours to change; the dumps themselves are 600.`)
+    }
+  }
+  try {
+    await fs.access(dir, fsConstants.W_OK)
+  } catch (error) {
+    throw fsErrorSentence(error, 'Writing to the backup folder', dir)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The archive's table of contents
+
+export interface TocEntry {
+  line: string
+  dumpId: number
+  desc: string
+  schema: string | null
+  /** The tag (object name; for TABLE DATA the table's name). */
+  name: string
+  owner: string | null
+}
+
+export interface Toc {
+  entries: TocEntry[]
+  header: Record<string, string>
+  text: string
+}
+
+const MULTI_WORD_DESCS = [
+  'MATERIALIZED VIEW DATA', 'PUBLICATION TABLES IN SCHEMA', 'TEXT SEARCH CONFIGURATION', 'TEXT SEARCH DICTIONARY',
+  'TEXT SEARCH TEMPLATE', 'TEXT SEARCH PARSER', 'FOREIGN DATA WRAPPER', 'SEQUENCE OWNED BY', 'DATABASE PROPERTIES',
+  'MATERIALIZED VIEW', 'PUBLICATION TABLE', 'PROCEDURAL LANGUAGE', 'CHECK CONSTRAINT', 'OPERATOR FAMILY', 'OPERATOR CLASS',
+  'EVENT TRIGGER', 'FOREIGN TABLE', 'FOREIGN SERVER', 'FK CONSTRAINT', 'ACCESS METHOD', 'LARGE OBJECT', 'SEQUENCE SET',
+  'STATISTICS DATA', 'TABLE ATTACH', 'INDEX ATTACH', 'USER MAPPING', 'DEFAULT ACL', 'ROW SECURITY', 'SHELL TYPE',
+  'TABLE DATA', 'BLOB DATA', 'BLOB METADATA', 'DEFAULT',
+]
+
+export function parseToc(text: string): Toc {
+  const entries: TocEntry[] = []
+  const header: Record<string, string> = {}
+  for (const line of text.split('\n')) {
+    if (line.startsWith(';')) {
+      const m = /^;\s+([^:]+):\s*(.*)$/.exec(line)
+      if (m) header[m[1].trim()] = m[2].trim()
+      continue
+    }
+    const m = /^(\d+);\s+\d+\s+\d+\s+(.*)$/.exec(line)
+    if (!m) continue
+    const rest = m[2]
+    const desc = MULTI_WORD_DESCS.find((d) => rest === d || rest.startsWith(d + ' ')) ?? rest.split(' ')[0]
+    const words = rest.slice(desc.length).trim().split(' ').filter((w) => w !== '')
+    let schema: string | null = null
+    let owner: string | null = null
+    let name = ''
+    if (words.length >= 3) {
+      schema = words[0] === '-' ? null : words[0]
+      owner = words.at(-1)!
+      name = words.slice(1, -1).join(' ')
+    } else if (words.length === 2) {
+      schema = words[0] === '-' ? null : words[0]
+      name = words[1]
+    } else {
+      name = words.join(' ')
+    }
+    entries.push({desc, dumpId: Number(m[1]), line, name, owner, schema})
+  }
+  return {entries, header, text}
+}
+
+export function tableDataKey(schema: string | null, table: string): string {
+  return `${schema ?? ''}.${table}`
+}
+
+/**
+ * `pg_restore --list` of an archive. In docker mode the file is fed on stdin (the listing only reads the
+ * table of contents at the start, so nothing is copied into the container).
+ */
+export async function readToc(tools: PgTools, file: string): Promise<Toc> {
+  const run = tools.container
+    ? tools.run('pg_restore', ['--list'], null, {inputFile: file, maxBuffer: 256 * 1024 * 1024})
+    : tools.run('pg_restore', ['--list', file], null, {maxBuffer: 256 * 1024 * 1024})
+  const {stdout} = await run
+  const toc = parseToc(String(stdout))
+  if (toc.header.Format === undefined || toc.entries.length === 0) {
+    throw new Error('the archive lists no entries')
+  }
+  return toc
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// takeBackup
+
+function compressionFor(major: number): {args: string[]; label: string; fallback?: {args: string[]; label: string}} {
+  if (major >= 16) {
+    return {args: ['--compress=lz4'], fallback: {args: ['--compress=gzip:1'], label: '--compress=gzip:1'}, label: '--compress=lz4'}
+  }
+  return {args: ['-Z', '1'], label: '-Z 1'}
+}
+
+async function pickFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const final = path.join(dir, `${project}_${timestamp()}.dump`)
+    const partial = `${final}.partial`
+    const taken = await Promise.all([final, partial, final + MANIFEST_SUFFIX].map((f) => fs.access(f).then(() => true, () => false)))
+    if (!taken.includes(true)) return {final, partial}
+    await nextSecond()
+  }
+  throw new UserError(`Cannot find a free backup file name in ${dir}: every name for the current second is taken.`)
+}
+
+interface DumpResult {
+  bytes: number
+  sha256: string
+}
+
+/** The data a TOC must hold for these tables, or the first one it lacks. */
+function missingTableData(toc: Toc, schema: string, tables: string[]): string | undefined {
+  const have = new Set(toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => tableDataKey(e.schema, e.name)))
+  return tables.find((t) => !have.has(tableDataKey(schema, t)))
+}
+
+export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
+  const {log, sql, target, tools} = opts
+  const started = Date.now()
+  const database = target.conn.database
+  const dir = path.resolve(opts.dir ?? target.backupDir)
+  const purpose = opts.purpose ?? 'pre-migration'
+  throwIfCancelled('the backup')
+
+  const [{db}] = await sql<{db: string}[]>`select current_database() as db`
+  if (db !== database) {
+    throw new UserError(`The backup must be taken over a connection to "${database}", not "${db}".`)
+  }
+
+  await ensureBackupDir(dir, log)
+  const project = (target.projectName || database).replaceAll(/[^A-Za-z0-9_.-]/g, '_')
+
+  const [server] = await sql<{version: string; num: number; size: string}[]>`
+    select current_setting('server_version') as version, current_setting('server_version_num')::int as num,
+           pg_database_size(current_database())::text as size`
+  const pgDumpMajor = await tools.toolMajor('pg_dump')
+  const serverMajor = Math.floor(server.num / 10_000)
+  if (pgDumpMajor < serverMajor) {
+    throw new UserError(`pg_dump ${pgDumpMajor} is older than the server (PostgreSQL ${server.version}) and cannot dump it.`, {
+      hint: target.mode === 'local'
+        ? `Install the PostgreSQL ${serverMajor} client tools, or drop --local to use the ones in the nself postgres container.`
+        : 'The container\'s client tools should match its server; check the container image.',
+    })
+  }
+
+  try {
+    const stat = await fs.statfs(dir)
+    const free = Number(stat.bavail) * Number(stat.bsize)
+    if (free < Number(server.size)) {
+      log?.(`Warning: ${dir} has ${mb(free)} free and the database takes ${mb(Number(server.size))}; a compressed dump is usually much smaller, but watch the disk.`)
+    }
+  } catch {
+    // statfs is advisory.
+  }
+
+  const relations = opts.tables.length === 0 ? [] : await sql<{name: string; kind: string}[]>`
+    select c.relname as name, c.relkind as kind from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = ${opts.schema} and c.relname = any(${opts.tables}) and c.relkind in ('r', 'p')`
+  const existing = opts.tables.filter((t) => relations.some((r) => r.name === t))
+  // Partitioned parents hold no data of their own: their partitions have the TABLE DATA entries.
+  const plainTables = existing.filter((t) => relations.some((r) => r.name === t && r.kind === 'r'))
+
+  const {final, partial} = await pickFileName(dir, project)
+  const manifestFile = final + MANIFEST_SUFFIX
+  const dumpAppName = `${APP_NAME}-dump`
+  const secret = target.conn.password
+
+  let compression = compressionFor(pgDumpMajor)
+  let rowCounts: Record<string, number> = {}
+  let result: DumpResult | undefined
+  let stopDump: (() => Promise<void>) | undefined
+  const unregister = onCancel(async () => {
+    await stopDump?.()
+  })
+
+  try {
+    for (;;) {
+      try {
+        const out = await dumpInSnapshot(compression.args)
+        result = out.result
+        rowCounts = out.rowCounts
+        break
+      } catch (error) {
+        if (compression.fallback && !isCancelled() && /lz4/i.test(firstLine(error))) {
+          log?.(`pg_dump ${pgDumpMajor} has no LZ4 support; using gzip level 1.`)
+          compression = {args: compression.fallback.args, label: compression.fallback.label}
+          await removeQuietly(partial)
+          continue
+        }
+        throw error
+      }
+    }
+
+    // Check what was written before it gets the final name: pg_restore must read its table of contents and
+    // find the data of every table counted into the manifest.
+    let toc: Toc
+    try {
+      toc = await readToc(tools, partial)
+    } catch (error) {
+      if (isCancelled()) throw error
+      throw new UserError(`The new backup ${final} cannot be read back by pg_restore: ${redact(firstLine(error), secret)}.`, {cause: error})
+    }
+    const missing = missingTableData(toc, opts.schema, plainTables)
+    if (missing) {
+      throw new UserError(`The new backup ${final} holds no data for table ${opts.schema}.${missing}.`, {
+        hint: 'Check that the database user may read every table (pg_dump skips nothing it can read).',
+      })
+    }
+    throwIfCancelled(`the backup to ${final}`)
+
+    const manifest: Manifest = {
+      compression: compression.label,
+      created_at: new Date(started).toISOString(),
+      database,
+      file: path.basename(final),
+      format: MANIFEST_FORMAT,
+      ledger_version: opts.ledgerVersion,
+      pg_dump_major: pgDumpMajor,
+      project: target.projectName,
+      purpose,
+      row_counts: rowCounts,
+      schema: opts.schema,
+      server_version: server.version,
+      server_version_num: server.num,
+      sha256: result!.sha256,
+      size: result!.bytes,
+      toc_entries: toc.entries.length,
+    }
+    try {
+      await fs.rename(partial, final)
+      await writeManifest(manifestFile, manifest)
+      await fsyncDir(dir)
+    } catch (error) {
+      await removeQuietly(final)
+      await removeQuietly(manifestFile)
+      throw fsErrorSentence(error, 'Writing the backup', final)
+    }
+    log?.(`Backup written: ${final} (${mb(result!.bytes)}, ${toc.entries.length} entries, sha256 ${result!.sha256.slice(0, 12)}…).`)
+    return {bytes: result!.bytes, durationMs: Date.now() - started, file: final, manifest, manifestFile}
+  } catch (error) {
+    await stopDump?.()
+    await removeQuietly(partial)
+    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
+    if (error instanceof UserError) throw error
+    const e = toUserError(error, `The backup to ${final} failed`)
+    throw new UserError(redact(e.message, secret), {cause: error, hint: e.hint})
+  } finally {
+    unregister()
+  }
+
+  /**
+   * pg_dump in a snapshot exported by our own REPEATABLE READ transaction; the same transaction counts the
+   * rows, so the manifest's counts are exactly what the dump holds, whatever the app writes meanwhile.
+   */
+  async function dumpInSnapshot(compressionArgs: string[]): Promise<{result: DumpResult; rowCounts: Record<string, number>}> {
+    return sql.begin('isolation level repeatable read read only', async (tx) => {
+      const [{snapshot}] = await tx<{snapshot: string}[]>`select pg_export_snapshot() as snapshot`
+      const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
+      let stop = false
+      let current: {cancel: () => void} | undefined
+      dump.catch(() => {
+        stop = true
+        current?.cancel()
+      })
+      const counts: Record<string, number> = {}
+      const counting = (async () => {
+        for (const table of existing) {
+          if (stop) return
+          const q = tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
+          current = q
+          const [{n}] = await q
+          counts[table] = Number(n)
+        }
+      })()
+      counting.catch(() => {})
+      const result = await dump
+      await counting
+      return {result, rowCounts: counts}
+    }) as Promise<{result: DumpResult; rowCounts: Record<string, number>}>
+  }
+
+  async function streamDump(compressionArgs: string[]): Promise<DumpResult> {
+    throwIfCancelled(`the backup to ${final}`)
+    let fh: fs.FileHandle
+    try {
+      fh = await fs.open(partial, 'wx', 0o600)
+    } catch (error) {
+      throw fsErrorSentence(error, 'Writing the backup', final)
+    }
+    const args = ['--format=custom', ...compressionArgs, '--no-password', '--lock-wait-timeout=60s']
+    const child = tools.run('pg_dump', args, database, {buffer: {stderr: true, stdout: false}, maxBuffer: 16 * 1024 * 1024}, {appName: dumpAppName})
+    child.catch(() => {})
+    let dumpDone = false
+    stopDump = async () => {
+      if (dumpDone) return
+      child.kill('SIGTERM')
+      // `docker exec` does not forward signals: the pg_dump in the container lives on until its session ends.
+      await terminateSessions(target, dumpAppName)
+    }
+    const hash = createHash('sha256')
+    let bytes = 0
+    try {
+      let writeError: unknown
+      for await (const chunk of child.stdout! as AsyncIterable<Buffer>) {
+        hash.update(chunk)
+        try {
+          // FileHandle.write may write less than asked; loop until the chunk is out.
+          let off = 0
+          while (off < chunk.length) {
+            const {bytesWritten} = await fh.write(chunk, off, chunk.length - off)
+            off += bytesWritten
+          }
+        } catch (error) {
+          writeError = error
+          break
+        }
+        bytes += chunk.length
+        opts.onProgress?.(bytes)
+      }
+      if (writeError) {
+        // Disk full or an I/O error: stop pg_dump (leaving the loop closed its pipe) and name the file.
+        await stopDump()
+        throw fsErrorSentence(writeError, 'The backup to', final)
+      }
+      try {
+        await child
+        dumpDone = true
+      } catch (error) {
+        if (isCancelled()) throw new CancelledError(`the backup to ${final}`)
+        throw new UserError(`pg_dump failed writing ${final}: ${redact(firstLine(error), secret)}.`, {
+          cause: error,
+          hint: dumpHint(firstLine(error), target),
+        })
+      }
+      try {
+        await fh.sync()
+      } catch (error) {
+        throw fsErrorSentence(error, 'The backup to', final)
+      }
+    } finally {
+      await fh.close().catch(() => {})
+    }
+    if (bytes === 0) throw new UserError(`pg_dump wrote nothing to ${final}.`)
+    return {bytes, sha256: hash.digest('hex')}
+  }
+}
+
+function dumpHint(message: string, target: Target): string | undefined {
+  if (/lock/i.test(message) && /timeout/i.test(message)) {
+    return 'A session holds an exclusive lock on a table for over 60 s; find it in pg_stat_activity and retry.'
+  }
+  if (/version mismatch/i.test(message)) {
+    return target.mode === 'local' ? 'Install client tools at least as new as the server, or drop --local.' : undefined
+  }
+  if (/password|authentication/i.test(message)) return 'Set POSTGRES_PASSWORD in the nself env file or PGPASSWORD.'
+  return undefined
+}
+
+function mb(bytes: number): string {
+  return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MB` : `${(bytes / 1024).toFixed(1)} kB`
+}
+
+async function writeManifest(file: string, manifest: Manifest): Promise<void> {
+  const tmp = `${file}.partial`
+  const fh = await fs.open(tmp, 'w', 0o600)
+  try {
+    await fh.writeFile(JSON.stringify(manifest, null, 2) + '\n')
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await fs.rename(tmp, file)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// verifyBackup
+
+export async function sha256File(file: string): Promise<{sha256: string; size: number}> {
+  const hash = createHash('sha256')
+  let size = 0
+  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
+    hash.update(chunk)
+    size += chunk.length
+  }
+  return {sha256: hash.digest('hex'), size}
+}
+
+function isManifest(m: unknown): m is Manifest {
+  const x = m as Record<string, unknown>
+  return typeof x === 'object' && x !== null && x.format === MANIFEST_FORMAT && typeof x.file === 'string' &&
+    typeof x.sha256 === 'string' && /^[0-9a-f]{64}$/.test(x.sha256) && typeof x.size === 'number' &&
+    typeof x.database === 'string' && typeof x.schema === 'string' && typeof x.row_counts === 'object' && x.row_counts !== null &&
+    Object.values(x.row_counts as object).every((n) => typeof n === 'number') &&
+    (x.ledger_version === null || typeof x.ledger_version === 'number') && typeof x.created_at === 'string'
+}
+
+export async function readManifest(manifestFile: string): Promise<Manifest> {
+  let text: string
+  try {
+    text = await fs.readFile(manifestFile, 'utf8')
+  } catch (error) {
+    if ((error as {code?: string}).code === 'ENOENT') {
+      throw new UserError(`The backup manifest ${manifestFile} does not exist.`, {
+        hint: 'Without its manifest a backup cannot be checked; take a new backup, or pass the dump of an nself backup explicitly.',
+      })
+    }
+    throw new UserError(`Cannot read the backup manifest ${manifestFile}: ${(error as Error).message}.`)
+  }
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    throw new UserError(`The backup manifest ${manifestFile} is not valid JSON.`, {hint: 'It was damaged or edited; take a new backup.'})
+  }
+  if (!isManifest(parsed)) {
+    throw new UserError(`The backup manifest ${manifestFile} is not an ${MANIFEST_FORMAT} manifest or misses fields.`)
+  }
+  return parsed
+}
+
+export interface VerifyOptions {
+  tools: PgTools
+  file: string
+  /** Default true. False: a dump without manifest (an nself backup) is accepted and fully read instead. */
+  requireManifest?: boolean
+  /** Also read every data block (`pg_restore -f /dev/null`); always done when there is no manifest. */
+  deep?: boolean
+  log?: (line: string) => void
+}
+
+/**
+ * Check a backup before it is trusted: the file exists, its manifest parses, size and sha256 match, and
+ * pg_restore reads its table of contents (with `deep`, every data block). Every failure names the file.
+ */
+export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Manifest; entries: number}> {
+  const file = path.resolve(opts.file)
+  const requireManifest = opts.requireManifest ?? true
+  let st
+  try {
+    st = await fs.stat(file)
+  } catch (error) {
+    if ((error as {code?: string}).code === 'ENOENT') throw new UserError(`The backup file ${file} does not exist.`)
+    throw new UserError(`Cannot read the backup file ${file}: ${(error as Error).message}.`)
+  }
+  if (!st.isFile()) throw new UserError(`The backup file ${file} is not a regular file.`)
+
+  const manifestFile = file + MANIFEST_SUFFIX
+  const hasManifest = await fs.access(manifestFile).then(() => true, () => false)
+  let manifest: Manifest | undefined
+  if (hasManifest || requireManifest) {
+    try {
+      manifest = await readManifest(manifestFile)
+    } catch (error) {
+      if (error instanceof UserError) {
+        throw new UserError(`The backup ${file} cannot be checked: ${lowerFirst(error.message)}`, {cause: error, hint: error.hint})
+      }
+      throw error
+    }
+    if (manifest.file !== path.basename(file)) {
+      throw new UserError(`The backup ${file} does not match its manifest, which describes ${manifest.file}.`)
+    }
+    if (st.size !== manifest.size) {
+      throw new UserError(`The backup ${file} is ${st.size} bytes but its manifest says ${manifest.size}: the file is truncated or was replaced.`, {
+        hint: 'Do not use this backup; take a new one.',
+      })
+    }
+  }
+
+  const {sha256, size} = await sha256File(file)
+  if (manifest && sha256 !== manifest.sha256) {
+    throw new UserError(`The backup ${file} does not match the sha256 checksum in its manifest: the file is corrupt or was changed.`, {
+      hint: 'Do not use this backup; take a new one.',
+    })
+  }
+
+  let toc: Toc
+  try {
+    toc = await readToc(opts.tools, file)
+  } catch (error) {
+    if (isCancelled()) throw new CancelledError(`checking the backup ${file}`)
+    throw new UserError(`The backup ${file} is not readable by pg_restore: ${firstLine(error)}.`, {
+      cause: error, hint: 'The file is truncated, corrupt, or not a custom-format (-Fc) dump.',
+    })
+  }
+
+  if (manifest) {
+    const missing = missingTableData(toc, manifest.schema, Object.keys(manifest.row_counts))
+    if (missing) throw new UserError(`The backup ${file} holds no data for table ${manifest.schema}.${missing}, which its manifest lists.`)
+  }
+
+  if (opts.deep || !manifest) {
+    try {
+      await (opts.tools.container
+        ? opts.tools.run('pg_restore', ['-f', '/dev/null'], null, {inputFile: file})
+        : opts.tools.run('pg_restore', ['-f', '/dev/null', file], null))
+    } catch (error) {
+      if (isCancelled()) throw new CancelledError(`checking the backup ${file}`)
+      throw new UserError(`The backup ${file} cannot be read to the end by pg_restore: ${firstLine(error)}.`, {
+        cause: error, hint: 'The file is truncated or corrupt; do not use it.',
+      })
+    }
+  }
+
+  if (!manifest) {
+    opts.log?.(`The backup ${file} has no manifest; it was read to the end and its table of contents is used instead.`)
+    manifest = synthesizeManifest(file, toc, sha256, size)
+  }
+  return {entries: toc.entries.length, manifest}
+}
+
+function lowerFirst(s: string): string {
+  return s.startsWith('The ') ? 'the ' + s.slice(4) : s
+}
+
+function synthesizeManifest(file: string, toc: Toc, sha256: string, size: number): Manifest {
+  const created = Date.parse((toc.header['Archive created at'] ?? '').replace(' UTC', 'Z').replace(' ', 'T'))
+  const serverVersion = (toc.header['Dumped from database version'] ?? '').split(' ')[0]
+  const [maj, min] = serverVersion.split('.').map(Number)
+  const dumpMajor = Number((toc.header['Dumped by pg_dump version'] ?? '').split('.')[0]) || 0
+  return {
+    created_at: Number.isNaN(created) ? new Date(0).toISOString() : new Date(created).toISOString(),
+    database: toc.header.dbname ?? '',
+    file: path.basename(file),
+    format: MANIFEST_FORMAT,
+    ledger_version: null,
+    pg_dump_major: dumpMajor,
+    purpose: 'external',
+    row_counts: {},
+    schema: '',
+    server_version: serverVersion,
+    server_version_num: maj >= 10 ? maj * 10_000 + (min || 0) : 0,
+    sha256,
+    size,
+    synthesized: true,
+    toc_entries: toc.entries.length,
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Listing
+
+/** Backups with a readable manifest in `dir` (optionally of one database), newest first. */
+export async function listBackups(dir: string, database?: string): Promise<ListedBackup[]> {
+  let names: string[]
+  try {
+    names = await fs.readdir(dir)
+  } catch (error) {
+    if ((error as {code?: string}).code === 'ENOENT') return []
+    throw new UserError(`Cannot list the backup folder ${dir}: ${(error as Error).message}.`)
+  }
+  const out: ListedBackup[] = []
+  for (const name of names) {
+    if (!name.endsWith(MANIFEST_SUFFIX)) continue
+    const manifestFile = path.join(dir, name)
+    let manifest: Manifest
+    try {
+      manifest = await readManifest(manifestFile)
+    } catch {
+      continue
+    }
+    if (database !== undefined && manifest.database !== database) continue
+    const file = path.join(dir, manifest.file)
+    if (file !== manifestFile.slice(0, -MANIFEST_SUFFIX.length)) continue
+    if (!(await fs.access(file).then(() => true, () => false))) continue
+    out.push({file, manifest, manifestFile})
+  }
+  return out.sort((a, b) => b.manifest.created_at.localeCompare(a.manifest.created_at) || b.file.localeCompare(a.file))
+}
+
+export async function newestBackup(dir: string, database: string, purpose?: BackupPurpose | string): Promise<ListedBackup | undefined> {
+  const all = await listBackups(dir, database)
+  return all.find((b) => purpose === undefined || b.manifest.purpose === purpose)
+}

@@ -1,0 +1,85 @@
+import {toUserError} from '../errors.js'
+import type {MigrationFile} from '../migrations/files.js'
+import {LEDGER_TABLE, ownLedgerExists} from '../migrations/ledger.js'
+import {migrateUp, type RunnerOptions, type RunReport} from '../migrations/runner.js'
+import {connect, type Sql} from '../target/connect.js'
+import type {Target} from '../target/target.js'
+import type {PgTools} from '../target/tools.js'
+import type {BackupInfo, ListedBackup} from './backup.js'
+import {createClone, sweepClones} from './clone.js'
+import {TOUCHED_TABLES} from './preflight.js'
+import {verifyDatabase, type VerifyReport} from './verify.js'
+
+export interface DryRunOptions {
+  target: Target
+  tools: PgTools
+  /** Connected to production (read only here). */
+  sql: Sql
+  backup: BackupInfo | ListedBackup
+  migrations: MigrationFile[]
+  schema: string
+  /** Tables the migrations create that exist already (a hand-run): their rows matter to the trial too. */
+  extraTables: string[]
+  /** Schema of the existing schema_migrations table, if there is one. */
+  ledgerSchema?: string
+  to?: number
+  jobs?: number
+  keep?: boolean
+  runner: Pick<RunnerOptions, 'lockTimeoutMs' | 'maxLockWaitMs' | 'statementTimeoutMs' | 'buildTimeoutMs'>
+  log: (line: string) => void
+  progress: (line: string) => void
+}
+
+export interface DryRunReport {
+  clone: string
+  kept: boolean
+  restoreMs: number
+  /** The forecast: how long applying took on the clone. */
+  applyMs: number
+  leftOut: Array<{table: string; rows: number | null}>
+  swept: string[]
+  run?: RunReport
+  verify?: VerifyReport
+  /** Set when the migration (or its verification) would fail: one sentence naming the statement. */
+  failure?: string
+}
+
+/**
+ * The guide's dry run, made cheap and safe: restore the backup just taken into a throwaway database (only the
+ * data the migration reads or alters), apply there, verify there, and always drop it.
+ */
+export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
+  const swept = await sweepClones(o.sql, o.target.conn.database, o.log)
+  const dataTables = [...new Set([...TOUCHED_TABLES, ...o.extraTables])].map((t) => `${o.schema}.${t}`)
+  // The ledgers, where they exist, so the clone starts from production's migration state.
+  if (o.ledgerSchema) dataTables.push(`${o.ledgerSchema}.schema_migrations`)
+  if (await ownLedgerExists(o.sql)) dataTables.push(LEDGER_TABLE)
+  const clone = await createClone({
+    admin: o.sql, backup: o.backup, dataTables, jobs: o.jobs, keep: o.keep, log: o.log,
+    onProgress: (p) => o.progress(`restoring: ${p.done}/${p.total} archive entries${p.item ? ` (${p.item})` : ''}`),
+    target: o.target, tools: o.tools,
+  })
+  const report: DryRunReport = {applyMs: 0, clone: clone.name, kept: Boolean(o.keep), leftOut: clone.leftOut, restoreMs: clone.restoreMs, swept}
+  let cloneSql: Sql | undefined
+  try {
+    cloneSql = connect(o.target.conn, {database: clone.name})
+    const t0 = Date.now()
+    try {
+      report.run = await migrateUp({
+        ...o.runner, log: (l) => o.log(`[clone] ${l}`), migrations: o.migrations, observeLocks: true, progress: o.progress,
+        revertOnFailure: false, schema: o.schema, sql: cloneSql, to: o.to,
+      })
+    } catch (error) {
+      report.failure = toUserError(error).message
+      return report
+    } finally {
+      report.applyMs = Date.now() - t0
+    }
+    report.verify = await verifyDatabase(cloneSql, {exactCounts: true, manifest: o.backup.manifest, schema: o.schema, upTo: report.run.after ?? undefined})
+    if (!report.verify.ok) report.failure = `Verification on the dry-run database failed: ${report.verify.failures[0]}`
+    return report
+  } finally {
+    await cloneSql?.end({timeout: 2}).catch(() => {})
+    if (!o.keep) await clone.drop()
+  }
+}

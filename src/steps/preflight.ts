@@ -1,0 +1,176 @@
+import {statfs} from 'node:fs/promises'
+import {existsSync} from 'node:fs'
+import path from 'node:path'
+
+import {UserError} from '../errors.js'
+import {assertCanMigrate} from '../migrations/plan.js'
+import {quoteIdent} from '../target/connect.js'
+import type {PgTools} from '../target/tools.js'
+import type {Target} from '../target/target.js'
+import type {Inspection} from './inspect.js'
+
+export interface Check {
+  name: string
+  status: 'ok' | 'warn' | 'fail'
+  detail: string
+  fix?: string
+}
+
+export interface PreflightReport {
+  checks: Check[]
+  /** Bytes the tables hold (heap + TOAST, no indexes): the backup's upper bound before compression. */
+  dataBytes: number
+  databaseBytes: number
+}
+
+/** The tables the migrations alter or validate against; their data is what a faithful dry run needs. */
+export const TOUCHED_TABLES = ['nchat_users', 'nchat_channels', 'nchat_messages']
+
+export interface PreflightOptions {
+  target: Target
+  ins: Inspection
+  tools?: PgTools
+  /** Where the backup will be written; undefined when no backup is taken. */
+  backupDir?: string
+  needCreateDb: boolean
+  to?: number
+}
+
+/**
+ * Every check the guide leaves to the operator, turned into a check with a cause and a fix. Read-only.
+ * Throws a UserError naming the first failure; warnings are returned.
+ */
+export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
+  const {sql, plan, server} = o.ins
+  const checks: Check[] = []
+  const schema = plan.appSchema
+  checks.push({detail: `PostgreSQL ${server.text}`, name: 'server version', status: 'ok'})
+  checks.push({detail: `nChat tables in schema ${schema}`, name: 'nChat database', status: 'ok'})
+
+  try {
+    assertCanMigrate(plan, o.to)
+    const drift = plan.migrations.filter((m) => m.state !== 'pending' && m.state !== 'applied')
+    checks.push({detail: `schema_migrations at ${plan.current ?? 'nothing'}; to apply: ${plan.toApply.map((m) => m.name).join(', ') || 'nothing'}${drift.length ? ` (${drift.map((m) => `${m.name} ${m.state}`).join(', ')})` : ''}`, name: 'ledger', status: 'ok'})
+  } catch (error) {
+    checks.push({detail: (error as Error).message, fix: (error as UserError).hint, name: 'ledger', status: 'fail'})
+  }
+
+  const missing = await sql<{name: string}[]>`
+    select t as name from unnest(${TOUCHED_TABLES}::text[]) t
+    where not exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = ${schema} and c.relname = t)`
+  if (missing.length > 0) {
+    checks.push({detail: `schema ${schema} has no ${missing.map((m) => m.name).join(', ')}`, fix: 'This is not a complete nChat v0.3.0 database.', name: 'nChat tables', status: 'fail'})
+  }
+
+  const [sizes] = await sql<{db: string; data: string}[]>`
+    select pg_database_size(current_database())::text as db,
+      coalesce(sum(pg_table_size(c.oid)), 0)::text as data
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind in ('r', 'p', 'm') and n.nspname not in ('pg_catalog', 'information_schema')`
+  const dataBytes = Number(sizes.data)
+  const databaseBytes = Number(sizes.db)
+
+  if (o.backupDir) checks.push(await backupSpaceCheck(o.backupDir, dataBytes))
+
+  // Privileges: create in the schema, alter the tables the migration changes, create databases for the clone.
+  const [priv] = await sql<{create: boolean; owns: boolean; createdb: boolean; superuser: boolean}[]>`
+    select has_schema_privilege(${schema}, 'CREATE') as create,
+      coalesce(bool_and(pg_has_role(current_user, c.relowner, 'USAGE')), false) as owns,
+      (select rolcreatedb from pg_roles where rolname = current_user) as createdb,
+      (select rolsuper from pg_roles where rolname = current_user) as superuser
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = ${schema} and c.relname = any(${TOUCHED_TABLES})`
+  if (!priv.create) checks.push({detail: `${sqlUser(o)} cannot create objects in schema ${schema}`, fix: `GRANT CREATE ON SCHEMA ${schema} TO ${sqlUser(o)}, or run as the owner.`, name: 'privileges', status: 'fail'})
+  else if (!priv.owns) checks.push({detail: `${sqlUser(o)} does not own ${TOUCHED_TABLES.join('/')} and cannot alter them`, fix: 'Run as the owner of the nChat tables (POSTGRES_USER).', name: 'privileges', status: 'fail'})
+  else if (o.needCreateDb && !priv.createdb && !priv.superuser) checks.push({detail: `${sqlUser(o)} may not create databases, which the dry run needs`, fix: 'Use a role with CREATEDB, or pass --skip-dryrun.', name: 'privileges', status: 'fail'})
+  else checks.push({detail: `${sqlUser(o)}${priv.superuser ? ' (superuser)' : ''} may alter the nChat tables${o.needCreateDb ? ' and create the dry-run database' : ''}`, name: 'privileges', status: 'ok'})
+
+  if (o.needCreateDb) checks.push(await serverSpaceCheck(o, databaseBytes))
+  checks.push(...(await dataChecks(o)))
+
+  if (o.tools && o.target.mode === 'local') {
+    const major = await o.tools.toolMajor('pg_dump')
+    const serverMajor = Math.floor(server.num / 10_000)
+    checks.push(major >= serverMajor
+      ? {detail: `pg_dump ${major} for server ${serverMajor}`, name: 'client tools', status: 'ok'}
+      : {detail: `local pg_dump is version ${major}, older than the server (${serverMajor})`, fix: `Install postgresql-client-${serverMajor}, or drop --local to use the container's tools.`, name: 'client tools', status: 'fail'})
+  }
+
+  const failed = checks.find((c) => c.status === 'fail')
+  if (failed) throw new UserError(`Preflight failed (${failed.name}): ${failed.detail}.`, {hint: failed.fix})
+  return {checks, dataBytes, databaseBytes}
+}
+
+function sqlUser(o: PreflightOptions): string {
+  return o.target.conn.user
+}
+
+async function backupSpaceCheck(dir: string, dataBytes: number): Promise<Check> {
+  let probe = path.resolve(dir)
+  while (!existsSync(probe) && path.dirname(probe) !== probe) probe = path.dirname(probe)
+  const fs = await statfs(probe)
+  const free = fs.bavail * fs.bsize
+  // A custom-format dump holds no index data and is compressed; half the table bytes is a safe upper bound
+  // for text-heavy chat data, plus room to spare.
+  const need = Math.ceil(dataBytes * 0.5) + 64 * 1024 * 1024
+  if (free < need) {
+    return {detail: `${fmtBytes(free)} free at ${probe}, the backup may need up to ${fmtBytes(need)}`, fix: 'Free disk space or choose another --backup-dir.', name: 'backup space', status: 'fail'}
+  }
+  return {detail: `${fmtBytes(free)} free at ${probe} (backup estimated below ${fmtBytes(need)})`, name: 'backup space', status: 'ok'}
+}
+
+async function serverSpaceCheck(o: PreflightOptions, databaseBytes: number): Promise<Check> {
+  const name = 'server space'
+  try {
+    const [{dir}] = await o.ins.sql<{dir: string}[]>`select current_setting('data_directory') as dir`
+    let free: number | undefined
+    if (o.tools?.container) {
+      const {stdout} = await o.tools.exec(['df', '-Pk', dir])
+      const cols = String(stdout ?? "").trim().split('\n').at(-1)!.split(/\s+/)
+      free = Number(cols[3]) * 1024
+    } else if (existsSync(dir)) {
+      const fs = await statfs(dir)
+      free = fs.bavail * fs.bsize
+    }
+    if (free === undefined || Number.isNaN(free)) return {detail: 'cannot see the server\'s disk from here; the dry-run clone needs room for the touched tables', name, status: 'warn'}
+    const need = databaseBytes + 64 * 1024 * 1024
+    if (free < need) return {detail: `${fmtBytes(free)} free on the server, the dry-run clone may need up to ${fmtBytes(need)}`, fix: 'Free space on the server, or pass --skip-dryrun.', name, status: 'fail'}
+    return {detail: `${fmtBytes(free)} free on the server for the clone (at most ${fmtBytes(need)})`, name, status: 'ok'}
+  } catch {
+    return {detail: 'data_directory is not readable by this role; free space for the clone not checked', name, status: 'warn'}
+  }
+}
+
+/** The guide's troubleshooting queries as checks: rows a hand-run left that the migration would trip on. */
+async function dataChecks(o: PreflightOptions): Promise<Check[]> {
+  const {sql, plan} = o.ins
+  const s = quoteIdent(plan.appSchema)
+  const exists = async (table: string, column?: string) => {
+    const rows = await sql`select 1 from information_schema.columns where table_schema = ${plan.appSchema} and table_name = ${table} ${column ? sql`and column_name = ${column}` : sql``} limit 1`
+    return rows.length > 0
+  }
+  const checks: Check[] = []
+  const probes: Array<{name: string; table: string; column?: string; query: string; fix: string; what: string}> = [
+    {fix: 'Delete them (the guide\'s Issue 1): DELETE FROM nchat_identity_keys WHERE user_id NOT IN (SELECT id FROM nchat_users).', name: 'orphaned identity keys', query: `select count(*) as n from ${s}.nchat_identity_keys k where not exists (select 1 from ${s}.nchat_users u where u.id = k.user_id)`, table: 'nchat_identity_keys', what: 'identity keys whose user no longer exists'},
+    {fix: 'Keep one row per device_id (the guide\'s Issue 2).', name: 'duplicate device ids', query: `select count(*) as n from (select device_id from ${s}.nchat_identity_keys group by device_id having count(*) > 1) d`, table: 'nchat_identity_keys', what: 'device ids used by more than one identity key'},
+    {fix: 'Set them to NULL or one of manual, qr_code, out_of_band (the guide\'s CHECK let them in, DESIGN D1).', name: 'invalid verification methods', query: `select count(*) as n from ${s}.nchat_safety_numbers where verification_method is not null and verification_method not in ('manual', 'qr_code', 'out_of_band')`, table: 'nchat_safety_numbers', what: 'safety numbers with a verification method outside manual/qr_code/out_of_band'},
+    {column: 'sender_device_id', fix: 'Set nchat_messages.sender_device_id to NULL where the device is unknown.', name: 'unknown sender devices', query: `select count(*) as n from ${s}.nchat_messages m where m.sender_device_id is not null and not exists (select 1 from ${s}.nchat_identity_keys k where k.device_id = m.sender_device_id)`, table: 'nchat_messages', what: 'messages whose sender_device_id has no identity key'},
+  ]
+  for (const p of probes) {
+    if (!(await exists(p.table, p.column))) continue
+    if (p.column && !(await exists('nchat_identity_keys'))) continue
+    const [{n}] = await sql.unsafe<{n: string}[]>(p.query)
+    checks.push(Number(n) > 0
+      ? {detail: `${n} ${p.what}`, fix: p.fix, name: p.name, status: 'fail'}
+      : {detail: `none found`, name: p.name, status: 'ok'})
+  }
+  return checks
+}
+
+export function fmtBytes(n: number): string {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB']
+  let i = 0
+  let v = n
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
+}

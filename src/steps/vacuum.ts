@@ -1,0 +1,100 @@
+/**
+ * Post-migration maintenance (the guide's "Vacuum and Analyze"): VACUUM (ANALYZE) of the new tables and of the
+ * two tables 014 alters, so the planner has statistics for the new indexes at once. Each VACUUM runs alone,
+ * outside any transaction (VACUUM cannot run inside one): a single statement on the pool is autocommitted.
+ * The guide's last step, REFRESH MATERIALIZED VIEW CONCURRENTLY nchat_prekey_bundles, is gone with the
+ * materialized view (D2): the plain view is always fresh.
+ */
+import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
+import {CancelledError, toUserError, UserError} from '../errors.js'
+import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
+import {assertIdentifier} from './verify.js'
+
+/** The new tables of 013-016, then the two existing tables 014 alters. */
+export const VACUUM_TABLES: readonly string[] = [
+  // 013 / 014: E2EE
+  'nchat_user_master_keys',
+  'nchat_identity_keys',
+  'nchat_signed_prekeys',
+  'nchat_one_time_prekeys',
+  'nchat_signal_sessions',
+  'nchat_safety_numbers',
+  'nchat_e2ee_audit_log',
+  // 015: calls
+  'nchat_calls',
+  'nchat_call_participants',
+  'nchat_call_events',
+  // 016: streaming
+  'nchat_streams',
+  'nchat_stream_viewers',
+  // altered by 014
+  'nchat_messages',
+  'nchat_channels',
+]
+
+/**
+ * `VACUUM (ANALYZE) schema.table` for each of `tables` that exists (others are skipped silently: a database
+ * migrated only to 014 has no call tables). Returns what was vacuumed with its duration.
+ */
+export async function vacuumTables(sql: Sql, schema: string, tables: readonly string[], onProgress?: (line: string) => void): Promise<Array<{table: string; ms: number}>> {
+  assertIdentifier(schema, 'schema')
+  for (const t of tables) assertIdentifier(t, 'table name')
+  let existing: string[]
+  try {
+    const rows = await sql<{name: string}[]>`
+      select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+       where n.nspname = ${schema} and c.relname = any(${[...tables]}) and c.relkind in ('r', 'p', 'm')`
+    const found = new Set(rows.map((r) => r.name))
+    existing = tables.filter((t) => found.has(t))
+  } catch (error) {
+    throw toUserError(error, `finding the tables to vacuum in schema ${schema}`)
+  }
+
+  const done: Array<{table: string; ms: number}> = []
+  for (const [i, table] of existing.entries()) {
+    throwIfCancelled('VACUUM (ANALYZE)')
+    const statement = `VACUUM (ANALYZE) ${quoteIdent(schema)}.${quoteIdent(table)}`
+    onProgress?.(`VACUUM (ANALYZE) ${table} (${i + 1}/${existing.length})`)
+    const started = Date.now()
+    const q = sql.unsafe(statement)
+    const dispose = onCancel(() => q.cancel())
+    try {
+      await q
+    } catch (error) {
+      if (isCancelled()) throw new CancelledError(`VACUUM (ANALYZE) of ${table}`)
+      const inner = toUserError(error)
+      throw new UserError(`VACUUM (ANALYZE) of ${schema}.${table} failed: ${inner.message.replace(/\.$/, '')}.`, {
+        cause: error,
+        hint: inner.hint ?? 'The migration itself is done; run VACUUM (ANALYZE) on that table by hand later.',
+      })
+    } finally {
+      dispose()
+    }
+    const ms = Date.now() - started
+    done.push({ms, table})
+    onProgress?.(`VACUUM (ANALYZE) ${table}: ${ms} ms`)
+  }
+  return done
+}
+
+export interface VacuumStats {
+  lastVacuum: Date | null
+  lastAnalyze: Date | null
+  lastAutovacuum: Date | null
+  lastAutoanalyze: Date | null
+}
+
+/** pg_stat_user_tables' vacuum and analyze times of `tables` (tables that do not exist are left out). */
+export async function lastVacuumed(sql: Querier, schema: string, tables: readonly string[]): Promise<Record<string, VacuumStats>> {
+  assertIdentifier(schema, 'schema')
+  // The statistics snapshot of this session may be cached: read fresh values.
+  await sql`select pg_stat_clear_snapshot()`
+  const rows = await sql<{name: string; last_vacuum: Date | null; last_analyze: Date | null; last_autovacuum: Date | null; last_autoanalyze: Date | null}[]>`
+    select relname as name, last_vacuum, last_analyze, last_autovacuum, last_autoanalyze
+      from pg_stat_user_tables where schemaname = ${schema} and relname = any(${[...tables]})`
+  const out: Record<string, VacuumStats> = {}
+  for (const r of rows) {
+    out[r.name] = {lastAnalyze: r.last_analyze, lastAutoanalyze: r.last_autoanalyze, lastAutovacuum: r.last_autovacuum, lastVacuum: r.last_vacuum}
+  }
+  return out
+}

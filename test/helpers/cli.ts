@@ -1,0 +1,87 @@
+import {spawn} from 'node:child_process'
+import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+
+import {ADMIN, REPO_ROOT} from './fixture.js'
+
+export const BIN = path.join(REPO_ROOT, 'bin', 'run.js')
+export const FAKE_DOCKER_DIR = path.join(REPO_ROOT, 'test', 'bin')
+
+export interface CliResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
+export interface CliOptions {
+  env?: Record<string, string | undefined>
+  /** Called with the output so far; return true to send SIGINT (once). */
+  interruptWhen?: (output: string) => boolean
+  timeoutMs?: number
+}
+
+/** Run `node bin/run.js args…` as an operator would (no TTY: stdin closed, CI set). */
+export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult & {interrupted: boolean}> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', ...options.env},
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    let interrupted = false
+    const check = () => {
+      if (!interrupted && options.interruptWhen?.(stdout + stderr)) {
+        interrupted = true
+        child.kill('SIGINT')
+      }
+    }
+    child.stdout.on('data', (d) => { stdout += d; check() })
+    child.stderr.on('data', (d) => { stderr += d; check() })
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 150_000)
+    child.on('error', reject)
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      resolve({code, interrupted, signal, stderr, stdout})
+    })
+  })
+}
+
+export function localArgs(database: string): string[] {
+  return ['--local', '--host', ADMIN.host, '--port', String(ADMIN.port), '--user', ADMIN.user, '--database', database]
+}
+
+/** An nself project folder with an .env (and the given extra lines), for tests that read env files. */
+export function makeProject(env: Record<string, string>): {dir: string; cleanup: () => void} {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'e2ee-proj-'))
+  writeFileSync(path.join(dir, '.env'), Object.entries(env).map(([k, v]) => `${k}=${v}`).join('\n') + '\n')
+  return {cleanup: () => rmSync(dir, {force: true, recursive: true}), dir}
+}
+
+export function tmpDir(prefix = 'e2ee-bk-'): {dir: string; cleanup: () => void} {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix))
+  return {cleanup: () => rmSync(dir, {force: true, recursive: true}), dir}
+}
+
+export function fakeDockerEnv(container: string, log: string, secret?: string): Record<string, string> {
+  return {
+    FAKE_DOCKER_CONTAINER: container,
+    FAKE_DOCKER_LOG: log,
+    ...(secret ? {FAKE_DOCKER_SECRET: secret} : {}),
+    PATH: `${FAKE_DOCKER_DIR}${path.delimiter}${process.env.PATH}`,
+  }
+}
+
+export function dockerCalls(log: string): string[][] {
+  try {
+    return readFileSync(log, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as string[])
+  } catch {
+    return []
+  }
+}
+
+export function parseJson(stdout: string): any { // eslint-disable-line @typescript-eslint/no-explicit-any
+  return JSON.parse(stdout)
+}

@@ -1,0 +1,485 @@
+// Test fixtures for integration tests against the real PostgreSQL on 127.0.0.1:5432.
+//
+// Every test makes its own database (createV030Database) and drops it at the end.
+// Nothing here depends on src/: the SQL-level tests run the migration files either with psql
+// (applyFileWithPsql, every statement autocommits) or the way the engine does
+// (applyFileAsEngine: transactional part in one transaction, then the tail statements alone).
+
+import {execFile} from 'node:child_process'
+import {randomBytes} from 'node:crypto'
+import {readFile} from 'node:fs/promises'
+import path from 'node:path'
+import {fileURLToPath} from 'node:url'
+import {promisify} from 'node:util'
+import postgres from 'postgres'
+
+const execFileP = promisify(execFile)
+
+export const ADMIN = {host: '127.0.0.1', port: 5432, user: 'postgres'} as const
+export const adminUrl = `postgres://${ADMIN.user}@${ADMIN.host}:${ADMIN.port}/postgres`
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const MIGRATIONS_DIR = path.join(REPO_ROOT, 'migrations')
+export const FIXTURES_DIR = path.join(REPO_ROOT, 'test', 'fixtures')
+export const V030_SCHEMA_FILE = path.join(FIXTURES_DIR, 'v030_schema.sql')
+export const GUIDE_BY_HAND_FILE = path.join(FIXTURES_DIR, 'guide_014_by_hand.sql')
+
+/** The four migrations of the upgrade, oldest first. */
+export const MIGRATIONS = [
+  {version: 13, name: '013_e2ee_system'},
+  {version: 14, name: '014_e2ee_system'},
+  {version: 15, name: '015_voice_calls'},
+  {version: 16, name: '016_live_streaming'},
+] as const
+
+export type MigrationVersion = (typeof MIGRATIONS)[number]['version']
+
+/** Absolute path of a migration file: migrationFile(14) or migrationFile(14, 'down'). */
+export function migrationFile(version: MigrationVersion, direction: 'up' | 'down' = 'up'): string {
+  const m = MIGRATIONS.find((x) => x.version === version)
+  if (!m) throw new Error(`unknown migration ${version}`)
+  return path.join(MIGRATIONS_DIR, direction === 'up' ? `${m.name}.sql` : `${m.name}.down.sql`)
+}
+
+/** Columns the migrations add to existing v0.3.0 tables (left out of dataDigest). */
+export const MIGRATION_ADDED_COLUMNS: Record<string, string[]> = {
+  nchat_messages: ['is_encrypted', 'encrypted_payload', 'sender_device_id'],
+  nchat_channels: ['enforce_encryption'],
+}
+
+/** The v0.3.0 tables with data (createV030Database fills them). */
+export const V030_TABLES = [
+  'nchat_users',
+  'nchat_channels',
+  'nchat_channel_members',
+  'nchat_messages',
+  'nchat_reactions',
+  'nchat_read_receipts',
+]
+
+export type LedgerShape = 'guide' | 'varchar' | 'bigint-name' | 'none'
+
+export interface V030Options {
+  name?: string
+  schema?: 'public' | 'nchat'
+  ledger?: LedgerShape
+  users?: number
+  channels?: number
+  messages?: number
+}
+
+export interface V030Database {
+  name: string
+  schema: string
+  drop(): Promise<void>
+}
+
+const IDENT = /^[a-z_][a-z0-9_]{0,62}$/
+
+function ident(name: string): string {
+  if (!IDENT.test(name)) throw new Error(`unsafe identifier: ${JSON.stringify(name)}`)
+  return `"${name}"`
+}
+
+function count(n: number | undefined, dflt: number, min: number): number {
+  const v = n ?? dflt
+  if (!Number.isInteger(v) || v < min) throw new Error(`invalid count ${v}`)
+  return v
+}
+
+/**
+ * A postgres.js client on database `dbName` (notices silenced).
+ * With `schema`, the connection search_path is that schema.
+ */
+export function connect(
+  dbName: string,
+  opts: {schema?: string; max?: number} = {},
+): postgres.Sql {
+  return postgres({
+    ...ADMIN,
+    database: dbName,
+    max: opts.max ?? 1,
+    onnotice: () => {},
+    idle_timeout: 5,
+    connection: {
+      application_name: 'nself-e2ee-tests',
+      ...(opts.schema ? {search_path: opts.schema} : {}),
+    },
+  })
+}
+
+/** Names of the 12 v0.3.0 migrations as recorded in the ledger shapes that store names. */
+const V030_MIGRATION_NAMES = [
+  'initial_schema',
+  'users',
+  'channels',
+  'channel_members',
+  'messages',
+  'reactions',
+  'read_receipts',
+  'message_threads',
+  'message_search',
+  'message_edits',
+  'soft_delete',
+  'performance_indexes',
+]
+
+function ledgerSql(shape: LedgerShape): string {
+  const names = V030_MIGRATION_NAMES.map((n) => `'${n}'`).join(', ')
+  switch (shape) {
+    case 'none':
+      return ''
+    case 'guide':
+      return `
+CREATE TABLE schema_migrations (
+    version INTEGER PRIMARY KEY,
+    executed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (version, executed_at)
+SELECT v, timestamptz '2025-06-01 00:00:00+00' + v * interval '1 day'
+  FROM generate_series(1, 12) v;`
+    case 'varchar':
+      return `
+CREATE TABLE schema_migrations (
+    version VARCHAR(255) PRIMARY KEY,
+    applied_at TIMESTAMP DEFAULT now()
+);
+INSERT INTO schema_migrations (version, applied_at)
+SELECT lpad(v::text, 3, '0') || '_' || (ARRAY[${names}])[v],
+       timestamp '2025-06-01 00:00:00' + v * interval '1 day'
+  FROM generate_series(1, 12) v;`
+    case 'bigint-name':
+      return `
+CREATE TABLE schema_migrations (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TIMESTAMPTZ DEFAULT now()
+);
+INSERT INTO schema_migrations (version, name, applied_at)
+SELECT v, (ARRAY[${names}])[v], timestamptz '2025-06-01 00:00:00+00' + v * interval '1 day'
+  FROM generate_series(1, 12) v;`
+  }
+}
+
+/**
+ * Set-based, deterministic data: ids are md5-derived UUIDs, timestamps are fixed offsets,
+ * so two databases made with the same counts hold the same rows.
+ */
+function dataSql(u: number, c: number, m: number): string {
+  return `
+INSERT INTO nchat_users (id, email, username, display_name, created_at, updated_at)
+SELECT md5('user:' || i)::uuid, 'user' || i || '@example.test', 'user' || i, 'User ' || i, ts, ts
+  FROM generate_series(1, ${u}) i,
+       LATERAL (SELECT timestamptz '2025-01-01 00:00:00+00' + i * interval '1 minute' AS ts) t;
+
+INSERT INTO nchat_channels (id, name, description, type, created_by, is_private, created_at, updated_at)
+SELECT md5('channel:' || i)::uuid, 'channel-' || i, 'Channel number ' || i,
+       CASE WHEN i % 5 = 0 THEN 'private' WHEN i % 7 = 0 THEN 'group' ELSE 'public' END,
+       md5('user:' || ((i - 1) % ${u} + 1))::uuid,
+       i % 5 = 0, ts, ts
+  FROM generate_series(1, ${c}) i,
+       LATERAL (SELECT timestamptz '2025-01-02 00:00:00+00' + i * interval '1 minute' AS ts) t;
+
+-- Up to 20 members a channel, the creator as owner.
+INSERT INTO nchat_channel_members (channel_id, user_id, role, joined_at)
+SELECT md5('channel:' || i)::uuid,
+       md5('user:' || ((i - 1 + (k - 1) * 7) % ${u} + 1))::uuid,
+       CASE WHEN k = 1 THEN 'owner' ELSE 'member' END,
+       timestamptz '2025-01-03 00:00:00+00' + (i * 20 + k) * interval '1 second'
+  FROM generate_series(1, ${c}) i, generate_series(1, ${Math.min(20, u)}) k
+ON CONFLICT DO NOTHING;
+
+-- Message i goes to channel (i-1) % c + 1. Every 10th message answers the message c before it
+-- (same channel). Some are edited, some soft-deleted, some from deleted users (NULL).
+INSERT INTO nchat_messages (id, channel_id, user_id, content, type, parent_id,
+                            created_at, updated_at, edited_at, deleted_at)
+SELECT md5('message:' || i)::uuid,
+       md5('channel:' || ((i - 1) % ${c} + 1))::uuid,
+       CASE WHEN i % 97 = 0 THEN NULL ELSE md5('user:' || ((i * 7 - 1) % ${u} + 1))::uuid END,
+       CASE WHEN i % 50 = 0 THEN 'user' || ((i * 7 - 1) % ${u} + 1) || ' joined the channel'
+            ELSE 'message ' || i || ' about ' || (ARRAY['deploy', 'lunch', 'release', 'bug', 'meeting', 'postgres', 'review'])[i % 7 + 1]
+                 || ' ' || substr(md5(i::text), 1, 12) END,
+       CASE WHEN i % 50 = 0 THEN 'system' WHEN i % 31 = 0 THEN 'file' ELSE 'text' END,
+       CASE WHEN i % 10 = 0 AND i > ${c} THEN md5('message:' || (i - ${c}))::uuid END,
+       ts,
+       CASE WHEN i % 20 = 0 THEN ts + interval '5 minutes' ELSE ts END,
+       CASE WHEN i % 20 = 0 THEN ts + interval '5 minutes' END,
+       CASE WHEN i % 100 = 0 THEN ts + interval '1 hour' END
+  FROM generate_series(1, ${m}) i,
+       LATERAL (SELECT timestamptz '2025-02-01 00:00:00+00' + i * interval '1 second' AS ts) t;
+
+INSERT INTO nchat_reactions (id, message_id, user_id, emoji, created_at)
+SELECT md5('reaction:' || i)::uuid, md5('message:' || i)::uuid,
+       md5('user:' || ((i * 3) % ${u} + 1))::uuid,
+       (ARRAY['👍', '🎉', '❤️', '😂', '👀'])[i % 5 + 1],
+       timestamptz '2025-02-01 00:00:00+00' + i * interval '1 second' + interval '30 seconds'
+  FROM generate_series(5, ${m}, 5) i;
+
+-- Each member has read up to the last message of the channel (or nothing yet).
+INSERT INTO nchat_read_receipts (channel_id, user_id, last_read_message_id, read_at)
+SELECT cm.channel_id, cm.user_id,
+       CASE WHEN ch.i <= ${m} THEN md5('message:' || (ch.i + ${c} * ((${m} - ch.i) / ${c})))::uuid END,
+       timestamptz '2025-03-01 00:00:00+00'
+  FROM nchat_channel_members cm
+  JOIN (SELECT i, md5('channel:' || i)::uuid AS id FROM generate_series(1, ${c}) i) ch ON ch.id = cm.channel_id;
+
+ANALYZE;`
+}
+
+/**
+ * Creates a fresh v0.3.0 database: schema (in `public` or `nchat`), ledger in the requested shape
+ * holding versions 1..12, and deterministic data. Defaults: 50 users, 10 channels, 2000 messages.
+ */
+export async function createV030Database(opts: V030Options = {}): Promise<V030Database> {
+  const name = opts.name ?? `e2ee_t_${randomBytes(4).toString('hex')}`
+  const schema = opts.schema ?? 'public'
+  const ledger = opts.ledger ?? 'guide'
+  const users = count(opts.users, 50, 1)
+  const channels = count(opts.channels, 10, 1)
+  const messages = count(opts.messages, 2000, 0)
+  ident(name)
+  if (schema !== 'public' && schema !== 'nchat') throw new Error(`unsupported schema ${schema}`)
+
+  const admin = connect('postgres')
+  try {
+    await admin.unsafe(`CREATE DATABASE ${ident(name)}`)
+  } finally {
+    await admin.end()
+  }
+
+  const db: V030Database = {name, schema, drop: () => dropDatabase(name)}
+  const sql = connect(name, {schema})
+  try {
+    if (schema !== 'public') await sql.unsafe(`CREATE SCHEMA ${ident(schema)}`)
+    await sql.unsafe(await readFile(V030_SCHEMA_FILE, 'utf8'))
+    const ledgerText = ledgerSql(ledger)
+    if (ledgerText) await sql.unsafe(ledgerText)
+
+    if (messages > 200_000) {
+      // Big benchmark databases: build the message indexes once after loading, not row by row.
+      const idx = await sql<{name: string; def: string}[]>`
+        SELECT i.relname AS name, pg_get_indexdef(x.indexrelid) AS def
+          FROM pg_index x
+          JOIN pg_class i ON i.oid = x.indexrelid
+         WHERE x.indrelid = 'nchat_messages'::regclass
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)`
+      // The rows are consistent by construction: skip the per-row foreign key triggers too.
+      for (const i of idx) await sql.unsafe(`DROP INDEX ${ident(i.name)}`)
+      await sql.unsafe('SET session_replication_role = replica')
+      await sql.unsafe(dataSql(users, channels, messages))
+      await sql.unsafe('SET session_replication_role = DEFAULT')
+      await sql.unsafe('SET maintenance_work_mem = \'256MB\'')
+      for (const i of idx) await sql.unsafe(i.def)
+      await sql.unsafe('ANALYZE')
+    } else {
+      await sql.unsafe(dataSql(users, channels, messages))
+    }
+  } catch (error) {
+    await sql.end()
+    await dropDatabase(name).catch(() => {})
+    throw error
+  }
+
+  await sql.end()
+  return db
+}
+
+/** Drops a database, terminating its connections first. No error when it does not exist. */
+export async function dropDatabase(name: string): Promise<void> {
+  const admin = connect('postgres')
+  try {
+    await admin.unsafe(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`)
+  } finally {
+    await admin.end()
+  }
+}
+
+export interface PsqlOptions {
+  /** search_path for the session (default public). */
+  schema?: string
+  /** Value of the setting nself_e2ee.applied_versions, e.g. '13,14' (unset when undefined or ''). */
+  appliedVersions?: string
+  /** Stop at the first error and fail (default true). false = like `psql < file` by hand. */
+  onErrorStop?: boolean
+}
+
+/**
+ * Runs a SQL file with psql, one autocommitted statement at a time:
+ * `psql -v ON_ERROR_STOP=1 -X -q -h 127.0.0.1 -U postgres -d DB -f FILE`, with the schema and the
+ * applied versions passed through PGOPTIONS. For SQL-level tests only.
+ */
+export async function applyFileWithPsql(
+  dbName: string,
+  file: string,
+  opts: PsqlOptions = {},
+): Promise<{stdout: string; stderr: string}> {
+  const schema = opts.schema ?? 'public'
+  ident(schema)
+  const pgoptions = [`-c search_path=${schema}`, '-c client_min_messages=warning']
+  if (opts.appliedVersions) {
+    if (!/^[0-9, ]*$/.test(opts.appliedVersions)) throw new Error('appliedVersions: digits and commas only')
+    pgoptions.push(`-c nself_e2ee.applied_versions=${opts.appliedVersions.replaceAll(' ', '')}`)
+  }
+  const args = [
+    '-v',
+    `ON_ERROR_STOP=${opts.onErrorStop === false ? 0 : 1}`,
+    '-X',
+    '-q',
+    '-h',
+    ADMIN.host,
+    '-p',
+    String(ADMIN.port),
+    '-U',
+    ADMIN.user,
+    '-d',
+    dbName,
+    '-f',
+    file,
+  ]
+  try {
+    return await execFileP('psql', args, {
+      env: {...process.env, PGOPTIONS: pgoptions.join(' '), PGCONNECT_TIMEOUT: '10'},
+      maxBuffer: 64 * 1024 * 1024,
+    })
+  } catch (error) {
+    const e = error as {stderr?: string; message: string}
+    throw new Error(`psql -f ${path.basename(file)} failed: ${e.stderr?.trim() || e.message}`)
+  }
+}
+
+/**
+ * Runs the guide's own SQL (test/fixtures/guide_014_by_hand.sql, verbatim) with psql, as an
+ * operator following the guide would have: materialized view, refresh function and triggers,
+ * the buggy D1 check, a validated FK and plain indexes.
+ * With onErrorStop false it continues past errors, like `psql < file` (bash nself, the guide).
+ */
+export async function applyGuideByHand(
+  dbName: string,
+  schema: string = 'public',
+  opts: {onErrorStop?: boolean} = {},
+): Promise<{stdout: string; stderr: string}> {
+  return applyFileWithPsql(dbName, GUIDE_BY_HAND_FILE, {schema, onErrorStop: opts.onErrorStop})
+}
+
+// Statements that must run alone outside a transaction. Matched at the start of a line, the
+// migration files put them last.
+const TAIL_START = /^[ \t]*(CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY\b|ALTER\s+TABLE\s+[^;]*?\bVALIDATE\s+CONSTRAINT\b)/im
+
+/**
+ * Splits a migration file like the engine does: everything before the first
+ * CONCURRENTLY / VALIDATE CONSTRAINT statement is the transactional part, the rest are tail
+ * statements, each run alone.
+ */
+export function splitMigration(text: string): {transactional: string; tail: string[]} {
+  const m = TAIL_START.exec(text)
+  if (!m) return {transactional: text, tail: []}
+  const transactional = text.slice(0, m.index)
+  const tail = text
+    .slice(m.index)
+    .split(/;[ \t]*(?:\r?\n|$)/)
+    .map((s) =>
+      s
+        .split('\n')
+        .filter((l) => !/^\s*--/.test(l))
+        .join('\n')
+        .trim(),
+    )
+    .filter((s) => s.length > 0)
+  return {transactional, tail}
+}
+
+/**
+ * Applies a migration file the way the engine will: search_path set to the schema and
+ * nself_e2ee.applied_versions published, the transactional part in ONE transaction, then each
+ * tail statement alone in autocommit.
+ */
+export async function applyFileAsEngine(
+  dbName: string,
+  file: string,
+  opts: {schema?: string; appliedVersions?: string} = {},
+): Promise<void> {
+  const schema = opts.schema ?? 'public'
+  ident(schema)
+  const {transactional, tail} = splitMigration(await readFile(file, 'utf8'))
+  const sql = connect(dbName, {schema})
+  try {
+    await sql.begin(async (tx) => {
+      await tx.unsafe(`SET LOCAL search_path TO ${ident(schema)}`)
+      await tx`SELECT set_config('nself_e2ee.applied_versions', ${opts.appliedVersions ?? ''}, true)`
+      await tx.unsafe(transactional)
+    })
+    for (const statement of tail) await sql.unsafe(statement)
+  } finally {
+    await sql.end()
+  }
+}
+
+/**
+ * `pg_dump --schema-only --no-owner` of a database, without comments, SET lines,
+ * set_config calls, \restrict lines and blank lines, so two dumps compare.
+ */
+export async function schemaDump(dbName: string): Promise<string> {
+  const {stdout} = await execFileP(
+    'pg_dump',
+    ['--schema-only', '--no-owner', '-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, dbName],
+    {maxBuffer: 64 * 1024 * 1024},
+  )
+  return stdout
+    .split('\n')
+    .filter(
+      (l) =>
+        !/^--/.test(l) &&
+        !/^SET /.test(l) &&
+        !/^SELECT pg_catalog\.set_config/.test(l) &&
+        !/^\\(un)?restrict\b/.test(l) &&
+        l.trim() !== '',
+    )
+    .join('\n')
+}
+
+async function findSchema(sql: postgres.Sql): Promise<string> {
+  const rows = await sql<{nspname: string}[]>`
+    SELECT n.nspname
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relname = 'nchat_users' AND c.relkind = 'r'
+     ORDER BY n.nspname = 'public'
+     LIMIT 1`
+  if (rows.length === 0) throw new Error('nchat_users not found')
+  return rows[0].nspname
+}
+
+/**
+ * Digest of the rows of each table: `<row count>:<md5 of the rows as text, sorted>`, leaving out
+ * the columns the migrations add (MIGRATION_ADDED_COLUMNS). The schema is where nchat_users lives
+ * unless given.
+ */
+export async function dataDigest(
+  dbName: string,
+  tables: string[],
+  opts: {schema?: string} = {},
+): Promise<Record<string, string>> {
+  const sql = connect(dbName)
+  try {
+    const schema = opts.schema ?? (await findSchema(sql))
+    const excluded = Object.values(MIGRATION_ADDED_COLUMNS).flat()
+    const out: Record<string, string> = {}
+    for (const table of tables) {
+      const cols = await sql<{column_name: string}[]>`
+        SELECT column_name FROM information_schema.columns
+         WHERE table_schema = ${schema} AND table_name = ${table}
+           AND NOT (column_name = ANY(${excluded}))
+         ORDER BY ordinal_position`
+      if (cols.length === 0) throw new Error(`table ${schema}.${table} not found`)
+      const list = cols.map((c) => `"${c.column_name}"`).join(', ')
+      const [row] = await sql.unsafe<{n: string; digest: string}[]>(
+        `SELECT count(*)::text AS n,
+                md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE "C"), '')) AS digest
+           FROM (SELECT ${list} FROM ${ident(schema)}.${ident(table)}) t`,
+      )
+      out[table] = `${row.n}:${row.digest}`
+    }
+    return out
+  } finally {
+    await sql.end()
+  }
+}
