@@ -31,7 +31,7 @@ export function splitStatements(text: string): Array<{sql: string; line: number}
     if (trimmed) {
       const lead = chunk.length - chunk.trimStart().length
       const firstCode = start + lead + leadingCommentLength(chunk.slice(lead))
-      out.push({line: lineAt(text, firstCode), sql: chunk.trim()})
+      out.push({line: lineAt(text, firstCode), sql: text.slice(firstCode, end).trim()})
     }
   }
 
@@ -97,8 +97,10 @@ function leadingCommentLength(s: string): number {
       const eol = s.indexOf('\n', i)
       i = eol === -1 ? s.length : eol + 1
     } else if (s.startsWith('/*', i)) {
-      const end = s.indexOf('*/', i)
-      i = end === -1 ? s.length : end + 2
+      let depth = 0
+      do {
+        if (s.startsWith('/*', i)) { depth++; i += 2 } else if (s.startsWith('*/', i)) { depth--; i += 2 } else i++
+      } while (depth > 0 && i < s.length)
     } else return i
   }
 }

@@ -534,7 +534,7 @@ function checkObjects(checks: Checks, expected: ExpectedSchema, live: Catalog, u
           const d2 = o.name === 'nchat_prekey_bundles' && have.relkind === 'm'
             ? ' (the guide\'s materialized view, defect D2: refreshed on every key write); run nself db e2ee migrate to convert it into the plain view'
             : ''
-          checks.fail(name, `${o.name} is ${RELKIND_TEXT[have.relkind] ?? have.relkind}, expected ${RELKIND_TEXT[def.relkind] ?? def.relkind}${d2}`)
+          checks.fail(name, `${o.kind} ${o.name} is ${RELKIND_TEXT[have.relkind] ?? have.relkind}, expected ${RELKIND_TEXT[def.relkind] ?? def.relkind}${d2}`)
           if (o.kind === 'table') broken.add(o.name)
           break
         }

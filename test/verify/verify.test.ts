@@ -3,7 +3,10 @@
 import {describe, expect, it} from 'vitest'
 
 import {verifyDatabase, type VerifyReport} from '../../src/steps/verify.js'
-import {migratedDatabase, T} from './_db.js'
+import {loadMigrations} from '../../src/migrations/files.js'
+import {migrateUp} from '../../src/migrations/runner.js'
+import {applyGuideByHand, createV030Database} from '../helpers/fixture.js'
+import {migratedDatabase, pool, T} from './_db.js'
 
 function failuresMatching(report: VerifyReport, re: RegExp): string[] {
   return report.failures.filter((f) => re.test(f))
@@ -226,6 +229,33 @@ describe('verifyDatabase', () => {
       })
     } finally {
       await m.done()
+    }
+  }, T)
+
+  it("a database where the guide's SQL was run by hand fails naming the D1 check, the materialized view and its triggers, and passes once migrated", async () => {
+    const db = await createV030Database({messages: 100})
+    const sql = pool(db.name)
+    try {
+      await applyGuideByHand(db.name)
+      const before = await verifyDatabase(sql, {schema: db.schema, upTo: 14})
+      expect(before.ok).toBe(false)
+      for (const re of [
+        /^check constraint nchat_safety_numbers_verification_method_check on nchat_safety_numbers is .*defect D1/,
+        /^view nchat_prekey_bundles is a materialized view, expected a view \(the guide's materialized view, defect D2/,
+        /^function refresh_prekey_bundles\(\) /,
+        /^trigger refresh_prekey_bundles_on_identity_key on nchat_identity_keys /,
+        /^trigger refresh_prekey_bundles_on_signed_prekey on nchat_signed_prekeys /,
+        /^trigger refresh_prekey_bundles_on_one_time_prekey on nchat_one_time_prekeys /,
+        /^function nchat_claim_prekey_bundle\(text\) is missing/,
+        /^index idx_signed_prekeys_newest on nchat_signed_prekeys is missing/,
+      ]) expect(failuresMatching(before, re), `${re}\n${show(before)}`).toHaveLength(1)
+
+      await migrateUp({migrations: loadMigrations(), schema: db.schema, sql})
+      const after = await verifyDatabase(sql, {schema: db.schema})
+      expect(after.failures, show(after)).toEqual([])
+    } finally {
+      await sql.end({timeout: 5})
+      await db.drop()
     }
   }, T)
 
