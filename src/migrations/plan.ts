@@ -52,7 +52,7 @@ async function existingTables(sql: Querier, schema: string, names: string[]): Pr
   if (names.length === 0) return []
   const rows = await sql<{name: string}[]>`
     select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = ${schema} and c.relname = any(${names})`
+    where n.nspname = ${schema} and c.relname = any(${names}) and c.relkind in ('r', 'p')`
   return rows.map((r) => r.name)
 }
 

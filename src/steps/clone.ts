@@ -316,7 +316,9 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
       const first = errors.find((l) => /error:/i.test(l)) ?? errors[0] ?? (error as {shortMessage?: string}).shortMessage ?? String(error)
       const cmd = errors.find((l) => l.startsWith('Command was'))
       const detail = first.replace(/^error: /, '').replace(/^(could not execute query: )?ERROR:\s+/, '').replace(/\.$/, '')
-      throw new Error(cmd ? `${detail} (${cmd.replace(/\s+/g, ' ').slice(0, 200).replace(/\.$/, '')})` : detail)
+      // A failing command may carry connection options (CREATE SUBSCRIPTION / USER MAPPING): never echo passwords.
+      const shown = cmd?.replace(/\s+/g, ' ').replace(/(password\s*(=|\s)\s*)('[^']*'|\S+)/gi, '$1***').slice(0, 200).replace(/\.$/, '')
+      throw new Error(shown ? `${detail} (${shown})` : detail)
     } finally {
       lines.close()
     }

@@ -123,6 +123,11 @@ export function assertIdentifier(name: string, what = 'identifier'): string {
   return name
 }
 
+/** An identifier as the operator would type it: bare when that is safe, quoted otherwise. */
+function displayIdent(name: string): string {
+  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : quoteIdent(name)
+}
+
 function objectKey(kind: ObjectKind, name: string, table?: string): string {
   switch (kind) {
     case 'table':
@@ -485,7 +490,7 @@ export async function verifyDatabase(sql: Querier, opts: VerifyOptions): Promise
     throw toUserError(error, `reading the catalogs of schema ${schema}`)
   }
 
-  const brokenTables = checkObjects(checks, expected, live, upTo)
+  const brokenTables = checkObjects(checks, expected, live, upTo, schema)
   if (upTo >= GUIDE_LEFTOVERS.since) checkGuideLeftovers(checks, live)
   checkInvalidLeftovers(checks, expected, live, upTo)
   await checkData(checks, sql, schema, live, upTo)
@@ -495,7 +500,8 @@ export async function verifyDatabase(sql: Querier, opts: VerifyOptions): Promise
 }
 
 /** Compare every expected object; returns the tables that are missing or not tables (their parts are not listed). */
-function checkObjects(checks: Checks, expected: ExpectedSchema, live: Catalog, upTo: number): Set<string> {
+function checkObjects(checks: Checks, expected: ExpectedSchema, live: Catalog, upTo: number, schema: string): Set<string> {
+  const q = (name: string) => `${displayIdent(schema)}.${displayIdent(name)}`
   const wanted = expected.objects
     .map((o) => ({at: expectedAt(o, upTo), o}))
     .filter((x): x is {at: {def: ObjectDef | null; version: number}; o: ExpectedObject} => x.at !== undefined)
@@ -591,7 +597,7 @@ function checkObjects(checks: Checks, expected: ExpectedSchema, live: Catalog, u
           break
         }
         if (cur.state?.valid === false || cur.state?.ready === false) {
-          checks.fail(name, `index ${o.name} on ${def.table} is INVALID (an interrupted CREATE INDEX CONCURRENTLY build), so no query uses it: run nself db e2ee migrate again to rebuild it, or REINDEX INDEX CONCURRENTLY ${o.name}`)
+          checks.fail(name, `index ${o.name} on ${def.table} is INVALID (an interrupted CREATE INDEX CONCURRENTLY build), so no query uses it: run nself db e2ee migrate again to rebuild it, or REINDEX INDEX CONCURRENTLY ${q(o.name)}`)
           break
         }
         checks.ok(name, `on ${def.table}, valid: ${def.unique ? 'UNIQUE ' : ''}${def.definition}`)
@@ -599,7 +605,7 @@ function checkObjects(checks: Checks, expected: ExpectedSchema, live: Catalog, u
       }
 
       case 'constraint':
-        checkConstraint(checks, name, o, at.def as ConstraintDef, cur, live, by)
+        checkConstraint(checks, name, o, at.def as ConstraintDef, cur, live, by, q)
         break
 
       case 'function': {
@@ -645,21 +651,21 @@ function describeFk(d: ConstraintDef): string {
   return `(${d.columns.join(', ')}) → ${r.table}(${r.columns.join(', ')}) ON DELETE ${r.onDelete}`
 }
 
-function checkConstraint(checks: Checks, name: string, o: ExpectedObject, def: ConstraintDef, cur: CatalogObject | undefined, live: Catalog, by: string): void {
+function checkConstraint(checks: Checks, name: string, o: ExpectedObject, def: ConstraintDef, cur: CatalogObject | undefined, live: Catalog, by: string, q: (name: string) => string): void {
   const what = CONSTRAINT_TYPE[def.type] ?? 'constraint'
   name = `${what} ${o.name}`
   let found = cur
   let renamed = false
   if (!found) {
     // Not by name: look for the same constraint under another name (table, columns → referenced table; or definition).
-    found = [...live.values()].find((x) => {
-      if (x.kind !== 'constraint') return false
-      const d = x.def as ConstraintDef
-      if (d.table !== def.table || d.type !== def.type) return false
-      if (def.type === 'f') return canonical(d.columns) === canonical(def.columns) && d.references?.table === def.references?.table
-      if (def.type === 'c') return d.definition === def.definition
-      return canonical(d.columns) === canonical(def.columns)
-    })
+    const candidates = [...live.values()].filter((x) => x.kind === 'constraint' && (x.def as ConstraintDef).table === def.table && (x.def as ConstraintDef).type === def.type)
+    const cdef = (x: CatalogObject) => x.def as ConstraintDef
+    found = def.type === 'f'
+      ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns) && cdef(x).references?.table === def.references?.table)
+      : def.type === 'c'
+        // A check by its definition, else a check on the same columns (compared below: the D1 variant).
+        ? candidates.find((x) => cdef(x).definition === def.definition) ?? (def.columns.length > 0 ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns)) : undefined)
+        : candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns))
     if (!found) {
       checks.fail(name, `${what} ${o.name} on ${def.table} is missing (${by} creates it: ${def.type === 'f' ? describeFk(def) : def.definition})`)
       return
@@ -697,7 +703,7 @@ function checkConstraint(checks: Checks, name: string, o: ExpectedObject, def: C
     return
   }
   if (found.state?.validated === false) {
-    checks.fail(name, `${label} is NOT VALID (never validated, existing rows were not checked): run ALTER TABLE ${def.table} VALIDATE CONSTRAINT ${found.name}`)
+    checks.fail(name, `${label} is NOT VALID (never validated, existing rows were not checked): run ALTER TABLE ${q(def.table)} VALIDATE CONSTRAINT ${displayIdent(found.name)}`)
     return
   }
   const summary = def.type === 'f' ? `${describeFk(def)}, validated` : def.definition

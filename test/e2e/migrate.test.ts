@@ -6,7 +6,7 @@ import {afterEach, describe, expect, it} from 'vitest'
 
 import {ADMIN, connect, createV030Database, dataDigest, dropDatabase, V030_TABLES, type V030Database} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'
-import {dockerCalls, fakeDockerEnv, localArgs, makeProject, parseJson, runCli, tmpDir} from '../helpers/cli.js'
+import {dockerCalls, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli, tmpDir} from '../helpers/cli.js'
 
 const execFileP = promisify(execFile)
 const cleanups: Array<() => Promise<void> | void> = []
@@ -24,26 +24,6 @@ function backupDir() {
   const t = tmpDir()
   cleanups.push(t.cleanup)
   return path.join(t.dir, 'backups')
-}
-
-export async function leftoverDatabases(db: string): Promise<string[]> {
-  const sql = connect('postgres')
-  try {
-    const rows = await sql<{datname: string}[]>`select datname from pg_database where datname like ${db + '\\_e2ee\\_%'}`
-    return rows.map((r) => r.datname)
-  } finally {
-    await sql.end()
-  }
-}
-
-async function ledgerVersion(db: string): Promise<number> {
-  const sql = connect(db)
-  try {
-    const [{v}] = await sql<{v: number}[]>`select max(version)::int as v from schema_migrations`
-    return v
-  } finally {
-    await sql.end()
-  }
 }
 
 describe('nself db e2ee migrate, end to end', () => {

@@ -3,7 +3,7 @@ import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
-import {ADMIN, REPO_ROOT} from './fixture.js'
+import {ADMIN, connect, REPO_ROOT} from './fixture.js'
 
 export const BIN = path.join(REPO_ROOT, 'bin', 'run.js')
 export const FAKE_DOCKER_DIR = path.join(REPO_ROOT, 'test', 'bin')
@@ -84,4 +84,25 @@ export function dockerCalls(log: string): string[][] {
 
 export function parseJson(stdout: string): any { // eslint-disable-line @typescript-eslint/no-explicit-any
   return JSON.parse(stdout)
+}
+
+/** Databases this tool made beside `db` (dry-run clones, restores, kept pre-rollback copies). */
+export async function leftoverDatabases(db: string, kind = 'e2ee'): Promise<string[]> {
+  const sql = connect('postgres')
+  try {
+    const rows = await sql<{datname: string}[]>`select datname from pg_database where datname like ${db + '\\_' + kind + '\\_%'} order by 1`
+    return rows.map((r) => r.datname)
+  } finally {
+    await sql.end()
+  }
+}
+
+export async function ledgerVersion(db: string): Promise<number> {
+  const sql = connect(db)
+  try {
+    const [{v}] = await sql<{v: number}[]>`select max(version)::int as v from schema_migrations`
+    return v
+  } finally {
+    await sql.end()
+  }
 }

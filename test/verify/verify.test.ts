@@ -67,7 +67,7 @@ describe('verifyDatabase', () => {
       expect(report.ok).toBe(false)
       expect(report.failures, show(report)).toHaveLength(1)
       expect(report.failures[0]).toMatch(/^index idx_messages_encrypted on nchat_messages is INVALID \(an interrupted CREATE INDEX CONCURRENTLY build\)/)
-      expect(report.failures[0]).toMatch(/nself db e2ee migrate/)
+      expect(report.failures[0]).toMatch(/nself db e2ee migrate again to rebuild it, or REINDEX INDEX CONCURRENTLY public\.idx_messages_encrypted\.$/)
     } finally {
       await m.done()
     }
@@ -126,6 +126,13 @@ describe('verifyDatabase', () => {
       expect(report.failures, show(report)).toHaveLength(1)
       expect(report.failures[0]).toMatch(/^check constraint nchat_safety_numbers_verification_method_check on nchat_safety_numbers is CHECK .*NULL::text.*expected CHECK \(\(\(verification_method IS NULL\) OR/)
       expect(report.failures[0]).toMatch(/defect D1/)
+
+      // The same buggy check under another name is found by its column and named.
+      await m.sql.unsafe('ALTER TABLE nchat_safety_numbers DROP CONSTRAINT nchat_safety_numbers_verification_method_check')
+      await m.sql.unsafe(`ALTER TABLE nchat_safety_numbers ADD CONSTRAINT chk_vm CHECK (verification_method IN ('manual', 'qr_code', 'out_of_band', NULL))`)
+      const renamed = await verifyDatabase(m.sql, {schema: m.schema})
+      expect(renamed.failures, show(renamed)).toHaveLength(1)
+      expect(renamed.failures[0]).toMatch(/^check constraint chk_vm \(expected as nchat_safety_numbers_verification_method_check\) on nchat_safety_numbers is CHECK .*defect D1/)
     } finally {
       await m.done()
     }
