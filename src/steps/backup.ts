@@ -448,26 +448,33 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
    */
   async function dumpInSnapshot(compressionArgs: string[]): Promise<{result: DumpResult; rowCounts: Record<string, number>}> {
     return sql.begin('isolation level repeatable read read only', async (tx) => {
-      const [{snapshot}] = await tx<{snapshot: string}[]>`select pg_export_snapshot() as snapshot`
+      const [{snapshot, pid}] = await tx<{snapshot: string; pid: number}[]>`select pg_export_snapshot() as snapshot, pg_backend_pid() as pid`
       const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
       let stop = false
-      let current: {cancel: () => void} | undefined
-      dump.catch(() => {
+      let counting: Promise<void> = Promise.resolve()
+      // A failed or cancelled dump stops the count on the server: postgres.js's own query.cancel() on a query
+      // still queued in a transaction can leave the transaction's ROLLBACK waiting forever.
+      dump.catch(async () => {
         stop = true
-        current?.cancel()
+        await sql`select pg_cancel_backend(${pid})`.catch(() => {})
       })
       const counts: Record<string, number> = {}
-      const counting = (async () => {
+      counting = (async () => {
         for (const table of existing) {
           if (stop) return
-          const q = tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
-          current = q
-          const [{n}] = await q
+          const [{n}] = await tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
           counts[table] = Number(n)
         }
       })()
       counting.catch(() => {})
-      const result = await dump
+      let result: DumpResult
+      try {
+        result = await dump
+      } catch (error) {
+        // Let the (cancelled) count settle before the transaction ends, so its ROLLBACK is not queued behind it.
+        await counting.catch(() => {})
+        throw error
+      }
       await counting
       return {result, rowCounts: counts}
     }) as Promise<{result: DumpResult; rowCounts: Record<string, number>}>
