@@ -56,6 +56,35 @@ async function existingTables(sql: Querier, schema: string, names: string[]): Pr
   return rows.map((r) => r.name)
 }
 
+const CONCURRENT_INDEX = /INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i
+const VALIDATED = /VALIDATE\s+CONSTRAINT\s+"?([A-Za-z_][A-Za-z0-9_]*)"?/i
+
+/**
+ * The statements that run alone can be undone behind the ledger's back (an index rebuilt and interrupted, a
+ * constraint re-added NOT VALID): a migration whose online parts are not valid is `partial`, and migrate redoes them.
+ */
+async function onlinePartsDone(sql: Querier, schema: string, m: MigrationFile): Promise<boolean> {
+  const indexes: string[] = []
+  const constraints: string[] = []
+  for (const s of m.statements) {
+    if (s.mode === 'concurrent' && /^\s*CREATE/i.test(s.sql)) {
+      const name = CONCURRENT_INDEX.exec(s.sql)?.[1]
+      if (name) indexes.push(name.toLowerCase())
+    } else if (s.mode === 'validate') {
+      const name = VALIDATED.exec(s.sql)?.[1]
+      if (name) constraints.push(name.toLowerCase())
+    }
+  }
+  if (indexes.length === 0 && constraints.length === 0) return true
+  const [row] = await sql<{indexes: number; constraints: number}[]>`
+    select
+      (select count(*)::int from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = ${schema} and c.relname = any(${indexes}) and i.indisvalid and i.indisready) as indexes,
+      (select count(*)::int from pg_constraint k join pg_namespace n on n.oid = k.connamespace
+        where n.nspname = ${schema} and k.conname = any(${constraints}) and k.convalidated) as constraints`
+  return row.indexes === indexes.length && row.constraints === constraints.length
+}
+
 export async function readPlan(sql: Querier, migrations: MigrationFile[], options: {schema?: string; to?: number} = {}): Promise<Plan> {
   const appSchema = await findAppSchema(sql, options.schema)
   const shape = await detectShape(sql, appSchema)
@@ -67,7 +96,7 @@ export async function readPlan(sql: Querier, migrations: MigrationFile[], option
   for (const m of migrations) {
     const row = ledger.get(m.version)
     let state: MigrationState
-    if (row) state = row.checksum === m.checksum ? (row.finished_at ? 'applied' : 'partial') : 'drifted'
+    if (row) state = row.checksum === m.checksum ? (row.finished_at && (await onlinePartsDone(sql, appSchema, m)) ? 'applied' : 'partial') : 'drifted'
     else state = recorded.includes(m.version) ? 'recorded-elsewhere' : 'pending'
     const preexisting = state === 'applied' ? [] : await existingTables(sql, appSchema, createdTables(m))
     statuses.push({

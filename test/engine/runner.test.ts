@@ -220,3 +220,28 @@ describe('migrateUp / migrateDown on a real v0.3.0 database', () => {
     }
   })
 })
+
+describe('the online parts (CONCURRENTLY, VALIDATE) undone behind the ledger', () => {
+  it('an applied migration whose concurrent index became INVALID is partial, and migrate rebuilds it', async () => {
+    const db = await fresh()
+    const sql = engineSql(db.name)
+    try {
+      await migrateUp({log: silent, migrations: packaged(), sql})
+      await sql`update pg_index set indisvalid = false where indexrelid = 'idx_messages_encrypted'::regclass`
+      await sql`alter table nchat_messages drop constraint fk_messages_sender_device`
+      await sql`alter table nchat_messages add constraint fk_messages_sender_device foreign key (sender_device_id) references nchat_identity_keys(device_id) on delete set null not valid`
+      const plan = await readPlan(sql, packaged())
+      expect(plan.migrations.find((m) => m.version === 14)!.state).toBe('partial')
+      const logs: string[] = []
+      const r = await migrateUp({log: (l) => logs.push(l), migrations: packaged(), sql})
+      expect(r.migrations.map((m) => m.version)).toEqual([14])
+      const [row] = await sql`select
+        (select indisvalid from pg_index where indexrelid = 'idx_messages_encrypted'::regclass) as valid,
+        (select convalidated from pg_constraint where conname = 'fk_messages_sender_device') as validated`
+      expect(row).toEqual({valid: true, validated: true})
+      expect((await readPlan(sql, packaged())).toApply).toEqual([])
+    } finally {
+      await sql.end()
+    }
+  })
+})
