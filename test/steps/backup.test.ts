@@ -282,11 +282,17 @@ describe('backup folder and disk errors', () => {
     expect((error as Error).message).toMatch(/not writable/)
   }, T)
 
+  /** Outside CI (no root) these tests cannot make a tmpfs; in CI (root) a skip would hide a regression, so fail. */
+  function mountUnavailable(ctx: {skip: () => void}): void {
+    if (process.env.CI) throw new Error('cannot mount a tmpfs for this test (CI runs as root and must be able to)')
+    ctx.skip()
+  }
+
   it('refuses a read-only backup folder (as root, permissions do not stop writes: a read-only mount does)', async (ctx) => {
     root = tempDir()
     const ro = path.join(root, 'ro')
     fs.mkdirSync(ro)
-    if (!tryMount(ro, 'ro,size=1m')) ctx.skip()
+    if (!tryMount(ro, 'ro,size=1m')) mountUnavailable(ctx)
     db = await createTestDb(admin, {audit: 10, messages: 10})
     const target = makeTarget({backupDir: ro, database: db, mode: 'local'})
     sql = dbSql(db)
@@ -300,7 +306,7 @@ describe('backup folder and disk errors', () => {
     root = tempDir()
     const small = path.join(root, 'small')
     fs.mkdirSync(small)
-    if (!tryMount(small, 'size=256k,mode=0700')) ctx.skip()
+    if (!tryMount(small, 'size=256k,mode=0700')) mountUnavailable(ctx)
     db = await createTestDb(admin, {bigBodies: true, messages: 20_000})
     const target = makeTarget({backupDir: small, database: db, mode: 'local'})
     sql = dbSql(db)
