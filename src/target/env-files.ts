@@ -69,7 +69,8 @@ export function readNselfEnv(projectDir: string, extraFile?: string): EnvLayer {
     const parsed = parseEnvFile(text, layer.values)
     for (const [k, v] of Object.entries(parsed)) {
       layer.values[k] = v
-      layer.sources[k] = path.relative(process.cwd(), file) || file
+      const rel = path.relative(projectDir, file)
+      layer.sources[k] = rel.startsWith('..') ? file : rel
     }
     layer.files.push(file)
   }
