@@ -48,6 +48,31 @@ export function createdTables(m: MigrationFile): string[] {
   return [...names]
 }
 
+/** One line per migration for a confirmation: what it creates and which existing tables it alters. */
+export function describeChanges(m: MigrationFile): string {
+  const created = createdTables(m)
+  const altered = new Set<string>()
+  let views = 0
+  let functions = 0
+  let online = 0
+  for (const s of m.statements) {
+    const code = stripComments(s.sql)
+    const alter = /^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i.exec(code)
+    if (alter && !created.includes(alter[1].toLowerCase())) altered.add(alter[1].toLowerCase())
+    if (/^\s*CREATE\s+(?:OR\s+REPLACE\s+)?VIEW/i.test(code)) views++
+    if (/^\s*CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION/i.test(code)) functions++
+    if (s.mode === 'concurrent') online++
+  }
+  const parts = [
+    created.length ? `creates ${created.join(', ')}` : '',
+    views ? `${views} view(s)` : '',
+    functions ? `${functions} function(s)` : '',
+    altered.size ? `alters ${[...altered].join(', ')}` : '',
+    online ? `builds ${online} index(es) online` : '',
+  ].filter(Boolean)
+  return `${m.name}: ${parts.join('; ')}`
+}
+
 async function existingTables(sql: Querier, schema: string, names: string[]): Promise<string[]> {
   if (names.length === 0) return []
   const rows = await sql<{name: string}[]>`

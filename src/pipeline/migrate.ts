@@ -3,6 +3,7 @@ import {Listr, type ListrTask} from 'listr2'
 import {UserError} from '../errors.js'
 import type {RunReport} from '../migrations/runner.js'
 import {migrateUp} from '../migrations/runner.js'
+import {describeChanges} from '../migrations/plan.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
 import {type BackupInfo, takeBackup} from '../steps/backup.js'
@@ -129,10 +130,11 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
     if (nothing(ctx)) return summary(o, ctx, true)
 
     if (!o.yes) {
-      const plan = ins.plan.toApply.map((m) => m.name).join(', ')
-      const forecast = ctx.dry ? ` Forecast from the dry run: ${fmtMs(ctx.dry.applyMs)}.` : ''
-      const backup = ctx.backup ? ` Backup: ${ctx.backup.file}.` : ' NO BACKUP.'
-      process.stderr.write(`\nAbout to apply ${plan} to ${o.target.conn.database} (schema ${ins.plan.appSchema}) on ${o.target.conn.host}:${o.target.conn.port}.${forecast}${backup}\n`)
+      const forecast = ctx.dry ? `Forecast from the dry run: ${fmtMs(ctx.dry.applyMs)}.` : 'No dry run was made.'
+      const backup = ctx.backup ? `Backup: ${ctx.backup.file}.` : 'NO BACKUP WAS TAKEN.'
+      process.stderr.write(`\nAbout to change ${o.target.conn.database} (schema ${ins.plan.appSchema}) on ${o.target.conn.host}:${o.target.conn.port}:\n`)
+      for (const m of ins.plan.toApply) process.stderr.write(`  ${describeChanges(m)}\n`)
+      process.stderr.write(`${forecast} ${backup}\n`)
       if (!(await confirm('Apply to production now?', false))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
     }
 
