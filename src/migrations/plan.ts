@@ -2,7 +2,7 @@ import {UserError} from '../errors.js'
 import type {Querier} from '../target/connect.js'
 import type {MigrationFile} from './files.js'
 import {activeLedgerRows, detectShape, findAppSchema, type LedgerRow, type LedgerShape, recordedVersions} from './ledger.js'
-import {stripComments} from './statements.js'
+import {concurrentIndexName, stripComments, validatedConstraintName} from './statements.js'
 
 export type MigrationState =
   /** In our ledger with the same checksum, every statement done. */
@@ -73,7 +73,8 @@ export function describeChanges(m: MigrationFile): string {
   return `${m.name}: ${parts.join('; ')}`
 }
 
-async function existingTables(sql: Querier, schema: string, names: string[]): Promise<string[]> {
+/** Which of these names are tables (plain or partitioned) in the schema. */
+export async function existingTables(sql: Querier, schema: string, names: string[]): Promise<string[]> {
   if (names.length === 0) return []
   const rows = await sql<{name: string}[]>`
     select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -81,25 +82,13 @@ async function existingTables(sql: Querier, schema: string, names: string[]): Pr
   return rows.map((r) => r.name)
 }
 
-const CONCURRENT_INDEX = /INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i
-const VALIDATED = /VALIDATE\s+CONSTRAINT\s+"?([A-Za-z_][A-Za-z0-9_]*)"?/i
-
 /**
  * The statements that run alone can be undone behind the ledger's back (an index rebuilt and interrupted, a
  * constraint re-added NOT VALID): a migration whose online parts are not valid is `partial`, and migrate redoes them.
  */
 async function onlinePartsDone(sql: Querier, schema: string, m: MigrationFile): Promise<boolean> {
-  const indexes: string[] = []
-  const constraints: string[] = []
-  for (const s of m.statements) {
-    if (s.mode === 'concurrent' && /^\s*CREATE/i.test(s.sql)) {
-      const name = CONCURRENT_INDEX.exec(s.sql)?.[1]
-      if (name) indexes.push(name.toLowerCase())
-    } else if (s.mode === 'validate') {
-      const name = VALIDATED.exec(s.sql)?.[1]
-      if (name) constraints.push(name.toLowerCase())
-    }
-  }
+  const indexes = m.statements.map(concurrentIndexName).filter((n): n is string => Boolean(n))
+  const constraints = m.statements.map(validatedConstraintName).filter((n): n is string => Boolean(n))
   if (indexes.length === 0 && constraints.length === 0) return true
   const [row] = await sql<{indexes: number; constraints: number}[]>`
     select

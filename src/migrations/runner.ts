@@ -6,8 +6,8 @@ import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
 import type {MigrationFile} from './files.js'
 import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, recordVersion, unrecordVersion} from './ledger.js'
 import {backoffMs, isLockTimeout, longLockHolders, acquireRunLock} from './locks.js'
-import {assertCanMigrate, type Plan, readPlan} from './plan.js'
-import {referencedTables, type Statement} from './statements.js'
+import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
+import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
 
 export interface RunnerOptions {
   sql: Sql
@@ -259,14 +259,6 @@ async function heldLocks(tx: Querier): Promise<Map<string, string>> {
   return new Map(rows.map((r) => [r.relation, r.mode]))
 }
 
-async function existingTables(sql: Querier, schema: string, names: string[]): Promise<string[]> {
-  if (names.length === 0) return []
-  const rows = await sql<{name: string}[]>`
-    select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = ${schema} and c.relname = any(${names}) and c.relkind in ('r', 'p')`
-  return rows.map((r) => r.name)
-}
-
 /** Do not request a lock while an old transaction holds one on these tables: we would queue writers behind it. */
 async function waitForLongHolders(o: Resolved, schema: string, tables: string[], started: number, what: string): Promise<void> {
   let told = false
@@ -289,8 +281,6 @@ async function waitForLongHolders(o: Resolved, schema: string, tables: string[],
   }
 }
 
-const INDEX_NAME = /INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i
-
 /** A statement that cannot run in a transaction (or needs its own): on a reserved session, alone. */
 async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statement, mr: MigrationReport): Promise<void> {
   const conn = await o.sql.reserve()
@@ -304,10 +294,10 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
     await conn.unsafe(`set statement_timeout = ${Math.round(o.buildTimeoutMs)}`)
     await conn.unsafe(`set search_path to ${quoteIdent(schema)}`)
     const [{pid}] = await conn<{pid: number}[]>`select pg_backend_pid() as pid`
-    const indexName = s.mode === 'concurrent' ? INDEX_NAME.exec(s.sql)?.[1] : undefined
+    const indexName = concurrentIndexName(s)
     for (let attempt = 0; ; attempt++) {
       throwIfCancelled(`migration ${m.name}`)
-      if (indexName && /^\s*CREATE/i.test(s.sql)) await dropInvalidIndex(conn, schema, indexName, o.log)
+      if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log)
       const stopProgress = indexName ? watchIndexBuild(o, pid, indexName) : () => {}
       try {
         const q = conn.unsafe(s.sql)

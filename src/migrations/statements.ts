@@ -139,3 +139,17 @@ export function referencedTables(sql: string): string[] {
   }
   return [...names]
 }
+
+const CONCURRENT_INDEX = /INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i
+const VALIDATED_CONSTRAINT = /VALIDATE\s+CONSTRAINT\s+"?([A-Za-z_][A-Za-z0-9_]*)"?/i
+
+/** The index a CREATE INDEX CONCURRENTLY statement builds (undefined for anything else). */
+export function concurrentIndexName(s: Statement): string | undefined {
+  if (s.mode !== 'concurrent' || !/^\s*CREATE/i.test(s.sql)) return undefined
+  return CONCURRENT_INDEX.exec(s.sql)?.[1]?.toLowerCase()
+}
+
+/** The constraint an ALTER TABLE … VALIDATE CONSTRAINT statement validates. */
+export function validatedConstraintName(s: Statement): string | undefined {
+  return s.mode === 'validate' ? VALIDATED_CONSTRAINT.exec(s.sql)?.[1]?.toLowerCase() : undefined
+}

@@ -12,7 +12,7 @@ import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../steps/preflight.js'
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
-import {assertCanConfirm, confirm, fmtMs, pickRenderer} from './ui.js'
+import {assertCanConfirm, confirm, fmtMs, pickRenderer, timed} from './ui.js'
 
 export interface MigrateOptions {
   target: Target
@@ -60,13 +60,6 @@ interface Ctx {
   vacuumed: string[]
   timings: Record<string, number>
   warnings: string[]
-}
-
-function timed<T>(ctx: Ctx, name: string, fn: () => Promise<T>): Promise<T> {
-  const t0 = Date.now()
-  return fn().finally(() => {
-    ctx.timings[name] = Date.now() - t0
-  })
 }
 
 /** The guide's whole procedure, in order, stopping at the first failure with production as it was. */

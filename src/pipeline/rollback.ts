@@ -11,7 +11,7 @@ import {type BackupInfo, type ListedBackup, newestBackup, takeBackup, timestamp,
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, TOUCHED_TABLES} from '../steps/preflight.js'
 import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
-import {assertCanConfirm, confirm, fmtMs, pickRenderer} from './ui.js'
+import {assertCanConfirm, confirm, fmtMs, pickRenderer, timed} from './ui.js'
 
 export interface RollbackOptions {
   target: Target
@@ -58,13 +58,6 @@ interface Ctx {
   windowMs?: number
   after?: number | null
   timings: Record<string, number>
-}
-
-function timed<T>(ctx: Ctx, name: string, fn: () => Promise<T>): Promise<T> {
-  const t0 = Date.now()
-  return fn().finally(() => {
-    ctx.timings[name] = Date.now() - t0
-  })
 }
 
 const listrOptions = (json: boolean) => ({concurrent: false, exitOnError: true, registerSignalListeners: false, renderer: pickRenderer(json)}) as any // eslint-disable-line @typescript-eslint/no-explicit-any
