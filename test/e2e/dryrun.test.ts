@@ -1,23 +1,12 @@
 import path from 'node:path'
-import {afterEach, describe, expect, it} from 'vitest'
+import {describe, expect, it} from 'vitest'
 
-import {connect, createV030Database, dataDigest, schemaDump, V030_TABLES, type V030Database} from '../helpers/fixture.js'
-import {dockerCalls, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli, tmpDir} from '../helpers/cli.js'
+import {connect, dataDigest, schemaDump, V030_TABLES} from '../helpers/fixture.js'
+import {dockerCalls, e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli} from '../helpers/cli.js'
 
-const cleanups: Array<() => Promise<void> | void> = []
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!()
-})
-async function fresh(): Promise<V030Database> {
-  const db = await createV030Database({messages: 3000})
-  cleanups.push(() => db.drop())
-  return db
-}
-function backupDir() {
-  const t = tmpDir()
-  cleanups.push(t.cleanup)
-  return path.join(t.dir, 'backups')
-}
+const scope = e2eScope()
+const {backupDir, cleanups} = scope
+const fresh = () => scope.fresh({messages: 3000})
 
 async function snapshot(db: string) {
   return {data: await dataDigest(db, [...V030_TABLES, 'schema_migrations']), schema: await schemaDump(db)}

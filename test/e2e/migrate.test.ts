@@ -2,29 +2,14 @@ import {execFile} from 'node:child_process'
 import {readdirSync, statSync} from 'node:fs'
 import path from 'node:path'
 import {promisify} from 'node:util'
-import {afterEach, describe, expect, it} from 'vitest'
+import {describe, expect, it} from 'vitest'
 
-import {ADMIN, connect, createV030Database, dataDigest, dropDatabase, V030_TABLES, type V030Database} from '../helpers/fixture.js'
+import {ADMIN, connect, dataDigest, dropDatabase, V030_TABLES} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'
-import {dockerCalls, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli, tmpDir} from '../helpers/cli.js'
+import {dockerCalls, e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli} from '../helpers/cli.js'
 
 const execFileP = promisify(execFile)
-const cleanups: Array<() => Promise<void> | void> = []
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!()
-})
-
-async function fresh(opts: Parameters<typeof createV030Database>[0] = {}): Promise<V030Database> {
-  const db = await createV030Database(opts)
-  cleanups.push(() => db.drop())
-  return db
-}
-
-function backupDir() {
-  const t = tmpDir()
-  cleanups.push(t.cleanup)
-  return path.join(t.dir, 'backups')
-}
+const {backupDir, cleanups, fresh} = e2eScope()
 
 describe('nself db e2ee migrate, end to end', () => {
   it('runs all eight steps locally: verified 0600 backup of the pre-migration state, no clone left, at 016, vacuumed; a second run is a no-op', async () => {

@@ -1,28 +1,14 @@
 import {readdirSync, readFileSync, truncateSync, writeFileSync, copyFileSync, statSync} from 'node:fs'
 import path from 'node:path'
-import {afterEach, describe, expect, it} from 'vitest'
+import {describe, expect, it} from 'vitest'
 
-import {createV030Database, dataDigest, dropDatabase, V030_TABLES, type V030Database} from '../helpers/fixture.js'
+import {dataDigest, V030_TABLES} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'
-import {fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli, tmpDir} from '../helpers/cli.js'
+import {e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli, tmpDir} from '../helpers/cli.js'
 
-const cleanups: Array<() => Promise<void> | void> = []
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!()
-})
-async function fresh(): Promise<V030Database> {
-  const db = await createV030Database({messages: 3000})
-  cleanups.push(async () => {
-    for (const d of await leftoverDatabases(db.name, '%')) await dropDatabase(d)
-    await db.drop()
-  })
-  return db
-}
-function backupDir() {
-  const t = tmpDir()
-  cleanups.push(t.cleanup)
-  return path.join(t.dir, 'backups')
-}
+const scope = e2eScope()
+const {backupDir, cleanups} = scope
+const fresh = () => scope.fresh({messages: 3000})
 
 async function migrate(db: string, dir: string, extra: string[] = [], env?: Record<string, string>) {
   const r = await runCli(['db', 'e2ee', 'migrate', '--yes', ...extra, ...(extra.includes('--project-dir') ? [] : localArgs(db)), '--backup-dir', dir, '--skip-dryrun'], {env})

@@ -1,19 +1,11 @@
 import postgres from 'postgres'
-import {afterEach, describe, expect, it} from 'vitest'
+import {describe, expect, it} from 'vitest'
 
 import {assertServerSupported} from '../../src/migrations/plan.js'
-import {ADMIN, connect, createV030Database, type V030Database} from '../helpers/fixture.js'
-import {ledgerVersion, localArgs, makeProject, parseJson, runCli} from '../helpers/cli.js'
+import {ADMIN, connect} from '../helpers/fixture.js'
+import {e2eScope, ledgerVersion, localArgs, makeProject, parseJson, runCli} from '../helpers/cli.js'
 
-const cleanups: Array<() => Promise<void> | void> = []
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!()
-})
-async function fresh(opts: Parameters<typeof createV030Database>[0] = {}): Promise<V030Database> {
-  const db = await createV030Database(opts)
-  cleanups.push(() => db.drop())
-  return db
-}
+const {cleanups, fresh} = e2eScope()
 
 describe('nself db e2ee status', () => {
   it('shows server, schema, every migration with its state and checksum, and where each setting came from', async () => {

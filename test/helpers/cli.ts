@@ -3,7 +3,9 @@ import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
-import {ADMIN, connect, REPO_ROOT} from './fixture.js'
+import {afterEach} from 'vitest'
+
+import {ADMIN, connect, createV030Database, dropDatabase, REPO_ROOT, type V030Database} from './fixture.js'
 
 export const BIN = path.join(REPO_ROOT, 'bin', 'run.js')
 export const FAKE_DOCKER_DIR = path.join(REPO_ROOT, 'test', 'bin')
@@ -104,5 +106,32 @@ export async function ledgerVersion(db: string): Promise<number> {
     return v
   } finally {
     await sql.end()
+  }
+}
+
+/**
+ * For an e2e test file: `fresh()` makes a v0.3.0 database, `backupDir()` a backup folder, `cleanups` takes more;
+ * after each test all of it is dropped, with any database the tool made beside it (clones, kept copies).
+ */
+export function e2eScope() {
+  const cleanups: Array<() => Promise<void> | void> = []
+  afterEach(async () => {
+    while (cleanups.length) await cleanups.pop()!()
+  })
+  return {
+    backupDir(): string {
+      const t = tmpDir()
+      cleanups.push(t.cleanup)
+      return path.join(t.dir, 'backups')
+    },
+    cleanups,
+    async fresh(opts: Parameters<typeof createV030Database>[0] = {}): Promise<V030Database> {
+      const db = await createV030Database(opts)
+      cleanups.push(async () => {
+        for (const d of await leftoverDatabases(db.name, '%')) await dropDatabase(d)
+        await db.drop()
+      })
+      return db
+    },
   }
 }
