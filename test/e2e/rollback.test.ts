@@ -1,3 +1,4 @@
+import {createHash} from 'node:crypto'
 import {readdirSync, readFileSync, truncateSync, writeFileSync, copyFileSync, statSync} from 'node:fs'
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
@@ -61,7 +62,6 @@ describe('nself db e2ee rollback --strategy restore', () => {
     })
     const truncated = variant('truncated', (file, m) => {
       truncateSync(file, Math.floor(statSync(file).size / 2))
-      const {createHash} = require('node:crypto') as typeof import('node:crypto')
       m.sha256 = createHash('sha256').update(readFileSync(file)).digest('hex')
       m.size = statSync(file).size
     })
