@@ -11,6 +11,13 @@ const scope = e2eScope()
 const {backupDir, cleanups} = scope
 const fresh = () => scope.fresh({messages: 3000})
 
+/** An nself project for `db` whose tools run through the stand-in docker (container nchat_postgres). */
+function dockerProject(db: string) {
+  const project = makeProject({POSTGRES_DB: db, PROJECT_NAME: 'nchat'})
+  cleanups.push(project.cleanup)
+  return {args: ['--project-dir', project.dir, '--host', '127.0.0.1'], env: fakeDockerEnv('nchat_postgres', path.join(project.dir, 'docker.log'))}
+}
+
 async function migrate(db: string, dir: string, extra: string[] = [], env?: Record<string, string>) {
   const r = await runCli(['db', 'e2ee', 'migrate', '--yes', ...extra, ...(extra.includes('--project-dir') ? [] : localArgs(db)), '--backup-dir', dir, '--skip-dryrun'], {env})
   expect(r.code, r.stderr).toBe(0)
@@ -102,10 +109,7 @@ describe('nself db e2ee rollback --strategy restore', () => {
   it('works through docker exec (stand-in docker)', async () => {
     const db = await fresh()
     const dir = backupDir()
-    const project = makeProject({POSTGRES_DB: db.name, PROJECT_NAME: 'nchat'})
-    cleanups.push(project.cleanup)
-    const env = fakeDockerEnv('nchat_postgres', path.join(project.dir, 'docker.log'))
-    const args = ['--project-dir', project.dir, '--host', '127.0.0.1']
+    const {args, env} = dockerProject(db.name)
     await migrate(db.name, dir, args, env)
     const r = await runCli(['db', 'e2ee', 'rollback', '--yes', '--json', ...args, '--backup-dir', dir], {env})
     expect(r.code, r.stderr).toBe(0)
@@ -147,10 +151,7 @@ describe('nself db e2ee rollback --strategy down', () => {
   it('works through docker exec (stand-in docker)', async () => {
     const db = await fresh()
     const dir = backupDir()
-    const project = makeProject({POSTGRES_DB: db.name, PROJECT_NAME: 'nchat'})
-    cleanups.push(project.cleanup)
-    const env = fakeDockerEnv('nchat_postgres', path.join(project.dir, 'docker.log'))
-    const args = ['--project-dir', project.dir, '--host', '127.0.0.1']
+    const {args, env} = dockerProject(db.name)
     await migrate(db.name, dir, args, env)
     const r = await runCli(['db', 'e2ee', 'rollback', '--yes', '--strategy', 'down', ...args, '--backup-dir', dir], {env})
     expect(r.code, r.stderr).toBe(0)
