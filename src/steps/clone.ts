@@ -508,6 +508,9 @@ function firstLineOf(error: unknown): string {
  * pattern AND whose comment says so, except those marked ", kept" and those with sessions (a run in progress).
  * Returns the names dropped.
  */
+/** Leftovers younger than this are never swept (another run may be about to use them). */
+export const SWEEP_MIN_AGE_MS = 15 * 60 * 1000
+
 export async function sweepClones(admin: Sql, database: string, log?: (line: string) => void): Promise<string[]> {
   validateIdentifier(database, 'database')
   const rows = await admin<{name: string; comment: string | null; sessions: number}[]>`
@@ -521,6 +524,13 @@ export async function sweepClones(admin: Sql, database: string, log?: (line: str
       if (!pattern.test(r.name) || !r.comment) continue
       if (!r.comment.startsWith(`${COMMENT_PREFIX[kind]}${database},`)) continue
       if (r.comment.includes(', kept')) continue
+      // A restore (or clone) made in the last minutes may belong to a run that is between its restore and its
+      // swap, when nobody is connected to it: leave it to a later sweep.
+      const created = Date.parse(/, created ([^,]+)/.exec(r.comment)?.[1] ?? '')
+      if (Number.isFinite(created) && Date.now() - created < SWEEP_MIN_AGE_MS) {
+        log?.(`Not dropping ${r.name} yet: it was made ${Math.round((Date.now() - created) / 1000)} s ago and may belong to a run in progress.`)
+        continue
+      }
       if (r.sessions > 0) {
         log?.(`Not dropping ${r.name}: ${r.sessions} session(s) are connected to it (another run may be using it).`)
         continue

@@ -191,13 +191,16 @@ describe('createClone failures and sweeping', () => {
     const uncommented = await mk(`${db}_e2ee_dryrun_20240102030408`, null)
     const wrongName = await mk(`${db}_e2ee_dryrun_copy`, `nself-e2ee dryrun clone of ${db}, created 2024-01-02T03:04:05Z, pid 1`)
     const busy = await mk(`${db}_e2ee_dryrun_20240102030409`, `nself-e2ee dryrun clone of ${db}, created 2024-01-02T03:04:09Z, pid 1`)
+    // Made a minute ago: it may be a rollback's restore waiting for its swap, so it is left alone.
+    const recent = await mk(`${db}_e2ee_restore_20240102030410`, `nself-e2ee restore of ${db}, created ${new Date(Date.now() - 60_000).toISOString()}, pid 1`)
     const busySql = cloneSql(busy)
     await busySql`select 1`
     const logs: string[] = []
     const dropped = await sweepClones(admin, db, (l) => logs.push(l))
     expect(dropped.sort()).toEqual([leftover, restoreLeftover].sort())
-    expect(await derivedDbs(admin, db)).toEqual([busy, kept, foreign, uncommented, wrongName].sort())
+    expect(await derivedDbs(admin, db)).toEqual([busy, kept, foreign, recent, uncommented, wrongName].sort())
     expect(logs.some((l) => l.includes(busy) && l.includes('session'))).toBe(true)
+    expect(logs.some((l) => l.includes(recent) && l.includes('may belong to a run in progress'))).toBe(true)
     // A database whose name merely starts like ours is not swept for it.
     expect(await sweepClones(admin, `${db}_e2ee`)).toEqual([])
   }, T)
