@@ -28,8 +28,14 @@ export abstract class BaseCommand extends Command {
 
   protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
     installSigintHandler()
-    // Parse errors (unknown flag, bad value) come through catch() as one sentence too.
-    const {flags} = await this.parse(cmd)
+    let flags
+    try {
+      ;({flags} = await this.parse(cmd))
+    } catch (error) {
+      // Anything the parser refuses (unknown flag, bad value, a flag twice) is a usage error: exit 2.
+      const sentence = (error as Error).message.split('\n').map((l) => l.trim()).filter((l) => l && !/^See more help/.test(l)).join(': ').replace(/\.$/, '')
+      throw new UserError(`${sentence}.`, {cause: error, exitCode: 2, hint: 'See --help.'})
+    }
     const f = flags as BaseFlags<T>
     this.jsonMode = Boolean(f.json)
     this.verbose = Boolean(f.verbose) || Boolean(process.env.DEBUG)
@@ -64,8 +70,7 @@ export abstract class BaseCommand extends Command {
   async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<void> {
     // oclif's own exit (this.exit) and help requests pass through.
     if (err.oclif?.exit !== undefined && !(err instanceof UserError) && /EEXIT/.test(String((err as {code?: string}).code))) throw err
-    const parseError = /Nonexistent flag|Unexpected argument|Expected|Missing required flag|must be|is not a|Parsing/i.test(err.message) && !(err instanceof UserError)
-    const ue = parseError ? new UserError(err.message.split('\n')[0].replace(/\.$/, '') + '.', {hint: 'See --help.', exitCode: 2}) : toUserError(err)
+    const ue = toUserError(err)
     if (this.jsonMode || process.argv.includes('--json')) {
       this.printJson({error: {hint: ue.hint, message: ue.message}, ok: false})
     }
