@@ -1,13 +1,11 @@
-import {Listr, type ListrTask} from 'listr2'
-
-import {UserError} from '../errors.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
-import {type BackupInfo, type ListedBackup, takeBackup, verifyBackup} from '../steps/backup.js'
+import {type BackupInfo, type ListedBackup, verifyBackup} from '../steps/backup.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
-import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../steps/preflight.js'
-import {fmtMs, pickRenderer} from './ui.js'
+import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
+import {backupProduction, runSteps, type Step} from './shared.js'
+import {fmtMs} from './ui.js'
 
 export interface DryRunCommandOptions {
   target: Target
@@ -52,7 +50,7 @@ interface Ctx {
 /** The guide's dry run as its own command: production is only read, nothing in it changes. */
 export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary> {
   const ctx: Ctx = {taken: false}
-  const tasks: ListrTask<Ctx, any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+  const tasks: Step<Ctx>[] = [
     {
       task: async (c, task) => {
         c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
@@ -71,19 +69,12 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
       task: async (c, task) => {
         const ins = c.ins!
         if (o.fromBackup) {
-          const checked = await verifyBackup({file: o.fromBackup, requireManifest: true, tools: c.tools!})
-          if (checked.manifest.database !== o.target.conn.database) {
-            throw new UserError(`The backup ${o.fromBackup} is of database ${checked.manifest.database}, not ${o.target.conn.database}.`)
-          }
+          const checked = await verifyBackup({database: o.target.conn.database, file: o.fromBackup, requireManifest: true, tools: c.tools!})
           c.backup = {file: o.fromBackup, manifest: checked.manifest, manifestFile: `${o.fromBackup}.manifest.json`}
           task.title = `Backup ${o.fromBackup}: checked against its manifest`
           return
         }
-        c.backup = await takeBackup({
-          dir: o.target.backupDir, ledgerVersion: ins.plan.current, log: (l) => { task.output = l },
-          onProgress: (b) => { task.output = `${fmtBytes(b)} written` }, purpose: 'dryrun', schema: ins.plan.appSchema,
-          sql: ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: c.tools!,
-        })
+        c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'dryrun', target: o.target, tools: c.tools!})
         c.taken = true
         task.title = `Backup: ${c.backup.file} (${fmtBytes((c.backup as BackupInfo).bytes)}, verified)`
       },
@@ -94,10 +85,9 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
       task: async (c, task) => {
         const ins = c.ins!
         c.dry = await dryRun({
-          backup: c.backup!, extraTables: ins.plan.migrations.flatMap((m) => m.preexisting).filter((t) => !TOUCHED_TABLES.includes(t)),
-          jobs: o.jobs, keep: o.keepDryrunDb, ledgerSchema: ins.plan.shape.exists ? ins.plan.shape.schema : undefined, log: (l) => { task.output = l }, migrations: ins.migrations,
-          progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
-          schema: ins.plan.appSchema, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+          backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
+          plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
+          sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
         })
         task.title = c.dry.failure
           ? `Dry run on ${c.dry.clone}: WOULD FAIL`
@@ -107,7 +97,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
     },
   ]
   try {
-    await new Listr<Ctx, any, any>(tasks, {concurrent: false, exitOnError: true, registerSignalListeners: false, renderer: pickRenderer(o.json)} as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    await runSteps(tasks, ctx, o.json)
     return summarize(o, ctx)
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})

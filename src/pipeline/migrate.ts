@@ -1,18 +1,17 @@
-import {Listr, type ListrTask} from 'listr2'
-
 import {UserError} from '../errors.js'
 import type {RunReport} from '../migrations/runner.js'
 import {migrateUp} from '../migrations/runner.js'
 import {describeChanges} from '../migrations/plan.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
-import {type BackupInfo, takeBackup} from '../steps/backup.js'
+import type {BackupInfo} from '../steps/backup.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../steps/preflight.js'
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
-import {assertCanConfirm, confirm, fmtMs, pickRenderer, timed} from './ui.js'
+import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 
 export interface MigrateOptions {
   target: Target
@@ -69,12 +68,10 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
   }
   assertCanConfirm(o.yes, 'Migrating the production database')
   const ctx: Ctx = {timings: {}, vacuumed: [], warnings: []}
-  const renderer = pickRenderer(o.json)
   const runner = {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
-  const listrOptions = {concurrent: false, exitOnError: true, registerSignalListeners: false, renderer, rendererOptions: {collapseSubtasks: false}}
 
   try {
-    const before: ListrTask<Ctx, any, any>[] = [
+    const before: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'preflight', async () => {
           c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
@@ -93,12 +90,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       {
         skip: (c) => nothing(c) || (o.skipBackup ? 'skipped (--skip-backup): NO BACKUP WAS TAKEN' : false),
         task: async (c, task) => timed(c, 'backup', async () => {
-          const ins = c.ins!
-          c.backup = await takeBackup({
-            dir: o.target.backupDir, ledgerVersion: ins.plan.current, log: (l) => { task.output = l },
-            onProgress: (bytes) => { task.output = `${fmtBytes(bytes)} written` }, purpose: 'pre-migration',
-            schema: ins.plan.appSchema, sql: ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: c.tools!,
-          })
+          c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, purpose: 'pre-migration', target: o.target, tools: c.tools!})
           task.title = `Backup: ${c.backup.file} (${fmtBytes(c.backup.bytes)}, verified)`
         }),
         title: 'Backup',
@@ -108,9 +100,8 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         task: async (c, task) => timed(c, 'dryrun', async () => {
           const ins = c.ins!
           c.dry = await dryRun({
-            backup: c.backup!, extraTables: extraTables(ins), jobs: o.jobs, keep: o.keepDryrunDb, ledgerSchema: ins.plan.shape.exists ? ins.plan.shape.schema : undefined,
-            log: (l) => { task.output = l }, migrations: ins.migrations, progress: (l) => { task.output = l },
-            runner, schema: ins.plan.appSchema, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+            backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
+            plan: ins.plan, progress: (l) => { task.output = l }, runner, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
           })
           if (c.dry.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${c.dry.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
           task.title = `Dry run: applied and verified on ${c.dry.clone} in ${fmtMs(c.dry.applyMs)} (restore ${fmtMs(c.dry.restoreMs)})${c.dry.kept ? ', kept' : ', dropped'}`
@@ -118,7 +109,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         title: 'Dry run on a restored copy',
       },
     ]
-    await new Listr<Ctx, any, any>(before, listrOptions as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    await runSteps(before, ctx, o.json)
     const ins = ctx.ins!
     if (nothing(ctx)) return summary(o, ctx, true)
 
@@ -131,7 +122,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       if (!(await confirm('Apply to production now?', false))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
     }
 
-    const after: ListrTask<Ctx, any, any>[] = [
+    const after: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'apply', async () => {
           const t0 = Date.now()
@@ -162,7 +153,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         title: 'Vacuum and analyze',
       },
     ]
-    await new Listr<Ctx, any, any>(after, listrOptions as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    await runSteps(after, ctx, o.json)
     return summary(o, ctx, false)
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
@@ -171,10 +162,6 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
 
 function nothing(c: Ctx): boolean {
   return Boolean(c.ins && c.ins.plan.toApply.length === 0)
-}
-
-function extraTables(ins: Inspection): string[] {
-  return ins.plan.migrations.flatMap((m) => m.preexisting).filter((t) => !TOUCHED_TABLES.includes(t))
 }
 
 function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummary {

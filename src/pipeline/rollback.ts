@@ -1,17 +1,15 @@
-import {Listr, type ListrTask} from 'listr2'
-
 import {UserError} from '../errors.js'
-import {createdTables} from '../migrations/plan.js'
+import {createdTables, existingTables} from '../migrations/plan.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
 import {migrateDown, type RunReport} from '../migrations/runner.js'
 import {connect, connectChecked, quoteIdent, type Sql} from '../target/connect.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
-import {type BackupInfo, type ListedBackup, newestBackup, takeBackup, timestamp, verifyBackup} from '../steps/backup.js'
+import {type BackupInfo, type ListedBackup, newestBackup, timestamp, verifyBackup} from '../steps/backup.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
-import {fmtBytes, TOUCHED_TABLES} from '../steps/preflight.js'
 import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
-import {assertCanConfirm, confirm, fmtMs, pickRenderer, timed} from './ui.js'
+import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 
 export interface RollbackOptions {
   target: Target
@@ -60,8 +58,6 @@ interface Ctx {
   timings: Record<string, number>
 }
 
-const listrOptions = (json: boolean) => ({concurrent: false, exitOnError: true, registerSignalListeners: false, renderer: pickRenderer(json)}) as any // eslint-disable-line @typescript-eslint/no-explicit-any
-
 /** A second connection on the same server, to a maintenance database (renames need one that is neither side). */
 async function maintenance(target: Target): Promise<Sql> {
   for (const db of ['postgres', 'template1']) {
@@ -86,7 +82,7 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
   const db = o.target.conn.database
   let admin: Sql | undefined
   try {
-    const before: ListrTask<Ctx, any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+    const before: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'backup check', async () => {
           c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
@@ -101,11 +97,8 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
             }
             file = found.file
           }
-          const checked = await verifyBackup({file, requireManifest: true, tools: c.tools})
+          const checked = await verifyBackup({database: db, file, requireManifest: true, tools: c.tools})
           c.backup = {file, manifest: checked.manifest, manifestFile: `${file}.manifest.json`}
-          if (checked.manifest.database !== db) {
-            throw new UserError(`The backup ${file} is of database ${checked.manifest.database}, not ${db}.`, {hint: 'Pass the backup of this database with --backup.'})
-          }
           task.title = `Backup ${file}: sha256 and archive verified (taken ${checked.manifest.created_at}, at migration ${checked.manifest.ledger_version ?? 'none'})`
         }),
         title: 'Check the backup',
@@ -134,7 +127,7 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
         title: 'Count what the rollback loses',
       },
     ]
-    await new Listr<Ctx, any, any>(before, listrOptions(o.json)).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    await runSteps(before, ctx, o.json)
 
     if (!o.yes) {
       process.stderr.write(`\nAbout to replace ${db} by ${ctx.restored!.name} (the backup of ${ctx.backup!.manifest.created_at}). Connections to ${db} will be ended for a moment.\n`)
@@ -148,7 +141,7 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
     await ctx.ins!.sql.end({timeout: 2})
     admin = await maintenance(o.target)
     const keptName = `${db}_pre_rollback_${timestamp()}`.slice(0, 63)
-    const after: ListrTask<Ctx, any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+    const after: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'swap', async () => {
           const r = await swapDatabases({admin: admin!, keptName, live: db, log: (l) => { task.output = l }, replacement: c.restored!.name})
@@ -171,7 +164,7 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
         title: 'Status',
       },
     ]
-    await new Listr<Ctx, any, any>(after, listrOptions(o.json)).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    await runSteps(after, ctx, o.json)
     return {
       after: ctx.after ?? null,
       backup: {created_at: ctx.backup!.manifest.created_at, file: ctx.backup!.file, ledger_version: ctx.backup!.manifest.ledger_version},
@@ -213,13 +206,11 @@ async function lossSinceBackup(ins: Inspection, manifest: {created_at: string; r
 async function rowsInNewTables(ins: Inspection, versions: number[]): Promise<LossItem[]> {
   const {sql, plan} = ins
   const out: LossItem[] = []
-  for (const m of ins.migrations.filter((x) => versions.includes(x.version))) {
-    for (const t of createdTables(m)) {
-      const [{exists}] = await sql<{exists: boolean}[]>`select to_regclass(${`${quoteIdent(plan.appSchema)}.${quoteIdent(t)}`}) is not null as exists`
-      if (!exists || out.some((o) => o.what.endsWith(` ${t}`))) continue
-      const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(plan.appSchema)}.${quoteIdent(t)}`)
-      if (Number(n) > 0) out.push({rows: Number(n), what: `rows in ${t}`})
-    }
+  // 013 and 014 create the same seven tables: each is counted once.
+  const created = [...new Set(ins.migrations.filter((m) => versions.includes(m.version)).flatMap(createdTables))]
+  for (const t of await existingTables(sql, plan.appSchema, created)) {
+    const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(plan.appSchema)}.${quoteIdent(t)}`)
+    if (Number(n) > 0) out.push({rows: Number(n), what: `rows in ${t}`})
   }
   const s = quoteIdent(plan.appSchema)
   const cols = await sql<{table_name: string; column_name: string}[]>`
@@ -258,15 +249,11 @@ async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
       if (ctx.lost.length === 0) process.stderr.write('  the tables to drop hold no rows\n')
       if (!(await confirm('Revert now? A safety backup is taken first.', false))) throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
     }
-    const tasks: ListrTask<Ctx, any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+    const tasks: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'backup', async () => {
           c.tools = await PgTools.create(o.target)
-          c.backup = await takeBackup({
-            dir: o.target.backupDir, ledgerVersion: ins.plan.current, log: (l) => { task.output = l },
-            onProgress: (b) => { task.output = `${fmtBytes(b)} written` }, purpose: 'pre-rollback', schema: ins.plan.appSchema,
-            sql: ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: c.tools,
-          })
+          c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'pre-rollback', target: o.target, tools: c.tools})
           task.title = `Safety backup: ${c.backup.file}`
         }),
         title: 'Safety backup',
@@ -286,7 +273,7 @@ async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
         title: 'Status',
       },
     ]
-    await new Listr<Ctx, any, any>(tasks, listrOptions(o.json)).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+    await runSteps(tasks, ctx, o.json)
     return {
       after: ctx.after ?? null,
       backup: ctx.backup ? {created_at: ctx.backup.manifest.created_at, file: ctx.backup.file, ledger_version: ctx.backup.manifest.ledger_version} : null,

@@ -36,12 +36,3 @@ export function fmtMs(ms: number): string {
   return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`
 }
 
-/** Run a step and record how long it took under `name`, also when it fails. */
-export async function timed<T>(ctx: {timings: Record<string, number>}, name: string, fn: () => Promise<T>): Promise<T> {
-  const t0 = Date.now()
-  try {
-    return await fn()
-  } finally {
-    ctx.timings[name] = Date.now() - t0
-  }
-}

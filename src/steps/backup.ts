@@ -21,7 +21,7 @@ import type {PgTools} from '../target/tools.js'
 export const MANIFEST_FORMAT = 'nself-e2ee-backup/1'
 export const MANIFEST_SUFFIX = '.manifest.json'
 
-export type BackupPurpose = 'pre-migration' | 'pre-rollback' | 'manual' | 'external'
+export type BackupPurpose = 'pre-migration' | 'pre-rollback' | 'dryrun' | 'manual' | 'external'
 
 export interface Manifest {
   format: typeof MANIFEST_FORMAT
@@ -626,6 +626,8 @@ export interface VerifyOptions {
   requireManifest?: boolean
   /** Also read every data block (`pg_restore -f /dev/null`); always done when there is no manifest. */
   deep?: boolean
+  /** The database the backup must be of (checked before the file is read). */
+  database?: string
   log?: (line: string) => void
 }
 
@@ -656,6 +658,9 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
         throw new UserError(`The backup ${file} cannot be checked: ${lowerFirst(error.message)}`, {cause: error, hint: error.hint})
       }
       throw error
+    }
+    if (opts.database !== undefined && manifest.database !== opts.database) {
+      throw new UserError(`The backup ${file} is of database ${manifest.database}, not ${opts.database}.`, {hint: 'Pass a backup of this database.'})
     }
     if (manifest.file !== path.basename(file)) {
       throw new UserError(`The backup ${file} does not match its manifest, which describes ${manifest.file}.`)

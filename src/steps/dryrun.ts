@@ -1,5 +1,6 @@
 import {toUserError} from '../errors.js'
 import type {MigrationFile} from '../migrations/files.js'
+import type {Plan} from '../migrations/plan.js'
 import {LEDGER_TABLE, ownLedgerExists} from '../migrations/ledger.js'
 import {migrateUp, type RunnerOptions, type RunReport} from '../migrations/runner.js'
 import {connect, type Sql} from '../target/connect.js'
@@ -17,11 +18,8 @@ export interface DryRunOptions {
   sql: Sql
   backup: BackupInfo | ListedBackup
   migrations: MigrationFile[]
-  schema: string
-  /** Tables the migrations create that exist already (a hand-run): their rows matter to the trial too. */
-  extraTables: string[]
-  /** Schema of the existing schema_migrations table, if there is one. */
-  ledgerSchema?: string
+  /** Where production stands: its schema, its ledger, and tables a hand-run of the guide already made. */
+  plan: Plan
   to?: number
   jobs?: number
   keep?: boolean
@@ -50,9 +48,11 @@ export interface DryRunReport {
  */
 export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
   const swept = await sweepClones(o.sql, o.target.conn.database, o.log)
-  const dataTables = [...new Set([...TOUCHED_TABLES, ...o.extraTables])].map((t) => `${o.schema}.${t}`)
-  // The ledgers, where they exist, so the clone starts from production's migration state.
-  if (o.ledgerSchema) dataTables.push(`${o.ledgerSchema}.schema_migrations`)
+  const schema = o.plan.appSchema
+  // The tables the migration alters, tables a hand-run already made (their rows matter to the trial too), and the
+  // ledgers, so the clone starts from production's migration state.
+  const dataTables = [...new Set([...TOUCHED_TABLES, ...o.plan.migrations.flatMap((m) => m.preexisting)])].map((t) => `${schema}.${t}`)
+  if (o.plan.shape.exists) dataTables.push(`${o.plan.shape.schema}.schema_migrations`)
   if (await ownLedgerExists(o.sql)) dataTables.push(LEDGER_TABLE)
   const clone = await createClone({
     admin: o.sql, backup: o.backup, dataTables, jobs: o.jobs, keep: o.keep, log: o.log,
@@ -67,7 +67,7 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
     try {
       report.run = await migrateUp({
         ...o.runner, log: (l) => o.log(`[clone] ${l}`), migrations: o.migrations, observeLocks: true, progress: o.progress,
-        revertOnFailure: false, schema: o.schema, sql: cloneSql, to: o.to,
+        revertOnFailure: false, schema, sql: cloneSql, to: o.to,
       })
     } catch (error) {
       report.failure = toUserError(error).message
@@ -75,7 +75,7 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
     } finally {
       report.applyMs = Date.now() - t0
     }
-    report.verify = await verifyDatabase(cloneSql, {exactCounts: true, manifest: o.backup.manifest, schema: o.schema, upTo: report.run.after ?? undefined})
+    report.verify = await verifyDatabase(cloneSql, {exactCounts: true, manifest: o.backup.manifest, schema, upTo: report.run.after ?? undefined})
     if (!report.verify.ok) report.failure = `Verification on the dry-run database failed: ${report.verify.failures[0]}`
     return report
   } finally {

@@ -1,0 +1,36 @@
+import {Listr, type ListrTask} from 'listr2'
+
+import type {Target} from '../target/target.js'
+import type {PgTools} from '../target/tools.js'
+import {type BackupInfo, type BackupPurpose, takeBackup} from '../steps/backup.js'
+import type {Inspection} from '../steps/inspect.js'
+import {fmtBytes, TOUCHED_TABLES} from '../steps/preflight.js'
+import {pickRenderer} from './ui.js'
+
+// listr2's generics name the renderers; the pipelines pick one at run time, so they are left open here.
+export type Step<C> = ListrTask<C, any, any> // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** Run steps in order, stopping at the first failure; Ctrl+C is ours (src/cancel.ts), not listr2's. */
+export async function runSteps<C extends object>(steps: Step<C>[], ctx: C, json: boolean): Promise<void> {
+  const options = {concurrent: false, exitOnError: true, registerSignalListeners: false, renderer: pickRenderer(json)}
+  await new Listr<C, any, any>(steps, options as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+/** Run a step and record how long it took under `name`, also when it fails. */
+export async function timed<T>(ctx: {timings: Record<string, number>}, name: string, fn: () => Promise<T>): Promise<T> {
+  const t0 = Date.now()
+  try {
+    return await fn()
+  } finally {
+    ctx.timings[name] = Date.now() - t0
+  }
+}
+
+/** A backup of production as every pipeline takes it: the tables the migrations touch counted, bytes shown. */
+export function backupProduction(o: {ins: Inspection; target: Target; tools: PgTools; purpose: BackupPurpose; output: (line: string) => void}): Promise<BackupInfo> {
+  return takeBackup({
+    dir: o.target.backupDir, ledgerVersion: o.ins.plan.current, log: o.output,
+    onProgress: (bytes) => o.output(`${fmtBytes(bytes)} written`), purpose: o.purpose, schema: o.ins.plan.appSchema,
+    sql: o.ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: o.tools,
+  })
+}
