@@ -337,6 +337,12 @@ $$;
 -- and retries). Adding a column with a constant default does not rewrite the table.
 -- ---------------------------------------------------------------------------------------------
 
+-- Lock order: nchat_messages before nchat_channels, the order in which every message INSERT takes
+-- them (its row, then the foreign key check on the channel). Altering nchat_channels first made a
+-- lock cycle with each insert in flight, so busy writers starved the migration or were killed as
+-- deadlock victims. The ALTERs below then find both locks already held.
+LOCK TABLE nchat_messages, nchat_channels IN ACCESS EXCLUSIVE MODE;
+
 ALTER TABLE nchat_channels
     ADD COLUMN IF NOT EXISTS enforce_encryption BOOLEAN NOT NULL DEFAULT FALSE;
 
