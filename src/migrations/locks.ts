@@ -14,6 +14,7 @@ export interface LockHolder {
   relation?: string
   query: string
   application: string
+  blockedBy?: number[]
 }
 
 /**
@@ -56,19 +57,22 @@ export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: strin
 
 /**
  * Sessions whose open transaction holds a lock on one of these tables and has been open for longer than
- * `olderThanMs`. Requesting a strong lock while they are there would queue every later writer behind us.
+ * `olderThanMs` (the lock timeout: a busy writer's transaction, a few ms, never qualifies). Requesting a strong
+ * lock while they are there would queue every later writer behind us. `blockedBy`: whom such a session itself
+ * waits for, if anyone (then that one is the cause).
  */
 export async function longLockHolders(sql: Querier, schema: string, tables: string[], olderThanMs: number): Promise<LockHolder[]> {
   if (tables.length === 0) return []
   return sql<LockHolder[]>`
     select distinct on (a.pid) a.pid, c.relname as relation, coalesce(a.application_name, '') as application,
-      extract(epoch from now() - a.xact_start)::int as seconds, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
+      round(extract(epoch from now() - a.xact_start)::numeric, 1)::float8 as seconds, pg_blocking_pids(a.pid) as "blockedBy", left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
     from pg_locks l
     join pg_class c on c.oid = l.relation
     join pg_namespace n on n.oid = c.relnamespace
     join pg_stat_activity a on a.pid = l.pid
     where l.granted and l.locktype = 'relation' and n.nspname = ${schema} and c.relname = any(${tables})
       and a.pid <> pg_backend_pid() and a.xact_start < now() - make_interval(secs => ${olderThanMs / 1000})
+
     order by a.pid, a.xact_start`
 }
 
@@ -79,4 +83,51 @@ export function backoffMs(attempt: number, baseMs = 100, capMs = 2000): number {
 
 export function isLockTimeout(error: unknown): boolean {
   return (error as {code?: string})?.code === '55P03'
+}
+
+/** The server chose our transaction as the victim of a lock cycle (deadlock_timeout below our lock_timeout). */
+export function isDeadlock(error: unknown): boolean {
+  return (error as {code?: string})?.code === '40P01'
+}
+
+/** Either way our transaction lost a wait for a lock, was rolled back, and can be tried again. */
+export function isLockConflict(error: unknown): boolean {
+  return isLockTimeout(error) || isDeadlock(error)
+}
+
+/** What a run's lock attempts on one migration ran into, for a true sentence when it gives up. */
+export interface LockAttempts {
+  timeouts: number
+  deadlocks: number
+}
+
+export function describeHolder(h: LockHolder): string {
+  const waiting = h.blockedBy?.length ? `, itself waiting for pid ${h.blockedBy.join(', ')}` : ''
+  return `pid ${h.pid} (transaction open ${h.seconds} s on ${h.relation}${h.query ? `: ${h.query}` : ''}${waiting})`
+}
+
+const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`
+
+/**
+ * The error when a migration used up --max-lock-wait without getting its locks. A session is called a long
+ * transaction only when it has been open for at least half of that wait (then ending it is the remedy);
+ * otherwise the wait was lost to short transactions one after another (busy writers), and the sentence says so.
+ */
+export async function lockWaitError(
+  sql: Querier, schema: string, tables: string[],
+  o: {migration: string; statement?: string; lockTimeoutMs: number; waitedMs: number}, seen: LockAttempts,
+): Promise<UserError> {
+  const holders = await longLockHolders(sql, schema, tables, o.lockTimeoutMs).catch(() => [] as LockHolder[])
+  const lost = [seen.timeouts > 0 ? `${plural(seen.timeouts, 'lock timeout')} of ${o.lockTimeoutMs} ms` : '', seen.deadlocks > 0 ? plural(seen.deadlocks, 'deadlock') : ''].filter(Boolean).join(' and ')
+  const head = `Migration ${o.migration} could not get its locks within ${Math.round(o.waitedMs / 1000)} s (--max-lock-wait${lost ? `; ${lost} at ${o.statement}` : ''})`
+  const long = holders.find((h) => h.seconds * 1000 >= o.waitedMs / 2)
+  if (long) {
+    return new UserError(`${head}: the long transaction ${describeHolder(long)} is in the way; nothing of the migration was applied.`, {
+      hint: `Let that transaction finish, or end it with SELECT pg_terminate_backend(${long.pid}); then run again.`,
+    })
+  }
+  const latest = holders[0] ? `the latest: ${describeHolder(holders[0])}` : `none open longer than ${o.lockTimeoutMs} ms when checked`
+  return new UserError(`${head}: other sessions' short transactions held the tables one after another (${latest}), so there is no long transaction to end; nothing of the migration was applied.`, {
+    hint: `The tables are too busy for a ${o.lockTimeoutMs} ms lock wait: run it when writes are lighter, or raise --lock-timeout above those transactions' length (a writer may then wait that long) or --max-lock-wait.`,
+  })
 }

@@ -5,7 +5,7 @@ import {CancelledError, toUserError, UserError} from '../errors.js'
 import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
 import type {MigrationFile} from './files.js'
 import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, recordVersion, unrecordVersion} from './ledger.js'
-import {backoffMs, isLockTimeout, longLockHolders, acquireRunLock} from './locks.js'
+import {acquireRunLock, backoffMs, describeHolder, isDeadlock, isLockConflict, type LockAttempts, lockWaitError, longLockHolders} from './locks.js'
 import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
 
@@ -193,8 +193,9 @@ async function runTransaction(
 ): Promise<void> {
   const tables = await existingTables(o.sql, plan.appSchema, [...new Set(statements.flatMap((s) => referencedTables(s.sql)))])
   const started = Date.now()
+  const lost: LockAttempts = {deadlocks: 0, timeouts: 0}
   for (let attempt = 0; ; attempt++) {
-    await waitForLongHolders(o, plan.appSchema, tables, started, m.name)
+    await waitForLongHolders(o, plan.appSchema, tables, started, m.name, lost)
     let current: Statement | undefined
     let running: {cancel: () => void} | undefined
     const dispose = onCancel(() => running?.cancel())
@@ -229,17 +230,19 @@ async function runTransaction(
       return
     } catch (error) {
       if (isCancelled()) throw new CancelledError(`migration ${m.name}`)
-      if (isLockTimeout(error) && Date.now() - started < o.maxLockWaitMs) {
-        mr.lockRetries++
-        const wait = backoffMs(attempt)
-        o.log(`lock wait on ${current ? current.summary : 'the ledger'} exceeded ${o.lockTimeoutMs} ms (writers were let through); retry ${attempt + 1} in ${wait} ms`)
-        await sleep(wait)
-        continue
-      }
-      if (isLockTimeout(error)) {
-        throw new UserError(`Migration ${m.name} could not get its locks within ${Math.round(o.maxLockWaitMs / 1000)} s (${current?.summary ?? 'ledger'}); nothing of it was applied.`, {
-          hint: 'Find long transactions with pg_stat_activity, or raise --max-lock-wait.',
-        })
+      // A deadlock is a lock wait lost as well: the server rolled our transaction back and the writers went on.
+      if (isLockConflict(error)) {
+        const where = current ? current.summary : 'the ledger'
+        if (isDeadlock(error)) lost.deadlocks++
+        else lost.timeouts++
+        if (Date.now() - started < o.maxLockWaitMs) {
+          mr.lockRetries++
+          const wait = backoffMs(attempt)
+          o.log(`${isDeadlock(error) ? `lock cycle (deadlock) with another session on ${where}; this attempt was rolled back` : `lock wait on ${where} exceeded ${o.lockTimeoutMs} ms`} (writers were let through); retry ${attempt + 1} in ${wait} ms`)
+          await sleep(wait)
+          continue
+        }
+        throw await lockWaitError(o.sql, plan.appSchema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: m.name, statement: where, waitedMs: Date.now() - started}, lost)
       }
       if (current) throw statementError(m, current, error, direction)
       throw toUserError(error, `recording ${m.name} in the ledger`)
@@ -260,20 +263,16 @@ async function heldLocks(tx: Querier): Promise<Map<string, string>> {
 }
 
 /** Do not request a lock while an old transaction holds one on these tables: we would queue writers behind it. */
-async function waitForLongHolders(o: Resolved, schema: string, tables: string[], started: number, what: string): Promise<void> {
+async function waitForLongHolders(o: Resolved, schema: string, tables: string[], started: number, what: string, lost: LockAttempts): Promise<void> {
   let told = false
   for (;;) {
     const holders = await longLockHolders(o.sql, schema, tables, o.lockTimeoutMs)
     if (holders.length === 0) return
-    const h = holders[0]
-    const desc = `pid ${h.pid} (transaction open ${h.seconds} s on ${h.relation}${h.query ? `: ${h.query}` : ''})`
     if (Date.now() - started >= o.maxLockWaitMs) {
-      throw new UserError(`${what} cannot start: ${desc} has held its lock for longer than --max-lock-wait (${Math.round(o.maxLockWaitMs / 1000)} s); nothing was changed.`, {
-        hint: `Let that transaction finish, or end it with SELECT pg_terminate_backend(${h.pid}); then run again.`,
-      })
+      throw await lockWaitError(o.sql, schema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: what, waitedMs: Date.now() - started}, lost)
     }
     if (!told) {
-      o.log(`waiting, without taking any lock, for ${desc} to finish`)
+      o.log(`waiting, without taking any lock, for ${describeHolder(holders[0])} to finish`)
       told = true
     }
     throwIfCancelled(what)
@@ -309,7 +308,7 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
           if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log).catch(() => {})
           throw new CancelledError(`migration ${m.name}`)
         }
-        if (isLockTimeout(error) && Date.now() - started < o.maxLockWaitMs) {
+        if (isLockConflict(error) && Date.now() - started < o.maxLockWaitMs) {
           mr.lockRetries++
           await sleep(backoffMs(attempt))
           continue
