@@ -59,6 +59,8 @@ export interface BusyWriterResult {
   maxMs: number
   /** Inserts that waited longer than `slowMs`. */
   slow: number
+  /** Each insert's start (performance.now()) and duration, to tell a window's waits from another's. */
+  samples: Array<[start: number, ms: number]>
 }
 
 /**
@@ -76,6 +78,7 @@ export function startBusyWriters(database: string, options: {connections: number
   let committed = 0
   let maxMs = 0
   let slow = 0
+  const samples: Array<[number, number]> = []
   let running = true
   const loops = pools.map(async (sql, i) => {
     const [{channel, user}] = await sql.unsafe<{channel: string; user: string}[]>(
@@ -90,6 +93,7 @@ export function startBusyWriters(database: string, options: {connections: number
         errors[code] = (errors[code] ?? 0) + 1
       }
       const ms = performance.now() - t
+      samples.push([t, ms])
       maxMs = Math.max(maxMs, ms)
       if (ms > options.slowMs) slow++
     }
@@ -99,7 +103,7 @@ export function startBusyWriters(database: string, options: {connections: number
       running = false
       await Promise.all(loops)
       await Promise.all(pools.map((p) => p.end()))
-      return {committed, errors, maxMs, slow}
+      return {committed, errors, maxMs, samples, slow}
     },
   }
 }
