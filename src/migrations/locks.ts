@@ -72,7 +72,6 @@ export async function longLockHolders(sql: Querier, schema: string, tables: stri
     join pg_stat_activity a on a.pid = l.pid
     where l.granted and l.locktype = 'relation' and n.nspname = ${schema} and c.relname = any(${tables})
       and a.pid <> pg_backend_pid() and a.xact_start < now() - make_interval(secs => ${olderThanMs / 1000})
-
     order by a.pid, a.xact_start`
 }
 
@@ -99,6 +98,8 @@ export function isLockConflict(error: unknown): boolean {
 export interface LockAttempts {
   timeouts: number
   deadlocks: number
+  /** The statement the last one waited at. */
+  at?: string
 }
 
 export function describeHolder(h: LockHolder): string {
@@ -115,11 +116,11 @@ const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? o
  */
 export async function lockWaitError(
   sql: Querier, schema: string, tables: string[],
-  o: {migration: string; statement?: string; lockTimeoutMs: number; waitedMs: number}, seen: LockAttempts,
+  o: {migration: string; lockTimeoutMs: number; waitedMs: number}, seen: LockAttempts,
 ): Promise<UserError> {
   const holders = await longLockHolders(sql, schema, tables, o.lockTimeoutMs).catch(() => [] as LockHolder[])
   const lost = [seen.timeouts > 0 ? `${plural(seen.timeouts, 'lock timeout')} of ${o.lockTimeoutMs} ms` : '', seen.deadlocks > 0 ? plural(seen.deadlocks, 'deadlock') : ''].filter(Boolean).join(' and ')
-  const head = `Migration ${o.migration} could not get its locks within ${Math.round(o.waitedMs / 1000)} s (--max-lock-wait${lost ? `; ${lost} at ${o.statement}` : ''})`
+  const head = `Migration ${o.migration} could not get its locks within ${Math.round(o.waitedMs / 1000)} s (--max-lock-wait${lost ? `; ${lost} at ${seen.at}` : ''})`
   const long = holders.find((h) => h.seconds * 1000 >= o.waitedMs / 2)
   if (long) {
     return new UserError(`${head}: the long transaction ${describeHolder(long)} is in the way; nothing of the migration was applied.`, {

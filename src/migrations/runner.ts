@@ -235,6 +235,7 @@ async function runTransaction(
         const where = current ? current.summary : 'the ledger'
         if (isDeadlock(error)) lost.deadlocks++
         else lost.timeouts++
+        lost.at = where
         if (Date.now() - started < o.maxLockWaitMs) {
           mr.lockRetries++
           const wait = backoffMs(attempt)
@@ -242,7 +243,7 @@ async function runTransaction(
           await sleep(wait)
           continue
         }
-        throw await lockWaitError(o.sql, plan.appSchema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: m.name, statement: where, waitedMs: Date.now() - started}, lost)
+        throw await lockWaitError(o.sql, plan.appSchema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: m.name, waitedMs: Date.now() - started}, lost)
       }
       if (current) throw statementError(m, current, error, direction)
       throw toUserError(error, `recording ${m.name} in the ledger`)

@@ -164,9 +164,10 @@ describe('lock conflicts the runner retries, and what it says when it gives up',
     const sql = connect(db.name)
     const holder = session(db.name, '1s')
     let h: postgres.ReservedSql | undefined
-    const opts = {lockTimeoutMs: 200, migration: '014_e2ee_system', statement: 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'}
+    const opts = {lockTimeoutMs: 200, migration: '014_e2ee_system'}
+    const at = 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'
     try {
-      const none = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 90_000}, {deadlocks: 2, timeouts: 63})
+      const none = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 90_000}, {at, deadlocks: 2, timeouts: 63})
       expect(none.message).toBe('Migration 014_e2ee_system could not get its locks within 90 s (--max-lock-wait; 63 lock timeouts of 200 ms and 2 deadlocks at ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE): '
         + 'other sessions\' short transactions held the tables one after another (none open longer than 200 ms when checked), so there is no long transaction to end; nothing of the migration was applied.')
       expect(none.hint).toMatch(/raise --lock-timeout/)
@@ -176,9 +177,9 @@ describe('lock conflicts the runner retries, and what it says when it gives up',
       await h.unsafe('select count(*) from nchat_messages')
       await sleep(1200)
       // Open 1.2 s: short against a 90 s wait, long against a 2 s one.
-      const short = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 90_000}, {deadlocks: 0, timeouts: 1})
+      const short = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 90_000}, {at, deadlocks: 0, timeouts: 1})
       expect(short.message).toMatch(new RegExp(`\\(the latest: pid ${pid} \\(transaction open \\d+(\\.\\d)? s on nchat_messages: select count\\(\\*\\) from nchat_messages\\)\\), so there is no long transaction to end`))
-      const named = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 2000}, {deadlocks: 0, timeouts: 1})
+      const named = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 2000}, {at, deadlocks: 0, timeouts: 1})
       expect(named.message).toMatch(new RegExp(`^Migration 014_e2ee_system could not get its locks within 2 s \\(--max-lock-wait; 1 lock timeout of 200 ms at ALTER TABLE .*\\): the long transaction pid ${pid} \\(transaction open \\d+(\\.\\d)? s on nchat_messages: select count\\(\\*\\) from nchat_messages\\) is in the way; nothing of the migration was applied\\.$`))
       expect(named.hint).toContain(`pg_terminate_backend(${pid})`)
     } finally {
