@@ -1,13 +1,15 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, toUserError, UserError} from '../errors.js'
-import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
+import {isCancelled, onCancel, throwIfCancelled, underUndoScope} from '../cancel.js'
+import {CancelledError, interrupted, interruption, isConnectionLost, toUserError, UserError} from '../errors.js'
+import {registerUndo} from '../last-resort.js'
+import {openSession, type Querier, quoteIdent, reopen, type Sql} from '../target/connect.js'
 import type {MigrationFile} from './files.js'
 import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, recordVersion, unrecordVersion} from './ledger.js'
 import {backoffMs, isLockTimeout, longLockHolders, acquireRunLock} from './locks.js'
 import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
+import {plural} from '../text.js'
 
 export interface RunnerOptions {
   sql: Sql
@@ -97,6 +99,11 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
     const report: RunReport = {after: plan.current, appSchema: plan.appSchema, before: plan.current, migrations: [], reverted: []}
     const committed: MigrationFile[] = []
     let applied = new Set(plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version))
+    // The undo of what this run committed runs once, whoever asks first: this function's catch, or the
+    // last-resort handler when a lost connection crashed the process (src/last-resort.ts).
+    let undoing: Promise<UndoOutcome> | undefined
+    const undo = () => (undoing ??= undoCommitted(o, plan, [...committed].reverse(), applied))
+    const unregister = o.revertOnFailure ? registerUndo(async () => (await undo()).sentence) : () => {}
     try {
       for (const m of plan.toApply) {
         throwIfCancelled(`migration ${m.name}`)
@@ -128,18 +135,13 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
       if (!o.revertOnFailure || committed.length === 0) throw error
       const reason = error instanceof UserError ? error : toUserError(error)
       o.log(`undoing what this run applied (${committed.map((m) => m.name).join(', ')})…`)
-      try {
-        await runDown(o, plan, [...committed].reverse(), applied)
-      } catch (revertError) {
-        throw new UserError(`${reason.message.replace(/\.$/, '')}; undoing the migrations this run applied also failed: ${toUserError(revertError).message}`, {
-          cause: error, exitCode: reason.exitCode, hint: 'Run `nself db e2ee status` to see what is applied; `nself db e2ee migrate` finishes it, `nself db e2ee rollback` undoes it.',
-        })
-      }
-      const note = `${committed.length} migration(s) this run applied were undone, so the database is as it was before`
+      const outcome = await undo()
       if (reason instanceof CancelledError) {
-        throw Object.assign(new CancelledError('the migration'), {message: `Interrupted by Ctrl+C; ${note}.`})
+        throw interrupted(`Interrupted by ${interruption().by}: the migration was stopped, and ${outcome.sentence}.`, outcome.hint)
       }
-      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${note}.`, {cause: error, exitCode: reason.exitCode, hint: reason.hint})
+      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${outcome.sentence}.`, {cause: error, exitCode: reason.exitCode, hint: outcome.hint ?? reason.hint})
+    } finally {
+      unregister()
     }
     return report
   } finally {
@@ -158,13 +160,71 @@ export async function migrateDown(options: RunnerOptions & {to: number}): Promis
     const applied = new Set(plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version))
     const targets = o.migrations.filter((m) => m.version > options.to && applied.has(m.version)).reverse()
     const report: RunReport = {after: plan.current, appSchema: plan.appSchema, before: plan.current, migrations: [], reverted: []}
-    report.migrations = await runDown(o, plan, targets, applied)
+    try {
+      report.migrations = await runDown(o, plan, targets, applied)
+    } catch (error) {
+      const state = await describeState(o, plan)
+      const hint = `\`nself db e2ee rollback --strategy down --to ${options.to}\` continues the rollback; \`nself db e2ee migrate\` re-applies what was reverted.`
+      if (error instanceof CancelledError) {
+        throw interrupted(`Interrupted by ${interruption().by}: the rollback was stopped; ${state}.`, hint)
+      }
+      const reason = toUserError(error)
+      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${state}.`, {cause: error, exitCode: reason.exitCode, hint})
+    }
     const remaining = plan.recorded.filter((v) => v <= options.to || !o.migrations.some((m) => m.version === v))
     report.after = remaining.length > 0 ? Math.max(...remaining) : null
     report.reverted = targets.map((m) => m.version)
     return report
   } finally {
     await release()
+  }
+}
+
+interface UndoOutcome {
+  ok: boolean
+  /** What is true afterwards, as a clause of the final sentence. */
+  sentence: string
+  hint?: string
+}
+
+/**
+ * Undo what this run committed: the down files, newest first, on a pool of their own (the run's connections
+ * may be the ones that died), under an undo scope that the first Ctrl+C does not cut short; a second one does.
+ */
+async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile[], applied: Set<number>): Promise<UndoOutcome> {
+  if (newestFirst.length === 0) return {ok: true, sentence: 'nothing this run applied had committed, so the database is as it was before'}
+  const fresh = freshPool(o.sql)
+  const names = newestFirst.map((m) => m.name).reverse().join(', ')
+  try {
+    await underUndoScope(() => runDown({...o, sql: fresh}, plan, newestFirst, applied))
+    return {ok: true, sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`}
+  } catch (error) {
+    const state = await describeState({...o, sql: fresh}, plan)
+    const hint = `\`nself db e2ee migrate\` finishes the migration; \`nself db e2ee rollback --strategy down --to ${plan.current ?? 0}\` undoes it.`
+    if (error instanceof CancelledError) return {hint, ok: false, sentence: `undoing what it applied was abandoned by a second ${interruption().by}: ${state}`}
+    return {hint, ok: false, sentence: `undoing the migrations this run applied (${names}) also failed (${toUserError(error).message.replace(/\.$/, '')}): ${state}`}
+  } finally {
+    if (fresh !== o.sql) await fresh.end({timeout: 2}).catch(() => {})
+  }
+}
+
+function freshPool(sql: Sql): Sql {
+  try {
+    return reopen(sql, 2)
+  } catch {
+    return sql
+  }
+}
+
+/** Where the ledger stands now, read afresh: "the database is at 14: 013_e2ee_system applied, 014_e2ee_system partial". */
+async function describeState(o: Resolved, before: Plan): Promise<string> {
+  try {
+    const now = await readPlan(o.sql, o.migrations, {schema: o.schema})
+    const done = now.migrations.filter((m) => m.state !== 'pending')
+    const list = done.map((m) => `${m.name} ${m.state === 'partial' ? 'partial (its online index builds or validation did not finish)' : m.state}`)
+    return `the database is left at ${now.current ?? 'no migration'}${list.length ? ` (${list.join(', ')})` : ''}, it was at ${before.current ?? 'no migration'} before`
+  } catch (error) {
+    return `where the database stands could not be read (${toUserError(error).message.replace(/\.$/, '')}); \`nself db e2ee status\` shows it`
   }
 }
 
@@ -281,9 +341,10 @@ async function waitForLongHolders(o: Resolved, schema: string, tables: string[],
   }
 }
 
-/** A statement that cannot run in a transaction (or needs its own): on a reserved session, alone. */
+/** A statement that cannot run in a transaction (or needs its own): on a session of its own, alone. */
 async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statement, mr: MigrationReport): Promise<void> {
-  const conn = await o.sql.reserve()
+  const session = await openSession(o.sql)
+  const conn = session.sql
   let running: {cancel: () => void} | undefined
   const dispose = onCancel(() => running?.cancel())
   const started = Date.now()
@@ -297,7 +358,7 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
     const indexName = concurrentIndexName(s)
     for (let attempt = 0; ; attempt++) {
       throwIfCancelled(`migration ${m.name}`)
-      if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log)
+      if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by an interrupted build; rebuilding it')
       const stopProgress = indexName ? watchIndexBuild(o, pid, indexName) : () => {}
       try {
         const q = conn.unsafe(s.sql)
@@ -305,8 +366,11 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
         await q
         break
       } catch (error) {
+        // A session the server ended is never queried again; an index it left INVALID goes with the undo
+        // (the down file drops it) or is rebuilt by the next run.
+        if (session.lost || isConnectionLost(error)) throw statementError(m, s, error, 'up')
         if (isCancelled()) {
-          if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log).catch(() => {})
+          if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by the cancelled build; dropping it').catch(() => {})
           throw new CancelledError(`migration ${m.name}`)
         }
         if (isLockTimeout(error) && Date.now() - started < o.maxLockWaitMs) {
@@ -323,18 +387,18 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
     mr.statements.push({durationMs: Date.now() - started, line: s.line, mode: s.mode, summary: s.summary, ...(o.observeLocks ? {locks: [{mode: 'ShareUpdateExclusiveLock', relation: referencedTables(s.sql)[0] ?? '?'}]} : {})})
   } finally {
     dispose()
-    await conn.unsafe('reset all').catch(() => {})
-    conn.release()
+    // Closing the session's own pool resets its settings; nothing is sent on a connection that died.
+    await session.close()
   }
 }
 
-/** An index left INVALID by an interrupted CONCURRENTLY build is dropped so it can be built again. */
-async function dropInvalidIndex(conn: Querier, schema: string, name: string, log: (l: string) => void): Promise<void> {
+/** An index left INVALID by an interrupted CONCURRENTLY build is dropped (so it can be built again). */
+async function dropInvalidIndex(conn: Querier, schema: string, name: string, log: (l: string) => void, why: string): Promise<void> {
   const rows = await conn<{valid: boolean}[]>`
     select i.indisvalid as valid from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = ${schema} and c.relname = ${name}`
   if (rows.length === 1 && !rows[0].valid) {
-    log(`index ${name} was left invalid by an interrupted build; rebuilding it`)
+    log(`index ${name} was ${why}`)
     await conn.unsafe(`drop index concurrently if exists ${quoteIdent(schema)}.${quoteIdent(name)}`)
   }
 }

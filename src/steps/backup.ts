@@ -168,6 +168,10 @@ export async function ensureBackupDir(dir: string, log?: (line: string) => void)
   try {
     await fs.mkdir(dir, {mode: 0o700, recursive: true})
   } catch (error) {
+    const code = (error as {code?: string}).code
+    if (code === 'EEXIST' || code === 'ENOTDIR') {
+      throw new UserError(`The backup folder ${dir} ${code === 'EEXIST' ? 'is a file' : 'is inside a file'}, not a folder.`, {cause: error, hint: 'Choose a folder with --backup-dir.'})
+    }
     throw fsErrorSentence(error, 'Creating the backup folder', dir)
   }
   let st

@@ -17,22 +17,76 @@ export interface ConnectOptions {
   onNotice?: (message: string) => void
 }
 
+/** How each pool was opened, so a fresh one to the same place can be made after a connection was lost. */
+const origins = new WeakMap<Sql, {conn: ConnectionInfo; options: ConnectOptions}>()
+
 export function connect(conn: ConnectionInfo, options: ConnectOptions = {}): Sql {
-  return postgres({
+  const sql = postgres(poolOptions(conn, options))
+  origins.set(sql, {conn, options})
+  return sql
+}
+
+function poolOptions(conn: ConnectionInfo, options: ConnectOptions, max?: number): postgres.Options<Record<string, postgres.PostgresType>> {
+  return {
     connect_timeout: 10,
     connection: {application_name: APP_NAME},
     database: options.database ?? conn.database,
     host: conn.host,
     // Sessions must live as long as the run: an advisory lock or SET must not vanish with a recycled socket.
     idle_timeout: 0,
-    max: options.max ?? 4,
+    max: max ?? options.max ?? 4,
     max_lifetime: 0,
     onnotice: (n) => options.onNotice?.(String(n.message)),
     password: conn.password,
     port: conn.port,
     prepare: false,
     user: conn.user,
-  })
+  }
+}
+
+/** A new pool to the same database as `sql` (for an undo that must not depend on connections that died). */
+export function reopen(sql: Sql, max?: number): Sql {
+  const origin = origins.get(sql)
+  if (!origin) throw new Error('reopen: this pool was not opened by connect()')
+  return connect(origin.conn, {...origin.options, max: max ?? origin.options.max})
+}
+
+/**
+ * One server session of its own (an advisory lock, session SETs, a CONCURRENTLY build): a one-connection pool.
+ * Not `sql.reserve()`: postgres.js 3.4.9 crashes the process with an uncaught TypeError (from a setImmediate,
+ * beyond any .catch) when a reserved connection whose backend died is queried again, and `release()` of such a
+ * connection hands the dead socket back to the pool (porsager/postgres 1199, 1208). A pool of its own notices
+ * the loss (`lost`), reconnects instead of crashing, and `close()` never sends anything on a dead socket.
+ */
+export interface Session {
+  sql: Sql
+  /** The session's connection closed (server ended it, restart, network): its state (locks, SETs) is gone. */
+  readonly lost: boolean
+  close(): Promise<void>
+}
+
+export async function openSession(pool: Sql): Promise<Session> {
+  const origin = origins.get(pool)
+  if (!origin) throw new Error('openSession: this pool was not opened by connect()')
+  let lost = false
+  let opened = false
+  const sql = postgres({...poolOptions(origin.conn, origin.options, 1), onclose: () => { if (opened) lost = true }})
+  try {
+    await sql`select 1`
+  } catch (error) {
+    await sql.end({timeout: 0}).catch(() => {})
+    throw toUserError(error, `database "${origin.options.database ?? origin.conn.database}" at ${origin.conn.host}:${origin.conn.port}`)
+  }
+  opened = true
+  return {
+    async close() {
+      await sql.end({timeout: lost ? 0 : 2}).catch(() => {})
+    },
+    get lost() {
+      return lost
+    },
+    sql,
+  }
 }
 
 /** Connect and make sure the server answers, translating failures into one clear sentence. */
