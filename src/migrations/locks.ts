@@ -21,7 +21,12 @@ export interface LockHolder {
  * waits up to `waitMs`, saying who holds it, then stops with a clear error. The release never queries a
  * session the server has ended (its lock went with it).
  */
-export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void): Promise<() => Promise<void>> {
+export type RunLock = (() => Promise<void>) & {
+  /** The session holding the lock was ended (server restart, pg_terminate_backend): the lock is gone. */
+  lost: () => boolean
+}
+
+export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void): Promise<RunLock> {
   const session = await openSession(sql)
   const conn = session.sql
   const started = Date.now()
@@ -32,7 +37,9 @@ export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: strin
     await session.close()
     throw error
   }
-  return async () => {
+  let released = false
+  const release = async () => {
+    released = true
     try {
       if (!session.lost) await conn`select pg_advisory_unlock(${LOCK_CLASS}, ${LOCK_OBJ})`
     } catch {
@@ -41,6 +48,7 @@ export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: strin
       await session.close()
     }
   }
+  return Object.assign(release, {lost: () => !released && session.lost})
 
   async function waitForRunLock(): Promise<void> {
     for (;;) {

@@ -6,7 +6,7 @@ import {registerUndo} from '../last-resort.js'
 import {openSession, type Querier, quoteIdent, reopen, type Sql} from '../target/connect.js'
 import type {MigrationFile} from './files.js'
 import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, recordVersion, unrecordVersion} from './ledger.js'
-import {backoffMs, isLockTimeout, longLockHolders, acquireRunLock} from './locks.js'
+import {backoffMs, isLockTimeout, longLockHolders, acquireRunLock, type RunLock} from './locks.js'
 import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
 import {plural} from '../text.js'
@@ -65,7 +65,30 @@ export interface RunReport {
 
 const DEFAULTS = {buildTimeoutMs: 0, lockTimeoutMs: 200, maxLockWaitMs: 120_000, runLockWaitMs: 60_000, statementTimeoutMs: 60_000}
 
-type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress'>> & Pick<RunnerOptions, 'schema'> & {log: (l: string) => void; progress: (l: string) => void}
+type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress'>> & Pick<RunnerOptions, 'schema'> & {
+  log: (l: string) => void
+  progress: (l: string) => void
+  /** Set once the run lock is held: throws when its session was lost (another run could now start). */
+  lockHeld?: () => void
+}
+
+/** Where a run may stop: Ctrl+C, or the run lock gone with its session. */
+function checkpoint(o: Resolved, what: string): void {
+  throwIfCancelled(what)
+  o.lockHeld?.()
+}
+
+class RunLockLost extends UserError {}
+
+function watchRunLock(o: Resolved, lock: RunLock): void {
+  o.lockHeld = () => {
+    if (lock.lost()) {
+      throw new RunLockLost('The session holding this run\'s lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped: another run could start beside it.', {
+        hint: 'Check the server, then run the same command again; `nself db e2ee status` shows where the database stands.',
+      })
+    }
+  }
+}
 
 function resolve(o: RunnerOptions): Resolved {
   return {
@@ -79,7 +102,7 @@ function resolve(o: RunnerOptions): Resolved {
 }
 
 function statementError(m: MigrationFile | {name: string; file: string}, s: Statement, error: unknown, direction: 'up' | 'down'): UserError {
-  if (error instanceof CancelledError) return error
+  if (error instanceof CancelledError || error instanceof RunLockLost) return error
   const inner = toUserError(error)
   const file = direction === 'down' ? `down file of ${m.name}` : `migration ${m.name}`
   return new UserError(`The ${file} failed at line ${s.line} (${s.summary}): ${inner.message.replace(/\.$/, '')}.`, {cause: error, hint: inner.hint})
@@ -92,6 +115,7 @@ function statementError(m: MigrationFile | {name: string; file: string}, s: Stat
 export async function migrateUp(options: RunnerOptions & {to?: number}): Promise<RunReport> {
   const o = resolve(options)
   const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log)
+  watchRunLock(o, release)
   try {
     // Read the plan under the lock: a run that waited must see what the other one applied.
     const plan = await readPlan(o.sql, o.migrations, {schema: o.schema, to: options.to})
@@ -106,7 +130,7 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
     const unregister = o.revertOnFailure ? registerUndo(async () => (await undo()).sentence) : () => {}
     try {
       for (const m of plan.toApply) {
-        throwIfCancelled(`migration ${m.name}`)
+        checkpoint(o, `migration ${m.name}`)
         const status = plan.migrations.find((s) => s.version === m.version)!
         o.log(`applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`)
         const mr: MigrationReport = {direction: 'up', durationMs: 0, lockRetries: 0, name: m.name, statements: [], version: m.version}
@@ -153,6 +177,7 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
 export async function migrateDown(options: RunnerOptions & {to: number}): Promise<RunReport> {
   const o = resolve(options)
   const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log)
+  watchRunLock(o, release)
   try {
     const plan = await readPlan(o.sql, o.migrations, {schema: o.schema})
     const drifted = plan.migrations.find((m) => m.state === 'drifted' && m.version > options.to)
@@ -196,7 +221,8 @@ async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile
   const fresh = freshPool(o.sql)
   const names = newestFirst.map((m) => m.name).reverse().join(', ')
   try {
-    await underUndoScope(() => runDown({...o, sql: fresh}, plan, newestFirst, applied))
+    // The undo does not stop for a lost run lock: leaving half a migration behind would be worse.
+    await underUndoScope(() => runDown({...o, lockHeld: undefined, sql: fresh}, plan, newestFirst, applied))
     return {ok: true, sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`}
   } catch (error) {
     const state = await describeState({...o, sql: fresh}, plan)
@@ -268,7 +294,7 @@ async function runTransaction(
         let seen = new Map<string, string>()
         for (const s of statements) {
           current = s
-          throwIfCancelled(`migration ${m.name}`)
+          checkpoint(o, `migration ${m.name}`)
           const t = Date.now()
           const q = tx.unsafe(s.sql)
           running = q
@@ -336,7 +362,7 @@ async function waitForLongHolders(o: Resolved, schema: string, tables: string[],
       o.log(`waiting, without taking any lock, for ${desc} to finish`)
       told = true
     }
-    throwIfCancelled(what)
+    checkpoint(o, what)
     await sleep(250)
   }
 }
@@ -357,7 +383,7 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
     const [{pid}] = await conn<{pid: number}[]>`select pg_backend_pid() as pid`
     const indexName = concurrentIndexName(s)
     for (let attempt = 0; ; attempt++) {
-      throwIfCancelled(`migration ${m.name}`)
+      checkpoint(o, `migration ${m.name}`)
       if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by an interrupted build; rebuilding it')
       const stopProgress = indexName ? watchIndexBuild(o, pid, indexName) : () => {}
       try {
