@@ -85,6 +85,9 @@ export abstract class BaseCommand extends Command {
       process.stderr.write(`\n${cause?.stack ?? String(cause)}\n`)
     }
     process.exitCode = ue.exitCode
+    // Everything this command opened was closed on the way here; a socket a stuck server still holds open
+    // must not keep an interrupted or failed command alive.
+    setTimeout(() => process.exit(ue.exitCode), 10_000).unref()
   }
 }
 

@@ -82,7 +82,7 @@ export async function longLockHolders(sql: Querier, schema: string, tables: stri
   if (tables.length === 0) return []
   return sql<LockHolder[]>`
     select distinct on (a.pid) a.pid, c.relname as relation, coalesce(a.application_name, '') as application,
-      extract(epoch from now() - a.xact_start)::int as seconds, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
+      round(extract(epoch from now() - a.xact_start)::numeric, 1)::float8 as seconds, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
     from pg_locks l
     join pg_class c on c.oid = l.relation
     join pg_namespace n on n.oid = c.relnamespace

@@ -324,7 +324,7 @@ async function runTransaction(
       }
       if (isLockTimeout(error)) {
         throw new UserError(`Migration ${m.name} could not get its locks within ${Math.round(o.maxLockWaitMs / 1000)} s (${current?.summary ?? 'ledger'}); nothing of it was applied.`, {
-          hint: 'Find long transactions with pg_stat_activity, or raise --max-lock-wait.',
+          hint: 'Each lock_timeout expired behind other sessions\' locks on those tables (busy writers or long transactions: see pg_stat_activity); try again when they are quieter, or raise --max-lock-wait.',
         })
       }
       if (current) throw statementError(m, current, error, direction)

@@ -1,4 +1,5 @@
-import {untilCancelled} from '../cancel.js'
+import {isCancelled, untilCancelled} from '../cancel.js'
+import {stopPool} from '../target/connect.js'
 import {CancelledError, UserError} from '../errors.js'
 import type {RunReport} from '../migrations/runner.js'
 import {migrateUp} from '../migrations/runner.js'
@@ -161,7 +162,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
     await runSteps(after, ctx, o.json)
     return summary(o, ctx, false)
   } finally {
-    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+    if (ctx.ins) await (isCancelled() ? stopPool(ctx.ins.sql) : ctx.ins.sql.end({timeout: 2}).catch(() => {}))
   }
 }
 

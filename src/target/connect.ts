@@ -44,6 +44,25 @@ function poolOptions(conn: ConnectionInfo, options: ConnectOptions, max?: number
   }
 }
 
+/**
+ * End a pool after Ctrl+C: its queries may be waiting on the server (for a lock), where closing our end of the
+ * socket does not reach them. Cancel them from a fresh session first, then end the pool.
+ */
+export async function stopPool(sql: Sql): Promise<void> {
+  try {
+    const admin = reopen(sql, 1)
+    try {
+      await admin`select pg_cancel_backend(pid) from pg_stat_activity
+        where application_name = ${APP_NAME} and datname = current_database() and pid <> pg_backend_pid() and state = 'active'`
+    } finally {
+      await admin.end({timeout: 1})
+    }
+  } catch {
+    // Best effort: the pool's end below still closes what it can.
+  }
+  await sql.end({timeout: 1}).catch(() => {})
+}
+
 /** A new pool to the same database as `sql` (for an undo that must not depend on connections that died). */
 export function reopen(sql: Sql, max?: number): Sql {
   const origin = origins.get(sql)

@@ -5,6 +5,7 @@ import {isCancelled, untilCancelled} from '../../../cancel.js'
 import {CancelledError, UserError} from '../../../errors.js'
 import {readManifest} from '../../../steps/backup.js'
 import {inspect} from '../../../steps/inspect.js'
+import {stopPool} from '../../../target/connect.js'
 import {verifyDatabase} from '../../../steps/verify.js'
 import {plural} from '../../../text.js'
 
@@ -47,7 +48,7 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
       }
     } finally {
       // After Ctrl+C a check may still be running on the server: end it now rather than wait for it.
-      await ins.sql.end({timeout: isCancelled() ? 0 : 2})
+      await (isCancelled() ? stopPool(ins.sql) : ins.sql.end({timeout: 2}))
     }
   }
 }
