@@ -222,7 +222,10 @@ async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile
   const names = newestFirst.map((m) => m.name).reverse().join(', ')
   try {
     // The undo does not stop for a lost run lock: leaving half a migration behind would be worse.
-    await underUndoScope(() => runDown({...o, lockHeld: undefined, sql: fresh}, plan, newestFirst, applied))
+    await underUndoScope(async () => {
+      await serverBack(fresh, o.log)
+      await runDown({...o, lockHeld: undefined, sql: fresh}, plan, newestFirst, applied)
+    })
     return {ok: true, sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`}
   } catch (error) {
     const state = await describeState({...o, sql: fresh}, plan)
@@ -231,6 +234,28 @@ async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile
     return {hint, ok: false, sentence: `undoing the migrations this run applied (${names}) also failed (${toUserError(error).message.replace(/\.$/, '')}): ${state}`}
   } finally {
     if (fresh !== o.sql) await fresh.end({timeout: 2}).catch(() => {})
+  }
+}
+
+/** After a server restart, wait (bounded; a second Ctrl+C stops it) until it accepts connections again. */
+async function serverBack(sql: Sql, log: (line: string) => void, waitMs = 60_000): Promise<void> {
+  const started = Date.now()
+  let told = false
+  for (;;) {
+    try {
+      await sql`select 1`
+      return
+    } catch (error) {
+      const code = (error as {code?: string}).code ?? ''
+      const transient = isConnectionLost(error) || ['ECONNREFUSED', 'CONNECT_TIMEOUT', '57P03'].includes(code)
+      if (!transient || Date.now() - started > waitMs) throw error
+      if (!told) {
+        log(`the server is not accepting connections (${toUserError(error).message.replace(/\.$/, '')}); waiting up to ${waitMs / 1000} s for it to undo what this run applied`)
+        told = true
+      }
+      throwIfCancelled('waiting for the server to undo what this run applied')
+      await sleep(500)
+    }
   }
 }
 

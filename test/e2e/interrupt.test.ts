@@ -249,6 +249,28 @@ describe('Ctrl+C outside the apply', () => {
   })
 })
 
+describe('Ctrl+C during a down rollback', () => {
+  const scope = e2eScope()
+
+  it('stops between down files and says which migrations are still applied (not "everything was undone")', async () => {
+    const db = await scope.fresh({messages: 2000})
+    const m = await runCli(['db', 'e2ee', 'migrate', ...localArgs(db.name), ...APPLY_ONLY])
+    expect(m.code, m.stdout + m.stderr).toBe(0)
+    // 016's down file runs; 015's must drop nchat_calls, which this reader keeps it from doing.
+    const reader = await hold(db.name, 'select 1 from nchat_calls limit 1')
+    scope.cleanups.push(reader.end)
+    const r = await runCli(['db', 'e2ee', 'rollback', '--strategy', 'down', '--yes', ...localArgs(db.name), '--backup-dir', scope.backupDir(), ...LONG_LOCK_WAIT], {
+      interruptWhen: (out) => out.includes('reverting 015_voice_calls'),
+    })
+    expect(r.interrupted).toBe(true)
+    expect(r.code, r.stdout + r.stderr).toBe(130)
+    expect(r.stderr).toMatch(/Error: Interrupted by Ctrl\+C: the rollback was stopped; the database is left at 15 \(013_e2ee_system applied, 014_e2ee_system applied, 015_voice_calls applied\), it was at 16 before\./)
+    expect(r.stderr).toMatch(/`nself db e2ee rollback --strategy down --to 12` continues the rollback/)
+    expect(r.stderr).not.toMatch(/undone/)
+    expect(await ledgerVersion(db.name)).toBe(15)
+  })
+})
+
 describe('Ctrl+C at the confirmation', () => {
   const scope = e2eScope()
 
