@@ -126,7 +126,7 @@ export function deliverSignal(signal: NodeJS.Signals): void {
   if (signals === 1) {
     process.stderr.write(undoScopes.size > 0
       ? `\n${by}: the undo that is running will finish first (a second Ctrl+C abandons it).\n`
-      : `\nStopping (${by}): cancelling the running step; anything this run committed is undone (a second Ctrl+C abandons the undo).\n`)
+      : `\nStopping (${by}): cancelling the running step; the last message says what is left (a second Ctrl+C abandons an undo).\n`)
     void cancel()
     return
   }

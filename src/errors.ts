@@ -23,6 +23,10 @@ export function noteInterruption(signal: NodeJS.Signals | undefined): void {
   interruptedBy = signal
 }
 
+export function wasInterrupted(): boolean {
+  return interruptedBy !== undefined
+}
+
 /** "Ctrl+C" or "SIGTERM", and the shell's exit code for it: 128 + the signal number (130 SIGINT, 143 SIGTERM). */
 export function interruption(): {by: string; exitCode: number} {
   return interruptedBy === 'SIGTERM' ? {by: 'SIGTERM', exitCode: 143} : {by: 'Ctrl+C', exitCode: 130}

@@ -1,5 +1,5 @@
 import {cancel} from './cancel.js'
-import {isConnectionLost, toUserError, UserError} from './errors.js'
+import {interruption, isConnectionLost, toUserError, UserError, wasInterrupted} from './errors.js'
 
 /**
  * The last line of defence: an exception nothing caught (postgres.js 3.4.9 throws one from a setImmediate when a
@@ -35,7 +35,10 @@ async function onFatal(error: unknown): Promise<void> {
   if (handling) return
   handling = true
   const verbose = process.argv.includes('--verbose') || Boolean(process.env.DEBUG)
-  const ue = isConnectionLost(error)
+  // After Ctrl+C, a connection that dies is the cancel's doing (a dropped clone, a terminated child session).
+  const ue = wasInterrupted()
+    ? new UserError(`Interrupted by ${interruption().by}: the run was stopped`, {cause: error, exitCode: interruption().exitCode})
+    : isConnectionLost(error)
     ? new UserError('The connection to PostgreSQL was lost (the server ended this tool\'s session, restarted, or the network failed), so the run stopped.', {cause: error})
     : toUserError(error)
   const told: string[] = []
