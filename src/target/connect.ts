@@ -44,6 +44,14 @@ function poolOptions(conn: ConnectionInfo, options: ConnectOptions, max?: number
   }
 }
 
+/** How `sql` was opened: by connect(), or (a library caller's own pool) read back from postgres.js's options. */
+function originOf(sql: Sql): {conn: ConnectionInfo; options: ConnectOptions} {
+  const known = origins.get(sql)
+  if (known) return known
+  const o = sql.options as unknown as {host: string[]; port: number[]; user: string; pass?: unknown; database: string}
+  return {conn: {database: o.database, host: o.host[0], password: typeof o.pass === 'string' && o.pass !== '' ? o.pass : undefined, port: o.port[0], user: o.user}, options: {}}
+}
+
 /**
  * End a pool after Ctrl+C: its queries may be waiting on the server (for a lock), where closing our end of the
  * socket does not reach them. Cancel them from a fresh session first, then end the pool.
@@ -65,8 +73,7 @@ export async function stopPool(sql: Sql): Promise<void> {
 
 /** A new pool to the same database as `sql` (for an undo that must not depend on connections that died). */
 export function reopen(sql: Sql, max?: number): Sql {
-  const origin = origins.get(sql)
-  if (!origin) throw new Error('reopen: this pool was not opened by connect()')
+  const origin = originOf(sql)
   return connect(origin.conn, {...origin.options, max: max ?? origin.options.max})
 }
 
@@ -85,8 +92,7 @@ export interface Session {
 }
 
 export async function openSession(pool: Sql): Promise<Session> {
-  const origin = origins.get(pool)
-  if (!origin) throw new Error('openSession: this pool was not opened by connect()')
+  const origin = originOf(pool)
   let lost = false
   let opened = false
   const sql = postgres({...poolOptions(origin.conn, origin.options, 1), onclose: () => { if (opened) lost = true }})
