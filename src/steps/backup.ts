@@ -170,7 +170,8 @@ export async function ensureBackupDir(dir: string, log?: (line: string) => void)
   } catch (error) {
     const code = (error as {code?: string}).code
     if (code === 'EEXIST' || code === 'ENOTDIR') {
-      throw new UserError(`The backup folder ${dir} ${code === 'EEXIST' ? 'is a file' : 'is inside a file'}, not a folder.`, {cause: error, hint: 'Choose a folder with --backup-dir.'})
+      const what = code === 'EEXIST' ? 'is a file, not a folder' : 'cannot be created: part of its path is a file, not a folder'
+      throw new UserError(`The backup folder ${dir} ${what}.`, {cause: error, hint: 'Choose a folder with --backup-dir.'})
     }
     throw fsErrorSentence(error, 'Creating the backup folder', dir)
   }
