@@ -103,7 +103,7 @@ describe.each(['local', 'docker'] as const)('createClone (%s mode)', (mode) => {
       const [db] = await admin<{owner: string; comment: string}[]>`
         select pg_get_userbyid(datdba) as owner, shobj_description(oid, 'pg_database') as comment from pg_database where datname = ${clone.name}`
       expect(db.owner).toBe('postgres')
-      expect(db.comment).toMatch(new RegExp(`^nself-e2ee dryrun clone of ${ctx.db}, created \\d{4}-\\d\\d-\\d\\dT.*Z, pid ${process.pid}$`))
+      expect(db.comment).toMatch(new RegExp(`^nself-e2ee dryrun clone of ${ctx.db}, created \\d{4}-\\d\\d-\\d\\dT.*Z, pid ${process.pid}, run [0-9a-f]{8}$`))
 
       if (ctx.docker) {
         const lines = ctx.docker.lines()
