@@ -44,6 +44,9 @@ export async function connectMaintenance(target: Target, options: {max?: number;
       await sql.end({timeout: 1}).catch(() => {})
     }
   }
+  // The server itself is out of reach (refused, unknown host, timeout, login refused): say that, as any command would.
+  const code = (last as {code?: string})?.code
+  if (!['3D000', '42501', '55000'].includes(code ?? '')) throw toUserError(last)
   const cause = toUserError(last).message.replace(/\.$/, '')
   throw new UserError(`Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}, which holds the lock that keeps two commands from changing "${target.conn.database}" at once: ${cause}.`, {
     cause: last, hint: 'Grant the user CONNECT on the database "postgres".',
