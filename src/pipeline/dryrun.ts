@@ -7,6 +7,7 @@ import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
 import {backupProduction, runSteps, type Step} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
+import {plural} from '../text.js'
 
 export interface DryRunCommandOptions {
   target: Target
@@ -65,7 +66,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
         }
         c.tools = await PgTools.create(o.target)
         c.pre = await preflight({backupDir: o.fromBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
-        task.title = `Preflight: ${c.pre.checks.length} checks passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
+        task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
       },
       title: 'Preflight (read-only)',
     },

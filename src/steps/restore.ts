@@ -5,6 +5,7 @@ import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {testPause} from '../test-pause.js'
 import {type Manifest, readToc, redact, timestamp, type Toc} from './backup.js'
+import {plural} from '../text.js'
 import {
   COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral, restoreArchive,
   type RestoreProgress,
@@ -136,7 +137,7 @@ export async function checkRestoredMatchesManifest(
     }
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${qualified}`)
     if (Number(n) !== expected) {
-      throw new UserError(`The restored database ${db} has ${n} rows in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`)
+      throw new UserError(`The restored database ${db} has ${plural(Number(n), 'row')} in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`)
     }
   }
   if (!manifest.synthesized) {
