@@ -37,6 +37,13 @@ export function statusDocument(target: Target, ins: Inspection) {
       sources: target.sources,
       user: target.conn.user,
     },
+    settings: {
+      env: target.cascade ? `${target.cascade.envName} (from ${target.cascade.envSource})` : null,
+      envFiles: target.envFiles,
+      legacyOrder: target.cascade?.legacyOrder ?? false,
+      projectDir: target.projectDir,
+      projectDirFrom: target.cascade?.monorepoFrom ? `backend folder of ${target.cascade.monorepoFrom} (it has a .env, as nself's monorepo layout)` : null,
+    },
     ledger: {
       current: plan.current,
       recorded: plan.recorded,

@@ -1,3 +1,5 @@
+import path from 'node:path'
+
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
@@ -29,6 +31,8 @@ export default class Status extends BaseCommand {
       this.say('')
       this.say(doc.pending.length > 0 ? `Pending: ${doc.pending.join(', ')}. Run: nself db e2ee migrate` : 'Nothing pending.')
       this.say('')
+      this.say(`Project     ${doc.settings.projectDir}${doc.settings.projectDirFrom ? ` (${doc.settings.projectDirFrom})` : ''}`)
+      this.say(`ENV         ${doc.settings.env ?? 'dev'}${doc.settings.legacyOrder ? ', NSELF_LEGACY_ENV_ORDER: legacy cascade order' : ''}; env files read: ${doc.settings.envFiles.length > 0 ? doc.settings.envFiles.map((f) => path.relative(doc.settings.projectDir, f) || f).join(' → ') : 'none'}`)
       this.say('Settings came from:')
       for (const [k, v] of Object.entries(doc.connection.sources)) this.say(`  ${k.padEnd(12)} ${v}`)
     } finally {
