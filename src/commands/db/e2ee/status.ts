@@ -23,6 +23,7 @@ export default class Status extends BaseCommand {
       this.say(`Database    ${doc.connection.database} on ${doc.connection.host}:${doc.connection.port} as ${doc.connection.user}, schema ${doc.schema}`)
       this.say(`Tools       ${target.mode === 'local' ? 'local pg_dump/pg_restore' : `docker exec (${target.containerCandidates.join(' or ')})`}`)
       this.say(`Ledger      schema_migrations ${doc.ledger.schemaMigrations ? `in ${doc.ledger.schemaMigrations.schema}, at ${doc.ledger.current ?? 'nothing'}` : 'missing (created on first migrate)'}`)
+      this.say(`nself       ${doc.ledger.nself === null ? 'no nself ledger (np_common.schema_versions) in this database' : `np_common.schema_versions lists ${doc.ledger.nself.length > 0 ? doc.ledger.nself.join(', ') : 'none of 013-016'}`}`)
       this.say('')
       for (const m of doc.migrations) {
         const when = m.appliedAt ? `  ${new Date(m.appliedAt).toISOString()} by ${m.appliedBy}` : ''
