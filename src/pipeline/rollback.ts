@@ -5,7 +5,7 @@ import {migrateDown, type RunReport} from '../migrations/runner.js'
 import {connect, connectChecked, quoteIdent, type Sql} from '../target/connect.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
-import {type BackupInfo, type ListedBackup, newestBackup, timestamp, verifyBackup} from '../steps/backup.js'
+import {type BackupInfo, type ListedBackup, manifestPathFor, newestBackup, timestamp, verifyBackup} from '../steps/backup.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
@@ -98,7 +98,7 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
             file = found.file
           }
           const checked = await verifyBackup({database: db, file, requireManifest: true, tools: c.tools})
-          c.backup = {file, manifest: checked.manifest, manifestFile: `${file}.manifest.json`}
+          c.backup = {file, manifest: checked.manifest, manifestFile: manifestPathFor(file)}
           task.title = `Backup ${file}: sha256 and archive verified (taken ${checked.manifest.created_at}, at migration ${checked.manifest.ledger_version ?? 'none'})`
         }),
         title: 'Check the backup',
