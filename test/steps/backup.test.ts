@@ -87,7 +87,11 @@ describe.each(['local', 'docker'] as const)('takeBackup (%s mode)', (mode_) => {
     expect(mode(backupDir)).toBe(0o700)
     expect(mode(info.file)).toBe(0o600)
     expect(mode(info.manifestFile)).toBe(0o600)
-    expect(fs.readdirSync(backupDir).sort()).toEqual([path.basename(info.file), path.basename(info.manifestFile)].sort())
+    // Only the dump in backups/ (nself's listing counts every file there); the manifest in the sidecar folder.
+    expect(fs.readdirSync(backupDir).sort()).toEqual(['.nself-e2ee', path.basename(info.file)])
+    expect(info.manifestFile).toBe(manifestPathFor(info.file))
+    expect(fs.readdirSync(path.join(backupDir, '.nself-e2ee'))).toEqual([path.basename(info.manifestFile)])
+    expect(mode(path.join(backupDir, '.nself-e2ee'))).toBe(0o700)
     expect(progress.length).toBeGreaterThan(0)
     expect(progress.at(-1)).toBe(info.bytes)
     expect(fs.statSync(info.file).size).toBe(info.bytes)
@@ -211,7 +215,8 @@ describe.each(['local', 'docker'] as const)('takeBackup (%s mode)', (mode_) => {
       expect(error).toBeInstanceOf(CancelledError)
       expect((error as Error).message).toContain(backupDir)
       await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${dumpApp}`).length === 0, 10_000)
-      expect(fs.readdirSync(backupDir)).toEqual([])
+      expect(fs.readdirSync(backupDir)).toEqual(['.nself-e2ee'])
+      expect(fs.readdirSync(path.join(backupDir, '.nself-e2ee'))).toEqual([])
       const [{pid}] = await mine<{pid: number}[]>`select pg_backend_pid() as pid`
       expect(pid).toBe(myPid)
     } finally {
@@ -316,7 +321,8 @@ describe('backup folder and disk errors', () => {
     expect(message).toMatch(/disk is full \(ENOSPC\)/)
     expect(message).toMatch(new RegExp(`${small}/nchat_\\d{8}_\\d{6}\\.dump`))
     expect(message.split('. ').length).toBe(1)
-    expect(fs.readdirSync(small)).toEqual([])
+    expect(fs.readdirSync(small)).toEqual(['.nself-e2ee'])
+    expect(fs.readdirSync(path.join(small, '.nself-e2ee'))).toEqual([])
     await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${APP_NAME + '-dump'}`).length === 0, 10_000)
   }, T)
 })
