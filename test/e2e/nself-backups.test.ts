@@ -79,7 +79,7 @@ describe("backups shared with nself's backups/ folder (stand-in docker)", () => 
     expect(nselfRestoreLatest(p.backups)).toBe(s.backup.file)
     const tools = await PgTools.create(resolveTarget({host: '127.0.0.1', local: true, projectDir: p.dir}, {}))
     expect(await readDumpLedgerVersion(tools, s.backup.file)).toBe(12)
-  })
+  }, 600_000)
 
   it("our rollback finds nself's own dump (no manifest), reads it, skips ones that do not fit, and restores it", async () => {
     const db = await scope.fresh({messages: 500})
@@ -110,5 +110,5 @@ describe("backups shared with nself's backups/ folder (stand-in docker)", () => 
     expect(s).toMatchObject({after: 12, before: 16, ok: true, strategy: 'restore'})
     expect(await ledgerVersion(db.name)).toBe(12)
     expect(await dataDigest(db.name, [...V030_TABLES])).toEqual(data)
-  })
+  }, 600_000)
 })
