@@ -2,7 +2,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {throwIfCancelled} from '../cancel.js'
 import {UserError} from '../errors.js'
-import type {Querier, Sql} from '../target/connect.js'
+import {openSession, type Querier, type Sql} from '../target/connect.js'
 
 /** 'nslf' and the release: the advisory lock key every `nself db e2ee` run on a database takes. */
 const LOCK_CLASS = 0x6e_73_6c_66
@@ -17,39 +17,59 @@ export interface LockHolder {
 }
 
 /**
- * One run at a time: a session advisory lock on a reserved connection, released by the caller. A second run
- * waits up to `waitMs`, saying who holds it, then stops with a clear error.
+ * One run at a time: a session advisory lock on a session of its own, released by the caller. A second run
+ * waits up to `waitMs`, saying who holds it, then stops with a clear error. The release never queries a
+ * session the server has ended (its lock went with it).
  */
-export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void): Promise<() => Promise<void>> {
-  const conn = await sql.reserve()
+export type RunLock = (() => Promise<void>) & {
+  /** The session holding the lock was ended (server restart, pg_terminate_backend): the lock is gone. */
+  lost: () => boolean
+}
+
+export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void): Promise<RunLock> {
+  const session = await openSession(sql)
+  const conn = session.sql
   const started = Date.now()
   let told = false
-  for (;;) {
-    const [{ok}] = await conn<{ok: boolean}[]>`select pg_try_advisory_lock(${LOCK_CLASS}, ${LOCK_OBJ}) as ok`
-    if (ok) break
-    const [holder] = await conn<LockHolder[]>`
-      select a.pid, coalesce(a.application_name, '') as application, extract(epoch from now() - a.backend_start)::int as seconds, '' as query
-      from pg_locks l join pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS} and l.objid = ${LOCK_OBJ} and l.granted limit 1`
-    const who = holder ? `pid ${holder.pid}${holder.application ? ` (${holder.application})` : ''}` : 'another session'
-    if (Date.now() - started >= waitMs) {
-      conn.release()
-      throw new UserError(`Another nself db e2ee run (${who}) is working on this database; waited ${Math.round(waitMs / 1000)} s for it.`, {
-        hint: 'Let it finish, or raise --lock-wait.',
-      })
-    }
-    if (!told) {
-      log(`waiting for another nself db e2ee run (${who}) to finish…`)
-      told = true
-    }
-    throwIfCancelled('waiting for the migration lock')
-    await sleep(Math.min(500, Math.max(50, waitMs / 20)))
+  try {
+    await waitForRunLock()
+  } catch (error) {
+    await session.close()
+    throw error
   }
-  return async () => {
+  let released = false
+  const release = async () => {
+    released = true
     try {
-      await conn`select pg_advisory_unlock(${LOCK_CLASS}, ${LOCK_OBJ})`
+      if (!session.lost) await conn`select pg_advisory_unlock(${LOCK_CLASS}, ${LOCK_OBJ})`
+    } catch {
+      // The session died while unlocking: the server released the lock with it.
     } finally {
-      conn.release()
+      await session.close()
+    }
+  }
+  return Object.assign(release, {lost: () => !released && session.lost})
+
+  async function waitForRunLock(): Promise<void> {
+    for (;;) {
+      const [{ok}] = await conn<{ok: boolean}[]>`select pg_try_advisory_lock(${LOCK_CLASS}, ${LOCK_OBJ}) as ok`
+      if (ok) break
+      const [holder] = await conn<LockHolder[]>`
+        select a.pid, coalesce(a.application_name, '') as application, extract(epoch from now() - a.backend_start)::int as seconds, '' as query
+        from pg_locks l join pg_stat_activity a on a.pid = l.pid
+        where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS} and l.objid = ${LOCK_OBJ} and l.granted limit 1`
+      const who = holder ? `pid ${holder.pid}${holder.application ? ` (${holder.application})` : ''}` : 'another session'
+      if (Date.now() - started >= waitMs) {
+        throw new UserError(`Another nself db e2ee run (${who}) is working on this database; waited ${Math.round(waitMs / 1000)} s for it.`, {
+          hint: 'Let it finish, or raise --lock-wait.',
+        })
+      }
+      if (!told) {
+        log(`waiting for another nself db e2ee run (${who}) to finish…`)
+        told = true
+      }
+      throwIfCancelled('waiting for the migration lock')
+      await sleep(Math.min(500, Math.max(50, waitMs / 20)))
     }
   }
 }
@@ -62,7 +82,7 @@ export async function longLockHolders(sql: Querier, schema: string, tables: stri
   if (tables.length === 0) return []
   return sql<LockHolder[]>`
     select distinct on (a.pid) a.pid, c.relname as relation, coalesce(a.application_name, '') as application,
-      extract(epoch from now() - a.xact_start)::int as seconds, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
+      round(extract(epoch from now() - a.xact_start)::numeric, 1)::float8 as seconds, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
     from pg_locks l
     join pg_class c on c.oid = l.relation
     join pg_namespace n on n.oid = c.relnamespace
