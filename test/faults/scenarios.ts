@@ -5,10 +5,10 @@
 import {randomBytes} from 'node:crypto'
 import path from 'node:path'
 
-import {expect} from 'vitest'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {tmpDir} from '../helpers/cli.js'
-import type {PrivateCluster} from '../helpers/cluster.js'
+import {PrivateCluster} from '../helpers/cluster.js'
 import {
   CliRun, deliver, errorMessage, type Fault, Hold, indexBuildWaits, isOneTrueSentence, type Leftovers, noDebris,
   toolSessions, toolWaitsOnLock, untouched, until, v030Digest, whatIsLeft,
@@ -318,4 +318,18 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
     await cluster.dropDatabase(db).catch(() => {})
     dir.cleanup()
   }
+}
+
+/** The rows of the table for one fault: every step, on a private cluster started for the file. */
+export function faultTable(fault: Fault): void {
+  const only = process.env.FAULT_STEP
+  describe(fault, () => {
+    let cluster: PrivateCluster
+    beforeAll(async () => { cluster = await PrivateCluster.start() })
+    afterAll(async () => { await cluster?.destroy() })
+
+    it.each(SCENARIOS.filter((s) => !only || s.step.includes(only)).map((s) => ({s, step: s.step})))('at $step', async ({s}) => {
+      await runCase(cluster, s, fault)
+    })
+  })
 }
