@@ -3,6 +3,7 @@
 // fault. test/faults/*.test.ts run these against a private cluster; docs/reliability.md lists them.
 
 import {randomBytes} from 'node:crypto'
+import {appendFileSync} from 'node:fs'
 import path from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -94,10 +95,13 @@ export const SCENARIOS: Scenario[] = [
     reach: async (c) => { await started(c, 'Preflight'); await waitsOnLock(c, 'preflight'); notCompleted(c, 'Preflight') },
   },
   {
-    command: 'migrate', names: /backup|pg_dump/i, phase: 'before apply', step: 'backup',
-    // pg_dump locks every table it dumps; a table the migrations never touch is locked by the test.
-    prepare: async (c) => { c.holds.push(await Hold.lock(c.cluster, c.db, 'nchat_read_receipts', 'access exclusive', true)) },
-    reach: async (c) => { await started(c, 'Backup'); await waitsOnLock(c, 'pg_dump'); notCompleted(c, 'Backup') },
+    command: 'migrate', messages: 20_000, names: /backup|pg_dump/i, phase: 'before apply', step: 'backup',
+    // pg_dump is writing the file (its progress lines) and its session is on the server.
+    reach: async (c) => {
+      await until('pg_dump to write the backup', () => /\[STARTED\] Backup\n(\[OUTPUT\] [\d.]+ kB written\n){2}/.test(c.run!.output), {run: c.run})
+      await until('pg_dump\'s session', async () => (await toolSessions(c.cluster)).some((s) => s.state === 'active'), {run: c.run})
+      notCompleted(c, 'Backup')
+    },
   },
   {
     command: 'migrate', messages: 20_000, names: /dry.run|clone|cop(y|ies)/i, phase: 'before apply', step: 'clone restore',
@@ -157,9 +161,8 @@ export const SCENARIOS: Scenario[] = [
   {
     command: 'rollback', names: /swap/i, phase: 'rollback swap', step: 'rollback swap',
     // ALTER DATABASE … SET in an open transaction locks the database object: the rename waits, connections refused.
+    prepare: async (c) => { c.holds.push(await Hold.statement(c.cluster, `alter database "${c.db}" set work_mem = '4MB'`)) },
     reach: async (c) => {
-      await started(c, 'Count what the rollback loses')
-      c.holds.push(await Hold.statement(c.cluster, `alter database "${c.db}" set work_mem = '4MB'`))
       await until('the live database to refuse connections', async () => c.cluster.with('postgres', async (sql) =>
         (await sql`select 1 from pg_database where datname = ${c.db} and not datallowconn`).length > 0), {run: c.run})
       await waitsOnLock(c, 'the rename', /rename/i)
@@ -208,6 +211,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
   const backupDir = path.join(dir.dir, 'backups')
   await cluster.createV030(db, {messages: sc.messages ?? 2000})
   const c: Ctx = {backupDir, cluster, db, holds: []}
+  const record: Record<string, unknown> = {fault, step: sc.step}
   try {
     const digest = await v030Digest(cluster, db)
     mark('database made')
@@ -229,7 +233,8 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
     const out = r.stdout + r.stderr
     const left = await whatIsLeft(cluster, db, backupDir)
     const message = errorMessage(r.stderr)
-    const ctxMsg = `${sc.step} × ${fault}\n--- output ---\n${out.slice(-4000)}\n--- left ---\n${JSON.stringify(left)}`
+    Object.assign(record, {code: r.code, left, message: message.split('\n')[0], signal: r.signal})
+    const ctxMsg = `${sc.step} × ${fault}\n--- output ---\n${out.slice(-4000)}\n--- left ---\n${JSON.stringify({...left, objects: `${left.objects.length} of 013–016's objects`})}`
 
     // The exit code.
     if (fault === 'kill -9') expect(r.signal, ctxMsg).toBe('SIGKILL')
@@ -288,6 +293,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
     // A plain rerun of the same command finishes, and clears what the fault left.
     if (sc.command === 'migrate') {
       const again = await runToEnd(cluster, cliArgs('migrate', c))
+      record.rerun = again.code
       mark(`rerun ended:\n${again.out.split('\n').filter((l) => !/ written$|restoring: /.test(l)).join('\n')}`)
       expect(again.code, `rerun after ${ctxMsg}\n--- rerun ---\n${again.out.slice(-3000)}`).toBe(0)
       const v = await runToEnd(cluster, ['verify', '--local', '--database', db])
@@ -301,6 +307,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
       const atStart = left.allowConn && left.ledger?.length === 0
       if (!atStart) {
         const again = await runToEnd(cluster, cliArgs('rollback', c))
+        record.rerun = again.code
         expect(again.code, `rerun after ${ctxMsg}\n--- rerun ---\n${again.out.slice(-3000)}`).toBe(0)
       }
       const after = await whatIsLeft(cluster, db, backupDir)
@@ -313,7 +320,13 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
     }
     expect(await v030Digest(cluster, db)).toEqual(digest)
     mark('rerun checked')
+    record.ok = true
+  } catch (error) {
+    record.ok = false
+    record.failure = String((error as Error).message).split('\n')[0]
+    throw error
   } finally {
+    if (process.env.FAULT_REPORT) appendFileSync(process.env.FAULT_REPORT, JSON.stringify(record) + '\n')
     for (const d of (await whatIsLeft(cluster, db).catch(() => ({databases: [] as string[]}))).databases) await cluster.dropDatabase(d).catch(() => {})
     await cluster.dropDatabase(db).catch(() => {})
     dir.cleanup()
