@@ -4,7 +4,7 @@
 // initdb refuses to run as root, so the cluster belongs to the `postgres` user (runuser when we are root).
 
 import {execFile, execFileSync} from 'node:child_process'
-import {chmodSync, chownSync, mkdtempSync, rmSync} from 'node:fs'
+import {chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {createServer} from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -15,7 +15,17 @@ import {loadV030} from '../../scripts/v030-fixture.mjs'
 
 const execFileP = promisify(execFile)
 
-const PG_BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin'
+/** The server binaries: PG_BIN, else the newest /usr/lib/postgresql/<major>/bin that has initdb (Debian layout). */
+function serverBin(): string {
+  if (process.env.PG_BIN) return process.env.PG_BIN
+  const root = '/usr/lib/postgresql'
+  const majors = (existsSync(root) ? readdirSync(root) : []).filter((v) => existsSync(path.join(root, v, 'bin', 'initdb')))
+  majors.sort((a, b) => Number(b) - Number(a))
+  if (majors.length === 0) throw new Error(`no PostgreSQL server binaries (initdb) under ${root}; install postgresql or set PG_BIN`)
+  return path.join(root, majors[0], 'bin')
+}
+
+const PG_BIN = serverBin()
 
 /** A TCP port nobody listens on right now (the kernel picks it). */
 export async function sparePort(): Promise<number> {
@@ -73,7 +83,6 @@ export class PrivateCluster {
     chmodSync(dataDir, 0o700)
     await run(path.join(PG_BIN, 'initdb'), ['-D', dataDir, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale=C'])
     if (opts.hba?.length) {
-      const {readFileSync, writeFileSync} = await import('node:fs')
       const hbaFile = path.join(dataDir, 'pg_hba.conf')
       const rest = readFileSync(hbaFile, 'utf8').split('\n').filter((l) => !/^\s*#/.test(l) && l.trim() !== '')
       writeFileSync(hbaFile, [...opts.hba, ...rest].join('\n') + '\n')
