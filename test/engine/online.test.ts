@@ -1,5 +1,6 @@
 import {execFile} from 'node:child_process'
 import {promisify} from 'node:util'
+import postgres from 'postgres'
 import {afterEach, describe, expect, it} from 'vitest'
 
 import {migrateUp} from '../../src/migrations/runner.js'
@@ -13,7 +14,7 @@ const LOCK_TIMEOUT = 200
 // The writer's own lock_timeout: an insert that waits for a lock longer than the migration's lock timeout plus
 // this margin fails and is counted. lock_timeout measures lock waits only, so a slow, busy machine does not
 // count (a wall-clock bound on insert latency did: defect 10 of issue 9).
-const MARGIN = 400
+const MARGIN = 1000
 const WRITER_LOCK_TIMEOUT = LOCK_TIMEOUT + MARGIN
 const READ_MS = 3000
 
@@ -67,9 +68,23 @@ describe('writers while the migration runs next to a long read transaction (D5)'
     dbs.push(db)
     const writer = startWriter(db.name, 'public', 10, {lockTimeoutMs: WRITER_LOCK_TIMEOUT})
     await writing(writer)
-    const reader = await holdLongRead(db.name, READ_MS)
-    await execFileP('psql', ['-X', '-q', '-h', ADMIN.host, '-U', ADMIN.user, '-d', db.name, '-c', 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'])
-    await reader.done
+    // The long read stays open until the guide's ALTER TABLE is queued behind it and then until a writer has
+    // waited longer than the bound, or READ_MS has passed: a slow machine cannot end the read before the ALTER
+    // arrives (which would make the stall vanish), and a method that does not stall writers fails.
+    const reader = postgres({...ADMIN, database: db.name, max: 1, onnotice: () => {}})
+    const read = await reader.reserve()
+    await read.unsafe('begin')
+    await read.unsafe('select count(*) from nchat_messages')
+    const alter = execFileP('psql', ['-X', '-q', '-h', ADMIN.host, '-U', ADMIN.user, '-d', db.name, '-c', 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'])
+    const queued = async () => (await reader<{n: number}[]>`select count(*)::int as n from pg_locks
+      where relation = 'nchat_messages'::regclass and mode = 'AccessExclusiveLock' and not granted`)[0].n > 0
+    while (!(await queued())) await sleep(10)
+    const until = Date.now() + READ_MS
+    while (writer.lockTimeouts === 0 && Date.now() < until) await sleep(10)
+    await read.unsafe('commit')
+    read.release()
+    await reader.end()
+    await alter
     await writing(writer)
     const w = await writer.stop()
     // The same writer, the same bound: behind the guide's ALTER TABLE inserts waited for a lock longer than

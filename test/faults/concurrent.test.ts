@@ -19,7 +19,7 @@ function coherent(l: Leftovers): boolean {
   return ok && objectsMatch && l.invalidIndexes.length === 0 && l.notValidConstraints.length === 0 && l.allowConn === true
 }
 
-describe('two commands at once', () => {
+describe('two commands at once', {timeout: 900_000}, () => {
   let cluster: PrivateCluster
   const dir = tmpDir('e2ee-flt-conc-')
   beforeAll(async () => { cluster = await PrivateCluster.start() })
@@ -87,7 +87,7 @@ describe('two commands at once', () => {
         const s = second
         // The second one either ends, says it waits, or waits on a lock of its own.
         await until('the second command to end or wait', async () => s.exited || /wait/i.test(s.output) ||
-          (await toolSessions(cluster)).some((x) => !before.has(x.pid) && x.wait === 'Lock'), {run: undefined, timeoutMs: 180_000})
+          (await toolSessions(cluster)).some((x) => !before.has(x.pid) && x.wait === 'Lock'))
       } finally {
         for (const h of holds.splice(0)) await h.release()
       }

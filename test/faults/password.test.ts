@@ -40,7 +40,7 @@ function filesUnder(dir: string): string[] {
   }
 }
 
-describe('a password-protected role', () => {
+describe('a password-protected role', {timeout: 900_000}, () => {
   let cluster: PrivateCluster
   const dir = tmpDir('e2ee-flt-pw-')
   beforeAll(async () => {

@@ -95,13 +95,14 @@ export const SCENARIOS: Scenario[] = [
     reach: async (c) => { await started(c, 'Preflight'); await waitsOnLock(c, 'preflight'); notCompleted(c, 'Preflight') },
   },
   {
-    command: 'migrate', messages: 20_000, names: /backup|pg_dump/i, phase: 'before apply', step: 'backup',
-    // pg_dump is writing the file (its progress lines) and its session is on the server.
-    reach: async (c) => {
-      await until('pg_dump to write the backup', () => /\[STARTED\] Backup\n(\[OUTPUT\] [\d.]+ kB written\n){2}/.test(c.run!.output), {run: c.run})
-      await until('pg_dump\'s session', async () => (await toolSessions(c.cluster)).some((s) => s.state === 'active'), {run: c.run})
-      notCompleted(c, 'Backup')
+    command: 'migrate', names: /backup|pg_dump/i, phase: 'before apply', step: 'backup',
+    // pg_dump locks every table it dumps: an application table the migrations and the preflight never read is
+    // locked by the test, so pg_dump waits on it.
+    prepare: async (c) => {
+      await c.cluster.with(c.db, (sql) => sql`create table public.app_uploads (id bigint primary key)`)
+      c.holds.push(await Hold.lock(c.cluster, c.db, 'app_uploads', 'access exclusive', true))
     },
+    reach: async (c) => { await started(c, 'Backup'); await waitsOnLock(c, 'pg_dump'); notCompleted(c, 'Backup') },
   },
   {
     command: 'migrate', messages: 20_000, names: /dry.run|clone|cop(y|ies)/i, phase: 'before apply', step: 'clone restore',
@@ -324,6 +325,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
   } catch (error) {
     record.ok = false
     record.failure = String((error as Error).message).split('\n')[0]
+    record.tail = (c.run?.output ?? '').split('\n').filter((l) => !/ written$|restoring: /.test(l)).slice(-12).join('\n')
     throw error
   } finally {
     if (process.env.FAULT_REPORT) appendFileSync(process.env.FAULT_REPORT, JSON.stringify(record) + '\n')
@@ -338,11 +340,12 @@ export function faultTable(fault: Fault): void {
   const only = process.env.FAULT_STEP
   describe(fault, () => {
     let cluster: PrivateCluster
-    beforeAll(async () => { cluster = await PrivateCluster.start() })
-    afterAll(async () => { await cluster?.destroy() })
+    beforeAll(async () => { cluster = await PrivateCluster.start() }, 300_000)
+    afterAll(async () => { await cluster?.destroy() }, 300_000)
 
+    // Generous: on a loaded 2-core machine one row (a migrate to the step, the fault, a rerun, verify) can take minutes.
     it.each(SCENARIOS.filter((s) => !only || s.step.includes(only)).map((s) => ({s, step: s.step})))('at $step', async ({s}) => {
       await runCase(cluster, s, fault)
-    })
+    }, 900_000)
   })
 }

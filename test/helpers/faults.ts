@@ -37,7 +37,7 @@ export class CliRun {
   exited = false
   readonly done: Promise<Finished>
 
-  constructor(args: string[], env: Record<string, string | undefined>, timeoutMs = 240_000) {
+  constructor(args: string[], env: Record<string, string | undefined>, timeoutMs = 900_000) {
     this.child = spawn(process.execPath, [BIN, 'db', 'e2ee', ...args], {
       env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', ...env},
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -70,7 +70,7 @@ export class CliRun {
  * passes; the deadline is a hang detector, not a timing assumption.
  */
 export async function until(what: string, cond: () => Promise<boolean> | boolean, opts: {run?: CliRun; timeoutMs?: number} = {}): Promise<void> {
-  const deadline = Date.now() + (opts.timeoutMs ?? 120_000)
+  const deadline = Date.now() + (opts.timeoutMs ?? 600_000)
   for (;;) {
     if (await cond()) return
     if (opts.run?.exited) throw new Error(`the CLI exited before ${what}:\n${opts.run.output.slice(-3000)}`)

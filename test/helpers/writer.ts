@@ -34,6 +34,10 @@ export function startWriter(database: string, schema = 'public', pauseMs = 10, o
   })()
   return {
     latencies,
+    /** Inserts that have failed with lock_timeout so far. */
+    get lockTimeouts() {
+      return lockTimeouts
+    },
     async stop() {
       running = false
       await done
