@@ -51,8 +51,9 @@ describe('a full backup disk', {timeout: 900_000}, () => {
     const digest = await v030Digest(cluster, db)
     // pg_dump waits on a table the test locks; meanwhile the disk is filled; then pg_dump writes.
     await cluster.with(db, (sql) => sql`create table public.app_uploads (id bigint primary key)`)
-    const hold = await Hold.lock(cluster, db, 'app_uploads', 'access exclusive', true)
     const run = new CliRun(cliArgs('migrate', {backupDir: filling, db}), cluster.env())
+    await until('the preflight (which sizes every table) to complete', () => run.output.includes('[COMPLETED] Preflight'), {run})
+    const hold = await Hold.lock(cluster, db, 'app_uploads', 'access exclusive', true)
     try {
       await until('pg_dump to wait for its lock', async () => run.output.includes('[STARTED] Backup') && toolWaitsOnLock(cluster), {run})
       const {bavail, bsize} = statfsSync(filling)

@@ -96,13 +96,15 @@ export const SCENARIOS: Scenario[] = [
   },
   {
     command: 'migrate', names: /backup|pg_dump/i, phase: 'before apply', step: 'backup',
-    // pg_dump locks every table it dumps: an application table the migrations and the preflight never read is
-    // locked by the test, so pg_dump waits on it.
-    prepare: async (c) => {
-      await c.cluster.with(c.db, (sql) => sql`create table public.app_uploads (id bigint primary key)`)
+    // pg_dump locks every table it dumps: once the preflight (which sizes every table) is done, the test locks an
+    // application table the migrations never touch, so pg_dump waits on it.
+    prepare: async (c) => { await c.cluster.with(c.db, (sql) => sql`create table public.app_uploads (id bigint primary key)`) },
+    reach: async (c) => {
+      await until('the preflight to complete', () => c.run!.output.includes('[COMPLETED] Preflight'), {run: c.run})
       c.holds.push(await Hold.lock(c.cluster, c.db, 'app_uploads', 'access exclusive', true))
+      await waitsOnLock(c, 'pg_dump')
+      notCompleted(c, 'Backup')
     },
-    reach: async (c) => { await started(c, 'Backup'); await waitsOnLock(c, 'pg_dump'); notCompleted(c, 'Backup') },
   },
   {
     command: 'migrate', messages: 20_000, names: /dry.run|clone|cop(y|ies)/i, phase: 'before apply', step: 'clone restore',
