@@ -2,7 +2,7 @@
 // Prints the step × fault rows of docs/reliability.md from a fault run's report:
 //   FAULT_REPORT=/tmp/faults.jsonl npx vitest run test/faults/        # kill -9, Ctrl+C, SIGTERM (+ the others)
 //   FAULT_REPORT=/tmp/faults.jsonl npm run faults                     # ended sessions, server restart
-//   node scripts/reliability-table.mjs /tmp/faults.jsonl
+//   node scripts/reliability-table.mjs /tmp/faults.jsonl [more.jsonl …]   (a later file's row wins)
 // Each line of the report is one case as test/faults/scenarios.ts runCase saw it: exit, first line of the
 // message, what was left, the rerun's exit, and whether every assertion held (with the first that did not).
 import {readFileSync} from 'node:fs'
@@ -20,9 +20,11 @@ const FILE = {
 }
 
 const rows = new Map()
-for (const line of readFileSync(process.argv[2], 'utf8').split('\n').filter(Boolean)) {
-  const r = JSON.parse(line)
-  rows.set(`${r.step}|${r.fault}`, r)
+for (const file of process.argv.slice(2)) {
+  for (const line of readFileSync(file, 'utf8').split('\n').filter(Boolean)) {
+    const r = JSON.parse(line)
+    rows.set(`${r.step}|${r.fault}`, r)
+  }
 }
 
 const cell = (s) => String(s ?? '').replaceAll('|', '\\|').replaceAll('\n', ' ')
@@ -51,7 +53,7 @@ for (const step of STEPS) {
       continue
     }
     const exit = r.signal ? `killed (${r.signal})` : r.code === undefined ? '?' : `exit ${r.code}`
-    const rerun = r.rerun === undefined ? (r.ok ? 'not needed (already at the end state)' : 'not reached') : r.rerun === 0 ? 'finishes (exit 0)' : `**fails (exit ${r.rerun})**`
+    const rerun = r.rerun === undefined && r.earlier && r.ok ? 'finishes (exit 0)' : r.rerun === undefined ? (r.ok ? 'not needed (already at the end state)' : 'not reached') : r.rerun === 0 ? 'finishes (exit 0)' : `**fails (exit ${r.rerun})**`
     const outcome = r.ok ? 'pass' : `**fail**: ${cell(r.failure).slice(0, 160)}`
     console.log(`| ${step} | ${fault} | ${exit}${r.message ? `: ${cell(r.message).slice(0, 180)}` : ''} | ${left(r.left)} | ${rerun} | ${test} | ${outcome} |`)
   }

@@ -76,7 +76,8 @@ describe('writers while the migration runs next to a long read transaction (D5)'
     await read.unsafe('begin')
     await read.unsafe('select count(*) from nchat_messages')
     const alter = execFileP('psql', ['-X', '-q', '-h', ADMIN.host, '-U', ADMIN.user, '-d', db.name, '-c', 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'])
-    const queued = async () => (await reader<{n: number}[]>`select count(*)::int as n from pg_locks
+    // Asked on the reader's own session (its pool has one connection, reserved): pg_locks is live, not snapshot-bound.
+    const queued = async () => (await read<{n: number}[]>`select count(*)::int as n from pg_locks
       where relation = 'nchat_messages'::regclass and mode = 'AccessExclusiveLock' and not granted`)[0].n > 0
     while (!(await queued())) await sleep(10)
     const until = Date.now() + READ_MS
