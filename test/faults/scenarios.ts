@@ -326,7 +326,8 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
     record.ok = true
   } catch (error) {
     record.ok = false
-    record.failure = String((error as Error).message).split('\n')[0]
+    const lines = String((error as Error).message).split('\n')
+    record.failure = lines.find((l) => /expected|exited before|timed out|completed before|says nothing/.test(l))?.replace(/^\{.*?\}: /, '') ?? lines[0]
     record.tail = (c.run?.output ?? '').split('\n').filter((l) => !/ written$|restoring: /.test(l)).slice(-12).join('\n')
     throw error
   } finally {
