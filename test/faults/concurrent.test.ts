@@ -37,7 +37,7 @@ describe('two commands at once', {timeout: 900_000}, () => {
     /** Hold taken before the first command starts, released once the second one waits or ends. */
     hold?: (c: {db: string}) => Promise<Hold>
     /** The first command is at its held step. */
-    held: (run: CliRun) => Promise<void>
+    held: (run: CliRun, c: {db: string}) => Promise<void>
   }
 
   const applyWaits = async (run: CliRun) => until('the first command to wait at its apply step', () => /\[STARTED\] (Apply to production|Run the down migrations)[\s\S]*waiting/i.test(run.output), {run})
@@ -52,10 +52,14 @@ describe('two commands at once', {timeout: 900_000}, () => {
     },
     {
       first: ['rollback'],
-      // ALTER DATABASE … SET in an open transaction locks the database object: the first rollback's rename waits.
-      hold: (c) => Hold.statement(cluster, `alter database "${c.db}" set work_mem = '4MB'`),
-      held: async (run) => {
-        await until('the first rollback to wait at the rename', async () => (await toolSessions(cluster)).some((s) => s.wait === 'Lock' && /rename/i.test(s.query)), {run})
+      // Once the restored copy exists, a comment on it held open makes the swap's COMMENT ON DATABASE wait.
+      held: async (run, c) => {
+        await until('the first rollback to count its losses', () => run.output.includes('[STARTED] Count what the rollback loses'), {run})
+        const [copy] = await cluster.with('postgres', (sql) => sql<{name: string}[]>`select datname as name from pg_database where datname like ${c.db + '\\_e2ee\\_restore\\_%'}`)
+        const hold = await Hold.statement(cluster, `comment on database "${copy.name}" is 'held by the fault test'`)
+        holds.push(hold)
+        await hold.acquired
+        await until('the first rollback to wait in its swap', async () => (await toolSessions(cluster)).some((s) => s.wait === 'Lock' && /comment on database/i.test(s.query)), {run})
       },
       name: 'rollback (held at the swap) + rollback', second: ['rollback'], start: 'at 16',
     },
@@ -81,7 +85,7 @@ describe('two commands at once', {timeout: 900_000}, () => {
       const first = new CliRun(cliArgs(p.first[0], c, p.first.slice(1)), cluster.env())
       let second: CliRun | undefined
       try {
-        await p.held(first)
+        await p.held(first, c)
         const before = new Set((await toolSessions(cluster)).map((s) => s.pid))
         second = new CliRun(cliArgs(p.second[0], c, p.second.slice(1)), cluster.env())
         const s = second

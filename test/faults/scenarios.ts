@@ -163,12 +163,16 @@ export const SCENARIOS: Scenario[] = [
   },
   {
     command: 'rollback', names: /swap/i, phase: 'rollback swap', step: 'rollback swap',
-    // ALTER DATABASE … SET in an open transaction locks the database object: the rename waits, connections refused.
-    prepare: async (c) => { c.holds.push(await Hold.statement(c.cluster, `alter database "${c.db}" set work_mem = '4MB'`)) },
+    // Once the restored copy exists, the test comments on it in an open transaction: the swap's own COMMENT ON
+    // DATABASE (after both renames, before its commit) waits for that row, while the live database refuses connections.
     reach: async (c) => {
+      await started(c, 'Count what the rollback loses')
+      const [copy] = await c.cluster.with('postgres', (sql) => sql<{name: string}[]>`select datname as name from pg_database where datname like ${c.db + '\\_e2ee\\_restore\\_%'}`)
+      c.holds.push(await Hold.statement(c.cluster, `comment on database "${copy.name}" is 'held by the fault test'`))
+      await c.holds.at(-1)!.acquired
       await until('the live database to refuse connections', async () => c.cluster.with('postgres', async (sql) =>
         (await sql`select 1 from pg_database where datname = ${c.db} and not datallowconn`).length > 0), {run: c.run})
-      await waitsOnLock(c, 'the rename', /rename/i)
+      await waitsOnLock(c, 'the swap\'s commit', /comment on database/i)
     },
   },
 ]
