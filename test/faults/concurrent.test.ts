@@ -59,7 +59,7 @@ describe('two commands at once', {timeout: 900_000}, () => {
         const hold = await Hold.statement(cluster, `comment on database "${copy.name}" is 'held by the fault test'`)
         holds.push(hold)
         await hold.acquired
-        await until('the first rollback to wait in its swap', async () => (await toolSessions(cluster)).some((s) => s.wait === 'Lock' && /comment on database/i.test(s.query)), {run})
+        await until('the first rollback to wait in its swap', async () => (await toolSessions(cluster)).some((s) => s.wait === 'Lock' && /rename|comment on database/i.test(s.query)), {run})
       },
       name: 'rollback (held at the swap) + rollback', second: ['rollback'], start: 'at 16',
     },

@@ -163,8 +163,8 @@ export const SCENARIOS: Scenario[] = [
   },
   {
     command: 'rollback', names: /swap/i, phase: 'rollback swap', step: 'rollback swap',
-    // Once the restored copy exists, the test comments on it in an open transaction: the swap's own COMMENT ON
-    // DATABASE (after both renames, before its commit) waits for that row, while the live database refuses connections.
+    // Once the restored copy exists, the test comments on it in an open transaction (a lock on that database): the
+    // swap's rename of the copy waits for it, while the live database already refuses connections.
     reach: async (c) => {
       await started(c, 'Count what the rollback loses')
       const [copy] = await c.cluster.with('postgres', (sql) => sql<{name: string}[]>`select datname as name from pg_database where datname like ${c.db + '\\_e2ee\\_restore\\_%'}`)
@@ -172,7 +172,7 @@ export const SCENARIOS: Scenario[] = [
       await c.holds.at(-1)!.acquired
       await until('the live database to refuse connections', async () => c.cluster.with('postgres', async (sql) =>
         (await sql`select 1 from pg_database where datname = ${c.db} and not datallowconn`).length > 0), {run: c.run})
-      await waitsOnLock(c, 'the swap\'s commit', /comment on database/i)
+      await waitsOnLock(c, 'the swap', /rename|comment on database/i)
     },
   },
 ]
