@@ -40,7 +40,7 @@ describe('two commands at once', {timeout: 900_000}, () => {
     held: (run: CliRun, c: {db: string}) => Promise<void>
   }
 
-  const applyWaits = async (run: CliRun) => until('the first command to wait at its apply step', () => /\[STARTED\] (Apply to production|Run the down migrations)[\s\S]*waiting/i.test(run.output), {run})
+  const applyWaits = async (run: CliRun) => until('the first command to wait at its apply step', () => /\[STARTED\] (Apply to production|Run the down migrations)[\s\S]*(waiting|lock wait)/i.test(run.output), {run})
   const PAIRS: Pair[] = [
     {
       first: ['migrate'], hold: (c) => Hold.lock(cluster, c.db, 'nchat_users', 'access share', true), held: applyWaits,
