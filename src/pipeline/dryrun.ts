@@ -6,6 +6,7 @@ import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
 import {backupProduction, runSteps, type Step} from './shared.js'
 import {fmtMs} from './ui.js'
+import {plural} from '../text.js'
 
 export interface DryRunCommandOptions {
   target: Target
@@ -60,7 +61,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
         }
         c.tools = await PgTools.create(o.target)
         c.pre = await preflight({backupDir: o.fromBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
-        task.title = `Preflight: ${c.pre.checks.length} checks passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
+        task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
       },
       title: 'Preflight (read-only)',
     },

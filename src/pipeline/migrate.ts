@@ -1,4 +1,6 @@
-import {UserError} from '../errors.js'
+import {isCancelled, untilCancelled} from '../cancel.js'
+import {stopPool} from '../target/connect.js'
+import {CancelledError, UserError} from '../errors.js'
 import type {RunReport} from '../migrations/runner.js'
 import {migrateUp} from '../migrations/runner.js'
 import {describeChanges} from '../migrations/plan.js'
@@ -12,6 +14,7 @@ import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
+import {plural} from '../text.js'
 
 export interface MigrateOptions {
   target: Target
@@ -83,7 +86,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
           c.tools = needTools ? await PgTools.create(o.target) : undefined
           c.pre = await preflight({backupDir: o.skipBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: !o.skipDryrun, target: o.target, to: o.to, tools: c.tools})
           for (const ch of c.pre.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${ch.name}: ${ch.detail}`)
-          task.title = `Preflight: ${c.pre.checks.length} checks passed; to apply: ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
+          task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; to apply: ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
         }),
         title: 'Preflight',
       },
@@ -119,7 +122,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       process.stderr.write(`\nAbout to change ${o.target.conn.database} (schema ${ins.plan.appSchema}) on ${o.target.conn.host}:${o.target.conn.port}:\n`)
       for (const m of ins.plan.toApply) process.stderr.write(`  ${describeChanges(m)}\n`)
       process.stderr.write(`${forecast} ${backup}\n`)
-      if (!(await confirm('Apply to production now?', false))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
+      if (!(await confirm('Apply to production now?', false, 'production was not changed'))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
     }
 
     const after: Step<Ctx>[] = [
@@ -137,10 +140,13 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       },
       {
         task: async (c, task) => timed(c, 'verify', async () => {
-          c.verify = await verifyDatabase(ins.sql, {exactCounts: false, manifest: c.backup?.manifest, schema: ins.plan.appSchema, upTo: c.run!.after ?? undefined})
+          c.verify = await untilCancelled(
+            verifyDatabase(ins.sql, {exactCounts: false, manifest: c.backup?.manifest, schema: ins.plan.appSchema, upTo: c.run!.after ?? undefined}),
+            () => new CancelledError('verify', `the migrations stay applied (at ${c.run!.after}; verify only reads): check them later with \`nself db e2ee verify\``),
+          )
           for (const w of c.verify.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${w.name}: ${w.detail}`)
           if (!c.verify.ok) throw new UserError(`Verification failed after the migration: ${c.verify.failures[0].replace(/\.$/, '')}${c.verify.failures.length > 1 ? ` (and ${c.verify.failures.length - 1} more)` : ''}.`, {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (c.backup?.file ?? 'missing') + '.'})
-          task.title = `Verify: ${c.verify.checks.length} checks passed`
+          task.title = `Verify: ${plural(c.verify.checks.length, 'check')} passed`
         }),
         title: 'Verify',
       },
@@ -148,7 +154,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         task: async (c, task) => timed(c, 'vacuum', async () => {
           const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => { task.output = l })
           c.vacuumed = done.map((d) => d.table)
-          task.title = `Vacuum: VACUUM ANALYZE of ${c.vacuumed.length} tables`
+          task.title = `Vacuum: VACUUM ANALYZE of ${plural(c.vacuumed.length, 'table')}`
         }),
         title: 'Vacuum and analyze',
       },
@@ -156,7 +162,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
     await runSteps(after, ctx, o.json)
     return summary(o, ctx, false)
   } finally {
-    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+    if (ctx.ins) await (isCancelled() ? stopPool(ctx.ins.sql) : ctx.ins.sql.end({timeout: 2}).catch(() => {}))
   }
 }
 

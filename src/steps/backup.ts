@@ -168,6 +168,11 @@ export async function ensureBackupDir(dir: string, log?: (line: string) => void)
   try {
     await fs.mkdir(dir, {mode: 0o700, recursive: true})
   } catch (error) {
+    const code = (error as {code?: string}).code
+    if (code === 'EEXIST' || code === 'ENOTDIR') {
+      const what = code === 'EEXIST' ? 'is a file, not a folder' : 'cannot be created: part of its path is a file, not a folder'
+      throw new UserError(`The backup folder ${dir} ${what}.`, {cause: error, hint: 'Choose a folder with --backup-dir.'})
+    }
     throw fsErrorSentence(error, 'Creating the backup folder', dir)
   }
   let st

@@ -9,6 +9,7 @@ import {quoteIdent, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {type Manifest, nextSecond, readToc, redact, tableDataKey, timestamp, type Toc} from './backup.js'
+import {plural} from '../text.js'
 
 /**
  * The dry-run clone (DESIGN-NOTES D9): a new database restored from the backup just taken, with `pg_restore -j`
@@ -440,7 +441,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   try {
     await createDatabaseLike(admin, name, live, comment, {log})
     throwIfCancelled('the dry run')
-    log?.(`Restoring ${file} into ${name} (${requested.length + added.length} tables with data, ${leftOut.length} without).`)
+    log?.(`Restoring ${file} into ${name} (${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without).`)
     const extraArgs = ['--no-subscriptions']
     if (!live.superuser) {
       extraArgs.push('--no-owner')
@@ -484,9 +485,13 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
       throw new UserError(error.message + dropNote, {cause: error, hint: error.hint})
     }
     const cause = redact(firstLineOf(error), secret)
-    throw new UserError(`Restoring the dry-run clone ${name} from ${file} failed: ${cause}.${dropNote}`, {
+    // A full disk on the server is no fault of the backup: say where space is missing.
+    const diskFull = /No space left on device|could not extend file|disk full|53100/i.test(cause)
+    throw new UserError(`Restoring the dry-run clone ${name} from ${file} failed${diskFull ? ' because the database server\'s disk is full' : ''}: ${cause}.${dropNote}`, {
       cause: error,
-      hint: 'The live database was not touched. Check the backup with `nself db e2ee verify`, or re-run with a fresh backup.',
+      hint: diskFull
+        ? 'The live database was not touched. Free space on the database server (the dry run needs room for a copy of the tables the migration touches), or run with --skip-dryrun.'
+        : 'The live database was not touched. Check the backup with `nself db e2ee verify`, or re-run with a fresh backup.',
     })
   }
 }
@@ -532,7 +537,7 @@ export async function sweepClones(admin: Sql, database: string, log?: (line: str
         continue
       }
       if (r.sessions > 0) {
-        log?.(`Not dropping ${r.name}: ${r.sessions} session(s) are connected to it (another run may be using it).`)
+        log?.(`Not dropping ${r.name}: ${plural(r.sessions, 'session')} ${r.sessions === 1 ? 'is' : 'are'} connected to it (another run may be using it).`)
         continue
       }
       await dropDatabase(admin, r.name)

@@ -1,4 +1,5 @@
-import {toUserError} from '../errors.js'
+import {isCancelled} from '../cancel.js'
+import {CancelledError, toUserError} from '../errors.js'
 import type {MigrationFile} from '../migrations/files.js'
 import type {Plan} from '../migrations/plan.js'
 import {LEDGER_TABLE, ownLedgerExists} from '../migrations/ledger.js'
@@ -70,11 +71,14 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
         revertOnFailure: false, schema, sql: cloneSql, to: o.to,
       })
     } catch (error) {
+      // Ctrl+C stops the trial (its cancel handlers end the clone's sessions): that is no forecast of a failure.
+      if (isCancelled()) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
       report.failure = toUserError(error).message
       return report
     } finally {
       report.applyMs = Date.now() - t0
     }
+    if (isCancelled()) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
     report.verify = await verifyDatabase(cloneSql, {exactCounts: true, manifest: o.backup.manifest, schema, upTo: report.run.after ?? undefined})
     if (!report.verify.ok) report.failure = `Verification on the dry-run database failed: ${report.verify.failures[0]}`
     return report

@@ -4,6 +4,7 @@ import {quoteIdent, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {type Manifest, readToc, redact, timestamp, type Toc} from './backup.js'
+import {plural} from '../text.js'
 import {
   COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral, restoreArchive,
   type RestoreProgress,
@@ -136,7 +137,7 @@ export async function checkRestoredMatchesManifest(
     }
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${qualified}`)
     if (Number(n) !== expected) {
-      throw new UserError(`The restored database ${db} has ${n} rows in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`)
+      throw new UserError(`The restored database ${db} has ${plural(Number(n), 'row')} in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`)
     }
   }
   if (!manifest.synthesized) {
@@ -223,7 +224,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       await terminate(name)
       const n = await sessions(name)
       if (n === 0) return
-      if (Date.now() > deadline) throw new Error(`${n} session(s) on ${name} did not end within ${Math.round(drainTimeout / 1000)} s`)
+      if (Date.now() > deadline) throw new Error(`${plural(n, 'session')} on ${name} did not end within ${Math.round(drainTimeout / 1000)} s`)
       await sleep(10)
     }
   }
