@@ -801,7 +801,7 @@ function report5(cfg, res) {
   const t = table(['metric', 'guide (DROP + CREATE + psql restore)', 'ours (rollback: restore beside, swap)', 'ours/guide'], rows)
   const text = `The guide's option 1 leaves no usable database from the DROP until psql has finished: ${fmtNum(stats(g.map((x) => x.internalMs)).median, 'ms')} (median), and a failed restore would leave none at all. `
     + `The outside probe saw the guide's data again after ${fmtNum(stats(g.map((x) => x.longestGapMs)).median, 'ms')}: psql commits each table's COPY as it goes, so the rows are readable while the restore is still building the primary keys, indexes and foreign keys (the probe counts that tail as up; the guide keeps the app stopped throughout anyway). `
-    + `Ours restores into a new database while the live one keeps serving, then swaps names in one transaction: connections were refused for ${fmtNum(stats(o.map((x) => x.internalMs)).median, 'ms')} by its own clock, ${fmtNum(stats(o.map((x) => x.failed)).median)} probe(s) failed (median) and the outside probe's longest gap was ${fmtNum(stats(o.map((x) => x.longestGapMs)).median, 'ms')} (typical gap ${fmtNum(stats(o.map((x) => x.typicalGapMs)).median, 'ms')}, the load of the restore running beside it included). `
+    + `Ours restores into a new database while the live one keeps serving, then swaps names in one transaction: new connections waited ${fmtNum(stats(o.map((x) => x.internalMs)).median, 'ms')} by its own clock, ${fmtNum(stats(o.map((x) => x.failed)).median)} probe(s) failed (median) and the outside probe's longest gap was ${fmtNum(stats(o.map((x) => x.longestGapMs)).median, 'ms')} (typical gap ${fmtNum(stats(o.map((x) => x.typicalGapMs)).median, 'ms')}, the load of the restore running beside it included). `
     + (intact ? 'After every rollback the database was back at migration 12 with all its messages.' : 'WARNING: after at least one rollback the database was not back at migration 12 with all its messages (see the log).')
   return {table: t, text}
 }
@@ -1105,7 +1105,7 @@ async function main() {
         title: '5. Rollback downtime (D7)',
         what: `A migrated ${fmtNum(cfg.messages)}-message database is rolled back to its pre-migration backup while an outside client opens a new connection every ${cfg.probeEveryMs} ms and checks that each v0.3.0 table has rows (a failed connection, an error, a missing or empty table count as down; a blocked probe delays the next). `
           + `Guide (option 1): \`DROP DATABASE\` (WITH (FORCE), as the probe keeps connecting), \`CREATE DATABASE\`, \`psql -d DB < backup.sql\`; its own downtime is that whole sequence. `
-          + `Ours: \`node bin/run.js db e2ee rollback --yes --json --local -d DB --backup-dir DIR\` after \`migrate\` took the backup; its own downtime is \`swapWindowMs\` (connections refused). The setup (backup, migration) is not timed.`,
+          + `Ours: \`node bin/run.js db e2ee rollback --yes --json --local -d DB --backup-dir DIR\` after \`migrate\` took the backup; its own downtime is \`swapWindowMs\` (new connections wait). The setup (backup, migration) is not timed.`,
         ...report5(cfg, res), raw: res,
       }
     })

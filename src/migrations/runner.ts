@@ -29,6 +29,11 @@ export interface RunnerOptions {
   revertOnFailure?: boolean
   /** Record the locks each transactional statement took (the dry run's report). */
   observeLocks?: boolean
+  /**
+   * Called on the very connection (or transaction) that is about to write, before it writes: the command's
+   * check that the database was not replaced under it and that its command lock is still held.
+   */
+  beforeWrite?: (q: Querier) => Promise<void>
   log?: (line: string) => void
   progress?: (line: string) => void
 }
@@ -65,7 +70,7 @@ export interface RunReport {
 
 const DEFAULTS = {buildTimeoutMs: 0, lockTimeoutMs: 200, maxLockWaitMs: 120_000, runLockWaitMs: 60_000, statementTimeoutMs: 60_000}
 
-type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress'>> & Pick<RunnerOptions, 'schema'> & {
+type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'beforeWrite'>> & Pick<RunnerOptions, 'schema' | 'beforeWrite'> & {
   log: (l: string) => void
   progress: (l: string) => void
   /** Set once the run lock is held: throws when its session was lost (another run could now start). */
@@ -149,7 +154,10 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
         applied = withNew
         const t1 = Date.now()
         for (const s of alone) await runAlone(o, plan.appSchema, m, s, mr)
-        if (alone.length > 0) await markFinished(o.sql, m.version, Date.now() - t1)
+        if (alone.length > 0) {
+          await o.beforeWrite?.(o.sql)
+          await markFinished(o.sql, m.version, Date.now() - t1)
+        }
         mr.durationMs = Date.now() - t0
         report.migrations.push(mr)
         report.after = Math.max(report.after ?? 0, m.version)
@@ -317,6 +325,7 @@ async function runTransaction(
         await tx.unsafe(`set local statement_timeout = ${Math.round(o.statementTimeoutMs)}`)
         await tx.unsafe(`set local search_path to ${quoteIdent(plan.appSchema)}`)
         await tx`select set_config('nself_e2ee.applied_versions', ${[...appliedVersions].sort((a, b) => a - b).join(',')}, true)`
+        await o.beforeWrite?.(tx)
         let seen = new Map<string, string>()
         for (const s of statements) {
           current = s
@@ -406,6 +415,7 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
     await conn.unsafe(`set statement_timeout = ${Math.round(o.buildTimeoutMs)}`)
     await conn.unsafe(`set search_path to ${quoteIdent(schema)}`)
     const [{pid}] = await conn<{pid: number}[]>`select pg_backend_pid() as pid`
+    await o.beforeWrite?.(conn)
     const indexName = concurrentIndexName(s)
     for (let attempt = 0; ; attempt++) {
       checkpoint(o, `migration ${m.name}`)

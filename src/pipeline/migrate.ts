@@ -13,6 +13,7 @@ import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../step
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 import {plural} from '../text.js'
 
@@ -71,13 +72,17 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
   }
   assertCanConfirm(o.yes, 'Migrating the production database')
   const ctx: Ctx = {timings: {}, vacuumed: [], warnings: []}
-  const runner = {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
+  // One command at a time on this database, whatever the command; held until the end, also on failure.
+  const lock = await beginChangingCommand(o.target, {command: 'migrate', waitMs: o.runLockWaitMs})
+  const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
+  const runner = {beforeWrite: guard, lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
 
   try {
     const before: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'preflight', async () => {
           c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
+          await guard(c.ins.sql)
           if (c.ins.plan.toApply.length === 0) {
             task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
             return
@@ -93,6 +98,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       {
         skip: (c) => nothing(c) || (o.skipBackup ? 'skipped (--skip-backup): NO BACKUP WAS TAKEN' : false),
         task: async (c, task) => timed(c, 'backup', async () => {
+          await guard(c.ins!.sql)
           c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, purpose: 'pre-migration', target: o.target, tools: c.tools!})
           task.title = `Backup: ${c.backup.file} (${fmtBytes(c.backup.bytes)}, verified)`
         }),
@@ -102,9 +108,10 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         skip: (c) => nothing(c) || (o.skipDryrun ? 'skipped (--skip-dryrun)' : false) || (o.skipBackup ? 'skipped: the dry run restores the backup, and there is none' : false),
         task: async (c, task) => timed(c, 'dryrun', async () => {
           const ins = c.ins!
+          await guard(ins.sql)
           c.dry = await dryRun({
             backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-            plan: ins.plan, progress: (l) => { task.output = l }, runner, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+            plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
           })
           if (c.dry.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${c.dry.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
           task.title = `Dry run: applied and verified on ${c.dry.clone} in ${fmtMs(c.dry.applyMs)} (restore ${fmtMs(c.dry.restoreMs)})${c.dry.kept ? ', kept' : ', dropped'}`
@@ -152,6 +159,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       },
       {
         task: async (c, task) => timed(c, 'vacuum', async () => {
+          await guard(ins.sql)
           const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => { task.output = l })
           c.vacuumed = done.map((d) => d.table)
           task.title = `Vacuum: VACUUM ANALYZE of ${plural(c.vacuumed.length, 'table')}`
@@ -163,6 +171,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
     return summary(o, ctx, false)
   } finally {
     if (ctx.ins) await (isCancelled() ? stopPool(ctx.ins.sql) : ctx.ins.sql.end({timeout: 2}).catch(() => {}))
+    await lock.release()
   }
 }
 

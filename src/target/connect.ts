@@ -15,6 +15,10 @@ export interface ConnectOptions {
   max?: number
   /** Where server NOTICEs go; the default drops them (postgres.js would print them to stdout). */
   onNotice?: (message: string) => void
+  /** application_name of these sessions (default APP_NAME; keep the APP_NAME prefix so Ctrl+C and sweeps know them). */
+  appName?: string
+  /** Called whenever one of the pool's connections closes (for a session that must not be lost unnoticed). */
+  onClose?: () => void
 }
 
 /** How each pool was opened, so a fresh one to the same place can be made after a connection was lost. */
@@ -29,13 +33,14 @@ export function connect(conn: ConnectionInfo, options: ConnectOptions = {}): Sql
 function poolOptions(conn: ConnectionInfo, options: ConnectOptions, max?: number): postgres.Options<Record<string, postgres.PostgresType>> {
   return {
     connect_timeout: 10,
-    connection: {application_name: APP_NAME},
+    connection: {application_name: options.appName ?? APP_NAME},
     database: options.database ?? conn.database,
     host: conn.host,
     // Sessions must live as long as the run: an advisory lock or SET must not vanish with a recycled socket.
     idle_timeout: 0,
     max: max ?? options.max ?? 4,
     max_lifetime: 0,
+    onclose: () => options.onClose?.(),
     onnotice: (n) => options.onNotice?.(String(n.message)),
     password: conn.password,
     port: conn.port,

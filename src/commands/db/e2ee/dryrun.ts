@@ -26,7 +26,7 @@ Reports each statement with the locks it took and whether it ran inside a transa
     const s = await runDryRun({
       fromBackup: flags['from-backup'], jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
       lockTimeoutMs: flags['lock-timeout'], maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'],
-      target, to: flags.to,
+      runLockWaitMs: flags['lock-wait'] * 1000, target, to: flags.to,
     })
     if (this.jsonMode) {
       this.printJson(s)

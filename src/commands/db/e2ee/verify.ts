@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
+import {checkBeforeReading, note} from '../../../pipeline/command.js'
 import {isCancelled, untilCancelled} from '../../../cancel.js'
 import {CancelledError, UserError} from '../../../errors.js'
 import {readManifest} from '../../../steps/backup.js'
@@ -24,6 +25,8 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
     const flags = await this.parseBase(Verify)
     const target = this.targetFrom(flags)
     const manifest = flags.manifest ? await readManifest(flags.manifest) : undefined
+    const state = await checkBeforeReading(target, 'verify')
+    if (state?.repaired) note(state.repaired)
     const ins = await inspect(target, {migrationsDir: flags['migrations-dir']})
     try {
       const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
