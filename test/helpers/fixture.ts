@@ -44,7 +44,7 @@ export function migrationFile(version: MigrationVersion, direction: 'up' | 'down
 
 /** Columns the migrations add to existing v0.3.0 tables (left out of dataDigest). */
 export const MIGRATION_ADDED_COLUMNS: Record<string, string[]> = {
-  nchat_messages: ['is_encrypted', 'encrypted_payload', 'sender_device_id'],
+  nchat_messages: ['is_encrypted', 'encrypted_payload', 'sender_device_id', 'encryption_version'],
   nchat_channels: ['enforce_encryption'],
 }
 
