@@ -1,17 +1,17 @@
 -- 014_e2ee_system.down.sql
 --
 -- Removes what 014 added (D6): the claim function, the view, the two extra indexes, the foreign
--- key, the guide indexes and columns on nchat_messages and nchat_channels, and the application's
+-- key, the guide indexes and columns on nchat_messages and nchat_channels, and the applications
 -- names on the seven E2EE tables (twin columns, their trigger and CHECKs, the named constraints,
--- the row-level security and updated_at triggers 014 adopted from the database's conventions). The seven E2EE tables
+-- the row-level security and updated_at triggers 014 adopted from the database conventions). The seven E2EE tables
 -- are dropped only when 013 is not applied: when it is, they belong to 013 and 013 down drops them.
 -- Fully transactional and idempotent. The engine removes the ledger rows.
 
 DROP FUNCTION IF EXISTS nchat_claim_prekey_bundle(TEXT);
 DROP VIEW IF EXISTS nchat_prekey_bundles;
 
--- The application's names on the seven tables. When 013 is not applied the tables go below anyway;
--- when it is, they are given back in 013's shape. Guarded: 013 down may already have run.
+-- The application names on the seven tables. When 013 is not applied the tables go below anyway,
+-- when it is, they are given back in 013s shape. Guarded: 013 down may already have run.
 DO $$
 DECLARE
     v_t text;

@@ -213,13 +213,13 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- Part 2b. The names nChat's application uses beside the guide's (NCHAT-APP.md, docs/deviations.md
--- "Application names"). The guide columns stay as they are. Where the application names the same
+-- Part 2b. The names nChat application uses beside the guide (NCHAT-APP.md, docs/deviations.md
+-- Application names). The guide columns stay as they are. Where the application names the same
 -- datum differently, the second name is a twin column: a BEFORE INSERT OR UPDATE trigger copies
--- whichever of the two was written into the other, and a CHECK keeps them equal, so the guide's
+-- whichever of the two was written into the other, and a CHECK keeps them equal, so the guides
 -- NOT NULL and CHECK rules hold for rows written through either name. user_id on the key tables is
 -- filled from the owner of device_id when the writer leaves it out, and must match it otherwise.
--- The tables are new (or 013's, still small): adding columns and constraints here costs nothing.
+-- The tables are new (or 013s, still small): adding columns and constraints here costs nothing.
 -- ---------------------------------------------------------------------------------------------
 
 ALTER TABLE nchat_user_master_keys
@@ -275,11 +275,12 @@ ALTER TABLE nchat_e2ee_audit_log
     ADD COLUMN IF NOT EXISTS user_agent TEXT;
 
 -- The recovery code hash: the guide stores TEXT, the application sends BYTEA. Hex text is the
--- canonical form (a SHA-256 hash written as text); any other text keeps its UTF-8 bytes.
+-- canonical form (a SHA-256 hash written as text), any other text keeps its UTF-8 bytes.
 CREATE OR REPLACE FUNCTION nchat_recovery_hash_bytes(p_text TEXT)
 RETURNS BYTEA
 LANGUAGE sql
 IMMUTABLE
+SET search_path FROM CURRENT
 AS $$
     SELECT CASE
         WHEN p_text IS NULL THEN NULL
@@ -289,12 +290,13 @@ AS $$
 $$;
 
 -- One trigger function for all twins: TG_ARGV holds pairs (guide column, application column).
--- INSERT: a column left NULL takes its twin's value. UPDATE: the column that changed gives its
+-- INSERT: a column left NULL takes its twins value. UPDATE: the column that changed gives its
 -- value to the twin that did not. The CHECKs below reject a row whose twins still differ.
 -- pbkdf2_iterations has a default, so on INSERT a non-NULL iterations wins over that default.
 CREATE OR REPLACE FUNCTION nchat_e2ee_sync_names()
 RETURNS TRIGGER
 LANGUAGE plpgsql
+SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_new   jsonb := to_jsonb(NEW);
@@ -344,22 +346,24 @@ BEGIN
         END IF;
     END IF;
 
-    IF TG_TABLE_NAME IN ('nchat_signed_prekeys', 'nchat_one_time_prekeys', 'nchat_signal_sessions')
-       AND (TG_OP = 'INSERT' OR NEW.device_id IS DISTINCT FROM OLD.device_id OR NEW.user_id IS DISTINCT FROM OLD.user_id) THEN
+    IF TG_TABLE_NAME IN ('nchat_signed_prekeys', 'nchat_one_time_prekeys', 'nchat_signal_sessions') THEN
         -- One primary-key probe per row: key upload stays flat in the number of devices.
-        SELECT k.user_id INTO v_owner FROM nchat_identity_keys k WHERE k.device_id = NEW.device_id;
+        IF TG_OP = 'INSERT' OR (v_new -> 'device_id') IS DISTINCT FROM (v_old -> 'device_id')
+           OR (v_new -> 'user_id') IS DISTINCT FROM (v_old -> 'user_id') THEN
+            SELECT k.user_id INTO v_owner FROM nchat_identity_keys k WHERE k.device_id = v_new ->> 'device_id';
+        END IF;
         IF v_owner IS NOT NULL THEN
             IF v_new -> 'user_id' = 'null'::jsonb THEN
                 v_new := jsonb_set(v_new, '{user_id}', to_jsonb(v_owner));
             ELSIF (v_new ->> 'user_id')::uuid <> v_owner THEN
-                RAISE EXCEPTION 'device % belongs to another user than %', NEW.device_id, v_new ->> 'user_id'
+                RAISE EXCEPTION 'device % belongs to another user than %', v_new ->> 'device_id', v_new ->> 'user_id'
                     USING ERRCODE = '23514', TABLE = TG_TABLE_NAME, COLUMN = 'user_id';
             END IF;
         END IF;
     END IF;
 
     IF TG_TABLE_NAME = 'nchat_signal_sessions' THEN
-        -- The application may send NULL counters; the guide's last_message_at follows the newest message.
+        -- The application may send NULL counters, the guide last_message_at follows the newest message.
         IF v_new -> 'send_counter' = 'null'::jsonb THEN
             v_new := jsonb_set(v_new, '{send_counter}', COALESCE(v_old -> 'send_counter', '0'));
         END IF;
@@ -413,7 +417,7 @@ ALTER TABLE nchat_signed_prekeys ALTER COLUMN user_id SET NOT NULL;
 ALTER TABLE nchat_one_time_prekeys ALTER COLUMN user_id SET NOT NULL;
 ALTER TABLE nchat_signal_sessions ALTER COLUMN user_id SET NOT NULL;
 
--- Named constraints: the application's upserts name their conflict targets, so these carry exactly
+-- Named constraints: the application upserts name their conflict targets, so these carry exactly
 -- the names it uses (nchat_signal_sessions_user_id_device_id_peer_user_id_peer_key is not the name
 -- PostgreSQL would generate for that UNIQUE). ADD CONSTRAINT has no IF NOT EXISTS: look first.
 DO $$
@@ -460,32 +464,27 @@ CREATE INDEX IF NOT EXISTS idx_one_time_prekeys_consumed_by ON nchat_one_time_pr
 CREATE INDEX IF NOT EXISTS idx_safety_numbers_verified_by ON nchat_safety_numbers(verified_by_user_id)
     WHERE verified_by_user_id IS NOT NULL;
 
-DROP TRIGGER IF EXISTS nchat_user_master_keys_sync_names ON nchat_user_master_keys;
-CREATE TRIGGER nchat_user_master_keys_sync_names
+CREATE OR REPLACE TRIGGER nchat_user_master_keys_sync_names
     BEFORE INSERT OR UPDATE ON nchat_user_master_keys
     FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names('master_key_salt', 'salt', 'pbkdf2_iterations', 'iterations');
-DROP TRIGGER IF EXISTS nchat_signed_prekeys_sync_names ON nchat_signed_prekeys;
-CREATE TRIGGER nchat_signed_prekeys_sync_names
+CREATE OR REPLACE TRIGGER nchat_signed_prekeys_sync_names
     BEFORE INSERT OR UPDATE ON nchat_signed_prekeys
     FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names('signed_prekey_id', 'key_id', 'signed_prekey_public', 'public_key', 'signed_prekey_private_encrypted', 'private_key_encrypted');
-DROP TRIGGER IF EXISTS nchat_one_time_prekeys_sync_names ON nchat_one_time_prekeys;
-CREATE TRIGGER nchat_one_time_prekeys_sync_names
+CREATE OR REPLACE TRIGGER nchat_one_time_prekeys_sync_names
     BEFORE INSERT OR UPDATE ON nchat_one_time_prekeys
     FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names('prekey_id', 'key_id', 'prekey_public', 'public_key', 'prekey_private_encrypted', 'private_key_encrypted');
-DROP TRIGGER IF EXISTS nchat_signal_sessions_sync_names ON nchat_signal_sessions;
-CREATE TRIGGER nchat_signal_sessions_sync_names
+CREATE OR REPLACE TRIGGER nchat_signal_sessions_sync_names
     BEFORE INSERT OR UPDATE ON nchat_signal_sessions
     FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names();
-DROP TRIGGER IF EXISTS nchat_e2ee_audit_log_sync_names ON nchat_e2ee_audit_log;
-CREATE TRIGGER nchat_e2ee_audit_log_sync_names
+CREATE OR REPLACE TRIGGER nchat_e2ee_audit_log_sync_names
     BEFORE INSERT OR UPDATE ON nchat_e2ee_audit_log
     FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names('metadata', 'event_data');
 
--- The conventions of the database these tables join (docs/deviations.md "Conventions"): where the
--- existing nchat_* tables keep updated_at with update_updated_at_column() (nChat's own reference
--- database does, in schema nchat), the new tables use the same function; where they use row-level
+-- The conventions of the database these tables join (docs/deviations.md Conventions): where the
+-- existing nchat_* tables keep updated_at with update_updated_at_column() (nChat own reference
+-- database does, in schema nchat), the new tables use the same function, where they use row-level
 -- security, the new tables do too, each row visible to the user it belongs to (Hasura passes the
--- session as the setting hasura.user). Roles that bypass row-level security (the owner, Hasura's
+-- session as the setting hasura.user). Roles that bypass row-level security (the owner, Hasuras
 -- admin connection) are not affected.
 DO $$
 DECLARE
@@ -499,8 +498,7 @@ BEGIN
            AND p.pronargs = 0 AND p.prorettype = 'trigger'::regtype
     ) THEN
         FOREACH v_t IN ARRAY ARRAY['nchat_user_master_keys', 'nchat_signal_sessions', 'nchat_safety_numbers'] LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', 'update_' || v_t || '_updated_at', v_t);
-            EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE ON %I FOR EACH ROW EXECUTE FUNCTION update_updated_at_column()',
+            EXECUTE format('CREATE OR REPLACE TRIGGER %I BEFORE UPDATE ON %I FOR EACH ROW EXECUTE FUNCTION update_updated_at_column()',
                            'update_' || v_t || '_updated_at', v_t);
         END LOOP;
     END IF;
@@ -525,7 +523,7 @@ BEGIN
             EXECUTE format('DROP POLICY IF EXISTS %I ON %I', v_pol.tbl || '_owner', v_pol.tbl);
             EXECUTE format('CREATE POLICY %I ON %I USING (%s) WITH CHECK (%s)', v_pol.tbl || '_owner', v_pol.tbl, v_pol.pred, v_pol.pred);
         END LOOP;
-        -- Anyone may fetch another user's public bundle: identity keys and unconsumed prekeys are public halves.
+        -- Anyone may fetch another users public bundle: identity keys and unconsumed prekeys are public halves.
         DROP POLICY IF EXISTS nchat_identity_keys_public_read ON nchat_identity_keys;
         CREATE POLICY nchat_identity_keys_public_read ON nchat_identity_keys FOR SELECT USING (is_active);
         DROP POLICY IF EXISTS nchat_signed_prekeys_public_read ON nchat_signed_prekeys;
@@ -596,7 +594,7 @@ WHERE ik.is_active = TRUE;
 -- SKIP LOCKED lets concurrent claimers take the next key instead of queueing on the same row.
 -- Under READ COMMITTED the locking subquery can still come back empty when a concurrent claimer
 -- has just consumed the candidate row, so it is retried a few times while unconsumed keys remain.
--- It returns SETOF the view's row type, which is what Hasura needs to track it as a mutation.
+-- It returns SETOF the views row type, which is what Hasura needs to track it as a mutation.
 DROP FUNCTION IF EXISTS nchat_claim_prekey_bundle(TEXT);
 CREATE OR REPLACE FUNCTION nchat_claim_prekey_bundle(p_device_id TEXT)
 RETURNS SETOF nchat_prekey_bundles

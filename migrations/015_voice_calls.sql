@@ -1,8 +1,8 @@
 -- 015_voice_calls.sql  (voice and video calls)
 --
 -- Three tables: nchat_calls (one row per call), nchat_call_participants (one row per call and
--- user) and nchat_call_events (append-only log per call). The guide only names them; their shape
--- is what nChat's call code uses (frontend/src/graphql/calls.ts, app/api/calls/*): the client makes
+-- user) and nchat_call_events (append-only log per call). The guide only names them, their shape
+-- is what nChat call code uses (frontend/src/graphql/calls.ts, app/api/calls/*): the client makes
 -- its own call id, call_id TEXT, and every lookup, update and participant row goes by it.
 -- Conventions of the guide: nchat_ prefix, foreign keys to nchat_users(id) and nchat_channels(id)
 -- with an explicit ON DELETE, CHECK constraints for enumerations, an index for every foreign key
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS nchat_call_participants (
         REFERENCES nchat_calls(call_id) ON UPDATE CASCADE ON DELETE CASCADE,
     CONSTRAINT fk_call_participants_user FOREIGN KEY (user_id)
         REFERENCES nchat_users(id) ON DELETE CASCADE,
-    -- One row per call and user, the application's conflict target (its own name). Its index also
+    -- One row per call and user, the application conflict target (its own name). Its index also
     -- serves lookups by call_id.
     CONSTRAINT call_participants_call_user_unique UNIQUE (call_id, user_id),
     CONSTRAINT chk_call_participants_left_after_joined CHECK (left_at IS NULL OR joined_at IS NULL OR left_at >= joined_at)
@@ -115,7 +115,7 @@ CREATE INDEX IF NOT EXISTS idx_call_events_user_id ON nchat_call_events(user_id)
     WHERE user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_call_events_event_type ON nchat_call_events(event_type, created_at DESC);
 
--- A table of the same name made by something else (nChat's later 0007 calls migration has
+-- A table of the same name made by something else (nChat later 0007 calls migration has
 -- initiator_id and no call_id) is never silently kept: stop, naming the columns it lacks.
 DO $$
 DECLARE
@@ -156,8 +156,7 @@ BEGIN
            AND p.pronargs = 0 AND p.prorettype = 'trigger'::regtype
     ) THEN
         FOREACH v_t IN ARRAY ARRAY['nchat_calls', 'nchat_call_participants'] LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', 'update_' || v_t || '_updated_at', v_t);
-            EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE ON %I FOR EACH ROW EXECUTE FUNCTION update_updated_at_column()',
+            EXECUTE format('CREATE OR REPLACE TRIGGER %I BEFORE UPDATE ON %I FOR EACH ROW EXECUTE FUNCTION update_updated_at_column()',
                            'update_' || v_t || '_updated_at', v_t);
         END LOOP;
     END IF;
@@ -167,7 +166,7 @@ BEGIN
          WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relrowsecurity
            AND c.relname IN ('nchat_users', 'nchat_channels', 'nchat_channel_members', 'nchat_messages')
     ) THEN
-        -- A participant sees their own rows; a call is seen by its caller and its participants.
+        -- A participant sees their own rows, a call is seen by its caller and its participants.
         FOR v_pol IN
             SELECT * FROM (VALUES
                 ('nchat_call_participants', 'user_id = ' || v_me),

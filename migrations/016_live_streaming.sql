@@ -1,11 +1,11 @@
 -- 016_live_streaming.sql  (live streaming)
 --
 -- Two tables: nchat_streams (one row per broadcast) and nchat_stream_viewers (one row per viewing
--- session, signed in or anonymous). The guide only names them; their shape is what nChat's stream
--- code uses (frontend/src/lib/streaming/stream-types.ts, app/api/streams/*; disabled in v0.4.0).
+-- session, signed in or anonymous). The guide only names them, their shape is what nChat stream
+-- code uses (frontend/src/lib/streaming/stream-types.ts, app/api/streams/*, disabled in v0.4.0).
 -- The application writes the stream key and reads it back: only the broadcaster may read it
--- (row-level security below where the database uses it; Hasura's permissions, see
--- src/hasura/metadata.ts, give stream_key and ingest_url to the broadcaster's rows only).
+-- (row-level security below where the database uses it, Hasuras permissions, see
+-- src/hasura/metadata.ts, give stream_key and ingest_url to the broadcasters rows only).
 -- Conventions of the guide: nchat_ prefix, foreign keys to nchat_users(id) and nchat_channels(id)
 -- with an explicit ON DELETE, CHECK constraints for enumerations, an index for every foreign key
 -- and every lookup. Only new tables: everything is transactional.
@@ -144,8 +144,7 @@ BEGIN
            AND p.pronargs = 0 AND p.prorettype = 'trigger'::regtype
     ) THEN
         FOREACH v_t IN ARRAY ARRAY['nchat_streams', 'nchat_stream_viewers'] LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', 'update_' || v_t || '_updated_at', v_t);
-            EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE ON %I FOR EACH ROW EXECUTE FUNCTION update_updated_at_column()',
+            EXECUTE format('CREATE OR REPLACE TRIGGER %I BEFORE UPDATE ON %I FOR EACH ROW EXECUTE FUNCTION update_updated_at_column()',
                            'update_' || v_t || '_updated_at', v_t);
         END LOOP;
     END IF;

@@ -115,6 +115,11 @@ for (const schema of ['public', 'nchat'] as const) {
             'signature:bytea',
             'one_time_prekey_id:integer',
             'one_time_prekey_public:bytea',
+            // then what nChat's GetPreKeyBundle reads besides (NCHAT-APP.md)
+            'registration_id:integer',
+            'signed_prekey_signature:bytea',
+            'last_used_at:timestamp with time zone',
+            'created_at:timestamp with time zone',
           ])
         })
       },
@@ -211,6 +216,10 @@ for (const schema of ['public', 'nchat'] as const) {
             'signature',
             'one_time_prekey_id',
             'one_time_prekey_public',
+            'registration_id',
+            'signed_prekey_signature',
+            'last_used_at',
+            'created_at',
           ])
           expect(a).toMatchObject({user_id: uid, device_id: 'c1', signed_prekey_id: 1, one_time_prekey_id: 1})
           expect(Buffer.from(a.one_time_prekey_public).readInt32BE(0)).toBe(1)
