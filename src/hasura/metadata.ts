@@ -117,7 +117,8 @@ function appendInclude(doc: Document, entry: string): boolean {
  * Idempotent: a second run adds nothing. Returns what was written; `dir: null` when the project keeps no
  * Hasura metadata (then the tables must be tracked in the Hasura console).
  */
-export function writeHasuraMetadata(projectDir: string, schema: string): HasuraResult {
+export function writeHasuraMetadata(projectDir: string, schema: string, existing?: Set<string>): HasuraResult {
+  const has = (name: string) => !existing || existing.has(name)
   const dir = findMetadataDir(projectDir)
   if (!dir) return {changed: [], dir: null, note: `no Hasura metadata folder (${METADATA_DIRS.join(' or ')}) in ${projectDir}: track the new tables in the Hasura console`, written: []}
   const recordFile = path.join(dir, RECORD_FILE)
@@ -134,7 +135,7 @@ export function writeHasuraMetadata(projectDir: string, schema: string): HasuraR
   const tablesDoc = existsSync(tablesYaml) ? readDoc(tablesYaml) : parseDocument('[]\n')
   const layout = detectLayout(tablesDir, includesOf(tablesDoc))
 
-  for (const t of TABLES) {
+  for (const t of TABLES.filter((x) => has(x.name))) {
     const file = path.join(tablesDir, layout.prefixed ? `${schema}_${t.name}.yaml` : `${t.name}.yaml`)
     const body = tableMetadata(t, schema)
     if (!existsSync(file) || record.createdFiles.includes(rel(file))) {
@@ -151,7 +152,7 @@ export function writeHasuraMetadata(projectDir: string, schema: string): HasuraR
   // nChat lists the columns a user may insert into nchat_messages: the encrypted message needs 014's.
   const messagesFile = includesOf(tablesDoc).map((s) => s.slice('!include '.length).trim())
     .find((f) => /(^|_)nchat_messages\.yaml$/.test(f) && !record.createdFiles.includes(rel(path.join(tablesDir, f))))
-  if (messagesFile) {
+  if (messagesFile && has('nchat_identity_keys')) {
     const file = path.join(tablesDir, messagesFile)
     const doc = readDoc(file)
     const added = addMessageColumns(doc)
@@ -170,7 +171,7 @@ export function writeHasuraMetadata(projectDir: string, schema: string): HasuraR
     record.createdFiles.push(rel(functionsYaml))
   }
   const functionsDoc = readDoc(functionsYaml)
-  for (const f of FUNCTIONS) {
+  for (const f of FUNCTIONS.filter((x) => has(x.name))) {
     const file = path.join(functionsDir, `${schema}_${f.name}.yaml`)
     if (!existsSync(file) || record.createdFiles.includes(rel(file))) {
       writeAtomic(file, HEADER + stringify({configuration: {exposed_as: f.exposedAs}, function: {name: f.name, schema}, permissions: [{role: ROLE}]}))
@@ -277,4 +278,26 @@ export function removeHasuraMetadata(projectDir: string): HasuraResult {
   if (existsSync(functionsDir) && readdirSync(functionsDir).length === 0) rmSync(functionsDir, {recursive: true})
   rmSync(recordFile)
   return {changed, dir, note: `removed what the upgrade added; run \`${APPLY_COMMAND}\``, written: record.createdFiles}
+}
+
+/** The tracked tables, views and functions of TABLES/FUNCTIONS that exist in `schema` now. */
+export async function existingRelations(sql: import('../target/connect.js').Querier, schema: string): Promise<Set<string>> {
+  const names = [...TABLES.map((t) => t.name), ...FUNCTIONS.map((f) => f.name)]
+  const rows = await sql<{name: string}[]>`
+    select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = ${schema} and c.relname = any(${names}::text[]) and c.relkind in ('r', 'p', 'v')
+    union
+    select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+     where n.nspname = ${schema} and p.proname = any(${names}::text[])`
+  return new Set(rows.map((r) => r.name))
+}
+
+/**
+ * Make the project's metadata match the database: what this plugin wrote before is taken out, then every
+ * table, view and function of 013-016 that exists is written again (none after a full rollback).
+ */
+export function syncHasuraMetadata(projectDir: string, schema: string, existing: Set<string>): HasuraResult {
+  const removed = removeHasuraMetadata(projectDir)
+  if (existing.size === 0) return removed
+  return writeHasuraMetadata(projectDir, schema, existing)
 }

@@ -10,6 +10,7 @@ import {inspect, type Inspection} from '../steps/inspect.js'
 import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
+import {existingRelations, type HasuraResult, syncHasuraMetadata} from '../hasura/metadata.js'
 
 export interface RollbackOptions {
   target: Target
@@ -43,6 +44,8 @@ export interface RollbackSummary {
   kept: {database: string; dropWith: string} | null
   swapWindowMs: number | null
   timings: Record<string, number>
+  /** The project's Hasura metadata brought in line with what is left. */
+  hasura?: HasuraResult
 }
 
 interface Ctx {
@@ -56,6 +59,7 @@ interface Ctx {
   windowMs?: number
   after?: number | null
   timings: Record<string, number>
+  hasura?: HasuraResult
 }
 
 /** A second connection on the same server, to a maintenance database (renames need one that is neither side). */
@@ -156,6 +160,8 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
           const sql = await connectChecked(o.target.conn, {max: 1})
           try {
             c.after = await readLedgerVersion(sql, o.target.schema)
+            const schema = c.ins!.plan.appSchema
+            c.hasura = syncHasuraMetadata(o.target.projectDir, schema, await existingRelations(sql, schema))
           } finally {
             await sql.end({timeout: 2})
           }
@@ -177,6 +183,7 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
       strategy: 'restore',
       swapWindowMs: ctx.windowMs ?? null,
       timings: ctx.timings,
+      hasura: ctx.hasura,
     }
   } catch (error) {
     if (ctx.restored && !ctx.kept) await ctx.restored.drop().catch(() => {})
@@ -268,6 +275,7 @@ async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
       {
         task: async (c, task) => {
           c.after = await readLedgerVersion(ins.sql, ins.plan.appSchema)
+          c.hasura = syncHasuraMetadata(o.target.projectDir, ins.plan.appSchema, await existingRelations(ins.sql, ins.plan.appSchema))
           task.title = `Status: ${db} is at migration ${c.after ?? 'none'}`
         },
         title: 'Status',
@@ -286,6 +294,7 @@ async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
       strategy: 'down',
       swapWindowMs: null,
       timings: ctx.timings,
+      hasura: ctx.hasura,
     }
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
