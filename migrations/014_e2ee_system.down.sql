@@ -113,7 +113,11 @@ BEGIN
 END
 $$;
 
-DROP FUNCTION IF EXISTS nchat_e2ee_sync_names();
+DROP FUNCTION IF EXISTS nchat_user_master_keys_sync_names();
+DROP FUNCTION IF EXISTS nchat_signed_prekeys_sync_names();
+DROP FUNCTION IF EXISTS nchat_one_time_prekeys_sync_names();
+DROP FUNCTION IF EXISTS nchat_signal_sessions_sync_names();
+DROP FUNCTION IF EXISTS nchat_e2ee_audit_log_sync_names();
 DROP FUNCTION IF EXISTS nchat_recovery_hash_bytes(TEXT);
 
 DROP INDEX IF EXISTS idx_signed_prekeys_newest;

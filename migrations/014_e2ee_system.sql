@@ -289,98 +289,222 @@ AS $$
     END
 $$;
 
--- One trigger function for all twins: TG_ARGV holds pairs (guide column, application column).
--- INSERT: a column left NULL takes its twins value. UPDATE: the column that changed gives its
--- value to the twin that did not. The CHECKs below reject a row whose twins still differ.
--- pbkdf2_iterations has a default, so on INSERT a non-NULL iterations wins over that default.
-CREATE OR REPLACE FUNCTION nchat_e2ee_sync_names()
+-- One trigger function a table keeps its twins in step. INSERT: a column left NULL takes its twin
+-- value. UPDATE: the column that changed gives its value to the twin that did not. The CHECKs below
+-- reject a row whose twins still differ. pbkdf2_iterations has a default, so on INSERT a non-NULL
+-- iterations wins over that default. Plain assignments to NEW, no dynamic SQL: a few microseconds a row.
+CREATE OR REPLACE FUNCTION nchat_user_master_keys_sync_names()
+RETURNS TRIGGER
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.master_key_salt IS NULL THEN
+            NEW.master_key_salt := NEW.salt;
+        ELSIF NEW.salt IS NULL THEN
+            NEW.salt := NEW.master_key_salt;
+        END IF;
+    ELSIF NEW.master_key_salt IS DISTINCT FROM OLD.master_key_salt AND NEW.salt IS NOT DISTINCT FROM OLD.salt THEN
+        NEW.salt := NEW.master_key_salt;
+    ELSIF NEW.salt IS DISTINCT FROM OLD.salt AND NEW.master_key_salt IS NOT DISTINCT FROM OLD.master_key_salt THEN
+        NEW.master_key_salt := NEW.salt;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.pbkdf2_iterations IS NULL OR (NEW.pbkdf2_iterations = 100000 AND NEW.iterations IS NOT NULL) THEN
+            NEW.pbkdf2_iterations := NEW.iterations;
+        ELSIF NEW.iterations IS NULL THEN
+            NEW.iterations := NEW.pbkdf2_iterations;
+        END IF;
+    ELSIF NEW.pbkdf2_iterations IS DISTINCT FROM OLD.pbkdf2_iterations AND NEW.iterations IS NOT DISTINCT FROM OLD.iterations THEN
+        NEW.iterations := NEW.pbkdf2_iterations;
+    ELSIF NEW.iterations IS DISTINCT FROM OLD.iterations AND NEW.pbkdf2_iterations IS NOT DISTINCT FROM OLD.pbkdf2_iterations THEN
+        NEW.pbkdf2_iterations := NEW.iterations;
+    END IF;
+    -- recovery_code_hash (TEXT) and recovery_code_hash_bytes (BYTEA) are one datum in two types.
+    IF (TG_OP = 'INSERT' AND NEW.recovery_code_hash_bytes IS NOT NULL AND NEW.recovery_code_hash IS NULL)
+       OR (TG_OP = 'UPDATE' AND NEW.recovery_code_hash_bytes IS DISTINCT FROM OLD.recovery_code_hash_bytes
+           AND NEW.recovery_code_hash IS NOT DISTINCT FROM OLD.recovery_code_hash) THEN
+        NEW.recovery_code_hash := encode(NEW.recovery_code_hash_bytes, 'hex');
+    ELSIF (TG_OP = 'INSERT' AND NEW.recovery_code_hash IS NOT NULL AND NEW.recovery_code_hash_bytes IS NULL)
+       OR (TG_OP = 'UPDATE' AND NEW.recovery_code_hash IS DISTINCT FROM OLD.recovery_code_hash
+           AND NEW.recovery_code_hash_bytes IS NOT DISTINCT FROM OLD.recovery_code_hash_bytes) THEN
+        NEW.recovery_code_hash_bytes := nchat_recovery_hash_bytes(NEW.recovery_code_hash);
+    END IF;
+    NEW.algorithm := COALESCE(NEW.algorithm, 'PBKDF2-SHA256');
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION nchat_signed_prekeys_sync_names()
 RETURNS TRIGGER
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_new   jsonb := to_jsonb(NEW);
-    v_old   jsonb;
-    v_guide text;
-    v_app   text;
-    v_i     integer := 0;
-    v_owner uuid;
+    v_owner UUID;
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        v_old := to_jsonb(OLD);
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.signed_prekey_id IS NULL THEN
+            NEW.signed_prekey_id := NEW.key_id;
+        ELSIF NEW.key_id IS NULL THEN
+            NEW.key_id := NEW.signed_prekey_id;
+        END IF;
+    ELSIF NEW.signed_prekey_id IS DISTINCT FROM OLD.signed_prekey_id AND NEW.key_id IS NOT DISTINCT FROM OLD.key_id THEN
+        NEW.key_id := NEW.signed_prekey_id;
+    ELSIF NEW.key_id IS DISTINCT FROM OLD.key_id AND NEW.signed_prekey_id IS NOT DISTINCT FROM OLD.signed_prekey_id THEN
+        NEW.signed_prekey_id := NEW.key_id;
     END IF;
-    WHILE v_i < TG_NARGS LOOP
-        v_guide := TG_ARGV[v_i];
-        v_app := TG_ARGV[v_i + 1];
-        v_i := v_i + 2;
-        IF TG_OP = 'INSERT' THEN
-            IF v_new -> v_guide = 'null'::jsonb
-               OR (v_guide = 'pbkdf2_iterations' AND v_new -> v_app <> 'null'::jsonb) THEN
-                v_new := jsonb_set(v_new, ARRAY[v_guide], v_new -> v_app);
-            ELSIF v_new -> v_app = 'null'::jsonb THEN
-                v_new := jsonb_set(v_new, ARRAY[v_app], v_new -> v_guide);
-            END IF;
-        ELSIF (v_new -> v_guide) IS DISTINCT FROM (v_old -> v_guide)
-              AND (v_new -> v_app) IS NOT DISTINCT FROM (v_old -> v_app) THEN
-            v_new := jsonb_set(v_new, ARRAY[v_app], v_new -> v_guide);
-        ELSIF (v_new -> v_app) IS DISTINCT FROM (v_old -> v_app)
-              AND (v_new -> v_guide) IS NOT DISTINCT FROM (v_old -> v_guide) THEN
-            v_new := jsonb_set(v_new, ARRAY[v_guide], v_new -> v_app);
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.signed_prekey_public IS NULL THEN
+            NEW.signed_prekey_public := NEW.public_key;
+        ELSIF NEW.public_key IS NULL THEN
+            NEW.public_key := NEW.signed_prekey_public;
         END IF;
-    END LOOP;
-
-    IF TG_TABLE_NAME = 'nchat_user_master_keys' THEN
-        -- recovery_code_hash (TEXT) and recovery_code_hash_bytes (BYTEA) are one datum in two types.
-        IF (TG_OP = 'INSERT' AND NEW.recovery_code_hash_bytes IS NOT NULL AND NEW.recovery_code_hash IS NULL)
-           OR (TG_OP = 'UPDATE' AND NEW.recovery_code_hash_bytes IS DISTINCT FROM OLD.recovery_code_hash_bytes
-               AND NEW.recovery_code_hash IS NOT DISTINCT FROM OLD.recovery_code_hash) THEN
-            v_new := jsonb_set(v_new, '{recovery_code_hash}', to_jsonb(encode(NEW.recovery_code_hash_bytes, 'hex')));
-        ELSIF (TG_OP = 'INSERT' AND NEW.recovery_code_hash IS NOT NULL AND NEW.recovery_code_hash_bytes IS NULL)
-           OR (TG_OP = 'UPDATE' AND NEW.recovery_code_hash IS DISTINCT FROM OLD.recovery_code_hash
-               AND NEW.recovery_code_hash_bytes IS NOT DISTINCT FROM OLD.recovery_code_hash_bytes) THEN
-            v_new := jsonb_set(v_new, '{recovery_code_hash_bytes}',
-                               to_jsonb('\x' || encode(nchat_recovery_hash_bytes(NEW.recovery_code_hash), 'hex')));
-        END IF;
-        IF v_new -> 'algorithm' = 'null'::jsonb THEN
-            v_new := jsonb_set(v_new, '{algorithm}', '"PBKDF2-SHA256"');
-        END IF;
+    ELSIF NEW.signed_prekey_public IS DISTINCT FROM OLD.signed_prekey_public AND NEW.public_key IS NOT DISTINCT FROM OLD.public_key THEN
+        NEW.public_key := NEW.signed_prekey_public;
+    ELSIF NEW.public_key IS DISTINCT FROM OLD.public_key AND NEW.signed_prekey_public IS NOT DISTINCT FROM OLD.signed_prekey_public THEN
+        NEW.signed_prekey_public := NEW.public_key;
     END IF;
-
-    IF TG_TABLE_NAME IN ('nchat_signed_prekeys', 'nchat_one_time_prekeys', 'nchat_signal_sessions') THEN
-        -- One primary-key probe per row: key upload stays flat in the number of devices.
-        IF TG_OP = 'INSERT' OR (v_new -> 'device_id') IS DISTINCT FROM (v_old -> 'device_id')
-           OR (v_new -> 'user_id') IS DISTINCT FROM (v_old -> 'user_id') THEN
-            SELECT k.user_id INTO v_owner FROM nchat_identity_keys k WHERE k.device_id = v_new ->> 'device_id';
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.signed_prekey_private_encrypted IS NULL THEN
+            NEW.signed_prekey_private_encrypted := NEW.private_key_encrypted;
+        ELSIF NEW.private_key_encrypted IS NULL THEN
+            NEW.private_key_encrypted := NEW.signed_prekey_private_encrypted;
         END IF;
+    ELSIF NEW.signed_prekey_private_encrypted IS DISTINCT FROM OLD.signed_prekey_private_encrypted AND NEW.private_key_encrypted IS NOT DISTINCT FROM OLD.private_key_encrypted THEN
+        NEW.private_key_encrypted := NEW.signed_prekey_private_encrypted;
+    ELSIF NEW.private_key_encrypted IS DISTINCT FROM OLD.private_key_encrypted AND NEW.signed_prekey_private_encrypted IS NOT DISTINCT FROM OLD.signed_prekey_private_encrypted THEN
+        NEW.signed_prekey_private_encrypted := NEW.private_key_encrypted;
+    END IF;
+    -- One primary-key probe per row: key upload stays flat in the number of devices.
+    IF TG_OP = 'INSERT' OR NEW.device_id IS DISTINCT FROM OLD.device_id OR NEW.user_id IS DISTINCT FROM OLD.user_id THEN
+        SELECT k.user_id INTO v_owner FROM nchat_identity_keys k WHERE k.device_id = NEW.device_id;
         IF v_owner IS NOT NULL THEN
-            IF v_new -> 'user_id' = 'null'::jsonb THEN
-                v_new := jsonb_set(v_new, '{user_id}', to_jsonb(v_owner));
-            ELSIF (v_new ->> 'user_id')::uuid <> v_owner THEN
-                RAISE EXCEPTION 'device % belongs to another user than %', v_new ->> 'device_id', v_new ->> 'user_id'
+            IF NEW.user_id IS NULL THEN
+                NEW.user_id := v_owner;
+            ELSIF NEW.user_id <> v_owner THEN
+                RAISE EXCEPTION 'device % belongs to another user than %', NEW.device_id, NEW.user_id
                     USING ERRCODE = '23514', TABLE = TG_TABLE_NAME, COLUMN = 'user_id';
             END IF;
         END IF;
     END IF;
+    RETURN NEW;
+END
+$$;
 
-    IF TG_TABLE_NAME = 'nchat_signal_sessions' THEN
-        -- The application may send NULL counters, the guide last_message_at follows the newest message.
-        IF v_new -> 'send_counter' = 'null'::jsonb THEN
-            v_new := jsonb_set(v_new, '{send_counter}', COALESCE(v_old -> 'send_counter', '0'));
+CREATE OR REPLACE FUNCTION nchat_one_time_prekeys_sync_names()
+RETURNS TRIGGER
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_owner UUID;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.prekey_id IS NULL THEN
+            NEW.prekey_id := NEW.key_id;
+        ELSIF NEW.key_id IS NULL THEN
+            NEW.key_id := NEW.prekey_id;
         END IF;
-        IF v_new -> 'receive_counter' = 'null'::jsonb THEN
-            v_new := jsonb_set(v_new, '{receive_counter}', COALESCE(v_old -> 'receive_counter', '0'));
+    ELSIF NEW.prekey_id IS DISTINCT FROM OLD.prekey_id AND NEW.key_id IS NOT DISTINCT FROM OLD.key_id THEN
+        NEW.key_id := NEW.prekey_id;
+    ELSIF NEW.key_id IS DISTINCT FROM OLD.key_id AND NEW.prekey_id IS NOT DISTINCT FROM OLD.prekey_id THEN
+        NEW.prekey_id := NEW.key_id;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.prekey_public IS NULL THEN
+            NEW.prekey_public := NEW.public_key;
+        ELSIF NEW.public_key IS NULL THEN
+            NEW.public_key := NEW.prekey_public;
         END IF;
-        IF TG_OP = 'INSERT'
-           OR NEW.last_message_sent_at IS DISTINCT FROM OLD.last_message_sent_at
-           OR NEW.last_message_received_at IS DISTINCT FROM OLD.last_message_received_at THEN
-            IF GREATEST(NEW.last_message_sent_at, NEW.last_message_received_at) IS NOT NULL THEN
-                v_new := jsonb_set(v_new, '{last_message_at}',
-                    to_jsonb(GREATEST(NEW.last_message_at, NEW.last_message_sent_at, NEW.last_message_received_at)));
+    ELSIF NEW.prekey_public IS DISTINCT FROM OLD.prekey_public AND NEW.public_key IS NOT DISTINCT FROM OLD.public_key THEN
+        NEW.public_key := NEW.prekey_public;
+    ELSIF NEW.public_key IS DISTINCT FROM OLD.public_key AND NEW.prekey_public IS NOT DISTINCT FROM OLD.prekey_public THEN
+        NEW.prekey_public := NEW.public_key;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.prekey_private_encrypted IS NULL THEN
+            NEW.prekey_private_encrypted := NEW.private_key_encrypted;
+        ELSIF NEW.private_key_encrypted IS NULL THEN
+            NEW.private_key_encrypted := NEW.prekey_private_encrypted;
+        END IF;
+    ELSIF NEW.prekey_private_encrypted IS DISTINCT FROM OLD.prekey_private_encrypted AND NEW.private_key_encrypted IS NOT DISTINCT FROM OLD.private_key_encrypted THEN
+        NEW.private_key_encrypted := NEW.prekey_private_encrypted;
+    ELSIF NEW.private_key_encrypted IS DISTINCT FROM OLD.private_key_encrypted AND NEW.prekey_private_encrypted IS NOT DISTINCT FROM OLD.prekey_private_encrypted THEN
+        NEW.prekey_private_encrypted := NEW.private_key_encrypted;
+    END IF;
+    -- One primary-key probe per row: key upload stays flat in the number of devices.
+    IF TG_OP = 'INSERT' OR NEW.device_id IS DISTINCT FROM OLD.device_id OR NEW.user_id IS DISTINCT FROM OLD.user_id THEN
+        SELECT k.user_id INTO v_owner FROM nchat_identity_keys k WHERE k.device_id = NEW.device_id;
+        IF v_owner IS NOT NULL THEN
+            IF NEW.user_id IS NULL THEN
+                NEW.user_id := v_owner;
+            ELSIF NEW.user_id <> v_owner THEN
+                RAISE EXCEPTION 'device % belongs to another user than %', NEW.device_id, NEW.user_id
+                    USING ERRCODE = '23514', TABLE = TG_TABLE_NAME, COLUMN = 'user_id';
             END IF;
         END IF;
     END IF;
+    RETURN NEW;
+END
+$$;
 
-    NEW := jsonb_populate_record(NEW, v_new);
+CREATE OR REPLACE FUNCTION nchat_signal_sessions_sync_names()
+RETURNS TRIGGER
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_owner UUID;
+BEGIN
+    -- One primary-key probe per row: key upload stays flat in the number of devices.
+    IF TG_OP = 'INSERT' OR NEW.device_id IS DISTINCT FROM OLD.device_id OR NEW.user_id IS DISTINCT FROM OLD.user_id THEN
+        SELECT k.user_id INTO v_owner FROM nchat_identity_keys k WHERE k.device_id = NEW.device_id;
+        IF v_owner IS NOT NULL THEN
+            IF NEW.user_id IS NULL THEN
+                NEW.user_id := v_owner;
+            ELSIF NEW.user_id <> v_owner THEN
+                RAISE EXCEPTION 'device % belongs to another user than %', NEW.device_id, NEW.user_id
+                    USING ERRCODE = '23514', TABLE = TG_TABLE_NAME, COLUMN = 'user_id';
+            END IF;
+        END IF;
+    END IF;
+    -- The application may send NULL counters, the guide last_message_at follows the newest message.
+    IF TG_OP = 'INSERT' THEN
+        NEW.send_counter := COALESCE(NEW.send_counter, 0);
+        NEW.receive_counter := COALESCE(NEW.receive_counter, 0);
+    ELSE
+        NEW.send_counter := COALESCE(NEW.send_counter, OLD.send_counter, 0);
+        NEW.receive_counter := COALESCE(NEW.receive_counter, OLD.receive_counter, 0);
+    END IF;
+    IF (TG_OP = 'INSERT'
+        OR NEW.last_message_sent_at IS DISTINCT FROM OLD.last_message_sent_at
+        OR NEW.last_message_received_at IS DISTINCT FROM OLD.last_message_received_at)
+       AND GREATEST(NEW.last_message_sent_at, NEW.last_message_received_at) IS NOT NULL THEN
+        NEW.last_message_at := GREATEST(NEW.last_message_at, NEW.last_message_sent_at, NEW.last_message_received_at);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION nchat_e2ee_audit_log_sync_names()
+RETURNS TRIGGER
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.metadata IS NULL THEN
+            NEW.metadata := NEW.event_data;
+        ELSIF NEW.event_data IS NULL THEN
+            NEW.event_data := NEW.metadata;
+        END IF;
+    ELSIF NEW.metadata IS DISTINCT FROM OLD.metadata AND NEW.event_data IS NOT DISTINCT FROM OLD.event_data THEN
+        NEW.event_data := NEW.metadata;
+    ELSIF NEW.event_data IS DISTINCT FROM OLD.event_data AND NEW.metadata IS NOT DISTINCT FROM OLD.metadata THEN
+        NEW.metadata := NEW.event_data;
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -466,19 +590,19 @@ CREATE INDEX IF NOT EXISTS idx_safety_numbers_verified_by ON nchat_safety_number
 
 CREATE OR REPLACE TRIGGER nchat_user_master_keys_sync_names
     BEFORE INSERT OR UPDATE ON nchat_user_master_keys
-    FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names('master_key_salt', 'salt', 'pbkdf2_iterations', 'iterations');
+    FOR EACH ROW EXECUTE FUNCTION nchat_user_master_keys_sync_names();
 CREATE OR REPLACE TRIGGER nchat_signed_prekeys_sync_names
     BEFORE INSERT OR UPDATE ON nchat_signed_prekeys
-    FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names('signed_prekey_id', 'key_id', 'signed_prekey_public', 'public_key', 'signed_prekey_private_encrypted', 'private_key_encrypted');
+    FOR EACH ROW EXECUTE FUNCTION nchat_signed_prekeys_sync_names();
 CREATE OR REPLACE TRIGGER nchat_one_time_prekeys_sync_names
     BEFORE INSERT OR UPDATE ON nchat_one_time_prekeys
-    FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names('prekey_id', 'key_id', 'prekey_public', 'public_key', 'prekey_private_encrypted', 'private_key_encrypted');
+    FOR EACH ROW EXECUTE FUNCTION nchat_one_time_prekeys_sync_names();
 CREATE OR REPLACE TRIGGER nchat_signal_sessions_sync_names
     BEFORE INSERT OR UPDATE ON nchat_signal_sessions
-    FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names();
+    FOR EACH ROW EXECUTE FUNCTION nchat_signal_sessions_sync_names();
 CREATE OR REPLACE TRIGGER nchat_e2ee_audit_log_sync_names
     BEFORE INSERT OR UPDATE ON nchat_e2ee_audit_log
-    FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_sync_names('metadata', 'event_data');
+    FOR EACH ROW EXECUTE FUNCTION nchat_e2ee_audit_log_sync_names();
 
 -- The conventions of the database these tables join (docs/deviations.md Conventions): where the
 -- existing nchat_* tables keep updated_at with update_updated_at_column() (nChat own reference

@@ -12,7 +12,7 @@
 
 CREATE TABLE IF NOT EXISTS nchat_calls (
     id UUID NOT NULL DEFAULT gen_random_uuid(),
-    call_id TEXT NOT NULL,  -- the client's id of the call
+    call_id TEXT NOT NULL,  -- the id the client gave the call
     type TEXT NOT NULL DEFAULT 'voice',
     status TEXT NOT NULL DEFAULT 'initiating',
     -- The call history outlives the caller account.
@@ -48,7 +48,7 @@ CREATE INDEX IF NOT EXISTS idx_calls_ongoing ON nchat_calls(status, started_at D
 
 CREATE TABLE IF NOT EXISTS nchat_call_participants (
     id UUID NOT NULL DEFAULT gen_random_uuid(),
-    call_id TEXT NOT NULL,  -- nchat_calls.call_id, the client's id, not the uuid
+    call_id TEXT NOT NULL,  -- nchat_calls.call_id, the id of the client, not the uuid
     user_id UUID NOT NULL,
     joined_at TIMESTAMP WITH TIME ZONE,
     left_at TIMESTAMP WITH TIME ZONE,

@@ -62,7 +62,7 @@ function permission(p: TablePermission, kind: 'select' | 'insert' | 'update'): R
   if (p.set) out.set = p.set
   out.columns = p.columns
   if (kind !== 'insert') out.filter = p.filter ?? {}
-  if (kind === 'update') out.check = p.check ?? null
+  if (kind === 'update' && p.check) out.check = p.check
   if (kind === 'select') out.allow_aggregations = true
   return out
 }
