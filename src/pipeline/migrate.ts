@@ -12,6 +12,7 @@ import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../steps/preflight.js'
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
+import {existingRelations, type HasuraResult, writeHasuraMetadata} from '../hasura/metadata.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
@@ -50,9 +51,12 @@ export interface MigrateSummary {
   preflight: PreflightReport['checks']
   timings: Record<string, number>
   warnings: string[]
+  /** The Hasura metadata written to the project, and what the operator still has to run. */
+  hasura: HasuraResult | null
 }
 
 interface Ctx {
+  hasura?: HasuraResult
   ins?: Inspection
   tools?: PgTools
   pre?: PreflightReport
@@ -166,6 +170,13 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         }),
         title: 'Vacuum and analyze',
       },
+      {
+        task: async (c, task) => timed(c, 'hasura', async () => {
+          c.hasura = writeHasuraMetadata(o.target.projectDir, ins.plan.appSchema, await existingRelations(ins.sql, ins.plan.appSchema))
+          task.title = c.hasura.dir ? `Hasura metadata: ${c.hasura.written.length} files written in ${c.hasura.dir}` : 'Hasura metadata: none in this project'
+        }),
+        title: 'Hasura metadata',
+      },
     ]
     await runSteps(after, ctx, o.json)
     return summary(o, ctx, false)
@@ -198,5 +209,6 @@ function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummar
     vacuumed: c.vacuumed,
     verify: c.verify ?? null,
     warnings: c.warnings,
+    hasura: c.hasura ?? null,
   }
 }

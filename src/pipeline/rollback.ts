@@ -14,6 +14,7 @@ import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} fro
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
+import {existingRelations, type HasuraResult, syncHasuraMetadata} from '../hasura/metadata.js'
 
 export interface RollbackOptions {
   target: Target
@@ -47,6 +48,8 @@ export interface RollbackSummary {
   kept: {database: string; dropWith: string} | null
   swapWindowMs: number | null
   timings: Record<string, number>
+  /** The project's Hasura metadata brought in line with what is left. */
+  hasura?: HasuraResult
 }
 
 interface Ctx {
@@ -60,6 +63,7 @@ interface Ctx {
   windowMs?: number
   after?: number | null
   timings: Record<string, number>
+  hasura?: HasuraResult
 }
 
 export async function runRollback(o: RollbackOptions): Promise<RollbackSummary> {
@@ -159,6 +163,8 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
           const sql = await connectChecked(o.target.conn, {max: 1})
           try {
             c.after = await readLedgerVersion(sql, o.target.schema)
+            const schema = c.ins!.plan.appSchema
+            c.hasura = syncHasuraMetadata(o.target.projectDir, schema, await existingRelations(sql, schema))
           } finally {
             await sql.end({timeout: 2})
           }
@@ -180,6 +186,7 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
       strategy: 'restore',
       swapWindowMs: ctx.windowMs ?? null,
       timings: ctx.timings,
+      hasura: ctx.hasura,
     }
   } catch (error) {
     if (ctx.restored && !ctx.kept) {
@@ -285,6 +292,7 @@ async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Roll
       {
         task: async (c, task) => {
           c.after = await readLedgerVersion(ins.sql, ins.plan.appSchema)
+          c.hasura = syncHasuraMetadata(o.target.projectDir, ins.plan.appSchema, await existingRelations(ins.sql, ins.plan.appSchema))
           task.title = `Status: ${db} is at migration ${c.after ?? 'none'}`
         },
         title: 'Status',
@@ -303,6 +311,7 @@ async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Roll
       strategy: 'down',
       swapWindowMs: null,
       timings: ctx.timings,
+      hasura: ctx.hasura,
     }
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})

@@ -48,6 +48,7 @@ Every step is shown as it runs; the first failure stops the run with production 
     if (s.dryrun) this.say(`Forecast    ${fmtMs(s.dryrun.forecastMs)} on the dry-run copy; actual ${fmtMs(s.applyMs ?? 0)}${s.lockRetries ? ` (${s.lockRetries} lock retries)` : ''}`)
     this.say(`Steps       ${Object.entries(s.timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')}`)
     if (s.verify) this.say(`Verified    ${plural(s.verify.checks.length, 'check')}`)
+    if (s.hasura) this.say(`Hasura      ${s.hasura.note}`)
     for (const w of s.warnings) this.say(`Warning     ${w}`)
   }
 }

@@ -48,6 +48,7 @@ export default class Rollback extends BaseCommand {
       this.say(`Kept        the replaced database as ${s.kept.database} (new connections waited ${fmtMs(s.swapWindowMs ?? 0)} for the swap)`)
       this.say(`            drop it when you no longer need it: ${s.kept.dropWith}`)
     }
+    if (s.hasura?.dir) this.say(`Hasura      ${s.hasura.note}`)
     this.say(`Steps       ${Object.entries(s.timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')}`)
   }
 }
