@@ -256,6 +256,12 @@ export function parseToc(text: string): Toc {
   return {entries, header, text}
 }
 
+/** A header line of `pg_restore --list` by its name, in any case (PostgreSQL 15 prints `dbname`, others `Dbname`). */
+export function tocHeader(toc: Toc, name: string): string | undefined {
+  const key = Object.keys(toc.header).find((k) => k.toLowerCase() === name.toLowerCase())
+  return key === undefined ? undefined : toc.header[key]
+}
+
 export function tableDataKey(schema: string | null, table: string): string {
   return `${schema ?? ''}.${table}`
 }
@@ -286,15 +292,45 @@ function compressionFor(major: number): {args: string[]; label: string; fallback
   return {args: ['-Z', '1'], label: '-Z 1'}
 }
 
-async function pickFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
-  for (let attempt = 0; attempt < 5; attempt++) {
+const exists = (f: string) => fs.access(f).then(() => true, () => false)
+
+/**
+ * Reserve `<project>_<YYYYMMDD_HHMMSS>.dump` by creating its `.partial` exclusively (O_EXCL): two runs started in
+ * the same second cannot both get it, and the loser moves to the next second, so every name keeps nself's
+ * pattern. The reserved (empty) `.partial` is ours from here on.
+ */
+async function reserveFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
+  for (let attempt = 0; attempt < 10; attempt++) {
     const final = path.join(dir, `${project}_${timestamp()}.dump`)
     const partial = `${final}.partial`
-    const taken = await Promise.all([final, partial, final + MANIFEST_SUFFIX].map((f) => fs.access(f).then(() => true, () => false)))
-    if (!taken.includes(true)) return {final, partial}
+    try {
+      const fh = await fs.open(partial, 'wx', 0o600)
+      await fh.close()
+    } catch (error) {
+      if ((error as {code?: string}).code !== 'EEXIST') throw fsErrorSentence(error, 'Writing the backup', final)
+      await nextSecond()
+      continue
+    }
+    if (!(await exists(final)) && !(await exists(final + MANIFEST_SUFFIX))) return {final, partial}
+    await removeQuietly(partial)
     await nextSecond()
   }
-  throw new UserError(`Cannot find a free backup file name in ${dir}: every name for the current second is taken.`)
+  throw new UserError(`Cannot find a free backup file name in ${dir}: every name tried for the last 10 seconds is taken.`)
+}
+
+/** Give the finished dump its name without ever replacing a file of that name (e.g. an `nself db backup`). */
+async function publish(partial: string, final: string): Promise<void> {
+  try {
+    await fs.link(partial, final)
+  } catch (error) {
+    const code = (error as {code?: string}).code
+    if (code === 'EEXIST') throw new UserError(`Another program wrote ${final} while this backup was taken; it was not overwritten and this backup was discarded.`)
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV') throw error
+    // No hard links on this filesystem: the name was reserved, a rename is the next best thing.
+    await fs.rename(partial, final)
+    return
+  }
+  await fs.rm(partial, {force: true})
 }
 
 interface DumpResult {
@@ -354,7 +390,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   // Partitioned parents hold no data of their own: their partitions have the TABLE DATA entries.
   const plainTables = existing.filter((t) => relations.some((r) => r.name === t && r.kind === 'r'))
 
-  const {final, partial} = await pickFileName(dir, project)
+  const {final, partial} = await reserveFileName(dir, project)
   const manifestFile = final + MANIFEST_SUFFIX
   const dumpAppName = `${APP_NAME}-dump`
   const secret = target.conn.password
@@ -378,7 +414,6 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         if (compression.fallback && !isCancelled() && /lz4/i.test(firstLine(error))) {
           log?.(`pg_dump ${pgDumpMajor} has no LZ4 support; using gzip level 1.`)
           compression = {args: compression.fallback.args, label: compression.fallback.label}
-          await removeQuietly(partial)
           continue
         }
         throw error
@@ -421,7 +456,12 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       toc_entries: toc.entries.length,
     }
     try {
-      await fs.rename(partial, final)
+      await publish(partial, final)
+    } catch (error) {
+      if (error instanceof UserError) throw error
+      throw fsErrorSentence(error, 'Writing the backup', final)
+    }
+    try {
       await writeManifest(manifestFile, manifest)
       await fsyncDir(dir)
     } catch (error) {
@@ -484,7 +524,8 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     throwIfCancelled(`the backup to ${final}`)
     let fh: fs.FileHandle
     try {
-      fh = await fs.open(partial, 'wx', 0o600)
+      // Reserved (and created) by reserveFileName: truncate what an earlier attempt wrote.
+      fh = await fs.open(partial, 'w', 0o600)
     } catch (error) {
       throw fsErrorSentence(error, 'Writing the backup', final)
     }
@@ -626,8 +667,10 @@ export interface VerifyOptions {
   requireManifest?: boolean
   /** Also read every data block (`pg_restore -f /dev/null`); always done when there is no manifest. */
   deep?: boolean
-  /** The database the backup must be of (checked before the file is read). */
+  /** The database the backup must be of: its manifest and the dump's own header must both name it. */
   database?: string
+  /** Tables whose data the dump itself must hold (whatever its manifest says). */
+  requireTables?: {schema: string; tables: string[]}
   log?: (line: string) => void
 }
 
@@ -689,9 +732,15 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
     })
   }
 
+  checkDumpHeader(file, toc, manifest, opts.database)
   if (manifest) {
     const missing = missingTableData(toc, manifest.schema, Object.keys(manifest.row_counts))
     if (missing) throw new UserError(`The backup ${file} holds no data for table ${manifest.schema}.${missing}, which its manifest lists.`)
+  }
+  if (opts.requireTables) {
+    const {schema, tables} = opts.requireTables
+    const missing = missingTableData(toc, schema, tables)
+    if (missing) throw new UserError(`The backup ${file} holds no table ${schema}.${missing}: it is not a backup of this nChat database.`)
   }
 
   if (opts.deep || !manifest) {
@@ -714,6 +763,32 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   return {entries: toc.entries.length, manifest}
 }
 
+/**
+ * The dump's own header, not only its manifest (which is a plain JSON file anyone can edit): the database
+ * pg_dump dumped, the pg_dump and server versions. A manifest moved beside another database's dump is refused.
+ */
+function checkDumpHeader(file: string, toc: Toc, manifest: Manifest | undefined, database: string | undefined): void {
+  const dumped = tocHeader(toc, 'dbname')
+  if (dumped === undefined) throw new UserError(`The backup ${file} does not name the database it was dumped from, so it cannot be checked.`)
+  if (database !== undefined && dumped !== database) {
+    throw new UserError(`The backup ${file} is a dump of the database "${dumped}", not of "${database}"${manifest && !manifest.synthesized && manifest.database !== dumped ? ` (its manifest says "${manifest.database}")` : ''}.`, {
+      hint: 'Pass a backup of this database.',
+    })
+  }
+  if (!manifest || manifest.synthesized) return
+  if (dumped !== manifest.database) {
+    throw new UserError(`The backup ${file} is a dump of the database "${dumped}", but its manifest says "${manifest.database}": the manifest does not belong to this dump.`)
+  }
+  const dumpedBy = Number((tocHeader(toc, 'Dumped by pg_dump version') ?? '').split('.')[0])
+  if (dumpedBy && manifest.pg_dump_major && dumpedBy !== manifest.pg_dump_major) {
+    throw new UserError(`The backup ${file} was written by pg_dump ${dumpedBy}, but its manifest says pg_dump ${manifest.pg_dump_major}: the manifest does not belong to this dump.`)
+  }
+  const dumpedFrom = (tocHeader(toc, 'Dumped from database version') ?? '').split(' ')[0]
+  if (dumpedFrom && manifest.server_version && dumpedFrom !== manifest.server_version.split(' ')[0]) {
+    throw new UserError(`The backup ${file} was dumped from PostgreSQL ${dumpedFrom}, but its manifest says ${manifest.server_version}: the manifest does not belong to this dump.`)
+  }
+}
+
 function lowerFirst(s: string): string {
   return s.startsWith('The ') ? 'the ' + s.slice(4) : s
 }
@@ -725,7 +800,7 @@ function synthesizeManifest(file: string, toc: Toc, sha256: string, size: number
   const dumpMajor = Number((toc.header['Dumped by pg_dump version'] ?? '').split('.')[0]) || 0
   return {
     created_at: Number.isNaN(created) ? new Date(0).toISOString() : new Date(created).toISOString(),
-    database: toc.header.dbname ?? '',
+    database: tocHeader(toc, 'dbname') ?? '',
     file: path.basename(file),
     format: MANIFEST_FORMAT,
     ledger_version: null,
