@@ -852,3 +852,35 @@ export async function newestBackup(dir: string, database: string, purpose?: Back
   const all = await listBackups(dir, database)
   return all.find((b) => purpose === undefined || b.manifest.purpose === purpose)
 }
+
+export interface BackupChoice {
+  chosen?: ListedBackup
+  /** Pre-migration backups of this database that were passed over, newest first, each with the reason. */
+  passedOver: Array<{backup: ListedBackup; why: string}>
+}
+
+/**
+ * The backup a restore rollback goes back to. By default: the newest pre-migration backup taken while the
+ * database had none of the upgrade (its ledger below `first`) and, when our ledger says when the first of
+ * them was applied, taken before that. A backup a rerun took after an interrupted run had applied 013 is at 013
+ * and is never chosen. With `atVersion`: the newest pre-migration backup taken at exactly that version (and
+ * before `nextAppliedAt`, when known, the time the migration after it was applied).
+ */
+export async function chooseRollbackBackup(dir: string, database: string, o: {first: number; atVersion?: number; appliedAt?: Date}): Promise<BackupChoice> {
+  const all = (await listBackups(dir, database)).filter((b) => b.manifest.purpose === 'pre-migration')
+  const passedOver: BackupChoice['passedOver'] = []
+  for (const backup of all) {
+    const v = backup.manifest.ledger_version
+    const fits = o.atVersion === undefined ? v === null || v < o.first : v === o.atVersion
+    if (!fits) {
+      passedOver.push({backup, why: `taken at migration ${v ?? 'none'}`})
+      continue
+    }
+    if (o.appliedAt && Date.parse(backup.manifest.created_at) > o.appliedAt.getTime()) {
+      passedOver.push({backup, why: `taken at ${backup.manifest.created_at}, after the migrations it should precede were applied (${o.appliedAt.toISOString()})`})
+      continue
+    }
+    return {chosen: backup, passedOver}
+  }
+  return {passedOver}
+}
