@@ -206,3 +206,63 @@ describe('two migrate runs at once', () => {
     expect(await ledgerVersion(db.name)).toBe(16)
   })
 })
+
+describe('preflight checks every privilege the run needs before writing anything', () => {
+  it('a table owner without CREATE on the database is refused, naming the privilege; no backup file, no ledger schema', async () => {
+    const role = `e2ee_r_${Math.random().toString(16).slice(2, 10)}`
+    cleanups.push(async () => {
+      const admin = connect('postgres')
+      try {
+        await admin.unsafe(`DROP ROLE IF EXISTS ${role}`)
+      } finally {
+        await admin.end()
+      }
+    })
+    const db = await scope.fresh({messages: 300})
+    const sql = connect(db.name)
+    try {
+      await sql.unsafe(`CREATE ROLE ${role} LOGIN`)
+      await sql.unsafe(`GRANT CREATE ON SCHEMA public TO ${role}`)
+      // The role owns every table and sequence of the app (so it may alter them and pg_dump may read them).
+      const owned = await sql<{kind: string; name: string}[]>`
+        select case c.relkind when 'S' then 'SEQUENCE' else 'TABLE' end as kind, format('%I.%I', n.nspname, c.relname) as name
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = 'public' and c.relkind in ('r', 'S') and not exists (
+          select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype in ('a', 'i'))`
+      for (const o of owned) await sql.unsafe(`ALTER ${o.kind} ${o.name} OWNER TO ${role}`)
+    } finally {
+      await sql.end()
+    }
+    const dir = backupDir()
+    const args = ['--local', '--host', '127.0.0.1', '--port', '5432', '--user', role, '--database', db.name]
+    const r = await runCli(['db', 'e2ee', 'migrate', '--yes', ...args, '--backup-dir', dir, '--skip-dryrun'])
+    expect(r.code).toBe(1)
+    expect(r.stderr).toContain(`Preflight failed (privileges): role ${role} lacks CREATE on database ${db.name} (to create the ledger schema nself_e2ee).`)
+    expect(r.stderr).toContain(`GRANT CREATE ON DATABASE "${db.name}" TO "${role}";`)
+    expect(existsSync(dir) ? readdirSync(dir) : []).toEqual([])
+    const check = connect(db.name)
+    try {
+      const [{ledger}] = await check<{ledger: boolean}[]>`select to_regnamespace('nself_e2ee') is not null as ledger`
+      expect(ledger).toBe(false)
+    } finally {
+      await check.end()
+    }
+    expect(await ledgerVersion(db.name)).toBe(12)
+
+    // The same role with a dry run also lacks CREATEDB: both are named in the one sentence.
+    const both = await runCli(['db', 'e2ee', 'migrate', '--yes', ...args, '--backup-dir', dir])
+    expect(both.code).toBe(1)
+    expect(both.stderr).toContain(`role ${role} lacks CREATE on database ${db.name} (to create the ledger schema nself_e2ee) and CREATEDB (for the dry-run copy).`)
+
+    // Granted what was named, the same role (no superuser) migrates: the check asks for nothing the run does not need.
+    const admin = connect(db.name)
+    try {
+      await admin.unsafe(`GRANT CREATE ON DATABASE ${db.name} TO ${role}`)
+    } finally {
+      await admin.end()
+    }
+    const ok = await runCli(['db', 'e2ee', 'migrate', '--yes', ...args, '--backup-dir', dir, '--skip-dryrun'])
+    expect(ok.code, ok.stderr).toBe(0)
+    expect(await ledgerVersion(db.name)).toBe(16)
+  })
+})
