@@ -118,6 +118,15 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
     }
     const [{taken}] = await ins.sql<{taken: boolean}[]>`select exists (select 1 from pg_database where datname = ${keptName}) as taken`
     if (taken) throw new UserError(`Cannot roll back ${db}: a database named ${keptName} already exists.`, {hint: 'Wait a second and run again.'})
+    // The restore creates a database and the swap renames the live one: CREATEDB and ownership of it (or superuser).
+    const [may] = await ins.sql<{role: string; superuser: boolean; createdb: boolean; owns: boolean}[]>`
+      select current_user as role, r.rolsuper as superuser, r.rolcreatedb as createdb,
+        pg_has_role(current_user, d.datdba, 'USAGE') as owns
+      from pg_roles r, pg_database d where r.rolname = current_user and d.datname = current_database()`
+    const lacks = may.superuser ? [] : [...(may.createdb ? [] : ['CREATEDB (to restore the backup into a new database)']), ...(may.owns ? [] : [`ownership of the database ${db} (to rename it in the swap)`])]
+    if (lacks.length > 0) {
+      throw new UserError(`Cannot roll back ${db}: role ${may.role} lacks ${lacks.join(' and ')}.`, {hint: 'Run as the database owner with CREATEDB (POSTGRES_USER), or use --strategy down.'})
+    }
 
     const before: Step<Ctx>[] = [
       {

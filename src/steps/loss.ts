@@ -139,7 +139,12 @@ export async function compareWithBackup(o: CompareOptions): Promise<TableLoss[]>
       })
     }
   }
-  return out
+  for (const [id, old] of [...backupTables].sort(([a], [b]) => a.localeCompare(b))) {
+    if (liveTables.has(id)) continue
+    const n = await count(o.backup, `${quoteIdent(old.schema)}.${quoteIdent(old.name)}`)
+    if (n > 0) out.push({added: 0, changed: 0, exact: true, note: 'the table was dropped after the backup; the rollback brings it back', removed: n, table: id})
+  }
+  return out.sort((a, b) => a.table.localeCompare(b.table))
 }
 
 /** "1 row", "2,000 rows". */
