@@ -55,7 +55,8 @@ async function tables(sql: Sql): Promise<Map<string, TableShape>> {
   // (schema_migrations, nself_e2ee) record the migrations the rollback undoes, not data.
   const rows = await sql<{schema: string; name: string; columns: string[]; key: string[] | null}[]>`
     select n.nspname as schema, c.relname as name,
-      array(select a.attname::text from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped order by a.attnum) as columns,
+      array(select a.attname::text from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+            and a.attgenerated = '' order by a.attnum) as columns,
       (select array(select a.attname::text from unnest(i.indkey) with ordinality k(attnum, ord)
                     join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum order by k.ord)
        from pg_index i where i.indrelid = c.oid and i.indisprimary) as key
@@ -99,6 +100,7 @@ export async function compareWithBackup(o: CompareOptions): Promise<TableLoss[]>
       continue
     }
     // Compare what both have: columns a migration added since the backup are not part of the backup's rows.
+    // Generated columns are left out: they follow from the others, and hashing a tsvector is costly.
     const columns = old.columns.filter((c) => live.columns.includes(c))
     const keyed = old.key.length > 0 && old.key.every((c) => columns.includes(c)) && old.key.join() === live.key.join()
     const rowExpr = rowOf(columns)
