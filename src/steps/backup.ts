@@ -5,6 +5,7 @@ import path from 'node:path'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, UserError, toUserError} from '../errors.js'
+import {readLedgerVersion} from '../migrations/ledger.js'
 import {APP_NAME, connect, quoteIdent, type Sql} from '../target/connect.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
@@ -33,7 +34,10 @@ export interface Manifest {
   schema: string
   server_version: string
   server_version_num: number
+  /** The highest version in schema_migrations, read in the dump's own snapshot. */
   ledger_version: number | null
+  /** The server's clock when the dump's snapshot was taken (same clock as the ledgers' timestamps). */
+  snapshot_at?: string
   /** Exact `count(*)` of each listed table that existed, in the dump's snapshot; keys are table names in `schema`. */
   row_counts: Record<string, number>
   created_at: string
@@ -338,6 +342,13 @@ interface DumpResult {
   sha256: string
 }
 
+interface InSnapshot {
+  result: DumpResult
+  rowCounts: Record<string, number>
+  ledger: number | null
+  snapshotAt: string
+}
+
 /** The data a TOC must hold for these tables, or the first one it lacks. */
 function missingTableData(toc: Toc, schema: string, tables: string[]): string | undefined {
   const have = new Set(toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => tableDataKey(e.schema, e.name)))
@@ -397,6 +408,8 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
 
   let compression = compressionFor(pgDumpMajor)
   let rowCounts: Record<string, number> = {}
+  let ledgerVersion = opts.ledgerVersion
+  let snapshotAt: string | undefined
   let result: DumpResult | undefined
   let stopDump: (() => Promise<void>) | undefined
   const unregister = onCancel(async () => {
@@ -409,6 +422,8 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         const out = await dumpInSnapshot(compression.args)
         result = out.result
         rowCounts = out.rowCounts
+        ledgerVersion = out.ledger
+        snapshotAt = out.snapshotAt
         break
       } catch (error) {
         if (compression.fallback && !isCancelled() && /lz4/i.test(firstLine(error))) {
@@ -443,7 +458,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       database,
       file: path.basename(final),
       format: MANIFEST_FORMAT,
-      ledger_version: opts.ledgerVersion,
+      ledger_version: ledgerVersion,
       pg_dump_major: pgDumpMajor,
       project: target.projectName,
       purpose,
@@ -453,6 +468,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       server_version_num: server.num,
       sha256: result!.sha256,
       size: result!.bytes,
+      snapshot_at: snapshotAt,
       toc_entries: toc.entries.length,
     }
     try {
@@ -486,9 +502,10 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
    * pg_dump in a snapshot exported by our own REPEATABLE READ transaction; the same transaction counts the
    * rows, so the manifest's counts are exactly what the dump holds, whatever the app writes meanwhile.
    */
-  async function dumpInSnapshot(compressionArgs: string[]): Promise<{result: DumpResult; rowCounts: Record<string, number>}> {
+  async function dumpInSnapshot(compressionArgs: string[]): Promise<InSnapshot> {
     return sql.begin('isolation level repeatable read read only', async (tx) => {
-      const [{snapshot, pid}] = await tx<{snapshot: string; pid: number}[]>`select pg_export_snapshot() as snapshot, pg_backend_pid() as pid`
+      const [{snapshot, pid, at}] = await tx<{snapshot: string; pid: number; at: number}[]>`
+        select pg_export_snapshot() as snapshot, pg_backend_pid() as pid, extract(epoch from now())::float8 as at`
       const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
       let stop = false
       let counting: Promise<void> = Promise.resolve()
@@ -499,12 +516,15 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         await sql`select pg_cancel_backend(${pid})`.catch(() => {})
       })
       const counts: Record<string, number> = {}
+      // The ledger version too: another run may have applied a migration since the caller read it.
+      let ledger = opts.ledgerVersion
       counting = (async () => {
         for (const table of existing) {
           if (stop) return
           const [{n}] = await tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
           counts[table] = Number(n)
         }
+        if (!stop) ledger = await readLedgerVersion(tx, opts.schema)
       })()
       counting.catch(() => {})
       let result: DumpResult
@@ -516,8 +536,8 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         throw error
       }
       await counting
-      return {result, rowCounts: counts}
-    }) as Promise<{result: DumpResult; rowCounts: Record<string, number>}>
+      return {ledger, result, rowCounts: counts, snapshotAt: new Date(Number(at) * 1000).toISOString()}
+    }) as Promise<InSnapshot>
   }
 
   async function streamDump(compressionArgs: string[]): Promise<DumpResult> {
@@ -876,8 +896,10 @@ export async function chooseRollbackBackup(dir: string, database: string, o: {fi
       passedOver.push({backup, why: `taken at migration ${v ?? 'none'}`})
       continue
     }
-    if (o.appliedAt && Date.parse(backup.manifest.created_at) > o.appliedAt.getTime()) {
-      passedOver.push({backup, why: `taken at ${backup.manifest.created_at}, after the migrations it should precede were applied (${o.appliedAt.toISOString()})`})
+    // Compared on the server's clock only (a manifest without snapshot_at is not compared: client clocks drift).
+    const snapshotAt = backup.manifest.snapshot_at
+    if (o.appliedAt && snapshotAt && Date.parse(snapshotAt) > o.appliedAt.getTime()) {
+      passedOver.push({backup, why: `taken at ${snapshotAt}, after the migration it should precede was applied (${o.appliedAt.toISOString()})`})
       continue
     }
     return {chosen: backup, passedOver}
