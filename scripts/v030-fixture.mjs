@@ -156,3 +156,61 @@ export async function loadV030(sql, o) {
   for (const i of idx) await sql.unsafe(i.def)
   await sql.unsafe('ANALYZE')
 }
+
+export const V030_REFERENCE_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'test', 'fixtures', 'v030_nchat_reference.sql')
+
+/** Deterministic data in the layout of nChat's own v0.3.0 reference (schema nchat, qualified names). */
+/** @param {number} u users @param {number} c channels @param {number} m messages */
+export function referenceDataSql(u, c, m) {
+  return `
+INSERT INTO auth.users (id, email, created_at)
+SELECT md5('auth:' || i)::uuid, 'user' || i || '@example.test', timestamptz '2025-01-01 00:00:00+00'
+  FROM generate_series(1, ${u}) i;
+INSERT INTO nchat.nchat_users (id, auth_user_id, username, display_name, email, role, status, created_at, updated_at)
+SELECT md5('user:' || i)::uuid, md5('auth:' || i)::uuid, 'user' || i, 'User ' || i, 'user' || i || '@example.test',
+       CASE WHEN i = 1 THEN 'owner' ELSE 'member' END, 'offline', ts, ts
+  FROM generate_series(1, ${u}) i,
+       LATERAL (SELECT timestamptz '2025-01-01 00:00:00+00' + i * interval '1 minute' AS ts) t;
+INSERT INTO nchat.nchat_channels (id, name, slug, description, type, creator_id, created_at, updated_at)
+SELECT md5('channel:' || i)::uuid, 'channel-' || i, 'channel-' || i, 'Channel number ' || i,
+       CASE WHEN i % 5 = 0 THEN 'private' ELSE 'public' END, md5('user:' || ((i - 1) % ${u} + 1))::uuid, ts, ts
+  FROM generate_series(1, ${c}) i,
+       LATERAL (SELECT timestamptz '2025-01-02 00:00:00+00' + i * interval '1 minute' AS ts) t;
+INSERT INTO nchat.nchat_channel_members (channel_id, user_id, role, joined_at)
+SELECT md5('channel:' || i)::uuid, md5('user:' || ((i - 1 + (k - 1) * 7) % ${u} + 1))::uuid,
+       CASE WHEN k = 1 THEN 'owner' ELSE 'member' END, timestamptz '2025-01-03 00:00:00+00'
+  FROM generate_series(1, ${c}) i, generate_series(1, ${Math.min(20, u)}) k
+ON CONFLICT DO NOTHING;
+INSERT INTO nchat.nchat_messages (id, channel_id, user_id, content, type, parent_id, created_at, updated_at)
+SELECT md5('message:' || i)::uuid, md5('channel:' || ((i - 1) % ${c} + 1))::uuid,
+       md5('user:' || ((i * 7 - 1) % ${u} + 1))::uuid, 'message ' || i || ' ' || substr(md5(i::text), 1, 12),
+       CASE WHEN i % 50 = 0 THEN 'system' ELSE 'text' END,
+       CASE WHEN i % 10 = 0 AND i > ${c} THEN md5('message:' || (i - ${c}))::uuid END, ts, ts
+  FROM generate_series(1, ${m}) i,
+       LATERAL (SELECT timestamptz '2025-02-01 00:00:00+00' + i * interval '1 second' AS ts) t;
+INSERT INTO nchat.nchat_reactions (message_id, user_id, emoji, created_at)
+SELECT md5('message:' || i)::uuid, md5('user:' || ((i * 3) % ${u} + 1))::uuid, '👍', timestamptz '2025-02-02 00:00:00+00'
+  FROM generate_series(5, ${m}, 5) i;
+INSERT INTO nchat.nchat_read_receipts (channel_id, user_id, last_read_at)
+SELECT channel_id, user_id, timestamptz '2025-03-01 00:00:00+00' FROM nchat.nchat_channel_members;
+INSERT INTO nchat.nchat_settings (key, value) VALUES ('site_name', '"nChat"');
+ANALYZE;`
+}
+
+/**
+ * Load nChat's documented v0.3.0 layout (schema nchat, public.schema_migrations version BIGINT + name) into an
+ * empty database. With `rls`, the existing nchat tables use row-level security (as some deployments do).
+ * @param {import('postgres').Sql} sql
+ * @param {{users: number, channels: number, messages: number, rls?: boolean}} o
+ */
+export async function loadV030Reference(sql, o) {
+  await sql.unsafe('SET search_path = public')
+  await sql.unsafe(readFileSync(V030_REFERENCE_FILE, 'utf8'))
+  await sql.unsafe(`SET search_path = public; ${ledgerSql('bigint-name')}`)
+  await sql.unsafe(referenceDataSql(o.users, o.channels, o.messages))
+  if (o.rls) {
+    for (const t of ['nchat_users', 'nchat_channels', 'nchat_channel_members', 'nchat_messages']) {
+      await sql.unsafe(`ALTER TABLE nchat.${t} ENABLE ROW LEVEL SECURITY`)
+    }
+  }
+}

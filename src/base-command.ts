@@ -2,6 +2,7 @@ import {Command, Flags, type Interfaces} from '@oclif/core'
 
 import {installSigintHandler} from './cancel.js'
 import {toUserError, UserError} from './errors.js'
+import {installLastResort, lastResortActive} from './last-resort.js'
 import {resolveTarget, type Target} from './target/target.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
@@ -11,12 +12,12 @@ export abstract class BaseCommand extends Command {
   static baseFlags = {
     container: Flags.string({description: 'Postgres container for pg_dump/pg_restore (default ${PROJECT_NAME}_postgres, then nself-postgres).', helpGroup: 'CONNECTION'}),
     database: Flags.string({char: 'd', description: 'Database name (default POSTGRES_DB from the nself env).', helpGroup: 'CONNECTION'}),
-    'env-file': Flags.string({description: 'An extra env file read after .env, .env.dev and .env.local.', helpGroup: 'CONNECTION'}),
+    'nself-env-file': Flags.string({description: 'An extra env file read after nself\'s cascade (.env, .env.<ENV>, .env.secrets, .env.local); it wins over them and the environment.', helpGroup: 'CONNECTION'}),
     host: Flags.string({description: 'Server host for SQL (default POSTGRES_HOST, PGHOST, 127.0.0.1).', helpGroup: 'CONNECTION'}),
     json: Flags.boolean({default: false, description: 'Print one JSON document on stdout and nothing else.'}),
     local: Flags.boolean({default: false, description: 'Run pg_dump/pg_restore on this machine instead of docker exec.', helpGroup: 'CONNECTION'}),
     port: Flags.integer({description: 'Server port (default POSTGRES_PORT, PGPORT, 5432).', helpGroup: 'CONNECTION', max: 65_535, min: 1}),
-    'project-dir': Flags.string({default: '.', description: 'nself project root holding the .env files.', helpGroup: 'CONNECTION'}),
+    'project-dir': Flags.string({default: '.', description: 'nself project root holding the .env files (its backend/ folder when that has a .env, as nself does).', helpGroup: 'CONNECTION'}),
     schema: Flags.string({description: 'Schema holding the nChat tables (default: where nchat_users is).', helpGroup: 'CONNECTION'}),
     user: Flags.string({char: 'U', description: 'Database user (default POSTGRES_USER, PGUSER, postgres).', helpGroup: 'CONNECTION'}),
     verbose: Flags.boolean({default: false, description: 'Show the underlying cause of errors.'}),
@@ -28,6 +29,7 @@ export abstract class BaseCommand extends Command {
 
   protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
     installSigintHandler()
+    installLastResort()
     let flags
     try {
       ;({flags} = await this.parse(cmd))
@@ -47,7 +49,7 @@ export abstract class BaseCommand extends Command {
       backupDir: extra.backupDir,
       container: flags.container,
       database: flags.database,
-      envFile: flags['env-file'],
+      envFile: flags['nself-env-file'],
       host: flags.host,
       local: flags.local,
       port: flags.port,
@@ -70,6 +72,8 @@ export abstract class BaseCommand extends Command {
   async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<void> {
     // oclif's own exit (this.exit) and help requests pass through.
     if (err.oclif?.exit !== undefined && !(err instanceof UserError) && /EEXIT/.test(String((err as {code?: string}).code))) throw err
+    // A crash is being reported (and undone) by the last-resort handler, which exits: do not speak twice.
+    if (lastResortActive()) await new Promise(() => {})
     const ue = toUserError(err)
     if (this.jsonMode || process.argv.includes('--json')) {
       this.printJson({error: {hint: ue.hint, message: ue.message}, ok: false})
@@ -81,6 +85,9 @@ export abstract class BaseCommand extends Command {
       process.stderr.write(`\n${cause?.stack ?? String(cause)}\n`)
     }
     process.exitCode = ue.exitCode
+    // Everything this command opened was closed on the way here; a socket a stuck server still holds open
+    // must not keep an interrupted or failed command alive.
+    setTimeout(() => process.exit(ue.exitCode), 10_000).unref()
   }
 }
 

@@ -1,19 +1,24 @@
-import {UserError} from '../errors.js'
+import {toUserError, UserError} from '../errors.js'
 import {createdTables, existingTables} from '../migrations/plan.js'
 import {activeLedgerRows, readLedgerVersion} from '../migrations/ledger.js'
 import {migrateDown, type RunReport} from '../migrations/runner.js'
-import {connect, connectChecked, quoteIdent, type Sql} from '../target/connect.js'
+import {connect, connectChecked, quoteIdent} from '../target/connect.js'
+import type {CommandLock} from '../migrations/command-lock.js'
+import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
-import {type BackupInfo, chooseRollbackBackup, type ListedBackup, verifyBackup} from '../steps/backup.js'
+import {type BackupInfo, chooseRollbackBackup, type ListedBackup, manifestPathFor, verifyBackup} from '../steps/backup.js'
 import {newDatabaseName} from '../steps/clone.js'
+import {checkPlainDump, newestPlainDumpSource} from '../steps/nself-dumps.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {compareWithBackup, describeLoss, rows, type TableLoss} from '../steps/loss.js'
 import {TOUCHED_TABLES} from '../steps/preflight.js'
 import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
 import {validateIdentifier} from '../target/target.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
+import {existingRelations, type HasuraResult, syncHasuraMetadata} from '../hasura/metadata.js'
 
 export interface RollbackOptions {
   target: Target
@@ -54,6 +59,8 @@ export interface RollbackSummary {
   kept: {database: string; dropWith: string} | null
   swapWindowMs: number | null
   timings: Record<string, number>
+  /** The project's Hasura metadata brought in line with what is left. */
+  hasura?: HasuraResult
 }
 
 interface Ctx {
@@ -67,31 +74,25 @@ interface Ctx {
   windowMs?: number
   after?: number | null
   timings: Record<string, number>
-}
-
-/** A second connection on the same server, to a maintenance database (renames need one that is neither side). */
-async function maintenance(target: Target): Promise<Sql> {
-  for (const db of ['postgres', 'template1']) {
-    if (db === target.conn.database) continue
-    try {
-      return await connectChecked(target.conn, {database: db, max: 2})
-    } catch {
-      // try the next one
-    }
-  }
-  throw new UserError(`Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}, which the swap needs.`)
+  hasura?: HasuraResult
 }
 
 export async function runRollback(o: RollbackOptions): Promise<RollbackSummary> {
   assertCanConfirm(o.yes, 'Rolling back the production database')
-  return o.strategy === 'restore' ? rollbackRestore(o) : rollbackDown(o)
+  // One command at a time on this database (a swap replaces it: the lock lives in the maintenance database).
+  const lock = await beginChangingCommand(o.target, {command: 'rollback', waitMs: o.runLockWaitMs})
+  try {
+    return await (o.strategy === 'restore' ? rollbackRestore(o, lock) : rollbackDown(o, lock))
+  } finally {
+    await lock.release()
+  }
 }
 
 /** Rollback option 1 of the guide, done safely (D7): restore beside, check, then swap names in one short step. */
-async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
+async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<RollbackSummary> {
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
-  let admin: Sql | undefined
+  const admin = lock.admin
   try {
     ctx.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
     const ins = ctx.ins
@@ -131,25 +132,29 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
     const before: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'backup check', async () => {
+          await lock.assertSameDatabase(ins.sql)
           c.tools = await PgTools.create(o.target)
-          const file = o.backupFile ?? (await pickBackup(o, ins))
+          const firstMigration = ins.migrations[0].version
+          const file = o.backupFile ?? (await pickBackup(o, ins, c.tools, (l) => { task.output = l }))
+          // A dump without our manifest (nself's own backup) is read to the end and judged by what it holds.
           const checked = await verifyBackup({
-            database: db, file, requireManifest: true, requireTables: {schema: ins.plan.appSchema, tables: TOUCHED_TABLES}, tools: c.tools,
+            database: db, file, requireManifest: false, requireTables: {schema: ins.plan.appSchema, tables: TOUCHED_TABLES}, tools: c.tools,
           })
-          if (o.to !== undefined && !backupIsAt(checked.manifest.ledger_version, o.to, ins)) {
-            throw new UserError(`--to ${o.to} cannot be honoured by a restore rollback: the backup ${file} was taken at migration ${checked.manifest.ledger_version ?? 'none'}, so restoring it goes to ${checked.manifest.ledger_version ?? 'none'}.`, {
+          const manifest = await checkPlainDump(c.tools, file, checked.manifest, db, firstMigration)
+          if (o.to !== undefined && !backupIsAt(manifest.ledger_version, o.to, ins)) {
+            throw new UserError(`--to ${o.to} cannot be honoured by a restore rollback: the backup ${file} was taken at migration ${manifest.ledger_version ?? 'none'}, so restoring it goes to ${manifest.ledger_version ?? 'none'}.`, {
               exitCode: 2, hint: `Use --strategy down --to ${o.to}, or leave out --to.`,
             })
           }
-          c.backup = {file, manifest: checked.manifest, manifestFile: `${file}.manifest.json`}
-          task.title = `Backup ${file}: sha256, archive and its database verified (taken ${checked.manifest.created_at}, at migration ${checked.manifest.ledger_version ?? 'none'})`
+          c.backup = {file, manifest, manifestFile: manifestPathFor(file)}
+          task.title = `Backup ${file}: sha256, archive and its database verified (taken ${manifest.created_at}, at migration ${manifest.ledger_version ?? 'none'})`
         }),
         title: 'Check the backup',
       },
       {
         task: async (c, task) => timed(c, 'restore', async () => {
           c.restored = await restoreIntoNewDatabase({
-            admin: c.ins!.sql, backup: c.backup!, jobs: o.jobs, log: (l) => { task.output = l },
+            admin, backup: c.backup!, jobs: o.jobs, log: (l) => { task.output = l },
             onProgress: (p) => { task.output = `restoring: ${p.done}/${p.total} archive entries` }, target: o.target, tools: c.tools!,
           })
           const rsql = connect(o.target.conn, {database: c.restored.name, max: 1})
@@ -178,20 +183,20 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
       for (const l of ctx.lost) process.stderr.write(`  will be lost: ${l.what}\n`)
       if (ctx.lost.length > 0) process.stderr.write('  (counted just now; whatever is written before the swap is lost too)\n')
       if (!(await confirm('Swap now?', false))) {
-        await ctx.restored!.drop()
-        throw new UserError(`Stopped at the confirmation; ${db} was not changed and the restored copy was dropped.`)
+        throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
       }
     }
 
     await ctx.ins!.sql.end({timeout: 2})
-    admin = await maintenance(o.target)
+    await testPause('rollback:before-swap')
+    lock.assertHeld()
     const after: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'swap', async () => {
-          const r = await swapDatabases({admin: admin!, keptName, live: db, log: (l) => { task.output = l }, replacement: c.restored!.name})
+          const r = await swapDatabases({admin, keptName, live: db, liveOid: lock.oid, log: (l) => { task.output = l }, replacement: c.restored!.name})
           c.kept = r.keptName
           c.windowMs = r.windowMs
-          task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (connections refused for ${fmtMs(r.windowMs)})`
+          task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
         }),
         title: 'Swap the databases',
       },
@@ -200,6 +205,8 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
           const sql = await connectChecked(o.target.conn, {max: 1})
           try {
             c.after = await readLedgerVersion(sql, o.target.schema)
+            const schema = c.ins!.plan.appSchema
+            c.hasura = syncHasuraMetadata(o.target.projectDir, schema, await existingRelations(sql, schema))
           } finally {
             await sql.end({timeout: 2})
           }
@@ -221,18 +228,28 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
       strategy: 'restore',
       swapWindowMs: ctx.windowMs ?? null,
       timings: ctx.timings,
+      hasura: ctx.hasura,
     }
   } catch (error) {
-    if (ctx.restored && !ctx.kept) await ctx.restored.drop().catch(() => {})
+    if (ctx.restored && !ctx.kept) {
+      // Say what is true: the restored copy is gone, or still there (and removed by the next command).
+      const dropped = await ctx.restored.drop().then(() => `the restored copy ${ctx.restored!.name} was dropped`, (dropError: unknown) =>
+        `the restored copy ${ctx.restored!.name} could not be dropped (${toUserError(dropError).message.replace(/\.$/, '')}); the next nself db e2ee command drops it`)
+      if (error instanceof UserError) {
+        error.message = `${error.message.replace(/\.$/, '')}; ${dropped}.`
+      }
+    }
     throw error
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
-    await admin?.end({timeout: 2}).catch(() => {})
   }
 }
 
-/** The newest backup from before the first of the upgrade's migrations (or at --to), or a refusal saying why none fits. */
-async function pickBackup(o: RollbackOptions, ins: Inspection): Promise<string> {
+/**
+ * The newest backup from before the first of the upgrade's migrations (or at --to), or a refusal saying why none fits.
+ * Ours are judged by their manifest; nself's own dumps (no manifest) by what they hold.
+ */
+async function pickBackup(o: RollbackOptions, ins: Inspection, tools: PgTools, log: (line: string) => void): Promise<string> {
   const db = o.target.conn.database
   const first = ins.migrations[0].version
   // When the migration after the wanted state was applied (our ledger knows): a backup must be older than that.
@@ -242,7 +259,13 @@ async function pickBackup(o: RollbackOptions, ins: Inspection): Promise<string> 
   // --to 12 (before the first) is the default choice: any backup without the upgrade.
   const atVersion = o.to !== undefined && o.to >= first ? o.to : undefined
   const choice = await chooseRollbackBackup(o.target.backupDir, db, {appliedAt, atVersion, first})
-  if (choice.chosen) return choice.chosen.file
+  const candidates = choice.chosen ? [{createdAt: new Date(choice.chosen.manifest.created_at), file: choice.chosen.file}] : []
+  if (atVersion === undefined) {
+    const plain = await newestPlainDumpSource({before: appliedAt, database: db, dir: o.target.backupDir, firstMigration: first, log, tools})
+    if (plain) candidates.push(plain)
+  }
+  const newest = candidates.sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime())[0]
+  if (newest) return newest.file
   const wanted = o.to === undefined ? `from before migration ${String(first).padStart(3, '0')}` : `taken at migration ${o.to}`
   const seen = choice.passedOver[0] ? ` (the newest, ${choice.passedOver[0].backup.file}, was ${choice.passedOver[0].why})` : ''
   throw new UserError(`No pre-migration backup of ${db} ${wanted} in ${o.target.backupDir}${seen}; refusing to roll back without a way back.`, {
@@ -315,13 +338,14 @@ async function rowsInNewColumns(ins: Inspection, versions: number[]): Promise<Lo
 }
 
 /** Rollback option 2 of the guide, done completely (D6): safety backup, then every down file newest first. */
-async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
+async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<RollbackSummary> {
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
-  const runner = {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
+  const runner = {beforeWrite: (q: Parameters<CommandLock['assertSameDatabase']>[0]) => lock.assertSameDatabase(q), lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
   const to = o.to ?? 12
   try {
     ctx.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
+    await lock.assertSameDatabase(ctx.ins.sql)
     const ins = ctx.ins
     if (!ins.migrations.some((m) => m.version === to) && to !== ins.migrations[0].version - 1) {
       throw new UserError(`--to ${to} is not a version this rollback can reach (${ins.migrations[0].version - 1} or one of ${ins.migrations.map((m) => m.version).join(', ')}).`, {exitCode: 2})
@@ -340,6 +364,7 @@ async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
     const tasks: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'backup', async () => {
+          await lock.assertSameDatabase(ins.sql)
           c.tools = await PgTools.create(o.target)
           c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'pre-rollback', target: o.target, tools: c.tools})
           task.title = `Safety backup: ${c.backup.file}`
@@ -356,6 +381,7 @@ async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
       {
         task: async (c, task) => {
           c.after = await readLedgerVersion(ins.sql, ins.plan.appSchema)
+          c.hasura = syncHasuraMetadata(o.target.projectDir, ins.plan.appSchema, await existingRelations(ins.sql, ins.plan.appSchema))
           task.title = `Status: ${db} is at migration ${c.after ?? 'none'}`
         },
         title: 'Status',
@@ -374,6 +400,7 @@ async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
       strategy: 'down',
       swapWindowMs: null,
       timings: ctx.timings,
+      hasura: ctx.hasura,
     }
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})

@@ -6,7 +6,8 @@ import path from 'node:path'
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
-import {APP_NAME, connect, quoteIdent, type Sql} from '../target/connect.js'
+import {APP_NAME, connect, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
+import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 
@@ -21,6 +22,43 @@ import type {PgTools} from '../target/tools.js'
 
 export const MANIFEST_FORMAT = 'nself-e2ee-backup/1'
 export const MANIFEST_SUFFIX = '.manifest.json'
+
+// ---------------------------------------------------------------------------------------------------------
+// Where our own files go. nself's `backup list` counts every file directly in backups/ and `backup restore
+// latest` takes the newest one, but both skip folders (internal/backup/list.go: entry.IsDir() → continue). So
+// only finished dumps are written to backups/; manifests and dumps being written live in backups/.nself-e2ee/.
+
+export const SIDECAR_DIR = '.nself-e2ee'
+
+/** The manifest of a dump: `<backups>/.nself-e2ee/<dump name>.manifest.json`. */
+export function manifestPathFor(dump: string): string {
+  return path.join(path.dirname(dump), SIDECAR_DIR, path.basename(dump) + MANIFEST_SUFFIX)
+}
+
+/**
+ * Where a dump is written until it is complete and checked (then renamed into backups/). The run id in the name
+ * lets the next command prove the writer is gone (leftovers.ts) before removing it.
+ */
+export function partialPathFor(dump: string): string {
+  return path.join(path.dirname(dump), SIDECAR_DIR, `${path.basename(dump)}.${RUN_ID}.partial`)
+}
+
+/** Older versions of this plugin wrote the manifest beside the dump; still read there. */
+function legacyManifestPathFor(dump: string): string {
+  return dump + MANIFEST_SUFFIX
+}
+
+/** The manifest file of a dump that exists, in the sidecar folder or (older backups) beside it. */
+export async function findManifestFor(dump: string): Promise<string | undefined> {
+  for (const candidate of [manifestPathFor(dump), legacyManifestPathFor(dump)]) {
+    if (await fs.access(candidate).then(() => true, () => false)) return candidate
+  }
+  return undefined
+}
+
+async function ensureSidecarDir(backupDir: string): Promise<void> {
+  await fs.mkdir(path.join(backupDir, SIDECAR_DIR), {mode: 0o700, recursive: true})
+}
 
 export type BackupPurpose = 'pre-migration' | 'pre-rollback' | 'dryrun' | 'manual' | 'external'
 
@@ -172,6 +210,11 @@ export async function ensureBackupDir(dir: string, log?: (line: string) => void)
   try {
     await fs.mkdir(dir, {mode: 0o700, recursive: true})
   } catch (error) {
+    const code = (error as {code?: string}).code
+    if (code === 'EEXIST' || code === 'ENOTDIR') {
+      const what = code === 'EEXIST' ? 'is a file, not a folder' : 'cannot be created: part of its path is a file, not a folder'
+      throw new UserError(`The backup folder ${dir} ${what}.`, {cause: error, hint: 'Choose a folder with --backup-dir.'})
+    }
     throw fsErrorSentence(error, 'Creating the backup folder', dir)
   }
   let st
@@ -299,24 +342,27 @@ function compressionFor(major: number): {args: string[]; label: string; fallback
 const exists = (f: string) => fs.access(f).then(() => true, () => false)
 
 /**
- * Reserve `<project>_<YYYYMMDD_HHMMSS>.dump` by creating its `.partial` exclusively (O_EXCL): two runs started in
- * the same second cannot both get it, and the loser moves to the next second, so every name keeps nself's
- * pattern. The reserved (empty) `.partial` is ours from here on.
+ * Reserve `<project>_<YYYYMMDD_HHMMSS>.dump` by creating its manifest's place in the sidecar folder exclusively
+ * (O_EXCL; the manifest is later written over it): two runs started in the same second cannot both get it, and the
+ * loser moves to the next second, so every name keeps nself's pattern. The dump itself is written to a `.partial`
+ * named with this run's id, so the next command can prove its writer is gone (leftovers.ts) before removing it.
+ * A placeholder left by a killed run is an unreadable manifest without a dump: listings skip it.
  */
 async function reserveFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
   for (let attempt = 0; attempt < 10; attempt++) {
     const final = path.join(dir, `${project}_${timestamp()}.dump`)
-    const partial = `${final}.partial`
+    const placeholder = manifestPathFor(final)
     try {
-      const fh = await fs.open(partial, 'wx', 0o600)
+      const fh = await fs.open(placeholder, 'wx', 0o600)
       await fh.close()
     } catch (error) {
       if ((error as {code?: string}).code !== 'EEXIST') throw fsErrorSentence(error, 'Writing the backup', final)
       await nextSecond()
       continue
     }
-    if (!(await exists(final)) && !(await exists(final + MANIFEST_SUFFIX))) return {final, partial}
-    await removeQuietly(partial)
+    const taken = await Promise.all([final, legacyManifestPathFor(final)].map(exists))
+    if (!taken.includes(true)) return {final, partial: partialPathFor(final)}
+    await removeQuietly(placeholder)
     await nextSecond()
   }
   throw new UserError(`Cannot find a free backup file name in ${dir}: every name tried for the last 10 seconds is taken.`)
@@ -401,8 +447,9 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   // Partitioned parents hold no data of their own: their partitions have the TABLE DATA entries.
   const plainTables = existing.filter((t) => relations.some((r) => r.name === t && r.kind === 'r'))
 
+  await ensureSidecarDir(dir)
   const {final, partial} = await reserveFileName(dir, project)
-  const manifestFile = final + MANIFEST_SUFFIX
+  const manifestFile = manifestPathFor(final)
   const dumpAppName = `${APP_NAME}-dump`
   const secret = target.conn.password
 
@@ -451,6 +498,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       })
     }
     throwIfCancelled(`the backup to ${final}`)
+    await testPause('backup:partial-written')
 
     const manifest: Manifest = {
       compression: compression.label,
@@ -490,6 +538,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   } catch (error) {
     await stopDump?.()
     await removeQuietly(partial)
+    await removeQuietly(manifestFile)
     if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
     if (error instanceof UserError) throw error
     const e = toUserError(error, `The backup to ${final} failed`)
@@ -710,7 +759,7 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   }
   if (!st.isFile()) throw new UserError(`The backup file ${file} is not a regular file.`)
 
-  const manifestFile = file + MANIFEST_SUFFIX
+  const manifestFile = (await findManifestFor(file)) ?? manifestPathFor(file)
   const hasManifest = await fs.access(manifestFile).then(() => true, () => false)
   let manifest: Manifest | undefined
   if (hasManifest || requireManifest) {
@@ -842,17 +891,8 @@ function synthesizeManifest(file: string, toc: Toc, sha256: string, size: number
 
 /** Backups with a readable manifest in `dir` (optionally of one database), newest first. */
 export async function listBackups(dir: string, database?: string): Promise<ListedBackup[]> {
-  let names: string[]
-  try {
-    names = await fs.readdir(dir)
-  } catch (error) {
-    if ((error as {code?: string}).code === 'ENOENT') return []
-    throw new UserError(`Cannot list the backup folder ${dir}: ${(error as Error).message}.`)
-  }
   const out: ListedBackup[] = []
-  for (const name of names) {
-    if (!name.endsWith(MANIFEST_SUFFIX)) continue
-    const manifestFile = path.join(dir, name)
+  for (const manifestFile of await manifestFilesIn(dir)) {
     let manifest: Manifest
     try {
       manifest = await readManifest(manifestFile)
@@ -861,11 +901,27 @@ export async function listBackups(dir: string, database?: string): Promise<Liste
     }
     if (database !== undefined && manifest.database !== database) continue
     const file = path.join(dir, manifest.file)
-    if (file !== manifestFile.slice(0, -MANIFEST_SUFFIX.length)) continue
+    if (path.basename(manifestFile) !== manifest.file + MANIFEST_SUFFIX) continue
     if (!(await fs.access(file).then(() => true, () => false))) continue
     out.push({file, manifest, manifestFile})
   }
   return out.sort((a, b) => b.manifest.created_at.localeCompare(a.manifest.created_at) || b.file.localeCompare(a.file))
+}
+
+/** Manifest files of `dir`: in its sidecar folder, then any an older version left beside the dumps. */
+async function manifestFilesIn(dir: string): Promise<string[]> {
+  const files: string[] = []
+  for (const folder of [path.join(dir, SIDECAR_DIR), dir]) {
+    let names: string[]
+    try {
+      names = await fs.readdir(folder)
+    } catch (error) {
+      if ((error as {code?: string}).code === 'ENOENT') continue
+      throw new UserError(`Cannot list the backup folder ${folder}: ${(error as Error).message}.`)
+    }
+    files.push(...names.filter((n) => n.endsWith(MANIFEST_SUFFIX)).map((n) => path.join(folder, n)))
+  }
+  return files
 }
 
 export async function newestBackup(dir: string, database: string, purpose?: BackupPurpose | string): Promise<ListedBackup | undefined> {

@@ -8,6 +8,7 @@ import {assertCanMigrate} from '../migrations/plan.js'
 import {quoteIdent} from '../target/connect.js'
 import type {PgTools} from '../target/tools.js'
 import type {Target} from '../target/target.js'
+import {existingTableShapes} from './existing-tables.js'
 import type {Inspection} from './inspect.js'
 
 export interface Check {
@@ -77,6 +78,7 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
 
   if (o.needCreateDb) checks.push(await serverSpaceCheck(o, databaseBytes))
   checks.push(...(await dataChecks(o)))
+  checks.push(...(await existingTableShapes(sql, plan)))
 
   if (o.tools && o.target.mode === 'local') {
     const major = await o.tools.toolMajor('pg_dump')

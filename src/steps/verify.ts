@@ -7,7 +7,7 @@
  * v0.3.0 database migrated step by step to 016: `node scripts/expected-schema.mjs`): relations, columns
  * (type, nullability, default), indexes (table, definition, pg_index.indisvalid AND indisready), constraints
  * (definition, convalidated, delete rules), functions, sequences. The guide's materialized view, refresh
- * function and triggers (D2) must be gone. Then the data (nothing encrypted yet, row counts against the backup
+ * function and triggers (D2) must be gone. Then the data (invariants that hold on a database in use, row counts against the backup
  * manifest), the prekey bundle view against real rows inside a transaction that is always rolled back, and
  * the query plans of the guide's "Query Performance" table.
  */
@@ -453,9 +453,13 @@ export const PLAN_CHECKS = [
   {expectTables: ['nchat_safety_numbers'], guideIndex: 'idx_safety_numbers_verified', name: 'verified safety numbers', param: 'uuid', relation: 'nchat_safety_numbers', since: 13, where: 'user_id = $1 AND verified_at IS NOT NULL'},
 ] as const
 
+/**
+ * Data that must hold on a database in use: encrypted messages, consumed prekeys and ended calls are normal
+ * life. Each query counts the rows that break an invariant; the partial indexes keep them cheap.
+ */
 const DATA_CHECKS = [
-  {column: 'is_encrypted', noun: 'message', since: 14, table: 'nchat_messages'},
-  {column: 'enforce_encryption', noun: 'channel', since: 14, table: 'nchat_channels'},
+  {columns: ['is_encrypted', 'encrypted_payload'], ok: 'every encrypted message carries its encrypted payload', query: 'is_encrypted = true and encrypted_payload is null', since: 14, table: 'nchat_messages', what: 'encrypted messages without an encrypted payload (unreadable)'},
+  {columns: ['is_consumed', 'consumed_at'], ok: 'every consumed one-time prekey has its consumption time', query: 'is_consumed = true and consumed_at is null', since: 13, table: 'nchat_one_time_prekeys', what: 'one-time prekeys marked consumed without consumed_at'},
 ] as const
 
 function migrationLabel(expected: ExpectedSchema, version: number): string {
@@ -755,17 +759,16 @@ function hasColumn(live: Catalog, table: string, column: string): boolean {
 async function checkData(checks: Checks, sql: Querier, schema: string, live: Catalog, upTo: number): Promise<void> {
   for (const d of DATA_CHECKS) {
     if (upTo < d.since) continue
-    const name = `data ${d.table}.${d.column}`
-    if (!hasColumn(live, d.table, d.column)) continue // reported by the column check
+    const name = `data ${d.table}`
+    if (!d.columns.every((c) => hasColumn(live, d.table, c))) continue // reported by the column checks
     try {
-      // The partial index (WHERE column = TRUE) makes this cheap on a big table.
       const [row] = await sql.unsafe<{bad: string}[]>(
-        `select count(*)::bigint as bad from ${quoteIdent(schema)}.${quoteIdent(d.table)} where ${quoteIdent(d.column)} = true`)
+        `select count(*)::bigint as bad from ${quoteIdent(schema)}.${quoteIdent(d.table)} where ${d.query}`)
       const bad = Number(row.bad)
-      if (bad > 0) checks.fail(name, `${d.table} has ${bad} ${d.noun}${bad === 1 ? '' : 's'} with ${d.column} = true; right after the upgrade every existing ${d.noun} must have ${d.column} = false`)
-      else checks.ok(name, `every ${d.noun} has ${d.column} = false`)
+      if (bad > 0) checks.fail(name, `${d.table} has ${bad} ${d.what}`)
+      else checks.ok(name, d.ok)
     } catch (error) {
-      checks.fail(name, `counting ${d.table} rows with ${d.column} = true failed: ${toUserError(error).message}`)
+      checks.fail(name, `checking ${d.table} failed: ${toUserError(error).message}`)
     }
   }
 }

@@ -12,7 +12,7 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {promisify} from 'node:util'
 import postgres from 'postgres'
-import {loadV030} from '../../scripts/v030-fixture.mjs'
+import {loadV030, loadV030Reference} from '../../scripts/v030-fixture.mjs'
 
 const execFileP = promisify(execFile)
 
@@ -44,7 +44,7 @@ export function migrationFile(version: MigrationVersion, direction: 'up' | 'down
 
 /** Columns the migrations add to existing v0.3.0 tables (left out of dataDigest). */
 export const MIGRATION_ADDED_COLUMNS: Record<string, string[]> = {
-  nchat_messages: ['is_encrypted', 'encrypted_payload', 'sender_device_id'],
+  nchat_messages: ['is_encrypted', 'encrypted_payload', 'sender_device_id', 'encryption_version'],
   nchat_channels: ['enforce_encryption'],
 }
 
@@ -67,6 +67,14 @@ export interface V030Options {
   users?: number
   channels?: number
   messages?: number
+  /**
+   * 'project' (default): this project's first fixture. 'reference': nChat's own documented v0.3.0 layout
+   * (schema nchat, its triggers and CHECKs, extensions, auth/storage/hdb_catalog, public.schema_migrations
+   * version BIGINT + name); `schema` and `ledger` are then fixed by the layout.
+   */
+  layout?: 'project' | 'reference'
+  /** reference layout: the existing nchat tables use row-level security. */
+  rls?: boolean
 }
 
 export interface V030Database {
@@ -115,7 +123,8 @@ export function connect(
  */
 export async function createV030Database(opts: V030Options = {}): Promise<V030Database> {
   const name = opts.name ?? `e2ee_t_${randomBytes(4).toString('hex')}`
-  const schema = opts.schema ?? 'public'
+  const reference = opts.layout === 'reference'
+  const schema = reference ? 'nchat' : opts.schema ?? 'public'
   const ledger = opts.ledger ?? 'guide'
   const users = count(opts.users, 50, 1)
   const channels = count(opts.channels, 10, 1)
@@ -133,8 +142,11 @@ export async function createV030Database(opts: V030Options = {}): Promise<V030Da
   const db: V030Database = {name, schema, drop: () => dropDatabase(name)}
   const sql = connect(name, {schema})
   try {
-    if (schema !== 'public') await sql.unsafe(`CREATE SCHEMA ${ident(schema)}`)
-    await loadV030(sql, {channels, ledger, messages, users})
+    if (reference) await loadV030Reference(sql, {channels, messages, rls: opts.rls ?? false, users})
+    else {
+      if (schema !== 'public') await sql.unsafe(`CREATE SCHEMA ${ident(schema)}`)
+      await loadV030(sql, {channels, ledger, messages, users})
+    }
   } catch (error) {
     await sql.end()
     await dropDatabase(name).catch(() => {})
@@ -174,7 +186,8 @@ export async function applyFileWithPsql(
   file: string,
   opts: PsqlOptions = {},
 ): Promise<{stdout: string; stderr: string}> {
-  const schema = opts.schema ?? 'public'
+  const reference = opts.layout === 'reference'
+  const schema = reference ? 'nchat' : opts.schema ?? 'public'
   ident(schema)
   const pgoptions = [`-c search_path=${schema}`, '-c client_min_messages=warning']
   if (opts.appliedVersions) {
@@ -259,7 +272,8 @@ export async function applyFileAsEngine(
   file: string,
   opts: {schema?: string; appliedVersions?: string} = {},
 ): Promise<void> {
-  const schema = opts.schema ?? 'public'
+  const reference = opts.layout === 'reference'
+  const schema = reference ? 'nchat' : opts.schema ?? 'public'
   ident(schema)
   const {transactional, tail} = splitMigration(await readFile(file, 'utf8'))
   const sql = connect(dbName, {schema})

@@ -64,6 +64,7 @@ describe('015 and 016 tables', () => {
         const rows = await sql`
           SELECT conname, confdeltype FROM pg_constraint
            WHERE contype = 'f' AND conname LIKE 'fk\\_%' AND conname <> 'fk_messages_sender_device'
+             AND conrelid::regclass::text LIKE ANY (ARRAY['nchat_call%', 'nchat_stream%'])
            ORDER BY conname`
         expect(Object.fromEntries(rows.map((r) => [r.conname, r.confdeltype]))).toEqual({
           fk_call_events_call: 'c',
@@ -73,7 +74,7 @@ describe('015 and 016 tables', () => {
           fk_calls_caller: 'n',
           fk_calls_channel: 'c',
           fk_stream_viewers_stream: 'c',
-          fk_stream_viewers_user: 'c',
+          fk_stream_viewers_user: 'n',
           fk_streams_broadcaster: 'c',
           fk_streams_channel: 'c',
         })
@@ -84,37 +85,45 @@ describe('015 and 016 tables', () => {
 
   for (const schema of ['public', 'nchat'] as const) {
     it(
-      `calls: lifecycle, checks, unique participant, delete rules (schema ${schema})`,
+      `calls: keyed by the text call_id, checks, unique participant, delete rules (schema ${schema})`,
       async () => {
         await withAll(async (sql) => {
           const caller = await uid(sql, 1)
           const callee = await uid(sql, 2)
           const channel = await cid(sql, 1)
-          const [call] = await sql`INSERT INTO nchat_calls (call_type, caller_id, channel_id)
-                                   VALUES ('video', ${caller}, ${channel}) RETURNING id, status, created_at`
-          expect(call.status).toBe('ringing')
-          await sql`INSERT INTO nchat_call_participants (call_id, user_id, status) VALUES (${call.id}, ${caller}, 'joined'), (${call.id}, ${callee}, 'invited')`
+          const [call] = await sql`INSERT INTO nchat_calls (call_id, type, caller_id, channel_id)
+                                   VALUES ('c-1', 'video', ${caller}, ${channel}) RETURNING id, call_id, status, created_at`
+          expect(call.status).toBe('initiating')
+          await expect(sql`INSERT INTO nchat_calls (call_id, caller_id) VALUES ('c-1', ${caller})`).rejects.toThrow(/nchat_calls_call_id_key/)
+          await sql`INSERT INTO nchat_call_participants (call_id, user_id, joined_at) VALUES ('c-1', ${caller}, now()), ('c-1', ${callee}, NULL)`
           await expect(
-            sql`INSERT INTO nchat_call_participants (call_id, user_id) VALUES (${call.id}, ${callee})`,
-          ).rejects.toThrow(/uq_call_participants_call_user/)
-          await sql`INSERT INTO nchat_call_events (call_id, user_id, event_type) VALUES (${call.id}, ${caller}, 'call_started')`
+            sql`INSERT INTO nchat_call_participants (call_id, user_id) VALUES ('c-1', ${callee})`,
+          ).rejects.toThrow(/call_participants_call_user_unique/)
+          await expect(sql`INSERT INTO nchat_call_participants (call_id, user_id) VALUES ('no-such-call', ${callee})`).rejects.toThrow(/fk_call_participants_call/)
+          await sql`INSERT INTO nchat_call_events (call_id, user_id, event_type) VALUES ('c-1', ${caller}, 'call_started')`
 
-          await expect(sql`INSERT INTO nchat_calls (call_type) VALUES ('hologram')`).rejects.toThrow(/chk_calls_call_type/)
+          await expect(sql`INSERT INTO nchat_calls (call_id, type) VALUES ('c-2', 'hologram')`).rejects.toThrow(/chk_calls_type/)
+          await expect(sql`INSERT INTO nchat_calls (call_id) VALUES ('')`).rejects.toThrow(/chk_calls_call_id/)
           await expect(sql`UPDATE nchat_calls SET status = 'paused'`).rejects.toThrow(/chk_calls_status/)
-          await expect(sql`UPDATE nchat_calls SET status = 'active'`).rejects.toThrow(/chk_calls_active_started/)
-          await sql`UPDATE nchat_calls SET status = 'active', started_at = now()`
+          for (const st of ['ringing', 'connecting', 'connected', 'reconnecting', 'declined', 'idle']) await sql`UPDATE nchat_calls SET status = ${st}`
+          await sql`UPDATE nchat_calls SET started_at = now()`
           await expect(
             sql`UPDATE nchat_calls SET status = 'ended', ended_at = started_at - interval '1 second'`,
           ).rejects.toThrow(/chk_calls_ended_after_started/)
-          await expect(sql`UPDATE nchat_calls SET duration_seconds = -1`).rejects.toThrow(/chk_calls_duration/)
-          await sql`UPDATE nchat_calls SET status = 'ended', ended_at = started_at + interval '90 seconds',
-                                           duration_seconds = 90, end_reason = 'completed'`
+          await expect(sql`UPDATE nchat_calls SET duration = -1`).rejects.toThrow(/chk_calls_duration/)
+          await sql`UPDATE nchat_calls SET status = 'ended', ended_at = started_at + interval '90 seconds', duration = 90`
           await expect(
             sql`UPDATE nchat_call_participants SET joined_at = now(), left_at = now() - interval '1 minute'`,
           ).rejects.toThrow(/chk_call_participants_left_after_joined/)
           await expect(
-            sql`INSERT INTO nchat_call_events (call_id, event_type) VALUES (${call.id}, 'exploded')`,
+            sql`INSERT INTO nchat_call_events (call_id, event_type) VALUES ('c-1', 'exploded')`,
           ).rejects.toThrow(/chk_call_events_event_type/)
+
+          // The client id may be corrected: participants and events follow it.
+          await sql`UPDATE nchat_calls SET call_id = 'c-1b' WHERE call_id = 'c-1'`
+          const [moved] = await sql`SELECT (SELECT count(*) FROM nchat_call_participants WHERE call_id = 'c-1b')::int AS p,
+                                           (SELECT count(*) FROM nchat_call_events WHERE call_id = 'c-1b')::int AS e`
+          expect(moved).toEqual({e: 1, p: 2})
 
           // The caller account goes: the call history stays, caller and event author become NULL.
           await sql`DELETE FROM nchat_users WHERE id = ${caller}`
@@ -137,69 +146,58 @@ describe('015 and 016 tables', () => {
     )
 
     it(
-      `streams: key stored only as a sha-256 hex hash, checks, viewers (schema ${schema})`,
+      `streams: statuses, key unique, checks, viewers by session (schema ${schema})`,
       async () => {
         await withAll(async (sql) => {
           const host = await uid(sql, 3)
           const viewer = await uid(sql, 4)
           const channel = await cid(sql, 2)
-          // No column can hold a clear stream key.
-          const cols = await sql`SELECT column_name FROM information_schema.columns
-                                  WHERE table_schema = current_schema() AND table_name = 'nchat_streams'`
-          const names = cols.map((c) => c.column_name)
-          expect(names).toContain('stream_key_hash')
-          expect(names.filter((n) => /key/.test(n))).toEqual(['stream_key_hash'])
-
           await expect(
-            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key_hash) VALUES (${host}, 'x', 'live_sk_cleartext')`,
-          ).rejects.toThrow(/chk_streams_stream_key_hash/)
+            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, 'x', 'short')`,
+          ).rejects.toThrow(/chk_streams_stream_key/)
+          const [s] = await sql`INSERT INTO nchat_streams (broadcaster_id, channel_id, title, stream_key)
+                                VALUES (${host}, ${channel}, 'Town hall', ${HASH})
+                                RETURNING id, status, viewer_count, max_resolution, chat_mode`
+          expect(s).toMatchObject({chat_mode: 'open', max_resolution: '1080p', status: 'preparing', viewer_count: 0})
           await expect(
-            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key_hash) VALUES (${host}, 'x', ${HASH.toUpperCase()})`,
-          ).rejects.toThrow(/chk_streams_stream_key_hash/)
-          const [s] = await sql`INSERT INTO nchat_streams (broadcaster_id, channel_id, title, stream_key_hash)
-                                VALUES (${host}, ${channel}, 'Town hall', encode(sha256('secret-key'), 'hex'))
-                                RETURNING id, status, viewer_count`
-          expect(s).toMatchObject({status: 'scheduled', viewer_count: 0})
+            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, 'dup', ${HASH})`,
+          ).rejects.toThrow(/uq_streams_stream_key/)
           await expect(
-            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key_hash) VALUES (${host}, 'dup', encode(sha256('secret-key'), 'hex'))`,
-          ).rejects.toThrow(/uq_streams_stream_key_hash/)
-          await expect(
-            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key_hash) VALUES (${host}, '  ', ${HASH})`,
+            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, '  ', ${'b'.repeat(64)})`,
           ).rejects.toThrow(/chk_streams_title/)
-
           await expect(sql`UPDATE nchat_streams SET status = 'paused'`).rejects.toThrow(/chk_streams_status/)
           await expect(sql`UPDATE nchat_streams SET status = 'live'`).rejects.toThrow(/chk_streams_live_started/)
-          await expect(sql`UPDATE nchat_streams SET viewer_count = -1`).rejects.toThrow(/chk_streams_viewer_count/)
-          await expect(sql`UPDATE nchat_streams SET peak_viewer_count = -1`).rejects.toThrow(/chk_streams_peak_viewer_count/)
+          await expect(sql`UPDATE nchat_streams SET max_resolution = '4k'`).rejects.toThrow(/chk_streams_max_resolution/)
+          await expect(sql`UPDATE nchat_streams SET chat_mode = 'shout'`).rejects.toThrow(/chk_streams_chat_mode/)
+          await expect(sql`UPDATE nchat_streams SET total_reactions = -1`).rejects.toThrow(/chk_streams_counts/)
+          for (const st of ['scheduled', 'cancelled', 'preparing']) await sql`UPDATE nchat_streams SET status = ${st}`
           await sql`UPDATE nchat_streams SET status = 'live', started_at = now()`
           await expect(
             sql`UPDATE nchat_streams SET status = 'ended', ended_at = started_at - interval '1 hour'`,
           ).rejects.toThrow(/chk_streams_ended_after_started/)
 
-          // Lookup by key hash uses the unique index.
-          const [found] = await sql`SELECT id FROM nchat_streams WHERE stream_key_hash = encode(sha256('secret-key'), 'hex')`
-          expect(found.id).toBe(s.id)
-
-          // Viewers: leave and come back = two sessions, same join time twice = refused.
-          await sql`INSERT INTO nchat_stream_viewers (stream_id, user_id, joined_at, left_at)
-                    VALUES (${s.id}, ${viewer}, '2026-01-01 10:00', '2026-01-01 10:05'),
-                           (${s.id}, ${viewer}, '2026-01-01 10:10', NULL)`
+          // Viewers: one row per session, anonymous allowed.
+          await sql`INSERT INTO nchat_stream_viewers (stream_id, user_id, session_id, joined_at, left_at)
+                    VALUES (${s.id}, ${viewer}, 's1', '2026-01-01 10:00', '2026-01-01 10:05'),
+                           (${s.id}, ${viewer}, 's2', '2026-01-01 10:10', NULL),
+                           (${s.id}, NULL, 'anon', '2026-01-01 10:11', NULL)`
           await expect(
-            sql`INSERT INTO nchat_stream_viewers (stream_id, user_id, joined_at) VALUES (${s.id}, ${viewer}, '2026-01-01 10:10')`,
-          ).rejects.toThrow(/uq_stream_viewers_stream_user_joined/)
+            sql`INSERT INTO nchat_stream_viewers (stream_id, user_id, session_id) VALUES (${s.id}, ${viewer}, 's2')`,
+          ).rejects.toThrow(/uq_stream_viewers_stream_session/)
           await expect(
-            sql`INSERT INTO nchat_stream_viewers (stream_id, user_id, joined_at, left_at) VALUES (${s.id}, ${host}, '2026-01-01 10:10', '2026-01-01 09:00')`,
+            sql`INSERT INTO nchat_stream_viewers (stream_id, session_id, joined_at, left_at) VALUES (${s.id}, 's3', '2026-01-01 10:10', '2026-01-01 09:00')`,
           ).rejects.toThrow(/chk_stream_viewers_left_after_joined/)
+          await expect(sql`INSERT INTO nchat_stream_viewers (stream_id, session_id, selected_quality) VALUES (${s.id}, 's4', '8k')`).rejects.toThrow(/chk_stream_viewers_selected_quality/)
           const [w] = await sql`SELECT count(*)::int AS n FROM nchat_stream_viewers WHERE stream_id = ${s.id} AND left_at IS NULL`
-          expect(w.n).toBe(1)
+          expect(w.n).toBe(2)
 
-          // The viewer account goes: its sessions go. The broadcaster goes: the stream goes.
+          // The viewer account goes: its sessions stay, anonymous. The broadcaster goes: the stream goes.
           await sql`DELETE FROM nchat_users WHERE id = ${viewer}`
-          const [v] = await sql`SELECT count(*)::int AS n FROM nchat_stream_viewers`
-          expect(v.n).toBe(0)
+          const [v] = await sql`SELECT count(*)::int AS n, count(user_id)::int AS u FROM nchat_stream_viewers`
+          expect(v).toEqual({n: 3, u: 0})
           await sql`DELETE FROM nchat_users WHERE id = ${host}`
-          const [st] = await sql`SELECT count(*)::int AS n FROM nchat_streams`
-          expect(st.n).toBe(0)
+          const [st] = await sql`SELECT (SELECT count(*) FROM nchat_streams)::int AS s, (SELECT count(*) FROM nchat_stream_viewers)::int AS v`
+          expect(st).toEqual({s: 0, v: 0})
         }, schema)
       },
       T,

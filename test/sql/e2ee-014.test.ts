@@ -186,7 +186,8 @@ describe('014_e2ee_system', () => {
           }
           expect(o.constraints[name]?.def, name).toBe(def)
         }
-        // The columns too: same names, types, defaults, nullability, order.
+        // The columns too: same names, types, defaults, nullability, order. The application's columns
+        // (NCHAT-APP.md) come after the guide's in each table; they are compared apart.
         const cols = async (db: string) => {
           const sql = connect(db)
           try {
@@ -197,7 +198,17 @@ describe('014_e2ee_system', () => {
             await sql.end()
           }
         }
-        expect(await cols(ours.name)).toEqual(await cols(guide.name))
+        const guideCols = await cols(guide.name)
+        const key = (r: {table_name: string; column_name: string}) => `${r.table_name}.${r.column_name}`
+        const guideKeys = new Set(guideCols.map(key))
+        const ourCols = await cols(ours.name)
+        expect(ourCols.filter((r) => guideKeys.has(key(r)))).toEqual(guideCols)
+        // Every application column comes after all guide columns of its table.
+        for (const r of ourCols.filter((c) => !guideKeys.has(key(c)))) {
+          const last = Math.max(...guideCols.filter((g) => g.table_name === r.table_name).map((g) => g.ordinal_position))
+          expect(r.ordinal_position, key(r)).toBeGreaterThan(last)
+        }
+        expect(ourCols.filter((r) => !guideKeys.has(key(r))).map(key)).toContain('nchat_signal_sessions.user_id')
       } finally {
         await Promise.all([guide.drop(), ours.drop()])
       }

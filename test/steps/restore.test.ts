@@ -57,6 +57,23 @@ async function dbRow(name: string) {
   return rows[0]
 }
 
+/**
+ * The first query of a client whose session the swap ended. The server drops the session from pg_stat_activity
+ * before it closes the socket, so the client may not know yet and write the query on a dying connection: that
+ * query fails with a connection error (ECONNRESET, CONNECTION_CLOSED) and the next one reconnects, as an
+ * application's pool does. Any other error is a failure. On a loaded machine the first attempt nearly always
+ * meets the dying socket (defect 10 of issue 9: "read ECONNRESET" in 2 of 2 runs).
+ */
+async function afterReconnect<T>(query: () => Promise<T>): Promise<T> {
+  try {
+    return await query()
+  } catch (error) {
+    const code = (error as {code?: string}).code ?? ''
+    if (!['ECONNRESET', 'CONNECTION_CLOSED', 'EPIPE', '57P01'].includes(code)) throw error
+    return query()
+  }
+}
+
 async function setup(mode: 'docker' | 'local') {
   ctx.db = await createTestDb(admin)
   ctx.root = tempDir()
@@ -93,7 +110,7 @@ describe.each(['local', 'docker'] as const)('rollback by restore and swap (%s mo
     expect(restored.name).toMatch(new RegExp(`^${ctx.db}_e2ee_restore_\\d{14}$`))
     expect(progress.at(-1)).toMatchObject({done: progress.at(-1)!.total})
     const r = await dbRow(restored.name)
-    expect(r.comment).toMatch(new RegExp(`^nself-e2ee restore of ${ctx.db}, created .*, pid ${process.pid}$`))
+    expect(r.comment).toMatch(new RegExp(`^nself-e2ee restore of ${ctx.db}, created .*, pid ${process.pid}, run [0-9a-f]{8}$`))
     expect(r.owner).toBe(before.owner)
 
     const check = pool(restored.name)
@@ -119,7 +136,7 @@ describe.each(['local', 'docker'] as const)('rollback by restore and swap (%s mo
     expect(swap.windowMs).toBeGreaterThanOrEqual(0)
     expect(swap.windowMs).toBeLessThan(10_000)
     console.log(`swap window (${mode}): ${swap.windowMs} ms`)
-    const [after] = await app<{pid: number; calls: string | null}[]>`select pg_backend_pid() as pid, to_regclass('nchat_calls')::text as calls`
+    const [after] = await afterReconnect(() => app<{pid: number; calls: string | null}[]>`select pg_backend_pid() as pid, to_regclass('nchat_calls')::text as calls`)
     expect(after.pid).not.toBe(appPid)
     expect(after.calls).toBeNull()
 
@@ -170,7 +187,7 @@ describe('restore and swap failures', () => {
     expect(await derivedDbs(admin, ctx.db)).toEqual([])
   }, T)
 
-  it('re-allows connections on live when the renames fail (lock timeout), saying live is untouched', async () => {
+  it('leaves live open and untouched when the swap cannot get its locks (lock timeout)', async () => {
     ctx.db = await createTestDb(admin, {audit: 5, messages: 5})
     const replacement = `${ctx.db}_e2ee_restore_20240101000000`
     await admin.unsafe(`CREATE DATABASE ${replacement}`)

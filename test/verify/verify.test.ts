@@ -30,7 +30,7 @@ describe('verifyDatabase', () => {
           'table nchat_calls', 'table nchat_stream_viewers', 'view nchat_prekey_bundles', 'index idx_signal_sessions_peer',
           'index idx_messages_encrypted', 'foreign key fk_messages_sender_device', 'check constraint nchat_safety_numbers_verification_method_check',
           'function nchat_claim_prekey_bundle(text)', 'column nchat_messages.is_encrypted', 'absent: function refresh_prekey_bundles',
-          'absent: trigger refresh_prekey_bundles_on_signed_prekey', 'data nchat_messages.is_encrypted', 'data nchat_channels.enforce_encryption',
+          'absent: trigger refresh_prekey_bundles_on_signed_prekey', 'data nchat_messages', 'data nchat_one_time_prekeys',
           'bundle view freshness', 'query plan: bundle fetch', 'query plan: session lookup', 'query plan: available prekeys', 'query plan: verified safety numbers',
         ]) {
           expect(byName.get(name)?.status, name).toBe('ok')
@@ -159,7 +159,8 @@ describe('verifyDatabase', () => {
       // The guide's join: one row per active signed prekey. Same columns, so only the functional check sees it.
       await m.sql.unsafe(`CREATE OR REPLACE VIEW nchat_prekey_bundles AS
         SELECT ik.user_id, ik.device_id, ik.identity_key_public, sp.signed_prekey_id, sp.signed_prekey_public, sp.signature,
-               otp.prekey_id AS one_time_prekey_id, otp.prekey_public AS one_time_prekey_public
+               otp.prekey_id AS one_time_prekey_id, otp.prekey_public AS one_time_prekey_public,
+               ik.registration_id, sp.signature AS signed_prekey_signature, ik.last_used_at, ik.created_at
           FROM nchat_identity_keys ik
           JOIN nchat_signed_prekeys sp ON ik.device_id = sp.device_id AND sp.is_active = TRUE
           LEFT JOIN LATERAL (SELECT prekey_id, prekey_public FROM nchat_one_time_prekeys
@@ -182,6 +183,7 @@ describe('verifyDatabase', () => {
         'DROP INDEX idx_signal_sessions_active',
         'DROP INDEX idx_signal_sessions_last_message',
         'ALTER TABLE nchat_signal_sessions DROP CONSTRAINT nchat_signal_sessions_device_id_peer_user_id_peer_device_id_key',
+        'ALTER TABLE nchat_signal_sessions DROP CONSTRAINT nchat_signal_sessions_user_id_device_id_peer_user_id_peer_key',
       ]) await m.sql.unsafe(stmt)
       const report = await verifyDatabase(m.sql, {schema: m.schema})
       expect(report.ok).toBe(false)
@@ -194,18 +196,28 @@ describe('verifyDatabase', () => {
     }
   }, T)
 
-  it('an encrypted message or an enforcing channel is a data failure naming the table', async () => {
+  it('a database in use passes: encrypted messages, enforcing channels, consumed prekeys, ended calls; an unreadable encrypted message fails naming the table', async () => {
     const m = await migratedDatabase(16)
     try {
-      await m.sql.unsafe('UPDATE nchat_messages SET is_encrypted = true WHERE id = (SELECT id FROM nchat_messages ORDER BY id LIMIT 1)')
-      let report = await verifyDatabase(m.sql, {schema: m.schema})
-      expect(report.ok).toBe(false)
-      expect(report.failures, show(report)).toEqual([
-        'nchat_messages has 1 message with is_encrypted = true; right after the upgrade every existing message must have is_encrypted = false.',
-      ])
+      const [u] = await m.sql.unsafe<{id: string}[]>('SELECT id FROM nchat_users ORDER BY id LIMIT 1')
+      await m.sql.unsafe(`INSERT INTO nchat_identity_keys (device_id, user_id, identity_key_public, identity_key_private_encrypted, registration_id)
+                          VALUES ('in-use', $1, '\\x01', '\\x02', 7)`, [u.id])
+      await m.sql.unsafe(`INSERT INTO nchat_signed_prekeys (device_id, key_id, public_key, private_key_encrypted, signature, expires_at)
+                          VALUES ('in-use', 1, '\\x03', '\\x04', '\\x05', now() + interval '7 days')`)
+      await m.sql.unsafe(`INSERT INTO nchat_one_time_prekeys (device_id, key_id, public_key, private_key_encrypted) VALUES ('in-use', 1, '\\x06', '\\x07'), ('in-use', 2, '\\x08', '\\x09')`)
+      await m.sql.unsafe(`SELECT * FROM nchat_claim_prekey_bundle('in-use')`)
+      await m.sql.unsafe(`UPDATE nchat_messages SET is_encrypted = true, encrypted_payload = '\\xdead', sender_device_id = 'in-use', encryption_version = 1
+                           WHERE id IN (SELECT id FROM nchat_messages ORDER BY id LIMIT 5)`)
       await m.sql.unsafe('UPDATE nchat_channels SET enforce_encryption = true')
+      await m.sql.unsafe(`INSERT INTO nchat_calls (call_id, type, status, caller_id, started_at, ended_at, duration)
+                          VALUES ('ended-call', 'voice', 'ended', $1, now() - interval '1 minute', now(), 60)`, [u.id])
+      let report = await verifyDatabase(m.sql, {schema: m.schema})
+      expect(report.failures, show(report)).toEqual([])
+      expect(report.ok).toBe(true)
+
+      await m.sql.unsafe('UPDATE nchat_messages SET encrypted_payload = NULL WHERE id = (SELECT id FROM nchat_messages WHERE is_encrypted ORDER BY id LIMIT 1)')
       report = await verifyDatabase(m.sql, {schema: m.schema})
-      expect(failuresMatching(report, /^nchat_channels has 10 channels with enforce_encryption = true/), show(report)).toHaveLength(1)
+      expect(report.failures, show(report)).toEqual(['nchat_messages has 1 encrypted messages without an encrypted payload (unreadable).'])
     } finally {
       await m.done()
     }

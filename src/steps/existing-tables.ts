@@ -1,0 +1,81 @@
+/**
+ * A table that 013-016 would create, already there in another shape, is found before anything runs.
+ * `CREATE TABLE IF NOT EXISTS` would keep it silently, and the application would then fail on it (nChat's own
+ * later calls migration makes an nchat_calls with initiator_id and no call_id). The shape a table must have is
+ * the one the migration that creates it gives (verify's reference, src/migrations/expected-schema.json); columns
+ * later migrations add to it (014 on 013's tables) may be there already, with their own type.
+ */
+import type {Plan} from '../migrations/plan.js'
+import type {Querier} from '../target/connect.js'
+import {type ColumnDef, loadExpectedSchema} from './verify.js'
+
+export interface ShapeCheck {
+  name: string
+  status: 'ok' | 'fail'
+  detail: string
+  fix?: string
+}
+
+interface Wanted {
+  table: string
+  since: number
+  columns: Map<string, {type: string; since: number}>
+}
+
+function wantedTables(): Wanted[] {
+  const expected = loadExpectedSchema()
+  const tables = new Map<string, Wanted>()
+  for (const o of expected.objects) {
+    if (o.kind === 'table') tables.set(o.name, {columns: new Map(), since: o.since, table: o.name})
+  }
+  for (const o of expected.objects) {
+    if (o.kind !== 'column' || !o.table || !o.def) continue
+    const t = tables.get(o.table)
+    if (t) t.columns.set(o.name, {since: o.since, type: (o.def as ColumnDef).type})
+  }
+  return [...tables.values()]
+}
+
+/** One check per table the pending migrations create that exists already: ok when its shape is ours. */
+export async function existingTableShapes(sql: Querier, plan: Plan): Promise<ShapeCheck[]> {
+  const pending = new Set(plan.toApply.map((m) => m.version))
+  const wanted = wantedTables().filter((t) => pending.has(t.since))
+  if (wanted.length === 0) return []
+  const rows = await sql<{table: string; column: string; type: string}[]>`
+    select c.relname as table, a.attname as column, format_type(a.atttypid, a.atttypmod) as type
+      from pg_class c
+      join pg_namespace n on n.oid = c.relnamespace
+      join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+     where n.nspname = ${plan.appSchema} and c.relkind in ('r', 'p')
+       and c.relname = any(${wanted.map((t) => t.table)}::text[])`
+  const live = new Map<string, Map<string, string>>()
+  for (const r of rows) {
+    if (!live.has(r.table)) live.set(r.table, new Map())
+    live.get(r.table)!.set(r.column, r.type)
+  }
+  const checks: ShapeCheck[] = []
+  for (const t of wanted) {
+    const have = live.get(t.table)
+    if (!have) continue
+    const missing = [...t.columns].filter(([c, d]) => d.since === t.since && !have.has(c)).map(([c]) => c)
+    const retyped = [...have].filter(([c, type]) => t.columns.has(c) && t.columns.get(c)!.type !== type)
+      .map(([c, type]) => `${c} is ${type}, not ${t.columns.get(c)!.type}`)
+    const extra = [...have.keys()].filter((c) => !t.columns.has(c))
+    const differences = [
+      missing.length > 0 ? `no column ${missing.join(', ')}` : '',
+      retyped.join(', '),
+      extra.length > 0 ? `columns ${extra.join(', ')} that migration ${t.since} does not make` : '',
+    ].filter(Boolean)
+    const name = `existing ${t.table}`
+    if (differences.length === 0) checks.push({detail: `${plan.appSchema}.${t.table} exists already in the shape migration ${t.since} makes; it is kept`, name, status: 'ok'})
+    else {
+      checks.push({
+        detail: `${plan.appSchema}.${t.table} exists already in another shape (${differences.join('; ')}); migration ${t.since} would keep it and nChat would fail on it`,
+        fix: `It was not made by this upgrade (nChat's later calls migration makes nchat_calls with initiator_id, for one). Rename it (ALTER TABLE ${t.table} RENAME TO ${t.table}_old) or drop it after taking what you need, then run the migration again.`,
+        name,
+        status: 'fail',
+      })
+    }
+  }
+  return checks
+}
