@@ -139,7 +139,11 @@ export interface LedgerRow {
 }
 
 export async function ensureOwnLedger(sql: Querier): Promise<void> {
-  await sql.unsafe(`create schema if not exists ${LEDGER_SCHEMA}`)
+  // CREATE … IF NOT EXISTS checks the CREATE privilege before it looks: a role that may write the existing
+  // ledger but not create schemas in the database must not be asked for it.
+  if (await ownLedgerExists(sql)) return
+  const [{has}] = await sql<{has: boolean}[]>`select exists (select 1 from pg_namespace where nspname = ${LEDGER_SCHEMA}) as has`
+  if (!has) await sql.unsafe(`create schema if not exists ${LEDGER_SCHEMA}`)
   await sql.unsafe(`create table if not exists ${LEDGER_TABLE} (
     id bigint generated always as identity primary key,
     version integer not null,

@@ -42,6 +42,8 @@ export interface MigrateSummary {
   after: number | null
   applied: string[]
   nothingToDo: boolean
+  /** Another run applied the migrations while this one waited for it: this run applied nothing. */
+  appliedByOtherRun: boolean
   backup: {file: string; bytes: number; sha256: string} | null
   dryrun: {forecastMs: number; restoreMs: number; clone: string; kept: boolean; leftOut: DryRunReport['leftOut']} | null
   applyMs: number | null
@@ -144,12 +146,17 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
             ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: (l) => { task.output = l },
             schema: ins.plan.appSchema, sql: ins.sql, to: o.to,
           })
+          if (c.run.migrations.length === 0) {
+            task.title = `Apply: nothing left; another run brought ${o.target.conn.database} to ${c.run.after ?? 'nothing'} while this one waited`
+            return
+          }
           const retries = c.run.migrations.reduce((n, m) => n + m.lockRetries, 0)
           task.title = `Apply: ${c.run.migrations.map((m) => m.name).join(', ') || 'nothing left'} in ${fmtMs(Date.now() - t0)}${retries ? ` (${retries} lock retries)` : ''}`
         }),
         title: 'Apply to production',
       },
       {
+        skip: (c) => (appliedNothing(c) ? 'skipped: this run applied nothing' : false),
         task: async (c, task) => timed(c, 'verify', async () => {
           c.verify = await untilCancelled(
             verifyDatabase(ins.sql, {exactCounts: false, manifest: c.backup?.manifest, schema: ins.plan.appSchema, upTo: c.run!.after ?? undefined}),
@@ -162,6 +169,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         title: 'Verify',
       },
       {
+        skip: (c) => (appliedNothing(c) ? 'skipped: this run applied nothing' : false),
         task: async (c, task) => timed(c, 'vacuum', async () => {
           await guard(ins.sql)
           const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => { task.output = l })
@@ -179,11 +187,15 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       },
     ]
     await runSteps(after, ctx, o.json)
-    return summary(o, ctx, false)
+    return summary(o, ctx, appliedNothing(ctx))
   } finally {
     if (ctx.ins) await (isCancelled() ? stopPool(ctx.ins.sql) : ctx.ins.sql.end({timeout: 2}).catch(() => {}))
     await lock.release()
   }
+}
+
+function appliedNothing(c: Ctx): boolean {
+  return Boolean(c.run && c.run.migrations.length === 0)
 }
 
 function nothing(c: Ctx): boolean {
@@ -195,6 +207,7 @@ function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummar
   return {
     after: c.run?.after ?? ins.plan.current,
     applied: c.run?.migrations.map((m) => m.name) ?? [],
+    appliedByOtherRun: appliedNothing(c),
     applyMs: c.timings.apply ?? null,
     backup: c.backup ? {bytes: c.backup.bytes, file: c.backup.file, sha256: c.backup.manifest.sha256} : null,
     before: ins.plan.current,

@@ -1,16 +1,20 @@
 import {toUserError, UserError} from '../errors.js'
 import {createdTables, existingTables} from '../migrations/plan.js'
-import {readLedgerVersion} from '../migrations/ledger.js'
+import {activeLedgerRows, readLedgerVersion} from '../migrations/ledger.js'
 import {migrateDown, type RunReport} from '../migrations/runner.js'
 import {connect, connectChecked, quoteIdent} from '../target/connect.js'
 import type {CommandLock} from '../migrations/command-lock.js'
 import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
-import {type BackupInfo, type ListedBackup, manifestPathFor, timestamp, verifyBackup} from '../steps/backup.js'
-import {checkPlainDump, newestRollbackSource} from '../steps/nself-dumps.js'
+import {type BackupInfo, chooseRollbackBackup, type ListedBackup, manifestPathFor, verifyBackup} from '../steps/backup.js'
+import {newDatabaseName} from '../steps/clone.js'
+import {checkPlainDump, newestPlainDumpSource} from '../steps/nself-dumps.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
-import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
+import {compareWithBackup, describeLoss, rows, type TableLoss} from '../steps/loss.js'
+import {TOUCHED_TABLES} from '../steps/preflight.js'
+import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
+import {validateIdentifier} from '../target/target.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
@@ -22,7 +26,8 @@ export interface RollbackOptions {
   yes: boolean
   json: boolean
   backupFile?: string
-  to: number
+  /** down: the version to go back to (default 12); restore: only accepted when the backup is at that version. */
+  to?: number
   jobs: number
   migrationsDir?: string
   lockTimeoutMs: number
@@ -30,9 +35,15 @@ export interface RollbackOptions {
   runLockWaitMs: number
 }
 
-export interface LossItem {
+/**
+ * restore: per table, the rows inserted (added), updated (changed) and deleted (removed) since the backup, all of
+ * which the swap undoes; down: the rows in the tables and columns the down files drop (rows).
+ */
+export interface LossItem extends Partial<TableLoss> {
+  table: string
+  /** The line shown to the operator. */
   what: string
-  rows: number
+  rows?: number
 }
 
 export interface RollbackSummary {
@@ -83,30 +94,60 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
   const db = o.target.conn.database
   const admin = lock.admin
   try {
+    ctx.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
+    const ins = ctx.ins
+    const applied = ins.plan.migrations.filter((m) => m.state !== 'pending')
+    if (applied.length === 0) {
+      if (o.backupFile) {
+        throw new UserError(`${db} has none of migrations ${versionList(ins)} applied, so there is nothing to roll back; restoring ${o.backupFile} would only replace its data with older data.`, {
+          hint: 'To restore a backup over a database anyway, use nself db restore.',
+        })
+      }
+      return nothingToRollBack(o, ins)
+    }
+    if (o.to !== undefined && (ins.plan.current ?? 0) <= o.to) {
+      throw new UserError(`${db} is at migration ${ins.plan.current ?? 'none'}, not above --to ${o.to}: there is nothing to roll back.`, {exitCode: 2})
+    }
+    // Every name the rollback will create, checked before anything is restored.
+    const keptName = keptDatabaseName(db)
+    const restoreName = newDatabaseName(db, 'restore')
+    validateIdentifier(db, 'database')
+    validateIdentifier(keptName, 'kept database')
+    validateIdentifier(restoreName, 'restored database')
+    if (new Set([db, keptName, restoreName]).size !== 3) {
+      throw new UserError(`Cannot roll back ${db}: the names for the restored copy (${restoreName}) and the kept database (${keptName}) would not differ from it.`)
+    }
+    const [{taken}] = await ins.sql<{taken: boolean}[]>`select exists (select 1 from pg_database where datname = ${keptName}) as taken`
+    if (taken) throw new UserError(`Cannot roll back ${db}: a database named ${keptName} already exists.`, {hint: 'Wait a second and run again.'})
+    // The restore creates a database and the swap renames the live one: CREATEDB and ownership of it (or superuser).
+    const [may] = await ins.sql<{role: string; superuser: boolean; createdb: boolean; owns: boolean}[]>`
+      select current_user as role, r.rolsuper as superuser, r.rolcreatedb as createdb,
+        pg_has_role(current_user, d.datdba, 'USAGE') as owns
+      from pg_roles r, pg_database d where r.rolname = current_user and d.datname = current_database()`
+    const lacks = may.superuser ? [] : [...(may.createdb ? [] : ['CREATEDB (to restore the backup into a new database)']), ...(may.owns ? [] : [`ownership of the database ${db} (to rename it in the swap)`])]
+    if (lacks.length > 0) {
+      throw new UserError(`Cannot roll back ${db}: role ${may.role} lacks ${lacks.join(' and ')}.`, {hint: 'Run as the database owner with CREATEDB (POSTGRES_USER), or use --strategy down.'})
+    }
+
     const before: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'backup check', async () => {
-          c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
-          await lock.assertSameDatabase(c.ins.sql)
+          await lock.assertSameDatabase(ins.sql)
           c.tools = await PgTools.create(o.target)
-          const firstMigration = Math.min(...c.ins.migrations.map((m) => m.version))
-          let file = o.backupFile
-          if (!file) {
-            const found = await newestRollbackSource({
-              before: migrationStart(c.ins), database: db, dir: o.target.backupDir, firstMigration, log: (l) => { task.output = l }, tools: c.tools,
-            })
-            if (!found) {
-              throw new UserError(`No pre-migration backup of ${db} in ${o.target.backupDir}; refusing to roll back without a way back.`, {
-                hint: 'Name one with --backup FILE, or use --strategy down.',
-              })
-            }
-            file = found.file
-          }
+          const firstMigration = ins.migrations[0].version
+          const file = o.backupFile ?? (await pickBackup(o, ins, c.tools, (l) => { task.output = l }))
           // A dump without our manifest (nself's own backup) is read to the end and judged by what it holds.
-          const checked = await verifyBackup({database: db, file, requireManifest: false, tools: c.tools})
+          const checked = await verifyBackup({
+            database: db, file, requireManifest: false, requireTables: {schema: ins.plan.appSchema, tables: TOUCHED_TABLES}, tools: c.tools,
+          })
           const manifest = await checkPlainDump(c.tools, file, checked.manifest, db, firstMigration)
+          if (o.to !== undefined && !backupIsAt(manifest.ledger_version, o.to, ins)) {
+            throw new UserError(`--to ${o.to} cannot be honoured by a restore rollback: the backup ${file} was taken at migration ${manifest.ledger_version ?? 'none'}, so restoring it goes to ${manifest.ledger_version ?? 'none'}.`, {
+              exitCode: 2, hint: `Use --strategy down --to ${o.to}, or leave out --to.`,
+            })
+          }
           c.backup = {file, manifest, manifestFile: manifestPathFor(file)}
-          task.title = `Backup ${file}: sha256 and archive verified (taken ${checked.manifest.created_at}, at migration ${checked.manifest.ledger_version ?? 'none'})`
+          task.title = `Backup ${file}: sha256, archive and its database verified (taken ${manifest.created_at}, at migration ${manifest.ledger_version ?? 'none'})`
         }),
         title: 'Check the backup',
       },
@@ -128,8 +169,9 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
       },
       {
         task: async (c, task) => timed(c, 'loss', async () => {
-          c.lost = await lossSinceBackup(c.ins!, c.backup!.manifest)
-          task.title = c.lost.length ? `Since the backup: ${c.lost.map((l) => `${l.rows} ${l.what}`).join(', ')} would be lost` : 'Nothing was written since the backup'
+          task.output = 'comparing every table of the live database with the restored backup'
+          c.lost = await lossSinceBackup(o, c.ins!, c.restored!.name)
+          task.title = c.lost.length ? `Since the backup, written and lost by the rollback: ${c.lost.length} ${c.lost.length === 1 ? 'table' : 'tables'} differ` : 'Nothing was written since the backup'
         }),
         title: 'Count what the rollback loses',
       },
@@ -138,7 +180,8 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
 
     if (!o.yes) {
       process.stderr.write(`\nAbout to replace ${db} by ${ctx.restored!.name} (the backup of ${ctx.backup!.manifest.created_at}). Connections to ${db} will be ended for a moment.\n`)
-      for (const l of ctx.lost) process.stderr.write(`  will be lost: ${l.rows} ${l.what}\n`)
+      for (const l of ctx.lost) process.stderr.write(`  will be lost: ${l.what}\n`)
+      if (ctx.lost.length > 0) process.stderr.write('  (counted just now; whatever is written before the swap is lost too)\n')
       if (!(await confirm('Swap now?', false))) {
         throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
       }
@@ -147,7 +190,6 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
     await ctx.ins!.sql.end({timeout: 2})
     await testPause('rollback:before-swap')
     lock.assertHeld()
-    const keptName = `${db}_pre_rollback_${timestamp()}`.slice(0, 63)
     const after: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'swap', async () => {
@@ -203,48 +245,94 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
   }
 }
 
-/** Rows written since the backup: per counted table the difference, and messages newer than the backup. */
-/** When the upgrade began: the earliest recorded apply of 013-016 (undefined when none is recorded with a time). */
-function migrationStart(ins: Inspection): Date | undefined {
-  const times = ins.plan.migrations.map((m) => m.ledger?.applied_at).filter((t): t is Date => t instanceof Date)
-  return times.length > 0 ? new Date(Math.min(...times.map((t) => t.getTime()))) : undefined
-}
-
-async function lossSinceBackup(ins: Inspection, manifest: {created_at: string; row_counts: Record<string, number>; schema: string}): Promise<LossItem[]> {
-  const {sql, plan} = ins
-  const s = quoteIdent(plan.appSchema)
-  const lost: LossItem[] = []
-  const [{newer}] = await sql.unsafe<{newer: string}[]>(`select count(*)::bigint as newer from ${s}.nchat_messages where created_at > $1`, [manifest.created_at])
-  if (Number(newer) > 0) lost.push({rows: Number(newer), what: 'messages created after the backup'})
-  for (const [table, count] of Object.entries(manifest.row_counts)) {
-    const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${s}.${quoteIdent(table)}`)
-    const delta = Number(n) - count
-    if (delta !== 0 && table !== 'nchat_messages') lost.push({rows: Math.abs(delta), what: `${delta > 0 ? 'more' : 'fewer'} rows in ${table} than in the backup`})
+/**
+ * The newest backup from before the first of the upgrade's migrations (or at --to), or a refusal saying why none fits.
+ * Ours are judged by their manifest; nself's own dumps (no manifest) by what they hold.
+ */
+async function pickBackup(o: RollbackOptions, ins: Inspection, tools: PgTools, log: (line: string) => void): Promise<string> {
+  const db = o.target.conn.database
+  const first = ins.migrations[0].version
+  // When the migration after the wanted state was applied (our ledger knows): a backup must be older than that.
+  const ledger = await activeLedgerRows(ins.sql)
+  const next = [...ledger.values()].filter((r) => Number(r.version) > (o.to ?? first - 1)).sort((a, b) => Number(a.version) - Number(b.version))[0]
+  const appliedAt = next ? new Date(next.applied_at) : undefined
+  // --to 12 (before the first) is the default choice: any backup without the upgrade.
+  const atVersion = o.to !== undefined && o.to >= first ? o.to : undefined
+  const choice = await chooseRollbackBackup(o.target.backupDir, db, {appliedAt, atVersion, first})
+  const candidates = choice.chosen ? [{createdAt: new Date(choice.chosen.manifest.created_at), file: choice.chosen.file}] : []
+  if (atVersion === undefined) {
+    const plain = await newestPlainDumpSource({before: appliedAt, database: db, dir: o.target.backupDir, firstMigration: first, log, tools})
+    if (plain) candidates.push(plain)
   }
-  lost.push(...(await rowsInNewTables(ins, ins.migrations.filter((m) => plan.migrations.find((x) => x.version === m.version)?.state !== 'pending').map((m) => m.version))))
-  return lost
+  const newest = candidates.sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime())[0]
+  if (newest) return newest.file
+  const wanted = o.to === undefined ? `from before migration ${String(first).padStart(3, '0')}` : `taken at migration ${o.to}`
+  const seen = choice.passedOver[0] ? ` (the newest, ${choice.passedOver[0].backup.file}, was ${choice.passedOver[0].why})` : ''
+  throw new UserError(`No pre-migration backup of ${db} ${wanted} in ${o.target.backupDir}${seen}; refusing to roll back without a way back.`, {
+    exitCode: o.to === undefined ? 1 : 2,
+    hint: o.to === undefined ? 'Name one with --backup FILE, or use --strategy down.' : `Use --strategy down --to ${o.to}, or name a backup with --backup FILE.`,
+  })
 }
 
+/** A backup at `ledger` restores the database to `to` (any backup without the upgrade is at the version before it). */
+function backupIsAt(ledger: number | null, to: number, ins: Inspection): boolean {
+  const first = ins.migrations[0].version
+  return to < first ? ledger === null || ledger < first : ledger === to
+}
+
+function versionList(ins: Inspection): string {
+  return ins.migrations.map((m) => String(m.version).padStart(3, '0')).join(', ')
+}
+
+function nothingToRollBack(o: RollbackOptions, ins: Inspection): RollbackSummary {
+  return {
+    after: ins.plan.current, backup: null, before: ins.plan.current, database: o.target.conn.database, kept: null, lost: [], ok: true,
+    reverted: [], strategy: o.strategy, swapWindowMs: null, timings: {},
+  }
+}
+
+/** Everything the swap would undo: every table's inserts, updates and deletes since the backup, and the data in columns added since. */
+async function lossSinceBackup(o: RollbackOptions, ins: Inspection, restoredName: string): Promise<LossItem[]> {
+  const rsql = connect(o.target.conn, {database: restoredName, max: 2})
+  try {
+    const tables = await compareWithBackup({backup: rsql, live: ins.sql})
+    const lost: LossItem[] = tables.map((t) => ({...t, what: describeLoss(t)}))
+    const columnsNow = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
+    lost.push(...(await rowsInNewColumns(ins, columnsNow)))
+    return lost
+  } finally {
+    await rsql.end({timeout: 2})
+  }
+}
+
+/** Rows in the tables the down files of `versions` drop (013 and 014 create the same seven tables: each is counted once). */
 async function rowsInNewTables(ins: Inspection, versions: number[]): Promise<LossItem[]> {
   const {sql, plan} = ins
   const out: LossItem[] = []
-  // 013 and 014 create the same seven tables: each is counted once.
   const created = [...new Set(ins.migrations.filter((m) => versions.includes(m.version)).flatMap(createdTables))]
   for (const t of await existingTables(sql, plan.appSchema, created)) {
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(plan.appSchema)}.${quoteIdent(t)}`)
-    if (Number(n) > 0) out.push({rows: Number(n), what: `rows in ${t}`})
+    if (Number(n) > 0) out.push({rows: Number(n), table: `${plan.appSchema}.${t}`, what: `${rows(Number(n))} in ${plan.appSchema}.${t} (the table is dropped)`})
   }
+  return out
+}
+
+/** Data in the columns 014 adds to existing tables, which going back before 014 drops. */
+async function rowsInNewColumns(ins: Inspection, versions: number[]): Promise<LossItem[]> {
+  const {sql, plan} = ins
+  const out: LossItem[] = []
+  if (!versions.includes(14)) return out
   const s = quoteIdent(plan.appSchema)
   const cols = await sql<{table_name: string; column_name: string}[]>`
     select table_name, column_name from information_schema.columns
     where table_schema = ${plan.appSchema} and ((table_name = 'nchat_messages' and column_name = 'is_encrypted') or (table_name = 'nchat_channels' and column_name = 'enforce_encryption'))`
-  if (versions.includes(14) && cols.some((c) => c.column_name === 'is_encrypted')) {
+  if (cols.some((c) => c.column_name === 'is_encrypted')) {
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${s}.nchat_messages where is_encrypted or encrypted_payload is not null or sender_device_id is not null`)
-    if (Number(n) > 0) out.push({rows: Number(n), what: 'encrypted messages (their payload columns are dropped)'})
+    if (Number(n) > 0) out.push({rows: Number(n), table: `${plan.appSchema}.nchat_messages`, what: `${plan.appSchema}.nchat_messages: ${rows(Number(n))} encrypted (their payload columns are dropped)`})
   }
-  if (versions.includes(14) && cols.some((c) => c.column_name === 'enforce_encryption')) {
+  if (cols.some((c) => c.column_name === 'enforce_encryption')) {
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${s}.nchat_channels where enforce_encryption`)
-    if (Number(n) > 0) out.push({rows: Number(n), what: 'channels enforcing encryption (the setting is dropped)'})
+    if (Number(n) > 0) out.push({rows: Number(n), table: `${plan.appSchema}.nchat_channels`, what: `${plan.appSchema}.nchat_channels: ${rows(Number(n))} enforcing encryption (the setting is dropped)`})
   }
   return out
 }
@@ -254,21 +342,22 @@ async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Roll
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
   const runner = {beforeWrite: (q: Parameters<CommandLock['assertSameDatabase']>[0]) => lock.assertSameDatabase(q), lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
+  const to = o.to ?? 12
   try {
     ctx.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
     await lock.assertSameDatabase(ctx.ins.sql)
     const ins = ctx.ins
-    if (!ins.migrations.some((m) => m.version === o.to) && o.to !== ins.migrations[0].version - 1) {
-      throw new UserError(`--to ${o.to} is not a version this rollback can reach (${ins.migrations[0].version - 1} or one of ${ins.migrations.map((m) => m.version).join(', ')}).`, {exitCode: 2})
+    if (!ins.migrations.some((m) => m.version === to) && to !== ins.migrations[0].version - 1) {
+      throw new UserError(`--to ${to} is not a version this rollback can reach (${ins.migrations[0].version - 1} or one of ${ins.migrations.map((m) => m.version).join(', ')}).`, {exitCode: 2})
     }
-    const revert = ins.plan.migrations.filter((m) => m.version > o.to && m.state !== 'pending').map((m) => m.version)
+    const revert = ins.plan.migrations.filter((m) => m.version > to && m.state !== 'pending').map((m) => m.version)
     if (revert.length === 0) {
       return {after: ins.plan.current, backup: null, before: ins.plan.current, database: db, kept: null, lost: [], ok: true, reverted: [], strategy: 'down', swapWindowMs: null, timings: {}}
     }
-    ctx.lost = await rowsInNewTables(ins, revert)
+    ctx.lost = [...(await rowsInNewTables(ins, revert)), ...(await rowsInNewColumns(ins, revert))]
     if (!o.yes) {
       process.stderr.write(`\nAbout to revert ${revert.map((v) => ins.migrations.find((m) => m.version === v)!.name).join(', ')} on ${db}.\n`)
-      for (const l of ctx.lost) process.stderr.write(`  will be destroyed: ${l.rows} ${l.what}\n`)
+      for (const l of ctx.lost) process.stderr.write(`  will be destroyed: ${l.what}\n`)
       if (ctx.lost.length === 0) process.stderr.write('  the tables to drop hold no rows\n')
       if (!(await confirm('Revert now? A safety backup is taken first.', false))) throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
     }
@@ -284,7 +373,7 @@ async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Roll
       },
       {
         task: async (c, task) => timed(c, 'down', async () => {
-          c.down = await migrateDown({...runner, log: (l) => { task.output = l }, migrations: ins.migrations, schema: ins.plan.appSchema, sql: ins.sql, to: o.to})
+          c.down = await migrateDown({...runner, log: (l) => { task.output = l }, migrations: ins.migrations, schema: ins.plan.appSchema, sql: ins.sql, to})
           task.title = `Reverted ${c.down.migrations.map((m) => m.name).join(', ')}`
         }),
         title: 'Run the down migrations, newest first',

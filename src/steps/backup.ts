@@ -5,6 +5,7 @@ import path from 'node:path'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, UserError, toUserError} from '../errors.js'
+import {readLedgerVersion} from '../migrations/ledger.js'
 import {APP_NAME, connect, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
@@ -71,7 +72,10 @@ export interface Manifest {
   schema: string
   server_version: string
   server_version_num: number
+  /** The highest version in schema_migrations, read in the dump's own snapshot. */
   ledger_version: number | null
+  /** The server's clock when the dump's snapshot was taken (same clock as the ledgers' timestamps). */
+  snapshot_at?: string
   /** Exact `count(*)` of each listed table that existed, in the dump's snapshot; keys are table names in `schema`. */
   row_counts: Record<string, number>
   created_at: string
@@ -299,6 +303,12 @@ export function parseToc(text: string): Toc {
   return {entries, header, text}
 }
 
+/** A header line of `pg_restore --list` by its name, in any case (PostgreSQL 15 prints `dbname`, others `Dbname`). */
+export function tocHeader(toc: Toc, name: string): string | undefined {
+  const key = Object.keys(toc.header).find((k) => k.toLowerCase() === name.toLowerCase())
+  return key === undefined ? undefined : toc.header[key]
+}
+
 export function tableDataKey(schema: string | null, table: string): string {
   return `${schema ?? ''}.${table}`
 }
@@ -329,20 +339,60 @@ function compressionFor(major: number): {args: string[]; label: string; fallback
   return {args: ['-Z', '1'], label: '-Z 1'}
 }
 
-async function pickFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
-  for (let attempt = 0; attempt < 5; attempt++) {
+const exists = (f: string) => fs.access(f).then(() => true, () => false)
+
+/**
+ * Reserve `<project>_<YYYYMMDD_HHMMSS>.dump` by creating its manifest's place in the sidecar folder exclusively
+ * (O_EXCL; the manifest is later written over it): two runs started in the same second cannot both get it, and the
+ * loser moves to the next second, so every name keeps nself's pattern. The dump itself is written to a `.partial`
+ * named with this run's id, so the next command can prove its writer is gone (leftovers.ts) before removing it.
+ * A placeholder left by a killed run is an unreadable manifest without a dump: listings skip it.
+ */
+async function reserveFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
+  for (let attempt = 0; attempt < 10; attempt++) {
     const final = path.join(dir, `${project}_${timestamp()}.dump`)
-    const partial = partialPathFor(final)
-    const taken = await Promise.all([final, partial, manifestPathFor(final), legacyManifestPathFor(final)].map((f) => fs.access(f).then(() => true, () => false)))
-    if (!taken.includes(true)) return {final, partial}
+    const placeholder = manifestPathFor(final)
+    try {
+      const fh = await fs.open(placeholder, 'wx', 0o600)
+      await fh.close()
+    } catch (error) {
+      if ((error as {code?: string}).code !== 'EEXIST') throw fsErrorSentence(error, 'Writing the backup', final)
+      await nextSecond()
+      continue
+    }
+    const taken = await Promise.all([final, legacyManifestPathFor(final)].map(exists))
+    if (!taken.includes(true)) return {final, partial: partialPathFor(final)}
+    await removeQuietly(placeholder)
     await nextSecond()
   }
-  throw new UserError(`Cannot find a free backup file name in ${dir}: every name for the current second is taken.`)
+  throw new UserError(`Cannot find a free backup file name in ${dir}: every name tried for the last 10 seconds is taken.`)
+}
+
+/** Give the finished dump its name without ever replacing a file of that name (e.g. an `nself db backup`). */
+async function publish(partial: string, final: string): Promise<void> {
+  try {
+    await fs.link(partial, final)
+  } catch (error) {
+    const code = (error as {code?: string}).code
+    if (code === 'EEXIST') throw new UserError(`Another program wrote ${final} while this backup was taken; it was not overwritten and this backup was discarded.`)
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV') throw error
+    // No hard links on this filesystem: the name was reserved, a rename is the next best thing.
+    await fs.rename(partial, final)
+    return
+  }
+  await fs.rm(partial, {force: true})
 }
 
 interface DumpResult {
   bytes: number
   sha256: string
+}
+
+interface InSnapshot {
+  result: DumpResult
+  rowCounts: Record<string, number>
+  ledger: number | null
+  snapshotAt: string
 }
 
 /** The data a TOC must hold for these tables, or the first one it lacks. */
@@ -398,13 +448,15 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   const plainTables = existing.filter((t) => relations.some((r) => r.name === t && r.kind === 'r'))
 
   await ensureSidecarDir(dir)
-  const {final, partial} = await pickFileName(dir, project)
+  const {final, partial} = await reserveFileName(dir, project)
   const manifestFile = manifestPathFor(final)
   const dumpAppName = `${APP_NAME}-dump`
   const secret = target.conn.password
 
   let compression = compressionFor(pgDumpMajor)
   let rowCounts: Record<string, number> = {}
+  let ledgerVersion = opts.ledgerVersion
+  let snapshotAt: string | undefined
   let result: DumpResult | undefined
   let stopDump: (() => Promise<void>) | undefined
   const unregister = onCancel(async () => {
@@ -417,12 +469,13 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         const out = await dumpInSnapshot(compression.args)
         result = out.result
         rowCounts = out.rowCounts
+        ledgerVersion = out.ledger
+        snapshotAt = out.snapshotAt
         break
       } catch (error) {
         if (compression.fallback && !isCancelled() && /lz4/i.test(firstLine(error))) {
           log?.(`pg_dump ${pgDumpMajor} has no LZ4 support; using gzip level 1.`)
           compression = {args: compression.fallback.args, label: compression.fallback.label}
-          await removeQuietly(partial)
           continue
         }
         throw error
@@ -453,7 +506,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       database,
       file: path.basename(final),
       format: MANIFEST_FORMAT,
-      ledger_version: opts.ledgerVersion,
+      ledger_version: ledgerVersion,
       pg_dump_major: pgDumpMajor,
       project: target.projectName,
       purpose,
@@ -463,10 +516,16 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       server_version_num: server.num,
       sha256: result!.sha256,
       size: result!.bytes,
+      snapshot_at: snapshotAt,
       toc_entries: toc.entries.length,
     }
     try {
-      await fs.rename(partial, final)
+      await publish(partial, final)
+    } catch (error) {
+      if (error instanceof UserError) throw error
+      throw fsErrorSentence(error, 'Writing the backup', final)
+    }
+    try {
       await writeManifest(manifestFile, manifest)
       await fsyncDir(dir)
     } catch (error) {
@@ -479,6 +538,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   } catch (error) {
     await stopDump?.()
     await removeQuietly(partial)
+    await removeQuietly(manifestFile)
     if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
     if (error instanceof UserError) throw error
     const e = toUserError(error, `The backup to ${final} failed`)
@@ -491,9 +551,10 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
    * pg_dump in a snapshot exported by our own REPEATABLE READ transaction; the same transaction counts the
    * rows, so the manifest's counts are exactly what the dump holds, whatever the app writes meanwhile.
    */
-  async function dumpInSnapshot(compressionArgs: string[]): Promise<{result: DumpResult; rowCounts: Record<string, number>}> {
+  async function dumpInSnapshot(compressionArgs: string[]): Promise<InSnapshot> {
     return sql.begin('isolation level repeatable read read only', async (tx) => {
-      const [{snapshot, pid}] = await tx<{snapshot: string; pid: number}[]>`select pg_export_snapshot() as snapshot, pg_backend_pid() as pid`
+      const [{snapshot, pid, at}] = await tx<{snapshot: string; pid: number; at: number}[]>`
+        select pg_export_snapshot() as snapshot, pg_backend_pid() as pid, extract(epoch from now())::float8 as at`
       const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
       let stop = false
       let counting: Promise<void> = Promise.resolve()
@@ -504,12 +565,15 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         await sql`select pg_cancel_backend(${pid})`.catch(() => {})
       })
       const counts: Record<string, number> = {}
+      // The ledger version too: another run may have applied a migration since the caller read it.
+      let ledger = opts.ledgerVersion
       counting = (async () => {
         for (const table of existing) {
           if (stop) return
           const [{n}] = await tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
           counts[table] = Number(n)
         }
+        if (!stop) ledger = await readLedgerVersion(tx, opts.schema)
       })()
       counting.catch(() => {})
       let result: DumpResult
@@ -521,15 +585,16 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         throw error
       }
       await counting
-      return {result, rowCounts: counts}
-    }) as Promise<{result: DumpResult; rowCounts: Record<string, number>}>
+      return {ledger, result, rowCounts: counts, snapshotAt: new Date(Number(at) * 1000).toISOString()}
+    }) as Promise<InSnapshot>
   }
 
   async function streamDump(compressionArgs: string[]): Promise<DumpResult> {
     throwIfCancelled(`the backup to ${final}`)
     let fh: fs.FileHandle
     try {
-      fh = await fs.open(partial, 'wx', 0o600)
+      // Reserved (and created) by reserveFileName: truncate what an earlier attempt wrote.
+      fh = await fs.open(partial, 'w', 0o600)
     } catch (error) {
       throw fsErrorSentence(error, 'Writing the backup', final)
     }
@@ -671,8 +736,10 @@ export interface VerifyOptions {
   requireManifest?: boolean
   /** Also read every data block (`pg_restore -f /dev/null`); always done when there is no manifest. */
   deep?: boolean
-  /** The database the backup must be of (checked before the file is read). */
+  /** The database the backup must be of: its manifest and the dump's own header must both name it. */
   database?: string
+  /** Tables whose data the dump itself must hold (whatever its manifest says). */
+  requireTables?: {schema: string; tables: string[]}
   log?: (line: string) => void
 }
 
@@ -734,9 +801,15 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
     })
   }
 
+  checkDumpHeader(file, toc, manifest, opts.database)
   if (manifest) {
     const missing = missingTableData(toc, manifest.schema, Object.keys(manifest.row_counts))
     if (missing) throw new UserError(`The backup ${file} holds no data for table ${manifest.schema}.${missing}, which its manifest lists.`)
+  }
+  if (opts.requireTables) {
+    const {schema, tables} = opts.requireTables
+    const missing = missingTableData(toc, schema, tables)
+    if (missing) throw new UserError(`The backup ${file} holds no table ${schema}.${missing}: it is not a backup of this nChat database.`)
   }
 
   if (opts.deep || !manifest) {
@@ -759,6 +832,32 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   return {entries: toc.entries.length, manifest}
 }
 
+/**
+ * The dump's own header, not only its manifest (which is a plain JSON file anyone can edit): the database
+ * pg_dump dumped, the pg_dump and server versions. A manifest moved beside another database's dump is refused.
+ */
+function checkDumpHeader(file: string, toc: Toc, manifest: Manifest | undefined, database: string | undefined): void {
+  const dumped = tocHeader(toc, 'dbname')
+  if (dumped === undefined) throw new UserError(`The backup ${file} does not name the database it was dumped from, so it cannot be checked.`)
+  if (database !== undefined && dumped !== database) {
+    throw new UserError(`The backup ${file} is a dump of the database "${dumped}", not of "${database}"${manifest && !manifest.synthesized && manifest.database !== dumped ? ` (its manifest says "${manifest.database}")` : ''}.`, {
+      hint: 'Pass a backup of this database.',
+    })
+  }
+  if (!manifest || manifest.synthesized) return
+  if (dumped !== manifest.database) {
+    throw new UserError(`The backup ${file} is a dump of the database "${dumped}", but its manifest says "${manifest.database}": the manifest does not belong to this dump.`)
+  }
+  const dumpedBy = Number((tocHeader(toc, 'Dumped by pg_dump version') ?? '').split('.')[0])
+  if (dumpedBy && manifest.pg_dump_major && dumpedBy !== manifest.pg_dump_major) {
+    throw new UserError(`The backup ${file} was written by pg_dump ${dumpedBy}, but its manifest says pg_dump ${manifest.pg_dump_major}: the manifest does not belong to this dump.`)
+  }
+  const dumpedFrom = (tocHeader(toc, 'Dumped from database version') ?? '').split(' ')[0]
+  if (dumpedFrom && manifest.server_version && dumpedFrom !== manifest.server_version.split(' ')[0]) {
+    throw new UserError(`The backup ${file} was dumped from PostgreSQL ${dumpedFrom}, but its manifest says ${manifest.server_version}: the manifest does not belong to this dump.`)
+  }
+}
+
 function lowerFirst(s: string): string {
   return s.startsWith('The ') ? 'the ' + s.slice(4) : s
 }
@@ -770,7 +869,7 @@ function synthesizeManifest(file: string, toc: Toc, sha256: string, size: number
   const dumpMajor = Number((toc.header['Dumped by pg_dump version'] ?? '').split('.')[0]) || 0
   return {
     created_at: Number.isNaN(created) ? new Date(0).toISOString() : new Date(created).toISOString(),
-    database: toc.header.dbname ?? '',
+    database: tocHeader(toc, 'dbname') ?? '',
     file: path.basename(file),
     format: MANIFEST_FORMAT,
     ledger_version: null,
@@ -828,4 +927,38 @@ async function manifestFilesIn(dir: string): Promise<string[]> {
 export async function newestBackup(dir: string, database: string, purpose?: BackupPurpose | string): Promise<ListedBackup | undefined> {
   const all = await listBackups(dir, database)
   return all.find((b) => purpose === undefined || b.manifest.purpose === purpose)
+}
+
+export interface BackupChoice {
+  chosen?: ListedBackup
+  /** Pre-migration backups of this database that were passed over, newest first, each with the reason. */
+  passedOver: Array<{backup: ListedBackup; why: string}>
+}
+
+/**
+ * The backup a restore rollback goes back to. By default: the newest pre-migration backup taken while the
+ * database had none of the upgrade (its ledger below `first`) and, when our ledger says when the first of
+ * them was applied, taken before that. A backup a rerun took after an interrupted run had applied 013 is at 013
+ * and is never chosen. With `atVersion`: the newest pre-migration backup taken at exactly that version (and
+ * before `nextAppliedAt`, when known, the time the migration after it was applied).
+ */
+export async function chooseRollbackBackup(dir: string, database: string, o: {first: number; atVersion?: number; appliedAt?: Date}): Promise<BackupChoice> {
+  const all = (await listBackups(dir, database)).filter((b) => b.manifest.purpose === 'pre-migration')
+  const passedOver: BackupChoice['passedOver'] = []
+  for (const backup of all) {
+    const v = backup.manifest.ledger_version
+    const fits = o.atVersion === undefined ? v === null || v < o.first : v === o.atVersion
+    if (!fits) {
+      passedOver.push({backup, why: `taken at migration ${v ?? 'none'}`})
+      continue
+    }
+    // Compared on the server's clock only (a manifest without snapshot_at is not compared: client clocks drift).
+    const snapshotAt = backup.manifest.snapshot_at
+    if (o.appliedAt && snapshotAt && Date.parse(snapshotAt) > o.appliedAt.getTime()) {
+      passedOver.push({backup, why: `taken at ${snapshotAt}, after the migration it should precede was applied (${o.appliedAt.toISOString()})`})
+      continue
+    }
+    return {chosen: backup, passedOver}
+  }
+  return {passedOver}
 }

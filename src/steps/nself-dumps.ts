@@ -4,7 +4,7 @@ import path from 'node:path'
 import {UserError} from '../errors.js'
 import {versionNumber} from '../migrations/ledger.js'
 import type {PgTools} from '../target/tools.js'
-import {findManifestFor, firstLine, type ListedBackup, type Manifest, newestBackup, readToc} from './backup.js'
+import {findManifestFor, firstLine, type Manifest, readToc} from './backup.js'
 
 /**
  * nself's own backups (`nself db backup`: `backups/<Project>_<YYYYMMDD_HHMMSS>.dump`, pg_dump -Fc, no manifest)
@@ -90,15 +90,13 @@ export interface RollbackSource {
 }
 
 /**
- * The newest backup that can undo the migration: our pre-migration backups of `database`, and plain dumps of
- * the same database taken before the migration ran (`before`) that hold a ledger below `firstMigration`.
+ * The newest plain dump (nself's own `nself db backup`, no manifest of ours) that can undo the migration: of the same
+ * database, taken before the migration ran (`before`), holding a ledger below `firstMigration`.
  */
-export async function newestRollbackSource(o: {
+export async function newestPlainDumpSource(o: {
   dir: string; database: string; tools: PgTools; before?: Date; firstMigration: number; log?: (line: string) => void
 }): Promise<RollbackSource | undefined> {
   const candidates: RollbackSource[] = []
-  const ours: ListedBackup | undefined = await newestBackup(o.dir, o.database, 'pre-migration')
-  if (ours) candidates.push({createdAt: new Date(ours.manifest.created_at), file: ours.file, plain: false})
   for (const file of await plainDumpsIn(o.dir)) {
     let dump: PlainDump
     try {

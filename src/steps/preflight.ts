@@ -3,6 +3,7 @@ import {existsSync} from 'node:fs'
 import path from 'node:path'
 
 import {UserError} from '../errors.js'
+import {LEDGER_SCHEMA, LEDGER_TABLE} from '../migrations/ledger.js'
 import {assertCanMigrate} from '../migrations/plan.js'
 import {quoteIdent} from '../target/connect.js'
 import type {PgTools} from '../target/tools.js'
@@ -73,18 +74,7 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
 
   if (o.backupDir) checks.push(await backupSpaceCheck(o.backupDir, dataBytes))
 
-  // Privileges: create in the schema, alter the tables the migration changes, create databases for the clone.
-  const [priv] = await sql<{create: boolean; owns: boolean; createdb: boolean; superuser: boolean}[]>`
-    select has_schema_privilege(${schema}, 'CREATE') as create,
-      coalesce(bool_and(pg_has_role(current_user, c.relowner, 'USAGE')), false) as owns,
-      (select rolcreatedb from pg_roles where rolname = current_user) as createdb,
-      (select rolsuper from pg_roles where rolname = current_user) as superuser
-    from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = ${schema} and c.relname = any(${TOUCHED_TABLES})`
-  if (!priv.create) checks.push({detail: `${sqlUser(o)} cannot create objects in schema ${schema}`, fix: `GRANT CREATE ON SCHEMA ${schema} TO ${sqlUser(o)}, or run as the owner.`, name: 'privileges', status: 'fail'})
-  else if (!priv.owns) checks.push({detail: `${sqlUser(o)} does not own ${TOUCHED_TABLES.join('/')} and cannot alter them`, fix: 'Run as the owner of the nChat tables (POSTGRES_USER).', name: 'privileges', status: 'fail'})
-  else if (o.needCreateDb && !priv.createdb && !priv.superuser) checks.push({detail: `${sqlUser(o)} may not create databases, which the dry run needs`, fix: 'Use a role with CREATEDB, or pass --skip-dryrun.', name: 'privileges', status: 'fail'})
-  else checks.push({detail: `${sqlUser(o)}${priv.superuser ? ' (superuser)' : ''} may alter the nChat tables${o.needCreateDb ? ' and create the dry-run database' : ''}`, name: 'privileges', status: 'ok'})
+  checks.push(await privilegeCheck(o))
 
   if (o.needCreateDb) checks.push(await serverSpaceCheck(o, databaseBytes))
   checks.push(...(await dataChecks(o)))
@@ -103,8 +93,92 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
   return {checks, dataBytes, databaseBytes}
 }
 
-function sqlUser(o: PreflightOptions): string {
-  return o.target.conn.user
+/**
+ * Every privilege the run will use, checked before anything is written, so that a missing one is named here
+ * and not discovered half-way (e.g. when the first migration writes our ledger). All missing ones are named at once.
+ */
+async function privilegeCheck(o: PreflightOptions): Promise<Check> {
+  const {sql, plan} = o.ins
+  const schema = plan.appSchema
+  const [p] = await sql<{
+    role: string; db: string; superuser: boolean; createdb: boolean; dbCreate: boolean; schemaCreate: boolean
+    ledgerSchema: boolean; ledgerSchemaCreate: boolean; ledgerTable: boolean; ledgerWrite: boolean
+    ledger: string | null; ledgerWriteApp: boolean
+  }[]>`
+    select current_user as role, current_database() as db,
+      r.rolsuper as superuser, r.rolcreatedb as createdb,
+      has_database_privilege(current_database(), 'CREATE') as "dbCreate",
+      has_schema_privilege(${schema}, 'CREATE') as "schemaCreate",
+      (to_regnamespace(${LEDGER_SCHEMA}) is not null) as "ledgerSchema",
+      case when to_regnamespace(${LEDGER_SCHEMA}) is null then false else has_schema_privilege(${LEDGER_SCHEMA}, 'USAGE')
+        and has_schema_privilege(${LEDGER_SCHEMA}, 'CREATE') end as "ledgerSchemaCreate",
+      (to_regclass(${LEDGER_TABLE}) is not null) as "ledgerTable",
+      case when to_regclass(${LEDGER_TABLE}) is null then false else has_schema_privilege(${LEDGER_SCHEMA}, 'USAGE')
+        and has_table_privilege(${LEDGER_TABLE}, 'SELECT') and has_table_privilege(${LEDGER_TABLE}, 'INSERT')
+        and has_table_privilege(${LEDGER_TABLE}, 'UPDATE') end as "ledgerWrite",
+      to_regclass(${`${quoteIdent(schema)}.schema_migrations`})::text as ledger,
+      coalesce(has_table_privilege(to_regclass(${`${quoteIdent(schema)}.schema_migrations`}), 'SELECT')
+        and has_table_privilege(to_regclass(${`${quoteIdent(schema)}.schema_migrations`}), 'INSERT')
+        and has_table_privilege(to_regclass(${`${quoteIdent(schema)}.schema_migrations`}), 'DELETE'), false) as "ledgerWriteApp"
+    from pg_roles r where r.rolname = current_user`
+  const tables = await sql<{name: string; owns: boolean; refs: boolean}[]>`
+    select c.relname as name, pg_has_role(current_user, c.relowner, 'USAGE') as owns, has_table_privilege(c.oid, 'REFERENCES') as refs
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = ${schema} and c.relname = any(${TOUCHED_TABLES}) order by c.relname`
+  // pg_dump reads every table and sequence of the database: one it may not read fails the backup.
+  const unreadable = o.backupDir ? await sql<{name: string}[]>`
+    select format('%I.%I', n.nspname, c.relname) as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind in ('r', 'p', 'm', 'S') and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\_%'
+      and not has_table_privilege(c.oid, 'SELECT') order by 1 limit 6` : []
+
+  const missing: string[] = []
+  const grants: string[] = []
+  const db = quoteIdent(p.db)
+  const role = quoteIdent(p.role)
+  if (!p.superuser) {
+    if (!p.ledgerSchema && !p.dbCreate) {
+      missing.push(`CREATE on database ${p.db} (to create the ledger schema ${LEDGER_SCHEMA})`)
+      grants.push(`GRANT CREATE ON DATABASE ${db} TO ${role}`)
+    } else if (p.ledgerSchema && !p.ledgerTable && !p.ledgerSchemaCreate) {
+      missing.push(`USAGE and CREATE on schema ${LEDGER_SCHEMA} (to create the ledger table)`)
+      grants.push(`GRANT USAGE, CREATE ON SCHEMA ${LEDGER_SCHEMA} TO ${role}`)
+    } else if (p.ledgerTable && !p.ledgerWrite) {
+      missing.push(`SELECT, INSERT and UPDATE on ${LEDGER_TABLE} (the ledger)`)
+      grants.push(`GRANT USAGE ON SCHEMA ${LEDGER_SCHEMA} TO ${role}; GRANT SELECT, INSERT, UPDATE ON ${LEDGER_TABLE} TO ${role}`)
+    }
+    if (!p.schemaCreate) {
+      missing.push(`CREATE on schema ${schema} (for the new tables)`)
+      grants.push(`GRANT CREATE ON SCHEMA ${quoteIdent(schema)} TO ${role}`)
+    }
+    if (p.ledger && !p.ledgerWriteApp) {
+      missing.push(`SELECT, INSERT and DELETE on ${p.ledger} (to record each migration)`)
+      grants.push(`GRANT SELECT, INSERT, DELETE ON ${p.ledger} TO ${role}`)
+    }
+    const notOwned = tables.filter((t) => !t.owns).map((t) => `${schema}.${t.name}`)
+    if (notOwned.length > 0) missing.push(`ownership of ${listJoin(notOwned)} (to alter ${notOwned.length === 1 ? 'it' : 'them'})`)
+    const noRefs = tables.filter((t) => t.owns && !t.refs).map((t) => `${schema}.${t.name}`)
+    if (noRefs.length > 0) {
+      missing.push(`REFERENCES on ${listJoin(noRefs)} (for the new foreign keys)`)
+      grants.push(`GRANT REFERENCES ON ${noRefs.join(', ')} TO ${role}`)
+    }
+    if (o.needCreateDb && !p.createdb) missing.push('CREATEDB (for the dry-run copy)')
+    if (unreadable.length > 0) {
+      missing.push(`SELECT on ${listJoin(unreadable.map((u) => u.name))}${unreadable.length > 5 ? ' and more' : ''} (pg_dump reads every table for the backup)`)
+    }
+  }
+  if (missing.length > 0) {
+    const fix = [
+      ...grants.map((g) => `${g};`),
+      ...(missing.some((m) => m.startsWith('ownership')) ? ['run as the owner of the nChat tables (POSTGRES_USER)'] : []),
+      ...(missing.some((m) => m.startsWith('CREATEDB')) ? ['use a role with CREATEDB or pass --skip-dryrun'] : []),
+    ].join(' ')
+    return {detail: `role ${p.role} lacks ${listJoin(missing)}`, fix: fix || undefined, name: 'privileges', status: 'fail'}
+  }
+  return {detail: `${p.role}${p.superuser ? ' (superuser)' : ''} may create the ledger and the new tables and alter ${TOUCHED_TABLES.join(', ')}${o.needCreateDb ? ', and create the dry-run database' : ''}`, name: 'privileges', status: 'ok'}
+}
+
+function listJoin(items: string[]): string {
+  return items.length <= 1 ? items.join('') : `${items.slice(0, -1).join(', ')} and ${items.at(-1)}`
 }
 
 async function backupSpaceCheck(dir: string, dataBytes: number): Promise<Check> {

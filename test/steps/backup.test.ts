@@ -413,6 +413,60 @@ describe('verifyBackup and listing', () => {
     expect(await listBackups(path.join(root, 'none'))).toEqual([])
   }, T)
 
+  it('backups started in the same second all succeed, with distinct names in nself\'s <PROJECT>_<YYYYMMDD_HHMMSS>.dump pattern', async () => {
+    db = await createTestDb(admin, {audit: 10, messages: 10})
+    root = tempDir()
+    const dir = path.join(root, 'b')
+    const target = makeTarget({backupDir: dir, database: db, mode: 'local'})
+    const tools = await PgTools.create(target)
+    // Three runs, each on its own connection as separate processes would be, started just after a second
+    // begins: their first choice of name is the same.
+    const clients = [dbSql(db, 1), dbSql(db, 1), dbSql(db, 1)]
+    let infos
+    try {
+      await Promise.all(clients.map((c) => c`select 1`))
+      await new Promise((resolve) => { setTimeout(resolve, 1000 - (Date.now() % 1000) + 20) })
+      infos = await Promise.all(clients.map((c) => takeBackup({ledgerVersion: 12, schema: 'public', sql: c, tables: TABLES, target, tools})))
+    } finally {
+      await Promise.all(clients.map((c) => c.end({timeout: 2})))
+    }
+    expect(new Set(infos.map((i) => i.file)).size).toBe(3)
+    for (const info of infos) {
+      expect(path.basename(info.file)).toMatch(/^nchat_\d{8}_\d{6}\.dump$/)
+      await expect(verifyBackup({database: db, file: info.file, tools})).resolves.toMatchObject({manifest: {sha256: info.manifest.sha256}})
+      expect(mode(info.file)).toBe(0o600)
+    }
+    expect(fs.readdirSync(dir).filter((f) => f.endsWith('.partial'))).toEqual([])
+  }, T)
+
+  it('refuses another database\'s dump behind a manifest edited to name this database, naming the dump\'s own database', async () => {
+    db = await createTestDb(admin, {audit: 10, messages: 10})
+    const other = await createTestDb(admin, {audit: 10, messages: 10})
+    root = tempDir()
+    const dir = path.join(root, 'b')
+    const otherSql = dbSql(other)
+    try {
+      const tools = await PgTools.create(makeTarget({backupDir: dir, database: db, mode: 'local'}))
+      sql = dbSql(db)
+      const mine = await takeBackup({ledgerVersion: 12, schema: 'public', sql, tables: TABLES, target: makeTarget({backupDir: dir, database: db, mode: 'local'}), tools})
+      const theirs = await takeBackup({ledgerVersion: 12, schema: 'public', sql: otherSql, tables: TABLES, target: makeTarget({backupDir: path.join(root, 'o'), database: other, mode: 'local'}), tools})
+      // The foreign dump under a name of this project, with this database's manifest edited to describe it.
+      const forged = mine.file.replace(/\.dump$/, '_x.dump')
+      fs.copyFileSync(theirs.file, forged)
+      const manifest = {...mine.manifest, file: path.basename(forged), sha256: sha256(forged), size: fs.statSync(forged).size}
+      fs.writeFileSync(forged + MANIFEST_SUFFIX, JSON.stringify(manifest))
+      const error = await verifyBackup({database: db, file: forged, tools}).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(UserError)
+      expect((error as Error).message).toBe(`The backup ${forged} is a dump of the database "${other}", not of "${db}" (its manifest says "${db}").`)
+      // Without naming the database the manifest itself is caught out by the dump's header.
+      await expect(verifyBackup({file: forged, tools})).rejects.toThrow(`is a dump of the database "${other}", but its manifest says "${db}"`)
+      await expect(verifyBackup({database: db, file: mine.file, tools})).resolves.toBeDefined()
+    } finally {
+      await otherSql.end({timeout: 2})
+      await dropTestDb(admin, other)
+    }
+  }, T)
+
   it('never puts the password in argv, logs or messages, even when pg_dump fails', async () => {
     db = await createTestDb(admin, {audit: 10, messages: 10})
     root = tempDir()

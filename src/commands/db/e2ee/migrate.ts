@@ -39,6 +39,11 @@ Every step is shown as it runs; the first failure stops the run with production 
 
   private printSummary(s: MigrateSummary): void {
     this.say('')
+    if (s.appliedByOtherRun) {
+      this.say(`Nothing to do: another run migrated ${s.database} (schema ${s.schema}) from ${s.before ?? 'nothing'} to ${s.after ?? 'nothing'} while this one waited for it; this run applied nothing.`)
+      if (s.backup) this.say(`Backup      ${s.backup.file} (taken by this run before it waited)`)
+      return
+    }
     if (s.nothingToDo) {
       this.say(`Nothing to do: ${s.database} is at ${s.after ?? 'nothing'} (schema ${s.schema}).`)
       return

@@ -20,7 +20,7 @@ export default class Rollback extends BaseCommand {
     ...backupFlags,
     backup: Flags.string({description: 'The backup to restore (default: the newest pre-migration backup in the backup dir).'}),
     strategy: Flags.string({default: 'restore', description: 'restore: swap in the backup; down: run the down migrations.', options: ['restore', 'down']}),
-    to: Flags.integer({default: 12, description: 'With --strategy down: the version to go back to.', min: 12}),
+    to: Flags.integer({description: 'With --strategy down: the version to go back to (default 12). With restore: only accepted when the backup is at that version.', min: 12}),
   }
 
   async run(): Promise<void> {
@@ -41,9 +41,13 @@ export default class Rollback extends BaseCommand {
       this.say(`Nothing to revert: ${s.database} is at ${s.after ?? 'nothing'}.`)
       return
     }
+    if (s.strategy === 'restore' && !s.kept) {
+      this.say(`Nothing to roll back: ${s.database} is at ${s.after ?? 'nothing'} and has none of the upgrade's migrations; no backup was restored.`)
+      return
+    }
     this.say(`Rolled back ${s.database} (${s.strategy}): migration ${s.before ?? 'none'} → ${s.after ?? 'none'}.`)
     if (s.backup) this.say(`Backup      ${s.backup.file} (${s.strategy === 'restore' ? 'restored' : 'safety backup, taken before reverting'})`)
-    for (const l of s.lost) this.say(`Lost        ${l.rows} ${l.what}`)
+    for (const l of s.lost) this.say(`Lost        ${l.what}`)
     if (s.kept) {
       this.say(`Kept        the replaced database as ${s.kept.database} (new connections waited ${fmtMs(s.swapWindowMs ?? 0)} for the swap)`)
       this.say(`            drop it when you no longer need it: ${s.kept.dropWith}`)
