@@ -1,0 +1,206 @@
+import {setTimeout as sleep} from 'node:timers/promises'
+
+import {isCancelled, onCancel} from '../cancel.js'
+import {UserError} from '../errors.js'
+import {backoffMs, isLockTimeout} from '../migrations/locks.js'
+import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
+
+/**
+ * The guide's "Set Up Automated Cleanup", done in small batches:
+ *
+ *   DELETE FROM nchat_e2ee_audit_log WHERE created_at < NOW() - INTERVAL '90 days';
+ *   DELETE FROM nchat_one_time_prekeys WHERE is_consumed = TRUE AND consumed_at < NOW() - INTERVAL '30 days';
+ *
+ * Run as written on a large table, each DELETE is one transaction that holds the row lock of every row it
+ * deletes until the end (a device deletion cascading to its prekeys, or a user deletion setting audit rows'
+ * user_id to NULL, waits for all of it) and keeps the xmin horizon back, so nothing anywhere can be vacuumed.
+ *
+ * Here each batch is its own short transaction: it picks up to N primary keys through the index on the age
+ * column (idx_e2ee_audit_log_created_at; the partial idx_one_time_prekeys_consumed), locks them with
+ * `FOR UPDATE SKIP LOCKED` (a row a writer is changing is skipped, never waited for, and picked up by a later
+ * batch or run), deletes them by primary key with the predicate checked again, and commits. Primary keys,
+ * not ctid: a ctid changes when a row is updated, a primary key does not. The cutoff is fixed once per run
+ * (`now()` on the server at the start), so a batch never reaches rows that became old during the run.
+ * A batch that takes longer than half the lock timeout halves the next batch, so the longest time a writer can
+ * wait on our row locks follows the lock timeout, also on a busy machine.
+ */
+
+export interface CleanupTarget {
+  key: 'audit_log' | 'one_time_prekeys'
+  table: string
+  ageColumn: string
+  days: number
+  /** The guide's predicate on rows named `alias` (or unqualified), with the cutoff as $1; NULL ages never match. */
+  predicate: (alias?: string) => string
+}
+
+export function cleanupTargets(auditDays: number, prekeyDays: number): CleanupTarget[] {
+  return [
+    {
+      ageColumn: 'created_at', days: auditDays, key: 'audit_log', predicate: (a = '') => `${a}created_at < $1`, table: 'nchat_e2ee_audit_log',
+    },
+    {
+      // is_consumed = TRUE matches the partial index idx_one_time_prekeys_consumed; `consumed_at < $1` is NULL
+      // (not true) for a NULL consumed_at, so a prekey without a consumption time is never deleted.
+      ageColumn: 'consumed_at', days: prekeyDays, key: 'one_time_prekeys', predicate: (a = '') => `${a}is_consumed = TRUE AND ${a}consumed_at IS NOT NULL AND ${a}consumed_at < $1`,
+      table: 'nchat_one_time_prekeys',
+    },
+  ]
+}
+
+export interface CleanupOptions {
+  schema: string
+  auditDays: number
+  prekeyDays: number
+  batchSize: number
+  pauseMs: number
+  lockTimeoutMs: number
+  /** How long to keep retrying one batch that meets lock timeouts. */
+  maxLockWaitMs: number
+  dryRun: boolean
+  onProgress?: (p: CleanupProgress) => void
+  log?: (line: string) => void
+}
+
+export interface CleanupProgress {
+  table: string
+  deleted: number
+  estimated: number
+  batchSize: number
+}
+
+export interface TableResult {
+  table: string
+  cutoff: string
+  days: number
+  /** Rows matching the guide's predicate when the run started. */
+  matched: number
+  deleted: number
+  batches: number
+  lockTimeouts: number
+  /** Longest batch (its transaction, so the longest any writer could wait on our row locks). */
+  longestBatchMs: number
+  /** Rows still matching at the end (rows a writer held when their batch came, left for the next run). */
+  remaining: number
+}
+
+export interface CleanupReport {
+  dryRun: boolean
+  schema: string
+  tables: TableResult[]
+  deleted: number
+  durationMs: number
+  interrupted: boolean
+}
+
+/** The tables must be there: cleanup is for a database migration 014 was applied to. */
+async function assertTablesExist(sql: Querier, schema: string, tables: string[]): Promise<void> {
+  const rows = await sql<{name: string}[]>`
+    select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = ${schema} and c.relname = any(${tables}) and c.relkind in ('r', 'p')`
+  const missing = tables.filter((t) => !rows.some((r) => r.name === t))
+  if (missing.length > 0) {
+    throw new UserError(`The table ${schema}.${missing[0]} does not exist, so there is nothing to clean up (migration 014 is not applied).`, {
+      hint: 'Run nself db e2ee migrate first, or check --database and --schema.',
+    })
+  }
+}
+
+async function countMatching(sql: Querier, schema: string, t: CleanupTarget, cutoff: Date): Promise<number> {
+  const [row] = await sql.unsafe<{n: string}[]>(`select count(*) as n from ${quoteIdent(schema)}.${quoteIdent(t.table)} where ${t.predicate()}`, [cutoff])
+  return Number(row.n)
+}
+
+function batchStatement(schema: string, t: CleanupTarget): string {
+  const table = `${quoteIdent(schema)}.${quoteIdent(t.table)}`
+  return `with batch as (
+      select id from ${table} where ${t.predicate()} order by ${quoteIdent(t.ageColumn)} limit $2 for update skip locked
+    )
+    delete from ${table} d using batch where d.id = batch.id and ${t.predicate('d.')}`
+}
+
+export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<CleanupReport> {
+  const started = Date.now()
+  const targets = cleanupTargets(opts.auditDays, opts.prekeyDays)
+  await assertTablesExist(sql, opts.schema, targets.map((t) => t.table))
+
+  let stop = false
+  const unregister = onCancel(() => {
+    stop = true
+  })
+  const results: TableResult[] = []
+  try {
+    for (const t of targets) {
+      const [{cutoff}] = await sql<{cutoff: Date}[]>`select now() - make_interval(days => ${t.days}) as cutoff`
+      const matched = await countMatching(sql, opts.schema, t, cutoff)
+      const r: TableResult = {batches: 0, cutoff: cutoff.toISOString(), days: t.days, deleted: 0, lockTimeouts: 0, longestBatchMs: 0, matched, remaining: matched, table: t.table}
+      results.push(r)
+      if (opts.dryRun || matched === 0) continue
+      opts.onProgress?.({batchSize: opts.batchSize, deleted: 0, estimated: matched, table: t.table})
+      const statement = batchStatement(opts.schema, t)
+      let size = opts.batchSize
+      let lockWaitStarted: number | undefined
+      let attempt = 0
+      while (!stop && !isCancelled()) {
+        const t0 = performance.now()
+        let n: number
+        try {
+          n = await deleteBatch(sql, statement, cutoff, size, opts.lockTimeoutMs)
+        } catch (error) {
+          if (!isLockTimeout(error) && (error as {code?: string}).code !== '57014') throw error
+          if (isCancelled() || stop) break
+          // A lock timeout (the table is locked by DDL) or our own statement timeout: back off and retry, smaller.
+          r.lockTimeouts++
+          lockWaitStarted ??= Date.now()
+          if (Date.now() - lockWaitStarted > opts.maxLockWaitMs) {
+            throw new UserError(`Cleanup of ${opts.schema}.${t.table} could not get its locks within ${Math.round(opts.maxLockWaitMs / 1000)} s (lock_timeout ${opts.lockTimeoutMs} ms, retried ${r.lockTimeouts} times); ${r.deleted} rows were deleted before that.`, {
+              cause: error, hint: 'A session holds a strong lock on the table (see pg_locks); run cleanup again later, or raise --max-lock-wait.',
+            })
+          }
+          size = Math.max(1, Math.floor(size / 2))
+          await sleep(backoffMs(attempt++))
+          continue
+        }
+        const ms = performance.now() - t0
+        lockWaitStarted = undefined
+        attempt = 0
+        r.batches++
+        r.deleted += n
+        r.longestBatchMs = Math.max(r.longestBatchMs, ms)
+        opts.onProgress?.({batchSize: size, deleted: r.deleted, estimated: Math.max(matched, r.deleted), table: t.table})
+        if (n === 0) break
+        // Keep each batch's transaction well inside the lock timeout: that is what a blocked writer would wait.
+        if (ms > opts.lockTimeoutMs / 2) size = Math.max(1, Math.floor(size / 2))
+        else if (ms < opts.lockTimeoutMs / 8 && size < opts.batchSize) size = Math.min(opts.batchSize, size * 2)
+        if (opts.pauseMs > 0) await sleep(opts.pauseMs)
+      }
+      if (stop || isCancelled()) break
+    }
+    for (const r of results) {
+      if (opts.dryRun) continue
+      const t = targets.find((x) => x.table === r.table)!
+      r.remaining = await countMatching(sql, opts.schema, t, new Date(r.cutoff))
+    }
+  } finally {
+    unregister()
+  }
+  const interrupted = stop || isCancelled()
+  return {
+    deleted: results.reduce((s, r) => s + r.deleted, 0),
+    dryRun: opts.dryRun,
+    durationMs: Date.now() - started,
+    interrupted,
+    schema: opts.schema,
+    tables: results,
+  }
+}
+
+/** One batch: its own transaction with a lock_timeout and a statement_timeout that bound how long it holds rows. */
+async function deleteBatch(sql: Sql, statement: string, cutoff: Date, size: number, lockTimeoutMs: number): Promise<number> {
+  return sql.begin(async (tx) => {
+    await tx.unsafe(`set local lock_timeout = ${Math.round(lockTimeoutMs)}`)
+    await tx.unsafe(`set local statement_timeout = ${Math.max(1000, Math.round(lockTimeoutMs * 5))}`)
+    const res = await tx.unsafe(statement, [cutoff, size])
+    return res.count
+  })
+}
