@@ -93,14 +93,14 @@ export interface CleanupReport {
   interrupted: boolean
 }
 
-/** The tables must be there: cleanup is for a database migration 014 was applied to. */
-async function assertTablesExist(sql: Querier, schema: string, tables: string[]): Promise<void> {
+/** The tables must be there: maintenance is for a database migration 014 was applied to. */
+export async function assertTablesExist(sql: Querier, schema: string, tables: string[], what = 'clean up'): Promise<void> {
   const rows = await sql<{name: string}[]>`
     select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = ${schema} and c.relname = any(${tables}) and c.relkind in ('r', 'p')`
   const missing = tables.filter((t) => !rows.some((r) => r.name === t))
   if (missing.length > 0) {
-    throw new UserError(`The table ${schema}.${missing[0]} does not exist, so there is nothing to clean up (migration 014 is not applied).`, {
+    throw new UserError(`The table ${schema}.${missing[0]} does not exist, so there is nothing to ${what} (migration 014 is not applied).`, {
       hint: 'Run nself db e2ee migrate first, or check --database and --schema.',
     })
   }
@@ -199,8 +199,13 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
 async function deleteBatch(sql: Sql, statement: string, cutoff: Date, size: number, lockTimeoutMs: number): Promise<number> {
   return sql.begin(async (tx) => {
     await tx.unsafe(`set local lock_timeout = ${Math.round(lockTimeoutMs)}`)
-    await tx.unsafe(`set local statement_timeout = ${Math.max(1000, Math.round(lockTimeoutMs * 5))}`)
+    await tx.unsafe(`set local statement_timeout = ${batchTimeoutMs(lockTimeoutMs)}`)
     const res = await tx.unsafe(statement, [cutoff, size])
     return res.count
   })
+}
+
+/** Each batch's statement_timeout: the longest a batch may hold its rows (and so keep a writer waiting). */
+export function batchTimeoutMs(lockTimeoutMs: number): number {
+  return Math.max(400, Math.round(2 * lockTimeoutMs))
 }

@@ -1,16 +1,17 @@
 import {describe, expect, it} from 'vitest'
 
 import {seedInconsistentPrekeys} from '../../scripts/maintain-fixture.mjs'
+import {batchTimeoutMs} from '../../src/maintain/cleanup.js'
 import {e2eScope, localArgs, parseJson, runCli} from '../helpers/cli.js'
 import {connect} from '../helpers/fixture.js'
 import {classCounts, migrateAndSeed, startKeyWriter} from '../helpers/maintain.js'
 
 const {fresh} = e2eScope()
 const LOCK_TIMEOUT = 200
-// A batch's statement_timeout is twice the lock timeout: the longest any writer can wait on rows a batch holds.
+// A batch's statement_timeout (batchTimeoutMs: twice the lock timeout, at least 400 ms) is the longest any writer can wait on rows it holds.
 // The margin covers a busy 2-core machine (scheduling, commit flush); the guide's single DELETE of the same rows
 // holds them for its whole run (see bench scenario 6).
-const WRITER_BOUND_MS = 2 * LOCK_TIMEOUT + 1500
+const WRITER_BOUND_MS = batchTimeoutMs(LOCK_TIMEOUT) + 1500
 const SIZE = {auditRows: 40_000, devices: 40, prekeysPerDevice: 50}
 
 const cleanup = (db: string, ...extra: string[]) => runCli(['db', 'e2ee', 'maintain', 'cleanup', ...localArgs(db), ...extra])
