@@ -39,6 +39,9 @@ describe('maintain report', () => {
         tablename in ('nchat_user_master_keys','nchat_identity_keys','nchat_signed_prekeys','nchat_one_time_prekeys','nchat_signal_sessions',
                       'nchat_safety_numbers','nchat_e2ee_audit_log','nchat_calls','nchat_call_participants','nchat_call_events','nchat_streams','nchat_stream_viewers')
         or indexname in ('idx_messages_encrypted', 'idx_messages_sender_device', 'idx_channels_enforce_encryption'))`
+    // The guide's query as written does not run: pg_stat_user_indexes names them relname and indexrelname.
+    await expect(maint.unsafe(`SELECT schemaname, tablename, indexname, idx_scan, idx_tup_read, idx_tup_fetch FROM pg_stat_user_indexes
+      WHERE tablename LIKE '%e2ee%' OR tablename IN ('nchat_messages', 'nchat_channels') ORDER BY idx_scan DESC`)).rejects.toThrow(/column "tablename" does not exist/)
     const [{reset}] = await maint<{reset: Date}[]>`select stats_reset as reset from pg_stat_database where datname = current_database()`
     await maint.end()
 
