@@ -21,8 +21,10 @@ import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
  * batch or run), deletes them by primary key with the predicate checked again, and commits. Primary keys,
  * not ctid: a ctid changes when a row is updated, a primary key does not. The cutoff is fixed once per run
  * (`now()` on the server at the start), so a batch never reaches rows that became old during the run.
- * A batch that takes longer than half the lock timeout halves the next batch, so the longest time a writer can
- * wait on our row locks follows the lock timeout, also on a busy machine.
+ * Each batch is a single statement with the lock timeout and a statement_timeout of twice it (batchTimeoutMs), and
+ * a batch slower than the lock timeout halves the next: the longest a writer can wait on our row locks follows the
+ * lock timeout, also on a busy machine. Batches walk the age index forward from where the last one ended (a
+ * keyset), so each does not step over the dead entries of all the batches before it.
  */
 
 export interface CleanupTarget {
@@ -111,12 +113,20 @@ async function countMatching(sql: Querier, schema: string, t: CleanupTarget, cut
   return Number(row.n)
 }
 
+/**
+ * One batch, one statement (so one transaction, autocommitted): the oldest matching rows from `$3` on (a keyset:
+ * rows before it were deleted by earlier batches, and their dead index entries are not walked again), locked
+ * without waiting, deleted by primary key with the predicate checked again. Returns the count and the newest age.
+ */
 function batchStatement(schema: string, t: CleanupTarget): string {
   const table = `${quoteIdent(schema)}.${quoteIdent(t.table)}`
+  const age = quoteIdent(t.ageColumn)
   return `with batch as (
-      select id from ${table} where ${t.predicate()} order by ${quoteIdent(t.ageColumn)} limit $2 for update skip locked
+      select id from ${table} where ${t.predicate()} and ${age} >= coalesce($3::timestamptz, '-infinity') order by ${age} limit $2 for update skip locked
+    ), gone as (
+      delete from ${table} d using batch where d.id = batch.id and ${t.predicate('d.')} returning d.${age} as age
     )
-    delete from ${table} d using batch where d.id = batch.id and ${t.predicate('d.')}`
+    select count(*)::int as n, max(age) as last from gone`
 }
 
 export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<CleanupReport> {
@@ -129,7 +139,10 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
     stop = true
   })
   const results: TableResult[] = []
+  const conn = await sql.reserve()
   try {
+    // Session settings on the connection the batches run on: every batch statement is its own transaction.
+    await conn.unsafe(`set lock_timeout = ${Math.round(opts.lockTimeoutMs)}; set statement_timeout = ${batchTimeoutMs(opts.lockTimeoutMs)}`)
     for (const t of targets) {
       const [{cutoff}] = await sql<{cutoff: Date}[]>`select now() - make_interval(days => ${t.days}) as cutoff`
       const matched = await countMatching(sql, opts.schema, t, cutoff)
@@ -141,11 +154,16 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
       let size = opts.batchSize
       let lockWaitStarted: number | undefined
       let attempt = 0
+      // From the oldest row on; when a pass finds nothing more, one sweep from the start picks up rows a writer
+      // held when their batch came (SKIP LOCKED passed them by).
+      let from: Date | null = null
+      let sweeping = false
       while (!stop && !isCancelled()) {
         const t0 = performance.now()
         let n: number
+        let last: Date | null
         try {
-          n = await deleteBatch(sql, statement, cutoff, size, opts.lockTimeoutMs)
+          ;[{last, n}] = await conn.unsafe<{n: number; last: Date | null}[]>(statement, [cutoff, size, from])
         } catch (error) {
           if (!isLockTimeout(error) && (error as {code?: string}).code !== '57014') throw error
           if (isCancelled() || stop) break
@@ -168,10 +186,17 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
         r.deleted += n
         r.longestBatchMs = Math.max(r.longestBatchMs, ms)
         opts.onProgress?.({batchSize: size, deleted: r.deleted, estimated: Math.max(matched, r.deleted), table: t.table})
-        if (n === 0) break
-        // Keep each batch's transaction well inside the lock timeout: that is what a blocked writer would wait.
-        if (ms > opts.lockTimeoutMs / 2) size = Math.max(1, Math.floor(size / 2))
-        else if (ms < opts.lockTimeoutMs / 8 && size < opts.batchSize) size = Math.min(opts.batchSize, size * 2)
+        if (n === 0) {
+          if (sweeping) break
+          sweeping = true
+          from = null
+          continue
+        }
+        sweeping = false
+        from = last ?? from
+        // Keep each batch well inside its statement_timeout, the longest a writer can wait on our rows.
+        if (ms > opts.lockTimeoutMs) size = Math.max(1, Math.floor(size / 2))
+        else if (ms < opts.lockTimeoutMs / 4 && size < opts.batchSize) size = Math.min(opts.batchSize, size * 2)
         if (opts.pauseMs > 0) await sleep(opts.pauseMs)
       }
       if (stop || isCancelled()) break
@@ -183,6 +208,8 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
     }
   } finally {
     unregister()
+    await conn.unsafe('reset lock_timeout; reset statement_timeout').catch(() => {})
+    conn.release()
   }
   const interrupted = stop || isCancelled()
   return {
@@ -193,16 +220,6 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
     schema: opts.schema,
     tables: results,
   }
-}
-
-/** One batch: its own transaction with a lock_timeout and a statement_timeout that bound how long it holds rows. */
-async function deleteBatch(sql: Sql, statement: string, cutoff: Date, size: number, lockTimeoutMs: number): Promise<number> {
-  return sql.begin(async (tx) => {
-    await tx.unsafe(`set local lock_timeout = ${Math.round(lockTimeoutMs)}`)
-    await tx.unsafe(`set local statement_timeout = ${batchTimeoutMs(lockTimeoutMs)}`)
-    const res = await tx.unsafe(statement, [cutoff, size])
-    return res.count
-  })
 }
 
 /** Each batch's statement_timeout: the longest a batch may hold its rows (and so keep a writer waiting). */
