@@ -5,7 +5,7 @@
 //   npm run bench -- --quick           # small sizes, 1 run, prints the tables only (no file written)
 //   npm run bench -- --messages 500000 --runs 5 --out /tmp/b.md
 //   npm run bench -- --only 2,5        # some scenarios only (no file written unless --out)
-//   npm run bench -- --only 6 --cleanup-rows 1000000 --runs 1 --messages 20000 --out docs/benchmarks-cleanup.md
+//   npm run bench -- --only 7 --cleanup-rows 1000000 --runs 1 --messages 20000 --out docs/benchmarks-cleanup.md
 //
 // Needs the real PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and psql/pg_dump/pg_restore on PATH, and
 // dist/ built (npm run bench builds it). Every database it makes is named e2ee_bench_<run id>_… and dropped at
@@ -73,8 +73,8 @@ function parseArgs(argv) {
     runs: o.runs ?? (quick ? 1 : 5),
     devices: o.devices ?? (quick ? [200, 2_000] : [2_000, 20_000]),
     readMs: o.readMs ?? (quick ? 3_000 : 5_000),
-    only: o.only ?? [1, 2, 3, 4, 5, 6],
-    // Scenario 6: audit rows and one-time prekeys each (60 % and 40 % of them old enough to delete).
+    only: o.only ?? [1, 2, 3, 4, 5, 6, 7],
+    // Scenario 7: audit rows and one-time prekeys each (60 % and 40 % of them old enough to delete).
     cleanupRows: o.cleanupRows ?? (quick ? 100_000 : 1_000_000),
     // A full run writes docs/benchmarks.md; --quick and --only print only, unless --out says where.
     out: o.out ?? (quick || o.only ? undefined : path.join(ROOT, 'docs', 'benchmarks.md')),
@@ -457,7 +457,7 @@ function report1(cfg, res) {
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// Scenario 6: the guide's cleanup DELETEs vs `maintain cleanup`, with a writer on the same rows
+// Scenario 7: the guide's cleanup DELETEs vs `maintain cleanup`, with a writer on the same rows
 
 /**
  * What the app does to the rows cleanup deletes: records new audit events, sets user_id to NULL on old audit rows
@@ -498,8 +498,8 @@ function startKeyWriter(database, pauseMs) {
 
 async function cleanupSource(cfg) {
   if (ctx.cleanupSrc) return ctx.cleanupSrc
-  const db = await cloneDb(await template(cfg), `${PREFIX}_s6_src`)
-  await cli(['db', 'e2ee', 'migrate', '--yes', '--json', '--skip-backup', '--skip-dryrun', '-d', db], scratchDir('s6_migrate'))
+  const db = await cloneDb(await template(cfg), `${PREFIX}_s7_src`)
+  await cli(['db', 'e2ee', 'migrate', '--yes', '--json', '--skip-backup', '--skip-dryrun', '-d', db], scratchDir('s7_migrate'))
   const t0 = performance.now()
   const sql = pg(db)
   try {
@@ -511,7 +511,7 @@ async function cleanupSource(cfg) {
   } finally {
     await sql.end({timeout: 2})
   }
-  log(`s6 source ${db}: ${cfg.cleanupRows} audit rows and prekeys, ${fmtNum(ctx.cleanupDbSize, 'B')}, seeded in ${fmtNum(performance.now() - t0, 'ms')}`)
+  log(`s7 source ${db}: ${cfg.cleanupRows} audit rows and prekeys, ${fmtNum(ctx.cleanupDbSize, 'B')}, seeded in ${fmtNum(performance.now() - t0, 'ms')}`)
   ctx.cleanupSrc = db
   return db
 }
@@ -519,13 +519,13 @@ async function cleanupSource(cfg) {
 const GUIDE_CLEANUP_SQL = `DELETE FROM nchat_e2ee_audit_log WHERE created_at < NOW() - INTERVAL '90 days';
 DELETE FROM nchat_one_time_prekeys WHERE is_consumed = TRUE AND consumed_at < NOW() - INTERVAL '30 days';`
 
-async function scenario6(cfg) {
+async function scenario7(cfg) {
   const src = await cleanupSource(cfg)
   const results = {guide: [], ours: []}
   for (let r = 1; r <= cfg.runs; r++) {
     const order = r % 2 ? ['guide', 'ours'] : ['ours', 'guide']
     for (const way of order) {
-      const db = await cloneDb(src, `${PREFIX}_s6_${way}_${r}`)
+      const db = await cloneDb(src, `${PREFIX}_s7_${way}_${r}`)
       try {
         const writer = startKeyWriter(db, 5)
         await sleep(500)
@@ -538,7 +538,7 @@ async function scenario6(cfg) {
           deleted = ctx.cleanupExpected.auditDelete + ctx.cleanupExpected.prekeyDelete
           if (/ERROR/.test(res.stderr)) throw new Error(res.stderr)
         } else {
-          const res = await cli(['db', 'e2ee', 'maintain', 'cleanup', '--yes', '--json', '-d', db], scratchDir(`s6_${r}`))
+          const res = await cli(['db', 'e2ee', 'maintain', 'cleanup', '--yes', '--json', '-d', db], scratchDir(`s7_${r}`))
           deleted = res.json.deleted
           longestBatchMs = Math.max(...res.json.tables.map((t) => t.longestBatchMs))
           batches = res.json.tables.reduce((s, t) => s + t.batches, 0)
@@ -562,7 +562,7 @@ async function scenario6(cfg) {
           maxMs: Math.max(...lat), p99Ms: percentile(lat, 99), slow: lat.filter((x) => x > cfg.slowMs).length, longestBatchMs, batches,
         }
         results[way].push(row)
-        log(`s6 run ${r} ${way}: ${row.deleted} rows in ${fmtNum(cleanupMs, 'ms')} (${fmtNum(row.rowsPerS)} rows/s), writes ${row.writes}, longest ${fmtNum(row.maxMs, 'ms')}, >${cfg.slowMs} ms: ${row.slow}, left ${left}`)
+        log(`s7 run ${r} ${way}: ${row.deleted} rows in ${fmtNum(cleanupMs, 'ms')} (${fmtNum(row.rowsPerS)} rows/s), writes ${row.writes}, longest ${fmtNum(row.maxMs, 'ms')}, >${cfg.slowMs} ms: ${row.slow}, left ${left}`)
       } finally {
         await dropDb(db)
       }
@@ -571,7 +571,7 @@ async function scenario6(cfg) {
   return results
 }
 
-function report6(cfg, res) {
+function report7(cfg, res) {
   const col = (k, unit) => [cell(res.guide.map((x) => x[k]), unit), cell(res.ours.map((x) => x[k]), unit), ratio(res.ours.map((x) => x[k]), res.guide.map((x) => x[k]))]
   const rows = [
     ['longest writer wait', ...col('maxMs', 'ms')],
@@ -942,8 +942,141 @@ function report5(cfg, res) {
   const t = table(['metric', 'guide (DROP + CREATE + psql restore)', 'ours (rollback: restore beside, swap)', 'ours/guide'], rows)
   const text = `The guide's option 1 leaves no usable database from the DROP until psql has finished: ${fmtNum(stats(g.map((x) => x.internalMs)).median, 'ms')} (median), and a failed restore would leave none at all. `
     + `The outside probe saw the guide's data again after ${fmtNum(stats(g.map((x) => x.longestGapMs)).median, 'ms')}: psql commits each table's COPY as it goes, so the rows are readable while the restore is still building the primary keys, indexes and foreign keys (the probe counts that tail as up; the guide keeps the app stopped throughout anyway). `
-    + `Ours restores into a new database while the live one keeps serving, then swaps names in one transaction: connections were refused for ${fmtNum(stats(o.map((x) => x.internalMs)).median, 'ms')} by its own clock, ${fmtNum(stats(o.map((x) => x.failed)).median)} probe(s) failed (median) and the outside probe's longest gap was ${fmtNum(stats(o.map((x) => x.longestGapMs)).median, 'ms')} (typical gap ${fmtNum(stats(o.map((x) => x.typicalGapMs)).median, 'ms')}, the load of the restore running beside it included). `
+    + `Ours restores into a new database while the live one keeps serving, then swaps names in one transaction: new connections waited ${fmtNum(stats(o.map((x) => x.internalMs)).median, 'ms')} by its own clock, ${fmtNum(stats(o.map((x) => x.failed)).median)} probe(s) failed (median) and the outside probe's longest gap was ${fmtNum(stats(o.map((x) => x.longestGapMs)).median, 'ms')} (typical gap ${fmtNum(stats(o.map((x) => x.typicalGapMs)).median, 'ms')}, the load of the restore running beside it included). `
     + (intact ? 'After every rollback the database was back at migration 12 with all its messages.' : 'WARNING: after at least one rollback the database was not back at migration 12 with all its messages (see the log).')
+  return {table: t, text}
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Scenario 6: busy writers, flat out, during the migration (issue 9: lock order and deadlocks)
+
+const BUSY_WRITERS = 6
+
+/**
+ * `n` writers, each on its own connection, inserting messages back to back as fast as the server takes them
+ * (closed loop: each waits for its insert, then sends the next). Every insert names a channel and a user, so it
+ * runs the foreign-key checks on nchat_channels and nchat_users, as the app's do. The server's own
+ * deadlock_timeout applies (not lowered).
+ */
+function startBusyWriters(database, n, tag) {
+  const app = `e2ee-bench-${RUN}-busy`
+  const pools = Array.from({length: n}, () => pg(database, {extra: {connection: {application_name: app}}}))
+  const latencies = []
+  const starts = []
+  const errors = {}
+  let running = true
+  const loops = pools.map(async (sql, i) => {
+    const [{channel, userId}] = await sql`select (select id from nchat_channels order by id offset ${i} limit 1) as channel, (select id from nchat_users order by id offset ${i} limit 1) as "userId"`
+    while (running) {
+      const t = performance.now()
+      try {
+        await sql`insert into nchat_messages (channel_id, user_id, content) values (${channel}, ${userId}, ${tag})`
+      } catch (error) {
+        errors[error.code ?? 'unknown'] = (errors[error.code ?? 'unknown'] ?? 0) + 1
+      }
+      starts.push(t)
+      latencies.push(performance.now() - t)
+    }
+  })
+  // How long an insert has been running while it waits for a lock (sampled): lock waits apart from a slow disk or CPU.
+  const lockWaits = []
+  const sampler = pg(database)
+  const sampling = (async () => {
+    while (running) {
+      const rows = await sampler`select extract(epoch from clock_timestamp() - query_start) * 1000 as ms from pg_stat_activity
+        where application_name = ${app} and wait_event_type = 'Lock'`.catch(() => [])
+      for (const r of rows) lockWaits.push({at: performance.now(), ms: Number(r.ms)})
+      await sleep(10)
+    }
+  })()
+  return {
+    async stop() {
+      running = false
+      await Promise.all([...loops, sampling])
+      await Promise.all([...pools, sampler].map((p) => p.end({timeout: 2})))
+      return {latencies, starts, errors, lockWaits}
+    },
+  }
+}
+
+async function scenario6(cfg) {
+  const tpl = await template(cfg)
+  const results = {guide: [], ours: []}
+  const tag = `busy write ${RUN}`
+  for (let r = 1; r <= cfg.runs; r++) {
+    const order = r % 2 ? ['guide', 'ours'] : ['ours', 'guide']
+    for (const way of order) {
+      const db = await cloneDb(tpl, `${PREFIX}_s6_${way}_${r}`)
+      try {
+        const load1 = os.loadavg()[0]
+        const writers = startBusyWriters(db, BUSY_WRITERS, tag)
+        await sleep(cfg.quick ? 1000 : 2000)
+        let res
+        const t0 = performance.now()
+        if (way === 'guide') {
+          res = await run('psql', psqlArgs(db), {stdinFile: GUIDE_SQL_FILE})
+          if (/ERROR/.test(res.stderr)) throw new Error(`the guide's SQL failed: ${res.stderr.trim().split('\n')[0]}`)
+        } else {
+          res = await cli(['db', 'e2ee', 'migrate', '--yes', '--json', '--skip-backup', '--skip-dryrun', '-d', db], scratchDir(`s6_${r}`))
+          if (res.json.after !== 16) throw new Error(`migrate ended at ${res.json.after}, not 16`)
+        }
+        const migrationMs = performance.now() - t0
+        await sleep(500)
+        const w = await writers.stop()
+        const [{rows}] = await adminQueryOn(db, `select count(*)::int as rows from nchat_messages where content = '${tag}'`)
+        const failures = Object.values(w.errors).reduce((a, b) => a + b, 0)
+        // Only the inserts sent while the migration ran; the ones before it show what the loaded machine does alone.
+        const lat = w.latencies.filter((_, i) => w.starts[i] >= t0 && w.starts[i] < t0 + migrationMs)
+        const before = w.latencies.filter((_, i) => w.starts[i] < t0)
+        const row = {
+          migrationMs, applyMs: res.json?.applyMs, lockRetries: res.json?.lockRetries, inserts: w.latencies.length - failures, failures, errors: w.errors,
+          lost: w.latencies.length - failures - rows, maxMs: Math.max(...lat), p99Ms: percentile(lat, 99), slow: lat.filter((x) => x > cfg.slowMs).length,
+          slowPct: (100 * lat.filter((x) => x > cfg.slowMs).length) / Math.max(1, lat.length), beforeMaxMs: Math.max(...before), load1,
+          lockWaitMaxMs: Math.max(0, ...w.lockWaits.filter((x) => x.at >= t0 && x.at < t0 + migrationMs).map((x) => x.ms)),
+        }
+        results[way].push(row)
+        log(`s6 run ${r} ${way}: migration ${fmtNum(migrationMs, 'ms')}, inserts ${row.inserts}, max ${fmtNum(row.maxMs, 'ms')}, >${cfg.slowMs} ms: ${row.slow}, errors ${JSON.stringify(w.errors)}, lost ${row.lost}`)
+      } finally {
+        await dropDb(db)
+      }
+    }
+  }
+  return results
+}
+
+async function adminQueryOn(database, text) {
+  const sql = pg(database)
+  try {
+    return await sql.unsafe(text)
+  } finally {
+    await sql.end({timeout: 2})
+  }
+}
+
+function report6(cfg, res) {
+  const col = (k, unit) => [cell(res.guide.map((x) => x[k]), unit), cell(res.ours.map((x) => x[k]), unit), ratio(res.ours.map((x) => x[k]), res.guide.map((x) => x[k]))]
+  const rows = [
+    ['migration wall time (ours: whole command)', ...col('migrationMs', 'ms')],
+    ['longest insert wait (sent while the migration ran)', ...col('maxMs', 'ms')],
+    ['p99 insert latency (same)', ...col('p99Ms', 'ms')],
+    [`inserts that waited > ${cfg.slowMs} ms, the lock timeout (same)`, ...col('slow')],
+    [`share of them that waited > ${cfg.slowMs} ms (%)`, ...col('slowPct')],
+    ['longest wait for a lock seen in an insert (sampled every 10 ms)', ...col('lockWaitMaxMs', 'ms')],
+    [`reference: longest insert wait in the ${cfg.quick ? 1 : 2} s before the migration (the machine alone)`, ...col('beforeMaxMs', 'ms')],
+    ['failed inserts (deadlock victims or other errors)', ...col('failures')],
+    ['committed inserts missing afterwards', ...col('lost')],
+    ['inserts committed (during the whole window)', ...col('inserts')],
+  ]
+  const t = table(['metric', 'guide (psql < guide SQL)', 'ours (migrate --skip-backup --skip-dryrun)', 'ours/guide'], rows)
+  const med = (side, k) => stats(res[side].map((x) => x[k])).median
+  const codes = [...new Set([...res.guide, ...res.ours].flatMap((x) => Object.keys(x.errors)))]
+  const load = stats([...res.guide, ...res.ours].map((x) => x.load1))
+  const text = `The machine's 1-minute load average was ${fmtNum(load.min)}–${fmtNum(load.max)} at the start of the runs (2 CPUs, shared), so single inserts stall for hundreds of ms with no migration running (reference row). `
+    + `With ${BUSY_WRITERS} writers inserting as fast as they could, the guide's plain statements took ${fmtNum(med('guide', 'migrationMs'), 'ms')} and its longest insert wait was ${fmtNum(med('guide', 'maxMs'), 'ms')} (median of runs; ${fmtNum(med('guide', 'slow'))} inserts over ${cfg.slowMs} ms): its plain CREATE INDEX and FOREIGN KEY on \`nchat_messages\` hold off every insert while they read the table. `
+    + `Sampled in the server, the longest an insert was seen waiting for a lock was ${fmtNum(med('guide', 'lockWaitMaxMs'), 'ms')} with the guide and ${fmtNum(med('ours', 'lockWaitMaxMs'), 'ms')} with ours (worst run ${fmtNum(stats(res.ours.map((x) => x.lockWaitMaxMs)).max, 'ms')}); the rest of the insert latency is the loaded machine's disk and CPU. `
+    + `Ours took ${fmtNum(med('ours', 'migrationMs'), 'ms')} for the whole command (apply ${fmtNum(med('ours', 'applyMs'), 'ms')}, ${fmtNum(med('ours', 'lockRetries'))} lock retries, median) with a longest insert wait of ${fmtNum(med('ours', 'maxMs'), 'ms')} (worst run ${fmtNum(stats(res.ours.map((x) => x.maxMs)).max, 'ms')}) and ${fmtNum(med('ours', 'slow'))} inserts over its ${cfg.slowMs} ms lock timeout: 014 takes \`nchat_messages\` before \`nchat_channels\`, the order every insert takes them in, so no insert is caught in a lock cycle. `
+    + (codes.length ? `Errors seen by the writers: ${codes.join(', ')}. ` : 'No insert failed on either side, ')
+    + `and every committed insert was found afterwards in ${[...res.guide, ...res.ours].every((x) => x.lost === 0) ? 'every run' : 'NOT every run (see the per-run values)'}.`
   return {table: t, text}
 }
 
@@ -1000,7 +1133,7 @@ function markdown(cfg, meta, sections) {
     '- Both sides run pg_dump, pg_restore and psql on this machine against a local server; the `docker exec` path of nself (and its pipe through the container) is not measured: there is no docker engine here.',
     '- The guide stops the app (`nself stop`) for its rollback; that stop and start are not counted in its downtime, so its real downtime is longer than shown.',
     '- Scenario 2 times one upload at a time; the guide\'s refresh also holds an EXCLUSIVE lock on the view to commit, so concurrent uploads queue behind each other, which one client does not show.',
-    '- Scenario 1 uses one long reader and one steady writer; other traffic shapes (many readers, bursts, replicas) are not covered.', '')
+    '- Scenario 1 uses one long reader and one steady writer, scenario 6 six closed-loop writers inserting messages; other traffic shapes (many readers, writers that also update users or channels, bursts, replicas) are not covered.', '')
   // Every run's values, so the medians above can be checked (times in ms, sizes in bytes).
   const round = (k, v) => (typeof v === 'number' && !Number.isInteger(v) ? Math.round(v * 10) / 10 : v)
   lines.push('## Per-run values', '', '<details><summary>times in ms, sizes in bytes</summary>', '')
@@ -1113,18 +1246,28 @@ async function main() {
         title: '5. Rollback downtime (D7)',
         what: `A migrated ${fmtNum(cfg.messages)}-message database is rolled back to its pre-migration backup while an outside client opens a new connection every ${cfg.probeEveryMs} ms and checks that each v0.3.0 table has rows (a failed connection, an error, a missing or empty table count as down; a blocked probe delays the next). `
           + `Guide (option 1): \`DROP DATABASE\` (WITH (FORCE), as the probe keeps connecting), \`CREATE DATABASE\`, \`psql -d DB < backup.sql\`; its own downtime is that whole sequence. `
-          + `Ours: \`node bin/run.js db e2ee rollback --yes --json --local -d DB --backup-dir DIR\` after \`migrate\` took the backup; its own downtime is \`swapWindowMs\` (connections refused). The setup (backup, migration) is not timed.`,
+          + `Ours: \`node bin/run.js db e2ee rollback --yes --json --local -d DB --backup-dir DIR\` after \`migrate\` took the backup; its own downtime is \`swapWindowMs\` (new connections wait). The setup (backup, migration) is not timed.`,
         ...report5(cfg, res), raw: res,
       }
     })
     await measure(6, async () => {
       const res = await scenario6(cfg)
       return {
-        title: '6. Cleanup of old audit rows and consumed prekeys, with a writer on the same rows',
+        title: '6. Busy writers during the migration (lock order, deadlocks)',
+        what: `A v0.3.0 database with ${fmtNum(cfg.messages)} messages; ${BUSY_WRITERS} writers, each on its own connection, INSERT into \`nchat_messages\` (with a channel and a user, so each runs the foreign-key checks) back to back, as fast as the server takes them, from ${cfg.quick ? 1 : 2} s before the migration until 0.5 s after it; the server's default deadlock_timeout. Latencies are those of the inserts sent while the migration ran. `
+          + `Guide: \`psql -d DB < guide_014_by_hand.sql\`. Ours: \`node bin/run.js db e2ee migrate --yes --json --local --skip-backup --skip-dryrun -d DB\` (lock timeout 200 ms). `
+          + `Afterwards the committed inserts are counted in the table.`,
+        ...report6(cfg, res), raw: res,
+      }
+    })
+    await measure(7, async () => {
+      const res = await scenario7(cfg)
+      return {
+        title: '7. Cleanup of old audit rows and consumed prekeys, with a writer on the same rows',
         what: `A migrated database with ${fmtNum(cfg.cleanupRows)} audit log rows (60 % older than 90 days) and ${fmtNum(cfg.cleanupRows)} one-time prekeys (40 % consumed over 30 days ago), ${fmtNum(ctx.cleanupDbSize ?? NaN, 'B')}, cloned for each run. `
           + `A writer, one operation every 5 ms, inserts audit rows, sets user_id to NULL on random old audit rows and updates random consumed prekeys (what a user or device deletion does to them). `
           + `Guide: \`psql -c\` with its two DELETE statements. Ours: \`node bin/run.js db e2ee maintain cleanup --yes --json --local -d DB\` (defaults: batches of 2,000, 20 ms pause, 200 ms lock_timeout).`,
-        ...report6(cfg, res), raw: res,
+        ...report7(cfg, res), raw: res,
       }
     })
   } finally {

@@ -337,13 +337,17 @@ $$;
 -- and retries). Adding a column with a constant default does not rewrite the table.
 -- ---------------------------------------------------------------------------------------------
 
-ALTER TABLE nchat_channels
-    ADD COLUMN IF NOT EXISTS enforce_encryption BOOLEAN NOT NULL DEFAULT FALSE;
-
+-- Lock order: nchat_messages before nchat_channels, the order in which every message INSERT takes
+-- them (its row, then the foreign key check on the channel). Altering nchat_channels first made a
+-- lock cycle with each insert in flight, so busy writers starved the migration or were killed as
+-- deadlock victims. A new statement on either table belongs after the ALTER of nchat_messages.
 ALTER TABLE nchat_messages
     ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE,
     ADD COLUMN IF NOT EXISTS encrypted_payload BYTEA,
     ADD COLUMN IF NOT EXISTS sender_device_id TEXT;
+
+ALTER TABLE nchat_channels
+    ADD COLUMN IF NOT EXISTS enforce_encryption BOOLEAN NOT NULL DEFAULT FALSE;
 
 -- D3: NOT VALID adds the foreign key without scanning nchat_messages. It is validated in part 5.
 -- A constraint of that name that already exists (hand-run guide SQL, validated) is kept.

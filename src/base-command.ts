@@ -2,6 +2,7 @@ import {Command, Flags, type Interfaces} from '@oclif/core'
 
 import {installSigintHandler} from './cancel.js'
 import {toUserError, UserError} from './errors.js'
+import {installLastResort, lastResortActive} from './last-resort.js'
 import {resolveTarget, type Target} from './target/target.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
@@ -28,6 +29,7 @@ export abstract class BaseCommand extends Command {
 
   protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
     installSigintHandler()
+    installLastResort()
     let flags
     try {
       ;({flags} = await this.parse(cmd))
@@ -70,6 +72,8 @@ export abstract class BaseCommand extends Command {
   async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<void> {
     // oclif's own exit (this.exit) and help requests pass through.
     if (err.oclif?.exit !== undefined && !(err instanceof UserError) && /EEXIT/.test(String((err as {code?: string}).code))) throw err
+    // A crash is being reported (and undone) by the last-resort handler, which exits: do not speak twice.
+    if (lastResortActive()) await new Promise(() => {})
     const ue = toUserError(err)
     if (this.jsonMode || process.argv.includes('--json')) {
       this.printJson({error: {hint: ue.hint, message: ue.message}, ok: false})
@@ -81,6 +85,9 @@ export abstract class BaseCommand extends Command {
       process.stderr.write(`\n${cause?.stack ?? String(cause)}\n`)
     }
     process.exitCode = ue.exitCode
+    // Everything this command opened was closed on the way here; a socket a stuck server still holds open
+    // must not keep an interrupted or failed command alive.
+    setTimeout(() => process.exit(ue.exitCode), 10_000).unref()
   }
 }
 

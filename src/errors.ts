@@ -8,19 +8,54 @@ export class UserError extends Error {
   readonly exitCode: number
 
   constructor(message: string, options: {hint?: string; cause?: unknown; exitCode?: number} = {}) {
-    super(message, {cause: options.cause})
+    // Sentences are built from parts that may end in a full stop themselves: never "run..".
+    super(message.replace(/(?<!\.)\.\.$/, '.'), {cause: options.cause})
     this.name = 'UserError'
     this.hint = options.hint
     this.exitCode = options.exitCode ?? 1
   }
 }
 
-/** Ctrl+C: the run stopped on the operator's request; exit 130 as shells expect. */
+let interruptedBy: NodeJS.Signals | undefined
+
+/** Which signal stopped the run (set by the signal handler in cancel.ts). */
+export function noteInterruption(signal: NodeJS.Signals | undefined): void {
+  interruptedBy = signal
+}
+
+export function wasInterrupted(): boolean {
+  return interruptedBy !== undefined
+}
+
+/** "Ctrl+C" or "SIGTERM", and the shell's exit code for it: 128 + the signal number (130 SIGINT, 143 SIGTERM). */
+export function interruption(): {by: string; exitCode: number} {
+  return interruptedBy === 'SIGTERM' ? {by: 'SIGTERM', exitCode: 143} : {by: 'Ctrl+C', exitCode: 130}
+}
+
+/**
+ * The run stopped on the operator's request (Ctrl+C or SIGTERM). `what` names the step; `outcome` says what is
+ * true afterwards (default: the step's own cleanup ran, which each step guarantees for what it started).
+ */
 export class CancelledError extends UserError {
-  constructor(what = 'the run') {
-    super(`Interrupted: ${what} was stopped by Ctrl+C and everything it had started was undone.`, {exitCode: 130})
+  constructor(what = 'the run', outcome = 'what it had started was cleaned up', hint?: string) {
+    const {by, exitCode} = interruption()
+    super(`Interrupted by ${by}: ${what} was stopped, and ${outcome}.`, {exitCode, hint})
     this.name = 'CancelledError'
   }
+}
+
+/** A CancelledError with a whole sentence of its own (the runner's account of what it undid). */
+export function interrupted(sentence: string, hint?: string): CancelledError {
+  const e = new CancelledError()
+  return Object.assign(e, {hint, message: sentence})
+}
+
+/** The server ended our session or went away: the connection cannot be used again. */
+export function isConnectionLost(error: unknown): boolean {
+  const e = error as {code?: string; errno?: string; message?: string} | undefined
+  const code = e?.code ?? e?.errno
+  if (code && ['CONNECTION_CLOSED', 'CONNECTION_DESTROYED', 'CONNECTION_ENDED', 'ECONNRESET', 'EPIPE', '57P01', '57P02', '57P03', '08006', '08003', '08000'].includes(code)) return true
+  return error instanceof TypeError && /reading 'write'/.test(String(e?.message))
 }
 
 interface PgLikeError {
@@ -60,6 +95,17 @@ export function toUserError(err: unknown, context?: string): UserError {
     case '42501':
       return new UserError(`${where}permission denied: ${e.message}.`, {
         hint: 'Run as the database owner or a superuser (POSTGRES_USER of the nself project).', cause: err,
+      })
+    case 'CONNECTION_CLOSED':
+    case 'CONNECTION_DESTROYED':
+    case 'CONNECTION_ENDED':
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case '57P01':
+    case '57P02':
+    case '57P03':
+      return new UserError(`${where}the connection to PostgreSQL was lost (${e.code?.startsWith('57') ? `the server ended the session: ${e.message}` : 'the server closed it or went away'}).`, {
+        hint: 'Check that the server is up (a restart or pg_terminate_backend ends sessions), then run `nself db e2ee status` and run again.', cause: err,
       })
     case '57014':
       return new UserError(`${where}the statement was cancelled (${e.message}).`, {cause: err})

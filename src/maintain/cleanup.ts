@@ -60,6 +60,8 @@ export interface CleanupOptions {
   /** How long to keep retrying one batch that meets lock timeouts. */
   maxLockWaitMs: number
   dryRun: boolean
+  /** Called before each batch; throws when the command lock was lost (see migrations/command-lock.ts). */
+  assertHeld?: () => void
   onProgress?: (p: CleanupProgress) => void
   log?: (line: string) => void
 }
@@ -159,6 +161,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
       let from: Date | null = null
       let sweeping = false
       while (!stop && !isCancelled()) {
+        opts.assertHeld?.()
         const t0 = performance.now()
         let n: number
         let last: Date | null

@@ -2,7 +2,8 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {throwIfCancelled} from '../cancel.js'
 import {UserError} from '../errors.js'
-import type {Querier, Sql} from '../target/connect.js'
+import {openSession, type Querier, type Sql} from '../target/connect.js'
+import {plural} from '../text.js'
 
 /** 'nslf' and the release: the advisory lock key every `nself db e2ee` run on a database takes. */
 const LOCK_CLASS = 0x6e_73_6c_66
@@ -14,55 +15,78 @@ export interface LockHolder {
   relation?: string
   query: string
   application: string
+  blockedBy?: number[]
 }
 
 /**
- * One run at a time: a session advisory lock on a reserved connection, released by the caller. A second run
- * waits up to `waitMs`, saying who holds it, then stops with a clear error.
+ * One run at a time: a session advisory lock on a session of its own, released by the caller. A second run
+ * waits up to `waitMs`, saying who holds it, then stops with a clear error. The release never queries a
+ * session the server has ended (its lock went with it).
  */
-export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void): Promise<() => Promise<void>> {
-  const conn = await sql.reserve()
+export type RunLock = (() => Promise<void>) & {
+  /** The session holding the lock was ended (server restart, pg_terminate_backend): the lock is gone. */
+  lost: () => boolean
+}
+
+export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void): Promise<RunLock> {
+  const session = await openSession(sql)
+  const conn = session.sql
   const started = Date.now()
   let told = false
-  for (;;) {
-    const [{ok}] = await conn<{ok: boolean}[]>`select pg_try_advisory_lock(${LOCK_CLASS}, ${LOCK_OBJ}) as ok`
-    if (ok) break
-    const [holder] = await conn<LockHolder[]>`
-      select a.pid, coalesce(a.application_name, '') as application, extract(epoch from now() - a.backend_start)::int as seconds, '' as query
-      from pg_locks l join pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS} and l.objid = ${LOCK_OBJ} and l.granted limit 1`
-    const who = holder ? `pid ${holder.pid}${holder.application ? ` (${holder.application})` : ''}` : 'another session'
-    if (Date.now() - started >= waitMs) {
-      conn.release()
-      throw new UserError(`Another nself db e2ee run (${who}) is working on this database; waited ${Math.round(waitMs / 1000)} s for it.`, {
-        hint: 'Let it finish, or raise --lock-wait.',
-      })
-    }
-    if (!told) {
-      log(`waiting for another nself db e2ee run (${who}) to finish…`)
-      told = true
-    }
-    throwIfCancelled('waiting for the migration lock')
-    await sleep(Math.min(500, Math.max(50, waitMs / 20)))
+  try {
+    await waitForRunLock()
+  } catch (error) {
+    await session.close()
+    throw error
   }
-  return async () => {
+  let released = false
+  const release = async () => {
+    released = true
     try {
-      await conn`select pg_advisory_unlock(${LOCK_CLASS}, ${LOCK_OBJ})`
+      if (!session.lost) await conn`select pg_advisory_unlock(${LOCK_CLASS}, ${LOCK_OBJ})`
+    } catch {
+      // The session died while unlocking: the server released the lock with it.
     } finally {
-      conn.release()
+      await session.close()
+    }
+  }
+  return Object.assign(release, {lost: () => !released && session.lost})
+
+  async function waitForRunLock(): Promise<void> {
+    for (;;) {
+      const [{ok}] = await conn<{ok: boolean}[]>`select pg_try_advisory_lock(${LOCK_CLASS}, ${LOCK_OBJ}) as ok`
+      if (ok) break
+      const [holder] = await conn<LockHolder[]>`
+        select a.pid, coalesce(a.application_name, '') as application, extract(epoch from now() - a.backend_start)::int as seconds, '' as query
+        from pg_locks l join pg_stat_activity a on a.pid = l.pid
+        where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS} and l.objid = ${LOCK_OBJ} and l.granted limit 1`
+      const who = holder ? `pid ${holder.pid}${holder.application ? ` (${holder.application})` : ''}` : 'another session'
+      if (Date.now() - started >= waitMs) {
+        throw new UserError(`Another nself db e2ee run (${who}) is working on this database; waited ${Math.round(waitMs / 1000)} s for it.`, {
+          hint: 'Let it finish, or raise --lock-wait.',
+        })
+      }
+      if (!told) {
+        log(`waiting for another nself db e2ee run (${who}) to finish…`)
+        told = true
+      }
+      throwIfCancelled('waiting for the migration lock')
+      await sleep(Math.min(500, Math.max(50, waitMs / 20)))
     }
   }
 }
 
 /**
  * Sessions whose open transaction holds a lock on one of these tables and has been open for longer than
- * `olderThanMs`. Requesting a strong lock while they are there would queue every later writer behind us.
+ * `olderThanMs` (the lock timeout: a busy writer's transaction, a few ms, never qualifies). Requesting a strong
+ * lock while they are there would queue every later writer behind us. `blockedBy`: whom such a session itself
+ * waits for, if anyone (then that one is the cause).
  */
 export async function longLockHolders(sql: Querier, schema: string, tables: string[], olderThanMs: number): Promise<LockHolder[]> {
   if (tables.length === 0) return []
   return sql<LockHolder[]>`
     select distinct on (a.pid) a.pid, c.relname as relation, coalesce(a.application_name, '') as application,
-      extract(epoch from now() - a.xact_start)::int as seconds, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
+      round(extract(epoch from now() - a.xact_start)::numeric, 1)::float8 as seconds, pg_blocking_pids(a.pid) as "blockedBy", left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80) as query
     from pg_locks l
     join pg_class c on c.oid = l.relation
     join pg_namespace n on n.oid = c.relnamespace
@@ -79,4 +103,51 @@ export function backoffMs(attempt: number, baseMs = 100, capMs = 2000): number {
 
 export function isLockTimeout(error: unknown): boolean {
   return (error as {code?: string})?.code === '55P03'
+}
+
+/** The server chose our transaction as the victim of a lock cycle (deadlock_timeout below our lock_timeout). */
+export function isDeadlock(error: unknown): boolean {
+  return (error as {code?: string})?.code === '40P01'
+}
+
+/** Either way our transaction lost a wait for a lock, was rolled back, and can be tried again. */
+export function isLockConflict(error: unknown): boolean {
+  return isLockTimeout(error) || isDeadlock(error)
+}
+
+/** What a run's lock attempts on one migration ran into, for a true sentence when it gives up. */
+export interface LockAttempts {
+  timeouts: number
+  deadlocks: number
+  /** The statement the last one waited at. */
+  at?: string
+}
+
+export function describeHolder(h: LockHolder): string {
+  const waiting = h.blockedBy?.length ? `, itself waiting for pid ${h.blockedBy.join(', ')}` : ''
+  return `pid ${h.pid} (transaction open ${h.seconds} s on ${h.relation}${h.query ? `: ${h.query}` : ''}${waiting})`
+}
+
+/**
+ * The error when a migration used up --max-lock-wait without getting its locks. A session is called a long
+ * transaction only when it has been open for at least half of that wait (then ending it is the remedy);
+ * otherwise the wait was lost to short transactions one after another (busy writers), and the sentence says so.
+ */
+export async function lockWaitError(
+  sql: Querier, schema: string, tables: string[],
+  o: {migration: string; lockTimeoutMs: number; waitedMs: number}, seen: LockAttempts,
+): Promise<UserError> {
+  const holders = await longLockHolders(sql, schema, tables, o.lockTimeoutMs).catch(() => [] as LockHolder[])
+  const lost = [seen.timeouts > 0 ? `${plural(seen.timeouts, 'lock timeout')} of ${o.lockTimeoutMs} ms` : '', seen.deadlocks > 0 ? plural(seen.deadlocks, 'deadlock') : ''].filter(Boolean).join(' and ')
+  const head = `Migration ${o.migration} could not get its locks within ${Math.round(o.waitedMs / 1000)} s (--max-lock-wait${lost ? `; ${lost} at ${seen.at}` : ''})`
+  const long = holders.find((h) => h.seconds * 1000 >= o.waitedMs / 2)
+  if (long) {
+    return new UserError(`${head}: the long transaction ${describeHolder(long)} is in the way; nothing of the migration was applied.`, {
+      hint: `Let that transaction finish, or end it with SELECT pg_terminate_backend(${long.pid}); then run again.`,
+    })
+  }
+  const latest = holders[0] ? `the latest: ${describeHolder(holders[0])}` : `none open longer than ${o.lockTimeoutMs} ms when checked`
+  return new UserError(`${head}: other sessions' short transactions held the tables one after another (${latest}), so there is no long transaction to end; nothing of the migration was applied.`, {
+    hint: `The tables are too busy for a ${o.lockTimeoutMs} ms lock wait: run it when writes are lighter, or raise --lock-timeout above those transactions' length (a writer may then wait that long) or --max-lock-wait.`,
+  })
 }

@@ -3,6 +3,7 @@ import type {Querier} from '../target/connect.js'
 import type {MigrationFile} from './files.js'
 import {activeLedgerRows, detectShape, findAppSchema, type LedgerRow, type LedgerShape, recordedVersions} from './ledger.js'
 import {concurrentIndexName, stripComments, validatedConstraintName} from './statements.js'
+import {plural} from '../text.js'
 
 export type MigrationState =
   /** In our ledger with the same checksum, every statement done. */
@@ -65,10 +66,10 @@ export function describeChanges(m: MigrationFile): string {
   }
   const parts = [
     created.length ? `creates ${created.join(', ')}` : '',
-    views ? `${views} view(s)` : '',
-    functions ? `${functions} function(s)` : '',
+    views ? plural(views, 'view') : '',
+    functions ? plural(functions, 'function') : '',
     altered.size ? `alters ${[...altered].join(', ')}` : '',
-    online ? `builds ${online} index(es) online` : '',
+    online ? `builds ${plural(online, 'index', 'indexes')} online` : '',
   ].filter(Boolean)
   return `${m.name}: ${parts.join('; ')}`
 }

@@ -1,13 +1,15 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, toUserError, UserError} from '../errors.js'
-import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
+import {isCancelled, onCancel, throwIfCancelled, underUndoScope} from '../cancel.js'
+import {CancelledError, interrupted, interruption, isConnectionLost, toUserError, UserError} from '../errors.js'
+import {registerUndo} from '../last-resort.js'
+import {openSession, type Querier, quoteIdent, reopen, type Sql} from '../target/connect.js'
 import type {MigrationFile} from './files.js'
 import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, recordVersion, unrecordVersion} from './ledger.js'
-import {backoffMs, isLockTimeout, longLockHolders, acquireRunLock} from './locks.js'
+import {acquireRunLock, backoffMs, describeHolder, isDeadlock, isLockConflict, type LockAttempts, lockWaitError, longLockHolders, type RunLock} from './locks.js'
 import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
+import {plural} from '../text.js'
 
 export interface RunnerOptions {
   sql: Sql
@@ -27,6 +29,11 @@ export interface RunnerOptions {
   revertOnFailure?: boolean
   /** Record the locks each transactional statement took (the dry run's report). */
   observeLocks?: boolean
+  /**
+   * Called on the very connection (or transaction) that is about to write, before it writes: the command's
+   * check that the database was not replaced under it and that its command lock is still held.
+   */
+  beforeWrite?: (q: Querier) => Promise<void>
   log?: (line: string) => void
   progress?: (line: string) => void
 }
@@ -63,7 +70,30 @@ export interface RunReport {
 
 const DEFAULTS = {buildTimeoutMs: 0, lockTimeoutMs: 200, maxLockWaitMs: 120_000, runLockWaitMs: 60_000, statementTimeoutMs: 60_000}
 
-type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress'>> & Pick<RunnerOptions, 'schema'> & {log: (l: string) => void; progress: (l: string) => void}
+type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'beforeWrite'>> & Pick<RunnerOptions, 'schema' | 'beforeWrite'> & {
+  log: (l: string) => void
+  progress: (l: string) => void
+  /** Set once the run lock is held: throws when its session was lost (another run could now start). */
+  lockHeld?: () => void
+}
+
+/** Where a run may stop: Ctrl+C, or the run lock gone with its session. */
+function checkpoint(o: Resolved, what: string): void {
+  throwIfCancelled(what)
+  o.lockHeld?.()
+}
+
+class RunLockLost extends UserError {}
+
+function watchRunLock(o: Resolved, lock: RunLock): void {
+  o.lockHeld = () => {
+    if (lock.lost()) {
+      throw new RunLockLost('The session holding this run\'s lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped: another run could start beside it.', {
+        hint: 'Check the server, then run the same command again; `nself db e2ee status` shows where the database stands.',
+      })
+    }
+  }
+}
 
 function resolve(o: RunnerOptions): Resolved {
   return {
@@ -77,7 +107,7 @@ function resolve(o: RunnerOptions): Resolved {
 }
 
 function statementError(m: MigrationFile | {name: string; file: string}, s: Statement, error: unknown, direction: 'up' | 'down'): UserError {
-  if (error instanceof CancelledError) return error
+  if (error instanceof CancelledError || error instanceof RunLockLost) return error
   const inner = toUserError(error)
   const file = direction === 'down' ? `down file of ${m.name}` : `migration ${m.name}`
   return new UserError(`The ${file} failed at line ${s.line} (${s.summary}): ${inner.message.replace(/\.$/, '')}.`, {cause: error, hint: inner.hint})
@@ -90,6 +120,7 @@ function statementError(m: MigrationFile | {name: string; file: string}, s: Stat
 export async function migrateUp(options: RunnerOptions & {to?: number}): Promise<RunReport> {
   const o = resolve(options)
   const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log)
+  watchRunLock(o, release)
   try {
     // Read the plan under the lock: a run that waited must see what the other one applied.
     const plan = await readPlan(o.sql, o.migrations, {schema: o.schema, to: options.to})
@@ -97,9 +128,14 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
     const report: RunReport = {after: plan.current, appSchema: plan.appSchema, before: plan.current, migrations: [], reverted: []}
     const committed: MigrationFile[] = []
     let applied = new Set(plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version))
+    // The undo of what this run committed runs once, whoever asks first: this function's catch, or the
+    // last-resort handler when a lost connection crashed the process (src/last-resort.ts).
+    let undoing: Promise<UndoOutcome> | undefined
+    const undo = () => (undoing ??= undoCommitted(o, plan, [...committed].reverse(), applied))
+    const unregister = o.revertOnFailure ? registerUndo(async () => (await undo()).sentence) : () => {}
     try {
       for (const m of plan.toApply) {
-        throwIfCancelled(`migration ${m.name}`)
+        checkpoint(o, `migration ${m.name}`)
         const status = plan.migrations.find((s) => s.version === m.version)!
         o.log(`applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`)
         const mr: MigrationReport = {direction: 'up', durationMs: 0, lockRetries: 0, name: m.name, statements: [], version: m.version}
@@ -118,7 +154,10 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
         applied = withNew
         const t1 = Date.now()
         for (const s of alone) await runAlone(o, plan.appSchema, m, s, mr)
-        if (alone.length > 0) await markFinished(o.sql, m.version, Date.now() - t1)
+        if (alone.length > 0) {
+          await o.beforeWrite?.(o.sql)
+          await markFinished(o.sql, m.version, Date.now() - t1)
+        }
         mr.durationMs = Date.now() - t0
         report.migrations.push(mr)
         report.after = Math.max(report.after ?? 0, m.version)
@@ -128,18 +167,13 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
       if (!o.revertOnFailure || committed.length === 0) throw error
       const reason = error instanceof UserError ? error : toUserError(error)
       o.log(`undoing what this run applied (${committed.map((m) => m.name).join(', ')})…`)
-      try {
-        await runDown(o, plan, [...committed].reverse(), applied)
-      } catch (revertError) {
-        throw new UserError(`${reason.message.replace(/\.$/, '')}; undoing the migrations this run applied also failed: ${toUserError(revertError).message}`, {
-          cause: error, exitCode: reason.exitCode, hint: 'Run `nself db e2ee status` to see what is applied; `nself db e2ee migrate` finishes it, `nself db e2ee rollback` undoes it.',
-        })
-      }
-      const note = `${committed.length} migration(s) this run applied were undone, so the database is as it was before`
+      const outcome = await undo()
       if (reason instanceof CancelledError) {
-        throw Object.assign(new CancelledError('the migration'), {message: `Interrupted by Ctrl+C; ${note}.`})
+        throw interrupted(`Interrupted by ${interruption().by}: the migration was stopped, and ${outcome.sentence}.`, outcome.hint)
       }
-      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${note}.`, {cause: error, exitCode: reason.exitCode, hint: reason.hint})
+      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${outcome.sentence}.`, {cause: error, exitCode: reason.exitCode, hint: outcome.hint ?? reason.hint})
+    } finally {
+      unregister()
     }
     return report
   } finally {
@@ -151,6 +185,7 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
 export async function migrateDown(options: RunnerOptions & {to: number}): Promise<RunReport> {
   const o = resolve(options)
   const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log)
+  watchRunLock(o, release)
   try {
     const plan = await readPlan(o.sql, o.migrations, {schema: o.schema})
     const drifted = plan.migrations.find((m) => m.state === 'drifted' && m.version > options.to)
@@ -158,13 +193,97 @@ export async function migrateDown(options: RunnerOptions & {to: number}): Promis
     const applied = new Set(plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version))
     const targets = o.migrations.filter((m) => m.version > options.to && applied.has(m.version)).reverse()
     const report: RunReport = {after: plan.current, appSchema: plan.appSchema, before: plan.current, migrations: [], reverted: []}
-    report.migrations = await runDown(o, plan, targets, applied)
+    try {
+      report.migrations = await runDown(o, plan, targets, applied)
+    } catch (error) {
+      const state = await describeState(o, plan)
+      const hint = `\`nself db e2ee rollback --strategy down --to ${options.to}\` continues the rollback; \`nself db e2ee migrate\` re-applies what was reverted.`
+      if (error instanceof CancelledError) {
+        throw interrupted(`Interrupted by ${interruption().by}: the rollback was stopped; ${state}.`, hint)
+      }
+      const reason = toUserError(error)
+      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${state}.`, {cause: error, exitCode: reason.exitCode, hint})
+    }
     const remaining = plan.recorded.filter((v) => v <= options.to || !o.migrations.some((m) => m.version === v))
     report.after = remaining.length > 0 ? Math.max(...remaining) : null
     report.reverted = targets.map((m) => m.version)
     return report
   } finally {
     await release()
+  }
+}
+
+interface UndoOutcome {
+  ok: boolean
+  /** What is true afterwards, as a clause of the final sentence. */
+  sentence: string
+  hint?: string
+}
+
+/**
+ * Undo what this run committed: the down files, newest first, on a pool of their own (the run's connections
+ * may be the ones that died), under an undo scope that the first Ctrl+C does not cut short; a second one does.
+ */
+async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile[], applied: Set<number>): Promise<UndoOutcome> {
+  if (newestFirst.length === 0) return {ok: true, sentence: 'nothing this run applied had committed, so the database is as it was before'}
+  const fresh = freshPool(o.sql)
+  const names = newestFirst.map((m) => m.name).reverse().join(', ')
+  try {
+    // The undo does not stop for a lost run lock: leaving half a migration behind would be worse.
+    await underUndoScope(async () => {
+      await serverBack(fresh, o.log)
+      await runDown({...o, lockHeld: undefined, sql: fresh}, plan, newestFirst, applied)
+    })
+    return {ok: true, sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`}
+  } catch (error) {
+    const state = await describeState({...o, sql: fresh}, plan)
+    const hint = `\`nself db e2ee migrate\` finishes the migration; \`nself db e2ee rollback --strategy down --to ${plan.current ?? 0}\` undoes it.`
+    if (error instanceof CancelledError) return {hint, ok: false, sentence: `undoing what it applied was abandoned by a second ${interruption().by}: ${state}`}
+    return {hint, ok: false, sentence: `undoing the migrations this run applied (${names}) also failed (${toUserError(error).message.replace(/\.$/, '')}): ${state}`}
+  } finally {
+    if (fresh !== o.sql) await fresh.end({timeout: 2}).catch(() => {})
+  }
+}
+
+/** After a server restart, wait (bounded; a second Ctrl+C stops it) until it accepts connections again. */
+async function serverBack(sql: Sql, log: (line: string) => void, waitMs = 60_000): Promise<void> {
+  const started = Date.now()
+  let told = false
+  for (;;) {
+    try {
+      await sql`select 1`
+      return
+    } catch (error) {
+      const code = (error as {code?: string}).code ?? ''
+      const transient = isConnectionLost(error) || ['ECONNREFUSED', 'CONNECT_TIMEOUT', '57P03'].includes(code)
+      if (!transient || Date.now() - started > waitMs) throw error
+      if (!told) {
+        log(`the server is not accepting connections (${toUserError(error).message.replace(/\.$/, '')}); waiting up to ${waitMs / 1000} s for it to undo what this run applied`)
+        told = true
+      }
+      throwIfCancelled('waiting for the server to undo what this run applied')
+      await sleep(500)
+    }
+  }
+}
+
+function freshPool(sql: Sql): Sql {
+  try {
+    return reopen(sql, 2)
+  } catch {
+    return sql
+  }
+}
+
+/** Where the ledger stands now, read afresh: "the database is at 14: 013_e2ee_system applied, 014_e2ee_system partial". */
+async function describeState(o: Resolved, before: Plan): Promise<string> {
+  try {
+    const now = await readPlan(o.sql, o.migrations, {schema: o.schema})
+    const done = now.migrations.filter((m) => m.state !== 'pending')
+    const list = done.map((m) => `${m.name} ${m.state === 'partial' ? 'partial (its online index builds or validation did not finish)' : m.state}`)
+    return `the database is left at ${now.current ?? 'no migration'}${list.length ? ` (${list.join(', ')})` : ''}, it was at ${before.current ?? 'no migration'} before`
+  } catch (error) {
+    return `where the database stands could not be read (${toUserError(error).message.replace(/\.$/, '')}); \`nself db e2ee status\` shows it`
   }
 }
 
@@ -193,8 +312,9 @@ async function runTransaction(
 ): Promise<void> {
   const tables = await existingTables(o.sql, plan.appSchema, [...new Set(statements.flatMap((s) => referencedTables(s.sql)))])
   const started = Date.now()
+  const lost: LockAttempts = {deadlocks: 0, timeouts: 0}
   for (let attempt = 0; ; attempt++) {
-    await waitForLongHolders(o, plan.appSchema, tables, started, m.name)
+    await waitForLongHolders(o, plan.appSchema, tables, started, m.name, lost)
     let current: Statement | undefined
     let running: {cancel: () => void} | undefined
     const dispose = onCancel(() => running?.cancel())
@@ -205,10 +325,11 @@ async function runTransaction(
         await tx.unsafe(`set local statement_timeout = ${Math.round(o.statementTimeoutMs)}`)
         await tx.unsafe(`set local search_path to ${quoteIdent(plan.appSchema)}`)
         await tx`select set_config('nself_e2ee.applied_versions', ${[...appliedVersions].sort((a, b) => a - b).join(',')}, true)`
+        await o.beforeWrite?.(tx)
         let seen = new Map<string, string>()
         for (const s of statements) {
           current = s
-          throwIfCancelled(`migration ${m.name}`)
+          checkpoint(o, `migration ${m.name}`)
           const t = Date.now()
           const q = tx.unsafe(s.sql)
           running = q
@@ -229,17 +350,20 @@ async function runTransaction(
       return
     } catch (error) {
       if (isCancelled()) throw new CancelledError(`migration ${m.name}`)
-      if (isLockTimeout(error) && Date.now() - started < o.maxLockWaitMs) {
-        mr.lockRetries++
-        const wait = backoffMs(attempt)
-        o.log(`lock wait on ${current ? current.summary : 'the ledger'} exceeded ${o.lockTimeoutMs} ms (writers were let through); retry ${attempt + 1} in ${wait} ms`)
-        await sleep(wait)
-        continue
-      }
-      if (isLockTimeout(error)) {
-        throw new UserError(`Migration ${m.name} could not get its locks within ${Math.round(o.maxLockWaitMs / 1000)} s (${current?.summary ?? 'ledger'}); nothing of it was applied.`, {
-          hint: 'Find long transactions with pg_stat_activity, or raise --max-lock-wait.',
-        })
+      // A deadlock is a lock wait lost as well: the server rolled our transaction back and the writers went on.
+      if (isLockConflict(error)) {
+        const where = current ? current.summary : 'the ledger'
+        if (isDeadlock(error)) lost.deadlocks++
+        else lost.timeouts++
+        lost.at = where
+        if (Date.now() - started < o.maxLockWaitMs) {
+          mr.lockRetries++
+          const wait = backoffMs(attempt)
+          o.log(`${isDeadlock(error) ? `lock cycle (deadlock) with another session on ${where}; this attempt was rolled back` : `lock wait on ${where} exceeded ${o.lockTimeoutMs} ms`} (writers were let through); retry ${attempt + 1} in ${wait} ms`)
+          await sleep(wait)
+          continue
+        }
+        throw await lockWaitError(o.sql, plan.appSchema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: m.name, waitedMs: Date.now() - started}, lost)
       }
       if (current) throw statementError(m, current, error, direction)
       throw toUserError(error, `recording ${m.name} in the ledger`)
@@ -260,30 +384,27 @@ async function heldLocks(tx: Querier): Promise<Map<string, string>> {
 }
 
 /** Do not request a lock while an old transaction holds one on these tables: we would queue writers behind it. */
-async function waitForLongHolders(o: Resolved, schema: string, tables: string[], started: number, what: string): Promise<void> {
+async function waitForLongHolders(o: Resolved, schema: string, tables: string[], started: number, what: string, lost: LockAttempts): Promise<void> {
   let told = false
   for (;;) {
     const holders = await longLockHolders(o.sql, schema, tables, o.lockTimeoutMs)
     if (holders.length === 0) return
-    const h = holders[0]
-    const desc = `pid ${h.pid} (transaction open ${h.seconds} s on ${h.relation}${h.query ? `: ${h.query}` : ''})`
     if (Date.now() - started >= o.maxLockWaitMs) {
-      throw new UserError(`${what} cannot start: ${desc} has held its lock for longer than --max-lock-wait (${Math.round(o.maxLockWaitMs / 1000)} s); nothing was changed.`, {
-        hint: `Let that transaction finish, or end it with SELECT pg_terminate_backend(${h.pid}); then run again.`,
-      })
+      throw await lockWaitError(o.sql, schema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: what, waitedMs: Date.now() - started}, lost)
     }
     if (!told) {
-      o.log(`waiting, without taking any lock, for ${desc} to finish`)
+      o.log(`waiting, without taking any lock, for ${describeHolder(holders[0])} to finish`)
       told = true
     }
-    throwIfCancelled(what)
+    checkpoint(o, what)
     await sleep(250)
   }
 }
 
-/** A statement that cannot run in a transaction (or needs its own): on a reserved session, alone. */
+/** A statement that cannot run in a transaction (or needs its own): on a session of its own, alone. */
 async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statement, mr: MigrationReport): Promise<void> {
-  const conn = await o.sql.reserve()
+  const session = await openSession(o.sql)
+  const conn = session.sql
   let running: {cancel: () => void} | undefined
   const dispose = onCancel(() => running?.cancel())
   const started = Date.now()
@@ -294,10 +415,11 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
     await conn.unsafe(`set statement_timeout = ${Math.round(o.buildTimeoutMs)}`)
     await conn.unsafe(`set search_path to ${quoteIdent(schema)}`)
     const [{pid}] = await conn<{pid: number}[]>`select pg_backend_pid() as pid`
+    await o.beforeWrite?.(conn)
     const indexName = concurrentIndexName(s)
     for (let attempt = 0; ; attempt++) {
-      throwIfCancelled(`migration ${m.name}`)
-      if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log)
+      checkpoint(o, `migration ${m.name}`)
+      if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by an interrupted build; rebuilding it')
       const stopProgress = indexName ? watchIndexBuild(o, pid, indexName) : () => {}
       try {
         const q = conn.unsafe(s.sql)
@@ -305,11 +427,14 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
         await q
         break
       } catch (error) {
+        // A session the server ended is never queried again; an index it left INVALID goes with the undo
+        // (the down file drops it) or is rebuilt by the next run.
+        if (session.lost || isConnectionLost(error)) throw statementError(m, s, error, 'up')
         if (isCancelled()) {
-          if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log).catch(() => {})
+          if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by the cancelled build; dropping it').catch(() => {})
           throw new CancelledError(`migration ${m.name}`)
         }
-        if (isLockTimeout(error) && Date.now() - started < o.maxLockWaitMs) {
+        if (isLockConflict(error) && Date.now() - started < o.maxLockWaitMs) {
           mr.lockRetries++
           await sleep(backoffMs(attempt))
           continue
@@ -323,18 +448,18 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
     mr.statements.push({durationMs: Date.now() - started, line: s.line, mode: s.mode, summary: s.summary, ...(o.observeLocks ? {locks: [{mode: 'ShareUpdateExclusiveLock', relation: referencedTables(s.sql)[0] ?? '?'}]} : {})})
   } finally {
     dispose()
-    await conn.unsafe('reset all').catch(() => {})
-    conn.release()
+    // Closing the session's own pool resets its settings; nothing is sent on a connection that died.
+    await session.close()
   }
 }
 
-/** An index left INVALID by an interrupted CONCURRENTLY build is dropped so it can be built again. */
-async function dropInvalidIndex(conn: Querier, schema: string, name: string, log: (l: string) => void): Promise<void> {
+/** An index left INVALID by an interrupted CONCURRENTLY build is dropped (so it can be built again). */
+async function dropInvalidIndex(conn: Querier, schema: string, name: string, log: (l: string) => void, why: string): Promise<void> {
   const rows = await conn<{valid: boolean}[]>`
     select i.indisvalid as valid from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = ${schema} and c.relname = ${name}`
   if (rows.length === 1 && !rows[0].valid) {
-    log(`index ${name} was left invalid by an interrupted build; rebuilding it`)
+    log(`index ${name} was ${why}`)
     await conn.unsafe(`drop index concurrently if exists ${quoteIdent(schema)}.${quoteIdent(name)}`)
   }
 }

@@ -5,7 +5,9 @@ import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
 import {backupProduction, runSteps, type Step} from './shared.js'
+import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
+import {plural} from '../text.js'
 
 export interface DryRunCommandOptions {
   target: Target
@@ -17,6 +19,8 @@ export interface DryRunCommandOptions {
   migrationsDir?: string
   lockTimeoutMs: number
   maxLockWaitMs: number
+  /** How long to wait for another command on the same database (the dry run creates and drops databases). */
+  runLockWaitMs: number
 }
 
 export interface DryRunSummary {
@@ -50,17 +54,19 @@ interface Ctx {
 /** The guide's dry run as its own command: production is only read, nothing in it changes. */
 export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary> {
   const ctx: Ctx = {taken: false}
+  const lock = await beginChangingCommand(o.target, {command: 'dryrun', waitMs: o.runLockWaitMs})
   const tasks: Step<Ctx>[] = [
     {
       task: async (c, task) => {
         c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
+        await lock.assertSameDatabase(c.ins.sql)
         if (c.ins.plan.toApply.length === 0) {
           task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
           return
         }
         c.tools = await PgTools.create(o.target)
         c.pre = await preflight({backupDir: o.fromBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
-        task.title = `Preflight: ${c.pre.checks.length} checks passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
+        task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
       },
       title: 'Preflight (read-only)',
     },
@@ -84,6 +90,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
       skip: (c) => nothing(c),
       task: async (c, task) => {
         const ins = c.ins!
+        await lock.assertSameDatabase(ins.sql)
         c.dry = await dryRun({
           backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
           plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
@@ -101,6 +108,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
     return summarize(o, ctx)
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+    await lock.release()
   }
 }
 

@@ -1,4 +1,6 @@
-import {UserError} from '../errors.js'
+import {isCancelled, untilCancelled} from '../cancel.js'
+import {stopPool} from '../target/connect.js'
+import {CancelledError, UserError} from '../errors.js'
 import type {RunReport} from '../migrations/runner.js'
 import {migrateUp} from '../migrations/runner.js'
 import {describeChanges} from '../migrations/plan.js'
@@ -11,7 +13,9 @@ import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../step
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
+import {plural} from '../text.js'
 
 export interface MigrateOptions {
   target: Target
@@ -68,13 +72,17 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
   }
   assertCanConfirm(o.yes, 'Migrating the production database')
   const ctx: Ctx = {timings: {}, vacuumed: [], warnings: []}
-  const runner = {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
+  // One command at a time on this database, whatever the command; held until the end, also on failure.
+  const lock = await beginChangingCommand(o.target, {command: 'migrate', waitMs: o.runLockWaitMs})
+  const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
+  const runner = {beforeWrite: guard, lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
 
   try {
     const before: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'preflight', async () => {
           c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
+          await guard(c.ins.sql)
           if (c.ins.plan.toApply.length === 0) {
             task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
             return
@@ -83,13 +91,14 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
           c.tools = needTools ? await PgTools.create(o.target) : undefined
           c.pre = await preflight({backupDir: o.skipBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: !o.skipDryrun, target: o.target, to: o.to, tools: c.tools})
           for (const ch of c.pre.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${ch.name}: ${ch.detail}`)
-          task.title = `Preflight: ${c.pre.checks.length} checks passed; to apply: ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
+          task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; to apply: ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
         }),
         title: 'Preflight',
       },
       {
         skip: (c) => nothing(c) || (o.skipBackup ? 'skipped (--skip-backup): NO BACKUP WAS TAKEN' : false),
         task: async (c, task) => timed(c, 'backup', async () => {
+          await guard(c.ins!.sql)
           c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, purpose: 'pre-migration', target: o.target, tools: c.tools!})
           task.title = `Backup: ${c.backup.file} (${fmtBytes(c.backup.bytes)}, verified)`
         }),
@@ -99,9 +108,10 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         skip: (c) => nothing(c) || (o.skipDryrun ? 'skipped (--skip-dryrun)' : false) || (o.skipBackup ? 'skipped: the dry run restores the backup, and there is none' : false),
         task: async (c, task) => timed(c, 'dryrun', async () => {
           const ins = c.ins!
+          await guard(ins.sql)
           c.dry = await dryRun({
             backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-            plan: ins.plan, progress: (l) => { task.output = l }, runner, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+            plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
           })
           if (c.dry.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${c.dry.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
           task.title = `Dry run: applied and verified on ${c.dry.clone} in ${fmtMs(c.dry.applyMs)} (restore ${fmtMs(c.dry.restoreMs)})${c.dry.kept ? ', kept' : ', dropped'}`
@@ -119,7 +129,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       process.stderr.write(`\nAbout to change ${o.target.conn.database} (schema ${ins.plan.appSchema}) on ${o.target.conn.host}:${o.target.conn.port}:\n`)
       for (const m of ins.plan.toApply) process.stderr.write(`  ${describeChanges(m)}\n`)
       process.stderr.write(`${forecast} ${backup}\n`)
-      if (!(await confirm('Apply to production now?', false))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
+      if (!(await confirm('Apply to production now?', false, 'production was not changed'))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
     }
 
     const after: Step<Ctx>[] = [
@@ -137,18 +147,22 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       },
       {
         task: async (c, task) => timed(c, 'verify', async () => {
-          c.verify = await verifyDatabase(ins.sql, {exactCounts: false, manifest: c.backup?.manifest, schema: ins.plan.appSchema, upTo: c.run!.after ?? undefined})
+          c.verify = await untilCancelled(
+            verifyDatabase(ins.sql, {exactCounts: false, manifest: c.backup?.manifest, schema: ins.plan.appSchema, upTo: c.run!.after ?? undefined}),
+            () => new CancelledError('verify', `the migrations stay applied (at ${c.run!.after}; verify only reads): check them later with \`nself db e2ee verify\``),
+          )
           for (const w of c.verify.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${w.name}: ${w.detail}`)
           if (!c.verify.ok) throw new UserError(`Verification failed after the migration: ${c.verify.failures[0].replace(/\.$/, '')}${c.verify.failures.length > 1 ? ` (and ${c.verify.failures.length - 1} more)` : ''}.`, {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (c.backup?.file ?? 'missing') + '.'})
-          task.title = `Verify: ${c.verify.checks.length} checks passed`
+          task.title = `Verify: ${plural(c.verify.checks.length, 'check')} passed`
         }),
         title: 'Verify',
       },
       {
         task: async (c, task) => timed(c, 'vacuum', async () => {
+          await guard(ins.sql)
           const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => { task.output = l })
           c.vacuumed = done.map((d) => d.table)
-          task.title = `Vacuum: VACUUM ANALYZE of ${c.vacuumed.length} tables`
+          task.title = `Vacuum: VACUUM ANALYZE of ${plural(c.vacuumed.length, 'table')}`
         }),
         title: 'Vacuum and analyze',
       },
@@ -156,7 +170,8 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
     await runSteps(after, ctx, o.json)
     return summary(o, ctx, false)
   } finally {
-    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+    if (ctx.ins) await (isCancelled() ? stopPool(ctx.ins.sql) : ctx.ins.sql.end({timeout: 2}).catch(() => {}))
+    await lock.release()
   }
 }
 

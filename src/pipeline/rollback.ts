@@ -1,14 +1,17 @@
-import {UserError} from '../errors.js'
+import {toUserError, UserError} from '../errors.js'
 import {createdTables, existingTables} from '../migrations/plan.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
 import {migrateDown, type RunReport} from '../migrations/runner.js'
-import {connect, connectChecked, quoteIdent, type Sql} from '../target/connect.js'
+import {connect, connectChecked, quoteIdent} from '../target/connect.js'
+import type {CommandLock} from '../migrations/command-lock.js'
+import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
 import {type BackupInfo, type ListedBackup, newestBackup, timestamp, verifyBackup} from '../steps/backup.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 
 export interface RollbackOptions {
@@ -58,34 +61,28 @@ interface Ctx {
   timings: Record<string, number>
 }
 
-/** A second connection on the same server, to a maintenance database (renames need one that is neither side). */
-async function maintenance(target: Target): Promise<Sql> {
-  for (const db of ['postgres', 'template1']) {
-    if (db === target.conn.database) continue
-    try {
-      return await connectChecked(target.conn, {database: db, max: 2})
-    } catch {
-      // try the next one
-    }
-  }
-  throw new UserError(`Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}, which the swap needs.`)
-}
-
 export async function runRollback(o: RollbackOptions): Promise<RollbackSummary> {
   assertCanConfirm(o.yes, 'Rolling back the production database')
-  return o.strategy === 'restore' ? rollbackRestore(o) : rollbackDown(o)
+  // One command at a time on this database (a swap replaces it: the lock lives in the maintenance database).
+  const lock = await beginChangingCommand(o.target, {command: 'rollback', waitMs: o.runLockWaitMs})
+  try {
+    return await (o.strategy === 'restore' ? rollbackRestore(o, lock) : rollbackDown(o, lock))
+  } finally {
+    await lock.release()
+  }
 }
 
 /** Rollback option 1 of the guide, done safely (D7): restore beside, check, then swap names in one short step. */
-async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
+async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<RollbackSummary> {
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
-  let admin: Sql | undefined
+  const admin = lock.admin
   try {
     const before: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'backup check', async () => {
           c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
+          await lock.assertSameDatabase(c.ins.sql)
           c.tools = await PgTools.create(o.target)
           let file = o.backupFile
           if (!file) {
@@ -106,7 +103,7 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
       {
         task: async (c, task) => timed(c, 'restore', async () => {
           c.restored = await restoreIntoNewDatabase({
-            admin: c.ins!.sql, backup: c.backup!, jobs: o.jobs, log: (l) => { task.output = l },
+            admin, backup: c.backup!, jobs: o.jobs, log: (l) => { task.output = l },
             onProgress: (p) => { task.output = `restoring: ${p.done}/${p.total} archive entries` }, target: o.target, tools: c.tools!,
           })
           const rsql = connect(o.target.conn, {database: c.restored.name, max: 1})
@@ -133,21 +130,21 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
       process.stderr.write(`\nAbout to replace ${db} by ${ctx.restored!.name} (the backup of ${ctx.backup!.manifest.created_at}). Connections to ${db} will be ended for a moment.\n`)
       for (const l of ctx.lost) process.stderr.write(`  will be lost: ${l.rows} ${l.what}\n`)
       if (!(await confirm('Swap now?', false))) {
-        await ctx.restored!.drop()
-        throw new UserError(`Stopped at the confirmation; ${db} was not changed and the restored copy was dropped.`)
+        throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
       }
     }
 
     await ctx.ins!.sql.end({timeout: 2})
-    admin = await maintenance(o.target)
+    await testPause('rollback:before-swap')
+    lock.assertHeld()
     const keptName = `${db}_pre_rollback_${timestamp()}`.slice(0, 63)
     const after: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'swap', async () => {
-          const r = await swapDatabases({admin: admin!, keptName, live: db, log: (l) => { task.output = l }, replacement: c.restored!.name})
+          const r = await swapDatabases({admin, keptName, live: db, liveOid: lock.oid, log: (l) => { task.output = l }, replacement: c.restored!.name})
           c.kept = r.keptName
           c.windowMs = r.windowMs
-          task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (connections refused for ${fmtMs(r.windowMs)})`
+          task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
         }),
         title: 'Swap the databases',
       },
@@ -179,11 +176,17 @@ async function rollbackRestore(o: RollbackOptions): Promise<RollbackSummary> {
       timings: ctx.timings,
     }
   } catch (error) {
-    if (ctx.restored && !ctx.kept) await ctx.restored.drop().catch(() => {})
+    if (ctx.restored && !ctx.kept) {
+      // Say what is true: the restored copy is gone, or still there (and removed by the next command).
+      const dropped = await ctx.restored.drop().then(() => `the restored copy ${ctx.restored!.name} was dropped`, (dropError: unknown) =>
+        `the restored copy ${ctx.restored!.name} could not be dropped (${toUserError(dropError).message.replace(/\.$/, '')}); the next nself db e2ee command drops it`)
+      if (error instanceof UserError) {
+        error.message = `${error.message.replace(/\.$/, '')}; ${dropped}.`
+      }
+    }
     throw error
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
-    await admin?.end({timeout: 2}).catch(() => {})
   }
 }
 
@@ -228,12 +231,13 @@ async function rowsInNewTables(ins: Inspection, versions: number[]): Promise<Los
 }
 
 /** Rollback option 2 of the guide, done completely (D6): safety backup, then every down file newest first. */
-async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
+async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<RollbackSummary> {
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
-  const runner = {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
+  const runner = {beforeWrite: (q: Parameters<CommandLock['assertSameDatabase']>[0]) => lock.assertSameDatabase(q), lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
   try {
     ctx.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
+    await lock.assertSameDatabase(ctx.ins.sql)
     const ins = ctx.ins
     if (!ins.migrations.some((m) => m.version === o.to) && o.to !== ins.migrations[0].version - 1) {
       throw new UserError(`--to ${o.to} is not a version this rollback can reach (${ins.migrations[0].version - 1} or one of ${ins.migrations.map((m) => m.version).join(', ')}).`, {exitCode: 2})
@@ -252,6 +256,7 @@ async function rollbackDown(o: RollbackOptions): Promise<RollbackSummary> {
     const tasks: Step<Ctx>[] = [
       {
         task: async (c, task) => timed(c, 'backup', async () => {
+          await lock.assertSameDatabase(ins.sql)
           c.tools = await PgTools.create(o.target)
           c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'pre-rollback', target: o.target, tools: c.tools})
           task.title = `Safety backup: ${c.backup.file}`

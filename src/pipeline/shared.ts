@@ -1,5 +1,7 @@
 import {Listr, type ListrTask} from 'listr2'
 
+import {CancelledError, interrupted, interruption} from '../errors.js'
+import {isCancelled} from '../cancel.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {type BackupInfo, type BackupPurpose, takeBackup} from '../steps/backup.js'
@@ -13,7 +15,19 @@ export type Step<C> = ListrTask<C, any, any> // eslint-disable-line @typescript-
 /** Run steps in order, stopping at the first failure; Ctrl+C is ours (src/cancel.ts), not listr2's. */
 export async function runSteps<C extends object>(steps: Step<C>[], ctx: C, json: boolean): Promise<void> {
   const options = {concurrent: false, exitOnError: true, registerSignalListeners: false, renderer: pickRenderer(json)}
-  await new Listr<C, any, any>(steps, options as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+  // A step that finished while Ctrl+C arrived may not have looked: the next one must not start.
+  const guarded = steps.map((step) => ({
+    ...step,
+    task: async (c: C, task: Parameters<Step<C>['task']>[1]) => {
+      if (isCancelled()) throw notStarted(String(step.title))
+      return step.task(c, task)
+    },
+  }))
+  await new Listr<C, any, any>(guarded, options as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+function notStarted(title: string): CancelledError {
+  return interrupted(`Interrupted by ${interruption().by}: the run was stopped before "${title}" started; the steps before it had finished.`)
 }
 
 /** Run a step and record how long it took under `name`, also when it fails. */

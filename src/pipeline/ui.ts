@@ -1,6 +1,7 @@
 import {createInterface} from 'node:readline/promises'
 
-import {UserError} from '../errors.js'
+import {deliverSignal, untilCancelled} from '../cancel.js'
+import {CancelledError, UserError} from '../errors.js'
 
 export type RendererName = 'default' | 'verbose' | 'silent'
 
@@ -19,11 +20,13 @@ export function assertCanConfirm(yes: boolean, what: string): void {
   }
 }
 
-export async function confirm(question: string, yes: boolean): Promise<boolean> {
+/** Ask on the terminal. Ctrl+C (typed, which readline swallows, or a signal) is an interruption: exit 130. */
+export async function confirm(question: string, yes: boolean, outcome = 'nothing was changed'): Promise<boolean> {
   if (yes) return true
   const rl = createInterface({input: process.stdin, output: process.stderr})
+  rl.on('SIGINT', () => deliverSignal('SIGINT'))
   try {
-    const answer = await rl.question(`${question} [y/N] `)
+    const answer = await untilCancelled(rl.question(`${question} [y/N] `), () => new CancelledError('the confirmation', outcome))
     return /^y(es)?$/i.test(answer.trim())
   } finally {
     rl.close()

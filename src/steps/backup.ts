@@ -5,7 +5,8 @@ import path from 'node:path'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, UserError, toUserError} from '../errors.js'
-import {APP_NAME, connect, quoteIdent, type Sql} from '../target/connect.js'
+import {APP_NAME, connect, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
+import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 
@@ -168,6 +169,11 @@ export async function ensureBackupDir(dir: string, log?: (line: string) => void)
   try {
     await fs.mkdir(dir, {mode: 0o700, recursive: true})
   } catch (error) {
+    const code = (error as {code?: string}).code
+    if (code === 'EEXIST' || code === 'ENOTDIR') {
+      const what = code === 'EEXIST' ? 'is a file, not a folder' : 'cannot be created: part of its path is a file, not a folder'
+      throw new UserError(`The backup folder ${dir} ${what}.`, {cause: error, hint: 'Choose a folder with --backup-dir.'})
+    }
     throw fsErrorSentence(error, 'Creating the backup folder', dir)
   }
   let st
@@ -289,7 +295,8 @@ function compressionFor(major: number): {args: string[]; label: string; fallback
 async function pickFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
   for (let attempt = 0; attempt < 5; attempt++) {
     const final = path.join(dir, `${project}_${timestamp()}.dump`)
-    const partial = `${final}.partial`
+    // The run id in the name lets the next command prove the writer is gone (leftovers.ts) before removing it.
+    const partial = `${final}.${RUN_ID}.partial`
     const taken = await Promise.all([final, partial, final + MANIFEST_SUFFIX].map((f) => fs.access(f).then(() => true, () => false)))
     if (!taken.includes(true)) return {final, partial}
     await nextSecond()
@@ -401,6 +408,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       })
     }
     throwIfCancelled(`the backup to ${final}`)
+    await testPause('backup:partial-written')
 
     const manifest: Manifest = {
       compression: compression.label,

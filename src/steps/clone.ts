@@ -5,10 +5,11 @@ import {createInterface} from 'node:readline'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, UserError, toUserError} from '../errors.js'
-import {quoteIdent, type Sql} from '../target/connect.js'
+import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {type Manifest, nextSecond, readToc, redact, tableDataKey, timestamp, type Toc} from './backup.js'
+import {plural} from '../text.js'
 
 /**
  * The dry-run clone (DESIGN-NOTES D9): a new database restored from the backup just taken, with `pg_restore -j`
@@ -23,7 +24,8 @@ import {type Manifest, nextSecond, readToc, redact, tableDataKey, timestamp, typ
  * owned by that user) and the log says so.
  *
  * Leftovers are recognisable: the clone's name is `<db>_e2ee_dryrun_<YYYYMMDDHHMMSS>` and its comment starts
- * with `nself-e2ee dryrun clone of <db>,`; `sweepClones` drops those (not the ones marked ", kept").
+ * with `nself-e2ee dryrun clone of <db>,` and names the run; the next command that holds the database's command
+ * lock drops those of other runs (`sweepLeftovers` in leftovers.ts), never the ones marked ", kept".
  */
 
 export interface RestoreProgress {
@@ -422,7 +424,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
 
   const live = await describeDatabase(admin, db)
   const name = await freeDatabaseName(admin, db, 'dryrun')
-  const comment = `${COMMENT_PREFIX.dryrun}${db}, created ${new Date().toISOString()}, pid ${process.pid}${opts.keep ? ', kept' : ''}`
+  const comment = `${COMMENT_PREFIX.dryrun}${db}, created ${new Date().toISOString()}, pid ${process.pid}, run ${RUN_ID}${opts.keep ? ', kept' : ''}`
 
   let dropping: Promise<void> | undefined
   const dropOnce = () => {
@@ -440,7 +442,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   try {
     await createDatabaseLike(admin, name, live, comment, {log})
     throwIfCancelled('the dry run')
-    log?.(`Restoring ${file} into ${name} (${requested.length + added.length} tables with data, ${leftOut.length} without).`)
+    log?.(`Restoring ${file} into ${name} (${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without).`)
     const extraArgs = ['--no-subscriptions']
     if (!live.superuser) {
       extraArgs.push('--no-owner')
@@ -484,9 +486,13 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
       throw new UserError(error.message + dropNote, {cause: error, hint: error.hint})
     }
     const cause = redact(firstLineOf(error), secret)
-    throw new UserError(`Restoring the dry-run clone ${name} from ${file} failed: ${cause}.${dropNote}`, {
+    // A full disk on the server is no fault of the backup: say where space is missing.
+    const diskFull = /No space left on device|could not extend file|disk full|53100/i.test(cause)
+    throw new UserError(`Restoring the dry-run clone ${name} from ${file} failed${diskFull ? ' because the database server\'s disk is full' : ''}: ${cause}.${dropNote}`, {
       cause: error,
-      hint: 'The live database was not touched. Check the backup with `nself db e2ee verify`, or re-run with a fresh backup.',
+      hint: diskFull
+        ? 'The live database was not touched. Free space on the database server (the dry run needs room for a copy of the tables the migration touches), or run with --skip-dryrun.'
+        : 'The live database was not touched. Check the backup with `nself db e2ee verify`, or re-run with a fresh backup.',
     })
   }
 }
@@ -498,51 +504,4 @@ function firstLineOf(error: unknown): string {
   const stderr = typeof e?.stderr === 'string' ? e.stderr.trim() : ''
   const text = stderr || e?.message || String(error)
   return text.split('\n').find((l) => /error/i.test(l))?.replace(/^pg_restore: (error: )?/, '').replace(/\.$/, '') ?? text.split('\n')[0].replace(/\.$/, '')
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// sweepClones
-
-/**
- * Drop what earlier runs left behind for `database`: dry-run clones and unfinished restores whose name has our
- * pattern AND whose comment says so, except those marked ", kept" and those with sessions (a run in progress).
- * Returns the names dropped.
- */
-/** Leftovers younger than this are never swept (another run may be about to use them). */
-export const SWEEP_MIN_AGE_MS = 15 * 60 * 1000
-
-export async function sweepClones(admin: Sql, database: string, log?: (line: string) => void): Promise<string[]> {
-  validateIdentifier(database, 'database')
-  const rows = await admin<{name: string; comment: string | null; sessions: number}[]>`
-    select d.datname as name, shobj_description(d.oid, 'pg_database') as comment,
-           (select count(*)::int from pg_stat_activity a where a.datname = d.datname) as sessions
-    from pg_database d where strpos(d.datname, '_e2ee_') > 0 order by d.datname`
-  const dropped: string[] = []
-  for (const kind of ['dryrun', 'restore'] as const) {
-    const pattern = new RegExp(`^${escapeRegExp(newDatabaseName(database, kind, new Date(0)).slice(0, -14))}\\d{14}$`)
-    for (const r of rows) {
-      if (!pattern.test(r.name) || !r.comment) continue
-      if (!r.comment.startsWith(`${COMMENT_PREFIX[kind]}${database},`)) continue
-      if (r.comment.includes(', kept')) continue
-      // A restore (or clone) made in the last minutes may belong to a run that is between its restore and its
-      // swap, when nobody is connected to it: leave it to a later sweep.
-      const created = Date.parse(/, created ([^,]+)/.exec(r.comment)?.[1] ?? '')
-      if (Number.isFinite(created) && Date.now() - created < SWEEP_MIN_AGE_MS) {
-        log?.(`Not dropping ${r.name} yet: it was made ${Math.round((Date.now() - created) / 1000)} s ago and may belong to a run in progress.`)
-        continue
-      }
-      if (r.sessions > 0) {
-        log?.(`Not dropping ${r.name}: ${r.sessions} session(s) are connected to it (another run may be using it).`)
-        continue
-      }
-      await dropDatabase(admin, r.name)
-      dropped.push(r.name)
-      log?.(`Dropped ${r.name}, left over by an earlier run (${r.comment}).`)
-    }
-  }
-  return dropped
-}
-
-function escapeRegExp(s: string): string {
-  return s.replaceAll(/[.*+?^${}()|[\]\\]/g, '\\$&')
 }

@@ -1,4 +1,5 @@
-import {toUserError} from '../errors.js'
+import {isCancelled} from '../cancel.js'
+import {CancelledError, toUserError} from '../errors.js'
 import type {MigrationFile} from '../migrations/files.js'
 import type {Plan} from '../migrations/plan.js'
 import {LEDGER_TABLE, ownLedgerExists} from '../migrations/ledger.js'
@@ -7,7 +8,8 @@ import {connect, type Sql} from '../target/connect.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import type {BackupInfo, ListedBackup} from './backup.js'
-import {createClone, sweepClones} from './clone.js'
+import {testPause} from '../test-pause.js'
+import {createClone} from './clone.js'
 import {TOUCHED_TABLES} from './preflight.js'
 import {verifyDatabase, type VerifyReport} from './verify.js'
 
@@ -35,7 +37,6 @@ export interface DryRunReport {
   /** The forecast: how long applying took on the clone. */
   applyMs: number
   leftOut: Array<{table: string; rows: number | null}>
-  swept: string[]
   run?: RunReport
   verify?: VerifyReport
   /** Set when the migration (or its verification) would fail: one sentence naming the statement. */
@@ -47,7 +48,6 @@ export interface DryRunReport {
  * data the migration reads or alters), apply there, verify there, and always drop it.
  */
 export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
-  const swept = await sweepClones(o.sql, o.target.conn.database, o.log)
   const schema = o.plan.appSchema
   // The tables the migration alters, tables a hand-run already made (their rows matter to the trial too), and the
   // ledgers, so the clone starts from production's migration state.
@@ -59,22 +59,26 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
     onProgress: (p) => o.progress(`restoring: ${p.done}/${p.total} archive entries${p.item ? ` (${p.item})` : ''}`),
     target: o.target, tools: o.tools,
   })
-  const report: DryRunReport = {applyMs: 0, clone: clone.name, kept: Boolean(o.keep), leftOut: clone.leftOut, restoreMs: clone.restoreMs, swept}
+  await testPause('dryrun:clone-restored')
+  const report: DryRunReport = {applyMs: 0, clone: clone.name, kept: Boolean(o.keep), leftOut: clone.leftOut, restoreMs: clone.restoreMs}
   let cloneSql: Sql | undefined
   try {
     cloneSql = connect(o.target.conn, {database: clone.name})
     const t0 = Date.now()
     try {
       report.run = await migrateUp({
-        ...o.runner, log: (l) => o.log(`[clone] ${l}`), migrations: o.migrations, observeLocks: true, progress: o.progress,
+        ...o.runner, beforeWrite: undefined, log: (l) => o.log(`[clone] ${l}`), migrations: o.migrations, observeLocks: true, progress: o.progress,
         revertOnFailure: false, schema, sql: cloneSql, to: o.to,
       })
     } catch (error) {
+      // Ctrl+C stops the trial (its cancel handlers end the clone's sessions): that is no forecast of a failure.
+      if (isCancelled()) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
       report.failure = toUserError(error).message
       return report
     } finally {
       report.applyMs = Date.now() - t0
     }
+    if (isCancelled()) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
     report.verify = await verifyDatabase(cloneSql, {exactCounts: true, manifest: o.backup.manifest, schema, upTo: report.run.after ?? undefined})
     if (!report.verify.ok) report.failure = `Verification on the dry-run database failed: ${report.verify.failures[0]}`
     return report

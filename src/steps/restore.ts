@@ -1,9 +1,11 @@
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, UserError, toUserError} from '../errors.js'
-import {quoteIdent, type Sql} from '../target/connect.js'
+import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
+import {testPause} from '../test-pause.js'
 import {type Manifest, readToc, redact, timestamp, type Toc} from './backup.js'
+import {plural} from '../text.js'
 import {
   COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral, restoreArchive,
   type RestoreProgress,
@@ -13,9 +15,8 @@ import {
  * Rollback option 1 done safely (DESIGN-NOTES D7). The guide drops the live database and then restores into an
  * empty one: a failed restore leaves no database at all. Here the backup is restored in full into a new
  * database `<db>_e2ee_restore_<ts>` (commented like the dry-run clones, so a leftover is swept), checked against
- * the backup's manifest, and only then swapped in under the live name, in one transaction, after the live
- * database stopped accepting connections. The replaced database stays, renamed `<db>_pre_rollback_<ts>`, until
- * the operator drops it.
+ * the backup's manifest, and only then swapped in under the live name, in one transaction (`swapDatabases`).
+ * The replaced database stays, renamed `<db>_pre_rollback_<ts>`, until the operator drops it.
  */
 
 export interface RestoreIntoNewDatabaseOptions {
@@ -58,7 +59,7 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
 
   const like = await describeDatabase(admin, live)
   const name = await freeDatabaseName(admin, live, 'restore')
-  const comment = `${COMMENT_PREFIX.restore}${live}, created ${new Date().toISOString()}, pid ${process.pid}`
+  const comment = `${COMMENT_PREFIX.restore}${live}, created ${new Date().toISOString()}, pid ${process.pid}, run ${RUN_ID}`
 
   let dropping: Promise<void> | undefined
   const dropOnce = () => {
@@ -136,7 +137,7 @@ export async function checkRestoredMatchesManifest(
     }
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${qualified}`)
     if (Number(n) !== expected) {
-      throw new UserError(`The restored database ${db} has ${n} rows in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`)
+      throw new UserError(`The restored database ${db} has ${plural(Number(n), 'row')} in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`)
     }
   }
   if (!manifest.synthesized) {
@@ -162,28 +163,32 @@ export function keptDatabaseName(database: string, date = new Date()): string {
 }
 
 export interface SwapOptions {
-  /** Connected to a maintenance database (e.g. "postgres"), neither `live` nor `replacement`. */
+  /** A pool (at least 2 connections) on a maintenance database (e.g. "postgres"), neither `live` nor `replacement`. */
   admin: Sql
   live: string
   replacement: string
   /** `<db>_pre_rollback_<YYYYMMDD_HHMMSS>`: the name the replaced live database keeps. */
   keptName: string
-  /** lock_timeout for the renames (default 5000 ms). */
+  /** pg_database.oid of `live` when the command started: the swap refuses to replace any other database. */
+  liveOid?: number
+  /** lock_timeout for closing the replacement and for the renames (default 2000 ms). */
   lockTimeoutMs?: number
-  /** How long to wait for the live database's sessions to end (default 15000 ms). */
-  drainTimeoutMs?: number
+  /** Tries of the rename transaction when a session of live did not end in time (default 3). */
+  attempts?: number
   log?: (line: string) => void
 }
 
-const sleep = (ms: number) => new Promise((resolve) => {
-  setTimeout(resolve, ms)
-})
-
 /**
- * Put `replacement` in place of `live`. The live database stops accepting connections, its sessions are
- * ended, then both renames commit in ONE transaction (ALTER DATABASE … RENAME is transactional), together
- * with re-allowing connections on both: there is no moment where the live name is missing or points to a
- * half-restored database. The window is the time between refusing connections on live and that commit.
+ * Put `replacement` in place of `live` in ONE transaction: rename live to `keptName`, rename the replacement to
+ * live, allow connections on it, keep live's comment. The live database never refuses connections: the first
+ * rename holds its database lock, so a client connecting meanwhile waits (PostgreSQL's own DROP DATABASE
+ * protocol) and then gets the restored database, or "just renamed" and reconnects. Live's sessions are ended
+ * from a second connection while the rename waits for them (the server waits at most 5 s per try).
+ *
+ * Why not ALLOW_CONNECTIONS false first (as before): that commits a closed production database, and a kill -9
+ * or server restart before the renames left it refusing every connection. Here a kill -9, a crash or a restart
+ * at any moment rolls the transaction back: live stays as it was, open; at most the restored copy is left,
+ * which the next command removes (leftovers.ts).
  */
 export async function swapDatabases(opts: SwapOptions): Promise<{keptName: string; windowMs: number}> {
   const {admin, keptName, live, log, replacement} = opts
@@ -198,68 +203,91 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
   if (db === live || db === replacement) {
     throw new UserError(`Cannot swap databases over a connection to ${db}; ${untouched}.`, {hint: 'Connect to a maintenance database such as "postgres".'})
   }
-  const present = await admin<{name: string; comment: string | null}[]>`
-    select datname as name, shobj_description(oid, 'pg_database') as comment from pg_database
+  const present = await admin<{name: string; comment: string | null; oid: string}[]>`
+    select datname as name, shobj_description(oid, 'pg_database') as comment, oid::int8::text as oid from pg_database
     where datname = any(${[live, replacement, keptName]})`
   const has = (n: string) => present.some((p) => p.name === n)
   if (!has(live)) throw new UserError(`Cannot swap: the live database ${live} does not exist.`)
   if (!has(replacement)) throw new UserError(`Cannot swap: the replacement database ${replacement} does not exist; ${untouched}.`)
   if (has(keptName)) throw new UserError(`Cannot swap: a database named ${keptName} already exists; ${untouched}.`)
-  const liveComment = present.find((p) => p.name === live)!.comment
+  const liveRow = present.find((p) => p.name === live)!
+  if (opts.liveOid !== undefined && Number(liveRow.oid) !== opts.liveOid) {
+    throw new UserError(`Cannot swap: the database ${live} was replaced since this command started (OID ${opts.liveOid} then, ${liveRow.oid} now); nothing was changed.`)
+  }
+  const liveComment = liveRow.comment
   const q = {kept: quoteIdent(keptName), live: quoteIdent(live), replacement: quoteIdent(replacement)}
-  const lockTimeout = Math.max(100, Math.floor(opts.lockTimeoutMs ?? 5000))
-  const drainTimeout = opts.drainTimeoutMs ?? 15_000
+  const lockTimeout = Math.max(100, Math.floor(opts.lockTimeoutMs ?? 2000))
+  const attempts = Math.max(1, opts.attempts ?? 3)
 
-  // Not pg_terminate_backend(pid, timeout): it checks every 100 ms; polling every 10 ms keeps the window short.
-  const terminate = (name: string) => admin`
-    select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
-  const sessions = async (name: string) => {
+  const terminate = (name: string, except: number) => admin`
+    select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid() and pid <> ${except}`
+
+  const sessionsOn = async (name: string) => {
     const [{n}] = await admin<{n: number}[]>`select count(*)::int as n from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
     return n
   }
-  const drain = async (name: string) => {
-    const deadline = Date.now() + drainTimeout
-    for (;;) {
-      await terminate(name)
-      const n = await sessions(name)
-      if (n === 0) return
-      if (Date.now() > deadline) throw new Error(`${n} session(s) on ${name} did not end within ${Math.round(drainTimeout / 1000)} s`)
-      await sleep(10)
-    }
-  }
 
-  let refusing = false
   let t0 = 0
   try {
-    // Nobody but us should be on the replacement (a check's pool, a leftover session): end them first.
-    await drain(replacement)
+    // The replacement is ours: close it for good (nobody but a stray check should be on it) and end its sessions.
+    await admin.begin(async (tx) => {
+      await tx.unsafe(`SET LOCAL lock_timeout = ${lockTimeout}`)
+      await tx.unsafe(`ALTER DATABASE ${q.replacement} WITH ALLOW_CONNECTIONS false`)
+    })
+    await terminate(replacement, 0)
     throwIfCancelled('the swap')
-    await admin.unsafe(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS false`)
-    refusing = true
-    t0 = performance.now()
-    log?.(`${live} refuses new connections; ending its sessions.`)
     for (let attempt = 1; ; attempt++) {
-      await drain(live)
-      await drain(replacement)
+      // End them before the transaction and let them exit (bounded), so the rename rarely has to wait: the
+      // server re-checks only every 100 ms while new connections wait on it.
+      await terminate(live, 0)
+      for (let i = 0; i < 100 && (await sessionsOn(live)) > 0; i++) {
+        await new Promise((resolve) => {
+          setTimeout(resolve, 5)
+        })
+      }
+      let done = false
+      let pid = 0
+      // Ends live's sessions until the transaction is over: the ones there now, and any that got in before the
+      // rename took the database lock. Nothing new gets in after that.
+      const terminator = (async () => {
+        while (!done) {
+          if (pid) await terminate(live, pid).catch(() => {})
+          await new Promise((resolve) => {
+            setTimeout(resolve, 10)
+          })
+        }
+      })()
+      t0 = performance.now()
       try {
         await admin.begin(async (tx) => {
+          ;[{pid}] = await tx<{pid: number}[]>`select pg_backend_pid() as pid`
           await tx.unsafe(`SET LOCAL lock_timeout = ${lockTimeout}`)
+          await tx.unsafe('SET LOCAL statement_timeout = 15000')
           await tx.unsafe(`ALTER DATABASE ${q.live} RENAME TO ${q.kept}`)
+          if (opts.liveOid !== undefined) {
+            const [{oid}] = await tx<{oid: string}[]>`select oid::int8::text as oid from pg_database where datname = ${keptName}`
+            if (Number(oid) !== opts.liveOid) throw new UserError(`the database ${live} was replaced since this command started`)
+          }
           await tx.unsafe(`ALTER DATABASE ${q.replacement} RENAME TO ${q.live}`)
           await tx.unsafe(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`)
-          await tx.unsafe(`ALTER DATABASE ${q.kept} WITH ALLOW_CONNECTIONS true`)
           await tx.unsafe(`COMMENT ON DATABASE ${q.live} IS ${liveComment === null ? 'NULL' : quoteLiteral(liveComment)}`)
+          await testPause('swap:renamed')
         })
         break
       } catch (error) {
-        // 55006: a session got in between the drain and the rename (e.g. a superuser's reserved slot); again.
-        if ((error as {code?: string}).code === '55006' && attempt < 3 && !isCancelled()) continue
+        // 55006: a session of live did not end within the server's 5 s; try again (bounded).
+        if ((error as {code?: string}).code === '55006' && attempt < attempts && !isCancelled()) {
+          log?.(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
+          continue
+        }
         throw error
+      } finally {
+        done = true
+        await terminator
       }
     }
     const windowMs = Math.round(performance.now() - t0)
-    refusing = false
-    log?.(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (${windowMs} ms without connections).`)
+    log?.(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
     return {keptName, windowMs}
   } catch (error) {
     const cause = messageOf(error)
@@ -272,28 +300,12 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     }
     if (names && names.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
       // The commit went through although the client saw an error (e.g. the connection broke on COMMIT).
-      throw new UserError(`The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`, {
-        cause: error, hint: `Check that both accept connections: ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true.`,
-      })
+      throw new UserError(`The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`, {cause: error})
     }
     if (names && names.includes(live) && names.includes(replacement) && !names.includes(keptName)) {
-      let reopen = ''
-      if (refusing) {
-        try {
-          await admin.unsafe(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`)
-        } catch (reopenError) {
-          reopen = ` but it still refuses connections (${messageOf(reopenError)}); run ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`
-        }
-      }
-      if (isCancelled()) throw new CancelledError(`the swap (${untouched}${reopen})`)
-      throw new UserError(`Swapping ${replacement} in for ${live} failed before renaming (${cause}); ${untouched}${reopen}.`, {
-        cause: error,
-        hint: `The restored copy is still available as ${replacement}.`,
-      })
+      if (isCancelled()) throw new CancelledError(`the swap (${untouched})`)
+      throw new UserError(`Swapping ${replacement} in for ${live} failed before renaming (${cause}); ${untouched}.`, {cause: error})
     }
-    throw new UserError(`Swapping ${replacement} in for ${live} failed half-way (${cause}): the databases are now ${names ? names.join(', ') : 'unknown'}; ${keptName} (if present) holds the data from before the rollback, ${replacement} (if present) the restored data.`, {
-      cause: error,
-      hint: `Rename them by hand with ALTER DATABASE … RENAME TO so that ${live} holds the data you want, and allow connections on it.`,
-    })
+    throw new UserError(`Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`, {cause: error})
   }
 }

@@ -5,10 +5,13 @@
  * The guide's last step, REFRESH MATERIALIZED VIEW CONCURRENTLY nchat_prekey_bundles, is gone with the
  * materialized view (D2): the plain view is always fresh.
  */
-import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
+import {isCancelled, onCancel} from '../cancel.js'
 import {CancelledError, toUserError, UserError} from '../errors.js'
 import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
 import {assertIdentifier} from './verify.js'
+
+/** What is true when the vacuum is interrupted: it only refreshes statistics, nothing is undone. */
+const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes statistics; nothing was undone, run VACUUM (ANALYZE) on those tables later)'
 
 /** The new tables of 013-016, then the two existing tables 014 alters. */
 export const VACUUM_TABLES: readonly string[] = [
@@ -52,7 +55,7 @@ export async function vacuumTables(sql: Sql, schema: string, tables: readonly st
 
   const done: Array<{table: string; ms: number}> = []
   for (const [i, table] of existing.entries()) {
-    throwIfCancelled('VACUUM (ANALYZE)')
+    if (isCancelled()) throw new CancelledError('VACUUM (ANALYZE)', VACUUM_OUTCOME)
     const statement = `VACUUM (ANALYZE) ${quoteIdent(schema)}.${quoteIdent(table)}`
     onProgress?.(`VACUUM (ANALYZE) ${table} (${i + 1}/${existing.length})`)
     const started = Date.now()
@@ -61,7 +64,7 @@ export async function vacuumTables(sql: Sql, schema: string, tables: readonly st
     try {
       await q
     } catch (error) {
-      if (isCancelled()) throw new CancelledError(`VACUUM (ANALYZE) of ${table}`)
+      if (isCancelled()) throw new CancelledError(`VACUUM (ANALYZE) of ${table}`, VACUUM_OUTCOME)
       const inner = toUserError(error)
       throw new UserError(`VACUUM (ANALYZE) of ${schema}.${table} failed: ${inner.message.replace(/\.$/, '')}.`, {
         cause: error,

@@ -2,8 +2,8 @@ import {randomBytes} from 'node:crypto'
 import path from 'node:path'
 import {execa, type Options, type ResultPromise} from 'execa'
 
-import {onCancel} from '../cancel.js'
-import {UserError} from '../errors.js'
+import {isCancelled, onCancel} from '../cancel.js'
+import {CancelledError, UserError} from '../errors.js'
 import {APP_NAME} from './connect.js'
 import type {Target} from './target.js'
 
@@ -80,6 +80,8 @@ export class PgTools {
       if (!m) throw new Error(`unexpected output "${stdout}"`)
       return Number(m[1])
     } catch (error) {
+      // Ctrl+C on a terminal reaches the child too: its death is the interruption, not a broken tool.
+      if (isCancelled()) throw new CancelledError(`checking ${tool}`, 'nothing was changed')
       if ((error as {code?: string}).code === 'ENOENT') {
         throw new UserError(`${tool} was not found on this machine.`, {
           hint: 'Install the PostgreSQL client tools (same or newer major version than the server), or drop --local to run them in the nself postgres container.',
@@ -131,6 +133,11 @@ async function findContainer(candidates: string[]): Promise<string> {
       if ((error as {code?: string}).code === 'ENOENT') {
         throw new UserError('docker was not found on this machine.', {
           hint: 'Install docker, or pass --local to run pg_dump/pg_restore on this machine.',
+        })
+      }
+      if (/Cannot connect to the Docker daemon|Is the docker daemon running|error during connect/i.test(firstLine(error))) {
+        throw new UserError(`The docker daemon is not reachable (${firstLine(error).replace(/\.$/, '')}), so container ${name} cannot be checked.`, {
+          hint: 'Start docker (and the nself stack with `nself start`), or pass --local to run pg_dump/pg_restore on this machine.',
         })
       }
       tried.push(`${name} (not found)`)

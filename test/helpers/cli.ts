@@ -1,4 +1,4 @@
-import {spawn} from 'node:child_process'
+import {type ChildProcess, spawn} from 'node:child_process'
 import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -19,8 +19,13 @@ export interface CliResult {
 
 export interface CliOptions {
   env?: Record<string, string | undefined>
-  /** Called with the output so far; return true to send SIGINT (once). */
+  /** Called with the output so far; return true to send `signal` (SIGINT unless given), once. */
   interruptWhen?: (output: string) => boolean
+  signal?: NodeJS.Signals
+  /** Called with the output so far and the child, on every chunk (for tests that act in several stages). */
+  onOutput?: (output: string, child: ChildProcess) => void
+  /** Called once with the child as soon as it started. */
+  onSpawn?: (child: ChildProcess) => void
   timeoutMs?: number
 }
 
@@ -31,14 +36,16 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
       env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', ...options.env},
       stdio: ['ignore', 'pipe', 'pipe'],
     })
+    options.onSpawn?.(child)
     let stdout = ''
     let stderr = ''
     let interrupted = false
     const check = () => {
       if (!interrupted && options.interruptWhen?.(stdout + stderr)) {
         interrupted = true
-        child.kill('SIGINT')
+        child.kill(options.signal ?? 'SIGINT')
       }
+      options.onOutput?.(stdout + stderr, child)
     }
     child.stdout.on('data', (d) => { stdout += d; check() })
     child.stderr.on('data', (d) => { stderr += d; check() })

@@ -10,7 +10,7 @@ const {fresh} = e2eScope()
 const LOCK_TIMEOUT = 200
 // A batch's statement_timeout (batchTimeoutMs: twice the lock timeout, at least 400 ms) is the longest any writer can wait on rows it holds.
 // The margin covers a busy 2-core machine (scheduling, commit flush); the guide's single DELETE of the same rows
-// holds them for its whole run (see bench scenario 6).
+// holds them for its whole run (see bench scenario 7).
 const WRITER_BOUND_MS = batchTimeoutMs(LOCK_TIMEOUT) + 1500
 const SIZE = {auditRows: 40_000, devices: 40, prekeysPerDevice: 50}
 

@@ -268,7 +268,7 @@ describe('backup folder and disk errors', () => {
     expect(logs.some((l) => l.includes(backupDir) && l.includes('755'))).toBe(true)
   }, T)
 
-  it('refuses a backup folder that is not writable, naming it', async () => {
+  it('refuses a backup folder under a file, naming it and saying so', async () => {
     db = await createTestDb(admin, {audit: 10, messages: 10})
     root = tempDir()
     const file = path.join(root, 'a-file')
@@ -279,7 +279,7 @@ describe('backup folder and disk errors', () => {
     const error = await takeBackup({ledgerVersion: null, schema: 'public', sql, tables: TABLES, target, tools: await PgTools.create(target)}).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(UserError)
     expect((error as Error).message).toContain(backupDir)
-    expect((error as Error).message).toMatch(/not writable/)
+    expect((error as Error).message).toMatch(/cannot be created: part of its path is a file, not a folder\.$/)
   }, T)
 
   /** Outside CI (no root) these tests cannot make a tmpfs; in CI (root) a skip would hide a regression, so fail. */

@@ -93,7 +93,7 @@ describe.each(['local', 'docker'] as const)('rollback by restore and swap (%s mo
     expect(restored.name).toMatch(new RegExp(`^${ctx.db}_e2ee_restore_\\d{14}$`))
     expect(progress.at(-1)).toMatchObject({done: progress.at(-1)!.total})
     const r = await dbRow(restored.name)
-    expect(r.comment).toMatch(new RegExp(`^nself-e2ee restore of ${ctx.db}, created .*, pid ${process.pid}$`))
+    expect(r.comment).toMatch(new RegExp(`^nself-e2ee restore of ${ctx.db}, created .*, pid ${process.pid}, run [0-9a-f]{8}$`))
     expect(r.owner).toBe(before.owner)
 
     const check = pool(restored.name)
@@ -119,7 +119,9 @@ describe.each(['local', 'docker'] as const)('rollback by restore and swap (%s mo
     expect(swap.windowMs).toBeGreaterThanOrEqual(0)
     expect(swap.windowMs).toBeLessThan(10_000)
     console.log(`swap window (${mode}): ${swap.windowMs} ms`)
-    const [after] = await app<{pid: number; calls: string | null}[]>`select pg_backend_pid() as pid, to_regclass('nchat_calls')::text as calls`
+    // An application retries a query whose connection was ended; postgres.js may report the closed socket once.
+    const ask = () => app<{pid: number; calls: string | null}[]>`select pg_backend_pid() as pid, to_regclass('nchat_calls')::text as calls`
+    const [after] = await ask().catch(() => ask())
     expect(after.pid).not.toBe(appPid)
     expect(after.calls).toBeNull()
 
@@ -170,7 +172,7 @@ describe('restore and swap failures', () => {
     expect(await derivedDbs(admin, ctx.db)).toEqual([])
   }, T)
 
-  it('re-allows connections on live when the renames fail (lock timeout), saying live is untouched', async () => {
+  it('leaves live open and untouched when the swap cannot get its locks (lock timeout)', async () => {
     ctx.db = await createTestDb(admin, {audit: 5, messages: 5})
     const replacement = `${ctx.db}_e2ee_restore_20240101000000`
     await admin.unsafe(`CREATE DATABASE ${replacement}`)

@@ -5,6 +5,7 @@ import {UserError} from '../../../errors.js'
 import {backupFlags, runnerFlags} from '../../../flags.js'
 import {runDryRun, type DryRunSummary} from '../../../pipeline/dryrun.js'
 import {fmtMs} from '../../../pipeline/ui.js'
+import {plural} from '../../../text.js'
 
 export default class DryRun extends BaseCommand {
   static description = `Rehearse the upgrade without touching production: preflight, a backup (or --from-backup), restore it into a throwaway database, apply and verify there, drop it.
@@ -25,7 +26,7 @@ Reports each statement with the locks it took and whether it ran inside a transa
     const s = await runDryRun({
       fromBackup: flags['from-backup'], jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
       lockTimeoutMs: flags['lock-timeout'], maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'],
-      target, to: flags.to,
+      runLockWaitMs: flags['lock-wait'] * 1000, target, to: flags.to,
     })
     if (this.jsonMode) {
       this.printJson(s)
@@ -55,8 +56,8 @@ Reports each statement with the locks it took and whether it ran inside a transa
     }
     this.say('')
     if (s.forecastMs !== null) this.say(`Forecast    ${fmtMs(s.forecastMs)} to apply (measured on ${s.clone}; restore took ${fmtMs(s.restoreMs ?? 0)})`)
-    if (s.leftOut.length) this.say(`Left out    data of ${s.leftOut.length} tables the migration does not read or alter: ${s.leftOut.map((l) => `${l.table}${l.rows === null ? '' : ` (${l.rows} rows)`}`).join(', ')}`)
-    if (s.verification) this.say(`Verify      ${s.verification.ok ? `${s.verification.checks} checks passed` : `FAILED: ${s.verification.failures.join('; ')}`}`)
+    if (s.leftOut.length) this.say(`Left out    data of ${plural(s.leftOut.length, 'table')} the migration does not read or alter: ${s.leftOut.map((l) => `${l.table}${l.rows === null ? '' : ` (${plural(l.rows, 'row')})`}`).join(', ')}`)
+    if (s.verification) this.say(`Verify      ${s.verification.ok ? `${plural(s.verification.checks, 'check')} passed` : `FAILED: ${s.verification.failures.join('; ')}`}`)
     if (s.backup) this.say(`Backup      ${s.backup.file}${s.backup.taken ? ' (taken now)' : ''}`)
     this.say(`Production was only read; nothing in it changed.`)
   }

@@ -4,6 +4,7 @@ import {BaseCommand} from '../../../base-command.js'
 import {backupFlags, runnerFlags} from '../../../flags.js'
 import {runMigrate, type MigrateSummary} from '../../../pipeline/migrate.js'
 import {fmtMs} from '../../../pipeline/ui.js'
+import {plural} from '../../../text.js'
 
 export default class Migrate extends BaseCommand {
   static description = `Upgrade nChat's database to v0.4.0: preflight, verified backup, dry run on a restored copy, apply (online: short lock timeouts, concurrent index builds), verify, vacuum.
@@ -46,7 +47,7 @@ Every step is shown as it runs; the first failure stops the run with production 
     if (s.backup) this.say(`Backup      ${s.backup.file} (sha256 ${s.backup.sha256.slice(0, 16)}…)`)
     if (s.dryrun) this.say(`Forecast    ${fmtMs(s.dryrun.forecastMs)} on the dry-run copy; actual ${fmtMs(s.applyMs ?? 0)}${s.lockRetries ? ` (${s.lockRetries} lock retries)` : ''}`)
     this.say(`Steps       ${Object.entries(s.timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')}`)
-    if (s.verify) this.say(`Verified    ${s.verify.checks.length} checks`)
+    if (s.verify) this.say(`Verified    ${plural(s.verify.checks.length, 'check')}`)
     for (const w of s.warnings) this.say(`Warning     ${w}`)
   }
 }

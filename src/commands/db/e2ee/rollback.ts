@@ -45,7 +45,7 @@ export default class Rollback extends BaseCommand {
     if (s.backup) this.say(`Backup      ${s.backup.file} (${s.strategy === 'restore' ? 'restored' : 'safety backup, taken before reverting'})`)
     for (const l of s.lost) this.say(`Lost        ${l.rows} ${l.what}`)
     if (s.kept) {
-      this.say(`Kept        the replaced database as ${s.kept.database} (connections were refused for ${fmtMs(s.swapWindowMs ?? 0)})`)
+      this.say(`Kept        the replaced database as ${s.kept.database} (new connections waited ${fmtMs(s.swapWindowMs ?? 0)} for the swap)`)
       this.say(`            drop it when you no longer need it: ${s.kept.dropWith}`)
     }
     this.say(`Steps       ${Object.entries(s.timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')}`)

@@ -1,10 +1,14 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
-import {UserError} from '../../../errors.js'
+import {checkBeforeReading, note} from '../../../pipeline/command.js'
+import {isCancelled, untilCancelled} from '../../../cancel.js'
+import {CancelledError, UserError} from '../../../errors.js'
 import {readManifest} from '../../../steps/backup.js'
 import {inspect} from '../../../steps/inspect.js'
+import {stopPool} from '../../../target/connect.js'
 import {verifyDatabase} from '../../../steps/verify.js'
+import {plural} from '../../../text.js'
 
 export default class Verify extends BaseCommand {
   static description = `Check that every object migrations 013-016 create is there and valid (tables, columns, indexes by name and validity, constraints validated with their delete rules, checks, the bundle view and claim function), that existing rows were not changed, and that the guide's queries use their indexes.
@@ -21,6 +25,8 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
     const flags = await this.parseBase(Verify)
     const target = this.targetFrom(flags)
     const manifest = flags.manifest ? await readManifest(flags.manifest) : undefined
+    const state = await checkBeforeReading(target, 'verify')
+    if (state?.repaired) note(state.repaired)
     const ins = await inspect(target, {migrationsDir: flags['migrations-dir']})
     try {
       const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
@@ -28,20 +34,24 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
         throw new UserError(`None of the migrations ${ins.migrations.map((m) => m.name).join(', ')} is applied to ${target.conn.database}; there is nothing to verify.`, {hint: 'Run nself db e2ee migrate first.'})
       }
       const upTo = Math.max(...applied)
-      const report = await verifyDatabase(ins.sql, {exactCounts: flags['exact-counts'], manifest, schema: ins.plan.appSchema, upTo})
+      const report = await untilCancelled(
+        verifyDatabase(ins.sql, {exactCounts: flags['exact-counts'], manifest, schema: ins.plan.appSchema, upTo}),
+        () => new CancelledError('verify', 'the database was not changed (verify only reads)'),
+      )
       if (this.jsonMode) {
         this.printJson({database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report})
       } else {
         for (const c of report.checks) this.say(`  ${c.status === 'ok' ? 'ok  ' : c.status === 'warn' ? 'WARN' : 'FAIL'}  ${c.name}: ${c.detail}`)
         this.say('')
-        this.say(report.ok ? `Verified ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${report.checks.length} checks passed.` : `${report.failures.length} check(s) failed.`)
+        this.say(report.ok ? `Verified ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${plural(report.checks.length, 'check')} passed.` : `${plural(report.failures.length, 'check')} failed.`)
       }
       if (!report.ok) {
         if (this.jsonMode) process.exitCode = 1
         else throw new UserError(`Verification failed: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more, listed above)` : ''}.`)
       }
     } finally {
-      await ins.sql.end({timeout: 2})
+      // After Ctrl+C a check may still be running on the server: end it now rather than wait for it.
+      await (isCancelled() ? stopPool(ins.sql) : ins.sql.end({timeout: 2}))
     }
   }
 }

@@ -7,6 +7,7 @@ import {UserError} from '../../../../errors.js'
 import {type BackupEntry, listAllBackups, markProtected, removeBackup, selectPrune} from '../../../../maintain/backups.js'
 import {dropKeptDatabase, type KeptDatabase, keptDatabases} from '../../../../maintain/kept.js'
 import {connectAdmin, databaseStates} from '../../../../maintain/server.js'
+import {acquireCommandLock, type CommandLock} from '../../../../migrations/command-lock.js'
 import {assertCanConfirm, confirm} from '../../../../pipeline/ui.js'
 import type {Sql} from '../../../../target/connect.js'
 
@@ -23,6 +24,7 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
     'backup-dir': Flags.string({description: 'The backup folder (default: the nself project\'s backups/).'}),
     'drop-kept': Flags.boolean({default: false, description: 'Drop the databases a restore rollback of this database kept.'}),
     'dry-run': Flags.boolean({default: false, description: 'Show what --keep/--older-than/--drop-kept would remove; remove nothing.'}),
+    'lock-wait': Flags.integer({default: 60, description: 'Seconds to wait for another nself db e2ee command changing the same database before pruning or dropping.', min: 0}),
     keep: Flags.integer({description: 'Keep the newest N backups of each database; prune the rest (with --older-than: only those also older).', min: 0}),
     'older-than': Flags.integer({description: 'Prune backups older than this many days.', min: 0}),
     verify: Flags.boolean({default: false, description: 'Check each backup\'s sha256 against its manifest (reads every file), not only its size.'}),
@@ -58,13 +60,21 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
         const what = [prune.length ? `delete ${prune.length} backup(s) (${mb(prune.reduce((s, b) => s + b.bytes, 0))})` : '', drop.length ? `drop ${drop.length} kept database(s) (${drop.map((d) => d.name).join(', ')})` : ''].filter(Boolean).join(' and ')
         for (const b of prune) this.note(`  will delete ${b.file}`)
         if (!(await confirm(`${what[0].toUpperCase()}${what.slice(1)}?`, flags.yes))) throw new UserError('Not confirmed; nothing was deleted.')
-        for (const b of prune) {
-          await removeBackup(b)
-          pruned.push(b)
-        }
-        for (const d of drop) {
-          await dropKeptDatabase(admin!, d, target.conn.database)
-          dropped.push(d)
+        // Not while a migrate or rollback of this database runs: it may be about to restore one of these.
+        const lock: CommandLock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), waitMs: flags['lock-wait'] * 1000})
+        try {
+          for (const b of prune) {
+            lock.assertHeld()
+            await removeBackup(b)
+            pruned.push(b)
+          }
+          for (const d of drop) {
+            lock.assertHeld()
+            await dropKeptDatabase(admin!, d, target.conn.database)
+            dropped.push(d)
+          }
+        } finally {
+          await lock.release()
         }
       }
       const wouldPrune = flags['dry-run'] ? prune : []

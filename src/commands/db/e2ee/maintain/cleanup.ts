@@ -3,6 +3,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../../../base-command.js'
 import {UserError} from '../../../../errors.js'
 import {type CleanupProgress, type CleanupReport, runCleanup} from '../../../../maintain/cleanup.js'
+import {acquireCommandLock} from '../../../../migrations/command-lock.js'
 import {findAppSchema} from '../../../../migrations/ledger.js'
 import {assertCanConfirm, confirm, fmtMs} from '../../../../pipeline/ui.js'
 import {connectChecked} from '../../../../target/connect.js'
@@ -20,6 +21,7 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
     'audit-days': Flags.integer({default: 90, description: 'Delete nchat_e2ee_audit_log rows created more than this many days ago.', min: 1}),
     'batch-size': Flags.integer({default: 2000, description: 'Rows per batch (each batch is one short transaction); halved while batches take over half the lock timeout.', max: 100_000, min: 1}),
     'dry-run': Flags.boolean({default: false, description: 'Only count what would be deleted.'}),
+    'lock-wait': Flags.integer({default: 60, description: 'Seconds to wait for another nself db e2ee command changing the same database.', min: 0}),
     'lock-timeout': Flags.integer({default: 200, description: 'lock_timeout in ms for each batch; a batch that times out is retried smaller after a pause.', min: 10}),
     'max-lock-wait': Flags.integer({default: 120, description: 'Seconds to keep retrying a batch that meets lock timeouts before giving up.', min: 1}),
     'pause-ms': Flags.integer({default: 20, description: 'Pause between batches in ms (room for other writers and for replicas to catch up).', min: 0}),
@@ -50,7 +52,15 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
       if (!(await confirm(`Delete ${total} row(s) from ${target.conn.database} in batches of up to ${flags['batch-size']}?`, flags.yes))) {
         throw new UserError('Cleanup was not confirmed; nothing was deleted.', {exitCode: 1})
       }
-      const report = await runCleanup(sql, {...base, dryRun: false, onProgress: this.progressPrinter()})
+      // One command at a time per database: never while a migrate or rollback is changing (or replacing) it.
+      const lock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), waitMs: flags['lock-wait'] * 1000})
+      let report
+      try {
+        await lock.assertSameDatabase(sql)
+        report = await runCleanup(sql, {...base, assertHeld: lock.assertHeld, dryRun: false, onProgress: this.progressPrinter()})
+      } finally {
+        await lock.release()
+      }
       this.finish(target.conn.database, report)
     } finally {
       await sql.end({timeout: 2})
