@@ -1,9 +1,13 @@
+import {tmpdir} from 'node:os'
+
 import {describe, expect, it} from 'vitest'
 
 import {seedInconsistentPrekeys} from '../../scripts/maintain-fixture.mjs'
 import {batchTimeoutMs} from '../../src/maintain/cleanup.js'
+import {acquireCommandLock} from '../../src/migrations/command-lock.js'
+import {resolveTarget} from '../../src/target/target.js'
 import {e2eScope, localArgs, parseJson, runCli} from '../helpers/cli.js'
-import {connect} from '../helpers/fixture.js'
+import {ADMIN, connect} from '../helpers/fixture.js'
 import {classCounts, migrateAndSeed, startKeyWriter} from '../helpers/maintain.js'
 
 const {fresh} = e2eScope()
@@ -110,5 +114,21 @@ describe('maintain cleanup', () => {
     expect(noYes.stderr).toMatch(/needs confirmation, and there is no terminal/)
     const bad = await cleanup(db.name, '--yes', '--audit-days', '0')
     expect(bad.code).toBe(2)
+  })
+
+  it('waits for another command changing the database (the cross-command lock), then refuses naming it', async () => {
+    const db = await fresh()
+    await migrateAndSeed(db.name, {auditRows: 100, devices: 2, prekeysPerDevice: 10})
+    const target = resolveTarget({database: db.name, host: ADMIN.host, local: true, port: ADMIN.port, projectDir: tmpdir(), user: ADMIN.user})
+    const lock = await acquireCommandLock(target, {command: 'migrate', waitMs: 0})
+    try {
+      const before = await classCounts(db.name)
+      const r = await cleanup(db.name, '--yes', '--lock-wait', '1')
+      expect(r.code).toBe(1)
+      expect(r.stderr).toMatch(/Another command \(nself db e2ee migrate, pid \d+/)
+      expect(await classCounts(db.name)).toEqual(before)
+    } finally {
+      await lock.release()
+    }
   })
 })
