@@ -197,3 +197,65 @@ export async function readLedgerVersion(sql: Querier, schema?: string): Promise<
   const versions = await recordedVersions(sql, await detectShape(sql, appSchema))
   return versions.length > 0 ? versions.at(-1)! : null
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// nself's own ledger (np_common.schema_versions, nself_ops.migrations), written where it exists so that
+// `nself db migrate status` lists 013–016. nself keys a flat migration file by its file name in
+// schema_versions.name and by the name without ".sql" in nself_ops.migrations.id, with the file's sha256.
+
+export const NSELF_SCHEMA_VERSIONS = 'np_common.schema_versions'
+export const NSELF_OPS_MIGRATIONS = 'nself_ops.migrations'
+
+export interface NselfLedgerEntry {
+  /** The migration file's name, e.g. "014_e2ee_system.sql" (nself's schema_versions.name). */
+  fileName: string
+  checksum: string
+}
+
+export function nselfLedgerId(fileName: string): string {
+  return fileName.replace(/\.sql$/, '')
+}
+
+async function nselfTables(tx: Querier): Promise<{versions: boolean; ops: boolean}> {
+  const [row] = await tx<{versions: boolean; ops: boolean}[]>`
+    select to_regclass(${NSELF_SCHEMA_VERSIONS}) is not null as versions, to_regclass(${NSELF_OPS_MIGRATIONS}) is not null as ops`
+  return row
+}
+
+/** Record a migration in nself's ledger tables that exist (never creates them); inside the file's transaction. */
+export async function recordInNselfLedger(tx: Querier, entry: NselfLedgerEntry, durationMs: number): Promise<void> {
+  const {versions, ops} = await nselfTables(tx)
+  if (versions) {
+    await tx.unsafe(`insert into ${NSELF_SCHEMA_VERSIONS} (name) select $1::text
+      where not exists (select 1 from ${NSELF_SCHEMA_VERSIONS} where name = $1::text)`, [entry.fileName])
+  }
+  if (ops) {
+    // nself's apply: one row per id; a re-apply refreshes checksum and time and clears rolled_back_at.
+    const id = nselfLedgerId(entry.fileName)
+    const updated = await tx.unsafe(`update ${NSELF_OPS_MIGRATIONS} set name = $2, checksum = $3, applied_at = now(),
+      applied_by = current_user || ' (nself nchat-upgrade)', duration_ms = $4, rolled_back_at = null where id = $1`,
+    [id, entry.fileName, entry.checksum, durationMs])
+    if (updated.count === 0) {
+      await tx.unsafe(`insert into ${NSELF_OPS_MIGRATIONS} (id, name, checksum, applied_by, duration_ms)
+        values ($1, $2, $3, current_user || ' (nself nchat-upgrade)', $4)`, [id, entry.fileName, entry.checksum, durationMs])
+    }
+  }
+}
+
+/**
+ * A rollback in nself's ledger: the schema_versions row goes (so nself counts the file as not applied) and the
+ * nself_ops.migrations row is kept with rolled_back_at set, the column nself has for it (its next apply clears it).
+ */
+export async function markRolledBackInNselfLedger(tx: Querier, fileName: string): Promise<void> {
+  const {versions, ops} = await nselfTables(tx)
+  if (versions) await tx.unsafe(`delete from ${NSELF_SCHEMA_VERSIONS} where name = $1`, [fileName])
+  if (ops) await tx.unsafe(`update ${NSELF_OPS_MIGRATIONS} set rolled_back_at = now() where id = $1 and rolled_back_at is null`, [nselfLedgerId(fileName)])
+}
+
+/** Which of 013–016 nself's ledger lists as applied (for `status`); null when the database has no nself ledger. */
+export async function nselfLedgerApplied(sql: Querier, fileNames: string[]): Promise<string[] | null> {
+  const {versions} = await nselfTables(sql)
+  if (!versions) return null
+  const rows = await sql.unsafe<{name: string}[]>(`select name from ${NSELF_SCHEMA_VERSIONS} where name = any($1::text[]) order by name`, [fileNames])
+  return rows.map((r) => r.name)
+}

@@ -1,3 +1,4 @@
+import path from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 
 import {isCancelled, onCancel, throwIfCancelled, underUndoScope} from '../cancel.js'
@@ -5,7 +6,7 @@ import {CancelledError, interrupted, interruption, isConnectionLost, toUserError
 import {registerUndo} from '../last-resort.js'
 import {openSession, type Querier, quoteIdent, reopen, type Sql} from '../target/connect.js'
 import type {MigrationFile} from './files.js'
-import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, recordVersion, unrecordVersion} from './ledger.js'
+import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, markRolledBackInNselfLedger, recordInNselfLedger, recordVersion, unrecordVersion} from './ledger.js'
 import {acquireRunLock, backoffMs, describeHolder, isDeadlock, isLockConflict, type LockAttempts, lockWaitError, longLockHolders, type RunLock} from './locks.js'
 import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
@@ -149,6 +150,7 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
           await recordVersion(tx, plan.shape, m.version, m.name)
           await ensureOwnLedger(tx)
           await insertLedgerRow(tx, {appSchema: plan.appSchema, checksum: m.checksum, durationMs: Date.now() - t0, finished: alone.length === 0, name: m.name, version: m.version})
+          await recordInNselfLedger(tx, {checksum: m.checksum, fileName: path.basename(m.file)}, Date.now() - t0)
         }, 'up')
         if (status.preexisting.length === 0 && status.state === 'pending') committed.push(m)
         applied = withNew
@@ -297,6 +299,7 @@ async function runDown(o: Resolved, plan: Plan, newestFirst: MigrationFile[], ap
     await runTransaction(o, plan, m, m.down.statements, mr, applied, async (tx) => {
       await unrecordVersion(tx, plan.shape, m.version)
       await markRolledBack(tx, m.version)
+      await markRolledBackInNselfLedger(tx, path.basename(m.file))
     }, 'down')
     applied.delete(m.version)
     mr.durationMs = Date.now() - t0

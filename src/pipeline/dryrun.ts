@@ -1,6 +1,6 @@
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
-import {type BackupInfo, type ListedBackup, verifyBackup} from '../steps/backup.js'
+import {type BackupInfo, type ListedBackup, manifestPathFor, verifyBackup} from '../steps/backup.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
@@ -76,7 +76,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
         const ins = c.ins!
         if (o.fromBackup) {
           const checked = await verifyBackup({database: o.target.conn.database, file: o.fromBackup, requireManifest: true, tools: c.tools!})
-          c.backup = {file: o.fromBackup, manifest: checked.manifest, manifestFile: `${o.fromBackup}.manifest.json`}
+          c.backup = {file: o.fromBackup, manifest: checked.manifest, manifestFile: manifestPathFor(o.fromBackup)}
           task.title = `Backup ${o.fromBackup}: checked against its manifest`
           return
         }

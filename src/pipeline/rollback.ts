@@ -7,7 +7,8 @@ import type {CommandLock} from '../migrations/command-lock.js'
 import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
-import {type BackupInfo, type ListedBackup, newestBackup, timestamp, verifyBackup} from '../steps/backup.js'
+import {type BackupInfo, type ListedBackup, manifestPathFor, timestamp, verifyBackup} from '../steps/backup.js'
+import {checkPlainDump, newestRollbackSource} from '../steps/nself-dumps.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {checkRestoredMatchesManifest, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
@@ -84,9 +85,12 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
           c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir})
           await lock.assertSameDatabase(c.ins.sql)
           c.tools = await PgTools.create(o.target)
+          const firstMigration = Math.min(...c.ins.migrations.map((m) => m.version))
           let file = o.backupFile
           if (!file) {
-            const found = await newestBackup(o.target.backupDir, db, 'pre-migration')
+            const found = await newestRollbackSource({
+              before: migrationStart(c.ins), database: db, dir: o.target.backupDir, firstMigration, log: (l) => { task.output = l }, tools: c.tools,
+            })
             if (!found) {
               throw new UserError(`No pre-migration backup of ${db} in ${o.target.backupDir}; refusing to roll back without a way back.`, {
                 hint: 'Name one with --backup FILE, or use --strategy down.',
@@ -94,8 +98,10 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
             }
             file = found.file
           }
-          const checked = await verifyBackup({database: db, file, requireManifest: true, tools: c.tools})
-          c.backup = {file, manifest: checked.manifest, manifestFile: `${file}.manifest.json`}
+          // A dump without our manifest (nself's own backup) is read to the end and judged by what it holds.
+          const checked = await verifyBackup({database: db, file, requireManifest: false, tools: c.tools})
+          const manifest = await checkPlainDump(c.tools, file, checked.manifest, db, firstMigration)
+          c.backup = {file, manifest, manifestFile: manifestPathFor(file)}
           task.title = `Backup ${file}: sha256 and archive verified (taken ${checked.manifest.created_at}, at migration ${checked.manifest.ledger_version ?? 'none'})`
         }),
         title: 'Check the backup',
@@ -191,6 +197,12 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
 }
 
 /** Rows written since the backup: per counted table the difference, and messages newer than the backup. */
+/** When the upgrade began: the earliest recorded apply of 013-016 (undefined when none is recorded with a time). */
+function migrationStart(ins: Inspection): Date | undefined {
+  const times = ins.plan.migrations.map((m) => m.ledger?.applied_at).filter((t): t is Date => t instanceof Date)
+  return times.length > 0 ? new Date(Math.min(...times.map((t) => t.getTime()))) : undefined
+}
+
 async function lossSinceBackup(ins: Inspection, manifest: {created_at: string; row_counts: Record<string, number>; schema: string}): Promise<LossItem[]> {
   const {sql, plan} = ins
   const s = quoteIdent(plan.appSchema)

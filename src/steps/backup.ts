@@ -22,6 +22,43 @@ import type {PgTools} from '../target/tools.js'
 export const MANIFEST_FORMAT = 'nself-e2ee-backup/1'
 export const MANIFEST_SUFFIX = '.manifest.json'
 
+// ---------------------------------------------------------------------------------------------------------
+// Where our own files go. nself's `backup list` counts every file directly in backups/ and `backup restore
+// latest` takes the newest one, but both skip folders (internal/backup/list.go: entry.IsDir() → continue). So
+// only finished dumps are written to backups/; manifests and dumps being written live in backups/.nself-e2ee/.
+
+export const SIDECAR_DIR = '.nself-e2ee'
+
+/** The manifest of a dump: `<backups>/.nself-e2ee/<dump name>.manifest.json`. */
+export function manifestPathFor(dump: string): string {
+  return path.join(path.dirname(dump), SIDECAR_DIR, path.basename(dump) + MANIFEST_SUFFIX)
+}
+
+/**
+ * Where a dump is written until it is complete and checked (then renamed into backups/). The run id in the name
+ * lets the next command prove the writer is gone (leftovers.ts) before removing it.
+ */
+export function partialPathFor(dump: string): string {
+  return path.join(path.dirname(dump), SIDECAR_DIR, `${path.basename(dump)}.${RUN_ID}.partial`)
+}
+
+/** Older versions of this plugin wrote the manifest beside the dump; still read there. */
+function legacyManifestPathFor(dump: string): string {
+  return dump + MANIFEST_SUFFIX
+}
+
+/** The manifest file of a dump that exists, in the sidecar folder or (older backups) beside it. */
+export async function findManifestFor(dump: string): Promise<string | undefined> {
+  for (const candidate of [manifestPathFor(dump), legacyManifestPathFor(dump)]) {
+    if (await fs.access(candidate).then(() => true, () => false)) return candidate
+  }
+  return undefined
+}
+
+async function ensureSidecarDir(backupDir: string): Promise<void> {
+  await fs.mkdir(path.join(backupDir, SIDECAR_DIR), {mode: 0o700, recursive: true})
+}
+
 export type BackupPurpose = 'pre-migration' | 'pre-rollback' | 'dryrun' | 'manual' | 'external'
 
 export interface Manifest {
@@ -295,9 +332,8 @@ function compressionFor(major: number): {args: string[]; label: string; fallback
 async function pickFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
   for (let attempt = 0; attempt < 5; attempt++) {
     const final = path.join(dir, `${project}_${timestamp()}.dump`)
-    // The run id in the name lets the next command prove the writer is gone (leftovers.ts) before removing it.
-    const partial = `${final}.${RUN_ID}.partial`
-    const taken = await Promise.all([final, partial, final + MANIFEST_SUFFIX].map((f) => fs.access(f).then(() => true, () => false)))
+    const partial = partialPathFor(final)
+    const taken = await Promise.all([final, partial, manifestPathFor(final), legacyManifestPathFor(final)].map((f) => fs.access(f).then(() => true, () => false)))
     if (!taken.includes(true)) return {final, partial}
     await nextSecond()
   }
@@ -361,8 +397,9 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   // Partitioned parents hold no data of their own: their partitions have the TABLE DATA entries.
   const plainTables = existing.filter((t) => relations.some((r) => r.name === t && r.kind === 'r'))
 
+  await ensureSidecarDir(dir)
   const {final, partial} = await pickFileName(dir, project)
-  const manifestFile = final + MANIFEST_SUFFIX
+  const manifestFile = manifestPathFor(final)
   const dumpAppName = `${APP_NAME}-dump`
   const secret = target.conn.password
 
@@ -655,7 +692,7 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   }
   if (!st.isFile()) throw new UserError(`The backup file ${file} is not a regular file.`)
 
-  const manifestFile = file + MANIFEST_SUFFIX
+  const manifestFile = (await findManifestFor(file)) ?? manifestPathFor(file)
   const hasManifest = await fs.access(manifestFile).then(() => true, () => false)
   let manifest: Manifest | undefined
   if (hasManifest || requireManifest) {
@@ -755,17 +792,8 @@ function synthesizeManifest(file: string, toc: Toc, sha256: string, size: number
 
 /** Backups with a readable manifest in `dir` (optionally of one database), newest first. */
 export async function listBackups(dir: string, database?: string): Promise<ListedBackup[]> {
-  let names: string[]
-  try {
-    names = await fs.readdir(dir)
-  } catch (error) {
-    if ((error as {code?: string}).code === 'ENOENT') return []
-    throw new UserError(`Cannot list the backup folder ${dir}: ${(error as Error).message}.`)
-  }
   const out: ListedBackup[] = []
-  for (const name of names) {
-    if (!name.endsWith(MANIFEST_SUFFIX)) continue
-    const manifestFile = path.join(dir, name)
+  for (const manifestFile of await manifestFilesIn(dir)) {
     let manifest: Manifest
     try {
       manifest = await readManifest(manifestFile)
@@ -774,11 +802,27 @@ export async function listBackups(dir: string, database?: string): Promise<Liste
     }
     if (database !== undefined && manifest.database !== database) continue
     const file = path.join(dir, manifest.file)
-    if (file !== manifestFile.slice(0, -MANIFEST_SUFFIX.length)) continue
+    if (path.basename(manifestFile) !== manifest.file + MANIFEST_SUFFIX) continue
     if (!(await fs.access(file).then(() => true, () => false))) continue
     out.push({file, manifest, manifestFile})
   }
   return out.sort((a, b) => b.manifest.created_at.localeCompare(a.manifest.created_at) || b.file.localeCompare(a.file))
+}
+
+/** Manifest files of `dir`: in its sidecar folder, then any an older version left beside the dumps. */
+async function manifestFilesIn(dir: string): Promise<string[]> {
+  const files: string[] = []
+  for (const folder of [path.join(dir, SIDECAR_DIR), dir]) {
+    let names: string[]
+    try {
+      names = await fs.readdir(folder)
+    } catch (error) {
+      if ((error as {code?: string}).code === 'ENOENT') continue
+      throw new UserError(`Cannot list the backup folder ${folder}: ${(error as Error).message}.`)
+    }
+    files.push(...names.filter((n) => n.endsWith(MANIFEST_SUFFIX)).map((n) => path.join(folder, n)))
+  }
+  return files
 }
 
 export async function newestBackup(dir: string, database: string, purpose?: BackupPurpose | string): Promise<ListedBackup | undefined> {

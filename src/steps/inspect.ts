@@ -1,5 +1,8 @@
+import path from 'node:path'
+
 import type {MigrationFile} from '../migrations/files.js'
 import {loadMigrations} from '../migrations/files.js'
+import {nselfLedgerApplied} from '../migrations/ledger.js'
 import {assertServerSupported, type Plan, readPlan, serverVersionNum} from '../migrations/plan.js'
 import {connectChecked, type Sql} from '../target/connect.js'
 import type {Target} from '../target/target.js'
@@ -9,6 +12,8 @@ export interface Inspection {
   server: {num: number; text: string}
   migrations: MigrationFile[]
   plan: Plan
+  /** The 013–016 file names nself's ledger lists as applied; null when the database has no nself ledger. */
+  nselfLedger?: string[] | null
 }
 
 /** Connect, check the server, load the migrations and read where the database stands. Read-only. */
@@ -19,7 +24,8 @@ export async function inspect(target: Target, options: {migrationsDir?: string; 
     const server = await serverVersionNum(sql)
     assertServerSupported(server)
     const plan = await readPlan(sql, migrations, {schema: target.schema, to: options.to})
-    return {migrations, plan, server, sql}
+    const nselfLedger = await nselfLedgerApplied(sql, migrations.map((m) => path.basename(m.file)))
+    return {migrations, nselfLedger, plan, server, sql}
   } catch (error) {
     await sql.end({timeout: 2})
     throw error
@@ -37,9 +43,17 @@ export function statusDocument(target: Target, ins: Inspection) {
       sources: target.sources,
       user: target.conn.user,
     },
+    settings: {
+      env: target.cascade ? `${target.cascade.envName} (from ${target.cascade.envSource})` : null,
+      envFiles: target.envFiles,
+      legacyOrder: target.cascade?.legacyOrder ?? false,
+      projectDir: target.projectDir,
+      projectDirFrom: target.cascade?.monorepoFrom ? `backend folder of ${target.cascade.monorepoFrom} (it has a .env, as nself's monorepo layout)` : null,
+    },
     ledger: {
       current: plan.current,
       recorded: plan.recorded,
+      nself: ins.nselfLedger === undefined ? null : ins.nselfLedger,
       schemaMigrations: plan.shape.exists ? {schema: plan.shape.schema, timeColumn: plan.shape.timeColumn ?? null, versionType: plan.shape.versionType} : null,
     },
     migrations: plan.migrations.map((m) => ({

@@ -5,6 +5,7 @@ import {UserError} from '../errors.js'
 import type {CommandLock} from '../migrations/command-lock.js'
 import {quoteIdent, type Querier, RUN_ID, type Sql} from '../target/connect.js'
 import {validateIdentifier} from '../target/target.js'
+import {SIDECAR_DIR} from './backup.js'
 import {COMMENT_PREFIX, dropDatabase, newDatabaseName, type NewDatabaseKind} from './clone.js'
 
 /**
@@ -61,18 +62,17 @@ export async function leftoverDatabases(admin: Querier, database: string): Promi
 
 const PARTIAL = /\.dump\.(?:([0-9a-f]{8})\.)?partial$|\.dump\.(?:([0-9a-f]{8})\.)?manifest\.json\.partial$/
 
-/** Unfinished backup files in `dir` (none when the folder does not exist). */
+/** Unfinished backup files in the backup folder and its sidecar folder (none when they do not exist). */
 export async function leftoverPartials(dir: string): Promise<LeftoverFile[]> {
-  let names: string[]
-  try {
-    names = await fs.readdir(dir)
-  } catch {
-    return []
+  const found: LeftoverFile[] = []
+  for (const folder of [dir, path.join(dir, SIDECAR_DIR)]) {
+    const names = await fs.readdir(folder).catch(() => [] as string[])
+    for (const n of names.sort()) {
+      const m = PARTIAL.exec(n)
+      if (m) found.push({file: path.join(folder, n), run: m[1] ?? m[2] ?? null})
+    }
   }
-  return names.sort().flatMap((n) => {
-    const m = PARTIAL.exec(n)
-    return m ? [{file: path.join(dir, n), run: m[1] ?? m[2] ?? null}] : []
-  })
+  return found
 }
 
 /** Run ids that have a session on the server (a run that is still alive). */

@@ -42,6 +42,8 @@ export interface Target {
   schema?: string
   backupDir: string
   envFiles: string[]
+  /** How nself's env cascade was chosen (for `status`). */
+  cascade?: {envName: string; envSource: string; legacyOrder: boolean; monorepoFrom?: string}
 }
 
 const DOCKER_NETWORK_HOSTS = new Set(['postgres', 'nself-postgres', 'db', 'database'])
@@ -63,12 +65,12 @@ export function validateIdentifier(name: string, what: string): string {
 }
 
 export function resolveTarget(opts: TargetOptions, env: NodeJS.ProcessEnv = process.env): Target {
-  const projectDir = path.resolve(opts.projectDir ?? '.')
-  const layer = readNselfEnv(projectDir, opts.envFile)
+  const layer = readNselfEnv(opts.projectDir ?? '.', {extraFile: opts.envFile}, env)
+  const {projectDir} = layer
   const f = layer.values
   const src = (key: string) => layer.sources[key] ?? 'env file'
 
-  const [projectName, projectNameSrc] = pick<string>([[f.PROJECT_NAME, src('PROJECT_NAME')]], [path.basename(projectDir), 'project folder name'])
+  const [projectName, projectNameSrc] = pick<string>([[f.PROJECT_NAME, src('PROJECT_NAME')]], [path.basename(projectDir).replace(/^[^A-Za-z0-9]+/, '') || 'nself', 'project folder name'])
   const [database, dbSrc] = pick<string>([
     [opts.database, 'flag --database'], [f.POSTGRES_DB, src('POSTGRES_DB')], [env.PGDATABASE, 'PGDATABASE'],
   ], [projectName, 'PROJECT_NAME'])
@@ -112,6 +114,7 @@ export function resolveTarget(opts: TargetOptions, env: NodeJS.ProcessEnv = proc
     backupDir,
     conn: {database, host, password: password || undefined, port, user},
     containerCandidates,
+    cascade: {envName: layer.envName, envSource: layer.envSource, legacyOrder: layer.legacyOrder, monorepoFrom: layer.monorepoFrom},
     envFiles: layer.files,
     mode: opts.local ? 'local' : 'docker',
     projectDir,

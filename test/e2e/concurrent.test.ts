@@ -2,6 +2,7 @@ import {spawn} from 'node:child_process'
 import {readdirSync, writeFileSync} from 'node:fs'
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
+import {SIDECAR_DIR} from '../../src/steps/backup.js'
 
 import {connect} from '../helpers/fixture.js'
 import {BIN, e2eScope, ledgerVersion, leftoverDatabases, localArgs, parseJson, runCli, tmpDir} from '../helpers/cli.js'
@@ -254,9 +255,11 @@ describe('interrupted commands: the next command repairs and cleans up, and says
     expect(mg.output()).toContain(`Dropped ${clones[0]}, left by an interrupted dry run`)
     expect(await leftoverDatabases(db.name)).toEqual([])
     await mg.kill9()
-    const partials = readdirSync(dir).filter((f) => f.endsWith('.partial'))
+    // Dumps being written live in the sidecar folder, out of nself's backup listing.
+    const sidecar = path.join(dir, SIDECAR_DIR)
+    const partials = readdirSync(sidecar).filter((f) => f.endsWith('.partial'))
     expect(partials).toHaveLength(1)
-    const partial = path.join(dir, partials[0])
+    const partial = path.join(sidecar, partials[0])
     const st2 = await runCli(['db', 'e2ee', 'status', ...localArgs(db.name), '--backup-dir', dir])
     expect(st2.code, st2.stderr).toBe(0)
     expect(st2.stdout).toContain(`Leftover    unfinished backup ${partial} (${fate})`)
@@ -264,7 +267,7 @@ describe('interrupted commands: the next command repairs and cleans up, and says
     const next = await runCli(cli('migrate', db.name, dir, ['--skip-dryrun']))
     expect(next.code, next.stderr).toBe(0)
     expect(next.stderr).toContain(`Removed ${partial}, the unfinished backup of an interrupted run`)
-    expect(readdirSync(dir).filter((f) => f.endsWith('.partial'))).toEqual([])
+    expect([...readdirSync(dir), ...readdirSync(sidecar)].filter((f) => f.endsWith('.partial'))).toEqual([])
     expect(await leftoverDatabases(db.name)).toEqual([])
     expect(await ledgerVersion(db.name)).toBe(16)
   }, T)

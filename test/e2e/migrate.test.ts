@@ -4,6 +4,8 @@ import path from 'node:path'
 import {promisify} from 'node:util'
 import {describe, expect, it} from 'vitest'
 
+import {manifestPathFor} from '../../src/steps/backup.js'
+
 import {ADMIN, connect, dataDigest, dropDatabase, V030_TABLES} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'
 import {dockerCalls, e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli} from '../helpers/cli.js'
@@ -39,7 +41,9 @@ describe('nself db e2ee migrate, end to end', () => {
     expect(dumps[0]).toMatch(/^.+_\d{8}_\d{6}\.dump$/)
     const file = path.join(dir, dumps[0])
     expect(statSync(file).mode & 0o777).toBe(0o600)
-    expect(statSync(`${file}.manifest.json`).mode & 0o777).toBe(0o600)
+    expect(statSync(manifestPathFor(file)).mode & 0o777).toBe(0o600)
+    // Nothing but dumps in backups/ (nself's `backup list` counts every file there); our manifest is in a folder.
+    expect(readdirSync(dir).sort()).toEqual(['.nself-e2ee', dumps[0]])
     expect(s.backup.file).toBe(file)
     const restored = `${db.name}_r`
     cleanups.push(() => dropDatabase(restored))

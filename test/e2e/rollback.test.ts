@@ -3,6 +3,8 @@ import {readdirSync, readFileSync, truncateSync, writeFileSync, copyFileSync, st
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
 
+import {manifestPathFor} from '../../src/steps/backup.js'
+
 import {dataDigest, V030_TABLES} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'
 import {e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, makeProject, parseJson, runCli, tmpDir} from '../helpers/cli.js'
@@ -56,7 +58,7 @@ describe('nself db e2ee rollback --strategy restore', () => {
     const variant = (name: string, mutate: (file: string, manifest: Record<string, unknown>) => void) => {
       const file = path.join(bad.dir, `${name}_${dump}`)
       copyFileSync(src, file)
-      const manifest = JSON.parse(readFileSync(`${src}.manifest.json`, 'utf8'))
+      const manifest = JSON.parse(readFileSync(manifestPathFor(src), 'utf8'))
       manifest.file = path.basename(file)
       mutate(file, manifest)
       writeFileSync(`${file}.manifest.json`, JSON.stringify(manifest))
@@ -93,7 +95,7 @@ describe('nself db e2ee rollback --strategy restore', () => {
     const dir = backupDir()
     await migrate(db.name, dir)
     const dump = readdirSync(dir).find((f) => f.endsWith('.dump'))!
-    const mf = path.join(dir, `${dump}.manifest.json`)
+    const mf = manifestPathFor(path.join(dir, dump))
     const m = JSON.parse(readFileSync(mf, 'utf8'))
     m.row_counts.nchat_messages += 1
     writeFileSync(mf, JSON.stringify(m))

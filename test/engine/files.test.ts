@@ -5,7 +5,6 @@ import {describe, expect, it} from 'vitest'
 
 import {CHECKSUM_FILE, loadMigrations, readChecksumList} from '../../src/migrations/files.js'
 import {classify, parseStatements, referencedTables, splitStatements} from '../../src/migrations/statements.js'
-import {parseEnvFile} from '../../src/target/env-files.js'
 import {resolveTarget} from '../../src/target/target.js'
 import {MIGRATIONS_DIR} from '../helpers/fixture.js'
 import {makeProject} from '../helpers/cli.js'
@@ -68,11 +67,6 @@ SELECT 1`
 })
 
 describe('nself env files and precedence', () => {
-  it('parses quotes, export, comments and ${VAR} expansion', () => {
-    const env = parseEnvFile(`# c\nexport PROJECT_NAME=chat\nPOSTGRES_DB=\${PROJECT_NAME}_db # trailing\nPOSTGRES_PASSWORD='p#ss $x'\nQ="a \${MISSING:-dflt}"\n`)
-    expect(env).toEqual({POSTGRES_DB: 'chat_db', POSTGRES_PASSWORD: 'p#ss $x', PROJECT_NAME: 'chat', Q: 'a dflt'})
-  })
-
   it('flags beat env files, which beat PG* variables; a docker network host means the published port', () => {
     const p = makeProject({POSTGRES_DB: 'nchat', POSTGRES_HOST: 'postgres', POSTGRES_PORT: '5433', POSTGRES_USER: 'app', PROJECT_NAME: 'nchat'})
     try {

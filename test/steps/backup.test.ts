@@ -10,7 +10,7 @@ import {CancelledError, UserError} from '../../src/errors.js'
 import {APP_NAME, type Sql} from '../../src/target/connect.js'
 import {PgTools} from '../../src/target/tools.js'
 import {
-  listBackups, MANIFEST_SUFFIX, type Manifest, newestBackup, takeBackup, verifyBackup,
+  listBackups, manifestPathFor, type Manifest, newestBackup, takeBackup, verifyBackup,
 } from '../../src/steps/backup.js'
 import {
   adminSql, assertCleanDockerLog, createTestDb, dbSql, dropTestDb, type DockerEnv, ledgerVersion, makeTarget, SECRET, TABLES,
@@ -37,9 +37,9 @@ function restoreWithPgRestore(file: string, database: string): void {
 function copyBackup(file: string, suffix: string): string {
   const copy = file.replace(/\.dump$/, `_${suffix}.dump`)
   fs.copyFileSync(file, copy)
-  const manifest = JSON.parse(fs.readFileSync(file + MANIFEST_SUFFIX, 'utf8')) as Manifest
+  const manifest = JSON.parse(fs.readFileSync(manifestPathFor(file), 'utf8')) as Manifest
   manifest.file = path.basename(copy)
-  fs.writeFileSync(copy + MANIFEST_SUFFIX, JSON.stringify(manifest))
+  fs.writeFileSync(manifestPathFor(copy), JSON.stringify(manifest))
   return copy
 }
 
@@ -87,7 +87,11 @@ describe.each(['local', 'docker'] as const)('takeBackup (%s mode)', (mode_) => {
     expect(mode(backupDir)).toBe(0o700)
     expect(mode(info.file)).toBe(0o600)
     expect(mode(info.manifestFile)).toBe(0o600)
-    expect(fs.readdirSync(backupDir).sort()).toEqual([path.basename(info.file), path.basename(info.manifestFile)].sort())
+    // Only the dump in backups/ (nself's listing counts every file there); the manifest in the sidecar folder.
+    expect(fs.readdirSync(backupDir).sort()).toEqual(['.nself-e2ee', path.basename(info.file)])
+    expect(info.manifestFile).toBe(manifestPathFor(info.file))
+    expect(fs.readdirSync(path.join(backupDir, '.nself-e2ee'))).toEqual([path.basename(info.manifestFile)])
+    expect(mode(path.join(backupDir, '.nself-e2ee'))).toBe(0o700)
     expect(progress.length).toBeGreaterThan(0)
     expect(progress.at(-1)).toBe(info.bytes)
     expect(fs.statSync(info.file).size).toBe(info.bytes)
@@ -211,7 +215,8 @@ describe.each(['local', 'docker'] as const)('takeBackup (%s mode)', (mode_) => {
       expect(error).toBeInstanceOf(CancelledError)
       expect((error as Error).message).toContain(backupDir)
       await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${dumpApp}`).length === 0, 10_000)
-      expect(fs.readdirSync(backupDir)).toEqual([])
+      expect(fs.readdirSync(backupDir)).toEqual(['.nself-e2ee'])
+      expect(fs.readdirSync(path.join(backupDir, '.nself-e2ee'))).toEqual([])
       const [{pid}] = await mine<{pid: number}[]>`select pg_backend_pid() as pid`
       expect(pid).toBe(myPid)
     } finally {
@@ -316,7 +321,8 @@ describe('backup folder and disk errors', () => {
     expect(message).toMatch(/disk is full \(ENOSPC\)/)
     expect(message).toMatch(new RegExp(`${small}/nchat_\\d{8}_\\d{6}\\.dump`))
     expect(message.split('. ').length).toBe(1)
-    expect(fs.readdirSync(small)).toEqual([])
+    expect(fs.readdirSync(small)).toEqual(['.nself-e2ee'])
+    expect(fs.readdirSync(path.join(small, '.nself-e2ee'))).toEqual([])
     await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${APP_NAME + '-dump'}`).length === 0, 10_000)
   }, T)
 })
@@ -358,18 +364,18 @@ describe('verifyBackup and listing', () => {
     await expect(verifyBackup({file: corrupt, tools})).rejects.toThrow(`The backup ${corrupt} does not match the sha256 checksum in its manifest`)
 
     const badManifest = copyBackup(info.file, 'badsum')
-    const m = JSON.parse(fs.readFileSync(badManifest + MANIFEST_SUFFIX, 'utf8')) as Manifest
+    const m = JSON.parse(fs.readFileSync(manifestPathFor(badManifest), 'utf8')) as Manifest
     m.sha256 = '0'.repeat(64)
-    fs.writeFileSync(badManifest + MANIFEST_SUFFIX, JSON.stringify(m))
+    fs.writeFileSync(manifestPathFor(badManifest), JSON.stringify(m))
     await expect(verifyBackup({file: badManifest, tools})).rejects.toThrow(`The backup ${badManifest} does not match the sha256 checksum`)
 
     const unparseable = copyBackup(info.file, 'garbled')
-    fs.writeFileSync(unparseable + MANIFEST_SUFFIX, '{"format": ')
-    await expect(verifyBackup({file: unparseable, tools})).rejects.toThrow(`The backup ${unparseable} cannot be checked: the backup manifest ${unparseable}${MANIFEST_SUFFIX} is not valid JSON`)
+    fs.writeFileSync(manifestPathFor(unparseable), '{"format": ')
+    await expect(verifyBackup({file: unparseable, tools})).rejects.toThrow(`The backup ${unparseable} cannot be checked: the backup manifest ${manifestPathFor(unparseable)} is not valid JSON`)
 
     const orphan = copyBackup(info.file, 'orphan')
-    fs.rmSync(orphan + MANIFEST_SUFFIX)
-    await expect(verifyBackup({file: orphan, tools})).rejects.toThrow(`The backup ${orphan} cannot be checked: the backup manifest ${orphan}${MANIFEST_SUFFIX} does not exist`)
+    fs.rmSync(manifestPathFor(orphan))
+    await expect(verifyBackup({file: orphan, tools})).rejects.toThrow(`The backup ${orphan} cannot be checked: the backup manifest ${manifestPathFor(orphan)} does not exist`)
 
     const missing = path.join(root, 'b', 'nope.dump')
     await expect(verifyBackup({file: missing, tools})).rejects.toThrow(`The backup file ${missing} does not exist.`)
@@ -427,5 +433,6 @@ describe('verifyBackup and listing', () => {
     }
     assertCleanDockerLog(docker.lines())
     expect(fs.readdirSync(path.join(root, 'b')).filter((f) => f.endsWith('.partial'))).toEqual([])
+    expect(fs.readdirSync(path.join(root, 'b', '.nself-e2ee')).filter((f) => f.endsWith('.partial'))).toEqual([])
   }, T)
 })

@@ -57,6 +57,23 @@ async function dbRow(name: string) {
   return rows[0]
 }
 
+/**
+ * The first query of a client whose session the swap ended. The server drops the session from pg_stat_activity
+ * before it closes the socket, so the client may not know yet and write the query on a dying connection: that
+ * query fails with a connection error (ECONNRESET, CONNECTION_CLOSED) and the next one reconnects, as an
+ * application's pool does. Any other error is a failure. On a loaded machine the first attempt nearly always
+ * meets the dying socket (defect 10 of issue 9: "read ECONNRESET" in 2 of 2 runs).
+ */
+async function afterReconnect<T>(query: () => Promise<T>): Promise<T> {
+  try {
+    return await query()
+  } catch (error) {
+    const code = (error as {code?: string}).code ?? ''
+    if (!['ECONNRESET', 'CONNECTION_CLOSED', 'EPIPE', '57P01'].includes(code)) throw error
+    return query()
+  }
+}
+
 async function setup(mode: 'docker' | 'local') {
   ctx.db = await createTestDb(admin)
   ctx.root = tempDir()
@@ -119,9 +136,7 @@ describe.each(['local', 'docker'] as const)('rollback by restore and swap (%s mo
     expect(swap.windowMs).toBeGreaterThanOrEqual(0)
     expect(swap.windowMs).toBeLessThan(10_000)
     console.log(`swap window (${mode}): ${swap.windowMs} ms`)
-    // An application retries a query whose connection was ended; postgres.js may report the closed socket once.
-    const ask = () => app<{pid: number; calls: string | null}[]>`select pg_backend_pid() as pid, to_regclass('nchat_calls')::text as calls`
-    const [after] = await ask().catch(() => ask())
+    const [after] = await afterReconnect(() => app<{pid: number; calls: string | null}[]>`select pg_backend_pid() as pid, to_regclass('nchat_calls')::text as calls`)
     expect(after.pid).not.toBe(appPid)
     expect(after.calls).toBeNull()
 

@@ -1,3 +1,5 @@
+import path from 'node:path'
+
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
@@ -33,6 +35,7 @@ export default class Status extends BaseCommand {
       this.say(`Database    ${doc.connection.database} on ${doc.connection.host}:${doc.connection.port} as ${doc.connection.user}, schema ${doc.schema}`)
       this.say(`Tools       ${target.mode === 'local' ? 'local pg_dump/pg_restore' : `docker exec (${target.containerCandidates.join(' or ')})`}`)
       this.say(`Ledger      schema_migrations ${doc.ledger.schemaMigrations ? `in ${doc.ledger.schemaMigrations.schema}, at ${doc.ledger.current ?? 'nothing'}` : 'missing (created on first migrate)'}`)
+      this.say(`nself       ${doc.ledger.nself === null ? 'no nself ledger (np_common.schema_versions) in this database' : `np_common.schema_versions lists ${doc.ledger.nself.length > 0 ? doc.ledger.nself.join(', ') : 'none of 013-016'}`}`)
       this.say('')
       for (const m of doc.migrations) {
         const when = m.appliedAt ? `  ${new Date(m.appliedAt).toISOString()} by ${m.appliedBy}` : ''
@@ -49,6 +52,8 @@ export default class Status extends BaseCommand {
         this.say(`Leftover    ${l.kind} ${l.name} (${fate})`)
       }
       this.say('')
+      this.say(`Project     ${doc.settings.projectDir}${doc.settings.projectDirFrom ? ` (${doc.settings.projectDirFrom})` : ''}`)
+      this.say(`ENV         ${doc.settings.env ?? 'dev'}${doc.settings.legacyOrder ? ', NSELF_LEGACY_ENV_ORDER: legacy cascade order' : ''}; env files read: ${doc.settings.envFiles.length > 0 ? doc.settings.envFiles.map((f) => path.relative(doc.settings.projectDir, f) || f).join(' → ') : 'none'}`)
       this.say('Settings came from:')
       for (const [k, v] of Object.entries(doc.connection.sources)) this.say(`  ${k.padEnd(12)} ${v}`)
     } finally {
