@@ -25,7 +25,7 @@ export default class MaintainSchedule extends BaseCommand {
     // Connection flags given here are passed on; everything else comes from the env files at run time.
     if (flags.database) cleanupArgs.push('--database', flags.database)
     if (flags.schema) cleanupArgs.push('--schema', flags.schema)
-    if (flags['env-file']) cleanupArgs.push('--env-file', path.resolve(flags['env-file']))
+    if (flags['nself-env-file']) cleanupArgs.push('--nself-env-file', path.resolve(flags['nself-env-file']))
     const bin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', '..', 'bin', 'run.js')
     const schedule = buildSchedule({
       at: flags.at, binPath: bin, cleanupArgs, logFile: flags.log, nodePath: process.execPath,
