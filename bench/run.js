@@ -5,6 +5,7 @@
 //   npm run bench -- --quick           # small sizes, 1 run, prints the tables only (no file written)
 //   npm run bench -- --messages 500000 --runs 5 --out /tmp/b.md
 //   npm run bench -- --only 2,5        # some scenarios only (no file written unless --out)
+//   npm run bench -- --only 7 --cleanup-rows 1000000 --runs 1 --messages 20000 --out docs/benchmarks-cleanup.md
 //
 // Needs the real PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and psql/pg_dump/pg_restore on PATH, and
 // dist/ built (npm run bench builds it). Every database it makes is named e2ee_bench_<run id>_… and dropped at
@@ -18,6 +19,7 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 import postgres from 'postgres'
 
+import {seedMaintenance} from '../scripts/maintain-fixture.mjs'
 import {loadV030} from '../scripts/v030-fixture.mjs'
 
 import {takeBackup} from '../dist/steps/backup.js'
@@ -38,7 +40,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 // Options
 
 function parseArgs(argv) {
-  const o = {quick: false, messages: undefined, runs: undefined, out: undefined, only: undefined, devices: undefined, readMs: undefined}
+  const o = {quick: false, messages: undefined, runs: undefined, out: undefined, only: undefined, devices: undefined, readMs: undefined, cleanupRows: undefined}
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const val = () => {
@@ -56,6 +58,7 @@ function parseArgs(argv) {
     else if (a.startsWith('--runs')) o.runs = int(val())
     else if (a.startsWith('--devices')) o.devices = val().split(',').map(int)
     else if (a.startsWith('--read-ms')) o.readMs = int(val())
+    else if (a.startsWith('--cleanup-rows')) o.cleanupRows = int(val())
     else if (a.startsWith('--out')) o.out = val()
     else if (a.startsWith('--only')) o.only = val().split(',').map(int)
     else if (a === '--help' || a === '-h') {
@@ -70,7 +73,9 @@ function parseArgs(argv) {
     runs: o.runs ?? (quick ? 1 : 5),
     devices: o.devices ?? (quick ? [200, 2_000] : [2_000, 20_000]),
     readMs: o.readMs ?? (quick ? 3_000 : 5_000),
-    only: o.only ?? [1, 2, 3, 4, 5, 6],
+    only: o.only ?? [1, 2, 3, 4, 5, 6, 7],
+    // Scenario 7: audit rows and one-time prekeys each (60 % and 40 % of them old enough to delete).
+    cleanupRows: o.cleanupRows ?? (quick ? 100_000 : 1_000_000),
     // A full run writes docs/benchmarks.md; --quick and --only print only, unless --out says where.
     out: o.out ?? (quick || o.only ? undefined : path.join(ROOT, 'docs', 'benchmarks.md')),
     users: 2_000,
@@ -448,6 +453,142 @@ function report1(cfg, res) {
     + `Ours waits for long transactions before it asks for a lock, then takes locks with its default 200 ms lock_timeout and builds the indexes CONCURRENTLY: `
     + `its apply step took ${fmtNum(stats(res.ours.map((x) => x.applyMs)).median, 'ms')} (the wait for the reader included; ${fmtNum(stats(res.ours.map((x) => x.lockRetries)).median)} lock retries, median), the longest write ${fmtNum(oMax, 'ms')} (worst run ${fmtNum(stats(res.ours.map((x) => x.maxMs)).max, 'ms')}), and ${fmtNum(oSlow)} writes waited over ${cfg.slowMs} ms. `
     + `Ours applies 013-016 and runs preflight, verify and vacuum around the apply; the guide applies its 014 SQL only.`
+  return {table: t, text}
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Scenario 7: the guide's cleanup DELETEs vs `maintain cleanup`, with a writer on the same rows
+
+/**
+ * What the app does to the rows cleanup deletes: records new audit events, sets user_id to NULL on old audit rows
+ * (ON DELETE SET NULL of a deleted user) and touches old consumed prekeys (a device deletion's cascade locks
+ * them). One connection, one operation at a time; each operation's latency is recorded.
+ */
+function startKeyWriter(database, pauseMs) {
+  const sql = pg(database)
+  const latencies = []
+  let running = true
+  let failures = 0
+  const done = (async () => {
+    const [{maxAudit, maxPrekey}] = await sql`select (select max(id) from nchat_e2ee_audit_log)::int as "maxAudit", (select max(id) from nchat_one_time_prekeys)::int as "maxPrekey"`
+    let i = 0
+    while (running) {
+      const t = performance.now()
+      try {
+        const op = i++ % 3
+        if (op === 0) await sql`insert into nchat_e2ee_audit_log (event_type, metadata) values ('session_established', '{"class": "new"}')`
+        else if (op === 1) await sql`update nchat_e2ee_audit_log set user_id = null where id = ${1 + Math.floor(Math.random() * maxAudit)}`
+        else await sql`update nchat_one_time_prekeys set prekey_public = prekey_public where id = ${1 + Math.floor(Math.random() * maxPrekey)} and is_consumed`
+      } catch {
+        failures++
+      }
+      latencies.push(performance.now() - t)
+      await sleep(pauseMs)
+    }
+  })()
+  return {
+    async stop() {
+      running = false
+      await done
+      await sql.end({timeout: 2})
+      return {latencies, failures}
+    },
+  }
+}
+
+async function cleanupSource(cfg) {
+  if (ctx.cleanupSrc) return ctx.cleanupSrc
+  const db = await cloneDb(await template(cfg), `${PREFIX}_s7_src`)
+  await cli(['db', 'e2ee', 'migrate', '--yes', '--json', '--skip-backup', '--skip-dryrun', '-d', db], scratchDir('s7_migrate'))
+  const t0 = performance.now()
+  const sql = pg(db)
+  try {
+    const devices = Math.max(1, Math.round(cfg.cleanupRows / 1000))
+    ctx.cleanupExpected = await seedMaintenance(sql, {auditRows: cfg.cleanupRows, devices, prekeysPerDevice: Math.round(cfg.cleanupRows / devices)})
+    await sql.unsafe('VACUUM ANALYZE nchat_e2ee_audit_log, nchat_one_time_prekeys')
+    const [{size}] = await sql`select pg_database_size(current_database())::bigint as size`
+    ctx.cleanupDbSize = Number(size)
+  } finally {
+    await sql.end({timeout: 2})
+  }
+  log(`s7 source ${db}: ${cfg.cleanupRows} audit rows and prekeys, ${fmtNum(ctx.cleanupDbSize, 'B')}, seeded in ${fmtNum(performance.now() - t0, 'ms')}`)
+  ctx.cleanupSrc = db
+  return db
+}
+
+const GUIDE_CLEANUP_SQL = `DELETE FROM nchat_e2ee_audit_log WHERE created_at < NOW() - INTERVAL '90 days';
+DELETE FROM nchat_one_time_prekeys WHERE is_consumed = TRUE AND consumed_at < NOW() - INTERVAL '30 days';`
+
+async function scenario7(cfg) {
+  const src = await cleanupSource(cfg)
+  const results = {guide: [], ours: []}
+  for (let r = 1; r <= cfg.runs; r++) {
+    const order = r % 2 ? ['guide', 'ours'] : ['ours', 'guide']
+    for (const way of order) {
+      const db = await cloneDb(src, `${PREFIX}_s7_${way}_${r}`)
+      try {
+        const writer = startKeyWriter(db, 5)
+        await sleep(500)
+        const t0 = performance.now()
+        let deleted
+        let longestBatchMs
+        let batches
+        if (way === 'guide') {
+          const res = await mustRun('psql', psqlArgs(db, '-c', GUIDE_CLEANUP_SQL))
+          deleted = ctx.cleanupExpected.auditDelete + ctx.cleanupExpected.prekeyDelete
+          if (/ERROR/.test(res.stderr)) throw new Error(res.stderr)
+        } else {
+          const res = await cli(['db', 'e2ee', 'maintain', 'cleanup', '--yes', '--json', '-d', db], scratchDir(`s7_${r}`))
+          deleted = res.json.deleted
+          longestBatchMs = Math.max(...res.json.tables.map((t) => t.longestBatchMs))
+          batches = res.json.tables.reduce((s, t) => s + t.batches, 0)
+        }
+        const cleanupMs = performance.now() - t0
+        await sleep(500)
+        const w = await writer.stop()
+        const lat = w.latencies
+        const left = await (async () => {
+          const sql = pg(db)
+          try {
+            const [row] = await sql`select (select count(*) from nchat_e2ee_audit_log where metadata->>'class' = 'old')::int as audit,
+              (select count(*) from nchat_one_time_prekeys where prekey_id % 10 <= 3)::int as prekeys`
+            return row.audit + row.prekeys
+          } finally {
+            await sql.end({timeout: 2})
+          }
+        })()
+        const row = {
+          deleted, left, cleanupMs, rowsPerS: deleted / (cleanupMs / 1000), writes: lat.length, failures: w.failures,
+          maxMs: Math.max(...lat), p99Ms: percentile(lat, 99), slow: lat.filter((x) => x > cfg.slowMs).length, longestBatchMs, batches,
+        }
+        results[way].push(row)
+        log(`s7 run ${r} ${way}: ${row.deleted} rows in ${fmtNum(cleanupMs, 'ms')} (${fmtNum(row.rowsPerS)} rows/s), writes ${row.writes}, longest ${fmtNum(row.maxMs, 'ms')}, >${cfg.slowMs} ms: ${row.slow}, left ${left}`)
+      } finally {
+        await dropDb(db)
+      }
+    }
+  }
+  return results
+}
+
+function report7(cfg, res) {
+  const col = (k, unit) => [cell(res.guide.map((x) => x[k]), unit), cell(res.ours.map((x) => x[k]), unit), ratio(res.ours.map((x) => x[k]), res.guide.map((x) => x[k]))]
+  const rows = [
+    ['longest writer wait', ...col('maxMs', 'ms')],
+    ['p99 writer latency', ...col('p99Ms', 'ms')],
+    [`writer operations that waited > ${cfg.slowMs} ms`, ...col('slow')],
+    ['rows deleted', ...col('deleted')],
+    ['old rows left', ...col('left')],
+    ['cleanup wall time (ours: whole command)', ...col('cleanupMs', 'ms')],
+    ['rows deleted per second', ...col('rowsPerS')],
+    ['longest batch (ours)', 'n/a', cell(res.ours.map((x) => x.longestBatchMs), 'ms'), ''],
+  ]
+  const t = table(['metric', 'guide (two plain DELETEs)', 'ours (maintain cleanup)', 'ours/guide'], rows)
+  const g = stats(res.guide.map((x) => x.maxMs)).median
+  const o = stats(res.ours.map((x) => x.maxMs)).median
+  const text = `The guide's DELETE holds the lock of every row it deletes until it commits: a writer touching one of those rows (a user or device deletion, here an UPDATE of an old row) waited up to ${fmtNum(g, 'ms')}. `
+    + `Ours deletes in batches of at most 2,000 rows, each its own transaction with a 200 ms lock_timeout and a statement_timeout of twice that, skipping rows a writer holds: the longest writer wait was ${fmtNum(o, 'ms')}. `
+    + `It is slower end to end (a pause between batches, a count before and after), which is the price of never holding many rows at once.`
   return {table: t, text}
 }
 
@@ -1117,6 +1258,16 @@ async function main() {
           + `Guide: \`psql -d DB < guide_014_by_hand.sql\`. Ours: \`node bin/run.js db e2ee migrate --yes --json --local --skip-backup --skip-dryrun -d DB\` (lock timeout 200 ms). `
           + `Afterwards the committed inserts are counted in the table.`,
         ...report6(cfg, res), raw: res,
+      }
+    })
+    await measure(7, async () => {
+      const res = await scenario7(cfg)
+      return {
+        title: '7. Cleanup of old audit rows and consumed prekeys, with a writer on the same rows',
+        what: `A migrated database with ${fmtNum(cfg.cleanupRows)} audit log rows (60 % older than 90 days) and ${fmtNum(cfg.cleanupRows)} one-time prekeys (40 % consumed over 30 days ago), ${fmtNum(ctx.cleanupDbSize ?? NaN, 'B')}, cloned for each run. `
+          + `A writer, one operation every 5 ms, inserts audit rows, sets user_id to NULL on random old audit rows and updates random consumed prekeys (what a user or device deletion does to them). `
+          + `Guide: \`psql -c\` with its two DELETE statements. Ours: \`node bin/run.js db e2ee maintain cleanup --yes --json --local -d DB\` (defaults: batches of 2,000, 20 ms pause, 200 ms lock_timeout).`,
+        ...report7(cfg, res), raw: res,
       }
     })
   } finally {

@@ -63,7 +63,9 @@ function subcommand(id) {
 }
 
 export function buildPluginManifest() {
-  const subcommands = Object.keys(oclif.commands).filter((id) => id.startsWith('db:e2ee:')).sort().map(subcommand)
+  // nself's manifest has one level of subcommands: `maintain cleanup` etc. are reached through the same passthrough
+  // (`nself nchat-upgrade maintain cleanup` runs `db e2ee maintain cleanup`) but are not listed.
+  const subcommands = Object.keys(oclif.commands).filter((id) => id.startsWith('db:e2ee:') && id.split(':').length === 3).sort().map(subcommand)
   return {
     manifest_version: 2,
     name: NAME,

@@ -20,7 +20,7 @@ import type {Target} from '../target/target.js'
 /** 'nslc': the class of the cross-command lock (the in-database run lock of the runner uses 'nslf'). */
 export const COMMAND_LOCK_CLASS = 0x6e_73_6c_63
 
-export type CommandName = 'migrate' | 'dryrun' | 'rollback' | 'status' | 'verify'
+export type CommandName = 'migrate' | 'dryrun' | 'rollback' | 'status' | 'verify' | 'maintain'
 
 /** The lock key of a database: 31 bits of sha256(name), so it reads back the same from pg_locks.objid. */
 export function commandLockKey(database: string): number {

@@ -52,12 +52,13 @@ describe('plugin.json against nself\'s v2 manifest rules', () => {
   })
 
   it('declares exactly the db e2ee commands, with their flags, and maps `nself nchat-upgrade X` to `db e2ee X`', () => {
-    const ids = Object.keys(oclif.commands).filter((id) => id.startsWith('db:e2ee:')).map((id) => id.split(':')[2]).sort()
+    const ids = Object.keys(oclif.commands).filter((id) => id.startsWith('db:e2ee:') && id.split(':').length === 3).map((id) => id.split(':')[2]).sort()
     expect(plugin.commands.subcommands.map((s: {name: string}) => s.name)).toEqual(ids)
     for (const s of plugin.commands.subcommands) {
       expect(s.flags.map((f: {name: string}) => f.name).sort()).toEqual(Object.keys(oclif.commands[`db:e2ee:${s.name}`].flags).sort())
     }
     expect(toOclifArgs(['migrate', '--yes'])).toEqual(['db', 'e2ee', 'migrate', '--yes'])
+    expect(toOclifArgs(['maintain', 'cleanup', '--yes'])).toEqual(['db', 'e2ee', 'maintain', 'cleanup', '--yes'])
     expect(toOclifArgs([])).toEqual(['db', 'e2ee', '--help'])
     execFileSync(process.execPath, [path.join(REPO_ROOT, 'scripts', 'plugin-manifest.mjs'), '--check'])
   })
