@@ -12,6 +12,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import type postgres from 'postgres'
 
 import expected from '../../src/migrations/expected-schema.json'
+import {SIDECAR_DIR} from '../../src/steps/backup.js'
 import {BIN} from './cli.js'
 import type {PrivateCluster} from './cluster.js'
 import {MIGRATION_ADDED_COLUMNS, V030_TABLES} from './fixture.js'
@@ -189,7 +190,7 @@ export interface Leftovers {
   notValidConstraints: string[]
   /** Other databases whose name starts with the target's (dry-run clones, restore copies, kept copies). */
   databases: string[]
-  /** `*.partial` files in the backup folder. */
+  /** `*.partial` files in the backup folder and its sidecar folder (where dumps are written until complete). */
   partialFiles: string[]
   /** Sessions of the tool still on the server. */
   sessions: number
@@ -203,12 +204,17 @@ export async function whatIsLeft(cluster: PrivateCluster, db: string, backupDir?
     const dbs = await sql<{name: string}[]>`select datname as name from pg_database where datname like ${db.replaceAll('_', '\\_') + '\\_%'} order by 1`
     return {allowConn: row ? row.allow : null, databases: dbs.map((d) => d.name)}
   })
-  let partialFiles: string[] = []
+  const partialFiles: string[] = []
   if (backupDir) {
-    try {
-      partialFiles = readdirSync(backupDir).filter((f) => f.endsWith('.partial'))
-    } catch {
-      partialFiles = []
+    for (const folder of [backupDir, path.join(backupDir, SIDECAR_DIR)]) {
+      const names = (() => {
+        try {
+          return readdirSync(folder)
+        } catch {
+          return []
+        }
+      })()
+      partialFiles.push(...names.filter((f) => f.endsWith('.partial')).map((f) => path.join(folder, f)))
     }
   }
   // The tool's sessions end a moment after the process does (the server notices the closed socket).
