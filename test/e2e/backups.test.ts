@@ -1,6 +1,7 @@
-import {existsSync, readdirSync, readFileSync} from 'node:fs'
+import {existsSync, readdirSync, readFileSync, statSync} from 'node:fs'
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
+import {SIDECAR_DIR} from '../../src/steps/backup.js'
 
 import {connect, dropDatabase} from '../helpers/fixture.js'
 import {e2eScope, ledgerVersion, leftoverDatabases, localArgs, parseJson, runCli} from '../helpers/cli.js'
@@ -37,7 +38,13 @@ async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms: n
   return false
 }
 
-const manifests = (dir: string) => (existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.dump.manifest.json')) : [])
+// Finished manifests (the sidecar folder also holds the empty placeholder that reserves a backup's name).
+const manifests = (dir: string) => {
+  const sidecar = path.join(dir, SIDECAR_DIR)
+  return existsSync(sidecar)
+    ? readdirSync(sidecar).filter((f) => f.endsWith('.dump.manifest.json') && statSync(path.join(sidecar, f)).size > 0).map((f) => path.join(sidecar, f))
+    : []
+}
 
 describe('rollback --strategy restore chooses the backup from before the upgrade', () => {
   it('after a first migrate that stopped at 013 and a rerun, it restores the backup taken at 12, not the one at 013', async () => {
@@ -45,7 +52,7 @@ describe('rollback --strategy restore chooses the backup from before the upgrade
     const dir = backupDir()
     expect((await migrate(db.name, dir, ['--to', '13'])).after).toBe(13)
     expect((await migrate(db.name, dir)).after).toBe(16)
-    const taken = manifests(dir).map((f) => JSON.parse(readFileSync(path.join(dir, f), 'utf8')).ledger_version).sort()
+    const taken = manifests(dir).map((f) => JSON.parse(readFileSync(f, 'utf8')).ledger_version).sort()
     expect(taken).toEqual([12, 13])
     const r = await rollback(db.name, dir, ['--json'])
     expect(r.code, r.stderr).toBe(0)

@@ -97,7 +97,8 @@ describe("backups shared with nself's backups/ folder (stand-in docker)", () => 
     // Named explicitly, a dump that cannot undo the upgrade is refused, saying why.
     const wrongDb = await runCli(['db', 'e2ee', 'rollback', '--yes', '--backup', otherDb, ...p.args], {env: p.env})
     expect(wrongDb.code).toBe(1)
-    expect(wrongDb.stderr).toContain(`The backup ${otherDb} cannot undo the upgrade: it is a dump of ${other.name}, not ${db.name}.`)
+    // The dump's own header names its database: refused before its data is read.
+    expect(wrongDb.stderr).toContain(`The backup ${otherDb} is a dump of the database "${other.name}", not of "${db.name}".`)
     const tooNew = await runCli(['db', 'e2ee', 'rollback', '--yes', '--backup', after, ...p.args], {env: p.env})
     expect(tooNew.code).toBe(1)
     expect(tooNew.stderr).toContain(`The backup ${after} cannot undo the upgrade: it was taken at migration 16, after the upgrade began.`)

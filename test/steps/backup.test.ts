@@ -10,7 +10,7 @@ import {CancelledError, UserError} from '../../src/errors.js'
 import {APP_NAME, type Sql} from '../../src/target/connect.js'
 import {PgTools} from '../../src/target/tools.js'
 import {
-  listBackups, manifestPathFor, type Manifest, newestBackup, takeBackup, verifyBackup,
+  listBackups, MANIFEST_SUFFIX, manifestPathFor, type Manifest, newestBackup, takeBackup, verifyBackup,
 } from '../../src/steps/backup.js'
 import {
   adminSql, assertCleanDockerLog, createTestDb, dbSql, dropTestDb, type DockerEnv, ledgerVersion, makeTarget, SECRET, TABLES,
