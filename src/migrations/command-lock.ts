@@ -94,7 +94,10 @@ export interface CommandLock {
   admin: Sql
   /** Throws when the lock's connection was lost (and with it the lock). */
   assertHeld(): void
-  /** Throws unless `q` is connected to the very database this command started on (same name, same OID) and the lock is held. */
+  /**
+   * Throws unless `q` is connected to the very database this command started on (same name, same OID) and the lock
+   * is held; a lock lost with its connection is taken again first when no other command took it meanwhile.
+   */
   assertSameDatabase(q: Querier): Promise<void>
   release(): Promise<void>
 }
@@ -115,14 +118,23 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
 export async function acquireCommandLock(target: Target, options: AcquireOptions & {tryOnly?: boolean}): Promise<CommandLock | null> {
   const database = target.conn.database
   const key = commandLockKey(database)
+  const appName = `${APP_NAME} ${options.command}`
   let held = false
   let lost = false
-  const {database: maintenance, sql: conn} = await connectMaintenance(target, {
-    appName: `${APP_NAME} ${options.command}`, max: 1,
-    onClose: () => {
-      if (held) lost = true
-    },
-  })
+  // Each lock connection gets a generation: only the current one's closing means the lock was lost.
+  let generation = 0
+  const openLockConnection = async () => {
+    const mine = ++generation
+    return connectMaintenance(target, {
+      appName, max: 1,
+      onClose: () => {
+        if (held && mine === generation) lost = true
+      },
+    })
+  }
+  const opened = await openLockConnection()
+  const maintenance = opened.database
+  let conn = opened.sql
   let admin: Sql | undefined
   try {
     const started = Date.now()
@@ -154,19 +166,38 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
     }
     const oid = Number(rows[0].oid)
     admin = connect(target.conn, {database: maintenance, max: 2})
+    const lostError = (holder?: CommandLockHolder | null) =>
+      new UserError(`The connection holding the lock on "${database}" was lost${holder ? ` and ${describeHolder(holder)} took it` : ', so another command could start'}; stopping before writing anything more.`, {
+        hint: 'Check the server, then run nself db e2ee status.',
+      })
     const assertHeld = () => {
-      if (lost) {
-        throw new UserError(`The connection holding the lock on "${database}" was lost, so another command could start; stopping before writing anything more.`, {
-          hint: 'Check the server, then run nself db e2ee status.',
-        })
+      if (lost) throw lostError()
+    }
+    // After a lost connection (a server restart, a network cut) the lock is taken again when nobody else took it
+    // meanwhile; assertSameDatabase then proves the database is still the one this command started on.
+    const regain = async () => {
+      if (!lost) return
+      const fresh = await openLockConnection().catch((error: unknown) => {
+        throw new UserError(`${lostError().message.replace(/\.$/, '')}; taking it again failed: ${toUserError(error).message}`, {cause: error})
+      })
+      const [{ok}] = await fresh.sql<{ok: boolean}[]>`select pg_try_advisory_lock(${COMMAND_LOCK_CLASS}, ${key}) as ok`
+      if (!ok) {
+        const holder = await commandLockHolder(fresh.sql, database).catch(() => null)
+        await fresh.sql.end({timeout: 2}).catch(() => {})
+        throw lostError(holder)
       }
+      const old = conn
+      conn = fresh.sql
+      lost = false
+      options.log?.(`Took the lock on "${database}" again after its connection was lost.`)
+      await old.end({timeout: 1}).catch(() => {})
     }
     const lockAdmin = admin
     return {
       admin: lockAdmin,
       assertHeld,
       async assertSameDatabase(q: Querier) {
-        assertHeld()
+        await regain()
         const [now] = await q<{name: string; oid: string}[]>`select current_database() as name, oid::int8::text as oid from pg_database where datname = current_database()`
         if (now.name !== database || Number(now.oid) !== oid) {
           throw new UserError(`The database "${database}" was replaced while this command was working on it (it is not the database the command started on: OID ${oid} then, ${now.oid} now); nothing more was written.`, {

@@ -91,6 +91,40 @@ describe('the command lock', () => {
     expect(() => l.assertHeld()).toThrow(`The connection holding the lock on "${db}" was lost, so another command could start; stopping before writing anything more.`)
   }, T)
 
+  it('takes a lost lock again before the next write when no other command took it, and refuses when one did', async () => {
+    const db = await createTestDb(admin, {audit: 1, messages: 1})
+    ctx.dbs.push(db)
+    const sql = connect({database: db, host: PG.host, port: PG.port, user: PG.user}, {max: 1})
+    ctx.pools.push(sql)
+    const endLockSessions = async () => {
+      await admin`select pg_terminate_backend(pid) from pg_stat_activity where application_name = ${`nself-e2ee-${RUN_ID} migrate`}`
+      await waitFor(async () => {
+        try {
+          l.assertHeld()
+          return false
+        } catch {
+          return true
+        }
+      }, 10_000, 20)
+    }
+    const l = await lock(db)
+    // Lost (a server restart, say) while nobody else wanted it: the next write takes it again and goes on.
+    await endLockSessions()
+    await l.assertSameDatabase(sql)
+    expect(() => l.assertHeld()).not.toThrow()
+    const [{holders}] = await admin<{holders: number}[]>`
+      select count(*)::int as holders from pg_locks l join pg_stat_activity a on a.pid = l.pid
+      where l.locktype = 'advisory' and l.granted and a.application_name = ${`nself-e2ee-${RUN_ID} migrate`}`
+    expect(holders).toBe(1)
+    // Lost, and another command took it meanwhile: refused, naming that command.
+    await endLockSessions()
+    const other = await lock(db, 'rollback')
+    const error = await l.assertSameDatabase(sql).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(UserError)
+    expect((error as UserError).message).toMatch(new RegExp(`^The connection holding the lock on "${db}" was lost and nself db e2ee rollback, pid \\d+, .* took it; stopping before writing anything more\\.$`))
+    await other.release()
+  }, T)
+
   it('a run whose database was replaced under it writes nothing to the swapped-in database', async () => {
     const live = await createV030Database({messages: 50})
     const other = await createV030Database({messages: 50})
