@@ -42,6 +42,19 @@ async function lock(database: string, command: 'migrate' | 'rollback' = 'migrate
   return l
 }
 
+/** End this run's migrate lock session (as a server restart would) and wait until the lock notices. */
+async function endLockSession(l: CommandLock): Promise<void> {
+  await admin`select pg_terminate_backend(pid) from pg_stat_activity where application_name = ${`nself-e2ee-${RUN_ID} migrate`}`
+  await waitFor(async () => {
+    try {
+      l.assertHeld()
+      return false
+    } catch {
+      return true
+    }
+  }, 10_000, 20)
+}
+
 /** A session that looks like another run (`nself-e2ee-<run> <command>`) of this tool, still alive. */
 function fakeRun(run: string, database = 'postgres'): Sql {
   const s = connect({database, host: PG.host, port: PG.port, user: PG.user}, {appName: `nself-e2ee-${run} migrate`, max: 1})
@@ -79,15 +92,7 @@ describe('the command lock', () => {
     ctx.dbs.push(db)
     const l = await lock(db)
     l.assertHeld()
-    await admin`select pg_terminate_backend(pid) from pg_stat_activity where application_name = ${`nself-e2ee-${RUN_ID} migrate`}`
-    await waitFor(async () => {
-      try {
-        l.assertHeld()
-        return false
-      } catch {
-        return true
-      }
-    }, 10_000, 20)
+    await endLockSession(l)
     expect(() => l.assertHeld()).toThrow(`The connection holding the lock on "${db}" was lost, so another command could start; stopping before writing anything more.`)
   }, T)
 
@@ -96,20 +101,9 @@ describe('the command lock', () => {
     ctx.dbs.push(db)
     const sql = connect({database: db, host: PG.host, port: PG.port, user: PG.user}, {max: 1})
     ctx.pools.push(sql)
-    const endLockSessions = async () => {
-      await admin`select pg_terminate_backend(pid) from pg_stat_activity where application_name = ${`nself-e2ee-${RUN_ID} migrate`}`
-      await waitFor(async () => {
-        try {
-          l.assertHeld()
-          return false
-        } catch {
-          return true
-        }
-      }, 10_000, 20)
-    }
     const l = await lock(db)
     // Lost (a server restart, say) while nobody else wanted it: the next write takes it again and goes on.
-    await endLockSessions()
+    await endLockSession(l)
     await l.assertSameDatabase(sql)
     expect(() => l.assertHeld()).not.toThrow()
     const [{holders}] = await admin<{holders: number}[]>`
@@ -117,7 +111,7 @@ describe('the command lock', () => {
       where l.locktype = 'advisory' and l.granted and a.application_name = ${`nself-e2ee-${RUN_ID} migrate`}`
     expect(holders).toBe(1)
     // Lost, and another command took it meanwhile: refused, naming that command.
-    await endLockSessions()
+    await endLockSession(l)
     const other = await lock(db, 'rollback')
     const error = await l.assertSameDatabase(sql).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(UserError)
