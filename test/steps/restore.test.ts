@@ -136,7 +136,17 @@ describe.each(['local', 'docker'] as const)('rollback by restore and swap (%s mo
     expect(swap.windowMs).toBeGreaterThanOrEqual(0)
     expect(swap.windowMs).toBeLessThan(10_000)
     console.log(`swap window (${mode}): ${swap.windowMs} ms`)
-    const [after] = await afterReconnect(() => app<{pid: number; calls: string | null}[]>`select pg_backend_pid() as pid, to_regclass('nchat_calls')::text as calls`)
+    // The swap ended the client's session; a client that connects again (as an application's pool does) reaches the
+    // restored database. A new pool, not the old one: postgres.js may wait forever on the socket the swap killed.
+    let gone = false
+    for (let i = 0; i < 100 && !gone; i++) {
+      ;[{gone}] = await admin<{gone: boolean}[]>`select not exists (select 1 from pg_stat_activity where pid = ${appPid}) as gone`
+      if (!gone) await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    expect(gone).toBe(true)
+    const reconnected = dbSql(ctx.db, 1)
+    ctx.pools.push(reconnected)
+    const [after] = await afterReconnect(() => reconnected<{pid: number; calls: string | null}[]>`select pg_backend_pid() as pid, to_regclass('nchat_calls')::text as calls`)
     expect(after.pid).not.toBe(appPid)
     expect(after.calls).toBeNull()
 
