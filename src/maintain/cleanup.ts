@@ -121,6 +121,20 @@ async function countMatching(sql: Querier, schema: string, t: CleanupTarget, cut
   return Number(row.n)
 }
 
+/** Sweeps that find every remaining row held by a writer, before leaving those rows to the next run. */
+const SWEEP_RETRIES = 8
+
+/** Whether any row still matches (through the age index); a statement timeout counts as yes. */
+async function anyMatching(sql: Querier, schema: string, t: CleanupTarget, cutoff: Date): Promise<boolean> {
+  try {
+    const [row] = await sql.unsafe<{any: boolean}[]>(`select exists (select 1 from ${quoteIdent(schema)}.${quoteIdent(t.table)} where ${t.predicate()}) as any`, [cutoff])
+    return row.any
+  } catch (error) {
+    if ((error as {code?: string}).code === '57014') return true
+    throw error
+  }
+}
+
 /**
  * One batch, one statement (so one transaction, autocommitted): the oldest matching rows from `$3` on (a keyset:
  * rows before it were deleted by earlier batches, and their dead index entries are not walked again), locked
@@ -167,6 +181,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
       // held when their batch came (SKIP LOCKED passed them by).
       let from: Date | null = null
       let sweeping = false
+      let emptySweeps = 0
       while (!stop && !isCancelled()) {
         opts.assertHeld?.()
         const t0 = performance.now()
@@ -197,7 +212,12 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
         r.longestBatchMs = Math.max(r.longestBatchMs, ms)
         opts.onProgress?.({batchSize: size, deleted: r.deleted, estimated: Math.max(matched, r.deleted), table: t.table})
         if (n === 0) {
-          if (sweeping) break
+          if (sweeping) {
+            // A row a writer keeps touching (the oldest one is the next any batch takes) can be held at every
+            // sweep: look again a few times after a short pause before leaving it for the next run.
+            if (++emptySweeps > SWEEP_RETRIES || !(await anyMatching(conn, opts.schema, t, cutoff))) break
+            await sleep(backoffMs(emptySweeps, 20, 200))
+          }
           sweeping = true
           from = null
           continue
