@@ -6,10 +6,10 @@ import {engineSql, packaged} from './engine.js'
 import {ADMIN} from './fixture.js'
 
 /** Apply 013-016 with the engine and add devices, prekeys and audit rows of known classes. */
-export async function migrateAndSeed(database: string, o: {devices: number; prekeysPerDevice: number; auditRows: number}) {
+export async function migrateAndSeed(database: string, o: {devices: number; prekeysPerDevice: number; auditRows: number; to?: number}) {
   const sql = engineSql(database)
   try {
-    await migrateUp({log: () => {}, migrations: packaged(), sql})
+    await migrateUp({log: () => {}, migrations: packaged(), sql, to: o.to})
     return await seedMaintenance(sql, o)
   } finally {
     await sql.end()

@@ -71,6 +71,20 @@ describe('maintain backups', () => {
     expect((await listBackups(dir)).map((b) => b.file)).toEqual([real.file])
   })
 
+  it('refuses a negative --keep or --older-than in one sentence naming it, deleting nothing, also with --json', async () => {
+    const db = await fresh()
+    const dir = backupDir()
+    const file = path.join(dir, 'nchat_20200101_000000.dump')
+    writeFileSync(file, 'PGDMP', {mode: 0o600})
+    for (const [flag, value] of [['--keep', '-1'], ['--older-than', '-2']]) {
+      const r = await backups(db.name, dir, '--yes', '--json', `${flag}=${value}`)
+      expect(r.code, `${flag} ${value}`).toBe(2)
+      expect(parseJson(r.stdout)).toMatchObject({error: {message: expect.stringContaining(`Parsing ${flag}: Expected an integer greater than or equal to 0`)}, ok: false})
+      expect(r.stderr).not.toMatch(/\n\s+at /)
+    }
+    expect(existsSync(file)).toBe(true)
+  })
+
   it('lists the databases a restore rollback kept, with their size, and drops them on request', async () => {
     const db = await fresh()
     const kept = `${db.name}_pre_rollback_20260101_000000`

@@ -28,6 +28,19 @@ describe('maintain cleanup', () => {
     const before = await classCounts(db.name)
     expect(before).toMatchObject({auditKeep: expected.auditKeep, auditOld: expected.auditDelete, prekeyOld: expected.prekeyDelete})
 
+    // Batches that take longer than the lock timeout whatever the machine's speed: a delete trigger sleeps 5 ms on
+    // every 200th row, so a batch of 20,000 rows lasts at least 500 ms. What keeps the writer under the lock
+    // timeout is then the batch's own time limit and the halving, not a batch size small enough by luck.
+    const slow = connect(db.name)
+    await slow.unsafe(`
+      create function test_slow_delete() returns trigger language plpgsql as $$
+      begin
+        if old.id % 200 = 0 then perform pg_sleep(0.005); end if;
+        return old;
+      end $$;
+      create trigger test_slow_delete before delete on nchat_e2ee_audit_log for each row execute function test_slow_delete();`)
+    await slow.end()
+
     // First prove the writer sees a holder longer than the lock timeout: a transaction keeping the next row
     // cleanup would take (the oldest old audit row) for three times the lock timeout.
     const probe = startKeyWriter(db.name, {lockTimeoutMs: LOCK_TIMEOUT})
@@ -42,8 +55,6 @@ describe('maintain cleanup', () => {
 
     const writer = startKeyWriter(db.name, {lockTimeoutMs: LOCK_TIMEOUT})
     await new Promise((r) => setTimeout(r, 300))
-    // Batches of up to 20,000 rows take longer than the lock timeout on any machine: what keeps the writer under
-    // it is the batch's own time limit and the halving, not a batch size chosen small enough by hand.
     const r = await cleanup(db.name, '--yes', '--json', '--batch-size', '20000', '--pause-ms', '5', '--lock-timeout', String(LOCK_TIMEOUT))
     const w = await writer.stop()
     expect(r.code, r.stderr).toBe(0)
@@ -53,6 +64,8 @@ describe('maintain cleanup', () => {
     expect(byTable.nchat_e2ee_audit_log.deleted).toBe(expected.auditDelete)
     expect(byTable.nchat_one_time_prekeys.deleted).toBe(expected.prekeyDelete)
     expect(byTable.nchat_e2ee_audit_log.batches).toBeGreaterThan(expected.auditDelete / 20_000)
+    // The first batches ran into their time limit (half the lock timeout), were rolled back and retried smaller.
+    expect(byTable.nchat_e2ee_audit_log.lockTimeouts).toBeGreaterThan(0)
     expect(doc.deleted).toBe(expected.auditDelete + expected.prekeyDelete)
 
     const after = await classCounts(db.name)
