@@ -1,4 +1,4 @@
-import {appendFileSync, copyFileSync, existsSync, readFileSync, writeFileSync} from 'node:fs'
+import {appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync} from 'node:fs'
 import path from 'node:path'
 
 import postgres from 'postgres'
@@ -75,6 +75,7 @@ describe('maintain backups', () => {
     const db = await fresh()
     const dir = backupDir()
     const file = path.join(dir, 'nchat_20200101_000000.dump')
+    mkdirSync(dir, {recursive: true})
     writeFileSync(file, 'PGDMP', {mode: 0o600})
     for (const [flag, value] of [['--keep', '-1'], ['--older-than', '-2']]) {
       const r = await backups(db.name, dir, '--yes', '--json', `${flag}=${value}`)
