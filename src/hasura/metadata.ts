@@ -10,7 +10,7 @@ import path from 'node:path'
 
 import {isMap, isSeq, parseDocument, stringify, type Document, type YAMLMap, type YAMLSeq} from 'yaml'
 
-import {UserError} from '../errors.js'
+import {firstLine, UserError} from '../errors.js'
 import {FUNCTIONS, MESSAGE_INSERT_COLUMNS, ROLE, TABLES, type TablePermission, type TableSpec} from './spec.js'
 
 export const METADATA_DIRS = ['hasura/metadata', 'backend/hasura/metadata'] as const
@@ -46,7 +46,7 @@ const include = (file: string) => `!include ${file}`
 
 function readDoc(file: string): Document {
   const doc = parseDocument(readFileSync(file, 'utf8'))
-  if (doc.errors.length > 0) throw new UserError(`The Hasura metadata file ${file} is not valid YAML: ${doc.errors[0].message.split('\n')[0]}.`)
+  if (doc.errors.length > 0) throw new UserError(`The Hasura metadata file ${file} is not valid YAML: ${firstLine(doc.errors[0])}.`)
   return doc
 }
 

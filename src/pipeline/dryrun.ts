@@ -3,11 +3,11 @@ import {PgTools} from '../target/tools.js'
 import {type BackupInfo, type ListedBackup, manifestPathFor, verifyBackup} from '../steps/backup.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
-import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
+import {preflight, type PreflightReport} from '../steps/preflight.js'
 import {backupProduction, runSteps, type Step} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
-import {plural} from '../text.js'
+import {fmtBytes, plural} from '../text.js'
 
 export interface DryRunCommandOptions {
   target: Target

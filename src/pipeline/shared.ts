@@ -6,7 +6,8 @@ import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {type BackupInfo, type BackupPurpose, takeBackup} from '../steps/backup.js'
 import type {Inspection} from '../steps/inspect.js'
-import {fmtBytes, TOUCHED_TABLES} from '../steps/preflight.js'
+import {TOUCHED_TABLES} from '../steps/preflight.js'
+import {fmtBytes} from '../text.js'
 import {pickRenderer} from './ui.js'
 
 // listr2's generics name the renderers; the pipelines pick one at run time, so they are left open here.

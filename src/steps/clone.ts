@@ -4,7 +4,7 @@ import path from 'node:path'
 import {createInterface} from 'node:readline'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, UserError, toUserError} from '../errors.js'
+import {CancelledError, firstLine, UserError} from '../errors.js'
 import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
@@ -385,7 +385,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     toc = await readToc(tools, file)
   } catch (error) {
     if (isCancelled()) throw new CancelledError('the dry run')
-    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLineOf(error), secret)}.`)
+    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
   }
 
   const tocTables = new Set(toc.entries.filter((e) => e.desc === 'TABLE').map((e) => tableDataKey(e.schema, e.name)))
@@ -478,14 +478,14 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
       try {
         await dropOnce()
       } catch (dropError) {
-        dropNote = ` The clone ${name} could not be dropped (${firstLineOf(dropError)}); drop it with DROP DATABASE.`
+        dropNote = ` The clone ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
       }
     }
     if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the dry run (clone ${name})`)
     if (error instanceof UserError) {
       throw new UserError(error.message + dropNote, {cause: error, hint: error.hint})
     }
-    const cause = redact(firstLineOf(error), secret)
+    const cause = redact(firstLine(error), secret)
     // A full disk on the server is no fault of the backup: say where space is missing.
     const diskFull = /No space left on device|could not extend file|disk full|53100/i.test(cause)
     throw new UserError(`Restoring the dry-run clone ${name} from ${file} failed${diskFull ? ' because the database server\'s disk is full' : ''}: ${cause}.${dropNote}`, {
@@ -497,11 +497,3 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   }
 }
 
-function firstLineOf(error: unknown): string {
-  if (error instanceof UserError) return error.message.replace(/\.$/, '')
-  const e = error as {stderr?: unknown; message?: string; code?: string; severity?: string}
-  if (e?.severity) return toUserError(error).message.replace(/\.$/, '')
-  const stderr = typeof e?.stderr === 'string' ? e.stderr.trim() : ''
-  const text = stderr || e?.message || String(error)
-  return text.split('\n').find((l) => /error/i.test(l))?.replace(/^pg_restore: (error: )?/, '').replace(/\.$/, '') ?? text.split('\n')[0].replace(/\.$/, '')
-}

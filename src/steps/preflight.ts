@@ -10,6 +10,7 @@ import type {PgTools} from '../target/tools.js'
 import type {Target} from '../target/target.js'
 import {existingTableShapes} from './existing-tables.js'
 import type {Inspection} from './inspect.js'
+import {fmtBytes} from '../text.js'
 
 export interface Check {
   name: string
@@ -243,10 +244,3 @@ async function dataChecks(o: PreflightOptions): Promise<Check[]> {
   return checks
 }
 
-export function fmtBytes(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB']
-  let i = 0
-  let v = n
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
-  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
-}

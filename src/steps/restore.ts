@@ -1,5 +1,5 @@
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, UserError, toUserError} from '../errors.js'
+import {CancelledError, firstLine, UserError} from '../errors.js'
 import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
@@ -54,7 +54,7 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     toc = await readToc(tools, file)
   } catch (error) {
     if (isCancelled()) throw new CancelledError('the restore')
-    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(messageOf(error), secret)}.`)
+    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
   }
 
   const like = await describeDatabase(admin, live)
@@ -98,21 +98,14 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     try {
       await dropOnce()
     } catch (dropError) {
-      dropNote = ` The unfinished database ${name} could not be dropped (${messageOf(dropError)}); drop it with DROP DATABASE.`
+      dropNote = ` The unfinished database ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
     }
     if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the restore into ${name}`)
-    throw new UserError(`Restoring ${file} into the new database ${name} failed: ${redact(messageOf(error), secret)}.${dropNote}`, {
+    throw new UserError(`Restoring ${file} into the new database ${name} failed: ${redact(firstLine(error), secret)}.${dropNote}`, {
       cause: error,
       hint: `The live database "${live}" was not touched.`,
     })
   }
-}
-
-function messageOf(error: unknown): string {
-  if (error instanceof UserError) return error.message.replace(/\.$/, '')
-  const e = error as {severity?: string; message?: string}
-  if (e?.severity) return toUserError(error).message.replace(/\.$/, '')
-  return String(e?.message ?? error).split('\n')[0].replace(/\.$/, '')
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -290,7 +283,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     log?.(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
     return {keptName, windowMs}
   } catch (error) {
-    const cause = messageOf(error)
+    const cause = firstLine(error)
     // Where do the names point now? The transaction either committed or did not; look before saying so.
     let names: string[] | undefined
     try {

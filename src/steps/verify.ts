@@ -17,6 +17,7 @@ import {toUserError, UserError} from '../errors.js'
 import {type MigrationFile} from '../migrations/files.js'
 import {migrateUp} from '../migrations/runner.js'
 import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
+import {escapeRegExp} from '../text.js'
 import expectedJson from '../migrations/expected-schema.json' with {type: 'json'}
 
 // ------------------------------------------------------------------------------------------------------------
@@ -153,10 +154,6 @@ const CONSTRAINT_TYPE: Record<string, string> = {c: 'check constraint', f: 'fore
 
 /** Tables of the migration machinery, not of nChat: never part of the snapshot. */
 const MACHINERY_TABLES = new Set(['schema_migrations'])
-
-function escapeRegExp(s: string): string {
-  return s.replaceAll(/[.*+?^${}()|[\]\\]/g, '\\$&')
-}
 
 /** Remove qualifications by the application schema (`nchat.x`, `"nchat".x`) from catalog text. */
 export function unqualify(text: string, schema: string): string {

@@ -1,4 +1,5 @@
 import {readFileSync} from 'node:fs'
+import {setTimeout as sleep} from 'node:timers/promises'
 
 import {describe, expect, it} from 'vitest'
 
@@ -8,7 +9,6 @@ import {migrateAndSeed} from '../helpers/maintain.js'
 
 const {fresh} = e2eScope()
 const report = (db: string, ...extra: string[]) => runCli(['db', 'e2ee', 'maintain', 'report', ...localArgs(db), ...extra])
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 describe('maintain report', () => {
   it('reports index usage of 013-016 only (D8 fixed), stale signed prekeys, low prekey stock, bloat and vacuum times', async () => {
