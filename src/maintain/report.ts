@@ -1,6 +1,7 @@
 import {createdTables} from '../migrations/plan.js'
 import type {MigrationFile} from '../migrations/files.js'
-import {type Querier, quoteIdent} from '../target/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
+import type {Querier} from '../target/connect.js'
 import {estimateIndexBloat, estimateTableBloat, type BloatRow} from './bloat.js'
 
 /**

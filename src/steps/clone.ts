@@ -6,7 +6,8 @@ import {createInterface} from 'node:readline'
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError} from '../errors.js'
 import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
-import {type Target, validateIdentifier} from '../target/target.js'
+import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
+import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {type Manifest, nextSecond, readToc, redact, tableDataKey, timestamp, type Toc} from './backup.js'
 import {plural} from '../text.js'
@@ -66,21 +67,9 @@ export const COMMENT_PREFIX: Record<NewDatabaseKind, string> = {
   restore: 'nself-e2ee restore of ',
 }
 
-const NAMEDATALEN = 63
-
 /** `<db>_e2ee_<kind>_<YYYYMMDDHHMMSS>`, the db part cut so the whole fits PostgreSQL's 63 bytes. */
 export function newDatabaseName(database: string, kind: NewDatabaseKind, date = new Date()): string {
-  const suffix = `_e2ee_${kind}_${timestamp(date, '')}`
-  return truncateBytes(database, NAMEDATALEN - suffix.length) + suffix
-}
-
-function truncateBytes(s: string, max: number): string {
-  let out = ''
-  for (const ch of s) {
-    if (Buffer.byteLength(out + ch) > max) break
-    out += ch
-  }
-  return out
+  return fitIdentifier(database, `_e2ee_${kind}_${timestamp(date, '')}`)
 }
 
 export function quoteLiteral(value: string): string {

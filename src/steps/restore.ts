@@ -1,7 +1,8 @@
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError} from '../errors.js'
 import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
-import {type Target, validateIdentifier} from '../target/target.js'
+import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
+import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {testPause} from '../test-pause.js'
 import {type Manifest, readToc, redact, timestamp, type Toc} from './backup.js'
@@ -146,13 +147,7 @@ export async function checkRestoredMatchesManifest(
 
 /** `<db>_pre_rollback_<YYYYMMDD_HHMMSS>`, the db part cut so the whole fits PostgreSQL's 63 bytes. */
 export function keptDatabaseName(database: string, date = new Date()): string {
-  const suffix = `_pre_rollback_${timestamp(date)}`
-  let head = ''
-  for (const ch of database) {
-    if (Buffer.byteLength(head + ch + suffix) > 63) break
-    head += ch
-  }
-  return head + suffix
+  return fitIdentifier(database, `_pre_rollback_${timestamp(date)}`)
 }
 
 export interface SwapOptions {

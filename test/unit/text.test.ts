@@ -25,6 +25,12 @@ describe('firstLine', () => {
     expect(firstLine(pg)).toMatch(/^PostgreSQL error 42P01: relation "t" does not exist$/)
   })
 
+  it('says a lost connection is one, but not a child process\'s broken pipe', () => {
+    const lost = Object.assign(new Error('write CONNECTION_CLOSED 127.0.0.1:5432'), {code: 'CONNECTION_CLOSED'})
+    expect(firstLine(lost)).toMatch(/^the connection to PostgreSQL was lost/)
+    expect(firstLine(Object.assign(new Error('write EPIPE'), {code: 'EPIPE', stderr: 'pg_dump: error: could not write to output file'}))).toBe('could not write to output file')
+  })
+
   it('turns anything else into its first line', () => {
     expect(firstLine(new Error('first.\nsecond'))).toBe('first')
     expect(firstLine('plain text')).toBe('plain text')

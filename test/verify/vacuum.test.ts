@@ -50,7 +50,7 @@ describe('vacuumTables', () => {
       const stats = await lastVacuumed(m.sql, m.schema, ['nchat_identity_keys', 'nchat_calls'])
       expect(Object.keys(stats)).toEqual(['nchat_identity_keys'])
       expect(stats.nchat_identity_keys.lastVacuum).not.toBeNull()
-      await expect(vacuumTables(m.sql, m.schema, ['nchat_users; drop table nchat_users'])).rejects.toThrow(/not a plain PostgreSQL identifier/)
+      await expect(vacuumTables(m.sql, m.schema, ['nchat_users; drop table nchat_users'])).rejects.toThrow(/not a valid PostgreSQL identifier/)
     } finally {
       await m.done()
     }
