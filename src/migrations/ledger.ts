@@ -34,7 +34,7 @@ export async function findAppSchema(sql: Querier, override?: string): Promise<st
   return schemas[0]
 }
 
-/** The shape of the schema_migrations table found in the database (DESIGN-NOTES §1). */
+/** The shape of the schema_migrations table found in the database (the shapes: docs/deviations.md, Procedure). */
 export interface LedgerShape {
   exists: boolean
   schema: string

@@ -13,7 +13,7 @@ import {type Manifest, nextSecond, readToc, redact, tableDataKey, timestamp, typ
 import {plural} from '../text.js'
 
 /**
- * The dry-run clone (DESIGN-NOTES D9): a new database restored from the backup just taken, with `pg_restore -j`
+ * The dry-run clone (docs/deviations.md, D9): a new database restored from the backup just taken, with `pg_restore -j`
  * from the custom-format dump. Only the data of the tables the migration touches (and of the tables they
  * reference, or their foreign keys would not validate) is restored; every other object - schema, indexes,
  * constraints, sequences, comments, grants - is restored whole, so the migration meets the same catalog as in

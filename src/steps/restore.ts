@@ -13,7 +13,7 @@ import {
 } from './clone.js'
 
 /**
- * Rollback option 1 done safely (DESIGN-NOTES D7). The guide drops the live database and then restores into an
+ * Rollback option 1 done safely (docs/deviations.md, D7). The guide drops the live database and then restores into an
  * empty one: a failed restore leaves no database at all. Here the backup is restored in full into a new
  * database `<db>_e2ee_restore_<ts>` (commented like the dry-run clones, so a leftover is swept), checked against
  * the backup's manifest, and only then swapped in under the live name, in one transaction (`swapDatabases`).

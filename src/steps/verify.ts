@@ -1,5 +1,5 @@
 /**
- * Verification after the upgrade, done right (DESIGN-NOTES D8).
+ * Verification after the upgrade, done right (docs/deviations.md, D8).
  *
  * The guide's verification queries mix AND/OR without parentheses and compare nothing precisely. Here every
  * object migrations 013..upTo create is checked by its exact name in the application schema against a
