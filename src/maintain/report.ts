@@ -1,4 +1,4 @@
-import {createdTables} from '../migrations/plan.js'
+import {tablesCreatedBy} from '../migrations/plan.js'
 import type {MigrationFile} from '../migrations/files.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {Querier} from '../target/connect.js'
@@ -72,7 +72,7 @@ export interface MaintenanceReport {
 
 /** Columns the migrations add to tables they do not create: {table: [columns]}. */
 export function addedColumns(migrations: MigrationFile[]): Record<string, string[]> {
-  const created = new Set(migrations.flatMap((m) => createdTables(m)))
+  const created = new Set(tablesCreatedBy(migrations))
   const out: Record<string, Set<string>> = {}
   for (const m of migrations) {
     for (const s of m.statements) {
@@ -92,7 +92,7 @@ export function addedColumns(migrations: MigrationFile[]): Record<string, string
 const iso = (d: Date | string | null) => (d === null ? null : new Date(d).toISOString())
 
 export async function maintenanceReport(sql: Querier, o: ReportOptions): Promise<MaintenanceReport> {
-  const created = [...new Set(o.migrations.flatMap((m) => createdTables(m)))].sort()
+  const created = tablesCreatedBy(o.migrations).sort()
   const altered = addedColumns(o.migrations)
   const alteredTables = Object.keys(altered)
   const addedCols = [...new Set(Object.values(altered).flat())]

@@ -49,6 +49,11 @@ export function createdTables(m: MigrationFile): string[] {
   return [...names]
 }
 
+/** The tables `migrations` create, each once (013 and 014 create the same seven), in the order they appear. */
+export function tablesCreatedBy(migrations: readonly MigrationFile[]): string[] {
+  return [...new Set(migrations.flatMap(createdTables))]
+}
+
 /** One line per migration for a confirmation: what it creates and which existing tables it alters. */
 export function describeChanges(m: MigrationFile): string {
   const created = createdTables(m)
