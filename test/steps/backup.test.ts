@@ -9,6 +9,7 @@ import {cancel, resetCancellation} from '../../src/cancel.js'
 import {CancelledError, UserError} from '../../src/errors.js'
 import {APP_NAME, type Sql} from '../../src/target/connect.js'
 import {PgTools} from '../../src/target/tools.js'
+import {SERVER_ARGS} from '../helpers/server.js'
 import {
   listBackups, MANIFEST_SUFFIX, manifestPathFor, type Manifest, newestBackup, takeBackup, verifyBackup,
 } from '../../src/steps/backup.js'
@@ -29,8 +30,8 @@ function mode(p: string): number {
 
 /** pg_restore the dump into a fresh database, outside the code under test. */
 function restoreWithPgRestore(file: string, database: string): void {
-  execFileSync('psql', ['-h', '127.0.0.1', '-U', 'postgres', '-d', 'postgres', '-qc', `CREATE DATABASE "${database}"`])
-  execFileSync('pg_restore', ['-h', '127.0.0.1', '-U', 'postgres', '-d', database, '--exit-on-error', file])
+  execFileSync('psql', [...SERVER_ARGS, '-d', 'postgres', '-qc', `CREATE DATABASE "${database}"`])
+  execFileSync('pg_restore', [...SERVER_ARGS, '-d', database, '--exit-on-error', file])
 }
 
 /** A copy of the backup (dump + manifest renamed to match) to damage. */
