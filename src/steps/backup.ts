@@ -10,6 +10,7 @@ import {APP_NAME, connect, quoteIdent, RUN_ID, type Sql} from '../target/connect
 import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
+import {judgeTools, olderRestoreSentence} from '../target/versions.js'
 
 /**
  * Backups in nself's own layout (DESIGN-NOTES §1): `pg_dump -Fc` through `docker exec -i` (or locally), written
@@ -421,14 +422,10 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     select current_setting('server_version') as version, current_setting('server_version_num')::int as num,
            pg_database_size(current_database())::text as size`
   const pgDumpMajor = await tools.toolMajor('pg_dump')
-  const serverMajor = Math.floor(server.num / 10_000)
-  if (pgDumpMajor < serverMajor) {
-    throw new UserError(`pg_dump ${pgDumpMajor} is older than the server (PostgreSQL ${server.version}) and cannot dump it.`, {
-      hint: target.mode === 'local'
-        ? `Install the PostgreSQL ${serverMajor} client tools, or drop --local to use the ones in the nself postgres container.`
-        : 'The container\'s client tools should match its server; check the container image.',
-    })
-  }
+  // Before anything is written: pg_dump must dump this server and pg_restore must read back what it writes.
+  const toolCheck = judgeTools(Math.floor(server.num / 10_000), {pg_dump: pgDumpMajor, pg_restore: await tools.toolMajor('pg_restore')},
+    tools.container ? `in container ${tools.container}` : 'local client tools', {dumps: true, local: !tools.container})
+  if (toolCheck.status === 'fail') throw new UserError(`No backup was taken: ${toolCheck.detail}.`, {hint: toolCheck.fix})
 
   try {
     const stat = await fs.statfs(dir)
@@ -796,6 +793,14 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
     toc = await readToc(opts.tools, file)
   } catch (error) {
     if (isCancelled()) throw new CancelledError(`checking the backup ${file}`)
+    const older = olderRestoreSentence(file, firstLine(error), await opts.tools.toolMajor('pg_restore').catch(() => 0), manifest?.pg_dump_major)
+    if (older) {
+      const m = manifest?.pg_dump_major
+      throw new UserError(`${older}.`, {
+        cause: error,
+        hint: m ? `Install the PostgreSQL ${m} client tools (postgresql-client-${m}) or newer where pg_restore runs.` : 'Install the client tools of the PostgreSQL version that wrote it, or newer, where pg_restore runs.',
+      })
+    }
     throw new UserError(`The backup ${file} is not readable by pg_restore: ${firstLine(error)}.`, {
       cause: error, hint: 'The file is truncated, corrupt, or not a custom-format (-Fc) dump.',
     })
