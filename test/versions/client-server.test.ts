@@ -3,7 +3,7 @@
 // machine's 15; the clients are this machine's 15 and Debian's 17 and 18 (scripts/pg-clients.sh). Nothing is
 // faked: every refusal and every restore below is a real pg_dump/pg_restore meeting a real server.
 import {execFileSync} from 'node:child_process'
-import {existsSync, readdirSync} from 'node:fs'
+import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import path from 'node:path'
 import postgres from 'postgres'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -95,6 +95,9 @@ describe('a newer pg_restore into an older server (it sends SET transaction_time
       const m = await runCli(['db', 'e2ee', 'migrate', '--yes', '--json', ...local(db), '--backup-dir', dir], {env})
       expect(m.code, m.stderr).toBe(0)
       expect(await ledger(db.port, db.name)).toBe(16)
+      // pg_dump 16+ compresses with zstd level 1 (docs/benchmarks-compression.md).
+      const manifests = readdirSync(path.join(dir, '.nself-e2ee')).filter((f) => f.endsWith('.manifest.json'))
+      expect(manifests.map((f) => JSON.parse(readFileSync(path.join(dir, '.nself-e2ee', f), 'utf8')))).toMatchObject([{compression: '--compress=zstd:1', pg_dump_major: client}])
       const r = await runCli(['db', 'e2ee', 'rollback', '--yes', '--json', ...local(db), '--backup-dir', dir], {env})
       expect(r.code, r.stderr).toBe(0)
       expect(parseJson(r.stdout)).toMatchObject({after: 12, before: 16, ok: true, strategy: 'restore'})
