@@ -4,6 +4,7 @@ import {type BackupInfo, type ListedBackup, manifestPathFor, verifyBackup} from 
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
+import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
@@ -80,7 +81,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
           task.title = `Backup ${o.fromBackup}: checked against its manifest`
           return
         }
-        c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'dryrun', target: o.target, tools: c.tools!})
+        c.backup = await backupProduction({ins, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'dryrun', target: o.target, tools: c.tools!})
         c.taken = true
         task.title = `Backup: ${c.backup.file} (${fmtBytes((c.backup as BackupInfo).bytes)}, verified)`
       },
@@ -93,7 +94,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
         await lock.assertSameDatabase(ins.sql)
         c.dry = await dryRun({
           backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-          plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
+          plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
           sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
         })
         task.title = c.dry.failure

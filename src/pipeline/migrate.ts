@@ -13,6 +13,7 @@ import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../step
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
 import {existingRelations, type HasuraResult, writeHasuraMetadata} from '../hasura/metadata.js'
+import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
@@ -105,7 +106,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         skip: (c) => nothing(c) || (o.skipBackup ? 'skipped (--skip-backup): NO BACKUP WAS TAKEN' : false),
         task: async (c, task) => timed(c, 'backup', async () => {
           await guard(c.ins!.sql)
-          c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, purpose: 'pre-migration', target: o.target, tools: c.tools!})
+          c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'pre-migration', target: o.target, tools: c.tools!})
           task.title = `Backup: ${c.backup.file} (${fmtBytes(c.backup.bytes)}, verified)`
         }),
         title: 'Backup',
@@ -117,7 +118,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
           await guard(ins.sql)
           c.dry = await dryRun({
             backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-            plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+            plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
           })
           if (c.dry.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${c.dry.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
           task.title = `Dry run: applied and verified on ${c.dry.clone} in ${fmtMs(c.dry.applyMs)} (restore ${fmtMs(c.dry.restoreMs)})${c.dry.kept ? ', kept' : ', dropped'}`
@@ -143,7 +144,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         task: async (c, task) => timed(c, 'apply', async () => {
           const t0 = Date.now()
           c.run = await migrateUp({
-            ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: (l) => { task.output = l },
+            ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: progressOf(task),
             schema: ins.plan.appSchema, sql: ins.sql, to: o.to,
           })
           if (c.run.migrations.length === 0) {

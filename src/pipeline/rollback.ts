@@ -15,6 +15,7 @@ import {compareWithBackup, describeLoss, rows, type TableLoss} from '../steps/lo
 import {TOUCHED_TABLES} from '../steps/preflight.js'
 import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
 import {validateIdentifier} from '../target/target.js'
+import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
@@ -155,7 +156,7 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
         task: async (c, task) => timed(c, 'restore', async () => {
           c.restored = await restoreIntoNewDatabase({
             admin, backup: c.backup!, jobs: o.jobs, log: (l) => { task.output = l },
-            onProgress: (p) => { task.output = `restoring: ${p.done}/${p.total} archive entries` }, target: o.target, tools: c.tools!,
+            onProgress: (p) => progressOf(task)(`restoring: ${p.done}/${p.total} archive entries`), target: o.target, tools: c.tools!,
           })
           const rsql = connect(o.target.conn, {database: c.restored.name, max: 1})
           try {
@@ -366,7 +367,7 @@ async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Roll
         task: async (c, task) => timed(c, 'backup', async () => {
           await lock.assertSameDatabase(ins.sql)
           c.tools = await PgTools.create(o.target)
-          c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'pre-rollback', target: o.target, tools: c.tools})
+          c.backup = await backupProduction({ins, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'pre-rollback', target: o.target, tools: c.tools})
           task.title = `Safety backup: ${c.backup.file}`
         }),
         title: 'Safety backup',

@@ -3,13 +3,11 @@ import {createInterface} from 'node:readline/promises'
 import {deliverSignal, untilCancelled} from '../cancel.js'
 import {CancelledError, UserError} from '../errors.js'
 
-export type RendererName = 'default' | 'verbose' | 'silent'
-
-/** listr2's default renderer on a terminal; one line per event in CI or when piped; nothing with --json. */
-export function pickRenderer(json: boolean): RendererName {
+/** listr2's default renderer on a terminal; lines made for logs in CI or when piped; nothing with --json. */
+export function outputMode(json: boolean): 'terminal' | 'log' | 'silent' {
   if (json) return 'silent'
-  if (process.env.CI || !process.stdout.isTTY) return 'verbose'
-  return 'default'
+  if (process.env.CI || !process.stdout.isTTY) return 'log'
+  return 'terminal'
 }
 
 /** Destructive steps need a yes: --yes, or an answer on a terminal. Checked before any work starts. */
