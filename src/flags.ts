@@ -15,3 +15,8 @@ export const backupFlags = {
   'backup-dir': Flags.string({description: 'Where backups go (default: the nself project\'s backups/).'}),
   jobs: Flags.integer({default: 2, description: 'Parallel jobs for pg_restore.', max: 64, min: 1}),
 }
+
+/** --verbose (a base flag: the cause of errors) also lists what a command's report leaves out by default. */
+export function verboseListing(what: string) {
+  return {verbose: Flags.boolean({default: false, description: `List ${what}; show the underlying cause of errors.`})}
+}

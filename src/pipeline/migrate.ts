@@ -53,6 +53,8 @@ export interface MigrateSummary {
   vacuumed: string[]
   preflight: PreflightReport['checks']
   timings: Record<string, number>
+  /** Wall-clock time of the whole run, from before the command lock to the summary (confirmation included). */
+  elapsedMs: number
   warnings: string[]
   /** The Hasura metadata written to the project, and what the operator still has to run. */
   hasura: HasuraResult | null
@@ -68,6 +70,7 @@ interface Ctx {
   run?: RunReport
   verify?: VerifyReport
   vacuumed: string[]
+  startedAt: number
   timings: Record<string, number>
   warnings: string[]
 }
@@ -78,7 +81,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
     throw new UserError('--skip-backup needs --yes: migrating without a fresh backup leaves no way back but the down files.', {exitCode: 2})
   }
   assertCanConfirm(o.yes, 'Migrating the production database')
-  const ctx: Ctx = {timings: {}, vacuumed: [], warnings: []}
+  const ctx: Ctx = {startedAt: Date.now(), timings: {}, vacuumed: [], warnings: []}
   // One command at a time on this database, whatever the command; held until the end, also on failure.
   const lock = await beginChangingCommand(o.target, {command: 'migrate', waitMs: o.runLockWaitMs})
   const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
@@ -213,6 +216,7 @@ function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummar
     backup: c.backup ? {bytes: c.backup.bytes, file: c.backup.file, sha256: c.backup.manifest.sha256} : null,
     before: ins.plan.current,
     database: o.target.conn.database,
+    elapsedMs: Date.now() - c.startedAt,
     dryrun: c.dry ? {clone: c.dry.clone, forecastMs: c.dry.applyMs, kept: c.dry.kept, leftOut: c.dry.leftOut, restoreMs: c.dry.restoreMs} : null,
     lockRetries: c.run?.migrations.reduce((n, m) => n + m.lockRetries, 0) ?? 0,
     nothingToDo,
