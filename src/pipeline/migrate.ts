@@ -176,7 +176,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         skip: (c) => (appliedNothing(c) ? 'skipped: this run applied nothing' : false),
         task: async (c, task) => timed(c, 'vacuum', async () => {
           await guard(ins.sql)
-          const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => { task.output = l })
+          const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, progressOf(task))
           c.vacuumed = done.map((d) => d.table)
           task.title = `Vacuum: VACUUM ANALYZE of ${plural(c.vacuumed.length, 'table')}`
         }),
