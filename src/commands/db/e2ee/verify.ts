@@ -50,8 +50,8 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
         this.printChecks(report)
         const counts = countChecks(report)
         this.say(report.ok
-          ? `Verified ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts} (${fmtMs(elapsedMs)}).`
-          : `${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts} (${fmtMs(elapsedMs)}).`)
+          ? `Verified ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`
+          : `Verify of ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`)
       }
       if (!report.ok) {
         if (this.jsonMode) process.exitCode = 1
@@ -76,10 +76,10 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
   }
 }
 
-/** "362 checks: 2 failed, 1 warning, 359 passed" */
+/** "2 failed, 1 warning, 359 passed (of 362 checks)" */
 function countChecks(report: VerifyReport): string {
   const n = (status: string) => report.checks.filter((c) => c.status === status).length
   if (n('ok') === report.checks.length) return `${plural(n('ok'), 'check')} passed`
   const parts = [n('fail') ? `${n('fail')} failed` : '', n('warn') ? plural(n('warn'), 'warning') : '', `${n('ok')} passed`]
-  return `${plural(report.checks.length, 'check')}: ${parts.filter(Boolean).join(', ')}`
+  return `${parts.filter(Boolean).join(', ')} (of ${plural(report.checks.length, 'check')})`
 }
