@@ -8,7 +8,10 @@ export const runnerFlags = {
   'lock-wait': Flags.integer({default: 60, description: 'Seconds to wait for another nself db e2ee run on the same database.', min: 0}),
   'max-lock-wait': Flags.integer({default: 120, description: 'Seconds to keep retrying locks (and waiting for long transactions) before giving up.', min: 1}),
   'migrations-dir': Flags.string({description: 'Use migration files from this folder instead of the packaged ones.'}),
-  'progress-interval': Flags.integer({default: DEFAULT_PROGRESS_INTERVAL_S, description: 'Without a terminal (piped, CI): seconds between two progress lines of a step; each step also logs its last state.', max: 3600, min: 1}),
+  'progress-interval': Flags.integer({
+    default: DEFAULT_PROGRESS_INTERVAL_S, description: 'Without a terminal (piped, CI): seconds between two progress lines of a step (0: every change); each step also logs its last state.',
+    env: 'NSELF_E2EE_PROGRESS_INTERVAL', max: 3600, min: 0,
+  }),
 }
 
 export const backupFlags = {
