@@ -1,7 +1,7 @@
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
 import {type BackupInfo, type ListedBackup, manifestPathFor, verifyBackup} from '../steps/backup.js'
-import {createdTables} from '../migrations/plan.js'
+import {existingTables} from '../migrations/plan.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
@@ -37,8 +37,8 @@ export interface DryRunSummary {
   forecastMs: number | null
   restoreMs: number | null
   leftOut: DryRunReport['leftOut']
-  /** Tables the migrations to apply create: locks on them hold up no live traffic. */
-  createdTables: string[]
+  /** The tables the statements lock that exist in production now: live traffic can wait on those locks. */
+  existingTables: string[]
   /** Every statement of every migration: where it runs, the locks it took on which tables, and its time on the clone. */
   statements: Array<{migration: string; line: number; statement: string; inTransaction: boolean; runsAlone: string | null; locks: Array<{table: string; mode: string}>; ms: number}>
   verification: {ok: boolean; checks: number; failures: string[]} | null
@@ -56,6 +56,7 @@ interface Ctx {
   backup?: BackupInfo | ListedBackup
   taken: boolean
   dry?: DryRunReport
+  existing?: string[]
   startedAt: number
   timings: Record<string, number>
 }
@@ -105,6 +106,8 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
           plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
           sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
         })
+        const locked = (c.dry.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
+        c.existing = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
         task.title = c.dry.failure
           ? `Dry run on ${c.dry.clone}: WOULD FAIL`
           : `Dry run on ${c.dry.clone}: applied in ${fmtMs(c.dry.applyMs)}, verified${c.dry.kept ? ' (kept)' : ', dropped'}`
@@ -145,7 +148,7 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
   return {
     backup: c.backup ? {file: c.backup.file, taken: c.taken} : null,
     clone: d?.clone ?? null,
-    createdTables: [...new Set([...ins.plan.toApply.flatMap((m) => createdTables(m)), ...statements.flatMap((s) => /^CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(\w+)/i.exec(s.statement)?.[1] ?? [])])],
+    existingTables: c.existing ?? [],
     current: ins.plan.current,
     database: o.target.conn.database,
     failure: d?.failure ?? null,

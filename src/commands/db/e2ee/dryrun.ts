@@ -58,7 +58,7 @@ Reports each statement with the locks it took and whether it ran inside a transa
 
   /** One line per migration, then only the statements live traffic can wait for: locks on tables that exist now. */
   private outlineStatements(s: DryRunSummary): void {
-    const created = new Set(s.createdTables)
+    const existing = new Set(s.existingTables)
     this.say('')
     for (const name of s.wouldApply) {
       const mine = s.statements.filter((st) => st.migration === name)
@@ -66,11 +66,11 @@ Reports each statement with the locks it took and whether it ran inside a transa
       const ms = mine.reduce((t, st) => t + st.ms, 0)
       this.say(`  ${name.padEnd(20)} ${plural(mine.length, 'statement')} in ${fmtMs(ms)} (${inTx} in one transaction${inTx < mine.length ? `, ${mine.length - inTx} alone` : ''})`)
     }
-    const locking = s.statements.filter((st) => st.locks.some((l) => !created.has(l.table)))
+    const locking = s.statements.filter((st) => st.locks.some((l) => existing.has(l.table)))
     this.say('')
     this.say(locking.length ? 'Statements that lock existing tables (live reads and writes can wait on these):' : 'No statement locks a table that exists now.')
     for (const st of locking) {
-      const locks = st.locks.filter((l) => !created.has(l.table)).map((l) => `${l.mode} on ${l.table}`).join(', ')
+      const locks = st.locks.filter((l) => existing.has(l.table)).map((l) => `${l.mode} on ${l.table}`).join(', ')
       this.say(`  ${st.migration.slice(0, 3)} line ${String(st.line).padEnd(4)} ${st.inTransaction ? 'in tx' : 'alone'} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]`)
     }
     this.say('  (every statement with its locks: --verbose or --json)')
