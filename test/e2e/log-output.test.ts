@@ -3,6 +3,7 @@
 import {describe, expect, it} from 'vitest'
 
 import {connect} from '../helpers/fixture.js'
+import {migrateAndSeed} from '../helpers/maintain.js'
 import {e2eScope, localArgs, parseJson, runCli} from '../helpers/cli.js'
 
 const {backupDir, fresh} = e2eScope()
@@ -182,5 +183,27 @@ describe('output made for logs (piped, CI)', () => {
     expectNoRepeats(rb.stdout)
     const rs = stepsLine(rb.stdout)
     expect(rs.total).toBeGreaterThanOrEqual(Math.max(...rs.steps))
+  })
+
+  it('maintain cleanup: each table\'s time and the total beside the time of the deletes; elapsedMs in --json', async () => {
+    const db = await fresh({messages: 100})
+    await migrateAndSeed(db.name, {auditRows: 3000, devices: 20, prekeysPerDevice: 20})
+    const r = await runCli(['db', 'e2ee', 'maintain', 'cleanup', '--yes', ...localArgs(db.name)])
+    expect(r.code, r.stderr).toBe(0)
+    const tables = r.stdout.split('\n').filter((l) => /: deleted \d+ of \d+/.test(l))
+    expect(tables).toHaveLength(2)
+    const times = tables.map((l) => parseMs(/ of \d+ in ([^,]+), /.exec(l)![1]))
+    const m = /^Deleted \d+ row\(s\) in ([^(]+) \(total ([^,]+), counting and confirmation included\)\.$/m.exec(r.stdout)
+    expect(m, r.stdout).not.toBeNull()
+    expect(parseMs(m![2])).toBeGreaterThanOrEqual(parseMs(m![1]) - 100)
+    expect(parseMs(m![2])).toBeGreaterThanOrEqual(Math.max(...times) - 100)
+
+    const other = await fresh({messages: 100})
+    await migrateAndSeed(other.name, {auditRows: 300, devices: 2, prekeysPerDevice: 2})
+    const json = await runCli(['db', 'e2ee', 'maintain', 'cleanup', '--yes', '--json', ...localArgs(other.name)])
+    expect(json.code, json.stderr).toBe(0)
+    const doc = parseJson(json.stdout)
+    expect(doc.deleted).toBeGreaterThan(0)
+    expect(doc.elapsedMs).toBeGreaterThanOrEqual(doc.durationMs)
   })
 })
