@@ -25,16 +25,19 @@ export function logLine(tag: string, text: string): void {
 }
 
 /**
- * Passes on at most one line per `intervalMs` and never the line it passed last; a line held back is written when
- * its interval ends (or at `flush`) unless a newer one replaced it. The step's final state is never lost.
+ * Passes on at most one line per `intervalMs`, counted from the step's start (a step shorter than the interval
+ * shows only its last state), and never the line it passed last; a line held back is written when its interval
+ * ends (or at `flush`) unless a newer one replaced it. The step's final state is never lost.
  */
 export class ProgressThrottle {
-  private lastAt = Number.NEGATIVE_INFINITY
+  private lastAt: number
   private last: string | null = null
   private pending: string | null = null
   private timer: NodeJS.Timeout | null = null
 
-  constructor(private readonly write: (line: string) => void, private readonly intervalMs: number, private readonly now: () => number = Date.now) {}
+  constructor(private readonly write: (line: string) => void, private readonly intervalMs: number, private readonly now: () => number = Date.now) {
+    this.lastAt = now()
+  }
 
   push(line: string): void {
     if (line === this.last) {

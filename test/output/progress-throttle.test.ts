@@ -11,18 +11,19 @@ function throttled(intervalMs: number) {
 }
 
 describe('ProgressThrottle', () => {
-  it('passes the first line, then at most one per interval, and the last one held back at flush', () => {
+  it('passes at most one line per interval from the start, and the last one held back at flush', () => {
     const {advance, out, t} = throttled(5000)
     for (let i = 1; i <= 100; i++) {
       t.push(`${i} kB written`)
       advance(120) // 100 ticks in 12 s
     }
     t.flush()
-    expect(out).toEqual(['1 kB written', '43 kB written', '85 kB written', '100 kB written'])
+    expect(out).toEqual(['43 kB written', '85 kB written', '100 kB written'])
   })
 
   it('never repeats the line it passed last, however often it comes', () => {
     const {advance, out, t} = throttled(1000)
+    advance(1000)
     t.push('10.1 MB written')
     for (let i = 0; i < 26; i++) {
       advance(1500)
@@ -33,11 +34,21 @@ describe('ProgressThrottle', () => {
   })
 
   it('drop forgets the line held back (a note said more), so flush writes nothing', () => {
-    const {out, t} = throttled(1000)
+    const {advance, out, t} = throttled(1000)
+    advance(1000)
     t.push('restoring: 1/46')
     t.push('restoring: 46/46')
     t.drop()
     t.flush()
     expect(out).toEqual(['restoring: 1/46'])
+  })
+})
+
+describe('ProgressThrottle with interval 0', () => {
+  it('passes every change at once, still never the same line twice', () => {
+    const {out, t} = throttled(0)
+    for (const l of ['a', 'a', 'b', 'b', 'c']) t.push(l)
+    t.flush()
+    expect(out).toEqual(['a', 'b', 'c'])
   })
 })
