@@ -13,6 +13,7 @@ import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../step
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
 import {existingRelations, type HasuraResult, writeHasuraMetadata} from '../hasura/metadata.js'
+import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
@@ -52,6 +53,8 @@ export interface MigrateSummary {
   vacuumed: string[]
   preflight: PreflightReport['checks']
   timings: Record<string, number>
+  /** Wall-clock time of the whole run, from before the command lock to the summary (confirmation included). */
+  elapsedMs: number
   warnings: string[]
   /** The Hasura metadata written to the project, and what the operator still has to run. */
   hasura: HasuraResult | null
@@ -67,6 +70,7 @@ interface Ctx {
   run?: RunReport
   verify?: VerifyReport
   vacuumed: string[]
+  startedAt: number
   timings: Record<string, number>
   warnings: string[]
 }
@@ -77,7 +81,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
     throw new UserError('--skip-backup needs --yes: migrating without a fresh backup leaves no way back but the down files.', {exitCode: 2})
   }
   assertCanConfirm(o.yes, 'Migrating the production database')
-  const ctx: Ctx = {timings: {}, vacuumed: [], warnings: []}
+  const ctx: Ctx = {startedAt: Date.now(), timings: {}, vacuumed: [], warnings: []}
   // One command at a time on this database, whatever the command; held until the end, also on failure.
   const lock = await beginChangingCommand(o.target, {command: 'migrate', waitMs: o.runLockWaitMs})
   const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
@@ -105,7 +109,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         skip: (c) => nothing(c) || (o.skipBackup ? 'skipped (--skip-backup): NO BACKUP WAS TAKEN' : false),
         task: async (c, task) => timed(c, 'backup', async () => {
           await guard(c.ins!.sql)
-          c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, purpose: 'pre-migration', target: o.target, tools: c.tools!})
+          c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'pre-migration', target: o.target, tools: c.tools!})
           task.title = `Backup: ${c.backup.file} (${fmtBytes(c.backup.bytes)}, verified)`
         }),
         title: 'Backup',
@@ -117,7 +121,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
           await guard(ins.sql)
           c.dry = await dryRun({
             backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-            plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+            plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
           })
           if (c.dry.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${c.dry.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
           task.title = `Dry run: applied and verified on ${c.dry.clone} in ${fmtMs(c.dry.applyMs)} (restore ${fmtMs(c.dry.restoreMs)})${c.dry.kept ? ', kept' : ', dropped'}`
@@ -143,7 +147,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         task: async (c, task) => timed(c, 'apply', async () => {
           const t0 = Date.now()
           c.run = await migrateUp({
-            ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: (l) => { task.output = l },
+            ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: progressOf(task),
             schema: ins.plan.appSchema, sql: ins.sql, to: o.to,
           })
           if (c.run.migrations.length === 0) {
@@ -172,7 +176,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         skip: (c) => (appliedNothing(c) ? 'skipped: this run applied nothing' : false),
         task: async (c, task) => timed(c, 'vacuum', async () => {
           await guard(ins.sql)
-          const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => { task.output = l })
+          const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, progressOf(task))
           c.vacuumed = done.map((d) => d.table)
           task.title = `Vacuum: VACUUM ANALYZE of ${plural(c.vacuumed.length, 'table')}`
         }),
@@ -212,6 +216,7 @@ function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummar
     backup: c.backup ? {bytes: c.backup.bytes, file: c.backup.file, sha256: c.backup.manifest.sha256} : null,
     before: ins.plan.current,
     database: o.target.conn.database,
+    elapsedMs: Date.now() - c.startedAt,
     dryrun: c.dry ? {clone: c.dry.clone, forecastMs: c.dry.applyMs, kept: c.dry.kept, leftOut: c.dry.leftOut, restoreMs: c.dry.restoreMs} : null,
     lockRetries: c.run?.migrations.reduce((n, m) => n + m.lockRetries, 0) ?? 0,
     nothingToDo,

@@ -15,6 +15,7 @@ import {compareWithBackup, describeLoss, rows, type TableLoss} from '../steps/lo
 import {TOUCHED_TABLES} from '../steps/preflight.js'
 import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
 import {validateIdentifier} from '../target/target.js'
+import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
@@ -59,6 +60,8 @@ export interface RollbackSummary {
   kept: {database: string; dropWith: string} | null
   swapWindowMs: number | null
   timings: Record<string, number>
+  /** Wall-clock time of the whole run, from before the command lock to the summary (confirmation included). */
+  elapsedMs: number
   /** The project's Hasura metadata brought in line with what is left. */
   hasura?: HasuraResult
 }
@@ -80,16 +83,18 @@ interface Ctx {
 export async function runRollback(o: RollbackOptions): Promise<RollbackSummary> {
   assertCanConfirm(o.yes, 'Rolling back the production database')
   // One command at a time on this database (a swap replaces it: the lock lives in the maintenance database).
+  const startedAt = Date.now()
   const lock = await beginChangingCommand(o.target, {command: 'rollback', waitMs: o.runLockWaitMs})
   try {
-    return await (o.strategy === 'restore' ? rollbackRestore(o, lock) : rollbackDown(o, lock))
+    const s = await (o.strategy === 'restore' ? rollbackRestore(o, lock) : rollbackDown(o, lock))
+    return {...s, elapsedMs: Date.now() - startedAt}
   } finally {
     await lock.release()
   }
 }
 
 /** Rollback option 1 of the guide, done safely (D7): restore beside, check, then swap names in one short step. */
-async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<RollbackSummary> {
+async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<Omit<RollbackSummary, 'elapsedMs'>> {
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
   const admin = lock.admin
@@ -155,7 +160,7 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
         task: async (c, task) => timed(c, 'restore', async () => {
           c.restored = await restoreIntoNewDatabase({
             admin, backup: c.backup!, jobs: o.jobs, log: (l) => { task.output = l },
-            onProgress: (p) => { task.output = `restoring: ${p.done}/${p.total} archive entries` }, target: o.target, tools: c.tools!,
+            onProgress: (p) => progressOf(task)(`restoring: ${p.done}/${p.total} archive entries`), target: o.target, tools: c.tools!,
           })
           const rsql = connect(o.target.conn, {database: c.restored.name, max: 1})
           try {
@@ -284,7 +289,7 @@ function versionList(ins: Inspection): string {
   return ins.migrations.map((m) => String(m.version).padStart(3, '0')).join(', ')
 }
 
-function nothingToRollBack(o: RollbackOptions, ins: Inspection): RollbackSummary {
+function nothingToRollBack(o: RollbackOptions, ins: Inspection): Omit<RollbackSummary, 'elapsedMs'> {
   return {
     after: ins.plan.current, backup: null, before: ins.plan.current, database: o.target.conn.database, kept: null, lost: [], ok: true,
     reverted: [], strategy: o.strategy, swapWindowMs: null, timings: {},
@@ -338,7 +343,7 @@ async function rowsInNewColumns(ins: Inspection, versions: number[]): Promise<Lo
 }
 
 /** Rollback option 2 of the guide, done completely (D6): safety backup, then every down file newest first. */
-async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<RollbackSummary> {
+async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Omit<RollbackSummary, 'elapsedMs'>> {
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
   const runner = {beforeWrite: (q: Parameters<CommandLock['assertSameDatabase']>[0]) => lock.assertSameDatabase(q), lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
@@ -366,7 +371,7 @@ async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Roll
         task: async (c, task) => timed(c, 'backup', async () => {
           await lock.assertSameDatabase(ins.sql)
           c.tools = await PgTools.create(o.target)
-          c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'pre-rollback', target: o.target, tools: c.tools})
+          c.backup = await backupProduction({ins, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'pre-rollback', target: o.target, tools: c.tools})
           task.title = `Safety backup: ${c.backup.file}`
         }),
         title: 'Safety backup',

@@ -40,7 +40,8 @@ export class CliRun {
 
   constructor(args: string[], env: Record<string, string | undefined>, timeoutMs = 900_000) {
     this.child = spawn(process.execPath, [BIN, 'db', 'e2ee', ...args], {
-      env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', ...env},
+      // Every progress line (the scenarios wait for particular ones), as CI logs would hold them with interval 0.
+      env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', NSELF_E2EE_PROGRESS_INTERVAL: '0', ...env},
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     this.child.stdout!.on('data', (d) => { this.stdout += d })
