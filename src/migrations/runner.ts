@@ -75,21 +75,21 @@ type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'be
   log: (l: string) => void
   progress: (l: string) => void
   /** Set once the run lock is held: throws when its session was lost (another run could now start). */
-  lockHeld?: () => void
+  lockHeld?: (what: string) => void
 }
 
 /** Where a run may stop: Ctrl+C, or the run lock gone with its session. */
 function checkpoint(o: Resolved, what: string): void {
   throwIfCancelled(what)
-  o.lockHeld?.()
+  o.lockHeld?.(what)
 }
 
 class RunLockLost extends UserError {}
 
 function watchRunLock(o: Resolved, lock: RunLock): void {
-  o.lockHeld = () => {
+  o.lockHeld = (what) => {
     if (lock.lost()) {
-      throw new RunLockLost('The session holding this run\'s lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped: another run could start beside it.', {
+      throw new RunLockLost(`The session holding this run's lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped at ${what}: another run could start beside it.`, {
         hint: 'Check the server, then run the same command again; `nself db e2ee status` shows where the database stands.',
       })
     }
@@ -166,6 +166,9 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
         o.log(`applied ${m.name} in ${mr.durationMs} ms`)
       }
     } catch (error) {
+      if (error instanceof RunLockLost && committed.length === 0) {
+        throw new RunLockLost(`${error.message.replace(/\.$/, '')}; nothing this run applied had committed, so the database is as it was before (at ${plan.current ?? 'no migration'}).`, {hint: error.hint})
+      }
       if (!o.revertOnFailure || committed.length === 0) throw error
       const reason = error instanceof UserError ? error : toUserError(error)
       o.log(`undoing what this run applied (${committed.map((m) => m.name).join(', ')})…`)

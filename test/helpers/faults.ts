@@ -87,6 +87,13 @@ export async function toolSessions(cluster: PrivateCluster): Promise<Array<{pid:
     where application_name like 'nself-e2ee-%' and backend_type = 'client backend' and pid <> pg_backend_pid()`)
 }
 
+/** The tool's sessions waiting for a heavyweight lock, each with the start of the query that waits. */
+async function sessionsWaitingOnLock(cluster: PrivateCluster): Promise<Array<{pid: number; since: string}>> {
+  return cluster.with('postgres', (sql) => sql<{pid: number; since: string}[]>`
+    select pid, query_start::text as since from pg_stat_activity
+    where application_name like 'nself-e2ee-%' and backend_type = 'client backend' and wait_event_type = 'Lock' and pid <> pg_backend_pid()`)
+}
+
 /** True when one of the tool's sessions waits for a heavyweight lock, on a query matching `pattern` (if given). */
 export async function toolWaitsOnLock(cluster: PrivateCluster, pattern?: RegExp): Promise<boolean> {
   const sessions = await toolSessions(cluster)
@@ -154,11 +161,18 @@ export async function deliver(fault: Fault, run: CliRun, cluster: PrivateCluster
       run.signal('SIGKILL')
       return
     case 'Ctrl+C':
-      run.signal('SIGINT')
+    case 'SIGTERM': {
+      const waiting = await sessionsWaitingOnLock(cluster)
+      run.signal(fault === 'Ctrl+C' ? 'SIGINT' : 'SIGTERM')
+      // The test's holds are released after this: first let the CLI act on the signal, or a query it should
+      // have cancelled would get its lock and finish the step instead (and the row would test the next one).
+      await until(`the CLI to act on ${fault} (stop waiting for the locks it waited for, or exit)`, async () => {
+        if (run.exited) return true
+        const now = await sessionsWaitingOnLock(cluster)
+        return !now.some((s) => waiting.some((w) => w.pid === s.pid && w.since === s.since))
+      }, {timeoutMs: 120_000})
       return
-    case 'SIGTERM':
-      run.signal('SIGTERM')
-      return
+    }
     case 'sessions ended': {
       run.atFault = run.output
       const ended = await cluster.with('postgres', (sql) => sql<{pid: number}[]>`
