@@ -134,8 +134,10 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
     let undoing: Promise<UndoOutcome> | undefined
     const undo = () => (undoing ??= undoCommitted(o, plan, [...committed].reverse(), applied))
     const unregister = o.revertOnFailure ? registerUndo(async () => (await undo()).sentence) : () => {}
+    let at = 'the migrations'
     try {
       for (const m of plan.toApply) {
+        at = `migration ${m.name}`
         checkpoint(o, `migration ${m.name}`)
         const status = plan.migrations.find((s) => s.version === m.version)!
         o.log(`applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`)
@@ -166,8 +168,14 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
         o.log(`applied ${m.name} in ${mr.durationMs} ms`)
       }
     } catch (error) {
+      const unchanged = `nothing this run applied had committed, so the database is as it was before (at ${plan.current ?? 'no migration'})`
       if (error instanceof RunLockLost && committed.length === 0) {
-        throw new RunLockLost(`${error.message.replace(/\.$/, '')}; nothing this run applied had committed, so the database is as it was before (at ${plan.current ?? 'no migration'}).`, {hint: error.hint})
+        throw new RunLockLost(`${error.message.replace(/\.$/, '')}; ${unchanged}.`, {hint: error.hint})
+      }
+      if (committed.length === 0 && !(error instanceof UserError)) {
+        // A server gone between statements (a restart while the run waited): name the migration and the state.
+        const inner = toUserError(error)
+        throw new UserError(`Applying ${at} stopped: ${inner.message.replace(/\.$/, '')}; ${unchanged}.`, {cause: error, hint: inner.hint})
       }
       if (!o.revertOnFailure || committed.length === 0) throw error
       const reason = error instanceof UserError ? error : toUserError(error)

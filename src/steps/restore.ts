@@ -65,7 +65,7 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
   const dropOnce = () => {
     // Shared while in flight only: a drop that ran before CREATE DATABASE committed (Ctrl+C at that moment)
     // must be able to run again.
-    dropping ??= withRetry(() => dropDatabase(admin, name)).finally(() => {
+    dropping ??= dropDatabase(admin, name).finally(() => {
       dropping = undefined
     })
     return dropping
@@ -320,7 +320,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     }
     if (names && names.includes(live) && names.includes(replacement) && !names.includes(keptName)) {
       if (isCancelled()) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
-      throw new UserError(`Swapping ${replacement} in for ${live} did not commit (${cause}), so ${untouched}.`, {cause: error})
+      throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
     }
     throw new UserError(`Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`, {cause: error})
   } finally {

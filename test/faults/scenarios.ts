@@ -355,23 +355,10 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
   }
 }
 
-/**
- * Rows that fail today (docs/reliability.md, "Open rows"): product defects of issue 9 still open. They are left out
- * of `npm test` and `npm run faults` so that CI proves every other row, and run with FAULT_OPEN=1.
- */
-export const OPEN_ROWS: Record<Fault, string[]> = {
-  'Ctrl+C': ['preflight', 'vacuum', 'rollback swap'],
-  'kill -9': ['rollback swap'],
-  'server restart': SCENARIOS.map((s) => s.step),
-  'sessions ended': ['preflight', 'backup', 'apply, waiting on a lock', 'verify', 'rollback swap'],
-  SIGTERM: ['preflight', 'vacuum', 'rollback swap'],
-}
-
-/** The rows of the table for one fault: every step (but the open ones), on a private cluster started for the file. */
+/** The rows of the table for one fault: every step (FAULT_STEP=<part of a step's name> picks some), on a private cluster started for the file. */
 export function faultTable(fault: Fault): void {
   const only = process.env.FAULT_STEP
-  const open = process.env.FAULT_OPEN === '1'
-  const rows = SCENARIOS.filter((s) => (!only || s.step.includes(only)) && (open || !OPEN_ROWS[fault].includes(s.step)))
+  const rows = SCENARIOS.filter((s) => !only || s.step.includes(only))
   describe(fault, () => {
     let cluster: PrivateCluster
     beforeAll(async () => { cluster = await PrivateCluster.start() }, 300_000)
