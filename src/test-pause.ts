@@ -9,7 +9,8 @@ import {isCancelled} from './cancel.js'
  * `NSELF_E2EE_TEST_RESUME` exists (forever when that is unset), so a test can kill -9 it, or start a second
  * command, at exactly that moment instead of guessing with sleeps. Unset (as it always is outside the tests)
  * this does nothing. The points: `backup:partial-written`, `dryrun:clone-restored`, `rollback:before-swap`,
- * `swap:renamed` (inside the swap's transaction, both renames done, not committed). Ctrl+C or SIGTERM ends the
+ * `swap:renamed` (inside the swap's transaction, both renames done, not committed), `rollback:swapped` (the swap
+ * committed, before the rollback's last step). Ctrl+C or SIGTERM ends the
  * pause as it would end real work there: the code after the point then sees the run cancelled.
  */
 export async function testPause(point: string): Promise<void> {

@@ -197,6 +197,7 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
           c.kept = r.keptName
           c.windowMs = r.windowMs
           task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
+          await testPause('rollback:swapped')
         }),
         title: 'Swap the databases',
       },

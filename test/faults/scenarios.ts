@@ -175,6 +175,15 @@ export const SCENARIOS: Scenario[] = [
       c.holds.push({release: async () => { writeFileSync(c.resumeFile, '') }})
     },
   },
+  {
+    command: 'rollback', names: /swap/i, phase: 'rollback swap', step: 'rollback swap, just committed',
+    // The same, a moment later: the swap has committed and the rollback has not ended yet.
+    env: (c) => ({NSELF_E2EE_TEST_PAUSE: 'rollback:swapped', NSELF_E2EE_TEST_RESUME: c.resumeFile}),
+    reach: async (c) => {
+      await until('the rollback to pause after its swap committed', () => c.run!.stderr.includes('[test-pause] rollback:swapped'), {run: c.run})
+      c.holds.push({release: async () => { writeFileSync(c.resumeFile, '') }})
+    },
+  },
 ]
 
 // ------------------------------------------------------------------------------------------------------------
