@@ -13,7 +13,7 @@ import {checkPlainDump, newestPlainDumpSource} from '../steps/nself-dumps.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {compareWithBackup, describeLoss, rows, type TableLoss} from '../steps/loss.js'
 import {TOUCHED_TABLES} from '../steps/preflight.js'
-import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
+import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, SwapCommittedError, swapDatabases} from '../steps/restore.js'
 import {validateIdentifier} from '../target/target.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
@@ -233,7 +233,7 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
       hasura: ctx.hasura,
     }
   } catch (error) {
-    if (ctx.restored && !ctx.kept) {
+    if (ctx.restored && !ctx.kept && !(error instanceof SwapCommittedError)) {
       // Say what is true: the restored copy is gone, or still there (and removed by the next command).
       const dropped = await ctx.restored.drop().then(() => `the restored copy ${ctx.restored!.name} was dropped`, (dropError: unknown) =>
         `the restored copy ${ctx.restored!.name} could not be dropped (${toUserError(dropError).message.replace(/\.$/, '')}); the next nself db e2ee command drops it`)

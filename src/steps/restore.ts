@@ -163,6 +163,9 @@ export function keptDatabaseName(database: string, date = new Date()): string {
   return head + suffix
 }
 
+/** The swap reported an error although it committed: the restored database is live under the live name. */
+export class SwapCommittedError extends UserError {}
+
 export interface SwapOptions {
   /** A pool (at least 2 connections) on a maintenance database (e.g. "postgres"), neither `live` nor `replacement`. */
   admin: Sql
@@ -316,9 +319,10 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     const names = await namesNow().catch(() => undefined)
     if (names && names.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
       // The commit went through although the client saw an error (e.g. the connection broke on COMMIT).
-      throw new UserError(`The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`, {cause: error})
+      throw new SwapCommittedError(`The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`, {cause: error})
     }
-    if (names && names.includes(live) && names.includes(replacement) && !names.includes(keptName)) {
+    // Not committed: no kept database (the replacement may be gone already, dropped by a Ctrl+C handler).
+    if (names && names.includes(live) && !names.includes(keptName)) {
       if (isCancelled()) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
       throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
     }
