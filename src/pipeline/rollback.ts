@@ -1,4 +1,4 @@
-import {toUserError, UserError} from '../errors.js'
+import {CancelledError, interrupted, interruption, toUserError, UserError} from '../errors.js'
 import {createdTables, existingTables} from '../migrations/plan.js'
 import {activeLedgerRows, readLedgerVersion} from '../migrations/ledger.js'
 import {migrateDown, type RunReport} from '../migrations/runner.js'
@@ -13,7 +13,7 @@ import {checkPlainDump, newestPlainDumpSource} from '../steps/nself-dumps.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {compareWithBackup, describeLoss, rows, type TableLoss} from '../steps/loss.js'
 import {TOUCHED_TABLES} from '../steps/preflight.js'
-import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
+import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, SwapCommittedError, swapDatabases} from '../steps/restore.js'
 import {validateIdentifier} from '../target/target.js'
 import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
@@ -202,25 +202,27 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<O
           c.kept = r.keptName
           c.windowMs = r.windowMs
           task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
+          await testPause('rollback:swapped')
         }),
         title: 'Swap the databases',
       },
       {
         task: async (c, task) => {
-          const sql = await connectChecked(o.target.conn, {max: 1})
-          try {
-            c.after = await readLedgerVersion(sql, o.target.schema)
-            const schema = c.ins!.plan.appSchema
-            c.hasura = syncHasuraMetadata(o.target.projectDir, schema, await existingRelations(sql, schema))
-          } finally {
-            await sql.end({timeout: 2})
-          }
+          await afterSwap(o, c)
           task.title = `Status: ${db} is at migration ${c.after ?? 'none'}`
         },
         title: 'Status',
       },
     ]
-    await runSteps(after, ctx, o.json)
+    try {
+      await runSteps(after, ctx, o.json)
+    } catch (error) {
+      if (!(ctx.kept && error instanceof CancelledError)) throw error
+      // Ctrl+C or SIGTERM came after the swap had committed: the rollback is done; finish its bookkeeping and say so.
+      const status = await afterSwap(o, ctx).then(() => `at migration ${ctx.after ?? 'none'}`, () => 'its migration could not be read')
+      throw interrupted(`Interrupted by ${interruption().by} after the swap had committed: ${db} now holds the restored backup (${status}) and the replaced database is kept as ${ctx.kept}.`,
+        `Drop ${ctx.kept} when it is no longer needed: DROP DATABASE ${quoteIdent(ctx.kept)};`)
+    }
     return {
       after: ctx.after ?? null,
       backup: {created_at: ctx.backup!.manifest.created_at, file: ctx.backup!.file, ledger_version: ctx.backup!.manifest.ledger_version},
@@ -236,7 +238,7 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<O
       hasura: ctx.hasura,
     }
   } catch (error) {
-    if (ctx.restored && !ctx.kept) {
+    if (ctx.restored && !ctx.kept && !(error instanceof SwapCommittedError)) {
       // Say what is true: the restored copy is gone, or still there (and removed by the next command).
       const dropped = await ctx.restored.drop().then(() => `the restored copy ${ctx.restored!.name} was dropped`, (dropError: unknown) =>
         `the restored copy ${ctx.restored!.name} could not be dropped (${toUserError(dropError).message.replace(/\.$/, '')}); the next nself db e2ee command drops it`)
@@ -247,6 +249,18 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<O
     throw error
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+  }
+}
+
+/** After the swap: the ledger of the restored database, and the project's Hasura metadata in line with it. */
+async function afterSwap(o: RollbackOptions, c: Ctx): Promise<void> {
+  const sql = await connectChecked(o.target.conn, {max: 1})
+  try {
+    c.after = await readLedgerVersion(sql, o.target.schema)
+    const schema = c.ins!.plan.appSchema
+    c.hasura = syncHasuraMetadata(o.target.projectDir, schema, await existingRelations(sql, schema))
+  } finally {
+    await sql.end({timeout: 2})
   }
 }
 

@@ -1,6 +1,6 @@
 import {Listr, type ListrTask} from 'listr2'
 
-import {CancelledError, interrupted, interruption} from '../errors.js'
+import {CancelledError, interrupted, interruption, isConnectionLost, toUserError, UserError} from '../errors.js'
 import {isCancelled} from '../cancel.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
@@ -56,4 +56,20 @@ export function backupProduction(o: {ins: Inspection; target: Target; tools: PgT
     onProgress: (bytes) => progress(`${fmtBytes(bytes)} written`), purpose: o.purpose, schema: o.ins.plan.appSchema,
     sql: o.ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: o.tools,
   })
+}
+
+/**
+ * `fn`, with a lost server connection reported as the step it stopped: "`what` could not finish: the connection
+ * to PostgreSQL was lost (…); `state`." (`state` says what is true of the database afterwards.)
+ */
+export async function namingTheStep<T>(what: string, state: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn()
+  } catch (error) {
+    if (error instanceof CancelledError) throw error
+    const lost = isConnectionLost(error) ? error : error instanceof UserError && isConnectionLost(error.cause) ? error.cause : undefined
+    if (lost === undefined) throw error
+    const inner = toUserError(lost)
+    throw new UserError(`${what} could not finish: ${inner.message.replace(/\.$/, '')}; ${state}.`, {cause: error, hint: inner.hint})
+  }
 }

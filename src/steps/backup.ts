@@ -6,7 +6,7 @@ import path from 'node:path'
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
-import {APP_NAME, connect, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
+import {APP_NAME, connect, openSession, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
@@ -554,41 +554,61 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
    * rows, so the manifest's counts are exactly what the dump holds, whatever the app writes meanwhile.
    */
   async function dumpInSnapshot(compressionArgs: string[]): Promise<InSnapshot> {
-    return sql.begin('isolation level repeatable read read only', async (tx) => {
-      const [{snapshot, pid, at}] = await tx<{snapshot: string; pid: number; at: number}[]>`
-        select pg_export_snapshot() as snapshot, pg_backend_pid() as pid, extract(epoch from now())::float8 as at`
-      const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
-      let stop = false
-      let counting: Promise<void> = Promise.resolve()
-      // A failed or cancelled dump stops the count on the server: postgres.js's own query.cancel() on a query
-      // still queued in a transaction can leave the transaction's ROLLBACK waiting forever.
-      dump.catch(async () => {
-        stop = true
-        await sql`select pg_cancel_backend(${pid})`.catch(() => {})
-      })
-      const counts: Record<string, number> = {}
-      // The ledger version too: another run may have applied a migration since the caller read it.
-      let ledger = opts.ledgerVersion
-      counting = (async () => {
-        for (const table of existing) {
-          if (stop) return
-          const [{n}] = await tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
-          counts[table] = Number(n)
-        }
-        if (!stop) ledger = await readLedgerVersion(tx, opts.schema)
-      })()
-      counting.catch(() => {})
-      let result: DumpResult
+    // A session of its own, not sql.begin: postgres.js crashes the process when a transaction's connection dies
+    // and the transaction goes on (porsager/postgres 1208). A lost session is never written to again.
+    const session = await openSession(sql)
+    const tx = session.sql
+    const alive = () => {
+      if (session.lost) throw Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
+    }
+    try {
+      await tx.unsafe('begin isolation level repeatable read read only')
       try {
-        result = await dump
+        alive()
+        const [{snapshot, pid, at}] = await tx<{snapshot: string; pid: number; at: number}[]>`
+          select pg_export_snapshot() as snapshot, pg_backend_pid() as pid, extract(epoch from now())::float8 as at`
+        const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
+        let stop = false
+        let counting: Promise<void> = Promise.resolve()
+        // A failed or cancelled dump stops the count on the server: postgres.js's own query.cancel() on a query
+        // still queued in a transaction can leave the transaction's ROLLBACK waiting forever.
+        dump.catch(async () => {
+          stop = true
+          await sql`select pg_cancel_backend(${pid})`.catch(() => {})
+        })
+        const counts: Record<string, number> = {}
+        // The ledger version too: another run may have applied a migration since the caller read it.
+        let ledger = opts.ledgerVersion
+        counting = (async () => {
+          for (const table of existing) {
+            if (stop) return
+            alive()
+            const [{n}] = await tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
+            counts[table] = Number(n)
+          }
+          alive()
+          if (!stop) ledger = await readLedgerVersion(tx, opts.schema)
+        })()
+        counting.catch(() => {})
+        let result: DumpResult
+        try {
+          result = await dump
+        } catch (error) {
+          // Let the (cancelled) count settle before the transaction ends, so its ROLLBACK is not queued behind it.
+          await counting.catch(() => {})
+          throw error
+        }
+        await counting
+        alive()
+        await tx.unsafe('commit')
+        return {ledger, result, rowCounts: counts, snapshotAt: new Date(Number(at) * 1000).toISOString()}
       } catch (error) {
-        // Let the (cancelled) count settle before the transaction ends, so its ROLLBACK is not queued behind it.
-        await counting.catch(() => {})
+        if (!session.lost) await tx.unsafe('rollback').catch(() => {})
         throw error
       }
-      await counting
-      return {ledger, result, rowCounts: counts, snapshotAt: new Date(Number(at) * 1000).toISOString()}
-    }) as Promise<InSnapshot>
+    } finally {
+      await session.close()
+    }
   }
 
   async function streamDump(compressionArgs: string[]): Promise<DumpResult> {

@@ -4,7 +4,7 @@ import path from 'node:path'
 import {createInterface} from 'node:readline'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, UserError, toUserError} from '../errors.js'
+import {CancelledError, isConnectionLost, UserError, toUserError} from '../errors.js'
 import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
@@ -230,9 +230,20 @@ export async function createDatabaseLike(admin: Sql, name: string, live: Databas
 /** End every session on `name` and drop it (WITH (FORCE) from PostgreSQL 13). */
 export async function dropDatabase(admin: Sql, name: string): Promise<void> {
   validateIdentifier(name, 'database')
-  const [{num}] = await admin<{num: number}[]>`select current_setting('server_version_num')::int as num`
-  await admin`select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
-  await admin.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}${num >= 130_000 ? ' WITH (FORCE)' : ''}`)
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const [{num}] = await admin<{num: number}[]>`select current_setting('server_version_num')::int as num`
+      await admin`select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
+      await admin.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}${num >= 130_000 ? ' WITH (FORCE)' : ''}`)
+      return
+    } catch (error) {
+      // The server ended admin's sessions too (the pool learns it only when it next writes): a new connection.
+      if (attempt >= 3 || !isConnectionLost(error)) throw error
+      await new Promise((resolve) => {
+        setTimeout(resolve, 50 * attempt)
+      })
+    }
+  }
 }
 
 /** A name of this kind that no database has yet (waits for the next second when taken). */
