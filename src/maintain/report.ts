@@ -1,4 +1,5 @@
-import {tablesCreatedBy} from '../migrations/plan.js'
+import {alteredTable, tablesCreatedBy} from '../migrations/plan.js'
+import {stripComments} from '../migrations/statements.js'
 import type {MigrationFile} from '../migrations/files.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {Querier} from '../target/connect.js'
@@ -76,11 +77,9 @@ export function addedColumns(migrations: MigrationFile[]): Record<string, string
   const out: Record<string, Set<string>> = {}
   for (const m of migrations) {
     for (const s of m.statements) {
-      const code = s.sql.replaceAll(/--[^\n]*/g, '')
-      const alter = /^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i.exec(code)
-      if (!alter) continue
-      const table = alter[1].toLowerCase()
-      if (created.has(table)) continue
+      const code = stripComments(s.sql)
+      const table = alteredTable(code)
+      if (!table || created.has(table)) continue
       for (const add of code.matchAll(/ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/gi)) {
         (out[table] ??= new Set()).add(add[1].toLowerCase())
       }
