@@ -24,9 +24,9 @@ import {loadV030} from '../scripts/v030-fixture.mjs'
 
 import {takeBackup} from '../dist/steps/backup.js'
 import {TOUCHED_TABLES} from '../dist/steps/preflight.js'
-import {resolveTarget} from '../dist/target/target.js'
-import {PgTools} from '../dist/target/tools.js'
-import {connect as pluginConnect} from '../dist/target/connect.js'
+import {resolveTarget} from '../dist/connection/target.js'
+import {PgTools} from '../dist/connection/tools.js'
+import {connect as pluginConnect} from '../dist/connection/connect.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const BIN = path.join(ROOT, 'bin', 'run.js')

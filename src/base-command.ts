@@ -4,7 +4,7 @@ import {installSigintHandler} from './cancel.js'
 import {toUserError, UserError} from './errors.js'
 import {installLastResort, lastResortActive} from './last-resort.js'
 import {setProgressInterval} from './pipeline/log-renderer.js'
-import {resolveTarget, type Target} from './target/target.js'
+import {resolveTarget, type Target} from './connection/target.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 

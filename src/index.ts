@@ -8,9 +8,9 @@
  */
 export {CancelledError, UserError} from './errors.js'
 export {cancel, installSigintHandler, onCancel} from './cancel.js'
-export {resolveTarget, type Target, type TargetOptions} from './target/target.js'
-export {connect, connectChecked, type Sql} from './target/connect.js'
-export {PgTools} from './target/tools.js'
+export {resolveTarget, type Target, type TargetOptions} from './connection/target.js'
+export {connect, connectChecked, type Sql} from './connection/connect.js'
+export {PgTools} from './connection/tools.js'
 export {loadMigrations, packagedMigrationsDir, type MigrationFile} from './migrations/files.js'
 export {parseStatements, splitStatements, type Statement} from './migrations/statements.js'
 export {readPlan, type Plan, type MigrationState} from './migrations/plan.js'

@@ -279,7 +279,7 @@ export function removeHasuraMetadata(projectDir: string): HasuraResult {
 }
 
 /** The tracked tables, views and functions of TABLES/FUNCTIONS that exist in `schema` now. */
-export async function existingRelations(sql: import('../target/connect.js').Querier, schema: string): Promise<Set<string>> {
+export async function existingRelations(sql: import('../connection/connect.js').Querier, schema: string): Promise<Set<string>> {
   const names = [...TABLES.map((t) => t.name), ...FUNCTIONS.map((f) => f.name)]
   const rows = await sql<{name: string}[]>`
     select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace

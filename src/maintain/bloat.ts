@@ -1,4 +1,4 @@
-import type {Querier} from '../target/connect.js'
+import type {Querier} from '../connection/connect.js'
 
 /**
  * Bloat estimates without extensions, after the well-known pgsql-bloat-estimation queries (ioguix): the size a

@@ -4,7 +4,7 @@ import {isCancelled, onCancel} from '../cancel.js'
 import {UserError} from '../errors.js'
 import {backoffMs, isLockTimeout} from '../migrations/locks.js'
 import {quoteIdent} from '../pg/identifiers.js'
-import {type Querier, type Sql} from '../target/connect.js'
+import {type Querier, type Sql} from '../connection/connect.js'
 
 /**
  * The guide's "Set Up Automated Cleanup", done in small batches:

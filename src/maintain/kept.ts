@@ -1,6 +1,6 @@
 import {UserError} from '../errors.js'
 import {fitIdentifier, quoteIdent} from '../pg/identifiers.js'
-import type {Querier} from '../target/connect.js'
+import type {Querier} from '../connection/connect.js'
 
 /**
  * The databases `rollback --strategy restore` keeps: the replaced live database renamed

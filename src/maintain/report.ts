@@ -2,7 +2,7 @@ import {alteredTable, tablesCreatedBy} from '../migrations/plan.js'
 import {stripComments} from '../migrations/statements.js'
 import type {MigrationFile} from '../migrations/files.js'
 import {quoteIdent} from '../pg/identifiers.js'
-import type {Querier} from '../target/connect.js'
+import type {Querier} from '../connection/connect.js'
 import {estimateIndexBloat, estimateTableBloat, type BloatRow} from './bloat.js'
 
 /**

@@ -1,7 +1,7 @@
 import {UserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
-import {connect, connectChecked, type Sql} from '../target/connect.js'
-import type {Target} from '../target/target.js'
+import {connect, connectChecked, type Sql} from '../connection/connect.js'
+import type {Target} from '../connection/target.js'
 import type {DatabaseState} from './backups.js'
 
 /** A connection to a maintenance database (postgres, else template1), for listing and dropping other databases. */

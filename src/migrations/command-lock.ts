@@ -3,8 +3,8 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {throwIfCancelled} from '../cancel.js'
 import {toUserError, UserError} from '../errors.js'
-import {APP_NAME, connect, type Querier, type Sql} from '../target/connect.js'
-import type {Target} from '../target/target.js'
+import {APP_NAME, connect, type Querier, type Sql} from '../connection/connect.js'
+import type {Target} from '../connection/target.js'
 
 /**
  * One command at a time per database, across every command that changes it (migrate, dryrun, rollback with

@@ -2,7 +2,7 @@ import os from 'node:os'
 
 import {UserError} from '../errors.js'
 import {quoteIdent} from '../pg/identifiers.js'
-import type {Querier} from '../target/connect.js'
+import type {Querier} from '../connection/connect.js'
 
 /** Our own ledger, beside nself's `schema_migrations`: checksums, durations, who, and rollbacks. */
 export const LEDGER_SCHEMA = 'nself_e2ee'

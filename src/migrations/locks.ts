@@ -2,7 +2,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {throwIfCancelled} from '../cancel.js'
 import {UserError} from '../errors.js'
-import {openSession, type Querier, type Sql} from '../target/connect.js'
+import {openSession, type Querier, type Sql} from '../connection/connect.js'
 import {plural} from '../text.js'
 
 /** 'nslf' and the release: the advisory lock key every `nself db e2ee` run on a database takes. */

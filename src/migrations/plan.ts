@@ -1,5 +1,5 @@
 import {UserError} from '../errors.js'
-import type {Querier} from '../target/connect.js'
+import type {Querier} from '../connection/connect.js'
 import type {MigrationFile} from './files.js'
 import {activeLedgerRows, detectShape, findAppSchema, type LedgerRow, type LedgerShape, recordedVersions} from './ledger.js'
 import {concurrentIndexName, stripComments, validatedConstraintName} from './statements.js'

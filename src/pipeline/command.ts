@@ -1,6 +1,6 @@
 import {acquireCommandLock, type CommandLock, type CommandName, commandLockHolder, connectMaintenance, describeHolder} from '../migrations/command-lock.js'
 import {UserError} from '../errors.js'
-import type {Target} from '../target/target.js'
+import type {Target} from '../connection/target.js'
 import {connectionState, leftoverDatabases, type LeftoverDatabase, type LeftoverFile, leftoverPartials, liveRuns, repairClosedDatabase, sweepLeftovers} from '../steps/leftovers.js'
 
 /** Notes for the operator outside the step list: stderr, so `--json` keeps stdout to the document. */

@@ -1,5 +1,5 @@
-import type {Target} from '../target/target.js'
-import {PgTools} from '../target/tools.js'
+import type {Target} from '../connection/target.js'
+import {PgTools} from '../connection/tools.js'
 import {type BackupInfo, type ListedBackup, manifestPathFor, verifyBackup} from '../steps/backup.js'
 import {existingTables} from '../migrations/plan.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'

@@ -6,11 +6,11 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, isConnectionLost, UserError} from '../errors.js'
-import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
+import {quoteIdent, RUN_ID, type Sql} from '../connection/connect.js'
 import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
-import type {Target} from '../target/target.js'
-import type {PgTools} from '../target/tools.js'
-import {SENDS_TRANSACTION_TIMEOUT, TRANSACTION_TIMEOUT_ERROR} from '../target/versions.js'
+import type {Target} from '../connection/target.js'
+import type {PgTools} from '../connection/tools.js'
+import {SENDS_TRANSACTION_TIMEOUT, TRANSACTION_TIMEOUT_ERROR} from '../connection/versions.js'
 import {type Manifest, nextSecond, readToc, redact, tableDataKey, timestamp, type Toc} from './backup.js'
 import {plural} from '../text.js'
 
@@ -280,7 +280,7 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
     const dump = await tools.provide(opts.file)
     cleanups.push(dump.cleanup)
     // pg_restore 17+ sends `SET transaction_timeout = 0` on each connection, which servers 16 and older reject
-    // (src/target/versions.ts): it runs without --exit-on-error, accepts exactly that error, and is stopped
+    // (src/connection/versions.ts): it runs without --exit-on-error, accepts exactly that error, and is stopped
     // here at the first other one, as --exit-on-error would.
     const tolerant = (await tools.toolMajor('pg_restore')) >= SENDS_TRANSACTION_TIMEOUT
     const args = [...(tolerant ? [] : ['--exit-on-error']), '--verbose', `--jobs=${Math.max(1, Math.floor(opts.jobs ?? defaultJobs()))}`, '--no-password', ...(opts.extraArgs ?? [])]

@@ -6,7 +6,7 @@
  * later migrations add to it (014 on 013's tables) may be there already, with their own type.
  */
 import type {Plan} from '../migrations/plan.js'
-import type {Querier} from '../target/connect.js'
+import type {Querier} from '../connection/connect.js'
 import {type ColumnDef, loadExpectedSchema} from './verify.js'
 
 export interface ShapeCheck {

@@ -4,8 +4,8 @@ import type {MigrationFile} from '../migrations/files.js'
 import {loadMigrations} from '../migrations/files.js'
 import {nselfLedgerApplied} from '../migrations/ledger.js'
 import {assertServerSupported, type Plan, readPlan, serverVersionNum} from '../migrations/plan.js'
-import {connectChecked, type Sql} from '../target/connect.js'
-import type {Target} from '../target/target.js'
+import {connectChecked, type Sql} from '../connection/connect.js'
+import type {Target} from '../connection/target.js'
 
 export interface Inspection {
   sql: Sql

@@ -4,7 +4,7 @@ import path from 'node:path'
 import {UserError} from '../errors.js'
 import type {CommandLock} from '../migrations/command-lock.js'
 import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
-import {type Querier, RUN_ID, type Sql} from '../target/connect.js'
+import {type Querier, RUN_ID, type Sql} from '../connection/connect.js'
 import {SIDECAR_DIR} from './backup.js'
 import {COMMENT_PREFIX, dropDatabase, newDatabaseName, type NewDatabaseKind} from './clone.js'
 

@@ -3,7 +3,7 @@ import path from 'node:path'
 
 import {firstLine, UserError} from '../errors.js'
 import {versionNumber} from '../migrations/ledger.js'
-import type {PgTools} from '../target/tools.js'
+import type {PgTools} from '../connection/tools.js'
 import {findManifestFor, type Manifest, readToc} from './backup.js'
 
 /**

@@ -8,7 +8,7 @@
 import {isCancelled, onCancel} from '../cancel.js'
 import {CancelledError, toUserError, UserError} from '../errors.js'
 import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
-import type {Querier, Sql} from '../target/connect.js'
+import type {Querier, Sql} from '../connection/connect.js'
 
 /** What is true when the vacuum is interrupted: it only refreshes statistics, nothing is undone. */
 const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes statistics; nothing was undone, run VACUUM (ANALYZE) on those tables later)'

@@ -17,7 +17,7 @@ import {toUserError, UserError} from '../errors.js'
 import {type MigrationFile} from '../migrations/files.js'
 import {migrateUp} from '../migrations/runner.js'
 import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
-import type {Querier, Sql} from '../target/connect.js'
+import type {Querier, Sql} from '../connection/connect.js'
 import {escapeRegExp} from '../text.js'
 import expectedJson from '../migrations/expected-schema.json' with {type: 'json'}
 

@@ -5,8 +5,8 @@ import path from 'node:path'
 import {describe, expect, it} from 'vitest'
 
 import {readDumpLedgerVersion} from '../../src/steps/nself-dumps.js'
-import {PgTools} from '../../src/target/tools.js'
-import {resolveTarget} from '../../src/target/target.js'
+import {PgTools} from '../../src/connection/tools.js'
+import {resolveTarget} from '../../src/connection/target.js'
 import {dataDigest, V030_TABLES} from '../helpers/fixture.js'
 import {e2eScope, fakeDockerEnv, ledgerVersion, makeProject, parseJson, runCli} from '../helpers/cli.js'
 

@@ -4,8 +4,8 @@ import path from 'node:path'
 
 import {afterEach, describe, expect, it} from 'vitest'
 
-import {cascadeOrder, detectBackendDir, parseEnvText, readNselfEnv} from '../../src/target/env-files.js'
-import {resolveTarget} from '../../src/target/target.js'
+import {cascadeOrder, detectBackendDir, parseEnvText, readNselfEnv} from '../../src/connection/env-files.js'
+import {resolveTarget} from '../../src/connection/target.js'
 
 const dirs: string[] = []
 afterEach(() => {

@@ -5,7 +5,7 @@ import {describe, expect, it} from 'vitest'
 
 import {CHECKSUM_FILE, loadMigrations, readChecksumList} from '../../src/migrations/files.js'
 import {classify, parseStatements, referencedTables, splitStatements} from '../../src/migrations/statements.js'
-import {resolveTarget} from '../../src/target/target.js'
+import {resolveTarget} from '../../src/connection/target.js'
 import {MIGRATIONS_DIR} from '../helpers/fixture.js'
 import {makeProject} from '../helpers/cli.js'
 

@@ -5,7 +5,7 @@ import path from 'node:path'
 import {promisify} from 'node:util'
 
 import {loadMigrations, type MigrationFile} from '../../src/migrations/files.js'
-import {connect as engineConnect, type Sql} from '../../src/target/connect.js'
+import {connect as engineConnect, type Sql} from '../../src/connection/connect.js'
 import {ADMIN, MIGRATIONS_DIR} from './fixture.js'
 
 const execFileP = promisify(execFile)

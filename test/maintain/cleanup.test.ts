@@ -4,7 +4,7 @@ import {describe, expect, it} from 'vitest'
 
 import {seedInconsistentPrekeys} from '../../scripts/maintain-fixture.mjs'
 import {acquireCommandLock} from '../../src/migrations/command-lock.js'
-import {resolveTarget} from '../../src/target/target.js'
+import {resolveTarget} from '../../src/connection/target.js'
 import {e2eScope, localArgs, parseJson, runCli} from '../helpers/cli.js'
 import {ADMIN, connect} from '../helpers/fixture.js'
 import {classCounts, migrateAndSeed, startKeyWriter} from '../helpers/maintain.js'

@@ -5,7 +5,7 @@ import path from 'node:path'
 import {describe, expect, it} from 'vitest'
 
 import {NSELF_COMMAND, toOclifArgs} from '../../src/nself/plugin-entry.js'
-import {LEGACY_ORDER_VAR, NSELF_SETTINGS} from '../../src/target/env-files.js'
+import {LEGACY_ORDER_VAR, NSELF_SETTINGS} from '../../src/connection/env-files.js'
 import {REPO_ROOT} from '../helpers/fixture.js'
 import {cliTargets, v2Problems} from '../helpers/nself-plugin.js'
 

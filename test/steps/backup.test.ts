@@ -7,8 +7,8 @@ import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
 import {cancel, resetCancellation} from '../../src/cancel.js'
 import {CancelledError, UserError} from '../../src/errors.js'
-import {APP_NAME, type Sql} from '../../src/target/connect.js'
-import {PgTools} from '../../src/target/tools.js'
+import {APP_NAME, type Sql} from '../../src/connection/connect.js'
+import {PgTools} from '../../src/connection/tools.js'
 import {SERVER_ARGS} from '../helpers/server.js'
 import {
   listBackups, MANIFEST_SUFFIX, manifestPathFor, type Manifest, newestBackup, takeBackup, verifyBackup,

@@ -1,7 +1,7 @@
 import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
 import {compareWithBackup, describeLoss} from '../../src/steps/loss.js'
-import type {Sql} from '../../src/target/connect.js'
+import type {Sql} from '../../src/connection/connect.js'
 import {adminSql, dbSql, dropTestDb, hex} from './support.js'
 
 const T = 60_000

@@ -5,8 +5,8 @@ import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
 import {resetCancellation} from '../../src/cancel.js'
 import {UserError} from '../../src/errors.js'
-import type {Sql} from '../../src/target/connect.js'
-import {PgTools} from '../../src/target/tools.js'
+import type {Sql} from '../../src/connection/connect.js'
+import {PgTools} from '../../src/connection/tools.js'
 import {type Manifest, takeBackup} from '../../src/steps/backup.js'
 import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../../src/steps/restore.js'
 import {

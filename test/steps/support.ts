@@ -8,8 +8,8 @@ import os from 'node:os'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {connect, type Sql} from '../../src/target/connect.js'
-import type {Target} from '../../src/target/target.js'
+import {connect, type Sql} from '../../src/connection/connect.js'
+import type {Target} from '../../src/connection/target.js'
 import {SERVER} from '../helpers/server.js'
 
 export const PG = SERVER

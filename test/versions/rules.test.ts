@@ -1,8 +1,8 @@
-// The version rules of src/target/versions.ts, one row per kind of combination (the end-to-end proof of each is
+// The version rules of src/connection/versions.ts, one row per kind of combination (the end-to-end proof of each is
 // in client-server.test.ts and in vitest.versions.config.ts).
 import {describe, expect, it} from 'vitest'
 
-import {judgeTools, olderRestoreSentence} from '../../src/target/versions.js'
+import {judgeTools, olderRestoreSentence} from '../../src/connection/versions.js'
 
 const local = {dumps: true, local: true}
 

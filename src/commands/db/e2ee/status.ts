@@ -5,7 +5,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../../base-command.js'
 import {checkBeforeReading, note} from '../../../pipeline/command.js'
 import {inspect, statusDocument} from '../../../steps/inspect.js'
-import {type PgTool, reportTools} from '../../../target/tools.js'
+import {type PgTool, reportTools} from '../../../connection/tools.js'
 
 export default class Status extends BaseCommand {
   static description = 'Show where the database stands: server, schema, and each migration 013-016 applied, pending, partial or drifted (with checksums), and where every connection setting came from.'

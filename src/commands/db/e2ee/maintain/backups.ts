@@ -9,7 +9,7 @@ import {dropKeptDatabase, type KeptDatabase, keptDatabases} from '../../../../ma
 import {connectAdmin, databaseStates} from '../../../../maintain/server.js'
 import {acquireCommandLock, type CommandLock} from '../../../../migrations/command-lock.js'
 import {assertCanConfirm, confirm} from '../../../../pipeline/ui.js'
-import type {Sql} from '../../../../target/connect.js'
+import type {Sql} from '../../../../connection/connect.js'
 import {fmtBytes} from '../../../../text.js'
 
 export default class MaintainBackups extends BaseCommand {

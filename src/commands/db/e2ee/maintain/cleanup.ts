@@ -6,7 +6,7 @@ import {type CleanupProgress, type CleanupReport, runCleanup} from '../../../../
 import {acquireCommandLock} from '../../../../migrations/command-lock.js'
 import {findAppSchema} from '../../../../migrations/ledger.js'
 import {assertCanConfirm, confirm, fmtMs} from '../../../../pipeline/ui.js'
-import {connectChecked} from '../../../../target/connect.js'
+import {connectChecked} from '../../../../connection/connect.js'
 
 export default class MaintainCleanup extends BaseCommand {
   static description = `The guide's automated cleanup: delete audit log rows older than --audit-days (90) and consumed one-time prekeys consumed more than --prekey-days (30) ago, in small batches that each lock few rows for a short time and commit.

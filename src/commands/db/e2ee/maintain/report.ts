@@ -5,7 +5,7 @@ import {assertTablesExist} from '../../../../maintain/cleanup.js'
 import {type MaintenanceReport, maintenanceReport} from '../../../../maintain/report.js'
 import {loadMigrations} from '../../../../migrations/files.js'
 import {findAppSchema} from '../../../../migrations/ledger.js'
-import {connectChecked} from '../../../../target/connect.js'
+import {connectChecked} from '../../../../connection/connect.js'
 import {fmtBytes} from '../../../../text.js'
 
 export default class MaintainReport extends BaseCommand {
