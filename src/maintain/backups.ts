@@ -2,7 +2,8 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 
 import {UserError} from '../errors.js'
-import {listBackups, type ListedBackup, sha256File} from '../steps/backup.js'
+import {listBackups} from '../archive/listing.js'
+import {type ListedBackup, sha256File} from '../archive/manifest.js'
 
 /**
  * Housekeeping of what upgrades leave behind in the backup folder: our dumps (with a manifest, read through

@@ -1,6 +1,7 @@
 import type {Target} from '../connection/target.js'
 import {PgTools} from '../connection/tools.js'
-import {type BackupInfo, type ListedBackup, manifestPathFor, verifyBackup} from '../steps/backup.js'
+import {type BackupInfo, type ListedBackup, manifestPathFor} from '../archive/manifest.js'
+import {verifyBackup} from '../steps/backup.js'
 import {existingTables} from '../migrations/plan.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'

@@ -1,18 +1,20 @@
 import {createHash} from 'node:crypto'
-import {constants as fsConstants, createReadStream} from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import {setTimeout as sleep} from 'node:timers/promises'
 
+import {ensureSidecarDir, findManifestFor, manifestPathFor, type BackupInfo, type BackupPurpose, type Manifest, MANIFEST_FORMAT, readManifest, sha256File, synthesizeManifest, writeManifest} from '../archive/manifest.js'
+import {ensureBackupDir, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
+import {missingTableData, readToc, type Toc, tocHeader} from '../archive/toc.js'
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
-import {APP_NAME, connect, openSession, quoteIdent, RUN_ID, type Sql} from '../connection/connect.js'
+import {APP_NAME, openSession, quoteIdent, type Sql} from '../connection/connect.js'
+import {terminateSessions} from '../pg/databases.js'
 import {testPause} from '../test-pause.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
 import {judgeTools, olderRestoreSentence} from '../connection/versions.js'
-import {fmtBytes} from '../text.js'
+import {fmtBytes, redact} from '../text.js'
 
 /**
  * Backups in nself's own layout (README, "Shared with nself's ledger and backups"): `pg_dump -Fc` through
@@ -23,91 +25,6 @@ import {fmtBytes} from '../text.js'
  * (exported with pg_export_snapshot, passed with --snapshot), so a restore can be checked against it to the row
  * even while the app keeps writing during the backup.
  */
-
-export const MANIFEST_FORMAT = 'nself-e2ee-backup/1'
-export const MANIFEST_SUFFIX = '.manifest.json'
-
-// ---------------------------------------------------------------------------------------------------------
-// Where our own files go. nself's `backup list` counts every file directly in backups/ and `backup restore
-// latest` takes the newest one, but both skip folders (internal/backup/list.go: entry.IsDir() → continue). So
-// only finished dumps are written to backups/; manifests and dumps being written live in backups/.nself-e2ee/.
-
-export const SIDECAR_DIR = '.nself-e2ee'
-
-/** The manifest of a dump: `<backups>/.nself-e2ee/<dump name>.manifest.json`. */
-export function manifestPathFor(dump: string): string {
-  return path.join(path.dirname(dump), SIDECAR_DIR, path.basename(dump) + MANIFEST_SUFFIX)
-}
-
-/**
- * Where a dump is written until it is complete and checked (then renamed into backups/). The run id in the name
- * lets the next command prove the writer is gone (leftovers.ts) before removing it.
- */
-export function partialPathFor(dump: string): string {
-  return path.join(path.dirname(dump), SIDECAR_DIR, `${path.basename(dump)}.${RUN_ID}.partial`)
-}
-
-/** Older versions of this plugin wrote the manifest beside the dump; still read there. */
-function legacyManifestPathFor(dump: string): string {
-  return dump + MANIFEST_SUFFIX
-}
-
-/** The manifest file of a dump that exists, in the sidecar folder or (older backups) beside it. */
-export async function findManifestFor(dump: string): Promise<string | undefined> {
-  for (const candidate of [manifestPathFor(dump), legacyManifestPathFor(dump)]) {
-    if (await fs.access(candidate).then(() => true, () => false)) return candidate
-  }
-  return undefined
-}
-
-async function ensureSidecarDir(backupDir: string): Promise<void> {
-  await fs.mkdir(path.join(backupDir, SIDECAR_DIR), {mode: 0o700, recursive: true})
-}
-
-export type BackupPurpose = 'pre-migration' | 'pre-rollback' | 'dryrun' | 'manual' | 'external'
-
-export interface Manifest {
-  format: typeof MANIFEST_FORMAT
-  /** Basename of the dump, in the manifest's folder. */
-  file: string
-  sha256: string
-  size: number
-  database: string
-  schema: string
-  server_version: string
-  server_version_num: number
-  /** The highest version in schema_migrations, read in the dump's own snapshot. */
-  ledger_version: number | null
-  /** The server's clock when the dump's snapshot was taken (same clock as the ledgers' timestamps). */
-  snapshot_at?: string
-  /** Exact `count(*)` of each listed table that existed, in the dump's snapshot; keys are table names in `schema`. */
-  row_counts: Record<string, number>
-  created_at: string
-  pg_dump_major: number
-  purpose: BackupPurpose | string
-  project?: string
-  /** pg_dump's compression option, e.g. "-Z 1" or "--compress=zstd:1". */
-  compression?: string
-  /** Number of entries in the archive's table of contents. */
-  toc_entries?: number
-  /** Built from the archive itself because the dump has no manifest (e.g. one made by `nself db backup`). */
-  synthesized?: boolean
-}
-
-export interface BackupInfo {
-  file: string
-  manifestFile: string
-  manifest: Manifest
-  bytes: number
-  durationMs: number
-}
-
-/** A backup found on disk: what createClone and restoreIntoNewDatabase take. */
-export interface ListedBackup {
-  file: string
-  manifestFile: string
-  manifest: Manifest
-}
 
 export interface TakeBackupOptions {
   target: Target
@@ -126,200 +43,6 @@ export interface TakeBackupOptions {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Small helpers shared with clone.ts and restore.ts
-
-const pad = (n: number, w = 2) => String(n).padStart(w, '0')
-
-/** Local time as nself's `date +%Y%m%d_%H%M%S` prints it; `sep` '' gives YYYYMMDDHHMMSS. */
-export function timestamp(date = new Date(), sep = '_'): string {
-  return `${date.getFullYear()}${pad(date.getMonth() + 1)}${pad(date.getDate())}${sep}${pad(date.getHours())}${pad(date.getMinutes())}${pad(date.getSeconds())}`
-}
-
-/** Wait for the next wall-clock second (names carry second resolution). */
-export async function nextSecond(): Promise<void> {
-  await sleep(1000 - (Date.now() % 1000) + 5)
-}
-
-/** Removes a secret from text that may reach the operator. */
-export function redact(text: string, secret?: string): string {
-  return secret ? text.split(secret).join('***') : text
-}
-
-async function removeQuietly(file: string): Promise<void> {
-  await fs.rm(file, {force: true}).catch(() => {})
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  try {
-    const fh = await fs.open(dir, fsConstants.O_RDONLY)
-    try {
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-  } catch {
-    // Some filesystems refuse fsync on a directory; the data itself was synced.
-  }
-}
-
-/** End the server sessions that carry `appName` (children `docker exec` left running), over a fresh connection. */
-export async function terminateSessions(target: Target, appName: string, database = target.conn.database): Promise<number> {
-  const sql = connect(target.conn, {database, max: 1})
-  try {
-    const rows = await sql`
-      select pg_terminate_backend(pid) as ok from pg_stat_activity
-      where application_name = ${appName} and pid <> pg_backend_pid() and backend_type = 'client backend'`
-    return rows.length
-  } catch {
-    return 0
-  } finally {
-    await sql.end({timeout: 2}).catch(() => {})
-  }
-}
-
-function fsErrorSentence(error: unknown, what: string, file: string): UserError {
-  const code = (error as {code?: string}).code ?? ''
-  const msg = (error as Error).message ?? String(error)
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new UserError(`${what} ${file} failed: the disk is full (${code}).`, {
-      cause: error,
-      hint: 'Free disk space or choose another folder with --backup-dir; nothing was changed in the database.',
-    })
-  }
-  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || code === 'ENOTDIR' || code === 'EEXIST' || code === 'EISDIR') {
-    return new UserError(`${what} ${file} failed: the folder is not writable (${code}).`, {
-      cause: error,
-      hint: 'Choose a writable folder with --backup-dir, or fix the folder\'s owner and permissions.',
-    })
-  }
-  return new UserError(`${what} ${file} failed: ${msg.replace(/\.$/, '')}.`, {cause: error})
-}
-
-/** Create the backup folder (0700) or tighten an existing one that others could read. */
-export async function ensureBackupDir(dir: string, log?: (line: string) => void): Promise<void> {
-  try {
-    await fs.mkdir(dir, {mode: 0o700, recursive: true})
-  } catch (error) {
-    const code = (error as {code?: string}).code
-    if (code === 'EEXIST' || code === 'ENOTDIR') {
-      const what = code === 'EEXIST' ? 'is a file, not a folder' : 'cannot be created: part of its path is a file, not a folder'
-      throw new UserError(`The backup folder ${dir} ${what}.`, {cause: error, hint: 'Choose a folder with --backup-dir.'})
-    }
-    throw fsErrorSentence(error, 'Creating the backup folder', dir)
-  }
-  let st
-  try {
-    st = await fs.stat(dir)
-  } catch (error) {
-    throw fsErrorSentence(error, 'Reading the backup folder', dir)
-  }
-  if (!st.isDirectory()) {
-    throw new UserError(`The backup folder ${dir} is not a folder.`, {hint: 'Choose a folder with --backup-dir.'})
-  }
-  if ((st.mode & 0o077) !== 0) {
-    const mode = (st.mode & 0o777).toString(8)
-    try {
-      if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw new Error('not owner')
-      await fs.chmod(dir, 0o700)
-      log?.(`The backup folder ${dir} had mode ${mode}; set it to 700 (backups hold all the chat data).`)
-    } catch {
-      log?.(`Warning: the backup folder ${dir} has mode ${mode} and is not ours to change; the dumps themselves are 600.`)
-    }
-  }
-  try {
-    await fs.access(dir, fsConstants.W_OK)
-  } catch (error) {
-    throw fsErrorSentence(error, 'Writing to the backup folder', dir)
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The archive's table of contents
-
-export interface TocEntry {
-  line: string
-  dumpId: number
-  desc: string
-  schema: string | null
-  /** The tag (object name; for TABLE DATA the table's name). */
-  name: string
-  owner: string | null
-}
-
-export interface Toc {
-  entries: TocEntry[]
-  header: Record<string, string>
-  text: string
-}
-
-const MULTI_WORD_DESCS = [
-  'MATERIALIZED VIEW DATA', 'PUBLICATION TABLES IN SCHEMA', 'TEXT SEARCH CONFIGURATION', 'TEXT SEARCH DICTIONARY',
-  'TEXT SEARCH TEMPLATE', 'TEXT SEARCH PARSER', 'FOREIGN DATA WRAPPER', 'SEQUENCE OWNED BY', 'DATABASE PROPERTIES',
-  'MATERIALIZED VIEW', 'PUBLICATION TABLE', 'PROCEDURAL LANGUAGE', 'CHECK CONSTRAINT', 'OPERATOR FAMILY', 'OPERATOR CLASS',
-  'EVENT TRIGGER', 'FOREIGN TABLE', 'FOREIGN SERVER', 'FK CONSTRAINT', 'ACCESS METHOD', 'LARGE OBJECT', 'SEQUENCE SET',
-  'STATISTICS DATA', 'TABLE ATTACH', 'INDEX ATTACH', 'USER MAPPING', 'DEFAULT ACL', 'ROW SECURITY', 'SHELL TYPE',
-  'TABLE DATA', 'BLOB DATA', 'BLOB METADATA', 'DEFAULT',
-]
-
-export function parseToc(text: string): Toc {
-  const entries: TocEntry[] = []
-  const header: Record<string, string> = {}
-  for (const line of text.split('\n')) {
-    if (line.startsWith(';')) {
-      const m = /^;\s+([^:]+):\s*(.*)$/.exec(line)
-      if (m) header[m[1].trim()] = m[2].trim()
-      continue
-    }
-    const m = /^(\d+);\s+\d+\s+\d+\s+(.*)$/.exec(line)
-    if (!m) continue
-    const rest = m[2]
-    const desc = MULTI_WORD_DESCS.find((d) => rest === d || rest.startsWith(d + ' ')) ?? rest.split(' ')[0]
-    const words = rest.slice(desc.length).trim().split(' ').filter((w) => w !== '')
-    let schema: string | null = null
-    let owner: string | null = null
-    let name = ''
-    if (words.length >= 3) {
-      schema = words[0] === '-' ? null : words[0]
-      owner = words.at(-1)!
-      name = words.slice(1, -1).join(' ')
-    } else if (words.length === 2) {
-      schema = words[0] === '-' ? null : words[0]
-      name = words[1]
-    } else {
-      name = words.join(' ')
-    }
-    entries.push({desc, dumpId: Number(m[1]), line, name, owner, schema})
-  }
-  return {entries, header, text}
-}
-
-/** A header line of `pg_restore --list` by its name, in any case (PostgreSQL 15 prints `dbname`, others `Dbname`). */
-export function tocHeader(toc: Toc, name: string): string | undefined {
-  const key = Object.keys(toc.header).find((k) => k.toLowerCase() === name.toLowerCase())
-  return key === undefined ? undefined : toc.header[key]
-}
-
-export function tableDataKey(schema: string | null, table: string): string {
-  return `${schema ?? ''}.${table}`
-}
-
-/**
- * `pg_restore --list` of an archive. In docker mode the file is fed on stdin (the listing only reads the
- * table of contents at the start, so nothing is copied into the container).
- */
-export async function readToc(tools: PgTools, file: string): Promise<Toc> {
-  const run = tools.container
-    ? tools.run('pg_restore', ['--list'], null, {inputFile: file, maxBuffer: 256 * 1024 * 1024})
-    : tools.run('pg_restore', ['--list', file], null, {maxBuffer: 256 * 1024 * 1024})
-  const {stdout} = await run
-  const toc = parseToc(String(stdout))
-  if (toc.header.Format === undefined || toc.entries.length === 0) {
-    throw new Error('the archive lists no entries')
-  }
-  return toc
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // takeBackup
 
 /**
@@ -334,50 +57,6 @@ function compressionFor(major: number): {args: string[]; label: string; fallback
   return {args: ['-Z', '1'], label: '-Z 1'}
 }
 
-const exists = (f: string) => fs.access(f).then(() => true, () => false)
-
-/**
- * Reserve `<project>_<YYYYMMDD_HHMMSS>.dump` by creating its manifest's place in the sidecar folder exclusively
- * (O_EXCL; the manifest is later written over it): two runs started in the same second cannot both get it, and the
- * loser moves to the next second, so every name keeps nself's pattern. The dump itself is written to a `.partial`
- * named with this run's id, so the next command can prove its writer is gone (leftovers.ts) before removing it.
- * A placeholder left by a killed run is an unreadable manifest without a dump: listings skip it.
- */
-async function reserveFileName(dir: string, project: string): Promise<{final: string; partial: string}> {
-  for (let attempt = 0; attempt < 10; attempt++) {
-    const final = path.join(dir, `${project}_${timestamp()}.dump`)
-    const placeholder = manifestPathFor(final)
-    try {
-      const fh = await fs.open(placeholder, 'wx', 0o600)
-      await fh.close()
-    } catch (error) {
-      if ((error as {code?: string}).code !== 'EEXIST') throw fsErrorSentence(error, 'Writing the backup', final)
-      await nextSecond()
-      continue
-    }
-    const taken = await Promise.all([final, legacyManifestPathFor(final)].map(exists))
-    if (!taken.includes(true)) return {final, partial: partialPathFor(final)}
-    await removeQuietly(placeholder)
-    await nextSecond()
-  }
-  throw new UserError(`Cannot find a free backup file name in ${dir}: every name tried for the last 10 seconds is taken.`)
-}
-
-/** Give the finished dump its name without ever replacing a file of that name (e.g. an `nself db backup`). */
-async function publish(partial: string, final: string): Promise<void> {
-  try {
-    await fs.link(partial, final)
-  } catch (error) {
-    const code = (error as {code?: string}).code
-    if (code === 'EEXIST') throw new UserError(`Another program wrote ${final} while this backup was taken; it was not overwritten and this backup was discarded.`)
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV') throw error
-    // No hard links on this filesystem: the name was reserved, a rename is the next best thing.
-    await fs.rename(partial, final)
-    return
-  }
-  await fs.rm(partial, {force: true})
-}
-
 interface DumpResult {
   bytes: number
   sha256: string
@@ -388,12 +67,6 @@ interface InSnapshot {
   rowCounts: Record<string, number>
   ledger: number | null
   snapshotAt: string
-}
-
-/** The data a TOC must hold for these tables, or the first one it lacks. */
-function missingTableData(toc: Toc, schema: string, tables: string[]): string | undefined {
-  const have = new Set(toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => tableDataKey(e.schema, e.name)))
-  return tables.find((t) => !have.has(tableDataKey(schema, t)))
 }
 
 export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
@@ -678,63 +351,8 @@ function dumpHint(message: string, target: Target): string | undefined {
   return undefined
 }
 
-async function writeManifest(file: string, manifest: Manifest): Promise<void> {
-  const tmp = `${file}.partial`
-  const fh = await fs.open(tmp, 'w', 0o600)
-  try {
-    await fh.writeFile(JSON.stringify(manifest, null, 2) + '\n')
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  await fs.rename(tmp, file)
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // verifyBackup
-
-export async function sha256File(file: string): Promise<{sha256: string; size: number}> {
-  const hash = createHash('sha256')
-  let size = 0
-  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
-    hash.update(chunk)
-    size += chunk.length
-  }
-  return {sha256: hash.digest('hex'), size}
-}
-
-function isManifest(m: unknown): m is Manifest {
-  const x = m as Record<string, unknown>
-  return typeof x === 'object' && x !== null && x.format === MANIFEST_FORMAT && typeof x.file === 'string' &&
-    typeof x.sha256 === 'string' && /^[0-9a-f]{64}$/.test(x.sha256) && typeof x.size === 'number' &&
-    typeof x.database === 'string' && typeof x.schema === 'string' && typeof x.row_counts === 'object' && x.row_counts !== null &&
-    Object.values(x.row_counts as object).every((n) => typeof n === 'number') &&
-    (x.ledger_version === null || typeof x.ledger_version === 'number') && typeof x.created_at === 'string'
-}
-
-export async function readManifest(manifestFile: string): Promise<Manifest> {
-  let text: string
-  try {
-    text = await fs.readFile(manifestFile, 'utf8')
-  } catch (error) {
-    if ((error as {code?: string}).code === 'ENOENT') {
-      throw new UserError(`The backup manifest ${manifestFile} does not exist.`, {
-        hint: 'Without its manifest a backup cannot be checked; take a new backup, or pass the dump of an nself backup explicitly.',
-      })
-    }
-    throw new UserError(`Cannot read the backup manifest ${manifestFile}: ${(error as Error).message}.`)
-  }
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(text)
-  } catch {
-    throw new UserError(`The backup manifest ${manifestFile} is not valid JSON.`, {hint: 'It was damaged or edited; take a new backup.'})
-  }
-  if (!isManifest(parsed)) {
-    throw new UserError(`The backup manifest ${manifestFile} is not an ${MANIFEST_FORMAT} manifest or misses fields.`)
-  }
-  return parsed
-}
 
 export interface VerifyOptions {
   tools: PgTools
@@ -875,105 +493,4 @@ function checkDumpHeader(file: string, toc: Toc, manifest: Manifest | undefined,
 
 function lowerFirst(s: string): string {
   return s.startsWith('The ') ? 'the ' + s.slice(4) : s
-}
-
-function synthesizeManifest(file: string, toc: Toc, sha256: string, size: number): Manifest {
-  const created = Date.parse((toc.header['Archive created at'] ?? '').replace(' UTC', 'Z').replace(' ', 'T'))
-  const serverVersion = (toc.header['Dumped from database version'] ?? '').split(' ')[0]
-  const [maj, min] = serverVersion.split('.').map(Number)
-  const dumpMajor = Number((toc.header['Dumped by pg_dump version'] ?? '').split('.')[0]) || 0
-  return {
-    created_at: Number.isNaN(created) ? new Date(0).toISOString() : new Date(created).toISOString(),
-    database: tocHeader(toc, 'dbname') ?? '',
-    file: path.basename(file),
-    format: MANIFEST_FORMAT,
-    ledger_version: null,
-    pg_dump_major: dumpMajor,
-    purpose: 'external',
-    row_counts: {},
-    schema: '',
-    server_version: serverVersion,
-    server_version_num: maj >= 10 ? maj * 10_000 + (min || 0) : 0,
-    sha256,
-    size,
-    synthesized: true,
-    toc_entries: toc.entries.length,
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Listing
-
-/** Backups with a readable manifest in `dir` (optionally of one database), newest first. */
-export async function listBackups(dir: string, database?: string): Promise<ListedBackup[]> {
-  const out: ListedBackup[] = []
-  for (const manifestFile of await manifestFilesIn(dir)) {
-    let manifest: Manifest
-    try {
-      manifest = await readManifest(manifestFile)
-    } catch {
-      continue
-    }
-    if (database !== undefined && manifest.database !== database) continue
-    const file = path.join(dir, manifest.file)
-    if (path.basename(manifestFile) !== manifest.file + MANIFEST_SUFFIX) continue
-    if (!(await fs.access(file).then(() => true, () => false))) continue
-    out.push({file, manifest, manifestFile})
-  }
-  return out.sort((a, b) => b.manifest.created_at.localeCompare(a.manifest.created_at) || b.file.localeCompare(a.file))
-}
-
-/** Manifest files of `dir`: in its sidecar folder, then any an older version left beside the dumps. */
-async function manifestFilesIn(dir: string): Promise<string[]> {
-  const files: string[] = []
-  for (const folder of [path.join(dir, SIDECAR_DIR), dir]) {
-    let names: string[]
-    try {
-      names = await fs.readdir(folder)
-    } catch (error) {
-      if ((error as {code?: string}).code === 'ENOENT') continue
-      throw new UserError(`Cannot list the backup folder ${folder}: ${(error as Error).message}.`)
-    }
-    files.push(...names.filter((n) => n.endsWith(MANIFEST_SUFFIX)).map((n) => path.join(folder, n)))
-  }
-  return files
-}
-
-export async function newestBackup(dir: string, database: string, purpose?: BackupPurpose | string): Promise<ListedBackup | undefined> {
-  const all = await listBackups(dir, database)
-  return all.find((b) => purpose === undefined || b.manifest.purpose === purpose)
-}
-
-export interface BackupChoice {
-  chosen?: ListedBackup
-  /** Pre-migration backups of this database that were passed over, newest first, each with the reason. */
-  passedOver: Array<{backup: ListedBackup; why: string}>
-}
-
-/**
- * The backup a restore rollback goes back to. By default: the newest pre-migration backup taken while the
- * database had none of the upgrade (its ledger below `first`) and, when our ledger says when the first of
- * them was applied, taken before that. A backup a rerun took after an interrupted run had applied 013 is at 013
- * and is never chosen. With `atVersion`: the newest pre-migration backup taken at exactly that version (and
- * before `nextAppliedAt`, when known, the time the migration after it was applied).
- */
-export async function chooseRollbackBackup(dir: string, database: string, o: {first: number; atVersion?: number; appliedAt?: Date}): Promise<BackupChoice> {
-  const all = (await listBackups(dir, database)).filter((b) => b.manifest.purpose === 'pre-migration')
-  const passedOver: BackupChoice['passedOver'] = []
-  for (const backup of all) {
-    const v = backup.manifest.ledger_version
-    const fits = o.atVersion === undefined ? v === null || v < o.first : v === o.atVersion
-    if (!fits) {
-      passedOver.push({backup, why: `taken at migration ${v ?? 'none'}`})
-      continue
-    }
-    // Compared on the server's clock only (a manifest without snapshot_at is not compared: client clocks drift).
-    const snapshotAt = backup.manifest.snapshot_at
-    if (o.appliedAt && snapshotAt && Date.parse(snapshotAt) > o.appliedAt.getTime()) {
-      passedOver.push({backup, why: `taken at ${snapshotAt}, after the migration it should precede was applied (${o.appliedAt.toISOString()})`})
-      continue
-    }
-    return {chosen: backup, passedOver}
-  }
-  return {passedOver}
 }

@@ -7,9 +7,9 @@ import {migrateUp, type RunnerOptions, type RunReport} from '../migrations/runne
 import {connect, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
-import type {BackupInfo, ListedBackup} from './backup.js'
+import {createClone} from '../archive/clone.js'
+import type {BackupInfo, ListedBackup} from '../archive/manifest.js'
 import {testPause} from '../test-pause.js'
-import {createClone} from './clone.js'
 import {TOUCHED_TABLES} from './preflight.js'
 import {verifyDatabase, type VerifyReport} from './verify.js'
 

@@ -5,8 +5,8 @@ import {UserError} from '../errors.js'
 import type {CommandLock} from '../migrations/command-lock.js'
 import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
 import {type Querier, RUN_ID, type Sql} from '../connection/connect.js'
-import {SIDECAR_DIR} from './backup.js'
-import {COMMENT_PREFIX, dropDatabase, newDatabaseName, type NewDatabaseKind} from './clone.js'
+import {SIDECAR_DIR} from '../archive/manifest.js'
+import {COMMENT_PREFIX, dropDatabase, newDatabaseName, type NewDatabaseKind} from '../pg/databases.js'
 
 /**
  * What an interrupted command can leave behind, and how the next command proves it is its own to remove.

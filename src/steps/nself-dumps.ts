@@ -4,7 +4,8 @@ import path from 'node:path'
 import {firstLine, UserError} from '../errors.js'
 import {versionNumber} from '../migrations/ledger.js'
 import type {PgTools} from '../connection/tools.js'
-import {findManifestFor, type Manifest, readToc} from './backup.js'
+import {findManifestFor, type Manifest} from '../archive/manifest.js'
+import {readToc} from '../archive/toc.js'
 
 /**
  * nself's own backups (`nself db backup`: `backups/<Project>_<YYYYMMDD_HHMMSS>.dump`, pg_dump -Fc, no manifest)

@@ -7,12 +7,11 @@ import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
 import {testPause} from '../test-pause.js'
-import {type Manifest, readToc, redact, timestamp, type Toc} from './backup.js'
-import {plural} from '../text.js'
-import {
-  COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral, restoreArchive,
-  type RestoreProgress,
-} from './clone.js'
+import type {Manifest} from '../archive/manifest.js'
+import {restoreArchive, type RestoreProgress} from '../archive/restore.js'
+import {readToc, type Toc} from '../archive/toc.js'
+import {COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral} from '../pg/databases.js'
+import {plural, redact, timestamp} from '../text.js'
 
 /**
  * Rollback option 1 done safely (docs/deviations.md, D7). The guide drops the live database and then restores into an

@@ -1,7 +1,7 @@
 import {existsSync, readdirSync, readFileSync, statSync} from 'node:fs'
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
-import {SIDECAR_DIR} from '../../src/steps/backup.js'
+import {SIDECAR_DIR} from '../../src/archive/manifest.js'
 
 import {ADMIN, connect, dropDatabase} from '../helpers/fixture.js'
 import {e2eScope, ledgerVersion, leftoverDatabases, localArgs, parseJson, runCli} from '../helpers/cli.js'

@@ -2,7 +2,7 @@ import {spawn} from 'node:child_process'
 import {readdirSync, writeFileSync} from 'node:fs'
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
-import {SIDECAR_DIR} from '../../src/steps/backup.js'
+import {SIDECAR_DIR} from '../../src/archive/manifest.js'
 
 import {connect} from '../helpers/fixture.js'
 import {BIN, e2eScope, ledgerVersion, leftoverDatabases, localArgs, parseJson, runCli, tmpDir} from '../helpers/cli.js'

@@ -4,7 +4,7 @@ import path from 'node:path'
 import {promisify} from 'node:util'
 import {describe, expect, it} from 'vitest'
 
-import {manifestPathFor} from '../../src/steps/backup.js'
+import {manifestPathFor} from '../../src/archive/manifest.js'
 
 import {ADMIN, connect, dataDigest, dropDatabase, V030_TABLES} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'

@@ -3,7 +3,7 @@ import {readdirSync, readFileSync, truncateSync, writeFileSync, copyFileSync, st
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
 
-import {manifestPathFor} from '../../src/steps/backup.js'
+import {manifestPathFor} from '../../src/archive/manifest.js'
 
 import {dataDigest, V030_TABLES} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'

@@ -12,7 +12,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import type postgres from 'postgres'
 
 import expected from '../../src/migrations/expected-schema.json'
-import {SIDECAR_DIR} from '../../src/steps/backup.js'
+import {SIDECAR_DIR} from '../../src/archive/manifest.js'
 import {BIN} from './cli.js'
 import type {PrivateCluster} from './cluster.js'
 import {MIGRATION_ADDED_COLUMNS, V030_TABLES} from './fixture.js'

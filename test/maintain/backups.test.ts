@@ -4,7 +4,7 @@ import path from 'node:path'
 import postgres from 'postgres'
 import {describe, expect, it} from 'vitest'
 
-import {listBackups} from '../../src/steps/backup.js'
+import {listBackups} from '../../src/archive/listing.js'
 import {e2eScope, localArgs, parseJson, runCli} from '../helpers/cli.js'
 import {ADMIN, connect} from '../helpers/fixture.js'
 

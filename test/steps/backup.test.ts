@@ -10,9 +10,9 @@ import {CancelledError, UserError} from '../../src/errors.js'
 import {APP_NAME, type Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
 import {SERVER_ARGS} from '../helpers/server.js'
-import {
-  listBackups, MANIFEST_SUFFIX, manifestPathFor, type Manifest, newestBackup, takeBackup, verifyBackup,
-} from '../../src/steps/backup.js'
+import {listBackups, newestBackup} from '../../src/archive/listing.js'
+import {MANIFEST_SUFFIX, manifestPathFor, type Manifest} from '../../src/archive/manifest.js'
+import {takeBackup, verifyBackup} from '../../src/steps/backup.js'
 import {
   adminSql, assertCleanDockerLog, createTestDb, dbSql, dropTestDb, type DockerEnv, ledgerVersion, makeTarget, SECRET, TABLES,
   tableDigest, tempDir, useDockerStandIn, waitFor,

@@ -8,7 +8,7 @@ import {acquireCommandLock, type CommandLock} from '../../src/migrations/command
 import {loadMigrations} from '../../src/migrations/files.js'
 import {migrateUp} from '../../src/migrations/runner.js'
 import {connect, RUN_ID, type Sql} from '../../src/connection/connect.js'
-import {newDatabaseName} from '../../src/steps/clone.js'
+import {newDatabaseName} from '../../src/pg/databases.js'
 import {leftoverDatabases, leftoverPartials, repairClosedDatabase, sweepLeftovers} from '../../src/steps/leftovers.js'
 import {createV030Database} from '../helpers/fixture.js'
 import {adminSql, createTestDb, derivedDbs, dropTestDb, makeTarget, PG, tempDir, waitFor} from './support.js'

@@ -7,7 +7,8 @@ import {resetCancellation} from '../../src/cancel.js'
 import {UserError} from '../../src/errors.js'
 import type {Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
-import {type Manifest, takeBackup} from '../../src/steps/backup.js'
+import {type Manifest} from '../../src/archive/manifest.js'
+import {takeBackup} from '../../src/steps/backup.js'
 import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../../src/steps/restore.js'
 import {
   adminSql, assertCleanDockerLog, createTestDb, dbSql, derivedDbs, dropTestDb, type DockerEnv, ledgerVersion, makeTarget, TABLES,

@@ -4,7 +4,7 @@ import {describe, expect, it} from 'vitest'
 import {UserError} from '../../src/errors.js'
 import {isKeptName} from '../../src/maintain/kept.js'
 import {fitIdentifier, MAX_IDENTIFIER_BYTES, quoteIdent, validateIdentifier} from '../../src/pg/identifiers.js'
-import {newDatabaseName} from '../../src/steps/clone.js'
+import {newDatabaseName} from '../../src/pg/databases.js'
 import {keptDatabaseName} from '../../src/steps/restore.js'
 
 const bytes = (s: string) => Buffer.byteLength(s)

@@ -10,7 +10,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {loadV030} from '../../scripts/v030-fixture.mjs'
 import {fakeDockerEnv, parseJson, runCli, tmpDir} from '../helpers/cli.js'
-import {restoreArchive} from '../../src/steps/clone.js'
+import {restoreArchive} from '../../src/archive/restore.js'
 import {resolveTarget} from '../../src/connection/target.js'
 import {PgTools} from '../../src/connection/tools.js'
 import {REPO_ROOT} from '../helpers/fixture.js'

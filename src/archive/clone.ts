@@ -1,0 +1,217 @@
+import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
+import {CancelledError, firstLine, UserError} from '../errors.js'
+import {RUN_ID, type Sql} from '../connection/connect.js'
+import type {Target} from '../connection/target.js'
+import type {PgTools} from '../connection/tools.js'
+import {COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName} from '../pg/databases.js'
+import {validateIdentifier} from '../pg/identifiers.js'
+import {plural, redact} from '../text.js'
+import type {Manifest} from './manifest.js'
+import {type RestoreProgress, restoreArchive} from './restore.js'
+import {readToc, tableDataKey, type Toc} from './toc.js'
+
+/**
+ * The dry-run clone (docs/deviations.md, D9): a new database restored from the backup just taken, with `pg_restore -j`
+ * from the custom-format dump. Only the data of the tables the migration touches (and of the tables they
+ * reference, or their foreign keys would not validate) is restored; every other object - schema, indexes,
+ * constraints, sequences, comments, grants - is restored whole, so the migration meets the same catalog as in
+ * production. `CREATE DATABASE … TEMPLATE <live>` is no option: it needs the live database without connections.
+ *
+ * Owners: when the restoring user is a superuser (nself's POSTGRES_USER is) owners and grants are restored as
+ * dumped, so the migration on the clone hits the same permission problems it would hit in production. A
+ * non-superuser cannot assign objects to other roles: the clone is then restored with --no-owner (everything
+ * owned by that user) and the log says so.
+ *
+ * Leftovers are recognisable: the clone's name is `<db>_e2ee_dryrun_<YYYYMMDDHHMMSS>` and its comment starts
+ * with `nself-e2ee dryrun clone of <db>,` and names the run; the next command that holds the database's command
+ * lock drops those of other runs (`sweepLeftovers` in leftovers.ts), never the ones marked ", kept".
+ */
+
+export interface Clone {
+  name: string
+  /** Tables whose data was not restored, with their row count in the backup when the manifest has it. */
+  leftOut: {table: string; rows: number | null}[]
+  restoreMs: number
+  /** Drop the clone (ending every session on it). Until then Ctrl+C drops it too, unless it was kept. */
+  drop(): Promise<void>
+}
+
+export interface CreateCloneOptions {
+  target: Target
+  tools: PgTools
+  /** Connected to the live (target) database. */
+  admin: Sql
+  backup: {file: string; manifest: Manifest}
+  /** Tables whose data is restored: the ones the migration touches ("table" in the backup's schema, or "schema.table"). */
+  dataTables: string[]
+  jobs?: number
+  /** Keep the clone after the run (and after a failure, for inspection): it is marked ", kept" and never swept. */
+  keep?: boolean
+  onProgress?: (progress: RestoreProgress) => void
+  log?: (line: string) => void
+}
+
+
+interface KeptTable {
+  schema: string
+  name: string
+}
+
+function parseTableRef(ref: string, defaultSchema: string): KeptTable {
+  const dot = ref.indexOf('.')
+  const [schema, name] = dot === -1 ? [defaultSchema, ref] : [ref.slice(0, dot), ref.slice(dot + 1)]
+  validateIdentifier(schema, 'schema')
+  validateIdentifier(name, 'table')
+  return {name, schema}
+}
+
+/** The requested tables plus what their data needs: referenced tables (foreign keys) and partitions, recursively. */
+async function tablesWithDependencies(admin: Sql, requested: KeptTable[]): Promise<KeptTable[]> {
+  if (requested.length === 0) return []
+  const keys = requested.map((t) => `${t.schema}.${t.name}`)
+  const rows = await admin<KeptTable[]>`
+    with recursive kept(oid) as (
+      select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname || '.' || c.relname = any(${keys})
+      union
+      select x.oid from kept k cross join lateral (
+        select confrelid as oid from pg_constraint where contype = 'f' and conrelid = k.oid
+        union all
+        select inhrelid from pg_inherits where inhparent = k.oid
+      ) x
+    )
+    select n.nspname as schema, c.relname as name from kept k join pg_class c on c.oid = k.oid
+    join pg_namespace n on n.oid = c.relnamespace`
+  const out = [...requested]
+  for (const r of rows) if (!out.some((t) => t.schema === r.schema && t.name === r.name)) out.push({name: r.name, schema: r.schema})
+  return out
+}
+
+export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
+  const {admin, backup, log, target, tools} = opts
+  const started = Date.now()
+  throwIfCancelled('the dry run')
+  const file = backup.file
+  const secret = target.conn.password
+
+  const [{db}] = await admin<{db: string}[]>`select current_database() as db`
+  validateIdentifier(db, 'database')
+  const defaultSchema = backup.manifest.schema || target.schema || 'public'
+
+  let toc: Toc
+  try {
+    toc = await readToc(tools, file)
+  } catch (error) {
+    if (isCancelled()) throw new CancelledError('the dry run')
+    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
+  }
+
+  const tocTables = new Set(toc.entries.filter((e) => e.desc === 'TABLE').map((e) => tableDataKey(e.schema, e.name)))
+  const requested = opts.dataTables.map((t) => parseTableRef(t, defaultSchema))
+  for (const t of requested) {
+    if (!tocTables.has(tableDataKey(t.schema, t.name))) {
+      throw new UserError(`The table ${t.schema}.${t.name} is not in the backup ${file}.`, {
+        hint: 'The dry run restores the data of the tables the migration touches; take a new backup of the current database.',
+      })
+    }
+  }
+  const kept = await tablesWithDependencies(admin, requested)
+  const added = kept.slice(requested.length)
+  if (added.length > 0) {
+    log?.(`Also restoring the data of ${added.map((t) => `${t.schema}.${t.name}`).join(', ')} (referenced by foreign keys or partitions of the migrated tables).`)
+  }
+  const keptKeys = new Set(kept.map((t) => tableDataKey(t.schema, t.name)))
+
+  const leftOut: Clone['leftOut'] = []
+  const listLines: string[] = []
+  const byLine = new Map(toc.entries.map((e) => [e.line, e]))
+  let total = 0
+  for (const line of toc.text.split('\n')) {
+    const entry = byLine.get(line)
+    if (entry && entry.desc === 'TABLE DATA' && !keptKeys.has(tableDataKey(entry.schema, entry.name))) {
+      const inSchema = entry.schema === backup.manifest.schema
+      const table = inSchema ? entry.name : `${entry.schema ?? ''}.${entry.name}`
+      const rows = inSchema ? backup.manifest.row_counts[entry.name] : undefined
+      leftOut.push({rows: rows ?? null, table})
+      listLines.push(';' + line)
+      continue
+    }
+    if (entry) total++
+    listLines.push(line)
+  }
+
+  const live = await describeDatabase(admin, db)
+  const name = await freeDatabaseName(admin, db, 'dryrun')
+  const comment = `${COMMENT_PREFIX.dryrun}${db}, created ${new Date().toISOString()}, pid ${process.pid}, run ${RUN_ID}${opts.keep ? ', kept' : ''}`
+
+  let dropping: Promise<void> | undefined
+  const dropOnce = () => {
+    // Shared while in flight only: a drop that ran before CREATE DATABASE committed (Ctrl+C at that moment)
+    // must be able to run again.
+    dropping ??= dropDatabase(admin, name).finally(() => {
+      dropping = undefined
+    })
+    return dropping
+  }
+  let unregister = onCancel(async () => {
+    if (!opts.keep) await dropOnce()
+  })
+
+  try {
+    await createDatabaseLike(admin, name, live, comment, {log})
+    throwIfCancelled('the dry run')
+    log?.(`Restoring ${file} into ${name} (${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without).`)
+    const extraArgs = ['--no-subscriptions']
+    if (!live.superuser) {
+      extraArgs.push('--no-owner')
+      log?.(`${live.currentUser} is not a superuser: the clone's objects are owned by ${live.currentUser} (--no-owner), so ownership problems will not show in the dry run.`)
+    }
+    const restoreStarted = Date.now()
+    await restoreArchive({
+      database: name, extraArgs, file, jobs: opts.jobs, listText: listLines.join('\n'), onProgress: opts.onProgress, target, tools, total,
+    })
+    const restoreMs = Date.now() - restoreStarted
+    throwIfCancelled('the dry run')
+    log?.(`Clone ${name} restored in ${(restoreMs / 1000).toFixed(1)} s (${((Date.now() - started) / 1000).toFixed(1)} s in all).`)
+    if (opts.keep) {
+      unregister()
+      unregister = () => true
+    }
+    return {
+      async drop() {
+        unregister()
+        await dropOnce()
+        log?.(`Dropped the dry-run clone ${name}.`)
+      },
+      leftOut,
+      name,
+      restoreMs,
+    }
+  } catch (error) {
+    unregister()
+    let dropNote = ''
+    if (opts.keep) {
+      dropNote = ` The clone ${name} was kept for inspection.`
+    } else {
+      try {
+        await dropOnce()
+      } catch (dropError) {
+        dropNote = ` The clone ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
+      }
+    }
+    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the dry run (clone ${name})`)
+    if (error instanceof UserError) {
+      throw new UserError(error.message + dropNote, {cause: error, hint: error.hint})
+    }
+    const cause = redact(firstLine(error), secret)
+    // A full disk on the server is no fault of the backup: say where space is missing.
+    const diskFull = /No space left on device|could not extend file|disk full|53100/i.test(cause)
+    throw new UserError(`Restoring the dry-run clone ${name} from ${file} failed${diskFull ? ' because the database server\'s disk is full' : ''}: ${cause}.${dropNote}`, {
+      cause: error,
+      hint: diskFull
+        ? 'The live database was not touched. Free space on the database server (the dry run needs room for a copy of the tables the migration touches), or run with --skip-dryrun.'
+        : 'The live database was not touched. Check the backup with `nself db e2ee verify`, or re-run with a fresh backup.',
+    })
+  }
+}
+
