@@ -23,7 +23,7 @@ import {seedMaintenance} from '../scripts/maintain-fixture.mjs'
 import {loadV030} from '../scripts/v030-fixture.mjs'
 
 import {takeBackup} from '../dist/steps/backup.js'
-import {TOUCHED_TABLES} from '../dist/steps/preflight.js'
+import {TOUCHED_TABLES} from '../dist/nchat/tables.js'
 import {resolveTarget} from '../dist/connection/target.js'
 import {PgTools} from '../dist/connection/tools.js'
 import {connect as pluginConnect} from '../dist/connection/connect.js'

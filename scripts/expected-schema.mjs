@@ -26,7 +26,7 @@ if (!existsSync(path.join(root, 'dist', 'steps', 'verify.js'))) {
   process.exit(2)
 }
 const {loadMigrations} = await import('../dist/migrations/files.js')
-const {generateExpectedSchema, serializeExpectedSchema} = await import('../dist/steps/verify.js')
+const {generateExpectedSchema, serializeExpectedSchema} = await import('../dist/verify/expected.js')
 
 const conn = {
   host: process.env.PGHOST ?? '127.0.0.1',

@@ -25,7 +25,7 @@ export {leftoverDatabases, leftoverPartials, repairClosedDatabase, sweepLeftover
 export {acquireCommandLock, type CommandLock} from './migrations/command-lock.js'
 export {restoreIntoNewDatabase, swapDatabases} from './steps/restore.js'
 export {dryRun} from './steps/dryrun.js'
-export {verifyDatabase} from './steps/verify.js'
+export {verifyDatabase} from './verify/verify-database.js'
 export {vacuumTables} from './steps/vacuum.js'
 export {runMigrate} from './pipeline/migrate.js'
 export {runDryRun} from './pipeline/dryrun.js'

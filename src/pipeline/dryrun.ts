@@ -4,7 +4,7 @@ import {type BackupInfo, type ListedBackup, manifestPathFor} from '../archive/ma
 import {verifyBackup} from '../steps/backup.js'
 import {existingTables} from '../migrations/plan.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
-import {inspect, type Inspection} from '../steps/inspect.js'
+import {inspect, type Inspection} from '../migrations/inspect.js'
 import {preflight, type PreflightReport} from '../steps/preflight.js'
 import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'

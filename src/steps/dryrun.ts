@@ -10,8 +10,9 @@ import type {PgTools} from '../connection/tools.js'
 import {createClone} from '../archive/clone.js'
 import type {BackupInfo, ListedBackup} from '../archive/manifest.js'
 import {testPause} from '../test-pause.js'
-import {TOUCHED_TABLES} from './preflight.js'
-import {verifyDatabase, type VerifyReport} from './verify.js'
+import {TOUCHED_TABLES} from '../nchat/tables.js'
+import type {VerifyReport} from '../verify/report.js'
+import {verifyDatabase} from '../verify/verify-database.js'
 
 export interface DryRunOptions {
   target: Target

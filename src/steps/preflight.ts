@@ -9,8 +9,9 @@ import {quoteIdent} from '../pg/identifiers.js'
 import type {PgTools} from '../connection/tools.js'
 import type {Target} from '../connection/target.js'
 import {judgeTools} from '../connection/versions.js'
-import {existingTableShapes} from './existing-tables.js'
-import type {Inspection} from './inspect.js'
+import {TOUCHED_TABLES} from '../nchat/tables.js'
+import {existingTableShapes} from '../verify/existing-tables.js'
+import type {Inspection} from '../migrations/inspect.js'
 import {fmtBytes} from '../text.js'
 
 export interface Check {
@@ -26,9 +27,6 @@ export interface PreflightReport {
   dataBytes: number
   databaseBytes: number
 }
-
-/** The tables the migrations alter or validate against; their data is what a faithful dry run needs. */
-export const TOUCHED_TABLES = ['nchat_users', 'nchat_channels', 'nchat_messages']
 
 export interface PreflightOptions {
   target: Target

@@ -13,28 +13,6 @@ import type {Querier, Sql} from '../connection/connect.js'
 /** What is true when the vacuum is interrupted: it only refreshes statistics, nothing is undone. */
 const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes statistics; nothing was undone, run VACUUM (ANALYZE) on those tables later)'
 
-/** The new tables of 013-016, then the two existing tables 014 alters. */
-export const VACUUM_TABLES: readonly string[] = [
-  // 013 / 014: E2EE
-  'nchat_user_master_keys',
-  'nchat_identity_keys',
-  'nchat_signed_prekeys',
-  'nchat_one_time_prekeys',
-  'nchat_signal_sessions',
-  'nchat_safety_numbers',
-  'nchat_e2ee_audit_log',
-  // 015: calls
-  'nchat_calls',
-  'nchat_call_participants',
-  'nchat_call_events',
-  // 016: streaming
-  'nchat_streams',
-  'nchat_stream_viewers',
-  // altered by 014
-  'nchat_messages',
-  'nchat_channels',
-]
-
 /**
  * `VACUUM (ANALYZE) schema.table` for each of `tables` that exists (others are skipped silently: a database
  * migrated only to 014 has no call tables). Returns what was vacuumed with its duration.

@@ -9,7 +9,7 @@ import {parse} from 'yaml'
 
 import {removeHasuraMetadata, RECORD_FILE, syncHasuraMetadata, writeHasuraMetadata} from '../../src/hasura/metadata.js'
 import {FUNCTIONS, TABLES} from '../../src/hasura/spec.js'
-import {expectedAt, loadExpectedSchema} from '../../src/steps/verify.js'
+import {expectedAt, loadExpectedSchema} from '../../src/verify/expected.js'
 
 // A project laid out like nChat's repository: two existing table files, each a one-element list.
 const NCHAT_TABLES = `- "!include nchat_users.yaml"

@@ -7,7 +7,7 @@ import path from 'node:path'
 import {describe, expect, it} from 'vitest'
 
 import {loadMigrations} from '../../src/migrations/files.js'
-import {expectedAt, type ExpectedSchema, generateExpectedSchema, serializeExpectedSchema} from '../../src/steps/verify.js'
+import {expectedAt, type ExpectedSchema, generateExpectedSchema, serializeExpectedSchema} from '../../src/verify/expected.js'
 import {createV030Database, REPO_ROOT} from '../helpers/fixture.js'
 import {pool, T} from './_db.js'
 

@@ -3,7 +3,8 @@ import {describe, expect, it} from 'vitest'
 
 import {loadMigrations} from '../../src/migrations/files.js'
 import {tablesCreatedBy} from '../../src/migrations/plan.js'
-import {lastVacuumed, VACUUM_TABLES, vacuumTables} from '../../src/steps/vacuum.js'
+import {VACUUM_TABLES} from '../../src/nchat/tables.js'
+import {lastVacuumed, vacuumTables} from '../../src/steps/vacuum.js'
 import {migratedDatabase, T} from './_db.js'
 
 describe('vacuumTables', () => {

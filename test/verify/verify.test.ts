@@ -2,7 +2,8 @@
 // counts, upTo, and that it leaves nothing behind. Every test makes and drops its own database.
 import {describe, expect, it} from 'vitest'
 
-import {verifyDatabase, type VerifyReport} from '../../src/steps/verify.js'
+import {type VerifyReport} from '../../src/verify/report.js'
+import {verifyDatabase} from '../../src/verify/verify-database.js'
 import {loadMigrations} from '../../src/migrations/files.js'
 import {migrateUp} from '../../src/migrations/runner.js'
 import {applyGuideByHand, createV030Database} from '../helpers/fixture.js'

@@ -4,7 +4,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
 import {checkBeforeReading, note} from '../../../pipeline/command.js'
-import {inspect, statusDocument} from '../../../steps/inspect.js'
+import {inspect, statusDocument} from '../../../migrations/inspect.js'
 import {type PgTool, reportTools} from '../../../connection/tools.js'
 
 export default class Status extends BaseCommand {

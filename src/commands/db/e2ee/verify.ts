@@ -5,13 +5,13 @@ import {checkBeforeReading, note} from '../../../pipeline/command.js'
 import {isCancelled, untilCancelled} from '../../../cancel.js'
 import {CancelledError, UserError} from '../../../errors.js'
 import {readManifest} from '../../../archive/manifest.js'
-import {inspect} from '../../../steps/inspect.js'
+import {inspect} from '../../../migrations/inspect.js'
 import {stopPool} from '../../../connection/connect.js'
-import {verifyDatabase} from '../../../steps/verify.js'
+import {verifyDatabase} from '../../../verify/verify-database.js'
 import {plural} from '../../../text.js'
 import {verboseListing} from '../../../flags.js'
 import {fmtMs} from '../../../pipeline/ui.js'
-import type {VerifyReport} from '../../../steps/verify.js'
+import type {VerifyReport} from '../../../verify/report.js'
 
 export default class Verify extends BaseCommand {
   static description = `Check that every object migrations 013-016 create is there and valid (tables, columns, indexes by name and validity, constraints validated with their delete rules, checks, the bundle view and claim function), that existing rows were not changed, and that the guide's queries use their indexes.

@@ -7,7 +7,8 @@
  */
 import type {Plan} from '../migrations/plan.js'
 import type {Querier} from '../connection/connect.js'
-import {type ColumnDef, loadExpectedSchema} from './verify.js'
+import type {ColumnDef} from './catalog.js'
+import {loadExpectedSchema} from './expected.js'
 
 export interface ShapeCheck {
   name: string

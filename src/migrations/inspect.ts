@@ -1,9 +1,9 @@
 import path from 'node:path'
 
-import type {MigrationFile} from '../migrations/files.js'
-import {loadMigrations} from '../migrations/files.js'
-import {nselfLedgerApplied} from '../migrations/ledger.js'
-import {assertServerSupported, type Plan, readPlan, serverVersionNum} from '../migrations/plan.js'
+import type {MigrationFile} from './files.js'
+import {loadMigrations} from './files.js'
+import {nselfLedgerApplied} from './ledger.js'
+import {assertServerSupported, type Plan, readPlan, serverVersionNum} from './plan.js'
 import {connectChecked, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 

@@ -1,0 +1,267 @@
+import {GUIDE_LEFTOVERS} from '../nchat/guide.js'
+import {type Catalog, type CatalogObject, type ColumnDef, type ConstraintDef, CONSTRAINT_TYPE, displayIdent, type FunctionDef, type IndexDef, type ObjectDef, type RelationDef, RELKIND_TEXT, type TriggerDef} from './catalog.js'
+import {canonical, expectedAt, type ExpectedObject, type ExpectedSchema, sameDef} from './expected.js'
+import type {Checks} from './report.js'
+
+/** The live catalog compared with the reference snapshot: every expected object by name, the guide's leftovers gone. */
+
+function migrationLabel(expected: ExpectedSchema, version: number): string {
+  return expected.migrations[String(version)] ?? `migration ${version}`
+}
+
+function describeColumn(d: ColumnDef): string {
+  return `${d.type}${d.notNull ? ' NOT NULL' : ' NULL'}${d.default === null ? ' without default' : ` DEFAULT ${d.default}`}${d.identity ? ` GENERATED (identity ${d.identity})` : ''}${d.generated ? ' GENERATED ALWAYS (stored)' : ''}`
+}
+
+/** Compare every expected object; returns the tables that are missing or not tables (their parts are not listed). */
+export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Catalog, upTo: number, schema: string): Set<string> {
+  const q = (name: string) => `${displayIdent(schema)}.${displayIdent(name)}`
+  const wanted = expected.objects
+    .map((o) => ({at: expectedAt(o, upTo), o}))
+    .filter((x): x is {at: {def: ObjectDef | null; version: number}; o: ExpectedObject} => x.at !== undefined)
+  const broken = new Set<string>()
+  const suppressed = new Map<string, number>()
+
+  for (const {at, o} of wanted) {
+    const by = migrationLabel(expected, at.version)
+    const name = o.kind === 'column' || o.kind === 'trigger' ? `${o.kind} ${o.table}.${o.name}` : `${o.kind} ${o.name}`
+    const cur = live.get(o.key)
+
+    if (at.def === null) {
+      // The migration drops it.
+      if (cur) checks.fail(name, `${o.kind} ${o.name}${o.table ? ` on ${o.table}` : ''} still exists; ${by} removes it`)
+      else checks.ok(name, `absent, as ${by} leaves it`)
+      continue
+    }
+    if (o.table && broken.has(o.table)) {
+      suppressed.set(o.table, (suppressed.get(o.table) ?? 0) + 1)
+      continue
+    }
+
+    switch (o.kind) {
+      case 'table':
+      case 'view':
+      case 'matview':
+      case 'sequence': {
+        const def = at.def as RelationDef
+        if (!cur) {
+          checks.fail(name, `${o.kind} ${o.name} is missing (${by} creates it)`)
+          if (o.kind === 'table') broken.add(o.name)
+          break
+        }
+        const have = cur.def as RelationDef
+        if (have.relkind !== def.relkind) {
+          const d2 = o.name === 'nchat_prekey_bundles' && have.relkind === 'm'
+            ? ' (the guide\'s materialized view, defect D2: refreshed on every key write); run nself db e2ee migrate to convert it into the plain view'
+            : ''
+          checks.fail(name, `${o.kind} ${o.name} is ${RELKIND_TEXT[have.relkind] ?? have.relkind}, expected ${RELKIND_TEXT[def.relkind] ?? def.relkind}${d2}`)
+          if (o.kind === 'table') broken.add(o.name)
+          break
+        }
+        if (def.columns) {
+          const want = def.columns.map((c) => `${c.name} ${c.type}`)
+          const got = (have.columns ?? []).map((c) => `${c.name} ${c.type}`)
+          if (want.join(', ') !== got.join(', ')) {
+            checks.fail(name, `${o.kind} ${o.name} has the columns (${got.join(', ')}), expected (${want.join(', ')}) in this order`)
+            break
+          }
+          checks.ok(name, `${def.columns.length} columns in the expected order (${by})`)
+          break
+        }
+        if (o.kind === 'sequence' && (have.ownedBy !== def.ownedBy || have.type !== def.type)) {
+          checks.fail(name, `sequence ${o.name} is ${have.type ?? '?'} owned by ${have.ownedBy ?? 'nothing'}, expected ${def.type ?? '?'} owned by ${def.ownedBy ?? 'nothing'}`)
+          break
+        }
+        checks.ok(name, `exists (${by})`)
+        break
+      }
+
+      case 'column': {
+        const def = at.def as ColumnDef
+        if (!cur) {
+          checks.fail(name, `column ${o.table}.${o.name} is missing (${by} adds it as ${describeColumn(def)})`)
+          break
+        }
+        const have = cur.def as ColumnDef
+        const diffs: string[] = []
+        if (have.type !== def.type) diffs.push(`its type is ${have.type}, expected ${def.type}`)
+        if (have.notNull !== def.notNull) diffs.push(def.notNull ? 'it is nullable, expected NOT NULL' : 'it is NOT NULL, expected nullable')
+        if ((have.default ?? null) !== (def.default ?? null)) diffs.push(`its default is ${have.default ?? 'none'}, expected ${def.default ?? 'none'}`)
+        if ((have.identity ?? '') !== (def.identity ?? '') || (have.generated ?? '') !== (def.generated ?? '')) diffs.push('its identity/generated property differs')
+        if (diffs.length > 0) checks.fail(name, `column ${o.table}.${o.name} differs from ${by}: ${diffs.join('; ')}`)
+        else checks.ok(name, `${describeColumn(def)} (${by})`)
+        break
+      }
+
+      case 'index': {
+        const def = at.def as IndexDef
+        if (!cur) {
+          const twin = [...live.values()].find((x) => x.kind === 'index' && sameDef(x.def, def))
+          if (twin) checks.warn(name, `index ${o.name} on ${def.table} is missing by name, but ${twin.name} has the same definition (${def.definition})`)
+          else checks.fail(name, `index ${o.name} on ${def.table} is missing (${by} creates it: ${def.unique ? 'UNIQUE ' : ''}${def.definition})`)
+          break
+        }
+        const have = cur.def as IndexDef
+        if (have.table !== def.table) {
+          checks.fail(name, `index ${o.name} is on ${have.table}, expected on ${def.table}`)
+          break
+        }
+        if (have.definition !== def.definition || have.unique !== def.unique || have.primary !== def.primary) {
+          checks.fail(name, `index ${o.name} on ${def.table} is ${have.unique ? 'UNIQUE ' : ''}${have.definition}, expected ${def.unique ? 'UNIQUE ' : ''}${def.definition} (${by})`)
+          break
+        }
+        if (cur.state?.valid === false || cur.state?.ready === false) {
+          checks.fail(name, `index ${o.name} on ${def.table} is INVALID (an interrupted CREATE INDEX CONCURRENTLY build), so no query uses it: run nself db e2ee migrate again to rebuild it, or REINDEX INDEX CONCURRENTLY ${q(o.name)}`)
+          break
+        }
+        checks.ok(name, `on ${def.table}, valid: ${def.unique ? 'UNIQUE ' : ''}${def.definition}`)
+        break
+      }
+
+      case 'constraint':
+        checkConstraint(checks, name, o, at.def as ConstraintDef, cur, live, by, q)
+        break
+
+      case 'function': {
+        const def = at.def as FunctionDef
+        if (!cur) {
+          const base = o.name.replace(/\(.*$/, '')
+          const other = [...live.values()].filter((x) => x.kind === 'function' && x.name.startsWith(`${base}(`)).map((x) => x.name)
+          checks.fail(name, `function ${o.name} is missing (${by} creates it)${other.length ? `; found only ${other.join(', ')}` : ''}`)
+          break
+        }
+        const have = cur.def as FunctionDef
+        const diffs: string[] = []
+        if (have.returns !== def.returns) diffs.push(`it returns ${have.returns}, expected ${def.returns}`)
+        if (have.language !== def.language) diffs.push(`its language is ${have.language}, expected ${def.language}`)
+        if (have.volatility !== def.volatility) diffs.push(`it is ${have.volatility}, expected ${def.volatility}`)
+        if (have.securityDefiner !== def.securityDefiner) diffs.push(def.securityDefiner ? 'it is not SECURITY DEFINER' : 'it is SECURITY DEFINER')
+        if (canonical(have.config) !== canonical(def.config)) diffs.push(`its settings are [${have.config.join(', ')}], expected [${def.config.join(', ')}]`)
+        if (have.bodySha256 !== def.bodySha256) diffs.push('its body is not the one the migration defines')
+        if (diffs.length > 0) checks.fail(name, `function ${o.name} differs from ${by}: ${diffs.join('; ')}`)
+        else checks.ok(name, `exists as ${by} defines it`)
+        break
+      }
+
+      case 'trigger': {
+        const def = at.def as TriggerDef
+        if (!cur) checks.fail(name, `trigger ${o.name} on ${o.table} is missing (${by} creates it)`)
+        else if ((cur.def as TriggerDef).definition !== def.definition) checks.fail(name, `trigger ${o.name} on ${o.table} differs from ${by}: ${(cur.def as TriggerDef).definition}`)
+        else checks.ok(name, `exists (${by})`)
+        break
+      }
+    }
+  }
+
+  for (const [table, n] of suppressed) {
+    const c = checks.list.find((x) => x.status === 'fail' && x.name === `table ${table}`)
+    if (c) c.detail = c.detail.replace(/\.$/, ` (with its ${n} columns, indexes and constraints).`)
+  }
+  return broken
+}
+
+function describeFk(d: ConstraintDef): string {
+  const r = d.references!
+  return `(${d.columns.join(', ')}) → ${r.table}(${r.columns.join(', ')}) ON DELETE ${r.onDelete}`
+}
+
+function checkConstraint(checks: Checks, name: string, o: ExpectedObject, def: ConstraintDef, cur: CatalogObject | undefined, live: Catalog, by: string, q: (name: string) => string): void {
+  const what = CONSTRAINT_TYPE[def.type] ?? 'constraint'
+  name = `${what} ${o.name}`
+  let found = cur
+  let renamed = false
+  if (!found) {
+    // Not by name: look for the same constraint under another name (table, columns → referenced table; or definition).
+    const candidates = [...live.values()].filter((x) => x.kind === 'constraint' && (x.def as ConstraintDef).table === def.table && (x.def as ConstraintDef).type === def.type)
+    const cdef = (x: CatalogObject) => x.def as ConstraintDef
+    found = def.type === 'f'
+      ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns) && cdef(x).references?.table === def.references?.table)
+      : def.type === 'c'
+        // A check by its definition, else a check on the same columns (compared below: the D1 variant).
+        ? candidates.find((x) => cdef(x).definition === def.definition) ?? (def.columns.length > 0 ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns)) : undefined)
+        : candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns))
+    if (!found) {
+      checks.fail(name, `${what} ${o.name} on ${def.table} is missing (${by} creates it: ${def.type === 'f' ? describeFk(def) : def.definition})`)
+      return
+    }
+    renamed = true
+  }
+  const have = found.def as ConstraintDef
+  const label = `${what} ${found.name}${renamed ? ` (expected as ${o.name})` : ''} on ${def.table}`
+  if (have.type !== def.type) {
+    checks.fail(name, `${label} is a ${CONSTRAINT_TYPE[have.type] ?? have.type}, expected a ${what}`)
+    return
+  }
+  if (def.type === 'f' && have.references && def.references) {
+    const diffs: string[] = []
+    if (canonical(have.columns) !== canonical(def.columns)) diffs.push(`it is on (${have.columns.join(', ')}), expected (${def.columns.join(', ')})`)
+    if (have.references.table !== def.references.table || canonical(have.references.columns) !== canonical(def.references.columns)) {
+      diffs.push(`it references ${have.references.table}(${have.references.columns.join(', ')}), expected ${def.references.table}(${def.references.columns.join(', ')})`)
+    }
+    if (have.references.onDelete !== def.references.onDelete) diffs.push(`it has ON DELETE ${have.references.onDelete}, expected ON DELETE ${def.references.onDelete}`)
+    if (have.references.onUpdate !== def.references.onUpdate) diffs.push(`it has ON UPDATE ${have.references.onUpdate}, expected ON UPDATE ${def.references.onUpdate}`)
+    if (diffs.length > 0) {
+      checks.fail(name, `${label} differs from ${by}: ${diffs.join('; ')}`)
+      return
+    }
+  }
+  if (have.definition !== def.definition) {
+    const d1 = def.type === 'c' && /verification_method/.test(def.definition) && !/IS NULL/.test(have.definition)
+      ? ' — the guide\'s IN (…, NULL) check (defect D1), which accepts any value'
+      : ''
+    checks.fail(name, `${label} is ${have.definition}, expected ${def.definition}${d1}`)
+    return
+  }
+  if (have.deferrable !== def.deferrable || have.deferred !== def.deferred) {
+    checks.fail(name, `${label} is ${have.deferrable ? 'DEFERRABLE' : 'NOT DEFERRABLE'}${have.deferred ? ' INITIALLY DEFERRED' : ''}, unlike ${by}`)
+    return
+  }
+  if (found.state?.validated === false) {
+    checks.fail(name, `${label} is NOT VALID (never validated, existing rows were not checked): run ALTER TABLE ${q(def.table)} VALIDATE CONSTRAINT ${displayIdent(found.name)}`)
+    return
+  }
+  const summary = def.type === 'f' ? `${describeFk(def)}, validated` : def.definition
+  if (renamed) checks.warn(name, `${label} is found under another name: ${summary}`)
+  else checks.ok(name, `on ${def.table}: ${summary}`)
+}
+
+export function checkGuideLeftovers(checks: Checks, live: Catalog): void {
+  for (const f of GUIDE_LEFTOVERS.functions) {
+    const found = [...live.values()].filter((x) => x.kind === 'function' && x.name.startsWith(`${f}(`))
+    if (found.length > 0) checks.fail(`absent: function ${f}`, `function ${found[0].name} (the guide's refresh of the materialized view, defect D2) still exists; 014 removes it`)
+    else checks.ok(`absent: function ${f}`, 'the guide\'s refresh function is gone')
+  }
+  const triggers = [...live.values()].filter((x) => x.kind === 'trigger')
+  for (const t of GUIDE_LEFTOVERS.triggers) {
+    const found = triggers.find((x) => x.table === t.table && x.name === t.name)
+    if (found) checks.fail(`absent: trigger ${t.name}`, `trigger ${t.name} on ${t.table} (the guide's refresh on every key write, defect D2) still exists; 014 removes it`)
+    else checks.ok(`absent: trigger ${t.name}`, 'the guide\'s refresh trigger is gone')
+  }
+  for (const t of triggers) {
+    const d = t.def as TriggerDef
+    if (GUIDE_LEFTOVERS.functions.includes(d.function as (typeof GUIDE_LEFTOVERS.functions)[number]) && !GUIDE_LEFTOVERS.triggers.some((g) => g.name === t.name && g.table === t.table)) {
+      checks.fail(`absent: trigger ${t.name}`, `trigger ${t.name} on ${t.table} still runs ${d.function}() (the guide's materialized view refresh, defect D2)`)
+    }
+  }
+  for (const i of GUIDE_LEFTOVERS.indexes) {
+    const found = live.get(`index:${i}`)
+    if (found) checks.fail(`absent: index ${i}`, `index ${i} on ${found.table} (of the guide's materialized view) still exists`)
+    else checks.ok(`absent: index ${i}`, 'the guide\'s materialized view index is gone')
+  }
+}
+
+/** Invalid indexes that are not ours, on the tables we touch (e.g. leftovers of REINDEX CONCURRENTLY). */
+export function checkInvalidLeftovers(checks: Checks, expected: ExpectedSchema, live: Catalog, upTo: number): void {
+  const tables = new Set(expected.objects.filter((o) => o.since <= upTo && o.table).map((o) => o.table!))
+  const ours = new Set(expected.objects.filter((o) => o.kind === 'index').map((o) => o.name))
+  for (const o of live.values()) {
+    if (o.kind !== 'index' || ours.has(o.name) || !o.table || !tables.has(o.table)) continue
+    if (o.state?.valid === false || o.state?.ready === false) {
+      checks.warn(`index ${o.name}`, `index ${o.name} on ${o.table} is INVALID (an interrupted concurrent build); it slows every write and serves no query: drop it with DROP INDEX CONCURRENTLY ${o.name}`)
+    }
+  }
+}
+
+export function hasColumn(live: Catalog, table: string, column: string): boolean {
+  return live.has(`column:${table}.${column}`)
+}
