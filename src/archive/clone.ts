@@ -24,7 +24,7 @@ import {readToc, tableDataKey, type Toc} from './toc.js'
  *
  * Leftovers are recognisable: the clone's name is `<db>_e2ee_dryrun_<YYYYMMDDHHMMSS>` and its comment starts
  * with `nself-e2ee dryrun clone of <db>,` and names the run; the next command that holds the database's command
- * lock drops those of other runs (`sweepLeftovers` in leftovers.ts), never the ones marked ", kept".
+ * lock drops those of other runs (`sweepLeftovers` in steps/leftovers.ts), never the ones marked ", kept".
  */
 
 export interface Clone {

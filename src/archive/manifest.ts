@@ -28,7 +28,7 @@ export function manifestPathFor(dump: string): string {
 
 /**
  * Where a dump is written until it is complete and checked (then renamed into backups/). The run id in the name
- * lets the next command prove the writer is gone (leftovers.ts) before removing it.
+ * lets the next command prove the writer is gone (steps/leftovers.ts) before removing it.
  */
 export function partialPathFor(dump: string): string {
   return path.join(path.dirname(dump), SIDECAR_DIR, `${path.basename(dump)}.${RUN_ID}.partial`)

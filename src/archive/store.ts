@@ -87,7 +87,7 @@ export const exists = (f: string) => fs.access(f).then(() => true, () => false)
  * Reserve `<project>_<YYYYMMDD_HHMMSS>.dump` by creating its manifest's place in the sidecar folder exclusively
  * (O_EXCL; the manifest is later written over it): two runs started in the same second cannot both get it, and the
  * loser moves to the next second, so every name keeps nself's pattern. The dump itself is written to a `.partial`
- * named with this run's id, so the next command can prove its writer is gone (leftovers.ts) before removing it.
+ * named with this run's id, so the next command can prove its writer is gone (steps/leftovers.ts) before removing it.
  * A placeholder left by a killed run is an unreadable manifest without a dump: listings skip it.
  */
 export async function reserveFileName(dir: string, project: string): Promise<{final: string; partial: string}> {

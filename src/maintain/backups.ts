@@ -7,7 +7,7 @@ import {type ListedBackup, sha256File} from '../archive/manifest.js'
 
 /**
  * Housekeeping of what upgrades leave behind in the backup folder: our dumps (with a manifest, read through
- * steps/backup.ts's listBackups, wherever it keeps manifests) and nself's own (`nself db backup`: no manifest).
+ * archive/listing.ts's listBackups, wherever it keeps manifests) and nself's own (`nself db backup`: no manifest).
  */
 
 export interface BackupEntry {
