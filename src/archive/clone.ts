@@ -8,7 +8,7 @@ import {validateIdentifier} from '../pg/identifiers.js'
 import {plural, redact} from '../text.js'
 import type {Manifest} from './manifest.js'
 import {type RestoreProgress, restoreArchive} from './restore.js'
-import {readToc, tableDataKey, type Toc} from './toc.js'
+import {readBackupToc, tableDataKey} from './toc.js'
 
 /**
  * The dry-run clone (docs/deviations.md, D9): a new database restored from the backup just taken, with `pg_restore -j`
@@ -98,13 +98,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   validateIdentifier(db, 'database')
   const defaultSchema = backup.manifest.schema || target.schema || 'public'
 
-  let toc: Toc
-  try {
-    toc = await readToc(tools, file)
-  } catch (error) {
-    if (isCancelled()) throw new CancelledError('the dry run')
-    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
-  }
+  const toc = await readBackupToc(tools, file, 'the dry run', secret)
 
   const tocTables = new Set(toc.entries.filter((e) => e.desc === 'TABLE').map((e) => tableDataKey(e.schema, e.name)))
   const requested = opts.dataTables.map((t) => parseTableRef(t, defaultSchema))

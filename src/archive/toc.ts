@@ -1,4 +1,7 @@
+import {isCancelled} from '../cancel.js'
+import {CancelledError, firstLine, UserError} from '../errors.js'
 import type {PgTools} from '../connection/tools.js'
+import {redact} from '../text.js'
 
 /** The archive's table of contents, as `pg_restore --list` prints it. */
 
@@ -89,4 +92,14 @@ export async function readToc(tools: PgTools, file: string): Promise<Toc> {
 export function missingTableData(toc: Toc, schema: string, tables: string[]): string | undefined {
   const have = new Set(toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => tableDataKey(e.schema, e.name)))
   return tables.find((t) => !have.has(tableDataKey(schema, t)))
+}
+
+/** readToc of a backup about to be restored: a failure is one sentence naming the file (the password redacted). */
+export async function readBackupToc(tools: PgTools, file: string, during: string, secret?: string): Promise<Toc> {
+  try {
+    return await readToc(tools, file)
+  } catch (error) {
+    if (isCancelled()) throw new CancelledError(during)
+    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
+  }
 }

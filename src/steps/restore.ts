@@ -9,7 +9,7 @@ import type {PgTools} from '../connection/tools.js'
 import {testPause} from '../test-pause.js'
 import type {Manifest} from '../archive/manifest.js'
 import {restoreArchive, type RestoreProgress} from '../archive/restore.js'
-import {readToc, type Toc} from '../archive/toc.js'
+import {readBackupToc} from '../archive/toc.js'
 import {COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral} from '../pg/databases.js'
 import {plural, redact, timestamp} from '../text.js'
 
@@ -51,13 +51,7 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     })
   }
 
-  let toc: Toc
-  try {
-    toc = await readToc(tools, file)
-  } catch (error) {
-    if (isCancelled()) throw new CancelledError('the restore')
-    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
-  }
+  const toc = await readBackupToc(tools, file, 'the restore', secret)
 
   const like = await describeDatabase(admin, live)
   const name = await freeDatabaseName(admin, live, 'restore')
