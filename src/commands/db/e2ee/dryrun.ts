@@ -53,7 +53,8 @@ Reports each statement with the locks it took and whether it ran inside a transa
       }
       const where = st.inTransaction ? 'in tx ' : 'alone '
       const locks = st.locks.length ? st.locks.map((l) => `${l.mode} on ${l.table}`).join(', ') : 'no table locks'
-      this.say(`    ${String(st.line).padStart(4)} ${where} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]`)
+      const scaled = st.forecastMs === st.ms ? '' : ` (forecast on production ${fmtMs(st.forecastMs)})`
+      this.say(`    ${String(st.line).padStart(4)} ${where} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]${scaled}`)
     }
     this.say('')
     if (s.forecastMs !== null) {
