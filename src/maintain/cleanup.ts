@@ -21,10 +21,16 @@ import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
  * batch or run), deletes them by primary key with the predicate checked again, and commits. Primary keys,
  * not ctid: a ctid changes when a row is updated, a primary key does not. The cutoff is fixed once per run
  * (`now()` on the server at the start), so a batch never reaches rows that became old during the run.
- * Each batch is a single statement with the lock timeout and a statement_timeout of twice it (batchTimeoutMs), and
- * a batch slower than the lock timeout halves the next: the longest a writer can wait on our row locks follows the
- * lock timeout, also on a busy machine. Batches walk the age index forward from where the last one ended (a
- * keyset), so each does not step over the dead entries of all the batches before it.
+ *
+ * A writer waits on our rows at most from the moment a batch locks one until the batch ends, so the batch is what
+ * must stay under the lock timeout, not only its lock waits. Each batch is a single statement whose
+ * statement_timeout is half the lock timeout (batchTimeoutMs): a batch that runs longer is cancelled and rolled
+ * back, releasing its rows. Its commit does not wait for the WAL flush (synchronous_commit off, for this session
+ * only), so the rows are released as soon as the statement ends, not after a disk flush on a busy machine; a crash
+ * can only undo the last few batches, which the next run deletes again. The other half of the lock timeout is the
+ * room for the commit, the rollback of a cancelled batch and scheduling. A batch slower than a quarter of the lock
+ * timeout halves the next, so cancellations stay rare. Batches walk the age index forward from where the last one
+ * ended (a keyset), so each does not step over the dead entries of all the batches before it.
  */
 
 export interface CleanupTarget {
@@ -82,7 +88,7 @@ export interface TableResult {
   deleted: number
   batches: number
   lockTimeouts: number
-  /** Longest batch (its transaction, so the longest any writer could wait on our row locks). */
+  /** Longest batch as the client saw it (the statement plus the round trip; rows are held only during the statement). */
   longestBatchMs: number
   /** Rows still matching at the end (rows a writer held when their batch came, left for the next run). */
   remaining: number
@@ -115,6 +121,20 @@ async function countMatching(sql: Querier, schema: string, t: CleanupTarget, cut
   return Number(row.n)
 }
 
+/** Sweeps that find every remaining row held by a writer, before leaving those rows to the next run. */
+const SWEEP_RETRIES = 8
+
+/** Whether any row still matches (through the age index); a statement timeout counts as yes. */
+async function anyMatching(sql: Querier, schema: string, t: CleanupTarget, cutoff: Date): Promise<boolean> {
+  try {
+    const [row] = await sql.unsafe<{any: boolean}[]>(`select exists (select 1 from ${quoteIdent(schema)}.${quoteIdent(t.table)} where ${t.predicate()}) as any`, [cutoff])
+    return row.any
+  } catch (error) {
+    if ((error as {code?: string}).code === '57014') return true
+    throw error
+  }
+}
+
 /**
  * One batch, one statement (so one transaction, autocommitted): the oldest matching rows from `$3` on (a keyset:
  * rows before it were deleted by earlier batches, and their dead index entries are not walked again), locked
@@ -144,7 +164,8 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
   const conn = await sql.reserve()
   try {
     // Session settings on the connection the batches run on: every batch statement is its own transaction.
-    await conn.unsafe(`set lock_timeout = ${Math.round(opts.lockTimeoutMs)}; set statement_timeout = ${batchTimeoutMs(opts.lockTimeoutMs)}`)
+    const budgetMs = batchTimeoutMs(opts.lockTimeoutMs)
+    await conn.unsafe(`set lock_timeout = ${Math.round(opts.lockTimeoutMs)}; set statement_timeout = ${budgetMs}; set synchronous_commit = off`)
     for (const t of targets) {
       const [{cutoff}] = await sql<{cutoff: Date}[]>`select now() - make_interval(days => ${t.days}) as cutoff`
       const matched = await countMatching(sql, opts.schema, t, cutoff)
@@ -160,6 +181,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
       // held when their batch came (SKIP LOCKED passed them by).
       let from: Date | null = null
       let sweeping = false
+      let emptySweeps = 0
       while (!stop && !isCancelled()) {
         opts.assertHeld?.()
         const t0 = performance.now()
@@ -190,16 +212,21 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
         r.longestBatchMs = Math.max(r.longestBatchMs, ms)
         opts.onProgress?.({batchSize: size, deleted: r.deleted, estimated: Math.max(matched, r.deleted), table: t.table})
         if (n === 0) {
-          if (sweeping) break
+          if (sweeping) {
+            // A row a writer keeps touching (the oldest one is the next any batch takes) can be held at every
+            // sweep: look again a few times after a short pause before leaving it for the next run.
+            if (++emptySweeps > SWEEP_RETRIES || !(await anyMatching(conn, opts.schema, t, cutoff))) break
+            await sleep(backoffMs(emptySweeps, 20, 200))
+          }
           sweeping = true
           from = null
           continue
         }
         sweeping = false
         from = last ?? from
-        // Keep each batch well inside its statement_timeout, the longest a writer can wait on our rows.
-        if (ms > opts.lockTimeoutMs) size = Math.max(1, Math.floor(size / 2))
-        else if (ms < opts.lockTimeoutMs / 4 && size < opts.batchSize) size = Math.min(opts.batchSize, size * 2)
+        // Keep each batch well inside its statement_timeout (half the lock timeout), so cancelled batches stay rare.
+        if (ms > budgetMs / 2) size = Math.max(1, Math.floor(size / 2))
+        else if (ms < budgetMs / 4 && size < opts.batchSize) size = Math.min(opts.batchSize, size * 2)
         if (opts.pauseMs > 0) await sleep(opts.pauseMs)
       }
       if (stop || isCancelled()) break
@@ -211,7 +238,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
     }
   } finally {
     unregister()
-    await conn.unsafe('reset lock_timeout; reset statement_timeout').catch(() => {})
+    await conn.unsafe('reset lock_timeout; reset statement_timeout; reset synchronous_commit').catch(() => {})
     conn.release()
   }
   const interrupted = stop || isCancelled()
@@ -225,7 +252,10 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
   }
 }
 
-/** Each batch's statement_timeout: the longest a batch may hold its rows (and so keep a writer waiting). */
+/**
+ * Each batch's statement_timeout: the longest a batch may hold its rows, half the lock timeout so that with the
+ * commit and a cancelled batch's rollback a writer still never waits on our rows longer than the lock timeout.
+ */
 export function batchTimeoutMs(lockTimeoutMs: number): number {
-  return Math.max(400, Math.round(2 * lockTimeoutMs))
+  return Math.max(1, Math.floor(lockTimeoutMs / 2))
 }

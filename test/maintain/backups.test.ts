@@ -1,4 +1,4 @@
-import {appendFileSync, copyFileSync, existsSync, readFileSync, writeFileSync} from 'node:fs'
+import {appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync} from 'node:fs'
 import path from 'node:path'
 
 import postgres from 'postgres'
@@ -69,6 +69,21 @@ describe('maintain backups', () => {
     expect(keep0.code, keep0.stderr).toBe(0)
     expect(keep0.stdout).toMatch(/Deleted 1 backup\(s\), dropped 0 kept database\(s\); 1 protected backup\(s\) kept\./)
     expect((await listBackups(dir)).map((b) => b.file)).toEqual([real.file])
+  })
+
+  it('refuses a negative --keep or --older-than in one sentence naming it, deleting nothing, also with --json', async () => {
+    const db = await fresh()
+    const dir = backupDir()
+    const file = path.join(dir, 'nchat_20200101_000000.dump')
+    mkdirSync(dir, {recursive: true})
+    writeFileSync(file, 'PGDMP', {mode: 0o600})
+    for (const [flag, value] of [['--keep', '-1'], ['--older-than', '-2']]) {
+      const r = await backups(db.name, dir, '--yes', '--json', `${flag}=${value}`)
+      expect(r.code, `${flag} ${value}`).toBe(2)
+      expect(parseJson(r.stdout)).toMatchObject({error: {message: expect.stringContaining(`Parsing ${flag}: Expected an integer greater than or equal to 0`)}, ok: false})
+      expect(r.stderr).not.toMatch(/\n\s+at /)
+    }
+    expect(existsSync(file)).toBe(true)
   })
 
   it('lists the databases a restore rollback kept, with their size, and drops them on request', async () => {

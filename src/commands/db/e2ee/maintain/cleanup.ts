@@ -19,10 +19,10 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
   ]
   static flags = {
     'audit-days': Flags.integer({default: 90, description: 'Delete nchat_e2ee_audit_log rows created more than this many days ago.', min: 1}),
-    'batch-size': Flags.integer({default: 2000, description: 'Rows per batch (each batch is one short transaction); halved while batches take over half the lock timeout.', max: 100_000, min: 1}),
+    'batch-size': Flags.integer({default: 2000, description: 'Rows per batch (each batch is one short transaction); halved while batches take over a quarter of the lock timeout.', max: 100_000, min: 1}),
     'dry-run': Flags.boolean({default: false, description: 'Only count what would be deleted.'}),
     'lock-wait': Flags.integer({default: 60, description: 'Seconds to wait for another nself db e2ee command changing the same database.', min: 0}),
-    'lock-timeout': Flags.integer({default: 200, description: 'lock_timeout in ms for each batch; a batch that times out is retried smaller after a pause.', min: 10}),
+    'lock-timeout': Flags.integer({default: 200, description: 'lock_timeout in ms for each batch, and the longest a writer waits on the rows a batch holds: a batch runs at most half of it (statement_timeout), and one that times out is retried smaller after a pause.', min: 10}),
     'max-lock-wait': Flags.integer({default: 120, description: 'Seconds to keep retrying a batch that meets lock timeouts before giving up.', min: 1}),
     'pause-ms': Flags.integer({default: 20, description: 'Pause between batches in ms (room for other writers and for replicas to catch up).', min: 0}),
     'prekey-days': Flags.integer({default: 30, description: 'Delete consumed nchat_one_time_prekeys consumed more than this many days ago.', min: 1}),
