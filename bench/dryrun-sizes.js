@@ -170,6 +170,18 @@ export function backupTable(results) {
 
 const md = (rows) => [`| ${rows[0].join(' | ')} |`, `|${rows[0].map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`, ...rows.slice(1).map((r) => `| ${r.join(' | ')} |`)].join('\n')
 
+function backupChoice(results) {
+  const r = results.at(-1)
+  const find = (re) => r.backups.find((b) => re.test(b.label))
+  const rate = (ms) => (mb(r.dbBytes) / (ms / 1000)).toFixed(0)
+  const fc1 = find(/-Fc -Z 1/), fc0 = find(/-Fc -Z 0/), fd1 = find(/-Fd -j 2 -Z 1/), fd0 = find(/-Fd -j 2 -Z 0/)
+  return `**The default stays the custom format with light compression** (\`takeBackup\`: \`pg_dump -Fc -Z 1\` with pg_dump 15 and older, \`--compress=lz4\` from 16). `
+    + `At ${fmtInt(r.messages)} messages the plain dump ran at ${rate(r.guide.dumpMs)} MB/s, \`-Fc -Z 1\` at ${rate(fc1.ms)} MB/s (${mb(fc1.bytes).toFixed(0)} MiB, ${(fc1.bytes / r.plainBytes).toFixed(2)}× the plain file), \`-Fc -Z 0\` at ${rate(fc0.ms)} MB/s (${mb(fc0.bytes).toFixed(0)} MiB). `
+    + `The directory format with 2 jobs ran at ${rate(fd1.ms)} MB/s (gzip 1) and ${rate(fd0.ms)} MB/s (uncompressed): on this 2-CPU machine parallel jobs win little, and a directory is not a backup nself can list or restore (\`nself db backup list\`/\`restore\` take single \`.dump\` files, and skip folders), nor one \`pg_restore\` can read from a pipe through \`docker exec\`. `
+    + `Uncompressed custom is the fastest single file, at about ${(fc0.bytes / fc1.bytes).toFixed(1)}× the size of gzip 1; the backup is kept on the operator's disk, so the smaller file was kept as the default. lz4 (pg_dump 16+) could not be measured here: the machine has client tools 15 only. `
+    + `The whole \`dryrun\` above includes that backup, which is most of its time at 5M messages.`
+}
+
 export function markdown(results, meta) {
   const lo = results[0]?.leftOut ?? []
   return `# Benchmarks: dry run and backup at 100k, 1M and 5M messages
@@ -191,6 +203,8 @@ What the copy left out (the same at every size): ${lo.map((l) => `\`${l.table}\`
 Throughput is the database's size (\`pg_database_size\`) divided by the dump's time.
 
 ${md(backupTable(results))}
+
+${backupChoice(results)}
 `
 }
 
@@ -215,11 +229,13 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
   const sizes = (opt('--sizes') ?? '100000,1000000,5000000').split(',').map((x) => Number(x.replaceAll('_', '')))
   const out = opt('--out') ?? path.join(ROOT, 'docs', 'benchmarks-dryrun.md')
   const [{v}] = await admin(`select current_setting('server_version') as v`)
-  const load = os.loadavg()[0].toFixed(1)
-  let results = await dryrunSizes(sizes)
+  const load = opt('--render') ? 'not recorded' : os.loadavg()[0].toFixed(1)
+  // --render FILE: write the report from results saved by --merge, measuring nothing.
+  const render = opt('--render')
+  let results = render ? JSON.parse(readFileSync(render, 'utf8')) : await dryrunSizes(sizes)
   // --merge FILE: keep the sizes measured by an earlier run (saved in FILE) that this run did not measure.
   const mergeFile = opt('--merge')
-  if (mergeFile) {
+  if (mergeFile && !render) {
     let earlier = []
     try {
       earlier = JSON.parse(readFileSync(mergeFile, 'utf8'))
@@ -227,7 +243,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
     results = [...earlier.filter((e) => !sizes.includes(e.messages)), ...results].sort((a, b) => a.messages - b.messages)
     writeFileSync(mergeFile, JSON.stringify(results, null, 1))
   }
-  const text = markdown(results, {command: `node bench/dryrun-sizes.js${argv.length ? ' ' + argv.join(' ') : ''}`, date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC', load, note: opt('--note'), pg: v})
+  const text = markdown(results, {command: render ? 'node bench/dryrun-sizes.js --sizes 100000,1000000,5000000 --merge FILE' : `node bench/dryrun-sizes.js${argv.length ? ' ' + argv.join(' ') : ''}`, date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC', load, note: opt('--note'), pg: v})
   writeFileSync(out, text)
   const show = (rows) => rows.map((r) => r.join(' | ')).join('\n')
   process.stdout.write(`${show(dryrunTable(results))}\n\n${show(backupTable(results))}\n\nwritten to ${out}\n`)

@@ -25,7 +25,7 @@ const REPLAYS = 5
 const SAMPLE_PREFIX = 'nself_e2ee_sample_'
 
 /** How close the forecast came to the actual apply in the benchmark (docs/benchmarks-dryrun.md), stated in reports. */
-export const FORECAST_ERROR = 'within ±35 % or ±0.5 s of the actual apply (the larger), measured at 100k, 1M and 5M messages; lock waits on production not included'
+export const FORECAST_ERROR = 'expected within ±30 % or ±0.5 s (the larger) of the actual apply, as measured at 100k, 1M and 5M messages (docs/benchmarks-dryrun.md); waits for production\'s own traffic not included'
 
 export interface TableSample {
   table: string
