@@ -11,7 +11,7 @@ const STEPS = [
   'preflight', 'backup', 'clone restore', 'apply, waiting on a lock',
   'CONCURRENTLY build 1/3 (idx_messages_encrypted)', 'CONCURRENTLY build 2/3 (idx_messages_sender_device)',
   'CONCURRENTLY build 3/3 (idx_channels_enforce_encryption)', 'VALIDATE CONSTRAINT', 'verify', 'vacuum',
-  'rollback restore', 'rollback swap',
+  'rollback restore', 'rollback swap', 'rollback swap, just committed',
 ]
 const FAULTS = ['kill -9', 'Ctrl+C', 'SIGTERM', 'sessions ended', 'server restart']
 const FILE = {

@@ -3,6 +3,7 @@ import {Command, Flags, type Interfaces} from '@oclif/core'
 import {installSigintHandler} from './cancel.js'
 import {toUserError, UserError} from './errors.js'
 import {installLastResort, lastResortActive} from './last-resort.js'
+import {setProgressInterval} from './pipeline/log-renderer.js'
 import {resolveTarget, type Target} from './target/target.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
@@ -41,6 +42,8 @@ export abstract class BaseCommand extends Command {
     const f = flags as BaseFlags<T>
     this.jsonMode = Boolean(f.json)
     this.verbose = Boolean(f.verbose) || Boolean(process.env.DEBUG)
+    const interval = (f as {'progress-interval'?: number})['progress-interval']
+    if (interval !== undefined) setProgressInterval(interval)
     return f
   }
 

@@ -75,21 +75,21 @@ type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'be
   log: (l: string) => void
   progress: (l: string) => void
   /** Set once the run lock is held: throws when its session was lost (another run could now start). */
-  lockHeld?: () => void
+  lockHeld?: (what: string) => void
 }
 
 /** Where a run may stop: Ctrl+C, or the run lock gone with its session. */
 function checkpoint(o: Resolved, what: string): void {
   throwIfCancelled(what)
-  o.lockHeld?.()
+  o.lockHeld?.(what)
 }
 
 class RunLockLost extends UserError {}
 
 function watchRunLock(o: Resolved, lock: RunLock): void {
-  o.lockHeld = () => {
+  o.lockHeld = (what) => {
     if (lock.lost()) {
-      throw new RunLockLost('The session holding this run\'s lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped: another run could start beside it.', {
+      throw new RunLockLost(`The session holding this run's lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped at ${what}: another run could start beside it.`, {
         hint: 'Check the server, then run the same command again; `nself db e2ee status` shows where the database stands.',
       })
     }
@@ -134,8 +134,10 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
     let undoing: Promise<UndoOutcome> | undefined
     const undo = () => (undoing ??= undoCommitted(o, plan, [...committed].reverse(), applied))
     const unregister = o.revertOnFailure ? registerUndo(async () => (await undo()).sentence) : () => {}
+    let at = 'the migrations'
     try {
       for (const m of plan.toApply) {
+        at = `migration ${m.name}`
         checkpoint(o, `migration ${m.name}`)
         const status = plan.migrations.find((s) => s.version === m.version)!
         o.log(`applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`)
@@ -166,6 +168,15 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
         o.log(`applied ${m.name} in ${mr.durationMs} ms`)
       }
     } catch (error) {
+      const unchanged = `nothing this run applied had committed, so the database is as it was before (at ${plan.current ?? 'no migration'})`
+      if (error instanceof RunLockLost && committed.length === 0) {
+        throw new RunLockLost(`${error.message.replace(/\.$/, '')}; ${unchanged}.`, {hint: error.hint})
+      }
+      if (committed.length === 0 && !(error instanceof UserError)) {
+        // A server gone between statements (a restart while the run waited): name the migration and the state.
+        const inner = toUserError(error)
+        throw new UserError(`Applying ${at} stopped: ${inner.message.replace(/\.$/, '')}; ${unchanged}.`, {cause: error, hint: inner.hint})
+      }
       if (!o.revertOnFailure || committed.length === 0) throw error
       const reason = error instanceof UserError ? error : toUserError(error)
       o.log(`undoing what this run applied (${committed.map((m) => m.name).join(', ')})…`)

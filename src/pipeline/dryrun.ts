@@ -1,10 +1,12 @@
 import type {Target} from '../target/target.js'
 import {PgTools} from '../target/tools.js'
 import {type BackupInfo, type ListedBackup, manifestPathFor, verifyBackup} from '../steps/backup.js'
+import {existingTables} from '../migrations/plan.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
-import {backupProduction, runSteps, type Step} from './shared.js'
+import {progressOf} from './log-renderer.js'
+import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
 import {plural} from '../text.js'
@@ -46,11 +48,16 @@ export interface DryRunSummary {
   leftOut: DryRunReport['leftOut']
   /** Tables 014 only alters whose rows were restored after all, and why. */
   keptAltered: DryRunReport['keptAltered']
+  /** The tables the statements lock that exist in production now: live traffic can wait on those locks. */
+  existingTables: string[]
   /** Every statement of every migration: where it runs, the locks it took on which tables, its time on the clone and its forecast on production. */
   statements: Array<{migration: string; line: number; statement: string; inTransaction: boolean; runsAlone: string | null; locks: Array<{table: string; mode: string}>; ms: number; forecastMs: number}>
   verification: {ok: boolean; checks: number; failures: string[]} | null
   failure: string | null
   preflight: PreflightReport['checks']
+  /** Each step's time, and the whole run's (from before the command lock to the summary). */
+  timings: Record<string, number>
+  elapsedMs: number
 }
 
 interface Ctx {
@@ -60,15 +67,18 @@ interface Ctx {
   backup?: BackupInfo | ListedBackup
   taken: boolean
   dry?: DryRunReport
+  existing?: string[]
+  startedAt: number
+  timings: Record<string, number>
 }
 
 /** The guide's dry run as its own command: production is only read, nothing in it changes. */
 export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary> {
-  const ctx: Ctx = {taken: false}
+  const ctx: Ctx = {startedAt: Date.now(), taken: false, timings: {}}
   const lock = await beginChangingCommand(o.target, {command: 'dryrun', waitMs: o.runLockWaitMs})
   const tasks: Step<Ctx>[] = [
     {
-      task: async (c, task) => {
+      task: async (c, task) => timed(c, 'preflight', async () => {
         c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
         await lock.assertSameDatabase(c.ins.sql)
         if (c.ins.plan.toApply.length === 0) {
@@ -78,12 +88,12 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
         c.tools = await PgTools.create(o.target)
         c.pre = await preflight({backupDir: o.fromBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
         task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
-      },
+      }),
       title: 'Preflight (read-only)',
     },
     {
       skip: (c) => nothing(c),
-      task: async (c, task) => {
+      task: async (c, task) => timed(c, 'backup', async () => {
         const ins = c.ins!
         if (o.fromBackup) {
           const checked = await verifyBackup({database: o.target.conn.database, file: o.fromBackup, requireManifest: true, tools: c.tools!})
@@ -91,26 +101,28 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
           task.title = `Backup ${o.fromBackup}: checked against its manifest`
           return
         }
-        c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'dryrun', target: o.target, tools: c.tools!})
+        c.backup = await backupProduction({ins, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'dryrun', target: o.target, tools: c.tools!})
         c.taken = true
         task.title = `Backup: ${c.backup.file} (${fmtBytes((c.backup as BackupInfo).bytes)}, verified)`
-      },
+      }),
       title: 'Backup',
     },
     {
       skip: (c) => nothing(c),
-      task: async (c, task) => {
+      task: async (c, task) => timed(c, 'dryrun', async () => {
         const ins = c.ins!
         await lock.assertSameDatabase(ins.sql)
         c.dry = await dryRun({
           backup: c.backup!, full: o.full, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-          plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
+          plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
           sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
         })
+        const locked = (c.dry.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
+        c.existing = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
         task.title = c.dry.failure
           ? `Dry run on ${c.dry.clone}: WOULD FAIL`
           : `Dry run on ${c.dry.clone}: applied in ${fmtMs(c.dry.applyMs)}, verified${c.dry.kept ? ' (kept)' : ', dropped'}`
-      },
+      }),
       title: 'Apply and verify on a restored copy',
     },
   ]
@@ -148,6 +160,7 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
   return {
     backup: c.backup ? {file: c.backup.file, taken: c.taken} : null,
     clone: d?.clone ?? null,
+    existingTables: c.existing ?? [],
     current: ins.plan.current,
     database: o.target.conn.database,
     failure: d?.failure ?? null,
@@ -163,6 +176,8 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
     restoreMs: d?.restoreMs ?? null,
     schema: ins.plan.appSchema,
     statements,
+    timings: c.timings,
+    elapsedMs: Date.now() - c.startedAt,
     verification: d?.verify ? {checks: d.verify.checks.length, failures: d.verify.failures, ok: d.verify.ok} : null,
     wouldApply: ins.plan.toApply.map((m) => m.name),
   }

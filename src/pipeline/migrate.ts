@@ -1,5 +1,5 @@
-import {isCancelled, untilCancelled} from '../cancel.js'
-import {stopPool} from '../target/connect.js'
+import {isCancelled, onCancel, untilCancelled} from '../cancel.js'
+import {APP_NAME, connect, stopPool} from '../target/connect.js'
 import {CancelledError, UserError} from '../errors.js'
 import type {RunReport} from '../migrations/runner.js'
 import {migrateUp} from '../migrations/runner.js'
@@ -13,7 +13,8 @@ import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../step
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
 import {existingRelations, type HasuraResult, writeHasuraMetadata} from '../hasura/metadata.js'
-import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import {progressOf} from './log-renderer.js'
+import {backupProduction, namingTheStep, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 import {plural} from '../text.js'
@@ -52,6 +53,8 @@ export interface MigrateSummary {
   vacuumed: string[]
   preflight: PreflightReport['checks']
   timings: Record<string, number>
+  /** Wall-clock time of the whole run, from before the command lock to the summary (confirmation included). */
+  elapsedMs: number
   warnings: string[]
   /** The Hasura metadata written to the project, and what the operator still has to run. */
   hasura: HasuraResult | null
@@ -67,6 +70,7 @@ interface Ctx {
   run?: RunReport
   verify?: VerifyReport
   vacuumed: string[]
+  startedAt: number
   timings: Record<string, number>
   warnings: string[]
 }
@@ -77,7 +81,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
     throw new UserError('--skip-backup needs --yes: migrating without a fresh backup leaves no way back but the down files.', {exitCode: 2})
   }
   assertCanConfirm(o.yes, 'Migrating the production database')
-  const ctx: Ctx = {timings: {}, vacuumed: [], warnings: []}
+  const ctx: Ctx = {startedAt: Date.now(), timings: {}, vacuumed: [], warnings: []}
   // One command at a time on this database, whatever the command; held until the end, also on failure.
   const lock = await beginChangingCommand(o.target, {command: 'migrate', waitMs: o.runLockWaitMs})
   const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
@@ -86,8 +90,14 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
   try {
     const before: Step<Ctx>[] = [
       {
-        task: async (c, task) => timed(c, 'preflight', async () => {
-          c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
+        task: async (c, task) => timed(c, 'preflight', () => readOnlyStep('the preflight', PREFLIGHT_STATE, o.target, async () => {
+          const ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
+          if (isCancelled()) {
+            // Ctrl+C came while the preflight waited: the step has already been reported as stopped.
+            await stopPool(ins.sql)
+            throw new CancelledError('the preflight', PREFLIGHT_STATE)
+          }
+          c.ins = ins
           await guard(c.ins.sql)
           if (c.ins.plan.toApply.length === 0) {
             task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
@@ -98,16 +108,16 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
           c.pre = await preflight({backupDir: o.skipBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: !o.skipDryrun, target: o.target, to: o.to, tools: c.tools})
           for (const ch of c.pre.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${ch.name}: ${ch.detail}`)
           task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; to apply: ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
-        }),
+        })),
         title: 'Preflight',
       },
       {
         skip: (c) => nothing(c) || (o.skipBackup ? 'skipped (--skip-backup): NO BACKUP WAS TAKEN' : false),
-        task: async (c, task) => timed(c, 'backup', async () => {
+        task: async (c, task) => timed(c, 'backup', () => namingTheStep('The backup', 'production was not changed', async () => {
           await guard(c.ins!.sql)
-          c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, purpose: 'pre-migration', target: o.target, tools: c.tools!})
+          c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'pre-migration', target: o.target, tools: c.tools!})
           task.title = `Backup: ${c.backup.file} (${fmtBytes(c.backup.bytes)}, verified)`
-        }),
+        })),
         title: 'Backup',
       },
       {
@@ -117,7 +127,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
           await guard(ins.sql)
           c.dry = await dryRun({
             backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-            plan: ins.plan, progress: (l) => { task.output = l }, runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
+            plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
           })
           if (c.dry.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${c.dry.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
           task.title = `Dry run: applied and verified on ${c.dry.clone} in ${fmtMs(c.dry.applyMs)} (restore ${fmtMs(c.dry.restoreMs)})${c.dry.kept ? ', kept' : ', dropped'}`
@@ -143,7 +153,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
         task: async (c, task) => timed(c, 'apply', async () => {
           const t0 = Date.now()
           c.run = await migrateUp({
-            ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: (l) => { task.output = l },
+            ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: progressOf(task),
             schema: ins.plan.appSchema, sql: ins.sql, to: o.to,
           })
           if (c.run.migrations.length === 0) {
@@ -157,7 +167,7 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
       },
       {
         skip: (c) => (appliedNothing(c) ? 'skipped: this run applied nothing' : false),
-        task: async (c, task) => timed(c, 'verify', async () => {
+        task: async (c, task) => timed(c, 'verify', () => namingTheStep('Verify', `the migrations stay applied (at ${c.run!.after}; verify only reads): check them later with \`nself db e2ee verify\``, async () => {
           c.verify = await untilCancelled(
             verifyDatabase(ins.sql, {exactCounts: false, manifest: c.backup?.manifest, schema: ins.plan.appSchema, upTo: c.run!.after ?? undefined}),
             () => new CancelledError('verify', `the migrations stay applied (at ${c.run!.after}; verify only reads): check them later with \`nself db e2ee verify\``),
@@ -165,17 +175,17 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
           for (const w of c.verify.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${w.name}: ${w.detail}`)
           if (!c.verify.ok) throw new UserError(`Verification failed after the migration: ${c.verify.failures[0].replace(/\.$/, '')}${c.verify.failures.length > 1 ? ` (and ${c.verify.failures.length - 1} more)` : ''}.`, {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (c.backup?.file ?? 'missing') + '.'})
           task.title = `Verify: ${plural(c.verify.checks.length, 'check')} passed`
-        }),
+        })),
         title: 'Verify',
       },
       {
         skip: (c) => (appliedNothing(c) ? 'skipped: this run applied nothing' : false),
-        task: async (c, task) => timed(c, 'vacuum', async () => {
+        task: async (c, task) => timed(c, 'vacuum', () => namingTheStep('VACUUM (ANALYZE)', `the migrations stay applied (at ${c.run!.after}; the vacuum only refreshes statistics, run it again later)`, async () => {
           await guard(ins.sql)
-          const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => { task.output = l })
+          const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, progressOf(task))
           c.vacuumed = done.map((d) => d.table)
           task.title = `Vacuum: VACUUM ANALYZE of ${plural(c.vacuumed.length, 'table')}`
-        }),
+        })),
         title: 'Vacuum and analyze',
       },
       {
@@ -191,6 +201,32 @@ export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
   } finally {
     if (ctx.ins) await (isCancelled() ? stopPool(ctx.ins.sql) : ctx.ins.sql.end({timeout: 2}).catch(() => {}))
     await lock.release()
+  }
+}
+
+const PREFLIGHT_STATE = 'production was not changed (the preflight only reads)'
+
+/**
+ * A step that only reads: Ctrl+C or SIGTERM stops it at once (its queries waiting on the server are cancelled),
+ * and a lost connection is reported as this step's.
+ */
+async function readOnlyStep<T>(what: string, state: string, target: Target, fn: () => Promise<T>): Promise<T> {
+  const dispose = onCancel(() => cancelOwnQueries(target))
+  try {
+    return await untilCancelled(namingTheStep(`${what[0].toUpperCase()}${what.slice(1)}`, state, fn), () => new CancelledError(what, state))
+  } finally {
+    dispose()
+  }
+}
+
+/** Cancel this process's queries running on the target database (from a session of its own). */
+async function cancelOwnQueries(target: Target): Promise<void> {
+  const sql = connect(target.conn, {max: 1})
+  try {
+    await sql`select pg_cancel_backend(pid) from pg_stat_activity
+      where application_name = ${APP_NAME} and datname = current_database() and pid <> pg_backend_pid() and state = 'active'`
+  } finally {
+    await sql.end({timeout: 1}).catch(() => {})
   }
 }
 
@@ -212,6 +248,7 @@ function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummar
     backup: c.backup ? {bytes: c.backup.bytes, file: c.backup.file, sha256: c.backup.manifest.sha256} : null,
     before: ins.plan.current,
     database: o.target.conn.database,
+    elapsedMs: Date.now() - c.startedAt,
     dryrun: c.dry ? {clone: c.dry.clone, forecastMs: c.dry.forecast?.ms ?? c.dry.applyMs, kept: c.dry.kept, leftOut: c.dry.leftOut, restoreMs: c.dry.restoreMs} : null,
     lockRetries: c.run?.migrations.reduce((n, m) => n + m.lockRetries, 0) ?? 0,
     nothingToDo,

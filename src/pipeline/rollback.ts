@@ -1,4 +1,4 @@
-import {toUserError, UserError} from '../errors.js'
+import {CancelledError, interrupted, interruption, toUserError, UserError} from '../errors.js'
 import {createdTables, existingTables} from '../migrations/plan.js'
 import {activeLedgerRows, readLedgerVersion} from '../migrations/ledger.js'
 import {migrateDown, type RunReport} from '../migrations/runner.js'
@@ -13,8 +13,9 @@ import {checkPlainDump, newestPlainDumpSource} from '../steps/nself-dumps.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
 import {compareWithBackup, describeLoss, rows, type TableLoss} from '../steps/loss.js'
 import {TOUCHED_TABLES} from '../steps/preflight.js'
-import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../steps/restore.js'
+import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, SwapCommittedError, swapDatabases} from '../steps/restore.js'
 import {validateIdentifier} from '../target/target.js'
+import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
@@ -59,6 +60,8 @@ export interface RollbackSummary {
   kept: {database: string; dropWith: string} | null
   swapWindowMs: number | null
   timings: Record<string, number>
+  /** Wall-clock time of the whole run, from before the command lock to the summary (confirmation included). */
+  elapsedMs: number
   /** The project's Hasura metadata brought in line with what is left. */
   hasura?: HasuraResult
 }
@@ -80,16 +83,18 @@ interface Ctx {
 export async function runRollback(o: RollbackOptions): Promise<RollbackSummary> {
   assertCanConfirm(o.yes, 'Rolling back the production database')
   // One command at a time on this database (a swap replaces it: the lock lives in the maintenance database).
+  const startedAt = Date.now()
   const lock = await beginChangingCommand(o.target, {command: 'rollback', waitMs: o.runLockWaitMs})
   try {
-    return await (o.strategy === 'restore' ? rollbackRestore(o, lock) : rollbackDown(o, lock))
+    const s = await (o.strategy === 'restore' ? rollbackRestore(o, lock) : rollbackDown(o, lock))
+    return {...s, elapsedMs: Date.now() - startedAt}
   } finally {
     await lock.release()
   }
 }
 
 /** Rollback option 1 of the guide, done safely (D7): restore beside, check, then swap names in one short step. */
-async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<RollbackSummary> {
+async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<Omit<RollbackSummary, 'elapsedMs'>> {
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
   const admin = lock.admin
@@ -155,7 +160,7 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
         task: async (c, task) => timed(c, 'restore', async () => {
           c.restored = await restoreIntoNewDatabase({
             admin, backup: c.backup!, jobs: o.jobs, log: (l) => { task.output = l },
-            onProgress: (p) => { task.output = `restoring: ${p.done}/${p.total} archive entries` }, target: o.target, tools: c.tools!,
+            onProgress: (p) => progressOf(task)(`restoring: ${p.done}/${p.total} archive entries`), target: o.target, tools: c.tools!,
           })
           const rsql = connect(o.target.conn, {database: c.restored.name, max: 1})
           try {
@@ -197,25 +202,27 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
           c.kept = r.keptName
           c.windowMs = r.windowMs
           task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
+          await testPause('rollback:swapped')
         }),
         title: 'Swap the databases',
       },
       {
         task: async (c, task) => {
-          const sql = await connectChecked(o.target.conn, {max: 1})
-          try {
-            c.after = await readLedgerVersion(sql, o.target.schema)
-            const schema = c.ins!.plan.appSchema
-            c.hasura = syncHasuraMetadata(o.target.projectDir, schema, await existingRelations(sql, schema))
-          } finally {
-            await sql.end({timeout: 2})
-          }
+          await afterSwap(o, c)
           task.title = `Status: ${db} is at migration ${c.after ?? 'none'}`
         },
         title: 'Status',
       },
     ]
-    await runSteps(after, ctx, o.json)
+    try {
+      await runSteps(after, ctx, o.json)
+    } catch (error) {
+      if (!(ctx.kept && error instanceof CancelledError)) throw error
+      // Ctrl+C or SIGTERM came after the swap had committed: the rollback is done; finish its bookkeeping and say so.
+      const status = await afterSwap(o, ctx).then(() => `at migration ${ctx.after ?? 'none'}`, () => 'its migration could not be read')
+      throw interrupted(`Interrupted by ${interruption().by} after the swap had committed: ${db} now holds the restored backup (${status}) and the replaced database is kept as ${ctx.kept}.`,
+        `Drop ${ctx.kept} when it is no longer needed: DROP DATABASE ${quoteIdent(ctx.kept)};`)
+    }
     return {
       after: ctx.after ?? null,
       backup: {created_at: ctx.backup!.manifest.created_at, file: ctx.backup!.file, ledger_version: ctx.backup!.manifest.ledger_version},
@@ -231,7 +238,7 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
       hasura: ctx.hasura,
     }
   } catch (error) {
-    if (ctx.restored && !ctx.kept) {
+    if (ctx.restored && !ctx.kept && !(error instanceof SwapCommittedError)) {
       // Say what is true: the restored copy is gone, or still there (and removed by the next command).
       const dropped = await ctx.restored.drop().then(() => `the restored copy ${ctx.restored!.name} was dropped`, (dropError: unknown) =>
         `the restored copy ${ctx.restored!.name} could not be dropped (${toUserError(dropError).message.replace(/\.$/, '')}); the next nself db e2ee command drops it`)
@@ -242,6 +249,18 @@ async function rollbackRestore(o: RollbackOptions, lock: CommandLock): Promise<R
     throw error
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
+  }
+}
+
+/** After the swap: the ledger of the restored database, and the project's Hasura metadata in line with it. */
+async function afterSwap(o: RollbackOptions, c: Ctx): Promise<void> {
+  const sql = await connectChecked(o.target.conn, {max: 1})
+  try {
+    c.after = await readLedgerVersion(sql, o.target.schema)
+    const schema = c.ins!.plan.appSchema
+    c.hasura = syncHasuraMetadata(o.target.projectDir, schema, await existingRelations(sql, schema))
+  } finally {
+    await sql.end({timeout: 2})
   }
 }
 
@@ -284,7 +303,7 @@ function versionList(ins: Inspection): string {
   return ins.migrations.map((m) => String(m.version).padStart(3, '0')).join(', ')
 }
 
-function nothingToRollBack(o: RollbackOptions, ins: Inspection): RollbackSummary {
+function nothingToRollBack(o: RollbackOptions, ins: Inspection): Omit<RollbackSummary, 'elapsedMs'> {
   return {
     after: ins.plan.current, backup: null, before: ins.plan.current, database: o.target.conn.database, kept: null, lost: [], ok: true,
     reverted: [], strategy: o.strategy, swapWindowMs: null, timings: {},
@@ -338,7 +357,7 @@ async function rowsInNewColumns(ins: Inspection, versions: number[]): Promise<Lo
 }
 
 /** Rollback option 2 of the guide, done completely (D6): safety backup, then every down file newest first. */
-async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<RollbackSummary> {
+async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Omit<RollbackSummary, 'elapsedMs'>> {
   const ctx: Ctx = {lost: [], timings: {}}
   const db = o.target.conn.database
   const runner = {beforeWrite: (q: Parameters<CommandLock['assertSameDatabase']>[0]) => lock.assertSameDatabase(q), lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
@@ -366,7 +385,7 @@ async function rollbackDown(o: RollbackOptions, lock: CommandLock): Promise<Roll
         task: async (c, task) => timed(c, 'backup', async () => {
           await lock.assertSameDatabase(ins.sql)
           c.tools = await PgTools.create(o.target)
-          c.backup = await backupProduction({ins, output: (l) => { task.output = l }, purpose: 'pre-rollback', target: o.target, tools: c.tools})
+          c.backup = await backupProduction({ins, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'pre-rollback', target: o.target, tools: c.tools})
           task.title = `Safety backup: ${c.backup.file}`
         }),
         title: 'Safety backup',

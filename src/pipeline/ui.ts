@@ -3,13 +3,11 @@ import {createInterface} from 'node:readline/promises'
 import {deliverSignal, untilCancelled} from '../cancel.js'
 import {CancelledError, UserError} from '../errors.js'
 
-export type RendererName = 'default' | 'verbose' | 'silent'
-
-/** listr2's default renderer on a terminal; one line per event in CI or when piped; nothing with --json. */
-export function pickRenderer(json: boolean): RendererName {
+/** listr2's default renderer on a terminal; lines made for logs in CI or when piped; nothing with --json. */
+export function outputMode(json: boolean): 'terminal' | 'log' | 'silent' {
   if (json) return 'silent'
-  if (process.env.CI || !process.stdout.isTTY) return 'verbose'
-  return 'default'
+  if (process.env.CI || !process.stdout.isTTY) return 'log'
+  return 'terminal'
 }
 
 /** Destructive steps need a yes: --yes, or an answer on a terminal. Checked before any work starts. */
@@ -39,3 +37,9 @@ export function fmtMs(ms: number): string {
   return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`
 }
 
+
+/** Each step's time and the whole run's, as every summary shows them: "preflight 0.1 s, backup 2.0 s (total 2.3 s)". */
+export function fmtTimings(timings: Record<string, number>, elapsedMs: number): string {
+  const steps = Object.entries(timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')
+  return steps ? `${steps} (total ${fmtMs(elapsedMs)})` : `total ${fmtMs(elapsedMs)}`
+}

@@ -6,10 +6,11 @@ import path from 'node:path'
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
-import {APP_NAME, connect, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
+import {APP_NAME, connect, openSession, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
+import {judgeTools, olderRestoreSentence} from '../target/versions.js'
 
 /**
  * Backups in nself's own layout (DESIGN-NOTES §1): `pg_dump -Fc` through `docker exec -i` (or locally), written
@@ -82,7 +83,7 @@ export interface Manifest {
   pg_dump_major: number
   purpose: BackupPurpose | string
   project?: string
-  /** pg_dump's compression option, e.g. "-Z 1" or "--compress=lz4". */
+  /** pg_dump's compression option, e.g. "-Z 1" or "--compress=zstd:1". */
   compression?: string
   /** Number of entries in the archive's table of contents. */
   toc_entries?: number
@@ -332,9 +333,14 @@ export async function readToc(tools: PgTools, file: string): Promise<Toc> {
 // ---------------------------------------------------------------------------------------------------------
 // takeBackup
 
+/**
+ * pg_dump 16+ can compress with zstd: level 1 writes archives about a third smaller than gzip level 1 in about
+ * the same time, while lz4 writes them half again as large (docs/benchmarks-compression.md, servers 14 to 18).
+ * A pg_dump built without zstd falls back to gzip level 1, the only method before 16.
+ */
 function compressionFor(major: number): {args: string[]; label: string; fallback?: {args: string[]; label: string}} {
   if (major >= 16) {
-    return {args: ['--compress=lz4'], fallback: {args: ['--compress=gzip:1'], label: '--compress=gzip:1'}, label: '--compress=lz4'}
+    return {args: ['--compress=zstd:1'], fallback: {args: ['--compress=gzip:1'], label: '--compress=gzip:1'}, label: '--compress=zstd:1'}
   }
   return {args: ['-Z', '1'], label: '-Z 1'}
 }
@@ -421,14 +427,10 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     select current_setting('server_version') as version, current_setting('server_version_num')::int as num,
            pg_database_size(current_database())::text as size`
   const pgDumpMajor = await tools.toolMajor('pg_dump')
-  const serverMajor = Math.floor(server.num / 10_000)
-  if (pgDumpMajor < serverMajor) {
-    throw new UserError(`pg_dump ${pgDumpMajor} is older than the server (PostgreSQL ${server.version}) and cannot dump it.`, {
-      hint: target.mode === 'local'
-        ? `Install the PostgreSQL ${serverMajor} client tools, or drop --local to use the ones in the nself postgres container.`
-        : 'The container\'s client tools should match its server; check the container image.',
-    })
-  }
+  // Before anything is written: pg_dump must dump this server and pg_restore must read back what it writes.
+  const toolCheck = judgeTools(Math.floor(server.num / 10_000), {pg_dump: pgDumpMajor, pg_restore: await tools.toolMajor('pg_restore')},
+    tools.container ? `in container ${tools.container}` : 'local client tools', {dumps: true, local: !tools.container})
+  if (toolCheck.status === 'fail') throw new UserError(`No backup was taken: ${toolCheck.detail}.`, {hint: toolCheck.fix})
 
   try {
     const stat = await fs.statfs(dir)
@@ -473,8 +475,8 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         snapshotAt = out.snapshotAt
         break
       } catch (error) {
-        if (compression.fallback && !isCancelled() && /lz4/i.test(firstLine(error))) {
-          log?.(`pg_dump ${pgDumpMajor} has no LZ4 support; using gzip level 1.`)
+        if (compression.fallback && !isCancelled() && /zstd|not built with|not supported/i.test(firstLine(error))) {
+          log?.(`pg_dump ${pgDumpMajor} has no zstd support (${firstLine(error)}); using gzip level 1.`)
           compression = {args: compression.fallback.args, label: compression.fallback.label}
           continue
         }
@@ -552,41 +554,61 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
    * rows, so the manifest's counts are exactly what the dump holds, whatever the app writes meanwhile.
    */
   async function dumpInSnapshot(compressionArgs: string[]): Promise<InSnapshot> {
-    return sql.begin('isolation level repeatable read read only', async (tx) => {
-      const [{snapshot, pid, at}] = await tx<{snapshot: string; pid: number; at: number}[]>`
-        select pg_export_snapshot() as snapshot, pg_backend_pid() as pid, extract(epoch from now())::float8 as at`
-      const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
-      let stop = false
-      let counting: Promise<void> = Promise.resolve()
-      // A failed or cancelled dump stops the count on the server: postgres.js's own query.cancel() on a query
-      // still queued in a transaction can leave the transaction's ROLLBACK waiting forever.
-      dump.catch(async () => {
-        stop = true
-        await sql`select pg_cancel_backend(${pid})`.catch(() => {})
-      })
-      const counts: Record<string, number> = {}
-      // The ledger version too: another run may have applied a migration since the caller read it.
-      let ledger = opts.ledgerVersion
-      counting = (async () => {
-        for (const table of existing) {
-          if (stop) return
-          const [{n}] = await tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
-          counts[table] = Number(n)
-        }
-        if (!stop) ledger = await readLedgerVersion(tx, opts.schema)
-      })()
-      counting.catch(() => {})
-      let result: DumpResult
+    // A session of its own, not sql.begin: postgres.js crashes the process when a transaction's connection dies
+    // and the transaction goes on (porsager/postgres 1208). A lost session is never written to again.
+    const session = await openSession(sql)
+    const tx = session.sql
+    const alive = () => {
+      if (session.lost) throw Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
+    }
+    try {
+      await tx.unsafe('begin isolation level repeatable read read only')
       try {
-        result = await dump
+        alive()
+        const [{snapshot, pid, at}] = await tx<{snapshot: string; pid: number; at: number}[]>`
+          select pg_export_snapshot() as snapshot, pg_backend_pid() as pid, extract(epoch from now())::float8 as at`
+        const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
+        let stop = false
+        let counting: Promise<void> = Promise.resolve()
+        // A failed or cancelled dump stops the count on the server: postgres.js's own query.cancel() on a query
+        // still queued in a transaction can leave the transaction's ROLLBACK waiting forever.
+        dump.catch(async () => {
+          stop = true
+          await sql`select pg_cancel_backend(${pid})`.catch(() => {})
+        })
+        const counts: Record<string, number> = {}
+        // The ledger version too: another run may have applied a migration since the caller read it.
+        let ledger = opts.ledgerVersion
+        counting = (async () => {
+          for (const table of existing) {
+            if (stop) return
+            alive()
+            const [{n}] = await tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
+            counts[table] = Number(n)
+          }
+          alive()
+          if (!stop) ledger = await readLedgerVersion(tx, opts.schema)
+        })()
+        counting.catch(() => {})
+        let result: DumpResult
+        try {
+          result = await dump
+        } catch (error) {
+          // Let the (cancelled) count settle before the transaction ends, so its ROLLBACK is not queued behind it.
+          await counting.catch(() => {})
+          throw error
+        }
+        await counting
+        alive()
+        await tx.unsafe('commit')
+        return {ledger, result, rowCounts: counts, snapshotAt: new Date(Number(at) * 1000).toISOString()}
       } catch (error) {
-        // Let the (cancelled) count settle before the transaction ends, so its ROLLBACK is not queued behind it.
-        await counting.catch(() => {})
+        if (!session.lost) await tx.unsafe('rollback').catch(() => {})
         throw error
       }
-      await counting
-      return {ledger, result, rowCounts: counts, snapshotAt: new Date(Number(at) * 1000).toISOString()}
-    }) as Promise<InSnapshot>
+    } finally {
+      await session.close()
+    }
   }
 
   async function streamDump(compressionArgs: string[]): Promise<DumpResult> {
@@ -796,6 +818,14 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
     toc = await readToc(opts.tools, file)
   } catch (error) {
     if (isCancelled()) throw new CancelledError(`checking the backup ${file}`)
+    const older = olderRestoreSentence(file, firstLine(error), await opts.tools.toolMajor('pg_restore').catch(() => 0), manifest?.pg_dump_major)
+    if (older) {
+      const m = manifest?.pg_dump_major
+      throw new UserError(`${older}.`, {
+        cause: error,
+        hint: m ? `Install the PostgreSQL ${m} client tools (postgresql-client-${m}) or newer where pg_restore runs.` : 'Install the client tools of the PostgreSQL version that wrote it, or newer, where pg_restore runs.',
+      })
+    }
     throw new UserError(`The backup ${file} is not readable by pg_restore: ${firstLine(error)}.`, {
       cause: error, hint: 'The file is truncated, corrupt, or not a custom-format (-Fc) dump.',
     })

@@ -4,10 +4,11 @@ import path from 'node:path'
 import {createInterface} from 'node:readline'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, UserError, toUserError} from '../errors.js'
+import {CancelledError, isConnectionLost, UserError, toUserError} from '../errors.js'
 import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
+import {SENDS_TRANSACTION_TIMEOUT, TRANSACTION_TIMEOUT_ERROR} from '../target/versions.js'
 import {type Manifest, nextSecond, readToc, redact, tableDataKey, timestamp, type Toc} from './backup.js'
 import {plural} from '../text.js'
 
@@ -231,9 +232,20 @@ export async function createDatabaseLike(admin: Sql, name: string, live: Databas
 /** End every session on `name` and drop it (WITH (FORCE) from PostgreSQL 13). */
 export async function dropDatabase(admin: Sql, name: string): Promise<void> {
   validateIdentifier(name, 'database')
-  const [{num}] = await admin<{num: number}[]>`select current_setting('server_version_num')::int as num`
-  await admin`select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
-  await admin.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}${num >= 130_000 ? ' WITH (FORCE)' : ''}`)
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const [{num}] = await admin<{num: number}[]>`select current_setting('server_version_num')::int as num`
+      await admin`select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
+      await admin.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}${num >= 130_000 ? ' WITH (FORCE)' : ''}`)
+      return
+    } catch (error) {
+      // The server ended admin's sessions too (the pool learns it only when it next writes): a new connection.
+      if (attempt >= 3 || !isConnectionLost(error)) throw error
+      await new Promise((resolve) => {
+        setTimeout(resolve, 50 * attempt)
+      })
+    }
+  }
 }
 
 /** A name of this kind that no database has yet (waits for the next second when taken). */
@@ -281,7 +293,11 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
   try {
     const dump = await tools.provide(opts.file)
     cleanups.push(dump.cleanup)
-    const args = ['--exit-on-error', '--verbose', `--jobs=${Math.max(1, Math.floor(opts.jobs ?? defaultJobs()))}`, '--no-password', ...(opts.extraArgs ?? [])]
+    // pg_restore 17+ sends `SET transaction_timeout = 0` on each connection, which servers 16 and older reject
+    // (src/target/versions.ts): it runs without --exit-on-error, accepts exactly that error, and is stopped
+    // here at the first other one, as --exit-on-error would.
+    const tolerant = (await tools.toolMajor('pg_restore')) >= SENDS_TRANSACTION_TIMEOUT
+    const args = [...(tolerant ? [] : ['--exit-on-error']), '--verbose', `--jobs=${Math.max(1, Math.floor(opts.jobs ?? defaultJobs()))}`, '--no-password', ...(opts.extraArgs ?? [])]
     if (opts.listText !== undefined) {
       tmpDir = await fs.mkdtemp(path.join(os.tmpdir(), 'nself-e2ee-'))
       const listPath = path.join(tmpDir, 'restore.list')
@@ -298,9 +314,22 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
     const errors: string[] = []
     let done = 0
     let parallel = false
+    let accepted = false
+    let stopped = false
     const lines = createInterface({crlfDelay: Infinity, input: child.stderr!})
     lines.on('line', (raw) => {
       const line = raw.replace(/^pg_restore: /, '')
+      if (tolerant) {
+        if (/error:/.test(line) && TRANSACTION_TIMEOUT_ERROR.test(line)) {
+          accepted = true
+          return
+        }
+        if ((accepted && /^Command was: SET transaction_timeout = 0;?$/.test(line)) || /^warning: errors ignored on restore: \d+$/.test(line)) return
+        if (/error:/.test(line) && !stopped) {
+          stopped = true
+          child.kill('SIGTERM')
+        }
+      }
       if (/^(error|warning|FATAL|ERROR|DETAIL|HINT|Command was)/i.test(line) || /error:/.test(line)) {
         if (errors.length < 20) errors.push(line)
         return
@@ -314,7 +343,11 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
       }
     })
     try {
-      await child
+      await child.catch((error) => {
+        // Exit status 1 with no error but the accepted one: pg_restore counted those, all else was restored.
+        if (tolerant && !stopped && (error as {exitCode?: number}).exitCode === 1 && !errors.some((l) => /error:/i.test(l))) return
+        throw error
+      })
     } catch (error) {
       if (isCancelled()) throw new CancelledError()
       const first = errors.find((l) => /error:/i.test(l)) ?? errors[0] ?? (error as {shortMessage?: string}).shortMessage ?? String(error)

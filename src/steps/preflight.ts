@@ -8,6 +8,7 @@ import {assertCanMigrate} from '../migrations/plan.js'
 import {quoteIdent} from '../target/connect.js'
 import type {PgTools} from '../target/tools.js'
 import type {Target} from '../target/target.js'
+import {judgeTools} from '../target/versions.js'
 import {existingTableShapes} from './existing-tables.js'
 import type {Inspection} from './inspect.js'
 
@@ -80,12 +81,10 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
   checks.push(...(await dataChecks(o)))
   checks.push(...(await existingTableShapes(sql, plan)))
 
-  if (o.tools && o.target.mode === 'local') {
-    const major = await o.tools.toolMajor('pg_dump')
-    const serverMajor = Math.floor(server.num / 10_000)
-    checks.push(major >= serverMajor
-      ? {detail: `pg_dump ${major} for server ${serverMajor}`, name: 'client tools', status: 'ok'}
-      : {detail: `local pg_dump is version ${major}, older than the server (${serverMajor})`, fix: `Install postgresql-client-${serverMajor}, or drop --local to use the container's tools.`, name: 'client tools', status: 'fail'})
+  if (o.tools) {
+    const tools = {pg_dump: await o.tools.toolMajor('pg_dump'), pg_restore: await o.tools.toolMajor('pg_restore')}
+    const where = o.tools.container ? `in container ${o.tools.container}` : 'local client tools'
+    checks.push({...judgeTools(Math.floor(server.num / 10_000), tools, where, {dumps: o.backupDir !== undefined, local: !o.tools.container}), name: 'client tools'})
   }
 
   const failed = checks.find((c) => c.status === 'fail')

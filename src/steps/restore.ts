@@ -1,6 +1,6 @@
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, UserError, toUserError} from '../errors.js'
-import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
+import {CancelledError, isConnectionLost, UserError, toUserError} from '../errors.js'
+import {openSession, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {type Target, validateIdentifier} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {testPause} from '../test-pause.js'
@@ -110,6 +110,7 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
 
 function messageOf(error: unknown): string {
   if (error instanceof UserError) return error.message.replace(/\.$/, '')
+  if (isConnectionLost(error)) return toUserError(error).message.replace(/\.$/, '')
   const e = error as {severity?: string; message?: string}
   if (e?.severity) return toUserError(error).message.replace(/\.$/, '')
   return String(e?.message ?? error).split('\n')[0].replace(/\.$/, '')
@@ -161,6 +162,9 @@ export function keptDatabaseName(database: string, date = new Date()): string {
   }
   return head + suffix
 }
+
+/** The swap reported an error although it committed: the restored database is live under the live name. */
+export class SwapCommittedError extends UserError {}
 
 export interface SwapOptions {
   /** A pool (at least 2 connections) on a maintenance database (e.g. "postgres"), neither `live` nor `replacement`. */
@@ -219,23 +223,34 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
   const lockTimeout = Math.max(100, Math.floor(opts.lockTimeoutMs ?? 2000))
   const attempts = Math.max(1, opts.attempts ?? 3)
 
-  const terminate = (name: string, except: number) => admin`
-    select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid() and pid <> ${except}`
+  const terminate = (name: string, except: number) => withRetry(() => admin`
+    select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid() and pid <> ${except}`)
 
-  const sessionsOn = async (name: string) => {
+  const sessionsOn = (name: string) => withRetry(async () => {
     const [{n}] = await admin<{n: number}[]>`select count(*)::int as n from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
     return n
-  }
+  })
+
+  // Read with a retry: admin's connections may be the ones the server just ended (the pool reconnects).
+  const namesNow = () => withRetry(async () =>
+    (await admin<{name: string}[]>`select datname as name from pg_database where datname = any(${[live, replacement, keptName]})`).map((r) => r.name))
 
   let t0 = 0
+  // The swap's own session (a one-connection pool, not admin.begin): postgres.js crashes the process when a
+  // transaction's connection dies and the transaction goes on (porsager/postgres 1208); here every statement
+  // first checks that the session is still there, and a session that was lost is never written to again.
+  const session = await openSession(admin)
+  const run = async <T extends object[] = object[]>(statement: string): Promise<T> => {
+    if (session.lost) throw connectionLost()
+    return session.sql.unsafe<T>(statement)
+  }
   try {
     // The replacement is ours: close it for good (nobody but a stray check should be on it) and end its sessions.
-    await admin.begin(async (tx) => {
-      await tx.unsafe(`SET LOCAL lock_timeout = ${lockTimeout}`)
-      await tx.unsafe(`ALTER DATABASE ${q.replacement} WITH ALLOW_CONNECTIONS false`)
-    })
+    await run(`SET lock_timeout = ${lockTimeout}`)
+    await run(`ALTER DATABASE ${q.replacement} WITH ALLOW_CONNECTIONS false`)
     await terminate(replacement, 0)
     throwIfCancelled('the swap')
+    const [{pid}] = await run<{pid: number}[]>('select pg_backend_pid() as pid')
     for (let attempt = 1; ; attempt++) {
       // End them before the transaction and let them exit (bounded), so the rename rarely has to wait: the
       // server re-checks only every 100 ms while new connections wait on it.
@@ -246,12 +261,11 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
         })
       }
       let done = false
-      let pid = 0
       // Ends live's sessions until the transaction is over: the ones there now, and any that got in before the
       // rename took the database lock. Nothing new gets in after that.
       const terminator = (async () => {
         while (!done) {
-          if (pid) await terminate(live, pid).catch(() => {})
+          await terminate(live, pid).catch(() => {})
           await new Promise((resolve) => {
             setTimeout(resolve, 10)
           })
@@ -259,24 +273,34 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       })()
       t0 = performance.now()
       try {
-        await admin.begin(async (tx) => {
-          ;[{pid}] = await tx<{pid: number}[]>`select pg_backend_pid() as pid`
-          await tx.unsafe(`SET LOCAL lock_timeout = ${lockTimeout}`)
-          await tx.unsafe('SET LOCAL statement_timeout = 15000')
-          await tx.unsafe(`ALTER DATABASE ${q.live} RENAME TO ${q.kept}`)
+        await run('BEGIN')
+        try {
+          await run('SET LOCAL statement_timeout = 15000')
+          await run(`ALTER DATABASE ${q.live} RENAME TO ${q.kept}`)
           if (opts.liveOid !== undefined) {
-            const [{oid}] = await tx<{oid: string}[]>`select oid::int8::text as oid from pg_database where datname = ${keptName}`
+            const [{oid}] = await run<{oid: string}[]>(`select oid::int8::text as oid from pg_database where datname = ${quoteLiteral(keptName)}`)
             if (Number(oid) !== opts.liveOid) throw new UserError(`the database ${live} was replaced since this command started`)
           }
-          await tx.unsafe(`ALTER DATABASE ${q.replacement} RENAME TO ${q.live}`)
-          await tx.unsafe(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`)
-          await tx.unsafe(`COMMENT ON DATABASE ${q.live} IS ${liveComment === null ? 'NULL' : quoteLiteral(liveComment)}`)
+          await run(`ALTER DATABASE ${q.replacement} RENAME TO ${q.live}`)
+          await run(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`)
+          await run(`COMMENT ON DATABASE ${q.live} IS ${liveComment === null ? 'NULL' : quoteLiteral(liveComment)}`)
           await testPause('swap:renamed')
-        })
+          // Ctrl+C or SIGTERM during the swap: nothing is committed yet, so the swap is rolled back.
+          throwIfCancelled('the swap')
+          await run('COMMIT')
+        } catch (error) {
+          if (!session.lost) await session.sql.unsafe('ROLLBACK').catch(() => {})
+          throw error
+        }
+        // A COMMIT sent as the session died may have reached a new connection instead: believe the catalog.
+        const names = await namesNow()
+        if (!(names.includes(keptName) && names.includes(live) && !names.includes(replacement))) {
+          throw connectionLost()
+        }
         break
       } catch (error) {
         // 55006: a session of live did not end within the server's 5 s; try again (bounded).
-        if ((error as {code?: string}).code === '55006' && attempt < attempts && !isCancelled()) {
+        if ((error as {code?: string}).code === '55006' && attempt < attempts && !isCancelled() && !session.lost) {
           log?.(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
           continue
         }
@@ -292,20 +316,40 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
   } catch (error) {
     const cause = messageOf(error)
     // Where do the names point now? The transaction either committed or did not; look before saying so.
-    let names: string[] | undefined
-    try {
-      names = (await admin<{name: string}[]>`select datname as name from pg_database where datname = any(${[live, replacement, keptName]})`).map((r) => r.name)
-    } catch {
-      names = undefined
-    }
+    const names = await namesNow().catch(() => undefined)
     if (names && names.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
       // The commit went through although the client saw an error (e.g. the connection broke on COMMIT).
-      throw new UserError(`The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`, {cause: error})
+      throw new SwapCommittedError(`The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`, {cause: error})
     }
-    if (names && names.includes(live) && names.includes(replacement) && !names.includes(keptName)) {
-      if (isCancelled()) throw new CancelledError(`the swap (${untouched})`)
-      throw new UserError(`Swapping ${replacement} in for ${live} failed before renaming (${cause}); ${untouched}.`, {cause: error})
+    // Not committed: no kept database (the replacement may be gone already, dropped by a Ctrl+C handler).
+    if (names && names.includes(live) && !names.includes(keptName)) {
+      if (isCancelled()) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
+      throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
     }
     throw new UserError(`Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`, {cause: error})
+  } finally {
+    await session.close()
+  }
+}
+
+/** The error a statement gets when its session was lost before it was sent (never written to a dead socket). */
+function connectionLost(): Error {
+  return Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
+}
+
+/**
+ * `fn` again (twice at most) when it failed on a lost connection: a pool whose sessions the server ended learns
+ * it only when the socket closes, so its next query can still meet the dead one; the retry gets a new connection.
+ */
+async function withRetry<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn()
+    } catch (error) {
+      if (attempt >= 3 || !isConnectionLost(error)) throw error
+      await new Promise((resolve) => {
+        setTimeout(resolve, 50 * attempt)
+      })
+    }
   }
 }

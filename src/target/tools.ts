@@ -69,8 +69,20 @@ export class PgTools {
     return child
   }
 
-  /** Major version of a client tool where it runs (container or here). */
-  async toolMajor(tool: PgTool): Promise<number> {
+  private readonly majors = new Map<PgTool, Promise<number>>()
+
+  /** Major version of a client tool where it runs (container or here); asked once per tool. */
+  toolMajor(tool: PgTool): Promise<number> {
+    let major = this.majors.get(tool)
+    if (!major) {
+      major = this.askMajor(tool)
+      major.catch(() => this.majors.delete(tool))
+      this.majors.set(tool, major)
+    }
+    return major
+  }
+
+  private async askMajor(tool: PgTool): Promise<number> {
     const inv = this.container
       ? {args: ['exec', '-i', this.container, tool, '--version'], file: 'docker'}
       : {args: ['--version'], file: tool}
@@ -146,4 +158,27 @@ async function findContainer(candidates: string[]): Promise<string> {
   throw new UserError(`No running nself postgres container: tried ${tried.join(', ')}.`, {
     hint: 'Start the stack with `nself start`, name the container with --container, or pass --local.',
   })
+}
+
+export interface ToolReport {
+  /** "local client tools" or "docker exec in container NAME". */
+  where: string
+  /** Major version of each tool; null where it is missing or cannot run. */
+  versions: Record<PgTool, number | null>
+  /** Why no tools could be reached at all (no docker, no running container), when that is so. */
+  problem?: string
+}
+
+/** The client tools' versions for `status`: never throws, a missing tool is reported as such. */
+export async function reportTools(target: Target): Promise<ToolReport> {
+  const none = {pg_dump: null, pg_restore: null, psql: null}
+  let tools: PgTools
+  try {
+    tools = await PgTools.create(target)
+  } catch (error) {
+    return {problem: (error as Error).message.replace(/\.$/, ''), versions: none, where: `docker exec (${target.containerCandidates.join(' or ')})`}
+  }
+  const versions: Record<PgTool, number | null> = {...none}
+  for (const tool of Object.keys(none) as PgTool[]) versions[tool] = await tools.toolMajor(tool).catch(() => null)
+  return {versions, where: tools.describe()}
 }

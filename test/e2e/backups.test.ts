@@ -3,7 +3,7 @@ import path from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {SIDECAR_DIR} from '../../src/steps/backup.js'
 
-import {connect, dropDatabase} from '../helpers/fixture.js'
+import {ADMIN, connect, dropDatabase} from '../helpers/fixture.js'
 import {e2eScope, ledgerVersion, leftoverDatabases, localArgs, parseJson, runCli} from '../helpers/cli.js'
 
 /** Issue 9, defects 7 and 8: which backup a rollback restores, what it says it loses, and what it refuses. */
@@ -241,7 +241,7 @@ describe('preflight checks every privilege the run needs before writing anything
       await sql.end()
     }
     const dir = backupDir()
-    const args = ['--local', '--host', '127.0.0.1', '--port', '5432', '--user', role, '--database', db.name]
+    const args = ['--local', '--host', ADMIN.host, '--port', String(ADMIN.port), '--user', role, '--database', db.name]
     const r = await runCli(['db', 'e2ee', 'migrate', '--yes', ...args, '--backup-dir', dir, '--skip-dryrun'])
     expect(r.code).toBe(1)
     expect(r.stderr).toContain(`Preflight failed (privileges): role ${role} lacks CREATE on database ${db.name} (to create the ledger schema nself_e2ee).`)

@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {connect, createV030Database, type V030Database} from '../helpers/fixture.js'
+import {ADMIN, connect, createV030Database, type V030Database} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'
 import {BIN, e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, runCli, tmpDir} from '../helpers/cli.js'
 
@@ -325,7 +325,7 @@ describe('messages that say what is true', () => {
 
   it('docker not running is "the docker daemon is not reachable", not "container not found"', async () => {
     const db = await scope.fresh({messages: 100})
-    const args = ['db', 'e2ee', 'migrate', '--yes', '--host', '127.0.0.1', '--port', '5432', '--user', 'postgres', '--database', db.name, '--container', 'nchat_postgres']
+    const args = ['db', 'e2ee', 'migrate', '--yes', '--host', ADMIN.host, '--port', String(ADMIN.port), '--user', ADMIN.user, '--database', db.name, '--container', 'nchat_postgres']
     const r = await runCli(args, {env: {...fakeDockerEnv('nchat_postgres', path.join(os.tmpdir(), `docker-${db.name}.log`)), FAKE_DOCKER_DAEMON_DOWN: '1'}})
     expect(r.code, r.stdout + r.stderr).toBe(1)
     expect(r.stderr).toMatch(/Error: The docker daemon is not reachable \(Cannot connect to the Docker daemon/)

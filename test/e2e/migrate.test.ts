@@ -47,8 +47,8 @@ describe('nself db e2ee migrate, end to end', () => {
     expect(s.backup.file).toBe(file)
     const restored = `${db.name}_r`
     cleanups.push(() => dropDatabase(restored))
-    await execFileP('createdb', ['-h', ADMIN.host, '-U', ADMIN.user, restored])
-    await execFileP('pg_restore', ['-h', ADMIN.host, '-U', ADMIN.user, '-d', restored, '--exit-on-error', file])
+    await execFileP('createdb', ['-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, restored])
+    await execFileP('pg_restore', ['-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, '-d', restored, '--exit-on-error', file])
     expect(await appSchemaDump(restored)).toBe(schemaBefore)
     expect(await dataDigest(restored, [...V030_TABLES])).toEqual(dataBefore)
 

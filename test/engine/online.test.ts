@@ -75,7 +75,7 @@ describe('writers while the migration runs next to a long read transaction (D5)'
     const read = await reader.reserve()
     await read.unsafe('begin')
     await read.unsafe('select count(*) from nchat_messages')
-    const alter = execFileP('psql', ['-X', '-q', '-h', ADMIN.host, '-U', ADMIN.user, '-d', db.name, '-c', 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'])
+    const alter = execFileP('psql', ['-X', '-q', '-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, '-d', db.name, '-c', 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'])
     // Asked on the reader's own session (its pool has one connection, reserved): pg_locks is live, not snapshot-bound.
     const queued = async () => (await read<{n: number}[]>`select count(*)::int as n from pg_locks
       where relation = 'nchat_messages'::regclass and mode = 'AccessExclusiveLock' and not granted`)[0].n > 0

@@ -1,3 +1,4 @@
+import {writeFileSync} from 'node:fs'
 import path from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -37,7 +38,9 @@ describe('two commands at once', {timeout: 900_000}, () => {
     /** Hold taken before the first command starts, released once the second one waits or ends. */
     hold?: (c: {db: string}) => Promise<Hold>
     /** The first command is at its held step. */
-    held: (run: CliRun, c: {db: string}) => Promise<void>
+    held: (run: CliRun, c: {db: string; resumeFile: string}) => Promise<void>
+    /** A test pause (src/test-pause.ts) for the first command. */
+    pause?: string
   }
 
   const applyWaits = async (run: CliRun) => until('the first command to wait at its apply step', () => /\[STARTED\] (Apply to production|Run the down migrations)[\s\S]*(waiting|lock wait)/i.test(run.output), {run})
@@ -52,28 +55,24 @@ describe('two commands at once', {timeout: 900_000}, () => {
     },
     {
       first: ['rollback'],
-      // Once the restored copy exists, a comment on it held open makes the swap's COMMENT ON DATABASE wait.
+      // Held inside the swap's transaction (both renames done, not committed) by the test pause.
       held: async (run, c) => {
-        await until('the first rollback to count its losses', () => run.output.includes('[STARTED] Count what the rollback loses'), {run})
-        const [copy] = await cluster.with('postgres', (sql) => sql<{name: string}[]>`select datname as name from pg_database where datname like ${c.db + '\\_e2ee\\_restore\\_%'}`)
-        const hold = await Hold.statement(cluster, `comment on database "${copy.name}" is 'held by the fault test'`)
-        holds.push(hold)
-        await hold.acquired
-        await until('the first rollback to wait in its swap', async () => (await toolSessions(cluster)).some((s) => s.wait === 'Lock' && /rename|comment on database/i.test(s.query)), {run})
+        await until('the first rollback to pause inside its swap', () => run.stderr.includes('[test-pause] swap:renamed'), {run})
+        holds.push({release: async () => { writeFileSync(c.resumeFile, '') }})
       },
-      name: 'rollback (held at the swap) + rollback', second: ['rollback'], start: 'at 16',
+      name: 'rollback (held inside its swap) + rollback', pause: 'swap:renamed', second: ['rollback'], start: 'at 16',
     },
     {
       first: ['rollback', '--strategy', 'down'], hold: (c) => Hold.lock(cluster, c.db, 'nchat_users', 'access share', true), held: applyWaits,
       name: 'rollback --strategy down (waiting on a lock) + migrate', second: ['migrate'], start: 'at 16',
     },
   ]
-  const holds: Hold[] = []
+  const holds: Array<Pick<Hold, 'release'>> = []
 
   it.each(PAIRS.map((p) => ({name: p.name, p})))('$name', async ({p}) => {
     const db = uniqueDb()
     const backupDir = path.join(dir.dir, db)
-    const c = {backupDir, db}
+    const c = {backupDir, db, resumeFile: path.join(dir.dir, `${db}.resume`)}
     await cluster.createV030(db)
     try {
       const digest = await v030Digest(cluster, db)
@@ -82,7 +81,8 @@ describe('two commands at once', {timeout: 900_000}, () => {
         expect(m.code, m.out).toBe(0)
       }
       if (p.hold) holds.push(await p.hold(c))
-      const first = new CliRun(cliArgs(p.first[0], c, p.first.slice(1)), cluster.env())
+      const pause = p.pause ? {NSELF_E2EE_TEST_PAUSE: p.pause, NSELF_E2EE_TEST_RESUME: c.resumeFile} : {}
+      const first = new CliRun(cliArgs(p.first[0], c, p.first.slice(1)), {...cluster.env(), ...pause})
       let second: CliRun | undefined
       try {
         await p.held(first, c)

@@ -3,7 +3,7 @@
 // fault. test/faults/*.test.ts run these against a private cluster; docs/reliability.md lists them.
 
 import {randomBytes} from 'node:crypto'
-import {appendFileSync} from 'node:fs'
+import {appendFileSync, writeFileSync} from 'node:fs'
 import path from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -19,8 +19,10 @@ export interface Ctx {
   cluster: PrivateCluster
   db: string
   backupDir: string
+  /** A file of the row's own: its existence ends a test pause (src/test-pause.ts). */
+  resumeFile: string
   run?: CliRun
-  holds: Hold[]
+  holds: Array<Pick<Hold, 'release'>>
 }
 
 /** Where the step sits: decides what "nothing half-done" means right after the fault. */
@@ -36,6 +38,8 @@ export interface Scenario {
   messages?: number
   /** Holds taken before the CLI starts. */
   prepare?: (c: Ctx) => Promise<void>
+  /** Extra environment of the CLI (a test pause). */
+  env?: (c: Ctx) => Record<string, string>
   /** Resolves when the CLI is at the step (held there where possible). */
   reach: (c: Ctx) => Promise<void>
 }
@@ -163,16 +167,21 @@ export const SCENARIOS: Scenario[] = [
   },
   {
     command: 'rollback', names: /swap/i, phase: 'rollback swap', step: 'rollback swap',
-    // Once the restored copy exists, the test comments on it in an open transaction (a lock on that database): the
-    // swap's rename of the copy waits for it, while the live database already refuses connections.
+    // The swap is one transaction (src/steps/restore.ts): held inside it, both renames done and not committed,
+    // by the test pause `swap:renamed`; releasing the hold lets it go on to COMMIT.
+    env: (c) => ({NSELF_E2EE_TEST_PAUSE: 'swap:renamed', NSELF_E2EE_TEST_RESUME: c.resumeFile}),
     reach: async (c) => {
-      await started(c, 'Count what the rollback loses')
-      const [copy] = await c.cluster.with('postgres', (sql) => sql<{name: string}[]>`select datname as name from pg_database where datname like ${c.db + '\\_e2ee\\_restore\\_%'}`)
-      c.holds.push(await Hold.statement(c.cluster, `comment on database "${copy.name}" is 'held by the fault test'`))
-      await c.holds.at(-1)!.acquired
-      await until('the live database to refuse connections', async () => c.cluster.with('postgres', async (sql) =>
-        (await sql`select 1 from pg_database where datname = ${c.db} and not datallowconn`).length > 0), {run: c.run})
-      await waitsOnLock(c, 'the swap', /rename|comment on database/i)
+      await until('the swap to pause inside its transaction', () => c.run!.stderr.includes('[test-pause] swap:renamed'), {run: c.run})
+      c.holds.push({release: async () => { writeFileSync(c.resumeFile, '') }})
+    },
+  },
+  {
+    command: 'rollback', names: /swap/i, phase: 'rollback swap', step: 'rollback swap, just committed',
+    // The same, a moment later: the swap has committed and the rollback has not ended yet.
+    env: (c) => ({NSELF_E2EE_TEST_PAUSE: 'rollback:swapped', NSELF_E2EE_TEST_RESUME: c.resumeFile}),
+    reach: async (c) => {
+      await until('the rollback to pause after its swap committed', () => c.run!.stderr.includes('[test-pause] rollback:swapped'), {run: c.run})
+      c.holds.push({release: async () => { writeFileSync(c.resumeFile, '') }})
     },
   },
 ]
@@ -194,7 +203,11 @@ export async function runToEnd(cluster: PrivateCluster, args: string[], env: Rec
   return {code: r.code, out: r.stdout + r.stderr, stderr: r.stderr}
 }
 
-const UNDONE_CLAIM = /undone|as it was|(was|were) not (changed|touched)|untouched|nothing was changed/i
+// "nothing was undone" (vacuum, verify) is the opposite claim.
+const UNDONE_CLAIM = /(?<!nothing was )undone|as it was|(was|were) not (changed|touched)|untouched|nothing was changed/i
+/** What a message about an interrupted swap says of the live database. */
+const OLD_DATABASE_SAID = /untouched/i
+const NEW_DATABASE_SAID = /now holds the restored/i
 const SIGNAL_CODE: Partial<Record<Fault, number>> = {'Ctrl+C': 130, SIGTERM: 143}
 
 export interface CaseResult {
@@ -217,7 +230,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
   const dir = tmpDir('e2ee-flt-')
   const backupDir = path.join(dir.dir, 'backups')
   await cluster.createV030(db, {messages: sc.messages ?? 2000})
-  const c: Ctx = {backupDir, cluster, db, holds: []}
+  const c: Ctx = {backupDir, cluster, db, holds: [], resumeFile: path.join(dir.dir, 'resume')}
   const record: Record<string, unknown> = {fault, step: sc.step}
   try {
     const digest = await v030Digest(cluster, db)
@@ -227,7 +240,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
       expect(m.code, m.out).toBe(0)
     }
     await sc.prepare?.(c)
-    c.run = new CliRun(cliArgs(sc.command, c), cluster.env())
+    c.run = new CliRun(cliArgs(sc.command, c), {...cluster.env(), ...sc.env?.(c)})
     try {
       await sc.reach(c)
       mark('step reached')
@@ -288,12 +301,21 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
         expect(left.ledger, ctxMsg).toEqual([13, 14, 15, 16])
         if (orderly) expect(noDebris(left), ctxMsg).toBe(true)
         break
-      case 'rollback swap':
-        if (orderly) {
-          expect(left.allowConn, ctxMsg).toBe(true)
-          expect(left.databases.filter((d) => !/_pre_rollback_/.test(d)), ctxMsg).toEqual([])
+      case 'rollback swap': {
+        // The swap never closes the live database, and it is all or nothing: the old database (at 16, nothing
+        // kept) or the restored one (at 12, the old one kept as <db>_pre_rollback_*); the message says which.
+        expect(left.allowConn, ctxMsg).toBe(true)
+        const kept = left.databases.some((d) => /_pre_rollback_/.test(d))
+        const old = !kept && JSON.stringify(left.ledger) === '[13,14,15,16]'
+        const restored = kept && left.ledger?.length === 0
+        expect(old || restored, `${ctxMsg}\nneither the old database nor the restored one`).toBe(true)
+        if (fault !== 'kill -9' && r.code !== 0) {
+          expect(message.split('\n')[0], ctxMsg).toMatch(old ? OLD_DATABASE_SAID : NEW_DATABASE_SAID)
+          expect(message.split('\n')[0], ctxMsg).not.toMatch(old ? NEW_DATABASE_SAID : OLD_DATABASE_SAID)
         }
+        if (orderly) expect(left.databases.filter((d) => !/_pre_rollback_/.test(d)), ctxMsg).toEqual([])
         break
+      }
     }
 
     mark('checked')
@@ -342,23 +364,10 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
   }
 }
 
-/**
- * Rows that fail today (docs/reliability.md, "Open rows"): product defects of issue 9 still open. They are left out
- * of `npm test` and `npm run faults` so that CI proves every other row, and run with FAULT_OPEN=1.
- */
-export const OPEN_ROWS: Record<Fault, string[]> = {
-  'Ctrl+C': ['preflight', 'vacuum', 'rollback swap'],
-  'kill -9': ['rollback swap'],
-  'server restart': SCENARIOS.map((s) => s.step),
-  'sessions ended': ['preflight', 'backup', 'apply, waiting on a lock', 'verify', 'rollback swap'],
-  SIGTERM: ['preflight', 'vacuum', 'rollback swap'],
-}
-
-/** The rows of the table for one fault: every step (but the open ones), on a private cluster started for the file. */
+/** The rows of the table for one fault: every step (FAULT_STEP=<part of a step's name> picks some), on a private cluster started for the file. */
 export function faultTable(fault: Fault): void {
   const only = process.env.FAULT_STEP
-  const open = process.env.FAULT_OPEN === '1'
-  const rows = SCENARIOS.filter((s) => (!only || s.step.includes(only)) && (open || !OPEN_ROWS[fault].includes(s.step)))
+  const rows = SCENARIOS.filter((s) => !only || s.step.includes(only))
   describe(fault, () => {
     let cluster: PrivateCluster
     beforeAll(async () => { cluster = await PrivateCluster.start() }, 300_000)

@@ -129,13 +129,14 @@ export class PrivateCluster {
     rmSync(this.root, {force: true, recursive: true})
   }
 
-  /** A postgres.js client as the superuser (notices silenced). */
-  connect(database = 'postgres', opts: {max?: number; appName?: string} = {}): postgres.Sql {
+  /** A postgres.js client as the superuser (notices silenced); one connection unless `max` says otherwise. */
+  connect(database = 'postgres', opts: {max?: number; appName?: string; keepIdle?: boolean} = {}): postgres.Sql {
     return postgres({
       connection: {application_name: opts.appName ?? 'e2ee-fault-tests'},
       database,
       host: this.host,
-      idle_timeout: 5,
+      // keepIdle: a session holding an open transaction (a test's lock) must not be closed for being idle.
+      idle_timeout: opts.keepIdle ? 0 : 5,
       max: opts.max ?? 1,
       onnotice: () => {},
       port: this.port,

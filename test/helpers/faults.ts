@@ -40,7 +40,8 @@ export class CliRun {
 
   constructor(args: string[], env: Record<string, string | undefined>, timeoutMs = 900_000) {
     this.child = spawn(process.execPath, [BIN, 'db', 'e2ee', ...args], {
-      env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', ...env},
+      // Every progress line (the scenarios wait for particular ones), as CI logs would hold them with interval 0.
+      env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', NSELF_E2EE_PROGRESS_INTERVAL: '0', ...env},
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     this.child.stdout!.on('data', (d) => { this.stdout += d })
@@ -87,6 +88,13 @@ export async function toolSessions(cluster: PrivateCluster): Promise<Array<{pid:
     where application_name like 'nself-e2ee-%' and backend_type = 'client backend' and pid <> pg_backend_pid()`)
 }
 
+/** The tool's sessions waiting for a heavyweight lock, each with the start of the query that waits. */
+async function sessionsWaitingOnLock(cluster: PrivateCluster): Promise<Array<{pid: number; since: string}>> {
+  return cluster.with('postgres', (sql) => sql<{pid: number; since: string}[]>`
+    select pid, query_start::text as since from pg_stat_activity
+    where application_name like 'nself-e2ee-%' and backend_type = 'client backend' and wait_event_type = 'Lock' and pid <> pg_backend_pid()`)
+}
+
 /** True when one of the tool's sessions waits for a heavyweight lock, on a query matching `pattern` (if given). */
 export async function toolWaitsOnLock(cluster: PrivateCluster, pattern?: RegExp): Promise<boolean> {
   const sessions = await toolSessions(cluster)
@@ -106,44 +114,44 @@ export async function indexBuildWaits(cluster: PrivateCluster, db: string, index
   return own.some((r) => r.phase.startsWith('waiting for old snapshots'))
 }
 
-/** A session the test holds open on the cluster: a lock or a snapshot, released on demand (also after a restart). */
+/**
+ * A session the test holds open on the cluster: a lock or a snapshot, released on demand (also after a restart
+ * or after its session was ended). A one-connection pool, not `sql.reserve()`: a reserved connection whose
+ * backend died can hang or crash postgres.js 3.4.9 when it is queried again (porsager/postgres 1199, 1208).
+ */
 export class Hold {
-  private constructor(private readonly sql: postgres.Sql, private readonly reserved: postgres.ReservedSql, readonly acquired: Promise<void>) {}
+  private constructor(private readonly sql: postgres.Sql, readonly acquired: Promise<void>) {}
 
   /** `LOCK TABLE table IN mode MODE` in an open transaction; `acquired` resolves when the lock is granted (it may queue). */
   static async lock(cluster: PrivateCluster, db: string, table: string, mode: string, wait = false): Promise<Hold> {
-    const sql = cluster.connect(db)
-    const r = await sql.reserve()
-    await r.unsafe('begin')
-    const acquired = r.unsafe(`lock table public."${table}" in ${mode} mode`).then(() => {})
+    const sql = cluster.connect(db, {keepIdle: true})
+    await sql.unsafe('begin')
+    const acquired = sql.unsafe(`lock table public."${table}" in ${mode} mode`).then(() => {})
     acquired.catch(() => {})
     if (wait) await acquired
-    return new Hold(sql, r, acquired)
+    return new Hold(sql, acquired)
   }
 
   /** A REPEATABLE READ transaction that has taken its snapshot and holds no table lock (stalls CONCURRENTLY builds). */
   static async snapshot(cluster: PrivateCluster, db: string): Promise<Hold> {
-    const sql = cluster.connect(db)
-    const r = await sql.reserve()
-    await r.unsafe('begin isolation level repeatable read')
-    await r.unsafe('select 1')
-    return new Hold(sql, r, Promise.resolve())
+    const sql = cluster.connect(db, {keepIdle: true})
+    await sql.unsafe('begin isolation level repeatable read')
+    await sql.unsafe('select 1')
+    return new Hold(sql, Promise.resolve())
   }
 
-  /** Any SQL in an open transaction on the `postgres` database (e.g. ALTER DATABASE … SET, which locks the database object). */
+  /** Any SQL in an open transaction on the `postgres` database. */
   static async statement(cluster: PrivateCluster, statement: string): Promise<Hold> {
-    const sql = cluster.connect('postgres')
-    const r = await sql.reserve()
-    await r.unsafe('begin')
-    const acquired = r.unsafe(statement).then(() => {})
+    const sql = cluster.connect('postgres', {keepIdle: true})
+    await sql.unsafe('begin')
+    const acquired = sql.unsafe(statement).then(() => {})
     acquired.catch(() => {})
-    return new Hold(sql, r, acquired)
+    return new Hold(sql, acquired)
   }
 
   async release(): Promise<void> {
-    await this.reserved.unsafe('rollback').catch(() => {})
-    this.reserved.release()
-    await this.sql.end({timeout: 2}).catch(() => {})
+    // Ending the session rolls its transaction back; nothing is sent on a connection that may be dead.
+    await this.sql.end({timeout: 0}).catch(() => {})
   }
 }
 
@@ -154,11 +162,18 @@ export async function deliver(fault: Fault, run: CliRun, cluster: PrivateCluster
       run.signal('SIGKILL')
       return
     case 'Ctrl+C':
-      run.signal('SIGINT')
+    case 'SIGTERM': {
+      const waiting = await sessionsWaitingOnLock(cluster)
+      run.signal(fault === 'Ctrl+C' ? 'SIGINT' : 'SIGTERM')
+      // The test's holds are released after this: first let the CLI act on the signal, or a query it should
+      // have cancelled would get its lock and finish the step instead (and the row would test the next one).
+      await until(`the CLI to act on ${fault} (stop waiting for the locks it waited for, or exit)`, async () => {
+        if (run.exited) return true
+        const now = await sessionsWaitingOnLock(cluster)
+        return !now.some((s) => waiting.some((w) => w.pid === s.pid && w.since === s.since))
+      }, {timeoutMs: 120_000})
       return
-    case 'SIGTERM':
-      run.signal('SIGTERM')
-      return
+    }
     case 'sessions ended': {
       run.atFault = run.output
       const ended = await cluster.with('postgres', (sql) => sql<{pid: number}[]>`

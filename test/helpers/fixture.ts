@@ -1,4 +1,4 @@
-// Test fixtures for integration tests against the real PostgreSQL on 127.0.0.1:5432.
+// Test fixtures for integration tests against the real PostgreSQL (PG* variables, default 127.0.0.1:5432).
 //
 // Every test makes its own database (createV030Database) and drops it at the end.
 // Nothing here depends on src/: the SQL-level tests run the migration files either with psql
@@ -13,10 +13,11 @@ import {fileURLToPath} from 'node:url'
 import {promisify} from 'node:util'
 import postgres from 'postgres'
 import {loadV030, loadV030Reference} from '../../scripts/v030-fixture.mjs'
+import {SERVER} from './server.js'
 
 const execFileP = promisify(execFile)
 
-export const ADMIN = {host: '127.0.0.1', port: 5432, user: 'postgres'} as const
+export const ADMIN = SERVER
 export const adminUrl = `postgres://${ADMIN.user}@${ADMIN.host}:${ADMIN.port}/postgres`
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -178,7 +179,7 @@ export interface PsqlOptions {
 
 /**
  * Runs a SQL file with psql, one autocommitted statement at a time:
- * `psql -v ON_ERROR_STOP=1 -X -q -h 127.0.0.1 -U postgres -d DB -f FILE`, with the schema and the
+ * `psql -v ON_ERROR_STOP=1 -X -q -h HOST -p PORT -U USER -d DB -f FILE`, with the schema and the
  * applied versions passed through PGOPTIONS. For SQL-level tests only.
  */
 export async function applyFileWithPsql(

@@ -9,6 +9,7 @@ import {cancel, resetCancellation} from '../../src/cancel.js'
 import {CancelledError, UserError} from '../../src/errors.js'
 import {APP_NAME, type Sql} from '../../src/target/connect.js'
 import {PgTools} from '../../src/target/tools.js'
+import {SERVER_ARGS} from '../helpers/server.js'
 import {
   listBackups, MANIFEST_SUFFIX, manifestPathFor, type Manifest, newestBackup, takeBackup, verifyBackup,
 } from '../../src/steps/backup.js'
@@ -27,10 +28,17 @@ function mode(p: string): number {
   return fs.statSync(p).mode & 0o777
 }
 
-/** pg_restore the dump into a fresh database, outside the code under test. */
+/**
+ * Restore the dump into a fresh database, outside the code under test: pg_restore's script through psql,
+ * stopping at the first error. The one line a pg_restore 17+ writes that servers 16 and older reject
+ * (SET transaction_timeout) is left out when the server is older than that.
+ */
 function restoreWithPgRestore(file: string, database: string): void {
-  execFileSync('psql', ['-h', '127.0.0.1', '-U', 'postgres', '-d', 'postgres', '-qc', `CREATE DATABASE "${database}"`])
-  execFileSync('pg_restore', ['-h', '127.0.0.1', '-U', 'postgres', '-d', database, '--exit-on-error', file])
+  execFileSync('psql', [...SERVER_ARGS, '-d', 'postgres', '-qc', `CREATE DATABASE "${database}"`])
+  const serverNum = Number(execFileSync('psql', [...SERVER_ARGS, '-d', 'postgres', '-XAtc', 'show server_version_num']).toString().trim())
+  let script = execFileSync('pg_restore', ['-f', '-', file], {maxBuffer: 256 * 1024 * 1024}).toString()
+  if (serverNum < 170_000) script = script.replace(/^SET transaction_timeout = 0;\n/m, '')
+  execFileSync('psql', [...SERVER_ARGS, '-d', database, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', '-'], {input: script, maxBuffer: 256 * 1024 * 1024})
 }
 
 /** A copy of the backup (dump + manifest renamed to match) to damage. */

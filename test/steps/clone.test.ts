@@ -113,7 +113,7 @@ describe.each(['local', 'docker'] as const)('createClone (%s mode)', (mode) => {
         expect(cps.length).toBe(2)
         expect(cps.map((a) => a[1]).sort()).toEqual([backup.file, expect.stringMatching(/\/restore\.list$/)])
         expect(cps.every((a) => a[2].startsWith('nchat_postgres:/tmp/'))).toBe(true)
-        const restore = lines.find((a) => a.includes('pg_restore') && a.includes('--exit-on-error'))!
+        const restore = lines.find((a) => a.includes('pg_restore') && a.includes('--verbose'))!
         expect(restore).toContain('--jobs=2')
         expect(restore.some((a) => a.startsWith('--use-list=/tmp/'))).toBe(true)
         expect(lines.filter((a) => a.includes('rm')).length).toBe(2)

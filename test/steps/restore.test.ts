@@ -222,7 +222,7 @@ describe('restore and swap failures', () => {
     try {
       const error = await swapDatabases({admin, keptName: `${ctx.db}_pre_rollback_x`, live: ctx.db, lockTimeoutMs: 300, replacement}).catch((e: unknown) => e)
       expect(error).toBeInstanceOf(UserError)
-      expect((error as Error).message).toMatch(new RegExp(`^Swapping ${replacement} in for ${ctx.db} failed before renaming \\(.*lock timeout.*\\); the live database ${ctx.db} is untouched\\.$`))
+      expect((error as Error).message).toMatch(new RegExp(`^Swapping ${replacement} in for ${ctx.db} did not commit: .*lock timeout.*, so the live database ${ctx.db} is untouched\\.$`))
     } finally {
       release()
       await holding

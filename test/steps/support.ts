@@ -10,8 +10,9 @@ import {fileURLToPath} from 'node:url'
 
 import {connect, type Sql} from '../../src/target/connect.js'
 import type {Target} from '../../src/target/target.js'
+import {SERVER} from '../helpers/server.js'
 
-export const PG = {host: '127.0.0.1', port: 5432, user: 'postgres'}
+export const PG = SERVER
 export const SECRET = 's3cret-not-in-argv'
 export const CONTAINER = 'nchat_postgres'
 export const STANDIN_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin')

@@ -2,9 +2,9 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
 import {UserError} from '../../../errors.js'
-import {backupFlags, runnerFlags} from '../../../flags.js'
+import {backupFlags, runnerFlags, verboseListing} from '../../../flags.js'
 import {runDryRun, type DryRunSummary} from '../../../pipeline/dryrun.js'
-import {fmtMs} from '../../../pipeline/ui.js'
+import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {plural} from '../../../text.js'
 
 export default class DryRun extends BaseCommand {
@@ -19,6 +19,7 @@ Reports each statement with the locks it took and whether it ran inside a transa
     'from-backup': Flags.string({description: 'Use this backup (checked against its manifest) instead of taking one.'}),
     'keep-dryrun-db': Flags.boolean({default: false, description: 'Keep the dry-run database for inspection instead of dropping it.'}),
     to: Flags.integer({description: 'Rehearse only up to this migration version.', min: 13}),
+    ...verboseListing('every statement with its time and locks (by default: one line per migration and the statements that lock existing tables)'),
   }
 
   async run(): Promise<void> {
@@ -45,17 +46,8 @@ Reports each statement with the locks it took and whether it ran inside a transa
       return
     }
     this.say(`Would apply to ${s.database} (schema ${s.schema}, now at ${s.current ?? 'nothing'}): ${s.wouldApply.join(', ')}`)
-    let last = ''
-    for (const st of s.statements) {
-      if (st.migration !== last) {
-        this.say(`\n  ${st.migration}`)
-        last = st.migration
-      }
-      const where = st.inTransaction ? 'in tx ' : 'alone '
-      const locks = st.locks.length ? st.locks.map((l) => `${l.mode} on ${l.table}`).join(', ') : 'no table locks'
-      const scaled = st.forecastMs === st.ms ? '' : ` (forecast on production ${fmtMs(st.forecastMs)})`
-      this.say(`    ${String(st.line).padStart(4)} ${where} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]${scaled}`)
-    }
+    if (this.verbose) this.listStatements(s.statements)
+    else this.outlineStatements(s)
     this.say('')
     if (s.forecastMs !== null) {
       const f = s.forecast
@@ -69,6 +61,41 @@ Reports each statement with the locks it took and whether it ran inside a transa
     for (const k of s.keptAltered) this.say(`Kept        rows of ${k.table}: ${k.why}`)
     if (s.verification) this.say(`Verify      ${s.verification.ok ? `${plural(s.verification.checks, 'check')} passed` : `FAILED: ${s.verification.failures.join('; ')}`}`)
     if (s.backup) this.say(`Backup      ${s.backup.file}${s.backup.taken ? ' (taken now)' : ''}`)
+    this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
     this.say(`Production was only read; nothing in it changed.`)
+  }
+
+  /** One line per migration, then only the statements live traffic can wait for: locks on tables that exist now. */
+  private outlineStatements(s: DryRunSummary): void {
+    const existing = new Set(s.existingTables)
+    this.say('')
+    for (const name of s.wouldApply) {
+      const mine = s.statements.filter((st) => st.migration === name)
+      const inTx = mine.filter((st) => st.inTransaction).length
+      const ms = mine.reduce((t, st) => t + st.ms, 0)
+      this.say(`  ${name.padEnd(20)} ${plural(mine.length, 'statement')} in ${fmtMs(ms)} (${inTx} in one transaction${inTx < mine.length ? `, ${mine.length - inTx} alone` : ''})`)
+    }
+    const locking = s.statements.filter((st) => st.locks.some((l) => existing.has(l.table)))
+    this.say('')
+    this.say(locking.length ? 'Statements that lock existing tables (live reads and writes can wait on these):' : 'No statement locks a table that exists now.')
+    for (const st of locking) {
+      const locks = st.locks.filter((l) => existing.has(l.table)).map((l) => `${l.mode} on ${l.table}`).join(', ')
+      this.say(`  ${st.migration.slice(0, 3)} line ${String(st.line).padEnd(4)} ${st.inTransaction ? 'in tx' : 'alone'} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]`)
+    }
+    this.say('  (every statement with its locks: --verbose or --json)')
+  }
+
+  private listStatements(statements: DryRunSummary['statements']): void {
+    let last = ''
+    for (const st of statements) {
+      if (st.migration !== last) {
+        this.say(`\n  ${st.migration}`)
+        last = st.migration
+      }
+      const where = st.inTransaction ? 'in tx ' : 'alone '
+      const locks = st.locks.length ? st.locks.map((l) => `${l.mode} on ${l.table}`).join(', ') : 'no table locks'
+      const scaled = st.forecastMs === st.ms ? '' : ` (forecast on production ${fmtMs(st.forecastMs)})`
+      this.say(`    ${String(st.line).padStart(4)} ${where} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]${scaled}`)
+    }
   }
 }

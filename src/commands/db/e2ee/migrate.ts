@@ -3,7 +3,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../../base-command.js'
 import {backupFlags, runnerFlags} from '../../../flags.js'
 import {runMigrate, type MigrateSummary} from '../../../pipeline/migrate.js'
-import {fmtMs} from '../../../pipeline/ui.js'
+import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {plural} from '../../../text.js'
 
 export default class Migrate extends BaseCommand {
@@ -42,16 +42,18 @@ Every step is shown as it runs; the first failure stops the run with production 
     if (s.appliedByOtherRun) {
       this.say(`Nothing to do: another run migrated ${s.database} (schema ${s.schema}) from ${s.before ?? 'nothing'} to ${s.after ?? 'nothing'} while this one waited for it; this run applied nothing.`)
       if (s.backup) this.say(`Backup      ${s.backup.file} (taken by this run before it waited)`)
+      this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
       return
     }
     if (s.nothingToDo) {
       this.say(`Nothing to do: ${s.database} is at ${s.after ?? 'nothing'} (schema ${s.schema}).`)
+      this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
       return
     }
     this.say(`Migrated ${s.database} (schema ${s.schema}) from ${s.before ?? 'nothing'} to ${s.after}: ${s.applied.join(', ')}.`)
     if (s.backup) this.say(`Backup      ${s.backup.file} (sha256 ${s.backup.sha256.slice(0, 16)}…)`)
     if (s.dryrun) this.say(`Forecast    ${fmtMs(s.dryrun.forecastMs)} on the dry-run copy; actual ${fmtMs(s.applyMs ?? 0)}${s.lockRetries ? ` (${s.lockRetries} lock retries)` : ''}`)
-    this.say(`Steps       ${Object.entries(s.timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')}`)
+    this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
     if (s.verify) this.say(`Verified    ${plural(s.verify.checks.length, 'check')}`)
     if (s.hasura) this.say(`Hasura      ${s.hasura.note}`)
     for (const w of s.warnings) this.say(`Warning     ${w}`)

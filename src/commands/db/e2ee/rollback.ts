@@ -3,7 +3,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../../base-command.js'
 import {backupFlags, runnerFlags} from '../../../flags.js'
 import {runRollback, type RollbackSummary} from '../../../pipeline/rollback.js'
-import {fmtMs} from '../../../pipeline/ui.js'
+import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 
 export default class Rollback extends BaseCommand {
   static description = `Go back to before the upgrade, without ever being left with no database.
@@ -39,10 +39,12 @@ export default class Rollback extends BaseCommand {
     this.say('')
     if (s.strategy === 'down' && s.reverted.length === 0) {
       this.say(`Nothing to revert: ${s.database} is at ${s.after ?? 'nothing'}.`)
+      this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
       return
     }
     if (s.strategy === 'restore' && !s.kept) {
       this.say(`Nothing to roll back: ${s.database} is at ${s.after ?? 'nothing'} and has none of the upgrade's migrations; no backup was restored.`)
+      this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
       return
     }
     this.say(`Rolled back ${s.database} (${s.strategy}): migration ${s.before ?? 'none'} → ${s.after ?? 'none'}.`)
@@ -53,6 +55,6 @@ export default class Rollback extends BaseCommand {
       this.say(`            drop it when you no longer need it: ${s.kept.dropWith}`)
     }
     if (s.hasura?.dir) this.say(`Hasura      ${s.hasura.note}`)
-    this.say(`Steps       ${Object.entries(s.timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')}`)
+    this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
   }
 }

@@ -5,6 +5,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../../base-command.js'
 import {checkBeforeReading, note} from '../../../pipeline/command.js'
 import {inspect, statusDocument} from '../../../steps/inspect.js'
+import {type PgTool, reportTools} from '../../../target/tools.js'
 
 export default class Status extends BaseCommand {
   static description = 'Show where the database stands: server, schema, and each migration 013-016 applied, pending, partial or drifted (with checksums), and where every connection setting came from.'
@@ -29,11 +30,13 @@ export default class Status extends BaseCommand {
         })),
         ...(state?.partials ?? []).map((p) => ({kind: 'unfinished backup', kept: false, name: p.file, owner: p.owner})),
       ]
-      const doc = {...statusDocument(target, ins), busy: state?.busy?.command ?? null, leftovers, repaired: state?.repaired ?? null}
+      const tools = await reportTools(target)
+      const doc = {...statusDocument(target, ins), busy: state?.busy?.command ?? null, leftovers, repaired: state?.repaired ?? null, tools}
       if (this.jsonMode) return this.printJson({ok: true, ...doc})
       this.say(`Server      PostgreSQL ${doc.server}`)
       this.say(`Database    ${doc.connection.database} on ${doc.connection.host}:${doc.connection.port} as ${doc.connection.user}, schema ${doc.schema}`)
-      this.say(`Tools       ${target.mode === 'local' ? 'local pg_dump/pg_restore' : `docker exec (${target.containerCandidates.join(' or ')})`}`)
+      const v = (tool: PgTool) => `${tool} ${tools.versions[tool] ?? 'missing'}`
+      this.say(`Tools       ${tools.problem ? `${tools.where}: ${tools.problem}` : `${v('pg_dump')}, ${v('pg_restore')}, ${v('psql')} (${tools.where})`}`)
       this.say(`Ledger      schema_migrations ${doc.ledger.schemaMigrations ? `in ${doc.ledger.schemaMigrations.schema}, at ${doc.ledger.current ?? 'nothing'}` : 'missing (created on first migrate)'}`)
       this.say(`nself       ${doc.ledger.nself === null ? 'no nself ledger (np_common.schema_versions) in this database' : `np_common.schema_versions lists ${doc.ledger.nself.length > 0 ? doc.ledger.nself.join(', ') : 'none of 013-016'}`}`)
       this.say('')

@@ -28,6 +28,10 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
     'prekey-days': Flags.integer({default: 30, description: 'Delete consumed nchat_one_time_prekeys consumed more than this many days ago.', min: 1}),
   }
 
+  private startedAt = Date.now()
+  /** When each table's first progress came (runCleanup reports every table as it starts): its time in the summary. */
+  private tableStarts = new Map<string, number>()
+
   async run(): Promise<void> {
     const flags = await this.parseBase(MaintainCleanup)
     const target = this.targetFrom(flags)
@@ -72,6 +76,7 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
     let last = 0
     return (p) => {
       const now = Date.now()
+      if (!this.tableStarts.has(p.table)) this.tableStarts.set(p.table, now)
       if (now - last < 1000 && p.deleted < p.estimated && p.deleted !== 0) return
       last = now
       this.note(`  ${p.table}: ${p.deleted} / ~${p.estimated} deleted (batch ${p.batchSize})`)
@@ -83,9 +88,14 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
   }
 
   private finish(database: string, report: CleanupReport): void {
-    if (this.jsonMode) this.printJson({database, ok: !report.interrupted, ...report})
-    for (const t of report.tables) {
-      this.say(`${report.schema}.${t.table}: deleted ${t.deleted} of ${t.matched} in ${t.batches} batch(es), longest ${fmtMs(t.longestBatchMs)}${t.lockTimeouts ? `, ${t.lockTimeouts} lock timeout(s) retried` : ''}${t.remaining ? `; ${t.remaining} left (a writer held them, or the run stopped)` : ''}`)
+    const end = Date.now()
+    const elapsedMs = end - this.startedAt
+    if (this.jsonMode) this.printJson({database, ok: !report.interrupted, ...report, elapsedMs})
+    const starts = report.tables.map((t) => this.tableStarts.get(t.table))
+    for (const [i, t] of report.tables.entries()) {
+      const start = starts[i]
+      const took = start === undefined ? '' : ` in ${fmtMs((starts.slice(i + 1).find((s) => s !== undefined) ?? end) - start)}`
+      this.say(`${report.schema}.${t.table}: deleted ${t.deleted} of ${t.matched}${took}, ${t.batches} batch(es), longest ${fmtMs(t.longestBatchMs)}${t.lockTimeouts ? `, ${t.lockTimeouts} lock timeout(s) retried` : ''}${t.remaining ? `; ${t.remaining} left (a writer held them, or the run stopped)` : ''}`)
     }
     if (report.interrupted) {
       const message = `Interrupted: cleanup stopped by Ctrl+C after deleting ${report.deleted} row(s); every committed batch stays deleted and nothing is half-done.`
@@ -96,6 +106,6 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
       process.exitCode = 130
       return
     }
-    this.say(`Deleted ${report.deleted} row(s) in ${fmtMs(report.durationMs)}.`)
+    this.say(`Deleted ${report.deleted} row(s) in ${fmtMs(report.durationMs)} (total ${fmtMs(elapsedMs)}, counting and confirmation included).`)
   }
 }
