@@ -175,10 +175,10 @@ function backupChoice(results) {
   const find = (re) => r.backups.find((b) => re.test(b.label))
   const rate = (ms) => (mb(r.dbBytes) / (ms / 1000)).toFixed(0)
   const fc1 = find(/-Fc -Z 1/), fc0 = find(/-Fc -Z 0/), fd1 = find(/-Fd -j 2 -Z 1/), fd0 = find(/-Fd -j 2 -Z 0/)
-  return `**The default stays the custom format with light compression** (\`takeBackup\`: \`pg_dump -Fc -Z 1\` with pg_dump 15 and older, \`--compress=lz4\` from 16). `
+  return `**The default stays the custom format with light compression** (\`takeBackup\`: \`pg_dump -Fc -Z 1\` with pg_dump 15 and older, \`--compress=zstd:1\` from 16, chosen in docs/benchmarks-compression.md). `
     + `At ${fmtInt(r.messages)} messages the plain dump ran at ${rate(r.guide.dumpMs)} MB/s, \`-Fc -Z 1\` at ${rate(fc1.ms)} MB/s (${mb(fc1.bytes).toFixed(0)} MiB, ${(fc1.bytes / r.plainBytes).toFixed(2)}× the plain file), \`-Fc -Z 0\` at ${rate(fc0.ms)} MB/s (${mb(fc0.bytes).toFixed(0)} MiB). `
     + `The directory format with 2 jobs ran at ${rate(fd1.ms)} MB/s (gzip 1) and ${rate(fd0.ms)} MB/s (uncompressed): on this 2-CPU machine parallel jobs win little, and a directory is not a backup nself can list or restore (\`nself db backup list\`/\`restore\` take single \`.dump\` files, and skip folders), nor one \`pg_restore\` can read from a pipe through \`docker exec\`. `
-    + `Uncompressed custom is the fastest single file, at about ${(fc0.bytes / fc1.bytes).toFixed(1)}× the size of gzip 1; the backup is kept on the operator's disk, so the smaller file was kept as the default. lz4 (pg_dump 16+) could not be measured here: the machine has client tools 15 only. `
+    + `Uncompressed custom is the fastest single file, at about ${(fc0.bytes / fc1.bytes).toFixed(1)}× the size of gzip 1; the backup is kept on the operator's disk, so the smaller file was kept as the default. The formats of pg_dump 16+ (zstd, lz4) are measured with Debian's client tools 17 and 18 in docs/benchmarks-compression.md. `
     + `The whole \`dryrun\` above includes that backup, which is most of its time at 5M messages.`
 }
 
