@@ -8,7 +8,7 @@ import {CancelledError, UserError} from '../../src/errors.js'
 import type {Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
 import {takeBackup} from '../../src/steps/backup.js'
-import {createClone} from '../../src/archive/clone.js'
+import {createClone} from '../../src/clone/clone.js'
 import {newDatabaseName} from '../../src/pg/databases.js'
 import {leftoverDatabases} from '../../src/steps/leftovers.js'
 import {
