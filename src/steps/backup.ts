@@ -20,7 +20,7 @@ import {fmtBytes, redact} from '../text.js'
  * Backups in nself's own layout (README, "Shared with nself's ledger and backups"): `pg_dump -Fc` through
  * `docker exec -i` (or locally), written to `<backupDir>/<PROJECT>_<YYYYMMDD_HHMMSS>.dump` with mode 0600 in a
  * 0700 folder, so `nself db restore` reads ours and we read theirs. For each dump a manifest
- * (`.nself-e2ee/<file>.manifest.json`, below) records what the dump holds: checksum, size, server version,
+ * (`.nself-e2ee/<file>.manifest.json`, src/archive/manifest.ts) records what the dump holds: checksum, size, server version,
  * ledger version and the exact row counts of the app's tables, counted in the very snapshot pg_dump dumps
  * (exported with pg_export_snapshot, passed with --snapshot), so a restore can be checked against it to the row
  * even while the app keeps writing during the backup.
