@@ -5,6 +5,7 @@
 //   npm run bench -- --quick           # small sizes, 1 run, prints the tables only (no file written)
 //   npm run bench -- --messages 500000 --runs 5 --out /tmp/b.md
 //   npm run bench -- --only 2,5        # some scenarios only (no file written unless --out)
+//   npm run bench -- --only 8          # dry run and backup at 100k/1M/5M (bench/dryrun-sizes.js; also alone)
 //   npm run bench -- --only 7 --cleanup-rows 1000000 --runs 1 --messages 20000 --out docs/benchmarks-cleanup.md
 //
 // Needs the real PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and psql/pg_dump/pg_restore on PATH, and
@@ -73,7 +74,7 @@ function parseArgs(argv) {
     runs: o.runs ?? (quick ? 1 : 5),
     devices: o.devices ?? (quick ? [200, 2_000] : [2_000, 20_000]),
     readMs: o.readMs ?? (quick ? 3_000 : 5_000),
-    only: o.only ?? [1, 2, 3, 4, 5, 6, 7],
+    only: o.only ?? [1, 2, 3, 4, 5, 6, 7, 8],
     // Scenario 7: audit rows and one-time prekeys each (60 % and 40 % of them old enough to delete).
     cleanupRows: o.cleanupRows ?? (quick ? 100_000 : 1_000_000),
     // A full run writes docs/benchmarks.md; --quick and --only print only, unless --out says where.
@@ -1293,6 +1294,21 @@ async function main() {
           + `A writer, one operation every 5 ms, inserts audit rows, sets user_id to NULL on old audit rows and updates old consumed prekeys (what a user or device deletion does to them), at random and at the oldest old row still there (the next row a cleanup batch takes). Its latencies are whole statements, wall time on the client. `
           + `Guide: \`psql -c\` with its two DELETE statements. Ours: \`node bin/run.js db e2ee maintain cleanup --yes --json --local -d DB\` (defaults: batches of 2,000, 20 ms pause, 200 ms lock_timeout).`,
         ...report7(cfg, res), raw: res,
+      }
+    })
+    await measure(8, async () => {
+      // Its own module (bench/dryrun-sizes.js, also runnable alone); its databases come from cached templates.
+      const {backupTable, dryrunSizes, dryrunTable} = await import('./dryrun-sizes.js')
+      const res = await dryrunSizes(cfg.quick ? [20_000, 100_000] : [100_000, 1_000_000, 5_000_000])
+      const [dh, ...dr] = dryrunTable(res)
+      const [bh, ...br] = backupTable(res)
+      return {
+        title: '8. Dry run and backup at 100k, 1M and 5M messages (issue 11)',
+        what: 'Guide: `pg_dump` (plain), `createdb`, `psql` restore, its SQL, `dropdb`, end to end. Ours: `dryrun --yes --json` end to end (its own backup, the copy with the whole schema and only the rows 013-016 read, apply, verify, forecast). '
+          + 'Forecast against the actual apply (`migrate --skip-backup --skip-dryrun`) on the same database; backup formats in MB/s of database. Details: [benchmarks-dryrun.md](benchmarks-dryrun.md) (`node bench/dryrun-sizes.js`).',
+        table: table(dh, dr) + '\n\n' + table(bh, br),
+        text: '',
+        raw: res,
       }
     })
   } finally {

@@ -18,6 +18,8 @@ export interface DryRunCommandOptions {
   to?: number
   jobs: number
   keepDryrunDb: boolean
+  /** Restore every row (the guide's full restore) instead of only the rows the migration reads. */
+  full?: boolean
   migrationsDir?: string
   lockTimeoutMs: number
   maxLockWaitMs: number
@@ -34,13 +36,22 @@ export interface DryRunSummary {
   backup: {file: string; taken: boolean} | null
   clone: string | null
   kept: boolean
+  /** The forecast apply time on production (see `forecast` for how it was made and its stated error). */
   forecastMs: number | null
+  /** The apply as measured on the clone. */
+  applyMs: number | null
+  forecast: DryRunReport['forecast'] | null
   restoreMs: number | null
+  /** 'slim': the clone held only the rows the migration reads (default); 'full': every row (--full). */
+  content: DryRunReport['content'] | null
+  /** Tables whose rows were not restored, and why that cannot change the outcome. */
   leftOut: DryRunReport['leftOut']
+  /** Tables 014 only alters whose rows were restored after all, and why. */
+  keptAltered: DryRunReport['keptAltered']
   /** The tables the statements lock that exist in production now: live traffic can wait on those locks. */
   existingTables: string[]
-  /** Every statement of every migration: where it runs, the locks it took on which tables, and its time on the clone. */
-  statements: Array<{migration: string; line: number; statement: string; inTransaction: boolean; runsAlone: string | null; locks: Array<{table: string; mode: string}>; ms: number}>
+  /** Every statement of every migration: where it runs, the locks it took on which tables, its time on the clone and its forecast on production. */
+  statements: Array<{migration: string; line: number; statement: string; inTransaction: boolean; runsAlone: string | null; locks: Array<{table: string; mode: string}>; ms: number; forecastMs: number}>
   verification: {ok: boolean; checks: number; failures: string[]} | null
   failure: string | null
   preflight: PreflightReport['checks']
@@ -102,7 +113,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
         const ins = c.ins!
         await lock.assertSameDatabase(ins.sql)
         c.dry = await dryRun({
-          backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
+          backup: c.backup!, full: o.full, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
           plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
           sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
         })
@@ -138,6 +149,7 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
         inTransaction: s.mode === 'transaction',
         line: s.line,
         locks: (s.locks ?? []).map((l) => ({mode: l.mode, table: l.relation})),
+        forecastMs: d?.forecast?.scaled.find((x) => x.migration === m.name && x.line === s.line)?.forecastMs ?? s.durationMs,
         migration: m.name,
         ms: s.durationMs,
         runsAlone: s.mode === 'concurrent' ? 'outside any transaction (CONCURRENTLY)' : s.mode === 'validate' ? 'in its own short transaction' : null,
@@ -152,8 +164,12 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
     current: ins.plan.current,
     database: o.target.conn.database,
     failure: d?.failure ?? null,
-    forecastMs: d ? d.applyMs : null,
+    applyMs: d ? d.applyMs : null,
+    content: d?.content ?? null,
+    forecast: d?.forecast ?? null,
+    forecastMs: d ? (d.forecast?.ms ?? d.applyMs) : null,
     kept: d?.kept ?? false,
+    keptAltered: d?.keptAltered ?? [],
     leftOut: d?.leftOut ?? [],
     ok: !d?.failure,
     preflight: c.pre?.checks ?? [],

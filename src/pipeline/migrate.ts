@@ -249,7 +249,7 @@ function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummar
     before: ins.plan.current,
     database: o.target.conn.database,
     elapsedMs: Date.now() - c.startedAt,
-    dryrun: c.dry ? {clone: c.dry.clone, forecastMs: c.dry.applyMs, kept: c.dry.kept, leftOut: c.dry.leftOut, restoreMs: c.dry.restoreMs} : null,
+    dryrun: c.dry ? {clone: c.dry.clone, forecastMs: c.dry.forecast?.ms ?? c.dry.applyMs, kept: c.dry.kept, leftOut: c.dry.leftOut, restoreMs: c.dry.restoreMs} : null,
     lockRetries: c.run?.migrations.reduce((n, m) => n + m.lockRetries, 0) ?? 0,
     nothingToDo,
     ok: true,

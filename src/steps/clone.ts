@@ -55,6 +55,8 @@ export interface CreateCloneOptions {
   backup: {file: string; manifest: Manifest}
   /** Tables whose data is restored: the ones the migration touches ("table" in the backup's schema, or "schema.table"). */
   dataTables: string[]
+  /** Restore the data of every table (`dryrun --full`, the guide's full restore); `dataTables` is then ignored. */
+  allData?: boolean
   jobs?: number
   /** Keep the clone after the run (and after a failure, for inspection): it is marked ", kept" and never swept. */
   keep?: boolean
@@ -410,7 +412,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   }
 
   const tocTables = new Set(toc.entries.filter((e) => e.desc === 'TABLE').map((e) => tableDataKey(e.schema, e.name)))
-  const requested = opts.dataTables.map((t) => parseTableRef(t, defaultSchema))
+  const requested = opts.allData ? [] : opts.dataTables.map((t) => parseTableRef(t, defaultSchema))
   for (const t of requested) {
     if (!tocTables.has(tableDataKey(t.schema, t.name))) {
       throw new UserError(`The table ${t.schema}.${t.name} is not in the backup ${file}.`, {
@@ -431,7 +433,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   let total = 0
   for (const line of toc.text.split('\n')) {
     const entry = byLine.get(line)
-    if (entry && entry.desc === 'TABLE DATA' && !keptKeys.has(tableDataKey(entry.schema, entry.name))) {
+    if (entry && entry.desc === 'TABLE DATA' && !opts.allData && !keptKeys.has(tableDataKey(entry.schema, entry.name))) {
       const inSchema = entry.schema === backup.manifest.schema
       const table = inSchema ? entry.name : `${entry.schema ?? ''}.${entry.name}`
       const rows = inSchema ? backup.manifest.row_counts[entry.name] : undefined
@@ -463,7 +465,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   try {
     await createDatabaseLike(admin, name, live, comment, {log})
     throwIfCancelled('the dry run')
-    log?.(`Restoring ${file} into ${name} (${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without).`)
+    log?.(`Restoring ${file} into ${name} (${opts.allData ? 'every table with its data' : `${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without`}).`)
     const extraArgs = ['--no-subscriptions']
     if (!live.superuser) {
       extraArgs.push('--no-owner')

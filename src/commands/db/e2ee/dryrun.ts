@@ -15,6 +15,7 @@ Reports each statement with the locks it took and whether it ran inside a transa
   static flags = {
     ...runnerFlags,
     ...backupFlags,
+    full: Flags.boolean({default: false, description: 'Restore every row of every table into the copy, as the guide does, instead of only the rows the migration reads (slower; the forecast is then measured on all rows).'}),
     'from-backup': Flags.string({description: 'Use this backup (checked against its manifest) instead of taking one.'}),
     'keep-dryrun-db': Flags.boolean({default: false, description: 'Keep the dry-run database for inspection instead of dropping it.'}),
     to: Flags.integer({description: 'Rehearse only up to this migration version.', min: 13}),
@@ -25,7 +26,7 @@ Reports each statement with the locks it took and whether it ran inside a transa
     const flags = await this.parseBase(DryRun)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const s = await runDryRun({
-      fromBackup: flags['from-backup'], jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
+      fromBackup: flags['from-backup'], full: flags.full, jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
       lockTimeoutMs: flags['lock-timeout'], maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'],
       runLockWaitMs: flags['lock-wait'] * 1000, target, to: flags.to,
     })
@@ -48,8 +49,16 @@ Reports each statement with the locks it took and whether it ran inside a transa
     if (this.verbose) this.listStatements(s.statements)
     else this.outlineStatements(s)
     this.say('')
-    if (s.forecastMs !== null) this.say(`Forecast    ${fmtMs(s.forecastMs)} to apply (measured on ${s.clone}; restore took ${fmtMs(s.restoreMs ?? 0)})`)
-    if (s.leftOut.length) this.say(`Left out    data of ${plural(s.leftOut.length, 'table')} the migration does not read or alter: ${s.leftOut.map((l) => `${l.table}${l.rows === null ? '' : ` (${plural(l.rows, 'row')})`}`).join(', ')}`)
+    if (s.forecastMs !== null) {
+      const f = s.forecast
+      const basis = f && f.samples.length
+        ? `; ${f.samples.map((x) => `${x.table} scans scaled ×${x.factor.toFixed(1)} from a sample of ${plural(x.sampleRows, 'row')} (${x.samplePages} of ${x.productionPages} pages, ~${plural(x.productionRows, 'row')} in production)`).join(', ')}`
+        : ''
+      this.say(`Forecast    ${fmtMs(s.forecastMs)} to apply on production, ${f?.error ?? ''} (${fmtMs(s.applyMs ?? 0)} on ${s.clone}${basis}; restore took ${fmtMs(s.restoreMs ?? 0)})`)
+    }
+    this.say(`Copy        ${s.content === 'full' ? 'every row of every table (--full)' : 'the whole schema, and the rows the migration reads (--full restores every row)'}`)
+    for (const l of s.leftOut) this.say(`Left out    rows of ${l.table}${l.rows === null ? '' : ` (${plural(l.rows, 'row')})`}: ${l.why}`)
+    for (const k of s.keptAltered) this.say(`Kept        rows of ${k.table}: ${k.why}`)
     if (s.verification) this.say(`Verify      ${s.verification.ok ? `${plural(s.verification.checks, 'check')} passed` : `FAILED: ${s.verification.failures.join('; ')}`}`)
     if (s.backup) this.say(`Backup      ${s.backup.file}${s.backup.taken ? ' (taken now)' : ''}`)
     this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
@@ -85,7 +94,8 @@ Reports each statement with the locks it took and whether it ran inside a transa
       }
       const where = st.inTransaction ? 'in tx ' : 'alone '
       const locks = st.locks.length ? st.locks.map((l) => `${l.mode} on ${l.table}`).join(', ') : 'no table locks'
-      this.say(`    ${String(st.line).padStart(4)} ${where} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]`)
+      const scaled = st.forecastMs === st.ms ? '' : ` (forecast on production ${fmtMs(st.forecastMs)})`
+      this.say(`    ${String(st.line).padStart(4)} ${where} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]${scaled}`)
     }
   }
 }

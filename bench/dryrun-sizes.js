@@ -1,0 +1,250 @@
+#!/usr/bin/env node
+// Dry run and backup at 100k, 1M and 5M messages (issue 11): the guide's manual dry run against ours, side by
+// side in one run, the forecast against the actual apply, and backup throughput by format.
+//
+//   node bench/dryrun-sizes.js                                   # 100k, 1M, 5M; writes docs/benchmarks-dryrun.md
+//   node bench/dryrun-sizes.js --sizes 100000,1000000 --out /tmp/d.md
+//   npm run bench -- --only 8                                    # the same, from bench/run.js
+//
+// The databases come from bench/template-cache.js (made once by the project's generator, kept as templates).
+// Every database this makes is named e2ee_bench_<run>_dry_… and dropped at the end. Needs dist/ built.
+import {spawn} from 'node:child_process'
+import {randomBytes} from 'node:crypto'
+import {closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import {fileURLToPath} from 'node:url'
+import postgres from 'postgres'
+
+import {ADMIN, CACHE_CHANNELS, CACHE_USERS, cachedTemplate} from './template-cache.js'
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const BIN = path.join(ROOT, 'bin', 'run.js')
+const GUIDE_SQL_FILE = path.join(ROOT, 'test', 'fixtures', 'guide_014_by_hand.sql')
+const RUN = randomBytes(3).toString('hex')
+const PREFIX = `e2ee_bench_${RUN}_dry`
+const conn = ['-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user]
+const psqlArgs = (db, ...rest) => ['-X', '-q', ...conn, '-d', db, ...rest]
+const log = (l) => process.stderr.write(`[dryrun-sizes ${new Date().toISOString().slice(11, 19)}] ${l}\n`)
+
+function run(cmd, args, {stdinFile, stdoutFile, cwd} = {}) {
+  return new Promise((resolve, reject) => {
+    const stdin = stdinFile ? openSync(stdinFile, 'r') : 'ignore'
+    const stdout = stdoutFile ? openSync(stdoutFile, 'w') : 'pipe'
+    const t0 = performance.now()
+    const child = spawn(cmd, args, {cwd: cwd ?? ROOT, env: {...process.env, CI: 'true', NO_COLOR: '1'}, stdio: [stdin, stdout, 'pipe']})
+    let out = ''
+    let err = ''
+    child.stdout?.on('data', (d) => { out += d })
+    child.stderr.on('data', (d) => { err += d })
+    const close = () => {
+      if (typeof stdin === 'number') closeSync(stdin)
+      if (typeof stdout === 'number') closeSync(stdout)
+    }
+    child.on('error', (e) => { close(); reject(e) })
+    child.on('close', (code) => { close(); resolve({code, ms: performance.now() - t0, stderr: err, stdout: out}) })
+  })
+}
+
+async function mustRun(cmd, args, opts) {
+  const r = await run(cmd, args, opts)
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`)
+  return r
+}
+
+async function cli(args, projectDir) {
+  const r = await run(process.execPath, [BIN, ...args, '--project-dir', projectDir, '--local', '--host', ADMIN.host, '--port', String(ADMIN.port), '-U', ADMIN.user], {cwd: projectDir})
+  let json
+  try {
+    json = JSON.parse(r.stdout)
+  } catch {}
+  if (r.code !== 0 || !json || json.ok === false) throw new Error(`nself ${args.join(' ')} failed (exit ${r.code}): ${json?.failure ?? json?.error?.message ?? r.stderr.trim().split('\n').slice(-3).join(' | ')}`)
+  return {...r, json}
+}
+
+async function admin(text) {
+  const sql = postgres({...ADMIN, database: 'postgres', max: 1, onnotice: () => {}})
+  try {
+    return await sql.unsafe(text)
+  } finally {
+    await sql.end({timeout: 2})
+  }
+}
+
+const ident = (n) => {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(n)) throw new Error(`unsafe identifier ${n}`)
+  return n
+}
+const drop = (n) => admin(`DROP DATABASE IF EXISTS ${ident(n)} WITH (FORCE)`)
+const dirBytes = (d) => readdirSync(d).reduce((s, f) => s + statSync(path.join(d, f)).size, 0)
+const mb = (bytes) => bytes / 1024 / 1024
+const s = (ms) => `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`
+const fmtInt = (n) => Math.round(n).toLocaleString('en-US')
+
+/** One size: guide and ours side by side, then the forecast against the real apply, then the backup formats. */
+async function oneSize(messages, tmp) {
+  const tpl = await cachedTemplate(messages, log)
+  const src = `${PREFIX}_${messages}`
+  await drop(src)
+  await admin(`CREATE DATABASE ${ident(src)} TEMPLATE ${ident(tpl)}`)
+  const [{bytes}] = await admin(`select pg_database_size('${src}') as bytes`)
+  const dbBytes = Number(bytes)
+  const dir = mkdtempSync(path.join(tmp, `${messages}-`))
+  const res = {dbBytes, messages}
+  try {
+    // The guide: plain pg_dump, createdb, psql restore, its SQL, dropdb.
+    const plain = path.join(dir, 'backup_pre_v0.4.0.sql')
+    const test = `${PREFIX}_${messages}_guide`
+    const g0 = performance.now()
+    const dump = await mustRun('pg_dump', [...conn, src], {stdoutFile: plain})
+    await mustRun('createdb', [...conn, test])
+    const restore = await mustRun('psql', psqlArgs(test), {stdinFile: plain})
+    if (/ERROR/.test(restore.stderr)) throw new Error(`psql restore reported: ${restore.stderr.trim().split('\n')[0]}`)
+    const apply = await mustRun('psql', psqlArgs(test, '-f', GUIDE_SQL_FILE))
+    await mustRun('dropdb', [...conn, test])
+    res.guide = {applyMs: apply.ms, dumpMs: dump.ms, restoreMs: restore.ms, totalMs: performance.now() - g0}
+    res.plainBytes = statSync(plain).size
+    rmSync(plain)
+    log(`${messages}: guide ${s(res.guide.totalMs)} (pg_dump ${s(dump.ms)}, psql restore ${s(restore.ms)}, SQL ${s(apply.ms)})`)
+
+    // Ours: the dryrun command end to end, taking its own backup.
+    const project = mkdtempSync(path.join(dir, 'project-'))
+    const ours = await cli(['db', 'e2ee', 'dryrun', '--yes', '--json', '-d', src, '--backup-dir', path.join(project, 'backups')], project)
+    res.ours = {applyMs: ours.json.applyMs, forecastMs: ours.json.forecastMs, restoreMs: ours.json.restoreMs, totalMs: ours.ms}
+    res.leftOut = ours.json.leftOut
+    res.samples = ours.json.forecast?.samples ?? []
+    log(`${messages}: ours ${s(ours.ms)} (restore ${s(res.ours.restoreMs)}, apply on the copy ${s(res.ours.applyMs)}, forecast ${s(res.ours.forecastMs)})`)
+
+    // The same command with --full (the guide's full restore, our tooling), for reference.
+    const full = await cli(['db', 'e2ee', 'dryrun', '--yes', '--json', '--full', '-d', src, '--from-backup', readdirSync(path.join(project, 'backups')).filter((f) => f.endsWith('.dump')).map((f) => path.join(project, 'backups', f))[0], '--backup-dir', path.join(project, 'backups')], project)
+    res.full = {forecastMs: full.json.forecastMs, restoreMs: full.json.restoreMs, totalMs: full.ms}
+    log(`${messages}: ours --full --from-backup ${s(full.ms)} (restore ${s(res.full.restoreMs)}, forecast ${s(res.full.forecastMs)})`)
+
+    // Backup formats, each against the guide's plain pg_dump.
+    res.backups = []
+    for (const [label, args, isDir] of [
+      ['custom, gzip level 1 (-Fc -Z 1)', ['-Fc', '-Z', '1'], false],
+      ['custom, default gzip (-Fc)', ['-Fc'], false],
+      ['custom, uncompressed (-Fc -Z 0)', ['-Fc', '-Z', '0'], false],
+      ['directory, 2 jobs, gzip 1 (-Fd -j 2 -Z 1)', ['-Fd', '-j', '2', '-Z', '1'], true],
+      ['directory, 2 jobs, uncompressed (-Fd -j 2 -Z 0)', ['-Fd', '-j', '2', '-Z', '0'], true],
+    ]) {
+      const out = path.join(dir, isDir ? 'dump.d' : 'dump.fc')
+      const r = await mustRun('pg_dump', [...conn, ...args, '-f', out, src])
+      const size = isDir ? dirBytes(out) : statSync(out).size
+      rmSync(out, {force: true, recursive: true})
+      res.backups.push({bytes: size, label, ms: r.ms})
+      log(`${messages}: backup ${label} ${s(r.ms)} ${mb(size).toFixed(0)} MiB`)
+    }
+
+    // The actual apply on the database the dry run rehearsed (no backup, no dry run: the apply step alone).
+    const migrated = await cli(['db', 'e2ee', 'migrate', '--yes', '--json', '--skip-backup', '--skip-dryrun', '-d', src], project)
+    res.actualApplyMs = migrated.json.applyMs
+    log(`${messages}: actual apply ${s(res.actualApplyMs)} (forecast ${s(res.ours.forecastMs)}, --full forecast ${s(res.full.forecastMs)})`)
+    return res
+  } finally {
+    rmSync(dir, {force: true, recursive: true})
+    await drop(`${PREFIX}_${messages}_guide`).catch(() => {})
+    await drop(src).catch(() => {})
+  }
+}
+
+export function dryrunTable(results) {
+  const rows = [['messages (database)', 'guide: pg_dump + createdb + psql restore + SQL + dropdb', 'ours: dryrun (backup, slim copy, apply, verify, forecast)', 'ours/guide', 'ours: restore of the copy', 'forecast', 'actual apply', 'forecast error', 'ours --full --from-backup']]
+  for (const r of results) {
+    const err = (r.ours.forecastMs - r.actualApplyMs) / r.actualApplyMs
+    rows.push([`${fmtInt(r.messages)} (${mb(r.dbBytes).toFixed(0)} MiB)`, s(r.guide.totalMs), s(r.ours.totalMs), `${(r.ours.totalMs / r.guide.totalMs).toFixed(2)}×`, s(r.ours.restoreMs), s(r.ours.forecastMs), s(r.actualApplyMs), `${err >= 0 ? '+' : ''}${(err * 100).toFixed(0)} % (${r.ours.forecastMs >= r.actualApplyMs ? '+' : '−'}${s(Math.abs(r.ours.forecastMs - r.actualApplyMs))})`, s(r.full.totalMs)])
+  }
+  return rows
+}
+
+export function backupTable(results) {
+  const rows = [['messages', 'method', 'time', 'MB/s of database', 'size', 'vs plain pg_dump (time)']]
+  for (const r of results) {
+    const plainMbS = mb(r.dbBytes) / (r.guide.dumpMs / 1000)
+    rows.push([fmtInt(r.messages), 'guide: plain pg_dump > file.sql', s(r.guide.dumpMs), plainMbS.toFixed(0), `${mb(r.plainBytes).toFixed(0)} MiB`, '1.00×'])
+    for (const b of r.backups) rows.push([fmtInt(r.messages), b.label, s(b.ms), (mb(r.dbBytes) / (b.ms / 1000)).toFixed(0), `${mb(b.bytes).toFixed(0)} MiB`, `${(b.ms / r.guide.dumpMs).toFixed(2)}×`])
+  }
+  return rows
+}
+
+const md = (rows) => [`| ${rows[0].join(' | ')} |`, `|${rows[0].map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`, ...rows.slice(1).map((r) => `| ${r.join(' | ')} |`)].join('\n')
+
+function backupChoice(results) {
+  const r = results.at(-1)
+  const find = (re) => r.backups.find((b) => re.test(b.label))
+  const rate = (ms) => (mb(r.dbBytes) / (ms / 1000)).toFixed(0)
+  const fc1 = find(/-Fc -Z 1/), fc0 = find(/-Fc -Z 0/), fd1 = find(/-Fd -j 2 -Z 1/), fd0 = find(/-Fd -j 2 -Z 0/)
+  return `**The default stays the custom format with light compression** (\`takeBackup\`: \`pg_dump -Fc -Z 1\` with pg_dump 15 and older, \`--compress=zstd:1\` from 16, chosen in docs/benchmarks-compression.md). `
+    + `At ${fmtInt(r.messages)} messages the plain dump ran at ${rate(r.guide.dumpMs)} MB/s, \`-Fc -Z 1\` at ${rate(fc1.ms)} MB/s (${mb(fc1.bytes).toFixed(0)} MiB, ${(fc1.bytes / r.plainBytes).toFixed(2)}× the plain file), \`-Fc -Z 0\` at ${rate(fc0.ms)} MB/s (${mb(fc0.bytes).toFixed(0)} MiB). `
+    + `The directory format with 2 jobs ran at ${rate(fd1.ms)} MB/s (gzip 1) and ${rate(fd0.ms)} MB/s (uncompressed): on this 2-CPU machine parallel jobs win little, and a directory is not a backup nself can list or restore (\`nself db backup list\`/\`restore\` take single \`.dump\` files, and skip folders), nor one \`pg_restore\` can read from a pipe through \`docker exec\`. `
+    + `Uncompressed custom is the fastest single file, at about ${(fc0.bytes / fc1.bytes).toFixed(1)}× the size of gzip 1; the backup is kept on the operator's disk, so the smaller file was kept as the default. The formats of pg_dump 16+ (zstd, lz4) are measured with Debian's client tools 17 and 18 in docs/benchmarks-compression.md. `
+    + `The whole \`dryrun\` above includes that backup, which is most of its time at 5M messages.`
+}
+
+export function markdown(results, meta) {
+  const lo = results[0]?.leftOut ?? []
+  return `# Benchmarks: dry run and backup at 100k, 1M and 5M messages
+
+Generated by \`${meta.command}\` (\`bench/dryrun-sizes.js\`) on ${meta.date}; every figure comes from that one run.
+Machine: ${os.availableParallelism()} CPUs, shared and loaded by other test suites (load average at the start ${meta.load}); PostgreSQL ${meta.pg}.
+Data: the project's generator (\`scripts/v030-fixture.mjs\`, cached as template databases by \`bench/template-cache.js\`): ${fmtInt(CACHE_USERS)} users, ${fmtInt(CACHE_CHANNELS)} channels, the messages with nChat's generated search column and its GIN index, one reaction per 5 messages, read receipts per member. One run per size${meta.note ? `; ${meta.note}` : ''}.
+
+## Dry run
+
+"guide" is the guide's manual method timed end to end: \`pg_dump DB > file.sql\`, \`createdb\`, \`psql < file.sql\`, \`psql -f\` its SQL (\`test/fixtures/guide_014_by_hand.sql\`), \`dropdb\`. "ours" is \`node bin/run.js db e2ee dryrun --yes --json\` end to end (node start-up, preflight, its own verified backup, the copy, apply of 013-016, verification, the forecast's sample, drop). "forecast" is its \`forecastMs\`; "actual apply" is \`migrate --skip-backup --skip-dryrun\`'s \`applyMs\` on the same database right after. The last column is \`dryrun --full\` (every row restored) from the backup the dry run took.
+
+${md(dryrunTable(results))}
+
+What the copy left out (the same at every size): ${lo.map((l) => `\`${l.table}\``).join(', ')}; why each cannot change the outcome is in the README ("What the dry run restores") and in each report's \`leftOut[].why\`. The forecast's samples: ${results.map((r) => `${fmtInt(r.messages)}: ${r.samples.map((x) => `${x.table} ${fmtInt(x.sampleRows)} rows (${x.samplePages}/${x.productionPages} pages, ×${x.factor.toFixed(1)})`).join(', ')}`).join('; ')}.
+
+## Backup
+
+Throughput is the database's size (\`pg_database_size\`) divided by the dump's time.
+
+${md(backupTable(results))}
+
+${backupChoice(results)}
+`
+}
+
+export async function dryrunSizes(sizes) {
+  const tmp = mkdtempSync(path.join(os.tmpdir(), `e2ee-dry-${RUN}-`))
+  const results = []
+  try {
+    for (const m of sizes) results.push(await oneSize(m, tmp))
+  } finally {
+    rmSync(tmp, {force: true, recursive: true})
+  }
+  return results
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
+  const argv = process.argv.slice(2)
+  const opt = (name) => {
+    const i = argv.findIndex((a) => a === name || a.startsWith(`${name}=`))
+    if (i === -1) return undefined
+    return argv[i].includes('=') ? argv[i].slice(argv[i].indexOf('=') + 1) : argv[i + 1]
+  }
+  const sizes = (opt('--sizes') ?? '100000,1000000,5000000').split(',').map((x) => Number(x.replaceAll('_', '')))
+  const out = opt('--out') ?? path.join(ROOT, 'docs', 'benchmarks-dryrun.md')
+  const [{v}] = await admin(`select current_setting('server_version') as v`)
+  const load = opt('--render') ? 'not recorded' : os.loadavg()[0].toFixed(1)
+  // --render FILE: write the report from results saved by --merge, measuring nothing.
+  const render = opt('--render')
+  let results = render ? JSON.parse(readFileSync(render, 'utf8')) : await dryrunSizes(sizes)
+  // --merge FILE: keep the sizes measured by an earlier run (saved in FILE) that this run did not measure.
+  const mergeFile = opt('--merge')
+  if (mergeFile && !render) {
+    let earlier = []
+    try {
+      earlier = JSON.parse(readFileSync(mergeFile, 'utf8'))
+    } catch {}
+    results = [...earlier.filter((e) => !sizes.includes(e.messages)), ...results].sort((a, b) => a.messages - b.messages)
+    writeFileSync(mergeFile, JSON.stringify(results, null, 1))
+  }
+  const text = markdown(results, {command: render ? 'node bench/dryrun-sizes.js --sizes 100000,1000000,5000000 --merge FILE' : `node bench/dryrun-sizes.js${argv.length ? ' ' + argv.join(' ') : ''}`, date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC', load, note: opt('--note'), pg: v})
+  writeFileSync(out, text)
+  const show = (rows) => rows.map((r) => r.join(' | ')).join('\n')
+  process.stdout.write(`${show(dryrunTable(results))}\n\n${show(backupTable(results))}\n\nwritten to ${out}\n`)
+}
