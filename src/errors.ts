@@ -121,3 +121,22 @@ export function toUserError(err: unknown, context?: string): UserError {
   const message = err instanceof Error ? err.message : String(err)
   return new UserError(`${where}${message.replace(/\.$/, '')}.`, {cause: err})
 }
+
+/**
+ * The one line of a failure worth showing inside a sentence, without its closing full stop: a UserError's
+ * sentence, a PostgreSQL error or a lost connection as `toUserError` words it, or from a tool's stderr the
+ * line that says "error:" (pg_dump, pg_restore and psql print progress and warnings before it; else the
+ * tool's last line), without the tool's "pg_restore: error: " prefix.
+ */
+export function firstLine(error: unknown): string {
+  if (error instanceof UserError) return error.message.replace(/\.$/, '')
+  const e = error as {stderr?: unknown; shortMessage?: string; message?: string; severity?: string} | undefined
+  // A child process (it has stderr) that died of EPIPE lost its pipe, not the connection to PostgreSQL.
+  const lostConnection = typeof e?.stderr !== 'string' && isConnectionLost(error)
+  if (e?.severity || lostConnection) return toUserError(error).message.replace(/\.$/, '')
+  const stderr = typeof e?.stderr === 'string' ? e.stderr : ''
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean)
+  const errorLine = lines.find((l) => /(^|: )(error|fatal):/i.test(l)) ?? lines.at(-1)
+  const text = errorLine ?? e?.shortMessage ?? e?.message ?? String(error)
+  return text.split('\n')[0].replace(/^(pg_dump|pg_restore|psql): (error: )?/, '').replace(/\.$/, '').trim()
+}

@@ -10,7 +10,7 @@ import path from 'node:path'
 
 import {isMap, isSeq, parseDocument, stringify, type Document, type YAMLMap, type YAMLSeq} from 'yaml'
 
-import {UserError} from '../errors.js'
+import {firstLine, UserError} from '../errors.js'
 import {FUNCTIONS, MESSAGE_INSERT_COLUMNS, ROLE, TABLES, type TablePermission, type TableSpec} from './spec.js'
 
 export const METADATA_DIRS = ['hasura/metadata', 'backend/hasura/metadata'] as const
@@ -46,7 +46,7 @@ const include = (file: string) => `!include ${file}`
 
 function readDoc(file: string): Document {
   const doc = parseDocument(readFileSync(file, 'utf8'))
-  if (doc.errors.length > 0) throw new UserError(`The Hasura metadata file ${file} is not valid YAML: ${doc.errors[0].message.split('\n')[0]}.`)
+  if (doc.errors.length > 0) throw new UserError(`The Hasura metadata file ${file} is not valid YAML: ${firstLine(doc.errors[0])}.`)
   return doc
 }
 
@@ -128,6 +128,16 @@ export function writeHasuraMetadata(projectDir: string, schema: string, existing
   const written: string[] = []
   const changed: string[] = []
   const rel = (f: string) => path.relative(dir, f)
+  /** Writes one of our files (never over one the project had before) and lists it in `list`, the yaml in `listFile`. */
+  const addIncluded = (file: string, body: unknown, list: Document, listFile: string) => {
+    if (!existsSync(file) || record.createdFiles.includes(rel(file))) {
+      writeAtomic(file, HEADER + stringify(body))
+      if (!record.createdFiles.includes(rel(file))) record.createdFiles.push(rel(file))
+      written.push(rel(file))
+    }
+    const entry = include(path.basename(file))
+    if (appendInclude(list, entry)) record.includes.push({entry, file: rel(listFile)})
+  }
 
   const tablesDir = path.join(dir, 'databases', 'default', 'tables')
   mkdirSync(tablesDir, {recursive: true})
@@ -138,13 +148,7 @@ export function writeHasuraMetadata(projectDir: string, schema: string, existing
   for (const t of TABLES.filter((x) => has(x.name))) {
     const file = path.join(tablesDir, layout.prefixed ? `${schema}_${t.name}.yaml` : `${t.name}.yaml`)
     const body = tableMetadata(t, schema)
-    if (!existsSync(file) || record.createdFiles.includes(rel(file))) {
-      writeAtomic(file, HEADER + stringify(layout.listPerFile ? [body] : body))
-      if (!record.createdFiles.includes(rel(file))) record.createdFiles.push(rel(file))
-      written.push(rel(file))
-    }
-    const entry = include(path.basename(file))
-    if (appendInclude(tablesDoc, entry)) record.includes.push({entry, file: rel(tablesYaml)})
+    addIncluded(file, layout.listPerFile ? [body] : body, tablesDoc, tablesYaml)
   }
   writeAtomic(tablesYaml, tablesDoc.toString())
   changed.push(rel(tablesYaml))
@@ -173,13 +177,7 @@ export function writeHasuraMetadata(projectDir: string, schema: string, existing
   const functionsDoc = readDoc(functionsYaml)
   for (const f of FUNCTIONS.filter((x) => has(x.name))) {
     const file = path.join(functionsDir, `${schema}_${f.name}.yaml`)
-    if (!existsSync(file) || record.createdFiles.includes(rel(file))) {
-      writeAtomic(file, HEADER + stringify({configuration: {exposed_as: f.exposedAs}, function: {name: f.name, schema}, permissions: [{role: ROLE}]}))
-      if (!record.createdFiles.includes(rel(file))) record.createdFiles.push(rel(file))
-      written.push(rel(file))
-    }
-    const entry = include(path.basename(file))
-    if (appendInclude(functionsDoc, entry)) record.includes.push({entry, file: rel(functionsYaml)})
+    addIncluded(file, {configuration: {exposed_as: f.exposedAs}, function: {name: f.name, schema}, permissions: [{role: ROLE}]}, functionsDoc, functionsYaml)
   }
   writeAtomic(functionsYaml, functionsDoc.toString())
   changed.push(rel(functionsYaml))

@@ -3,7 +3,8 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {isCancelled, onCancel} from '../cancel.js'
 import {UserError} from '../errors.js'
 import {backoffMs, isLockTimeout} from '../migrations/locks.js'
-import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
+import {type Querier, type Sql} from '../target/connect.js'
 
 /**
  * The guide's "Set Up Automated Cleanup", done in small batches:

@@ -1,5 +1,6 @@
 import {UserError} from '../errors.js'
-import {type Querier, quoteIdent} from '../target/connect.js'
+import {fitIdentifier, quoteIdent} from '../pg/identifiers.js'
+import type {Querier} from '../target/connect.js'
 
 /**
  * The databases `rollback --strategy restore` keeps: the replaced live database renamed
@@ -20,7 +21,7 @@ const KEPT = /^(.*)_pre_rollback_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})$/
 export function isKeptName(name: string, database: string): boolean {
   const m = KEPT.exec(name)
   if (!m) return false
-  return m[1] === database || (m[1].length > 0 && database.startsWith(m[1]) && Buffer.byteLength(name) >= 63)
+  return m[1].length > 0 && fitIdentifier(database, name.slice(m[1].length)) === name
 }
 
 /** `admin` is connected to a maintenance database (never the kept ones). */

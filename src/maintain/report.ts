@@ -1,6 +1,8 @@
-import {createdTables} from '../migrations/plan.js'
+import {alteredTable, tablesCreatedBy} from '../migrations/plan.js'
+import {stripComments} from '../migrations/statements.js'
 import type {MigrationFile} from '../migrations/files.js'
-import {type Querier, quoteIdent} from '../target/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
+import type {Querier} from '../target/connect.js'
 import {estimateIndexBloat, estimateTableBloat, type BloatRow} from './bloat.js'
 
 /**
@@ -71,15 +73,13 @@ export interface MaintenanceReport {
 
 /** Columns the migrations add to tables they do not create: {table: [columns]}. */
 export function addedColumns(migrations: MigrationFile[]): Record<string, string[]> {
-  const created = new Set(migrations.flatMap((m) => createdTables(m)))
+  const created = new Set(tablesCreatedBy(migrations))
   const out: Record<string, Set<string>> = {}
   for (const m of migrations) {
     for (const s of m.statements) {
-      const code = s.sql.replaceAll(/--[^\n]*/g, '')
-      const alter = /^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i.exec(code)
-      if (!alter) continue
-      const table = alter[1].toLowerCase()
-      if (created.has(table)) continue
+      const code = stripComments(s.sql)
+      const table = alteredTable(code)
+      if (!table || created.has(table)) continue
       for (const add of code.matchAll(/ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/gi)) {
         (out[table] ??= new Set()).add(add[1].toLowerCase())
       }
@@ -91,7 +91,7 @@ export function addedColumns(migrations: MigrationFile[]): Record<string, string
 const iso = (d: Date | string | null) => (d === null ? null : new Date(d).toISOString())
 
 export async function maintenanceReport(sql: Querier, o: ReportOptions): Promise<MaintenanceReport> {
-  const created = [...new Set(o.migrations.flatMap((m) => createdTables(m)))].sort()
+  const created = tablesCreatedBy(o.migrations).sort()
   const altered = addedColumns(o.migrations)
   const alteredTables = Object.keys(altered)
   const addedCols = [...new Set(Object.values(altered).flat())]

@@ -1,7 +1,8 @@
 import os from 'node:os'
 
 import {UserError} from '../errors.js'
-import {type Querier, quoteIdent} from '../target/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
+import type {Querier} from '../target/connect.js'
 
 /** Our own ledger, beside nself's `schema_migrations`: checksums, durations, who, and rollbacks. */
 export const LEDGER_SCHEMA = 'nself_e2ee'
@@ -33,7 +34,7 @@ export async function findAppSchema(sql: Querier, override?: string): Promise<st
   return schemas[0]
 }
 
-/** The shape of the schema_migrations table found in the database (DESIGN-NOTES §1). */
+/** The shape of the schema_migrations table found in the database (the shapes: docs/deviations.md, Procedure). */
 export interface LedgerShape {
   exists: boolean
   schema: string

@@ -49,6 +49,16 @@ export function createdTables(m: MigrationFile): string[] {
   return [...names]
 }
 
+/** The tables `migrations` create, each once (013 and 014 create the same seven), in the order they appear. */
+export function tablesCreatedBy(migrations: readonly MigrationFile[]): string[] {
+  return [...new Set(migrations.flatMap(createdTables))]
+}
+
+/** The table an `ALTER TABLE` statement (comments stripped) alters, lower-cased; undefined for any other statement. */
+export function alteredTable(code: string): string | undefined {
+  return /^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i.exec(code)?.[1].toLowerCase()
+}
+
 /** One line per migration for a confirmation: what it creates and which existing tables it alters. */
 export function describeChanges(m: MigrationFile): string {
   const created = createdTables(m)
@@ -58,8 +68,8 @@ export function describeChanges(m: MigrationFile): string {
   let online = 0
   for (const s of m.statements) {
     const code = stripComments(s.sql)
-    const alter = /^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/i.exec(code)
-    if (alter && !created.includes(alter[1].toLowerCase())) altered.add(alter[1].toLowerCase())
+    const table = alteredTable(code)
+    if (table && !created.includes(table)) altered.add(table)
     if (/^\s*CREATE\s+(?:OR\s+REPLACE\s+)?VIEW/i.test(code)) views++
     if (/^\s*CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION/i.test(code)) functions++
     if (s.mode === 'concurrent') online++

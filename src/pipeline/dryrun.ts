@@ -4,12 +4,12 @@ import {type BackupInfo, type ListedBackup, manifestPathFor, verifyBackup} from 
 import {existingTables} from '../migrations/plan.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
-import {fmtBytes, preflight, type PreflightReport} from '../steps/preflight.js'
+import {preflight, type PreflightReport} from '../steps/preflight.js'
 import {progressOf} from './log-renderer.js'
 import {backupProduction, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
-import {plural} from '../text.js'
+import {fmtBytes, plural} from '../text.js'
 
 export interface DryRunCommandOptions {
   target: Target

@@ -9,7 +9,7 @@ import {PgTools} from '../target/tools.js'
 import type {BackupInfo} from '../steps/backup.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../steps/inspect.js'
-import {fmtBytes, preflight, type PreflightReport, TOUCHED_TABLES} from '../steps/preflight.js'
+import {preflight, type PreflightReport, TOUCHED_TABLES} from '../steps/preflight.js'
 import {VACUUM_TABLES, vacuumTables} from '../steps/vacuum.js'
 import {verifyDatabase, type VerifyReport} from '../steps/verify.js'
 import {existingRelations, type HasuraResult, writeHasuraMetadata} from '../hasura/metadata.js'
@@ -17,7 +17,7 @@ import {progressOf} from './log-renderer.js'
 import {backupProduction, namingTheStep, runSteps, type Step, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
-import {plural} from '../text.js'
+import {fmtBytes, plural} from '../text.js'
 
 export interface MigrateOptions {
   target: Target

@@ -2,23 +2,26 @@ import {createHash} from 'node:crypto'
 import {constants as fsConstants, createReadStream} from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, UserError, toUserError} from '../errors.js'
+import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
 import {APP_NAME, connect, openSession, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
 import {testPause} from '../test-pause.js'
 import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {judgeTools, olderRestoreSentence} from '../target/versions.js'
+import {fmtBytes} from '../text.js'
 
 /**
- * Backups in nself's own layout (DESIGN-NOTES §1): `pg_dump -Fc` through `docker exec -i` (or locally), written
- * to `<backupDir>/<PROJECT>_<YYYYMMDD_HHMMSS>.dump` with mode 0600 in a 0700 folder, so `nself db restore`
- * reads ours and we read theirs. Beside each dump a manifest (`<file>.manifest.json`) records what the dump
- * holds: checksum, size, server version, ledger version and the exact row counts of the app's tables, counted
- * in the very snapshot pg_dump dumps (exported with pg_export_snapshot, passed with --snapshot), so a restore
- * can be checked against it to the row even while the app keeps writing during the backup.
+ * Backups in nself's own layout (README, "Shared with nself's ledger and backups"): `pg_dump -Fc` through
+ * `docker exec -i` (or locally), written to `<backupDir>/<PROJECT>_<YYYYMMDD_HHMMSS>.dump` with mode 0600 in a
+ * 0700 folder, so `nself db restore` reads ours and we read theirs. For each dump a manifest
+ * (`.nself-e2ee/<file>.manifest.json`, below) records what the dump holds: checksum, size, server version,
+ * ledger version and the exact row counts of the app's tables, counted in the very snapshot pg_dump dumps
+ * (exported with pg_export_snapshot, passed with --snapshot), so a restore can be checked against it to the row
+ * even while the app keeps writing during the backup.
  */
 
 export const MANIFEST_FORMAT = 'nself-e2ee-backup/1'
@@ -132,23 +135,9 @@ export function timestamp(date = new Date(), sep = '_'): string {
   return `${date.getFullYear()}${pad(date.getMonth() + 1)}${pad(date.getDate())}${sep}${pad(date.getHours())}${pad(date.getMinutes())}${pad(date.getSeconds())}`
 }
 
-const sleep = (ms: number) => new Promise((resolve) => {
-  setTimeout(resolve, ms)
-})
-
 /** Wait for the next wall-clock second (names carry second resolution). */
 export async function nextSecond(): Promise<void> {
   await sleep(1000 - (Date.now() % 1000) + 5)
-}
-
-export function firstLine(error: unknown): string {
-  const e = error as {stderr?: unknown; shortMessage?: string; message?: string}
-  const stderr = typeof e?.stderr === 'string' ? e.stderr : ''
-  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean)
-  // The tools prefix real failures with "error:"; prefer those over verbose chatter.
-  const errorLine = lines.find((l) => /(^|: )(error|fatal|FATAL|ERROR):/.test(l)) ?? lines.at(-1)
-  const text = errorLine ?? e?.shortMessage ?? e?.message ?? String(error)
-  return text.split('\n')[0].replace(/^(pg_dump|pg_restore|psql): (error: )?/, '').replace(/\.$/, '').trim()
 }
 
 /** Removes a secret from text that may reach the operator. */
@@ -436,7 +425,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     const stat = await fs.statfs(dir)
     const free = Number(stat.bavail) * Number(stat.bsize)
     if (free < Number(server.size)) {
-      log?.(`Warning: ${dir} has ${mb(free)} free and the database takes ${mb(Number(server.size))}; a compressed dump is usually much smaller, but watch the disk.`)
+      log?.(`Warning: ${dir} has ${fmtBytes(free)} free and the database takes ${fmtBytes(Number(server.size))}; a compressed dump is usually much smaller, but watch the disk.`)
     }
   } catch {
     // statfs is advisory.
@@ -535,7 +524,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       await removeQuietly(manifestFile)
       throw fsErrorSentence(error, 'Writing the backup', final)
     }
-    log?.(`Backup written: ${final} (${mb(result!.bytes)}, ${toc.entries.length} entries, sha256 ${result!.sha256.slice(0, 12)}…).`)
+    log?.(`Backup written: ${final} (${fmtBytes(result!.bytes)}, ${toc.entries.length} entries, sha256 ${result!.sha256.slice(0, 12)}…).`)
     return {bytes: result!.bytes, durationMs: Date.now() - started, file: final, manifest, manifestFile}
   } catch (error) {
     await stopDump?.()
@@ -687,10 +676,6 @@ function dumpHint(message: string, target: Target): string | undefined {
   }
   if (/password|authentication/i.test(message)) return 'Set POSTGRES_PASSWORD in the nself env file or PGPASSWORD.'
   return undefined
-}
-
-function mb(bytes: number): string {
-  return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MB` : `${(bytes / 1024).toFixed(1)} kB`
 }
 
 async function writeManifest(file: string, manifest: Manifest): Promise<void> {

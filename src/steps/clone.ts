@@ -2,18 +2,20 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import {createInterface} from 'node:readline'
+import {setTimeout as sleep} from 'node:timers/promises'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, isConnectionLost, UserError, toUserError} from '../errors.js'
+import {CancelledError, firstLine, isConnectionLost, UserError} from '../errors.js'
 import {quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
-import {type Target, validateIdentifier} from '../target/target.js'
+import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
+import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {SENDS_TRANSACTION_TIMEOUT, TRANSACTION_TIMEOUT_ERROR} from '../target/versions.js'
 import {type Manifest, nextSecond, readToc, redact, tableDataKey, timestamp, type Toc} from './backup.js'
 import {plural} from '../text.js'
 
 /**
- * The dry-run clone (DESIGN-NOTES D9): a new database restored from the backup just taken, with `pg_restore -j`
+ * The dry-run clone (docs/deviations.md, D9): a new database restored from the backup just taken, with `pg_restore -j`
  * from the custom-format dump. Only the data of the tables the migration touches (and of the tables they
  * reference, or their foreign keys would not validate) is restored; every other object - schema, indexes,
  * constraints, sequences, comments, grants - is restored whole, so the migration meets the same catalog as in
@@ -69,21 +71,9 @@ export const COMMENT_PREFIX: Record<NewDatabaseKind, string> = {
   restore: 'nself-e2ee restore of ',
 }
 
-const NAMEDATALEN = 63
-
 /** `<db>_e2ee_<kind>_<YYYYMMDDHHMMSS>`, the db part cut so the whole fits PostgreSQL's 63 bytes. */
 export function newDatabaseName(database: string, kind: NewDatabaseKind, date = new Date()): string {
-  const suffix = `_e2ee_${kind}_${timestamp(date, '')}`
-  return truncateBytes(database, NAMEDATALEN - suffix.length) + suffix
-}
-
-function truncateBytes(s: string, max: number): string {
-  let out = ''
-  for (const ch of s) {
-    if (Buffer.byteLength(out + ch) > max) break
-    out += ch
-  }
-  return out
+  return fitIdentifier(database, `_e2ee_${kind}_${timestamp(date, '')}`)
 }
 
 export function quoteLiteral(value: string): string {
@@ -241,9 +231,7 @@ export async function dropDatabase(admin: Sql, name: string): Promise<void> {
     } catch (error) {
       // The server ended admin's sessions too (the pool learns it only when it next writes): a new connection.
       if (attempt >= 3 || !isConnectionLost(error)) throw error
-      await new Promise((resolve) => {
-        setTimeout(resolve, 50 * attempt)
-      })
+      await sleep(50 * attempt)
     }
   }
 }
@@ -420,7 +408,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     toc = await readToc(tools, file)
   } catch (error) {
     if (isCancelled()) throw new CancelledError('the dry run')
-    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLineOf(error), secret)}.`)
+    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
   }
 
   const tocTables = new Set(toc.entries.filter((e) => e.desc === 'TABLE').map((e) => tableDataKey(e.schema, e.name)))
@@ -513,14 +501,14 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
       try {
         await dropOnce()
       } catch (dropError) {
-        dropNote = ` The clone ${name} could not be dropped (${firstLineOf(dropError)}); drop it with DROP DATABASE.`
+        dropNote = ` The clone ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
       }
     }
     if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the dry run (clone ${name})`)
     if (error instanceof UserError) {
       throw new UserError(error.message + dropNote, {cause: error, hint: error.hint})
     }
-    const cause = redact(firstLineOf(error), secret)
+    const cause = redact(firstLine(error), secret)
     // A full disk on the server is no fault of the backup: say where space is missing.
     const diskFull = /No space left on device|could not extend file|disk full|53100/i.test(cause)
     throw new UserError(`Restoring the dry-run clone ${name} from ${file} failed${diskFull ? ' because the database server\'s disk is full' : ''}: ${cause}.${dropNote}`, {
@@ -532,11 +520,3 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   }
 }
 
-function firstLineOf(error: unknown): string {
-  if (error instanceof UserError) return error.message.replace(/\.$/, '')
-  const e = error as {stderr?: unknown; message?: string; code?: string; severity?: string}
-  if (e?.severity) return toUserError(error).message.replace(/\.$/, '')
-  const stderr = typeof e?.stderr === 'string' ? e.stderr.trim() : ''
-  const text = stderr || e?.message || String(error)
-  return text.split('\n').find((l) => /error/i.test(l))?.replace(/^pg_restore: (error: )?/, '').replace(/\.$/, '') ?? text.split('\n')[0].replace(/\.$/, '')
-}

@@ -3,8 +3,8 @@ import path from 'node:path'
 
 import {UserError} from '../errors.js'
 import type {CommandLock} from '../migrations/command-lock.js'
-import {quoteIdent, type Querier, RUN_ID, type Sql} from '../target/connect.js'
-import {validateIdentifier} from '../target/target.js'
+import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
+import {type Querier, RUN_ID, type Sql} from '../target/connect.js'
 import {SIDECAR_DIR} from './backup.js'
 import {COMMENT_PREFIX, dropDatabase, newDatabaseName, type NewDatabaseKind} from './clone.js'
 

@@ -1,5 +1,6 @@
 import {LEDGER_SCHEMA} from '../migrations/ledger.js'
-import {quoteIdent, type Sql} from '../target/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
+import type {Sql} from '../target/connect.js'
 
 /**
  * What a restore rollback would lose: every row inserted, updated or deleted since the backup, in every table

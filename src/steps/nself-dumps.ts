@@ -1,10 +1,10 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 
-import {UserError} from '../errors.js'
+import {firstLine, UserError} from '../errors.js'
 import {versionNumber} from '../migrations/ledger.js'
 import type {PgTools} from '../target/tools.js'
-import {findManifestFor, firstLine, type Manifest, readToc} from './backup.js'
+import {findManifestFor, type Manifest, readToc} from './backup.js'
 
 /**
  * nself's own backups (`nself db backup`: `backups/<Project>_<YYYYMMDD_HHMMSS>.dump`, pg_dump -Fc, no manifest)

@@ -5,12 +5,13 @@ import path from 'node:path'
 import {UserError} from '../errors.js'
 import {LEDGER_SCHEMA, LEDGER_TABLE} from '../migrations/ledger.js'
 import {assertCanMigrate} from '../migrations/plan.js'
-import {quoteIdent} from '../target/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
 import type {PgTools} from '../target/tools.js'
 import type {Target} from '../target/target.js'
 import {judgeTools} from '../target/versions.js'
 import {existingTableShapes} from './existing-tables.js'
 import type {Inspection} from './inspect.js'
+import {fmtBytes} from '../text.js'
 
 export interface Check {
   name: string
@@ -242,10 +243,3 @@ async function dataChecks(o: PreflightOptions): Promise<Check[]> {
   return checks
 }
 
-export function fmtBytes(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB']
-  let i = 0
-  let v = n
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
-  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
-}

@@ -1,7 +1,10 @@
+import {setTimeout as sleep} from 'node:timers/promises'
+
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, isConnectionLost, UserError, toUserError} from '../errors.js'
+import {CancelledError, firstLine, isConnectionLost, UserError} from '../errors.js'
 import {openSession, quoteIdent, RUN_ID, type Sql} from '../target/connect.js'
-import {type Target, validateIdentifier} from '../target/target.js'
+import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
+import type {Target} from '../target/target.js'
 import type {PgTools} from '../target/tools.js'
 import {testPause} from '../test-pause.js'
 import {type Manifest, readToc, redact, timestamp, type Toc} from './backup.js'
@@ -12,7 +15,7 @@ import {
 } from './clone.js'
 
 /**
- * Rollback option 1 done safely (DESIGN-NOTES D7). The guide drops the live database and then restores into an
+ * Rollback option 1 done safely (docs/deviations.md, D7). The guide drops the live database and then restores into an
  * empty one: a failed restore leaves no database at all. Here the backup is restored in full into a new
  * database `<db>_e2ee_restore_<ts>` (commented like the dry-run clones, so a leftover is swept), checked against
  * the backup's manifest, and only then swapped in under the live name, in one transaction (`swapDatabases`).
@@ -54,7 +57,7 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     toc = await readToc(tools, file)
   } catch (error) {
     if (isCancelled()) throw new CancelledError('the restore')
-    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(messageOf(error), secret)}.`)
+    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
   }
 
   const like = await describeDatabase(admin, live)
@@ -98,22 +101,14 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     try {
       await dropOnce()
     } catch (dropError) {
-      dropNote = ` The unfinished database ${name} could not be dropped (${messageOf(dropError)}); drop it with DROP DATABASE.`
+      dropNote = ` The unfinished database ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
     }
     if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the restore into ${name}`)
-    throw new UserError(`Restoring ${file} into the new database ${name} failed: ${redact(messageOf(error), secret)}.${dropNote}`, {
+    throw new UserError(`Restoring ${file} into the new database ${name} failed: ${redact(firstLine(error), secret)}.${dropNote}`, {
       cause: error,
       hint: `The live database "${live}" was not touched.`,
     })
   }
-}
-
-function messageOf(error: unknown): string {
-  if (error instanceof UserError) return error.message.replace(/\.$/, '')
-  if (isConnectionLost(error)) return toUserError(error).message.replace(/\.$/, '')
-  const e = error as {severity?: string; message?: string}
-  if (e?.severity) return toUserError(error).message.replace(/\.$/, '')
-  return String(e?.message ?? error).split('\n')[0].replace(/\.$/, '')
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -154,13 +149,7 @@ export async function checkRestoredMatchesManifest(
 
 /** `<db>_pre_rollback_<YYYYMMDD_HHMMSS>`, the db part cut so the whole fits PostgreSQL's 63 bytes. */
 export function keptDatabaseName(database: string, date = new Date()): string {
-  const suffix = `_pre_rollback_${timestamp(date)}`
-  let head = ''
-  for (const ch of database) {
-    if (Buffer.byteLength(head + ch + suffix) > 63) break
-    head += ch
-  }
-  return head + suffix
+  return fitIdentifier(database, `_pre_rollback_${timestamp(date)}`)
 }
 
 /** The swap reported an error although it committed: the restored database is live under the live name. */
@@ -256,9 +245,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       // server re-checks only every 100 ms while new connections wait on it.
       await terminate(live, 0)
       for (let i = 0; i < 100 && (await sessionsOn(live)) > 0; i++) {
-        await new Promise((resolve) => {
-          setTimeout(resolve, 5)
-        })
+        await sleep(5)
       }
       let done = false
       // Ends live's sessions until the transaction is over: the ones there now, and any that got in before the
@@ -266,9 +253,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       const terminator = (async () => {
         while (!done) {
           await terminate(live, pid).catch(() => {})
-          await new Promise((resolve) => {
-            setTimeout(resolve, 10)
-          })
+          await sleep(10)
         }
       })()
       t0 = performance.now()
@@ -314,7 +299,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     log?.(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
     return {keptName, windowMs}
   } catch (error) {
-    const cause = messageOf(error)
+    const cause = firstLine(error)
     // Where do the names point now? The transaction either committed or did not; look before saying so.
     const names = await namesNow().catch(() => undefined)
     if (names && names.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
@@ -347,9 +332,7 @@ async function withRetry<T>(fn: () => Promise<T>): Promise<T> {
       return await fn()
     } catch (error) {
       if (attempt >= 3 || !isConnectionLost(error)) throw error
-      await new Promise((resolve) => {
-        setTimeout(resolve, 50 * attempt)
-      })
+      await sleep(50 * attempt)
     }
   }
 }

@@ -7,8 +7,8 @@
  */
 import {isCancelled, onCancel} from '../cancel.js'
 import {CancelledError, toUserError, UserError} from '../errors.js'
-import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
-import {assertIdentifier} from './verify.js'
+import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
+import type {Querier, Sql} from '../target/connect.js'
 
 /** What is true when the vacuum is interrupted: it only refreshes statistics, nothing is undone. */
 const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes statistics; nothing was undone, run VACUUM (ANALYZE) on those tables later)'
@@ -40,8 +40,8 @@ export const VACUUM_TABLES: readonly string[] = [
  * migrated only to 014 has no call tables). Returns what was vacuumed with its duration.
  */
 export async function vacuumTables(sql: Sql, schema: string, tables: readonly string[], onProgress?: (line: string) => void): Promise<Array<{table: string; ms: number}>> {
-  assertIdentifier(schema, 'schema')
-  for (const t of tables) assertIdentifier(t, 'table name')
+  validateIdentifier(schema, 'schema')
+  for (const t of tables) validateIdentifier(t, 'table')
   let existing: string[]
   try {
     const rows = await sql<{name: string}[]>`
@@ -89,7 +89,7 @@ export interface VacuumStats {
 
 /** pg_stat_user_tables' vacuum and analyze times of `tables` (tables that do not exist are left out). */
 export async function lastVacuumed(sql: Querier, schema: string, tables: readonly string[]): Promise<Record<string, VacuumStats>> {
-  assertIdentifier(schema, 'schema')
+  validateIdentifier(schema, 'schema')
   // The statistics snapshot of this session may be cached: read fresh values.
   await sql`select pg_stat_clear_snapshot()`
   const rows = await sql<{name: string; last_vacuum: Date | null; last_analyze: Date | null; last_autovacuum: Date | null; last_autoanalyze: Date | null}[]>`

@@ -1,5 +1,5 @@
 /**
- * Verification after the upgrade, done right (DESIGN-NOTES D8).
+ * Verification after the upgrade, done right (docs/deviations.md, D8).
  *
  * The guide's verification queries mix AND/OR without parentheses and compare nothing precisely. Here every
  * object migrations 013..upTo create is checked by its exact name in the application schema against a
@@ -16,7 +16,9 @@ import {createHash, randomBytes} from 'node:crypto'
 import {toUserError, UserError} from '../errors.js'
 import {type MigrationFile} from '../migrations/files.js'
 import {migrateUp} from '../migrations/runner.js'
-import {type Querier, quoteIdent, type Sql} from '../target/connect.js'
+import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
+import type {Querier, Sql} from '../target/connect.js'
+import {escapeRegExp} from '../text.js'
 import expectedJson from '../migrations/expected-schema.json' with {type: 'json'}
 
 // ------------------------------------------------------------------------------------------------------------
@@ -116,13 +118,6 @@ export interface ExpectedSchema {
   objects: ExpectedObject[]
 }
 
-const IDENT = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/
-
-export function assertIdentifier(name: string, what = 'identifier'): string {
-  if (!IDENT.test(name)) throw new UserError(`The ${what} ${JSON.stringify(name)} is not a plain PostgreSQL identifier.`, {hint: 'Use letters, digits and underscores (at most 63 characters).'})
-  return name
-}
-
 /** An identifier as the operator would type it: bare when that is safe, quoted otherwise. */
 function displayIdent(name: string): string {
   return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : quoteIdent(name)
@@ -153,10 +148,6 @@ const CONSTRAINT_TYPE: Record<string, string> = {c: 'check constraint', f: 'fore
 
 /** Tables of the migration machinery, not of nChat: never part of the snapshot. */
 const MACHINERY_TABLES = new Set(['schema_migrations'])
-
-function escapeRegExp(s: string): string {
-  return s.replaceAll(/[.*+?^${}()|[\]\\]/g, '\\$&')
-}
 
 /** Remove qualifications by the application schema (`nchat.x`, `"nchat".x`) from catalog text. */
 export function unqualify(text: string, schema: string): string {
@@ -380,7 +371,7 @@ export function serializeExpectedSchema(schema: ExpectedSchema): string {
  * and nothing of 013+; each migration is applied with the real runner and the catalogs are read after each.
  */
 export async function generateExpectedSchema(opts: {sql: Sql; migrations: MigrationFile[]; schema: string; log?: (line: string) => void}): Promise<ExpectedSchema> {
-  assertIdentifier(opts.schema, 'schema')
+  validateIdentifier(opts.schema, 'schema')
   const baseline = await readCatalog(opts.sql, opts.schema)
   const after: Array<{version: number; name: string; catalog: Catalog}> = []
   for (const m of opts.migrations) {
@@ -475,7 +466,7 @@ function describeColumn(d: ColumnDef): string {
  * transaction that is always rolled back.
  */
 export async function verifyDatabase(sql: Querier, opts: VerifyOptions): Promise<VerifyReport> {
-  const schema = assertIdentifier(opts.schema, 'schema')
+  const schema = validateIdentifier(opts.schema, 'schema')
   const expected = loadExpectedSchema()
   const versions = Object.keys(expected.migrations).map(Number)
   const upTo = opts.upTo ?? (versions.length > 0 ? Math.max(...versions) : 16)

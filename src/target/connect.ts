@@ -131,9 +131,7 @@ export async function connectChecked(conn: ConnectionInfo, options: ConnectOptio
   return sql
 }
 
-export function quoteIdent(name: string): string {
-  return '"' + name.replaceAll('"', '""') + '"'
-}
+export {quoteIdent} from '../pg/identifiers.js'
 
 /** Anything queries can run on: the pool, a transaction, or a reserved connection. */
 export type Querier = postgres.Sql | postgres.TransactionSql | postgres.ReservedSql

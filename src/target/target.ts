@@ -1,6 +1,7 @@
 import path from 'node:path'
 
 import {UserError} from '../errors.js'
+import {validateIdentifier} from '../pg/identifiers.js'
 import {readNselfEnv} from './env-files.js'
 
 /** What the operator gave on the command line (every field optional). */
@@ -53,15 +54,6 @@ function pick<T>(candidates: Array<[T | undefined, string]>, fallback: [T, strin
     if (value !== undefined && value !== null && value !== '') return [value, source]
   }
   return fallback
-}
-
-export function validateIdentifier(name: string, what: string): string {
-  if (!/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/.test(name)) {
-    throw new UserError(`The ${what} name "${name}" is not a valid PostgreSQL identifier for this tool.`, {
-      hint: 'Use letters, digits, "_", "-" or "$", starting with a letter or "_", at most 63 characters.',
-    })
-  }
-  return name
 }
 
 export function resolveTarget(opts: TargetOptions, env: NodeJS.ProcessEnv = process.env): Target {

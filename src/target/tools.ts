@@ -3,7 +3,7 @@ import path from 'node:path'
 import {execa, type Options, type ResultPromise} from 'execa'
 
 import {isCancelled, onCancel} from '../cancel.js'
-import {CancelledError, UserError} from '../errors.js'
+import {CancelledError, firstLine, UserError} from '../errors.js'
 import {APP_NAME} from './connect.js'
 import type {Target} from './target.js'
 
@@ -99,7 +99,7 @@ export class PgTools {
           hint: 'Install the PostgreSQL client tools (same or newer major version than the server), or drop --local to run them in the nself postgres container.',
         })
       }
-      throw new UserError(`Cannot run ${tool} ${this.describe()}: ${(error as Error).message.split('\n')[0]}.`)
+      throw new UserError(`Cannot run ${tool} ${this.describe()}: ${firstLine(error)}.`)
     }
   }
 
@@ -129,11 +129,6 @@ export class PgTools {
   }
 }
 
-function firstLine(error: unknown): string {
-  const e = error as {stderr?: string; message?: string}
-  return (e.stderr || e.message || String(error)).trim().split('\n')[0]
-}
-
 async function findContainer(candidates: string[]): Promise<string> {
   const tried: string[] = []
   for (const name of candidates) {
@@ -148,7 +143,7 @@ async function findContainer(candidates: string[]): Promise<string> {
         })
       }
       if (/Cannot connect to the Docker daemon|Is the docker daemon running|error during connect/i.test(firstLine(error))) {
-        throw new UserError(`The docker daemon is not reachable (${firstLine(error).replace(/\.$/, '')}), so container ${name} cannot be checked.`, {
+        throw new UserError(`The docker daemon is not reachable (${firstLine(error)}), so container ${name} cannot be checked.`, {
           hint: 'Start docker (and the nself stack with `nself start`), or pass --local to run pg_dump/pg_restore on this machine.',
         })
       }

@@ -4,6 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
+import {escapeRegExp} from '../../src/text.js'
 import {ADMIN, connect, createV030Database, type V030Database} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'
 import {BIN, e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, runCli, tmpDir} from '../helpers/cli.js'
@@ -318,7 +319,7 @@ describe('messages that say what is true', () => {
     writeFileSync(file, 'not a folder')
     const r = await runCli(['db', 'e2ee', 'migrate', '--yes', ...localArgs(db.name), '--backup-dir', file])
     expect(r.code, r.stdout + r.stderr).toBe(1)
-    expect(r.stderr).toMatch(new RegExp(`The backup folder ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is a file, not a folder\\.`))
+    expect(r.stderr).toMatch(new RegExp(`The backup folder ${escapeRegExp(file)} is a file, not a folder\\.`))
     expect(r.stderr).not.toMatch(/EEXIST|\.\.$/m)
     expect(await ledgerVersion(db.name)).toBe(12)
   })

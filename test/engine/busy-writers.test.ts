@@ -1,5 +1,6 @@
 import {readFileSync, writeFileSync} from 'node:fs'
 import path from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 import postgres from 'postgres'
 import {afterEach, describe, expect, it} from 'vitest'
 
@@ -9,8 +10,6 @@ import {migrateUp} from '../../src/migrations/runner.js'
 import {copyMigrations, engineSql, packaged} from '../helpers/engine.js'
 import {ADMIN, connect, createV030Database, type V030Database} from '../helpers/fixture.js'
 import {type BusyWriterResult, startBusyWriters} from '../helpers/writer.js'
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 const LOCK_TIMEOUT = 200
 const MAX_LOCK_WAIT = 30_000

@@ -1,4 +1,5 @@
 import {execFile} from 'node:child_process'
+import {setTimeout as sleep} from 'node:timers/promises'
 import {promisify} from 'node:util'
 import postgres from 'postgres'
 import {afterEach, describe, expect, it} from 'vitest'
@@ -9,7 +10,6 @@ import {engineSql, packaged} from '../helpers/engine.js'
 import {holdLongRead, startWriter} from '../helpers/writer.js'
 
 const execFileP = promisify(execFile)
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const LOCK_TIMEOUT = 200
 // The writer's own lock_timeout: an insert that waits for a lock longer than the migration's lock timeout plus
 // this margin fails and is counted. lock_timeout measures lock waits only, so a slow, busy machine does not

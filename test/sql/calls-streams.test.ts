@@ -2,6 +2,8 @@
 import {describe, expect, it} from 'vitest'
 import postgres from 'postgres'
 import {MIGRATIONS, applyFileAsEngine, connect, createV030Database, migrationFile} from '../helpers/fixture.js'
+import {loadMigrations} from '../../src/migrations/files.js'
+import {tablesCreatedBy} from '../../src/migrations/plan.js'
 
 const T = 120_000
 
@@ -40,11 +42,7 @@ describe('015 and 016 tables', () => {
             FROM pg_constraint c
            WHERE c.contype = 'f'
              AND c.connamespace = current_schema()::text::regnamespace
-             AND c.conrelid::regclass::text IN (
-                 'nchat_calls', 'nchat_call_participants', 'nchat_call_events', 'nchat_streams',
-                 'nchat_stream_viewers', 'nchat_identity_keys', 'nchat_signed_prekeys',
-                 'nchat_one_time_prekeys', 'nchat_signal_sessions', 'nchat_safety_numbers',
-                 'nchat_e2ee_audit_log', 'nchat_user_master_keys', 'nchat_messages')
+             AND c.conrelid::regclass::text = ANY(${[...tablesCreatedBy(loadMigrations()), 'nchat_messages']})
              AND NOT EXISTS (
                  SELECT 1 FROM pg_index i
                   WHERE i.indrelid = c.conrelid

@@ -1,6 +1,8 @@
 // 014: without 013, on top of 013, on a half-applied 014, on a database where the guide SQL was
 // run by hand (converted), the guide names, and 014 down with and without 013 applied.
 import {describe, expect, it} from 'vitest'
+import {loadMigrations} from '../../src/migrations/files.js'
+import {tablesCreatedBy} from '../../src/migrations/plan.js'
 import {
   V030_TABLES,
   applyFileAsEngine,
@@ -19,15 +21,8 @@ import path from 'node:path'
 
 const T = 120_000
 
-const E2EE_TABLES = [
-  'nchat_user_master_keys',
-  'nchat_identity_keys',
-  'nchat_signed_prekeys',
-  'nchat_one_time_prekeys',
-  'nchat_signal_sessions',
-  'nchat_safety_numbers',
-  'nchat_e2ee_audit_log',
-]
+/** The seven E2EE tables, as the engine derives them from 014. */
+const E2EE_TABLES = tablesCreatedBy(loadMigrations().filter((m) => m.version === 14))
 
 /** Every index and constraint the guide SQL writes (except the materialized view indexes). */
 const GUIDE_INDEXES = [

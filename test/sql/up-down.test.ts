@@ -1,5 +1,8 @@
 // 013..016 up on a fresh v0.3.0 database, idempotency, and the down files giving back v0.3.0.
 import {describe, expect, it} from 'vitest'
+
+import {loadMigrations} from '../../src/migrations/files.js'
+import {tablesCreatedBy} from '../../src/migrations/plan.js'
 import {
   MIGRATIONS,
   V030_TABLES,
@@ -14,20 +17,8 @@ import {
 
 const T = 120_000
 
-const NEW_TABLES = [
-  'nchat_user_master_keys',
-  'nchat_identity_keys',
-  'nchat_signed_prekeys',
-  'nchat_one_time_prekeys',
-  'nchat_signal_sessions',
-  'nchat_safety_numbers',
-  'nchat_e2ee_audit_log',
-  'nchat_calls',
-  'nchat_call_participants',
-  'nchat_call_events',
-  'nchat_streams',
-  'nchat_stream_viewers',
-]
+/** The tables 013-016 create, as the engine derives them from the files (checked against the database below). */
+const NEW_TABLES = tablesCreatedBy(loadMigrations())
 
 type Runner = 'psql' | 'engine'
 
@@ -74,6 +65,7 @@ describe('013..016 up and down', () => {
         async () => {
           const db = await createV030Database({schema})
           try {
+            const relsBefore = await relations(db.name, schema)
             const dumpBefore = await schemaDump(db.name)
             const dataBefore = await dataDigest(db.name, V030_TABLES)
             expect(dumpBefore).toContain(`CREATE TABLE ${schema}.nchat_messages`)
@@ -82,6 +74,9 @@ describe('013..016 up and down', () => {
             await upAll(db.name, schema, runner)
             const rels = await relations(db.name, schema)
             for (const t of NEW_TABLES) expect(rels[t], t).toBe('r')
+            // The derived list is exactly what the files made: no table more, none missing.
+            const made = Object.keys(rels).filter((t) => rels[t] === 'r' && !(t in relsBefore) && t !== 'schema_migrations')
+            expect(made.sort()).toEqual([...NEW_TABLES].sort())
             expect(rels.nchat_prekey_bundles).toBe('v')
             const dumpUp = await schemaDump(db.name)
             expect(dumpUp).not.toBe(dumpBefore)

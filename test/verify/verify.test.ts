@@ -362,7 +362,7 @@ describe('verifyDatabase', () => {
     try {
       const report = await verifyDatabase(m.sql, {schema: 'nope'})
       expect(report).toEqual({checks: [{detail: 'schema nope does not exist in this database.', name: 'schema nope', status: 'fail'}], failures: ['schema nope does not exist in this database.'], ok: false})
-      await expect(verifyDatabase(m.sql, {schema: 'x"; drop table nchat_users; --'})).rejects.toThrow(/is not a plain PostgreSQL identifier/)
+      await expect(verifyDatabase(m.sql, {schema: 'x"; drop table nchat_users; --'})).rejects.toThrow(/is not a valid PostgreSQL identifier/)
     } finally {
       await m.done()
     }

@@ -10,6 +10,7 @@ import {connectAdmin, databaseStates} from '../../../../maintain/server.js'
 import {acquireCommandLock, type CommandLock} from '../../../../migrations/command-lock.js'
 import {assertCanConfirm, confirm} from '../../../../pipeline/ui.js'
 import type {Sql} from '../../../../target/connect.js'
+import {fmtBytes} from '../../../../text.js'
 
 export default class MaintainBackups extends BaseCommand {
   static description = `List the backups this plugin and nself made in the backup folder (size, age, database, ledger version, verified against the manifest), and the databases a restore rollback kept (<db>_pre_rollback_*) with their size.
@@ -57,7 +58,7 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
       const pruned: BackupEntry[] = []
       const dropped: KeptDatabase[] = []
       if ((prune.length > 0 || drop.length > 0) && !flags['dry-run']) {
-        const what = [prune.length ? `delete ${prune.length} backup(s) (${mb(prune.reduce((s, b) => s + b.bytes, 0))})` : '', drop.length ? `drop ${drop.length} kept database(s) (${drop.map((d) => d.name).join(', ')})` : ''].filter(Boolean).join(' and ')
+        const what = [prune.length ? `delete ${prune.length} backup(s) (${fmtBytes(prune.reduce((s, b) => s + b.bytes, 0))})` : '', drop.length ? `drop ${drop.length} kept database(s) (${drop.map((d) => d.name).join(', ')})` : ''].filter(Boolean).join(' and ')
         for (const b of prune) this.note(`  will delete ${b.file}`)
         if (!(await confirm(`${what[0].toUpperCase()}${what.slice(1)}?`, flags.yes))) throw new UserError('Not confirmed; nothing was deleted.')
         // Not while a migrate or rollback of this database runs: it may be about to restore one of these.
@@ -102,13 +103,13 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
     this.say(`Backups in ${dir}: ${backups.length}`)
     for (const b of backups) {
       const verified = b.verified === null ? 'no manifest' : b.verified ? 'verified' : 'DOES NOT MATCH ITS MANIFEST'
-      this.say(`  ${path.basename(b.file).padEnd(36)} ${mb(b.bytes).padStart(9)} ${`${b.ageDays} d`.padStart(8)}  ${(b.database ?? '?').padEnd(20)} ledger ${String(b.ledgerVersion ?? '?').padEnd(3)} ${b.purpose.padEnd(13)} ${verified}${b.protectedBecause ? `  protected: ${b.protectedBecause}` : ''}`)
+      this.say(`  ${path.basename(b.file).padEnd(36)} ${fmtBytes(b.bytes).padStart(9)} ${`${b.ageDays} d`.padStart(8)}  ${(b.database ?? '?').padEnd(20)} ledger ${String(b.ledgerVersion ?? '?').padEnd(3)} ${b.purpose.padEnd(13)} ${verified}${b.protectedBecause ? `  protected: ${b.protectedBecause}` : ''}`)
     }
     if (kept === null) {
       this.say(`Kept databases: not listed (${serverProblem ?? 'no server'}).`)
     } else {
       this.say(`Databases kept by a restore rollback: ${kept.length}`)
-      for (const k of kept) this.say(`  ${k.name.padEnd(50)} ${mb(k.bytes).padStart(9)}  kept ${k.keptAt}${k.connections ? `  ${k.connections} session(s) connected` : ''}`)
+      for (const k of kept) this.say(`  ${k.name.padEnd(50)} ${fmtBytes(k.bytes).padStart(9)}  kept ${k.keptAt}${k.connections ? `  ${k.connections} session(s) connected` : ''}`)
     }
   }
 
@@ -117,6 +118,3 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
   }
 }
 
-function mb(bytes: number): string {
-  return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MB` : `${(bytes / 1024).toFixed(1)} kB`
-}

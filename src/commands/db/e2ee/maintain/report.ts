@@ -6,6 +6,7 @@ import {type MaintenanceReport, maintenanceReport} from '../../../../maintain/re
 import {loadMigrations} from '../../../../migrations/files.js'
 import {findAppSchema} from '../../../../migrations/ledger.js'
 import {connectChecked} from '../../../../target/connect.js'
+import {fmtBytes} from '../../../../text.js'
 
 export default class MaintainReport extends BaseCommand {
   static description = `What the guide asks operators to watch after the upgrade, read-only: index usage of the tables 013-016 create and of the columns they add (scans, size, unused since the statistics were reset, and when that was), devices whose active signed prekey is older than the rotation period, devices low on unconsumed one-time prekeys, table and index bloat (pgstattuple when installed, otherwise an estimate from the statistics), and the last vacuum and analyze of each table.
@@ -43,7 +44,7 @@ The guide's index-usage query mixes AND/OR without parentheses and misses most o
     if (st.observedDays !== null && st.observedDays < 7) this.say('  Fewer than 7 days of traffic counted: the guide reads these after a week.')
     for (const i of r.indexes) {
       const flag = i.unused ? (i.enforcesConstraint ? 'unused (enforces a constraint: keep)' : 'UNUSED') : ''
-      this.say(`  ${i.table.padEnd(26)} ${i.index.padEnd(40)} ${String(i.scans).padStart(10)} scans ${kb(i.bytes).padStart(10)}  ${flag}`)
+      this.say(`  ${i.table.padEnd(26)} ${i.index.padEnd(40)} ${String(i.scans).padStart(10)} scans ${fmtBytes(i.bytes).padStart(10)}  ${flag}`)
     }
     this.say('')
     const sp = r.signedPrekeys
@@ -55,7 +56,7 @@ The guide's index-usage query mixes AND/OR without parentheses and misses most o
     this.say('')
     this.say(`Bloat (${r.bloat.method}): ${r.bloat.note}`)
     for (const b of [...r.bloat.tables, ...r.bloat.indexes]) {
-      this.say(`  ${(b.table ? `${b.table}.${b.name}` : b.name).padEnd(56)} ${kb(b.bytes).padStart(10)}  ${b.estimated === false ? 'no statistics (run ANALYZE)' : `${kb(b.wastedBytes)} (${b.percent} %) reclaimable`}`)
+      this.say(`  ${(b.table ? `${b.table}.${b.name}` : b.name).padEnd(56)} ${fmtBytes(b.bytes).padStart(10)}  ${b.estimated === false ? 'no statistics (run ANALYZE)' : `${fmtBytes(b.wastedBytes)} (${b.percent} %) reclaimable`}`)
     }
     this.say('')
     this.say('Vacuum and analyze')
@@ -65,10 +66,6 @@ The guide's index-usage query mixes AND/OR without parentheses and misses most o
       this.say(`  ${m.table.padEnd(26)} vacuum ${vac ?? 'never'}  analyze ${an ?? 'never'}  live ${m.liveRows} dead ${m.deadRows}`)
     }
   }
-}
-
-function kb(bytes: number): string {
-  return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MB` : `${Math.round(bytes / 1024)} kB`
 }
 
 function latest(a: string | null, b: string | null): string | null {
