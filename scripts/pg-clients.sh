@@ -12,11 +12,20 @@ majors=("$@")
 root=${PG_CLIENTS_DIR:-/tmp/nself-e2ee-clients}
 mkdir -p "$root"
 
+usable() {
+  local tool
+  for tool in pg_dump pg_restore psql; do
+    [ -x "$1/bin/$tool" ] && LD_BIND_NOW=1 "$1/bin/$tool" --version >/dev/null 2>&1 || return 1
+  done
+}
+
 suite_of() { case $1 in 17) echo trixie ;; 18) echo forky ;; *) echo "no Debian suite known for client $1" >&2; exit 1 ;; esac; }
 
 for major in "${majors[@]}"; do
   dir="$root/$major"
-  if [ -x "$dir/bin/pg_restore" ] && "$dir/bin/pg_restore" --version >/dev/null 2>&1; then echo "$major $dir/bin"; continue; fi
+  # Reuse a fetched client only when every tool resolves all its symbols now (LD_BIND_NOW): a wrapper whose libpq
+  # cannot be found falls back to the system's older libpq and fails at its first call, not at --version.
+  if usable "$dir"; then echo "$major $dir/bin"; continue; fi
   suite=$(suite_of "$major")
   apt="$root/apt-$suite"
   rm -rf "$dir" && mkdir -p "$apt/lists/partial" "$dir/debs" "$dir/root" "$dir/bin"
@@ -27,8 +36,10 @@ for major in "${majors[@]}"; do
   (cd "$dir/debs" && apt-get "${opts[@]}" -qq download "postgresql-client-$major" libc6 liblz4-1 libzstd1 zlib1g >/dev/null)
   for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
   rm -rf "$dir/debs"
+  # libpq of the same major, copied out of the npm package so the client does not depend on this checkout's path.
   (cd "node_modules/pg$major" && node scripts/hydrate-symlinks.js)
-  libs="$dir/root/usr/lib/x86_64-linux-gnu:$PWD/node_modules/pg$major/native/lib"
+  cp -a "node_modules/pg$major/native/lib" "$dir/lib"
+  libs="$dir/root/usr/lib/x86_64-linux-gnu:$dir/lib"
   for tool in pg_dump pg_restore psql; do
     cat >"$dir/bin/$tool" <<WRAP
 #!/bin/sh
@@ -36,6 +47,6 @@ exec "$dir/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "$
 WRAP
     chmod 755 "$dir/bin/$tool"
   done
-  "$dir/bin/pg_restore" --version >/dev/null
+  usable "$dir" || { echo "client tools $major were fetched but do not run" >&2; exit 1; }
   echo "$major $dir/bin"
 done
