@@ -165,21 +165,29 @@ export async function createDatabaseLike(admin: Sql, name: string, live: Databas
   }
 }
 
-/** End every session on `name` and drop it (WITH (FORCE) from PostgreSQL 13). */
-export async function dropDatabase(admin: Sql, name: string): Promise<void> {
-  validateIdentifier(name, 'database')
+/**
+ * `fn` again (twice at most) when it failed on a lost connection: a pool whose sessions the server ended learns
+ * it only when the socket closes, so its next query can still meet the dead one; the retry gets a new connection.
+ */
+export async function retryOnLostConnection<T>(fn: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      const [{num}] = await admin<{num: number}[]>`select current_setting('server_version_num')::int as num`
-      await admin`select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
-      await admin.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}${num >= 130_000 ? ' WITH (FORCE)' : ''}`)
-      return
+      return await fn()
     } catch (error) {
-      // The server ended admin's sessions too (the pool learns it only when it next writes): a new connection.
       if (attempt >= 3 || !isConnectionLost(error)) throw error
       await sleep(50 * attempt)
     }
   }
+}
+
+/** End every session on `name` and drop it (WITH (FORCE) from PostgreSQL 13). */
+export async function dropDatabase(admin: Sql, name: string): Promise<void> {
+  validateIdentifier(name, 'database')
+  await retryOnLostConnection(async () => {
+    const [{num}] = await admin<{num: number}[]>`select current_setting('server_version_num')::int as num`
+    await admin`select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
+    await admin.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}${num >= 130_000 ? ' WITH (FORCE)' : ''}`)
+  })
 }
 
 /** A name of this kind that no database has yet (waits for the next second when taken). */

@@ -1,7 +1,7 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
-import {CancelledError, firstLine, isConnectionLost, UserError} from '../errors.js'
+import {CancelledError, firstLine, UserError} from '../errors.js'
 import {openSession, quoteIdent, RUN_ID, type Sql} from '../connection/connect.js'
 import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
 import type {Target} from '../connection/target.js'
@@ -10,7 +10,7 @@ import {testPause} from '../test-pause.js'
 import type {Manifest} from '../archive/manifest.js'
 import {restoreArchive, type RestoreProgress} from '../archive/restore.js'
 import {readBackupToc} from '../archive/toc.js'
-import {COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral} from '../pg/databases.js'
+import {COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral, retryOnLostConnection} from '../pg/databases.js'
 import {plural, redact, timestamp} from '../text.js'
 
 /**
@@ -205,16 +205,16 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
   const lockTimeout = Math.max(100, Math.floor(opts.lockTimeoutMs ?? 2000))
   const attempts = Math.max(1, opts.attempts ?? 3)
 
-  const terminate = (name: string, except: number) => withRetry(() => admin`
+  const terminate = (name: string, except: number) => retryOnLostConnection(() => admin`
     select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid() and pid <> ${except}`)
 
-  const sessionsOn = (name: string) => withRetry(async () => {
+  const sessionsOn = (name: string) => retryOnLostConnection(async () => {
     const [{n}] = await admin<{n: number}[]>`select count(*)::int as n from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
     return n
   })
 
   // Read with a retry: admin's connections may be the ones the server just ended (the pool reconnects).
-  const namesNow = () => withRetry(async () =>
+  const namesNow = () => retryOnLostConnection(async () =>
     (await admin<{name: string}[]>`select datname as name from pg_database where datname = any(${[live, replacement, keptName]})`).map((r) => r.name))
 
   let t0 = 0
@@ -315,17 +315,3 @@ function connectionLost(): Error {
   return Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
 }
 
-/**
- * `fn` again (twice at most) when it failed on a lost connection: a pool whose sessions the server ended learns
- * it only when the socket closes, so its next query can still meet the dead one; the retry gets a new connection.
- */
-async function withRetry<T>(fn: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn()
-    } catch (error) {
-      if (attempt >= 3 || !isConnectionLost(error)) throw error
-      await sleep(50 * attempt)
-    }
-  }
-}
