@@ -306,9 +306,8 @@ function startWriter(database, everyMs) {
     async stop() {
       running = false
       await done
-      await sampling
       await sql.end({timeout: 2})
-      return {latencies, failures, lockWaits: [...lockWaits.values()]}
+      return {latencies, failures}
     },
   }
 }
