@@ -18,7 +18,10 @@ const FILES = [
 const clients = process.env.PG_CLIENTS_DIR || '/tmp/nself-e2ee-clients'
 const portBase = Number(process.env.PG_SERVERS_PORT_BASE || 5400)
 const pairs: Array<{server: number; client: number}> = [
-  {client: 15, server: 14}, {client: 17, server: 16}, {client: 17, server: 17}, {client: 18, server: 18},
+  {client: 15, server: 14},
+  {client: 17, server: 16},
+  {client: 17, server: 17},
+  {client: 18, server: 18},
 ]
 const only = process.env.PG_VERSIONS?.split(',').map(Number)
 
@@ -27,18 +30,20 @@ export default defineConfig({
     hookTimeout: 180_000,
     maxWorkers: 2,
     pool: 'forks',
-    projects: pairs.filter((p) => !only || only.includes(p.server)).map(({client, server}) => ({
-      extends: true,
-      test: {
-        env: {
-          PATH: client === 15 ? process.env.PATH! : `${path.join(clients, String(client), 'bin')}${path.delimiter}${process.env.PATH}`,
-          PGHOST: '127.0.0.1',
-          PGPORT: String(portBase + server),
+    projects: pairs
+      .filter((p) => !only || only.includes(p.server))
+      .map(({client, server}) => ({
+        extends: true,
+        test: {
+          env: {
+            PATH: client === 15 ? (process.env.PATH ?? '') : `${path.join(clients, String(client), 'bin')}${path.delimiter}${process.env.PATH}`,
+            PGHOST: '127.0.0.1',
+            PGPORT: String(portBase + server),
+          },
+          include: FILES,
+          name: `server ${server}, client ${client}`,
         },
-        include: FILES,
-        name: `server ${server}, client ${client}`,
-      },
-    })),
+      })),
     reporters: ['default'],
     testTimeout: 180_000,
   },

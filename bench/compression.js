@@ -28,13 +28,24 @@ const messages = Number(opt('messages', 100_000))
 const runs = Number(opt('runs', 3))
 const out = opt('out', path.join(ROOT, 'docs', 'benchmarks-compression.md'))
 
+/** The lines a script of scripts/ prints. */
+const scriptLines = (script, args) =>
+  execFileSync(path.join(ROOT, 'scripts', script), args, {encoding: 'utf8'})
+    .trim()
+    .split('\n')
+/** The major versions of a {major: …} map, lowest first. */
+const majors = (byMajor) =>
+  Object.keys(byMajor)
+    .map(Number)
+    .sort((a, b) => a - b)
+
 const servers = {15: 5432}
-for (const line of execFileSync(path.join(ROOT, 'scripts', 'pg-servers.sh'), ['start'], {encoding: 'utf8'}).trim().split('\n')) {
+for (const line of scriptLines('pg-servers.sh', ['start'])) {
   const [major, port] = line.split(' ').map(Number)
   servers[major] = port
 }
 const clients = {15: ''}
-for (const line of execFileSync(path.join(ROOT, 'scripts', 'pg-clients.sh'), {encoding: 'utf8'}).trim().split('\n')) {
+for (const line of scriptLines('pg-clients.sh', [])) {
   const [major, dir] = line.split(' ')
   clients[Number(major)] = dir
 }
@@ -51,7 +62,7 @@ const rows = []
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 try {
-  for (const server of Object.keys(servers).map(Number).sort((a, b) => a - b)) {
+  for (const server of majors(servers)) {
     const port = servers[server]
     const admin = postgres({host: '127.0.0.1', port, user: 'postgres', database: 'postgres', max: 1, onnotice: () => {}})
     await admin.unsafe(`CREATE DATABASE ${db}`)
@@ -60,7 +71,7 @@ try {
     await loadV030(sql, {channels: 50, ledger: 'guide', messages, users: 500})
     const [{size}] = await sql`select pg_database_size(current_database())::bigint as size`
     await sql.end()
-    for (const client of Object.keys(clients).map(Number).filter((c) => c >= server)) {
+    for (const client of majors(clients).filter((c) => c >= server)) {
       const pgDump = clients[client] ? path.join(clients[client], 'pg_dump') : 'pg_dump'
       for (const m of METHODS.filter((x) => client >= x.since)) {
         const times = []
@@ -91,7 +102,7 @@ const table = [
   '|---:|---:|---|---:|---:|---:|',
   ...rows.map((r) => {
     const gz = rows.find((x) => x.server === r.server && x.client === r.client && x.method.startsWith('gzip'))
-    return `| ${r.server} | ${r.client} | ${r.method} | ${kb(r.bytes)} | ${r.ms.toFixed(0)} ms | ${(r.bytes / gz.bytes * 100).toFixed(0)} % |`
+    return `| ${r.server} | ${r.client} | ${r.method} | ${kb(r.bytes)} | ${r.ms.toFixed(0)} ms | ${((r.bytes / gz.bytes) * 100).toFixed(0)} % |`
   }),
 ]
 const text = [

@@ -37,7 +37,7 @@ function admin(database = 'postgres') {
 }
 
 /** The template database holding `messages` messages; made when missing or made by another generator. */
-export async function cachedTemplate(messages, log = (l) => process.stderr.write(l + '\n')) {
+export async function cachedTemplate(messages, log = (l) => process.stderr.write(`${l}\n`)) {
   const name = cacheName(messages)
   const want = `${COMMENT} ${generatorHash(messages)}`
   const sql = admin()

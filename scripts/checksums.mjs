@@ -7,7 +7,13 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'migrations')
-const lines = readdirSync(dir).filter((f) => f.endsWith('.sql')).sort()
-  .map((f) => `${createHash('sha256').update(readFileSync(path.join(dir, f))).digest('hex')}  ${f}`)
-writeFileSync(path.join(dir, 'SHA256SUMS'), lines.join('\n') + '\n')
+const sha256 = (file) =>
+  createHash('sha256')
+    .update(readFileSync(path.join(dir, file)))
+    .digest('hex')
+const lines = readdirSync(dir)
+  .filter((f) => f.endsWith('.sql'))
+  .sort()
+  .map((f) => `${sha256(f)}  ${f}`)
+writeFileSync(path.join(dir, 'SHA256SUMS'), `${lines.join('\n')}\n`)
 console.log(`wrote ${lines.length} checksums to migrations/SHA256SUMS`)

@@ -28,7 +28,13 @@ if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) fail(`"${name}" is not a simple datab
 if (!['public', 'nchat'].includes(schema)) fail('--schema must be public or nchat.')
 if (!Number.isInteger(messages) || messages < 0) fail('--messages must be a whole number.')
 
-const conn = {host: process.env.PGHOST ?? '127.0.0.1', onnotice: () => {}, password: process.env.PGPASSWORD, port: Number(process.env.PGPORT ?? 5432), user: process.env.PGUSER ?? 'postgres'}
+const conn = {
+  host: process.env.PGHOST ?? '127.0.0.1',
+  onnotice: () => {},
+  password: process.env.PGPASSWORD,
+  port: Number(process.env.PGPORT ?? 5432),
+  user: process.env.PGUSER ?? 'postgres',
+}
 const admin = postgres({...conn, database: 'postgres', max: 1})
 try {
   const [existing] = await admin`select shobj_description(oid, 'pg_database') as comment from pg_database where datname = ${name}`

@@ -76,7 +76,10 @@ export async function seedMaintenance(sql, o) {
 export async function seedInconsistentPrekeys(sql, {schema = 'public', prekeyDays = 30} = {}) {
   const s = q(schema)
   let inserted = 0
-  for (const [id, consumed, at] of [[1_000_001, true, 'null'], [1_000_002, false, `now() - interval '${prekeyDays + 5} days'`]]) {
+  for (const [id, consumed, at] of [
+    [1_000_001, true, 'null'],
+    [1_000_002, false, `now() - interval '${prekeyDays + 5} days'`],
+  ]) {
     try {
       await sql.unsafe(`insert into ${s}.nchat_one_time_prekeys (device_id, prekey_id, prekey_public, prekey_private_encrypted, is_consumed, consumed_at)
         values ('dev-1', ${id}, '\\x00', '\\x00', ${consumed}, ${at})`)

@@ -44,13 +44,15 @@ function subcommand(id) {
   const name = id.split(':').at(-1)
   const attrs = ATTRS[name]
   if (!attrs) throw new Error(`no nself attributes for command ${id}`)
-  const flags = Object.values(cmd.flags).sort((a, b) => a.name.localeCompare(b.name)).map((f) => ({
-    name: f.name,
-    ...(f.char ? {shorthand: f.char} : {}),
-    type: flagType(f),
-    ...(f.default !== undefined && f.default !== false ? {default: String(f.default)} : {}),
-    usage: f.description,
-  }))
+  const flags = Object.values(cmd.flags)
+    .sort((a, b) => a.name.localeCompare(b.name))
+    .map((f) => ({
+      name: f.name,
+      ...(f.char ? {shorthand: f.char} : {}),
+      type: flagType(f),
+      ...(f.default !== undefined && f.default !== false ? {default: String(f.default)} : {}),
+      usage: f.description,
+    }))
   return {
     name,
     summary: cmd.description.split('\n')[0].split('. ')[0].replace(/\.$/, ''),
@@ -65,7 +67,10 @@ function subcommand(id) {
 export function buildPluginManifest() {
   // nself's manifest has one level of subcommands: `maintain cleanup` etc. are reached through the same passthrough
   // (`nself nchat-upgrade maintain cleanup` runs `db e2ee maintain cleanup`) but are not listed.
-  const subcommands = Object.keys(oclif.commands).filter((id) => id.startsWith('db:e2ee:') && id.split(':').length === 3).sort().map(subcommand)
+  const subcommands = Object.keys(oclif.commands)
+    .filter((id) => id.startsWith('db:e2ee:') && id.split(':').length === 3)
+    .sort()
+    .map(subcommand)
   return {
     manifest_version: 2,
     name: NAME,
@@ -107,7 +112,7 @@ export function buildPluginManifest() {
   }
 }
 
-const text = JSON.stringify(buildPluginManifest(), null, 2) + '\n'
+const text = `${JSON.stringify(buildPluginManifest(), null, 2)}\n`
 const file = path.join(root, 'plugin.json')
 if (process.argv.includes('--check')) {
   let current = ''

@@ -44,14 +44,16 @@ mkdirSync(path.join(top, 'bin'))
 cpSync(path.join(root, 'bin', plugin.binaryName), path.join(top, 'bin', plugin.binaryName))
 chmodSync(path.join(top, 'bin', plugin.binaryName), 0o755)
 const releasePkg = {...pkg, devDependencies: undefined, files: undefined, scripts: undefined}
-writeFileSync(path.join(top, 'package.json'), JSON.stringify(releasePkg, null, 2) + '\n')
+writeFileSync(path.join(top, 'package.json'), `${JSON.stringify(releasePkg, null, 2)}\n`)
 
 // Production dependencies exactly as the lock file resolved them (npm ls lists their folders).
 const depDirs = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], {cwd: root, encoding: 'utf8'})
-  .split('\n').map((l) => l.trim()).filter((l) => l && l !== root)
+  .split('\n')
+  .map((l) => l.trim())
+  .filter((l) => l && l !== root)
 for (const dir of depDirs) {
   const rel = path.relative(root, dir)
-  if (!rel.startsWith('node_modules' + path.sep)) fail(`unexpected dependency folder ${dir}`)
+  if (!rel.startsWith(`node_modules${path.sep}`)) fail(`unexpected dependency folder ${dir}`)
   cpSync(dir, path.join(top, rel), {
     dereference: false,
     filter: (src) => {
@@ -66,11 +68,12 @@ for (const dir of depDirs) {
 }
 
 // No symlinks anywhere (nself refuses the whole archive on one).
-const walk = (dir) => readdirSync(dir, {withFileTypes: true}).forEach((e) => {
-  const p = path.join(dir, e.name)
-  if (e.isSymbolicLink()) fail(`symlink in the package: ${p}`)
-  if (e.isDirectory()) walk(p)
-})
+const walk = (dir) =>
+  readdirSync(dir, {withFileTypes: true}).forEach((e) => {
+    const p = path.join(dir, e.name)
+    if (e.isSymbolicLink()) fail(`symlink in the package: ${p}`)
+    if (e.isDirectory()) walk(p)
+  })
 walk(top)
 
 const tarball = path.join(outDir, `${plugin.name}-${plugin.version}.tar.gz`)

@@ -8,15 +8,27 @@
 import {readFileSync} from 'node:fs'
 
 const STEPS = [
-  'preflight', 'backup', 'clone restore', 'apply, waiting on a lock',
-  'CONCURRENTLY build 1/3 (idx_messages_encrypted)', 'CONCURRENTLY build 2/3 (idx_messages_sender_device)',
-  'CONCURRENTLY build 3/3 (idx_channels_enforce_encryption)', 'VALIDATE CONSTRAINT', 'verify', 'vacuum',
-  'rollback restore', 'rollback swap', 'rollback swap, just committed',
+  'preflight',
+  'backup',
+  'clone restore',
+  'apply, waiting on a lock',
+  'CONCURRENTLY build 1/3 (idx_messages_encrypted)',
+  'CONCURRENTLY build 2/3 (idx_messages_sender_device)',
+  'CONCURRENTLY build 3/3 (idx_channels_enforce_encryption)',
+  'VALIDATE CONSTRAINT',
+  'verify',
+  'vacuum',
+  'rollback restore',
+  'rollback swap',
+  'rollback swap, just committed',
 ]
 const FAULTS = ['kill -9', 'Ctrl+C', 'SIGTERM', 'sessions ended', 'server restart']
 const FILE = {
-  'Ctrl+C': 'test/faults/ctrl-c.test.ts', 'kill -9': 'test/faults/kill-9.test.ts', 'server restart': 'test/faults/server-restart.faults.ts',
-  'sessions ended': 'test/faults/sessions-ended.faults.ts', SIGTERM: 'test/faults/sigterm.test.ts',
+  'Ctrl+C': 'test/faults/ctrl-c.test.ts',
+  'kill -9': 'test/faults/kill-9.test.ts',
+  'server restart': 'test/faults/server-restart.faults.ts',
+  'sessions ended': 'test/faults/sessions-ended.faults.ts',
+  SIGTERM: 'test/faults/sigterm.test.ts',
 }
 
 const rows = new Map()
@@ -27,7 +39,10 @@ for (const file of process.argv.slice(2)) {
   }
 }
 
-const cell = (s) => String(s ?? '').replaceAll('|', '\\|').replaceAll('\n', ' ')
+const cell = (s) =>
+  String(s ?? '')
+    .replaceAll('|', '\\|')
+    .replaceAll('\n', ' ')
 function left(l) {
   if (!l) return '?'
   if (l.allowConn === false) return `**${'database refuses connections'}**`
@@ -53,7 +68,16 @@ for (const step of STEPS) {
       continue
     }
     const exit = r.signal ? `killed (${r.signal})` : r.code === undefined ? '?' : `exit ${r.code}`
-    const rerun = r.rerun === undefined && r.earlier && r.ok ? 'finishes (exit 0)' : r.rerun === undefined ? (r.ok ? 'not needed (already at the end state)' : 'not reached') : r.rerun === 0 ? 'finishes (exit 0)' : `**fails (exit ${r.rerun})**`
+    const rerun =
+      r.rerun === undefined && r.earlier && r.ok
+        ? 'finishes (exit 0)'
+        : r.rerun === undefined
+          ? r.ok
+            ? 'not needed (already at the end state)'
+            : 'not reached'
+          : r.rerun === 0
+            ? 'finishes (exit 0)'
+            : `**fails (exit ${r.rerun})**`
     const outcome = r.ok ? 'pass' : `**fail**: ${cell(r.failure).slice(0, 160)}`
     console.log(`| ${step} | ${fault} | ${exit}${r.message ? `: ${cell(r.message).slice(0, 180)}` : ''} | ${left(r.left)} | ${rerun} | ${test} | ${outcome} |`)
   }

@@ -127,7 +127,6 @@ SELECT cm.channel_id, cm.user_id,
 ANALYZE;`
 }
 
-
 /**
  * Load the v0.3.0 schema, ledger and data into the (empty) database `sql` is connected to, whose search_path is
  * already the target schema. Big loads build the message indexes once after the data, not row by row.

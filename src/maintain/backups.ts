@@ -116,17 +116,16 @@ export function markProtected(entries: BackupEntry[], states: Map<string, Databa
  */
 export function selectPrune(entries: BackupEntry[], o: {keep?: number; olderThanDays?: number}): BackupEntry[] {
   if (o.keep === undefined && o.olderThanDays === undefined) return []
-  const rank = new Map<BackupEntry, number>()
+  // entries are newest first: an entry's rank is its place in its group, 0 for the newest
   const seen = new Map<string, number>()
-  for (const e of entries) {
-    // entries are newest first
+  const rank = entries.map((e) => {
     const n = seen.get(e.group) ?? 0
-    rank.set(e, n)
     seen.set(e.group, n + 1)
-  }
-  return entries.filter((e) => {
+    return n
+  })
+  return entries.filter((e, i) => {
     if (e.protectedBecause) return false
-    if (o.keep !== undefined && rank.get(e)! < o.keep) return false
+    if (o.keep !== undefined && rank[i] < o.keep) return false
     if (o.olderThanDays !== undefined && !(e.ageDays > o.olderThanDays)) return false
     return true
   })

@@ -30,10 +30,11 @@ export async function keptDatabases(admin: Querier, database: string): Promise<K
     select d.datname as name, pg_database_size(d.oid) as bytes,
            (select count(*)::int from pg_stat_activity a where a.datid = d.oid and a.pid <> pg_backend_pid()) as connections
     from pg_database d where d.datname like '%\\_pre\\_rollback\\_%' order by d.datname desc`
-  return rows.filter((r) => isKeptName(r.name, database)).map((r) => {
-    const m = KEPT.exec(r.name)!
+  return rows.flatMap((r) => {
+    const m = isKeptName(r.name, database) ? KEPT.exec(r.name) : null
+    if (!m) return []
     const [, , y, mo, d, h, mi, s] = m.map(Number)
-    return {bytes: Number(r.bytes), connections: r.connections, keptAt: new Date(y, mo - 1, d, h, mi, s).toISOString(), name: r.name}
+    return [{bytes: Number(r.bytes), connections: r.connections, keptAt: new Date(y, mo - 1, d, h, mi, s).toISOString(), name: r.name}]
   })
 }
 

@@ -81,7 +81,8 @@ export function addedColumns(migrations: MigrationFile[]): Record<string, string
       const table = alteredTable(code)
       if (!table || created.has(table)) continue
       for (const add of code.matchAll(/ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][A-Za-z0-9_]*)"?/gi)) {
-        (out[table] ??= new Set()).add(add[1].toLowerCase())
+        out[table] ??= new Set()
+        out[table].add(add[1].toLowerCase())
       }
     }
   }
@@ -182,7 +183,7 @@ export async function maintenanceReport(sql: Querier, o: ReportOptions): Promise
     signedPrekeys: {devices: staleList.map((r) => ({...r, rotatedAt: iso(r.rotatedAt)})), rotationDays: o.rotationDays, staleDevices: Number(stale.n)},
     statistics: {
       observedDays: observedDays === null ? null : Math.round(observedDays * 10) / 10,
-      resetAt: iso(stats.reset), serverStartedAt: iso(stats.start)!, since: iso(since),
+      resetAt: iso(stats.reset), serverStartedAt: new Date(stats.start).toISOString(), since: iso(since),
     },
     tables: {altered, created},
   }

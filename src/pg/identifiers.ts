@@ -31,7 +31,7 @@ export function validateIdentifier(name: string, what: string): string {
 }
 
 export function quoteIdent(name: string): string {
-  return '"' + name.replaceAll('"', '""') + '"'
+  return `"${name.replaceAll('"', '""')}"`
 }
 
 /** `head` + `suffix`, with `head` cut (never inside a character) so the whole fits in 63 bytes. */

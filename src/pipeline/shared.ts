@@ -12,8 +12,8 @@ import {fmtBytes} from '../text.js'
 import {LogRenderer, startStepProgress} from './log-renderer.js'
 import {outputMode} from './ui.js'
 
-// listr2's generics name the renderers; the pipelines pick one at run time, so they are left open here.
-export type Step<C> = ListrTask<C, any, any> // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: listr2's generics name the renderers; the pipelines pick one at run time, so they are left open here.
+export type Step<C> = ListrTask<C, any, any>
 
 /** Run steps in order, stopping at the first failure; Ctrl+C is ours (src/cancel.ts), not listr2's. */
 export async function runSteps<C extends object>(steps: Step<C>[], ctx: C, json: boolean): Promise<void> {
@@ -33,7 +33,8 @@ export async function runSteps<C extends object>(steps: Step<C>[], ctx: C, json:
       }
     },
   }))
-  await new Listr<C, any, any>(guarded, options as any).run(ctx) // eslint-disable-line @typescript-eslint/no-explicit-any
+  // biome-ignore lint/suspicious/noExplicitAny: the renderer is chosen at run time (see Step)
+  await new Listr<C, any, any>(guarded, options as any).run(ctx)
 }
 
 function notStarted(title: string): CancelledError {

@@ -161,7 +161,8 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
 }
 
 function describeFk(d: ConstraintDef): string {
-  const r = d.references!
+  const r = d.references
+  if (!r) return d.definition
   return `(${d.columns.join(', ')}) → ${r.table}(${r.columns.join(', ')}) ON DELETE ${r.onDelete}`
 }
 
@@ -252,7 +253,7 @@ export function checkGuideLeftovers(checks: Checks, live: Catalog): void {
 
 /** Invalid indexes that are not ours, on the tables we touch (e.g. leftovers of REINDEX CONCURRENTLY). */
 export function checkInvalidLeftovers(checks: Checks, expected: ExpectedSchema, live: Catalog, upTo: number): void {
-  const tables = new Set(expected.objects.filter((o) => o.since <= upTo && o.table).map((o) => o.table!))
+  const tables = new Set(expected.objects.flatMap((o) => (o.since <= upTo && o.table ? [o.table] : [])))
   const ours = new Set(expected.objects.filter((o) => o.kind === 'index').map((o) => o.name))
   for (const o of live.values()) {
     if (o.kind !== 'index' || ours.has(o.name) || !o.table || !tables.has(o.table)) continue

@@ -51,16 +51,19 @@ export async function existingTableShapes(sql: Querier, plan: Plan): Promise<Sha
        and c.relname = any(${wanted.map((t) => t.table)}::text[])`
   const live = new Map<string, Map<string, string>>()
   for (const r of rows) {
-    if (!live.has(r.table)) live.set(r.table, new Map())
-    live.get(r.table)!.set(r.column, r.type)
+    const columns = live.get(r.table) ?? new Map<string, string>()
+    live.set(r.table, columns)
+    columns.set(r.column, r.type)
   }
   const checks: ShapeCheck[] = []
   for (const t of wanted) {
     const have = live.get(t.table)
     if (!have) continue
     const missing = [...t.columns].filter(([c, d]) => d.since === t.since && !have.has(c)).map(([c]) => c)
-    const retyped = [...have].filter(([c, type]) => t.columns.has(c) && t.columns.get(c)!.type !== type)
-      .map(([c, type]) => `${c} is ${type}, not ${t.columns.get(c)!.type}`)
+    const retyped = [...have].flatMap(([c, type]) => {
+      const want = t.columns.get(c)
+      return want && want.type !== type ? [`${c} is ${type}, not ${want.type}`] : []
+    })
     const extra = [...have.keys()].filter((c) => !t.columns.has(c))
     const differences = [
       missing.length > 0 ? `no column ${missing.join(', ')}` : '',

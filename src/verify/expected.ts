@@ -65,7 +65,9 @@ export function buildExpectedSchema(baseline: Catalog, after: Array<{version: nu
     const states = steps.map((s) => s.catalog.get(key))
     const first = states.findIndex((o) => !sameDef(o?.def, base?.def))
     if (first < 0) continue
-    const ref = states[first] ?? base!
+    // An object that differs from the baseline exists at that version or in the baseline (or both).
+    const ref = states[first] ?? base
+    if (!ref) continue
     const entry: ExpectedObject = {def: states[first]?.def ?? null, key, kind: ref.kind, name: ref.name, since: steps[first].version}
     if (ref.table !== undefined) entry.table = ref.table
     const revisions: Array<{from: number; def: ObjectDef | null}> = []
@@ -85,7 +87,7 @@ export function buildExpectedSchema(baseline: Catalog, after: Array<{version: nu
 }
 
 export function serializeExpectedSchema(schema: ExpectedSchema): string {
-  return JSON.stringify(schema, null, 2) + '\n'
+  return `${JSON.stringify(schema, null, 2)}\n`
 }
 
 /**

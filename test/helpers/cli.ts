@@ -91,7 +91,8 @@ export function dockerCalls(log: string): string[][] {
   }
 }
 
-export function parseJson(stdout: string): any { // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: the commands' --json output, read by each test as it expects it
+export function parseJson(stdout: string): any {
   return JSON.parse(stdout)
 }
 

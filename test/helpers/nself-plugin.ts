@@ -36,7 +36,7 @@ const ENUMS = {
 const EXACT_PERMISSIONS = ['network:internet', 'db:read', 'db:write', 'system:exec']
 const PARAM_PERMISSIONS = ['network:plugin', 'secrets:env', 'fs:write', 'ai:provider']
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: a manifest as decoded JSON, walked key by key like nself's Go decoder
 type Json = any
 
 function unknownKeys(obj: Json, allowed: string[], where: string, out: string[]): void {
