@@ -8,8 +8,21 @@ import {resolveTarget, type Target} from './connection/target.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 
-/** How every command finds the database: the same flags everywhere (flags > env files > PG* > defaults). */
-export abstract class BaseCommand extends Command {
+/** What a command prints with --json when it fails (stdout; the sentence and hint also go to stderr). */
+export interface ErrorResult {
+  error: {hint?: string; message: string}
+  ok: false
+}
+
+/**
+ * How every command finds the database: the same flags everywhere (flags > env files > PG* > defaults).
+ * A command is typed by its result (`class Migrate extends BaseCommand<MigrateSummary>`, as the Salesforce CLI's
+ * `SfCommand<T>`): `run()` returns it, oclif prints it as the one JSON document on stdout under --json
+ * (`enableJsonFlag`), and the command prints its human summary only without --json.
+ */
+export abstract class BaseCommand<T = unknown> extends Command {
+  static enableJsonFlag = true
+  // oclif adds its own `json` flag (enableJsonFlag); declaring it here keeps our description in the help and manifests.
   static baseFlags = {
     container: Flags.string({description: 'Postgres container for pg_dump/pg_restore (default ${PROJECT_NAME}_postgres, then nself-postgres).', helpGroup: 'CONNECTION'}),
     database: Flags.string({char: 'd', description: 'Database name (default POSTGRES_DB from the nself env).', helpGroup: 'CONNECTION'}),
@@ -25,8 +38,14 @@ export abstract class BaseCommand extends Command {
     yes: Flags.boolean({char: 'y', default: false, description: 'Answer yes to confirmations (required without a terminal).'}),
   }
 
-  protected jsonMode = false
   protected verbose = false
+
+  /** --json, as oclif reads it (`jsonEnabled()`). */
+  protected get jsonMode(): boolean {
+    return this.jsonEnabled()
+  }
+
+  abstract run(): Promise<T>
 
   protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
     installSigintHandler()
@@ -40,7 +59,6 @@ export abstract class BaseCommand extends Command {
       throw new UserError(`${sentence}.`, {cause: error, exitCode: 2, hint: 'See --help.'})
     }
     const f = flags as BaseFlags<T>
-    this.jsonMode = Boolean(f.json)
     this.verbose = Boolean(f.verbose) || Boolean(process.env.DEBUG)
     const interval = (f as {'progress-interval'?: number})['progress-interval']
     if (interval !== undefined) setProgressInterval(interval)
@@ -62,14 +80,23 @@ export abstract class BaseCommand extends Command {
     })
   }
 
-  /** Human output goes to stderr in --json mode so stdout holds only the document. */
+  /** Human output: none in --json mode, so stdout holds only the document. */
   protected say(line: string): void {
     if (this.jsonMode) return
     process.stdout.write(line + '\n')
   }
 
-  protected printJson(doc: unknown): void {
-    process.stdout.write(JSON.stringify(doc, replacer, 2) + '\n')
+  /**
+   * How oclif writes the --json document (the result `run` returned, or `toErrorJson`'s): indented by 2 spaces,
+   * bigint values (counts from PostgreSQL) as strings, and no colours (oclif would colour it on a terminal).
+   */
+  protected logJson(json: unknown): void {
+    process.stdout.write(JSON.stringify(json, replacer, 2) + '\n')
+  }
+
+  protected toErrorJson(err: unknown): ErrorResult {
+    const ue = toUserError(err)
+    return {error: {hint: ue.hint, message: ue.message}, ok: false}
   }
 
   async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<void> {
@@ -78,9 +105,8 @@ export abstract class BaseCommand extends Command {
     // A crash is being reported (and undone) by the last-resort handler, which exits: do not speak twice.
     if (lastResortActive()) await new Promise(() => {})
     const ue = toUserError(err)
-    if (this.jsonMode || process.argv.includes('--json')) {
-      this.printJson({error: {hint: ue.hint, message: ue.message}, ok: false})
-    }
+    // Also when the flags could not be parsed: jsonEnabled() reads --json from argv.
+    if (this.jsonEnabled()) this.logJson(this.toErrorJson(ue))
     process.stderr.write(`Error: ${ue.message}\n`)
     if (ue.hint) process.stderr.write(`  ${ue.hint}\n`)
     if (this.verbose || process.argv.includes('--verbose')) {

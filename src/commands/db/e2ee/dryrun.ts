@@ -7,7 +7,9 @@ import {runDryRun, type DryRunSummary} from '../../../pipeline/dryrun.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {plural} from '../../../text.js'
 
-export default class DryRun extends BaseCommand {
+export type DryRunResult = DryRunSummary
+
+export default class DryRun extends BaseCommand<DryRunResult> {
   static description = `Rehearse the upgrade without touching production: preflight, a backup (or --from-backup), restore it into a throwaway database, apply and verify there, drop it.
 
 Reports each statement with the locks it took and whether it ran inside a transaction, and the measured apply time as the forecast. Exits non-zero when the migration would fail, naming the statement.`
@@ -22,7 +24,7 @@ Reports each statement with the locks it took and whether it ran inside a transa
     ...verboseListing('every statement with its time and locks (by default: one line per migration and the statements that lock existing tables)'),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<DryRunResult> {
     const flags = await this.parseBase(DryRun)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const s = await runDryRun({
@@ -31,12 +33,13 @@ Reports each statement with the locks it took and whether it ran inside a transa
       runLockWaitMs: flags['lock-wait'] * 1000, target, to: flags.to,
     })
     if (this.jsonMode) {
-      this.printJson(s)
+      // The document says ok: false and why; the exit code says it too.
       if (!s.ok) process.exitCode = 1
-      return
+      return s
     }
     this.report(s)
     if (s.failure) throw new UserError(`The migration would fail: ${s.failure.replace(/\.$/, '')}.`, {hint: 'Production was not changed. Fix the cause and run the dry run again.'})
+    return s
   }
 
   private report(s: DryRunSummary): void {

@@ -6,7 +6,9 @@ import {runMigrate, type MigrateSummary} from '../../../pipeline/migrate.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {plural} from '../../../text.js'
 
-export default class Migrate extends BaseCommand {
+export type MigrateResult = MigrateSummary
+
+export default class Migrate extends BaseCommand<MigrateResult> {
   static description = `Upgrade nChat's database to v0.4.0: preflight, verified backup, dry run on a restored copy, apply (online: short lock timeouts, concurrent index builds), verify, vacuum.
 
 Every step is shown as it runs; the first failure stops the run with production as it was. A second run is a no-op.`
@@ -24,7 +26,7 @@ Every step is shown as it runs; the first failure stops the run with production 
     to: Flags.integer({description: 'Stop after this migration version (e.g. 14).', min: 13}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<MigrateResult> {
     const flags = await this.parseBase(Migrate)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     if (flags['skip-backup']) process.stderr.write('WARNING: --skip-backup: no backup will be taken; the only way back will be the down migrations.\n')
@@ -33,8 +35,8 @@ Every step is shown as it runs; the first failure stops the run with production 
       maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
       skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], target, to: flags.to, yes: flags.yes,
     })
-    if (this.jsonMode) return this.printJson(s)
-    this.printSummary(s)
+    if (!this.jsonMode) this.printSummary(s)
+    return s
   }
 
   private printSummary(s: MigrateSummary): void {

@@ -5,7 +5,9 @@ import {backupFlags, runnerFlags} from '../../../flags.js'
 import {runRollback, type RollbackSummary} from '../../../pipeline/rollback.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 
-export default class Rollback extends BaseCommand {
+export type RollbackResult = RollbackSummary
+
+export default class Rollback extends BaseCommand<RollbackResult> {
   static description = `Go back to before the upgrade, without ever being left with no database.
 
 --strategy restore (default): check the newest pre-migration backup (or --backup FILE), restore it into a new database, check it against its manifest, say what would be lost, then swap names in one short step; the replaced database is kept.
@@ -23,7 +25,7 @@ export default class Rollback extends BaseCommand {
     to: Flags.integer({description: 'With --strategy down: the version to go back to (default 12). With restore: only accepted when the backup is at that version.', min: 12}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<RollbackResult> {
     const flags = await this.parseBase(Rollback)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const s = await runRollback({
@@ -31,8 +33,8 @@ export default class Rollback extends BaseCommand {
       maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
       strategy: flags.strategy as 'restore' | 'down', target, to: flags.to, yes: flags.yes,
     })
-    if (this.jsonMode) return this.printJson(s)
-    this.report(s)
+    if (!this.jsonMode) this.report(s)
+    return s
   }
 
   private report(s: RollbackSummary): void {

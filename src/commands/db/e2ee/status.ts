@@ -5,9 +5,16 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../../base-command.js'
 import {checkBeforeReading, note} from '../../../pipeline/command.js'
 import {inspect, statusDocument} from '../../../migrations/inspect.js'
-import {type PgTool, reportTools} from '../../../connection/tools.js'
+import {type PgTool, reportTools, type ToolReport} from '../../../connection/tools.js'
 
-export default class Status extends BaseCommand {
+export type StatusResult = {ok: true} & ReturnType<typeof statusDocument> & {
+  busy: string | null
+  leftovers: Array<{kind: string; kept: boolean; name: string; owner: string}>
+  repaired: string | null
+  tools: ToolReport
+}
+
+export default class Status extends BaseCommand<StatusResult> {
   static description = 'Show where the database stands: server, schema, and each migration 013-016 applied, pending, partial or drifted (with checksums), and where every connection setting came from.'
   static examples = ['<%= config.bin %> db e2ee status', '<%= config.bin %> db e2ee status --json --local --host 127.0.0.1 -d nchat']
   static flags = {
@@ -15,7 +22,7 @@ export default class Status extends BaseCommand {
     'migrations-dir': Flags.string({description: 'Use migration files from this folder instead of the packaged ones.'}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<StatusResult> {
     const flags = await this.parseBase(Status)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     // Before connecting: a database left closed by an interrupted swap is opened again, and leftovers are listed.
@@ -23,7 +30,7 @@ export default class Status extends BaseCommand {
     if (state?.repaired) note(state.repaired)
     const ins = await inspect(target, {migrationsDir: flags['migrations-dir']})
     try {
-      const leftovers = [
+      const leftovers: StatusResult['leftovers'] = [
         ...(state?.databases ?? []).map((d) => ({
           kind: d.kind === 'dryrun' ? 'dry-run clone' : 'restored copy', kept: d.kept, name: d.name,
           owner: state?.busy && state.busy.run === d.run ? 'running' : 'gone',
@@ -32,7 +39,8 @@ export default class Status extends BaseCommand {
       ]
       const tools = await reportTools(target)
       const doc = {...statusDocument(target, ins), busy: state?.busy?.command ?? null, leftovers, repaired: state?.repaired ?? null, tools}
-      if (this.jsonMode) return this.printJson({ok: true, ...doc})
+      const result: StatusResult = {ok: true, ...doc}
+      if (this.jsonMode) return result
       this.say(`Server      PostgreSQL ${doc.server}`)
       this.say(`Database    ${doc.connection.database} on ${doc.connection.host}:${doc.connection.port} as ${doc.connection.user}, schema ${doc.schema}`)
       const v = (tool: PgTool) => `${tool} ${tools.versions[tool] ?? 'missing'}`
@@ -59,6 +67,7 @@ export default class Status extends BaseCommand {
       this.say(`ENV         ${doc.settings.env ?? 'dev'}${doc.settings.legacyOrder ? ', NSELF_LEGACY_ENV_ORDER: legacy cascade order' : ''}; env files read: ${doc.settings.envFiles.length > 0 ? doc.settings.envFiles.map((f) => path.relative(doc.settings.projectDir, f) || f).join(' → ') : 'none'}`)
       this.say('Settings came from:')
       for (const [k, v] of Object.entries(doc.connection.sources)) this.say(`  ${k.padEnd(12)} ${v}`)
+      return result
     } finally {
       await ins.sql.end({timeout: 2})
     }

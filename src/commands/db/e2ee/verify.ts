@@ -13,7 +13,9 @@ import {verboseListing} from '../../../flags.js'
 import {fmtMs} from '../../../pipeline/ui.js'
 import type {VerifyReport} from '../../../verify/report.js'
 
-export default class Verify extends BaseCommand {
+export type VerifyResult = {database: string; schema: string; upTo: number} & VerifyReport & {elapsedMs: number}
+
+export default class Verify extends BaseCommand<VerifyResult> {
   static description = `Check that every object migrations 013-016 create is there and valid (tables, columns, indexes by name and validity, constraints validated with their delete rules, checks, the bundle view and claim function), that existing rows were not changed, and that the guide's queries use their indexes.
 
 Read-only; works on any database. Exit 1 when a check fails, naming the object.`
@@ -25,7 +27,7 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
     ...verboseListing('every check, also those that passed (by default: failures, then warnings, then how many passed)'),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<VerifyResult> {
     const startedAt = Date.now()
     const flags = await this.parseBase(Verify)
     const target = this.targetFrom(flags)
@@ -44,9 +46,7 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
         () => new CancelledError('verify', 'the database was not changed (verify only reads)'),
       )
       const elapsedMs = Date.now() - startedAt
-      if (this.jsonMode) {
-        this.printJson({database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs})
-      } else {
+      if (!this.jsonMode) {
         this.printChecks(report)
         const counts = countChecks(report)
         this.say(report.ok
@@ -54,9 +54,11 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
           : `Verify of ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`)
       }
       if (!report.ok) {
+        // With --json the document says ok: false and what failed; the exit code says it too.
         if (this.jsonMode) process.exitCode = 1
         else throw new UserError(`Verification failed: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more, listed above)` : ''}.`)
       }
+      return {database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs}
     } finally {
       // After Ctrl+C a check may still be running on the server: end it now rather than wait for it.
       await (isCancelled() ? stopPool(ins.sql) : ins.sql.end({timeout: 2}))

@@ -12,7 +12,21 @@ import {assertCanConfirm, confirm} from '../../../../pipeline/ui.js'
 import type {Sql} from '../../../../connection/connect.js'
 import {fmtBytes} from '../../../../text.js'
 
-export default class MaintainBackups extends BaseCommand {
+export interface BackupsResult {
+  backups: BackupEntry[]
+  database: string
+  dir: string
+  dropped: string[]
+  dryRun: boolean
+  kept: KeptDatabase[] | null
+  ok: true
+  pruned: string[]
+  serverProblem: string | null
+  wouldDrop: string[]
+  wouldPrune: string[]
+}
+
+export default class MaintainBackups extends BaseCommand<BackupsResult> {
   static description = `List the backups this plugin and nself made in the backup folder (size, age, database, ledger version, verified against the manifest), and the databases a restore rollback kept (<db>_pre_rollback_*) with their size.
 
 Prune with --keep N (the newest N of each database) and/or --older-than DAYS, after confirmation; never the newest pre-migration backup of a database at 16, nor the newest backup from before 013 of a database that has 013. Drop the kept databases with --drop-kept, after confirmation.`
@@ -31,7 +45,7 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
     verify: Flags.boolean({default: false, description: 'Check each backup\'s sha256 against its manifest (reads every file), not only its size.'}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<BackupsResult> {
     const flags = await this.parseBase(MaintainBackups)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const dir = path.resolve(target.backupDir)
@@ -80,11 +94,9 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
       }
       const wouldPrune = flags['dry-run'] ? prune : []
       const wouldDrop = flags['dry-run'] ? drop : []
-      if (this.jsonMode) {
-        this.printJson({backups, database: target.conn.database, dir, dropped: dropped.map((d) => d.name), dryRun: flags['dry-run'], kept, ok: true,
-          pruned: pruned.map((b) => b.file), serverProblem, wouldDrop: wouldDrop.map((d) => d.name), wouldPrune: wouldPrune.map((b) => b.file)})
-        return
-      }
+      const result: BackupsResult = {backups, database: target.conn.database, dir, dropped: dropped.map((d) => d.name), dryRun: flags['dry-run'], kept, ok: true,
+        pruned: pruned.map((b) => b.file), serverProblem, wouldDrop: wouldDrop.map((d) => d.name), wouldPrune: wouldPrune.map((b) => b.file)}
+      if (this.jsonMode) return result
       for (const b of wouldPrune) this.say(`would delete ${b.file}`)
       for (const d of wouldDrop) this.say(`would drop database ${d.name}`)
       if (pruning || flags['drop-kept']) {
@@ -93,6 +105,7 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
           ? `Dry run: ${wouldPrune.length} backup(s) and ${wouldDrop.length} kept database(s) would be removed.`
           : `Deleted ${pruned.length} backup(s), dropped ${dropped.length} kept database(s)${protectedCount ? `; ${protectedCount} protected backup(s) kept` : ''}.`)
       }
+      return result
     } finally {
       await admin?.end({timeout: 2}).catch(() => {})
     }

@@ -8,7 +8,10 @@ import {findAppSchema} from '../../../../migrations/ledger.js'
 import {assertCanConfirm, confirm, fmtMs} from '../../../../pipeline/ui.js'
 import {connectChecked} from '../../../../connection/connect.js'
 
-export default class MaintainCleanup extends BaseCommand {
+/** The count (--dry-run, or nothing to delete), or what was deleted. */
+export type CleanupResult = {database: string; ok: boolean} & CleanupReport & {elapsedMs?: number}
+
+export default class MaintainCleanup extends BaseCommand<CleanupResult> {
   static description = `The guide's automated cleanup: delete audit log rows older than --audit-days (90) and consumed one-time prekeys consumed more than --prekey-days (30) ago, in small batches that each lock few rows for a short time and commit.
 
 Never deletes an unconsumed prekey, a prekey without a consumption time, or an audit row younger than the limit. Safe to interrupt (Ctrl+C: the batch in flight commits or rolls back, exit 130) and to run again: a rerun carries on where the last one stopped. --dry-run only counts.`
@@ -32,7 +35,7 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
   /** When each table's first progress came (runCleanup reports every table as it starts): its time in the summary. */
   private tableStarts = new Map<string, number>()
 
-  async run(): Promise<void> {
+  async run(): Promise<CleanupResult> {
     const flags = await this.parseBase(MaintainCleanup)
     const target = this.targetFrom(flags)
     if (!flags['dry-run']) assertCanConfirm(flags.yes, 'Deleting old audit rows and consumed prekeys')
@@ -49,9 +52,8 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
         this.note(`${schema}.${t.table}: ${t.matched} row(s) older than ${t.days} days (before ${t.cutoff})`)
       }
       if (flags['dry-run'] || total === 0) {
-        if (this.jsonMode) this.printJson({database: target.conn.database, ok: true, ...counted})
-        else this.say(total === 0 ? 'Nothing to delete.' : `Dry run: ${total} row(s) would be deleted; nothing was changed.`)
-        return
+        this.say(total === 0 ? 'Nothing to delete.' : `Dry run: ${total} row(s) would be deleted; nothing was changed.`)
+        return {database: target.conn.database, ok: true, ...counted}
       }
       if (!(await confirm(`Delete ${total} row(s) from ${target.conn.database} in batches of up to ${flags['batch-size']}?`, flags.yes))) {
         throw new UserError('Cleanup was not confirmed; nothing was deleted.', {exitCode: 1})
@@ -65,7 +67,7 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
       } finally {
         await lock.release()
       }
-      this.finish(target.conn.database, report)
+      return this.finish(target.conn.database, report)
     } finally {
       await sql.end({timeout: 2})
     }
@@ -87,10 +89,10 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
     if (!this.jsonMode) process.stderr.write(line + '\n')
   }
 
-  private finish(database: string, report: CleanupReport): void {
+  private finish(database: string, report: CleanupReport): CleanupResult {
     const end = Date.now()
     const elapsedMs = end - this.startedAt
-    if (this.jsonMode) this.printJson({database, ok: !report.interrupted, ...report, elapsedMs})
+    const result = {database, ok: !report.interrupted, ...report, elapsedMs}
     const starts = report.tables.map((t) => this.tableStarts.get(t.table))
     for (const [i, t] of report.tables.entries()) {
       const start = starts[i]
@@ -101,11 +103,12 @@ Never deletes an unconsumed prekey, a prekey without a consumption time, or an a
       const message = `Interrupted: cleanup stopped by Ctrl+C after deleting ${report.deleted} row(s); every committed batch stays deleted and nothing is half-done.`
       const hint = 'Run the same command again to carry on.'
       if (!this.jsonMode) throw new UserError(message, {exitCode: 130, hint})
-      // The document above already says interrupted: true; one JSON document only.
+      // The document says interrupted: true; one JSON document only.
       process.stderr.write(`${message}\n  ${hint}\n`)
       process.exitCode = 130
-      return
+      return result
     }
     this.say(`Deleted ${report.deleted} row(s) in ${fmtMs(report.durationMs)} (total ${fmtMs(elapsedMs)}, counting and confirmation included).`)
+    return result
   }
 }

@@ -8,7 +8,9 @@ import {findAppSchema} from '../../../../migrations/ledger.js'
 import {connectChecked} from '../../../../connection/connect.js'
 import {fmtBytes} from '../../../../text.js'
 
-export default class MaintainReport extends BaseCommand {
+export type ReportResult = {database: string; ok: true} & MaintenanceReport
+
+export default class MaintainReport extends BaseCommand<ReportResult> {
   static description = `What the guide asks operators to watch after the upgrade, read-only: index usage of the tables 013-016 create and of the columns they add (scans, size, unused since the statistics were reset, and when that was), devices whose active signed prekey is older than the rotation period, devices low on unconsumed one-time prekeys, table and index bloat (pgstattuple when installed, otherwise an estimate from the statistics), and the last vacuum and analyze of each table.
 
 The guide's index-usage query mixes AND/OR without parentheses and misses most of the new tables (defect D8); this one does not.`
@@ -19,7 +21,7 @@ The guide's index-usage query mixes AND/OR without parentheses and misses most o
     'stock-threshold': Flags.integer({default: 10, description: 'A device with fewer unconsumed one-time prekeys than this is listed.', min: 1}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<ReportResult> {
     const flags = await this.parseBase(MaintainReport)
     const target = this.targetFrom(flags)
     const sql = await connectChecked(target.conn, {max: 1})
@@ -29,8 +31,8 @@ The guide's index-usage query mixes AND/OR without parentheses and misses most o
       const report = await maintenanceReport(sql, {
         listLimit: flags.list, migrations: loadMigrations(), rotationDays: flags['rotation-days'], schema, stockThreshold: flags['stock-threshold'],
       })
-      if (this.jsonMode) return this.printJson({database: target.conn.database, ok: true, ...report})
-      this.print(target.conn.database, report)
+      if (!this.jsonMode) this.print(target.conn.database, report)
+      return {database: target.conn.database, ok: true, ...report}
     } finally {
       await sql.end({timeout: 2})
     }
