@@ -19,7 +19,7 @@ export interface ErrorResult {
 
 /**
  * How every command finds the database: the same flags everywhere (flags > env files > PG* > defaults).
- * A command is typed by its result (`class Migrate extends BaseCommand<MigrateSummary>`, as the Salesforce CLI's
+ * A command is typed by its result (`class Migrate extends BaseCommand<MigrateResult>`, as the Salesforce CLI's
  * `SfCommand<T>`): `run()` returns it, oclif prints it as the one JSON document on stdout under --json
  * (`enableJsonFlag`), and the command prints its human summary only without --json.
  */
@@ -43,7 +43,7 @@ export abstract class BaseCommand<T = unknown> extends Command {
 
   protected verbose = false
 
-  /** --json, as oclif reads it (`jsonEnabled()`). */
+  /** --json, as oclif reads it (`jsonEnabled()`); the pipelines are told, to keep their progress off stdout. */
   protected get jsonMode(): boolean {
     return this.jsonEnabled()
   }
