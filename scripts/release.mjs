@@ -2,7 +2,7 @@
 // Builds the nself plugin tarball: release/nchat-upgrade-<version>.tar.gz (and its sha256 in
 // release/SHA256SUMS), installable with `nself install <url> --checksum <sha256>`.
 // The archive's root is the plugin folder as nself lays it out in ~/.nself/plugins/nchat-upgrade/: plugin.json,
-// package.json, bin/nself-nchat-upgrade (the executable nself copies to ~/.nself/plugins/bin/), dist/, migrations/,
+// package.json, bin/nself-nchat-upgrade (the executable nself copies to ~/.nself/plugins/bin/), dist/, messages/, migrations/,
 // oclif.manifest.json and the production dependencies in node_modules/, so it runs with Node 20 and nothing
 // downloaded. nself's extractor refuses symlinks and links, so there are none (node_modules/.bin is left out).
 // Run `npm run build` first (`npm run release` does).
@@ -36,7 +36,7 @@ rmSync(stage, {force: true, recursive: true})
 mkdirSync(top, {recursive: true})
 
 // The package itself.
-for (const entry of ['plugin.json', 'oclif.manifest.json', 'README.md', 'migrations', 'dist']) {
+for (const entry of ['plugin.json', 'oclif.manifest.json', 'README.md', 'messages', 'migrations', 'dist']) {
   cpSync(path.join(root, entry), path.join(top, entry), {recursive: true})
 }
 rmSync(path.join(top, 'dist', 'tsconfig.tsbuildinfo'), {force: true})

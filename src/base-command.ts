@@ -3,30 +3,52 @@ import {Command, Flags, type Interfaces} from '@oclif/core'
 import {installSigintHandler} from './cancel.js'
 import {toUserError, UserError} from './errors.js'
 import {installLastResort, lastResortActive} from './last-resort.js'
+import {loadMessages} from './messages.js'
 import {setProgressInterval} from './pipeline/log-renderer.js'
 import {resolveTarget, type Target} from './connection/target.js'
 
+const messages = loadMessages('base')
+
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 
-/** How every command finds the database: the same flags everywhere (flags > env files > PG* > defaults). */
-export abstract class BaseCommand extends Command {
+/** What a command prints with --json when it fails (stdout; the sentence and hint also go to stderr). */
+export interface ErrorResult {
+  error: {hint?: string; message: string}
+  ok: false
+}
+
+/**
+ * How every command finds the database: the same flags everywhere (flags > env files > PG* > defaults).
+ * A command is typed by its result (`class Migrate extends BaseCommand<MigrateResult>`, as the Salesforce CLI's
+ * `SfCommand<T>`): `run()` returns it, oclif prints it as the one JSON document on stdout under --json
+ * (`enableJsonFlag`), and the command prints its human summary only without --json.
+ */
+export abstract class BaseCommand<T = unknown> extends Command {
+  static enableJsonFlag = true
+  // oclif adds its own `json` flag (enableJsonFlag); declaring it here keeps our description in the help and manifests.
   static baseFlags = {
-    container: Flags.string({description: 'Postgres container for pg_dump/pg_restore (default ${PROJECT_NAME}_postgres, then nself-postgres).', helpGroup: 'CONNECTION'}),
-    database: Flags.string({char: 'd', description: 'Database name (default POSTGRES_DB from the nself env).', helpGroup: 'CONNECTION'}),
-    'nself-env-file': Flags.string({description: 'An extra env file read after nself\'s cascade (.env, .env.<ENV>, .env.secrets, .env.local); it wins over them and the environment.', helpGroup: 'CONNECTION'}),
-    host: Flags.string({description: 'Server host for SQL (default POSTGRES_HOST, PGHOST, 127.0.0.1).', helpGroup: 'CONNECTION'}),
-    json: Flags.boolean({default: false, description: 'Print one JSON document on stdout and nothing else.'}),
-    local: Flags.boolean({default: false, description: 'Run pg_dump/pg_restore on this machine instead of docker exec.', helpGroup: 'CONNECTION'}),
-    port: Flags.integer({description: 'Server port (default POSTGRES_PORT, PGPORT, 5432).', helpGroup: 'CONNECTION', max: 65_535, min: 1}),
-    'project-dir': Flags.string({default: '.', description: 'nself project root holding the .env files (its backend/ folder when that has a .env, as nself does).', helpGroup: 'CONNECTION'}),
-    schema: Flags.string({description: 'Schema holding the nChat tables (default: where nchat_users is).', helpGroup: 'CONNECTION'}),
-    user: Flags.string({char: 'U', description: 'Database user (default POSTGRES_USER, PGUSER, postgres).', helpGroup: 'CONNECTION'}),
-    verbose: Flags.boolean({default: false, description: 'Show the underlying cause of errors.'}),
-    yes: Flags.boolean({char: 'y', default: false, description: 'Answer yes to confirmations (required without a terminal).'}),
+    container: Flags.string({description: messages.getMessage('flags.container.description'), helpGroup: 'CONNECTION'}),
+    database: Flags.string({char: 'd', description: messages.getMessage('flags.database.description'), helpGroup: 'CONNECTION'}),
+    'nself-env-file': Flags.string({description: messages.getMessage('flags.nself-env-file.description'), helpGroup: 'CONNECTION'}),
+    host: Flags.string({description: messages.getMessage('flags.host.description'), helpGroup: 'CONNECTION'}),
+    json: Flags.boolean({default: false, description: messages.getMessage('flags.json.description')}),
+    local: Flags.boolean({default: false, description: messages.getMessage('flags.local.description'), helpGroup: 'CONNECTION'}),
+    port: Flags.integer({description: messages.getMessage('flags.port.description'), helpGroup: 'CONNECTION', max: 65_535, min: 1}),
+    'project-dir': Flags.string({default: '.', description: messages.getMessage('flags.project-dir.description'), helpGroup: 'CONNECTION'}),
+    schema: Flags.string({description: messages.getMessage('flags.schema.description'), helpGroup: 'CONNECTION'}),
+    user: Flags.string({char: 'U', description: messages.getMessage('flags.user.description'), helpGroup: 'CONNECTION'}),
+    verbose: Flags.boolean({default: false, description: messages.getMessage('flags.verbose.description')}),
+    yes: Flags.boolean({char: 'y', default: false, description: messages.getMessage('flags.yes.description')}),
   }
 
-  protected jsonMode = false
   protected verbose = false
+
+  /** --json, as oclif reads it (`jsonEnabled()`); the pipelines are told, to keep their progress off stdout. */
+  protected get jsonMode(): boolean {
+    return this.jsonEnabled()
+  }
+
+  abstract run(): Promise<T>
 
   protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
     installSigintHandler()
@@ -37,10 +59,9 @@ export abstract class BaseCommand extends Command {
     } catch (error) {
       // Anything the parser refuses (unknown flag, bad value, a flag twice) is a usage error: exit 2.
       const sentence = (error as Error).message.split('\n').map((l) => l.trim()).filter((l) => l && !/^See more help/.test(l)).join(': ').replace(/\.$/, '')
-      throw new UserError(`${sentence}.`, {cause: error, exitCode: 2, hint: 'See --help.'})
+      throw new UserError(`${sentence}.`, {cause: error, exitCode: 2, hint: messages.getMessage('error.Usage.hint')})
     }
     const f = flags as BaseFlags<T>
-    this.jsonMode = Boolean(f.json)
     this.verbose = Boolean(f.verbose) || Boolean(process.env.DEBUG)
     const interval = (f as {'progress-interval'?: number})['progress-interval']
     if (interval !== undefined) setProgressInterval(interval)
@@ -62,14 +83,23 @@ export abstract class BaseCommand extends Command {
     })
   }
 
-  /** Human output goes to stderr in --json mode so stdout holds only the document. */
+  /** Human output: none in --json mode, so stdout holds only the document. */
   protected say(line: string): void {
     if (this.jsonMode) return
     process.stdout.write(line + '\n')
   }
 
-  protected printJson(doc: unknown): void {
-    process.stdout.write(JSON.stringify(doc, replacer, 2) + '\n')
+  /**
+   * How oclif writes the --json document (the result `run` returned, or `toErrorJson`'s): indented by 2 spaces,
+   * bigint values (counts from PostgreSQL) as strings, and no colours (oclif would colour it on a terminal).
+   */
+  protected logJson(json: unknown): void {
+    process.stdout.write(JSON.stringify(json, replacer, 2) + '\n')
+  }
+
+  protected toErrorJson(err: unknown): ErrorResult {
+    const ue = toUserError(err)
+    return {error: {hint: ue.hint, message: ue.message}, ok: false}
   }
 
   async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<void> {
@@ -78,9 +108,8 @@ export abstract class BaseCommand extends Command {
     // A crash is being reported (and undone) by the last-resort handler, which exits: do not speak twice.
     if (lastResortActive()) await new Promise(() => {})
     const ue = toUserError(err)
-    if (this.jsonMode || process.argv.includes('--json')) {
-      this.printJson({error: {hint: ue.hint, message: ue.message}, ok: false})
-    }
+    // Also when the flags could not be parsed: jsonEnabled() reads --json from argv.
+    if (this.jsonEnabled()) this.logJson(this.toErrorJson(ue))
     process.stderr.write(`Error: ${ue.message}\n`)
     if (ue.hint) process.stderr.write(`  ${ue.hint}\n`)
     if (this.verbose || process.argv.includes('--verbose')) {

@@ -1,25 +1,31 @@
 import {Flags} from '@oclif/core'
 
+import {loadMessages} from './messages.js'
 import {DEFAULT_PROGRESS_INTERVAL_S} from './pipeline/log-renderer.js'
+
+const messages = loadMessages('flags')
+
+/** --migrations-dir, also taken by status and verify. */
+export const migrationsDirFlag = Flags.string({description: messages.getMessage('flags.migrations-dir.description')})
 
 /** Flags shared by the commands that run migrations (migrate, dryrun, rollback). */
 export const runnerFlags = {
-  'lock-timeout': Flags.integer({default: 200, description: 'lock_timeout in ms for statements that lock existing tables: the longest a writer can be held up.', min: 10}),
-  'lock-wait': Flags.integer({default: 60, description: 'Seconds to wait for another nself db e2ee run on the same database.', min: 0}),
-  'max-lock-wait': Flags.integer({default: 120, description: 'Seconds to keep retrying locks (and waiting for long transactions) before giving up.', min: 1}),
-  'migrations-dir': Flags.string({description: 'Use migration files from this folder instead of the packaged ones.'}),
+  'lock-timeout': Flags.integer({default: 200, description: messages.getMessage('flags.lock-timeout.description'), min: 10}),
+  'lock-wait': Flags.integer({default: 60, description: messages.getMessage('flags.lock-wait.description'), min: 0}),
+  'max-lock-wait': Flags.integer({default: 120, description: messages.getMessage('flags.max-lock-wait.description'), min: 1}),
+  'migrations-dir': migrationsDirFlag,
   'progress-interval': Flags.integer({
-    default: DEFAULT_PROGRESS_INTERVAL_S, description: 'Without a terminal (piped, CI): seconds between two progress lines of a step (0: every change); each step also logs its last state.',
+    default: DEFAULT_PROGRESS_INTERVAL_S, description: messages.getMessage('flags.progress-interval.description'),
     env: 'NSELF_E2EE_PROGRESS_INTERVAL', max: 3600, min: 0,
   }),
 }
 
 export const backupFlags = {
-  'backup-dir': Flags.string({description: 'Where backups go (default: the nself project\'s backups/).'}),
-  jobs: Flags.integer({default: 2, description: 'Parallel jobs for pg_restore.', max: 64, min: 1}),
+  'backup-dir': Flags.string({description: messages.getMessage('flags.backup-dir.description')}),
+  jobs: Flags.integer({default: 2, description: messages.getMessage('flags.jobs.description'), max: 64, min: 1}),
 }
 
 /** --verbose (a base flag: the cause of errors) also lists what a command's report leaves out by default. */
 export function verboseListing(what: string) {
-  return {verbose: Flags.boolean({default: false, description: `List ${what}; show the underlying cause of errors.`})}
+  return {verbose: Flags.boolean({default: false, description: messages.getMessage('flags.verbose.listing.description', [what])})}
 }

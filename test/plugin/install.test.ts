@@ -68,7 +68,7 @@ describe('the release tarball installed the way nself installs it', () => {
     for (const dep of ['@oclif', 'postgres', 'execa', 'listr2', 'dotenv']) expect(modules).toContain(dep)
     for (const dev of ['vitest', 'typescript', 'oclif', '.bin']) expect(modules).not.toContain(dev)
     expect(readdirSync(path.join(pluginDir, 'node_modules', '@oclif'))).toEqual(['core'])
-    expect(readdirSync(pluginDir).sort()).toEqual(['README.md', 'bin', 'dist', 'migrations', 'node_modules', 'oclif.manifest.json', 'package.json', 'plugin.json'])
+    expect(readdirSync(pluginDir).sort()).toEqual(['README.md', 'bin', 'dist', 'messages', 'migrations', 'node_modules', 'oclif.manifest.json', 'package.json', 'plugin.json'])
     expect(sha256(tarball)).toBe(checksum)
   })
 

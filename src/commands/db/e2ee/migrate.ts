@@ -5,57 +5,59 @@ import {backupFlags, runnerFlags} from '../../../flags.js'
 import {runMigrate, type MigrateSummary} from '../../../pipeline/migrate.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {plural} from '../../../text.js'
+import {loadMessages} from '../../../messages.js'
 
-export default class Migrate extends BaseCommand {
-  static description = `Upgrade nChat's database to v0.4.0: preflight, verified backup, dry run on a restored copy, apply (online: short lock timeouts, concurrent index builds), verify, vacuum.
+const messages = loadMessages('migrate')
 
-Every step is shown as it runs; the first failure stops the run with production as it was. A second run is a no-op.`
-  static examples = [
-    '<%= config.bin %> db e2ee migrate',
-    '<%= config.bin %> db e2ee migrate --yes --json',
-    '<%= config.bin %> db e2ee migrate --yes --local --host 127.0.0.1 --user postgres --database nchat --backup-dir /var/backups/nchat',
-  ]
+export type MigrateResult = MigrateSummary
+
+export default class Migrate extends BaseCommand<MigrateResult> {
+  static description = messages.getMessage('description')
+  static examples = messages.getMessages('examples')
   static flags = {
     ...runnerFlags,
     ...backupFlags,
-    'keep-dryrun-db': Flags.boolean({default: false, description: 'Keep the dry-run database for inspection instead of dropping it.'}),
-    'skip-backup': Flags.boolean({default: false, description: 'Do not take a backup (needs --yes; the dry run is skipped too). Dangerous.'}),
-    'skip-dryrun': Flags.boolean({default: false, description: 'Do not rehearse the migration on a restored copy first.'}),
-    to: Flags.integer({description: 'Stop after this migration version (e.g. 14).', min: 13}),
+    'keep-dryrun-db': Flags.boolean({default: false, description: messages.getMessage('flags.keep-dryrun-db.description')}),
+    'skip-backup': Flags.boolean({default: false, description: messages.getMessage('flags.skip-backup.description')}),
+    'skip-dryrun': Flags.boolean({default: false, description: messages.getMessage('flags.skip-dryrun.description')}),
+    to: Flags.integer({description: messages.getMessage('flags.to.description'), min: 13}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<MigrateResult> {
     const flags = await this.parseBase(Migrate)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
-    if (flags['skip-backup']) process.stderr.write('WARNING: --skip-backup: no backup will be taken; the only way back will be the down migrations.\n')
+    if (flags['skip-backup']) process.stderr.write(messages.getMessage('warning.SkipBackup') + '\n')
     const s = await runMigrate({
       jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'], lockTimeoutMs: flags['lock-timeout'],
       maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
       skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], target, to: flags.to, yes: flags.yes,
     })
-    if (this.jsonMode) return this.printJson(s)
-    this.printSummary(s)
+    if (!this.jsonMode) this.printSummary(s)
+    return s
   }
 
   private printSummary(s: MigrateSummary): void {
     this.say('')
     if (s.appliedByOtherRun) {
-      this.say(`Nothing to do: another run migrated ${s.database} (schema ${s.schema}) from ${s.before ?? 'nothing'} to ${s.after ?? 'nothing'} while this one waited for it; this run applied nothing.`)
-      if (s.backup) this.say(`Backup      ${s.backup.file} (taken by this run before it waited)`)
-      this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
+      this.say(messages.getMessage('info.AppliedByOtherRun', [s.database, s.schema, s.before ?? messages.getMessage('info.nothing'), s.after ?? messages.getMessage('info.nothing')]))
+      if (s.backup) this.say(messages.getMessage('info.Backup.beforeWaiting', [s.backup.file]))
+      this.say(messages.getMessage('info.Steps', [fmtTimings(s.timings, s.elapsedMs)]))
       return
     }
     if (s.nothingToDo) {
-      this.say(`Nothing to do: ${s.database} is at ${s.after ?? 'nothing'} (schema ${s.schema}).`)
-      this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
+      this.say(messages.getMessage('info.NothingToDo', [s.database, s.after ?? messages.getMessage('info.nothing'), s.schema]))
+      this.say(messages.getMessage('info.Steps', [fmtTimings(s.timings, s.elapsedMs)]))
       return
     }
-    this.say(`Migrated ${s.database} (schema ${s.schema}) from ${s.before ?? 'nothing'} to ${s.after}: ${s.applied.join(', ')}.`)
-    if (s.backup) this.say(`Backup      ${s.backup.file} (sha256 ${s.backup.sha256.slice(0, 16)}…)`)
-    if (s.dryrun) this.say(`Forecast    ${fmtMs(s.dryrun.forecastMs)} on the dry-run copy; actual ${fmtMs(s.applyMs ?? 0)}${s.lockRetries ? ` (${s.lockRetries} lock retries)` : ''}`)
-    this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
-    if (s.verify) this.say(`Verified    ${plural(s.verify.checks.length, 'check')}`)
-    if (s.hasura) this.say(`Hasura      ${s.hasura.note}`)
-    for (const w of s.warnings) this.say(`Warning     ${w}`)
+    this.say(messages.getMessage('info.Migrated', [s.database, s.schema, s.before ?? messages.getMessage('info.nothing'), String(s.after), s.applied.join(', ')]))
+    if (s.backup) this.say(messages.getMessage('info.Backup', [s.backup.file, s.backup.sha256.slice(0, 16)]))
+    if (s.dryrun) {
+      const forecast = [fmtMs(s.dryrun.forecastMs), fmtMs(s.applyMs ?? 0)]
+      this.say(s.lockRetries ? messages.getMessage('info.Forecast.retries', [...forecast, s.lockRetries]) : messages.getMessage('info.Forecast', forecast))
+    }
+    this.say(messages.getMessage('info.Steps', [fmtTimings(s.timings, s.elapsedMs)]))
+    if (s.verify) this.say(messages.getMessage('info.Verified', [plural(s.verify.checks.length, 'check')]))
+    if (s.hasura) this.say(messages.getMessage('info.Hasura', [s.hasura.note]))
+    for (const w of s.warnings) this.say(messages.getMessage('info.Warning', [w]))
   }
 }

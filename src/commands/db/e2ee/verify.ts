@@ -9,23 +9,26 @@ import {inspect} from '../../../migrations/inspect.js'
 import {stopPool} from '../../../connection/connect.js'
 import {verifyDatabase} from '../../../verify/verify-database.js'
 import {plural} from '../../../text.js'
-import {verboseListing} from '../../../flags.js'
+import {migrationsDirFlag, verboseListing} from '../../../flags.js'
 import {fmtMs} from '../../../pipeline/ui.js'
 import type {VerifyReport} from '../../../verify/report.js'
+import {loadMessages} from '../../../messages.js'
 
-export default class Verify extends BaseCommand {
-  static description = `Check that every object migrations 013-016 create is there and valid (tables, columns, indexes by name and validity, constraints validated with their delete rules, checks, the bundle view and claim function), that existing rows were not changed, and that the guide's queries use their indexes.
+const messages = loadMessages('verify')
 
-Read-only; works on any database. Exit 1 when a check fails, naming the object.`
-  static examples = ['<%= config.bin %> db e2ee verify', '<%= config.bin %> db e2ee verify --json -d nchat_test --manifest backups/nchat_20260130_101500.dump.manifest.json']
+export type VerifyResult = {database: string; schema: string; upTo: number} & VerifyReport & {elapsedMs: number}
+
+export default class Verify extends BaseCommand<VerifyResult> {
+  static description = messages.getMessage('description')
+  static examples = messages.getMessages('examples')
   static flags = {
-    manifest: Flags.string({description: 'A backup manifest whose row counts the tables must still have (exactly, with --exact-counts).'}),
-    'exact-counts': Flags.boolean({default: false, description: 'Fail (instead of warn) when row counts differ from the manifest.'}),
-    'migrations-dir': Flags.string({description: 'Use migration files from this folder instead of the packaged ones.'}),
-    ...verboseListing('every check, also those that passed (by default: failures, then warnings, then how many passed)'),
+    manifest: Flags.string({description: messages.getMessage('flags.manifest.description')}),
+    'exact-counts': Flags.boolean({default: false, description: messages.getMessage('flags.exact-counts.description')}),
+    'migrations-dir': migrationsDirFlag,
+    ...verboseListing(messages.getMessage('flags.verbose.lists')),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<VerifyResult> {
     const startedAt = Date.now()
     const flags = await this.parseBase(Verify)
     const target = this.targetFrom(flags)
@@ -36,27 +39,29 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
     try {
       const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
       if (applied.length === 0) {
-        throw new UserError(`None of the migrations ${ins.migrations.map((m) => m.name).join(', ')} is applied to ${target.conn.database}; there is nothing to verify.`, {hint: 'Run nself db e2ee migrate first.'})
+        throw new UserError(messages.getMessage('error.NothingApplied', [ins.migrations.map((m) => m.name).join(', '), target.conn.database]), {hint: messages.getMessage('error.NothingApplied.hint')})
       }
       const upTo = Math.max(...applied)
       const report = await untilCancelled(
         verifyDatabase(ins.sql, {exactCounts: flags['exact-counts'], manifest, schema: ins.plan.appSchema, upTo}),
-        () => new CancelledError('verify', 'the database was not changed (verify only reads)'),
+        () => new CancelledError('verify', messages.getMessage('error.Cancelled.outcome')),
       )
       const elapsedMs = Date.now() - startedAt
-      if (this.jsonMode) {
-        this.printJson({database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs})
-      } else {
+      if (!this.jsonMode) {
         this.printChecks(report)
         const counts = countChecks(report)
-        this.say(report.ok
-          ? `Verified ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`
-          : `Verify of ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`)
+        const outcome = [target.conn.database, ins.plan.appSchema, upTo, counts, fmtMs(elapsedMs)]
+        this.say(report.ok ? messages.getMessage('info.Verified', outcome) : messages.getMessage('info.VerifyFailed', outcome))
       }
       if (!report.ok) {
+        // With --json the document says ok: false and what failed; the exit code says it too.
         if (this.jsonMode) process.exitCode = 1
-        else throw new UserError(`Verification failed: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more, listed above)` : ''}.`)
+        else {
+          const first = report.failures[0].replace(/\.$/, '')
+          throw new UserError(report.failures.length > 1 ? messages.getMessage('error.Failed.more', [first, report.failures.length - 1]) : messages.getMessage('error.Failed', [first]))
+        }
       }
+      return {database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs}
     } finally {
       // After Ctrl+C a check may still be running on the server: end it now rather than wait for it.
       await (isCancelled() ? stopPool(ins.sql) : ins.sql.end({timeout: 2}))
@@ -71,7 +76,7 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
       if (status === 'ok' && !this.verbose) continue
       for (const c of report.checks.filter((x) => x.status === status)) this.say(`  ${label[status]}  ${c.name}: ${c.detail}`)
     }
-    if (!this.verbose && report.checks.some((c) => c.status === 'ok')) this.say('  (every check: --verbose or --json)')
+    if (!this.verbose && report.checks.some((c) => c.status === 'ok')) this.say(messages.getMessage('info.MoreChecks'))
     this.say('')
   }
 }
@@ -79,7 +84,7 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
 /** "2 failed, 1 warning, 359 passed (of 362 checks)" */
 function countChecks(report: VerifyReport): string {
   const n = (status: string) => report.checks.filter((c) => c.status === status).length
-  if (n('ok') === report.checks.length) return `${plural(n('ok'), 'check')} passed`
-  const parts = [n('fail') ? `${n('fail')} failed` : '', n('warn') ? plural(n('warn'), 'warning') : '', `${n('ok')} passed`]
-  return `${parts.filter(Boolean).join(', ')} (of ${plural(report.checks.length, 'check')})`
+  if (n('ok') === report.checks.length) return messages.getMessage('info.Counts.passed', [plural(n('ok'), 'check')])
+  const parts = [n('fail') ? messages.getMessage('info.Counts.failed', [n('fail')]) : '', n('warn') ? plural(n('warn'), 'warning') : '', messages.getMessage('info.Counts.passed', [n('ok')])]
+  return messages.getMessage('info.Counts.of', [parts.filter(Boolean).join(', '), plural(report.checks.length, 'check')])
 }

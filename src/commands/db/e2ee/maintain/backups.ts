@@ -11,32 +11,43 @@ import {acquireCommandLock, type CommandLock} from '../../../../migrations/comma
 import {assertCanConfirm, confirm} from '../../../../pipeline/ui.js'
 import type {Sql} from '../../../../connection/connect.js'
 import {fmtBytes} from '../../../../text.js'
+import {loadMessages} from '../../../../messages.js'
 
-export default class MaintainBackups extends BaseCommand {
-  static description = `List the backups this plugin and nself made in the backup folder (size, age, database, ledger version, verified against the manifest), and the databases a restore rollback kept (<db>_pre_rollback_*) with their size.
+const messages = loadMessages('maintain.backups')
 
-Prune with --keep N (the newest N of each database) and/or --older-than DAYS, after confirmation; never the newest pre-migration backup of a database at 16, nor the newest backup from before 013 of a database that has 013. Drop the kept databases with --drop-kept, after confirmation.`
-  static examples = [
-    '<%= config.bin %> db e2ee maintain backups',
-    '<%= config.bin %> db e2ee maintain backups --keep 3 --older-than 30',
-    '<%= config.bin %> db e2ee maintain backups --drop-kept --yes --json',
-  ]
+export interface BackupsResult {
+  backups: BackupEntry[]
+  database: string
+  dir: string
+  dropped: string[]
+  dryRun: boolean
+  kept: KeptDatabase[] | null
+  ok: true
+  pruned: string[]
+  serverProblem: string | null
+  wouldDrop: string[]
+  wouldPrune: string[]
+}
+
+export default class MaintainBackups extends BaseCommand<BackupsResult> {
+  static description = messages.getMessage('description')
+  static examples = messages.getMessages('examples')
   static flags = {
-    'backup-dir': Flags.string({description: 'The backup folder (default: the nself project\'s backups/).'}),
-    'drop-kept': Flags.boolean({default: false, description: 'Drop the databases a restore rollback of this database kept.'}),
-    'dry-run': Flags.boolean({default: false, description: 'Show what --keep/--older-than/--drop-kept would remove; remove nothing.'}),
-    'lock-wait': Flags.integer({default: 60, description: 'Seconds to wait for another nself db e2ee command changing the same database before pruning or dropping.', min: 0}),
-    keep: Flags.integer({description: 'Keep the newest N backups of each database; prune the rest (with --older-than: only those also older).', min: 0}),
-    'older-than': Flags.integer({description: 'Prune backups older than this many days.', min: 0}),
-    verify: Flags.boolean({default: false, description: 'Check each backup\'s sha256 against its manifest (reads every file), not only its size.'}),
+    'backup-dir': Flags.string({description: messages.getMessage('flags.backup-dir.description')}),
+    'drop-kept': Flags.boolean({default: false, description: messages.getMessage('flags.drop-kept.description')}),
+    'dry-run': Flags.boolean({default: false, description: messages.getMessage('flags.dry-run.description')}),
+    'lock-wait': Flags.integer({default: 60, description: messages.getMessage('flags.lock-wait.description'), min: 0}),
+    keep: Flags.integer({description: messages.getMessage('flags.keep.description'), min: 0}),
+    'older-than': Flags.integer({description: messages.getMessage('flags.older-than.description'), min: 0}),
+    verify: Flags.boolean({default: false, description: messages.getMessage('flags.verify.description')}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<BackupsResult> {
     const flags = await this.parseBase(MaintainBackups)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const dir = path.resolve(target.backupDir)
     const pruning = flags.keep !== undefined || flags['older-than'] !== undefined
-    if ((pruning || flags['drop-kept']) && !flags['dry-run']) assertCanConfirm(flags.yes, pruning ? 'Deleting backups' : 'Dropping kept databases')
+    if ((pruning || flags['drop-kept']) && !flags['dry-run']) assertCanConfirm(flags.yes, pruning ? messages.getMessage('confirm.What.prune') : messages.getMessage('confirm.What.drop'))
 
     let admin: Sql | null = null
     let serverProblem: string | null = null
@@ -58,9 +69,13 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
       const pruned: BackupEntry[] = []
       const dropped: KeptDatabase[] = []
       if ((prune.length > 0 || drop.length > 0) && !flags['dry-run']) {
-        const what = [prune.length ? `delete ${prune.length} backup(s) (${fmtBytes(prune.reduce((s, b) => s + b.bytes, 0))})` : '', drop.length ? `drop ${drop.length} kept database(s) (${drop.map((d) => d.name).join(', ')})` : ''].filter(Boolean).join(' and ')
-        for (const b of prune) this.note(`  will delete ${b.file}`)
-        if (!(await confirm(`${what[0].toUpperCase()}${what.slice(1)}?`, flags.yes))) throw new UserError('Not confirmed; nothing was deleted.')
+        const parts = [
+          prune.length ? messages.getMessage('confirm.Delete', [prune.length, fmtBytes(prune.reduce((s, b) => s + b.bytes, 0))]) : '',
+          drop.length ? messages.getMessage('confirm.Drop', [drop.length, drop.map((d) => d.name).join(', ')]) : '',
+        ].filter(Boolean)
+        const what = parts.length > 1 ? messages.getMessage('confirm.Both', parts) : parts[0]
+        for (const b of prune) this.note(messages.getMessage('info.WillDelete', [b.file]))
+        if (!(await confirm(`${what[0].toUpperCase()}${what.slice(1)}?`, flags.yes))) throw new UserError(messages.getMessage('error.NotConfirmed'))
         // Not while a migrate or rollback of this database runs: it may be about to restore one of these.
         const lock: CommandLock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), waitMs: flags['lock-wait'] * 1000})
         try {
@@ -80,19 +95,18 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
       }
       const wouldPrune = flags['dry-run'] ? prune : []
       const wouldDrop = flags['dry-run'] ? drop : []
-      if (this.jsonMode) {
-        this.printJson({backups, database: target.conn.database, dir, dropped: dropped.map((d) => d.name), dryRun: flags['dry-run'], kept, ok: true,
-          pruned: pruned.map((b) => b.file), serverProblem, wouldDrop: wouldDrop.map((d) => d.name), wouldPrune: wouldPrune.map((b) => b.file)})
-        return
-      }
-      for (const b of wouldPrune) this.say(`would delete ${b.file}`)
-      for (const d of wouldDrop) this.say(`would drop database ${d.name}`)
+      const result: BackupsResult = {backups, database: target.conn.database, dir, dropped: dropped.map((d) => d.name), dryRun: flags['dry-run'], kept, ok: true,
+        pruned: pruned.map((b) => b.file), serverProblem, wouldDrop: wouldDrop.map((d) => d.name), wouldPrune: wouldPrune.map((b) => b.file)}
+      if (this.jsonMode) return result
+      for (const b of wouldPrune) this.say(messages.getMessage('info.WouldDelete', [b.file]))
+      for (const d of wouldDrop) this.say(messages.getMessage('info.WouldDrop', [d.name]))
       if (pruning || flags['drop-kept']) {
         const protectedCount = backups.filter((b) => b.protectedBecause).length
-        this.say(flags['dry-run']
-          ? `Dry run: ${wouldPrune.length} backup(s) and ${wouldDrop.length} kept database(s) would be removed.`
-          : `Deleted ${pruned.length} backup(s), dropped ${dropped.length} kept database(s)${protectedCount ? `; ${protectedCount} protected backup(s) kept` : ''}.`)
+        this.say(flags['dry-run'] ? messages.getMessage('info.DryRun', [wouldPrune.length, wouldDrop.length])
+          : protectedCount ? messages.getMessage('info.Removed.protected', [pruned.length, dropped.length, protectedCount])
+            : messages.getMessage('info.Removed', [pruned.length, dropped.length]))
       }
+      return result
     } finally {
       await admin?.end({timeout: 2}).catch(() => {})
     }
@@ -100,16 +114,16 @@ Prune with --keep N (the newest N of each database) and/or --older-than DAYS, af
 
   private printList(dir: string, backups: BackupEntry[], kept: KeptDatabase[] | null, serverProblem: string | null): void {
     if (this.jsonMode) return
-    this.say(`Backups in ${dir}: ${backups.length}`)
+    this.say(messages.getMessage('info.Backups', [dir, backups.length]))
     for (const b of backups) {
-      const verified = b.verified === null ? 'no manifest' : b.verified ? 'verified' : 'DOES NOT MATCH ITS MANIFEST'
-      this.say(`  ${path.basename(b.file).padEnd(36)} ${fmtBytes(b.bytes).padStart(9)} ${`${b.ageDays} d`.padStart(8)}  ${(b.database ?? '?').padEnd(20)} ledger ${String(b.ledgerVersion ?? '?').padEnd(3)} ${b.purpose.padEnd(13)} ${verified}${b.protectedBecause ? `  protected: ${b.protectedBecause}` : ''}`)
+      const verified = b.verified === null ? messages.getMessage('info.Backup.noManifest') : b.verified ? messages.getMessage('info.Backup.verified') : messages.getMessage('info.Backup.mismatch')
+      this.say(`  ${path.basename(b.file).padEnd(36)} ${fmtBytes(b.bytes).padStart(9)} ${`${b.ageDays} d`.padStart(8)}  ${(b.database ?? '?').padEnd(20)} ledger ${String(b.ledgerVersion ?? '?').padEnd(3)} ${b.purpose.padEnd(13)} ${verified}${b.protectedBecause ? messages.getMessage('info.Backup.protected', [b.protectedBecause]) : ''}`)
     }
     if (kept === null) {
-      this.say(`Kept databases: not listed (${serverProblem ?? 'no server'}).`)
+      this.say(messages.getMessage('info.Kept.unlisted', [serverProblem ?? messages.getMessage('info.Kept.noServer')]))
     } else {
-      this.say(`Databases kept by a restore rollback: ${kept.length}`)
-      for (const k of kept) this.say(`  ${k.name.padEnd(50)} ${fmtBytes(k.bytes).padStart(9)}  kept ${k.keptAt}${k.connections ? `  ${k.connections} session(s) connected` : ''}`)
+      this.say(messages.getMessage('info.Kept', [kept.length]))
+      for (const k of kept) this.say(`  ${k.name.padEnd(50)} ${fmtBytes(k.bytes).padStart(9)}  kept ${k.keptAt}${k.connections ? messages.getMessage('info.Kept.sessions', [k.connections]) : ''}`)
     }
   }
 

@@ -7,30 +7,33 @@ import {loadMigrations} from '../../../../migrations/files.js'
 import {findAppSchema} from '../../../../migrations/ledger.js'
 import {connectChecked} from '../../../../connection/connect.js'
 import {fmtBytes} from '../../../../text.js'
+import {loadMessages} from '../../../../messages.js'
 
-export default class MaintainReport extends BaseCommand {
-  static description = `What the guide asks operators to watch after the upgrade, read-only: index usage of the tables 013-016 create and of the columns they add (scans, size, unused since the statistics were reset, and when that was), devices whose active signed prekey is older than the rotation period, devices low on unconsumed one-time prekeys, table and index bloat (pgstattuple when installed, otherwise an estimate from the statistics), and the last vacuum and analyze of each table.
+const messages = loadMessages('maintain.report')
 
-The guide's index-usage query mixes AND/OR without parentheses and misses most of the new tables (defect D8); this one does not.`
-  static examples = ['<%= config.bin %> db e2ee maintain report', '<%= config.bin %> db e2ee maintain report --json --rotation-days 7 --stock-threshold 10']
+export type ReportResult = {database: string; ok: true} & MaintenanceReport
+
+export default class MaintainReport extends BaseCommand<ReportResult> {
+  static description = messages.getMessage('description')
+  static examples = messages.getMessages('examples')
   static flags = {
-    list: Flags.integer({default: 20, description: 'Devices listed per finding (all are counted).', max: 10_000, min: 0}),
-    'rotation-days': Flags.integer({default: 7, description: 'Signed prekeys are rotated weekly: a device whose newest active one is older than this many days is listed.', min: 1}),
-    'stock-threshold': Flags.integer({default: 10, description: 'A device with fewer unconsumed one-time prekeys than this is listed.', min: 1}),
+    list: Flags.integer({default: 20, description: messages.getMessage('flags.list.description'), max: 10_000, min: 0}),
+    'rotation-days': Flags.integer({default: 7, description: messages.getMessage('flags.rotation-days.description'), min: 1}),
+    'stock-threshold': Flags.integer({default: 10, description: messages.getMessage('flags.stock-threshold.description'), min: 1}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<ReportResult> {
     const flags = await this.parseBase(MaintainReport)
     const target = this.targetFrom(flags)
     const sql = await connectChecked(target.conn, {max: 1})
     try {
       const schema = await findAppSchema(sql, target.schema)
-      await assertTablesExist(sql, schema, ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'], 'report on')
+      await assertTablesExist(sql, schema, ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'], messages.getMessage('error.MissingTable.what'))
       const report = await maintenanceReport(sql, {
         listLimit: flags.list, migrations: loadMigrations(), rotationDays: flags['rotation-days'], schema, stockThreshold: flags['stock-threshold'],
       })
-      if (this.jsonMode) return this.printJson({database: target.conn.database, ok: true, ...report})
-      this.print(target.conn.database, report)
+      if (!this.jsonMode) this.print(target.conn.database, report)
+      return {database: target.conn.database, ok: true, ...report}
     } finally {
       await sql.end({timeout: 2})
     }
@@ -38,32 +41,33 @@ The guide's index-usage query mixes AND/OR without parentheses and misses most o
 
   private print(database: string, r: MaintenanceReport): void {
     const st = r.statistics
-    this.say(`Maintenance report for ${database} (schema ${r.schema}), ${r.generatedAt}`)
+    this.say(messages.getMessage('info.Title', [database, r.schema, r.generatedAt]))
     this.say('')
-    this.say(`Index usage (counters since ${st.since ?? 'the cluster was created (never reset)'}${st.observedDays === null ? '' : `, ${st.observedDays} days`}; reset ${st.resetAt ?? 'never'}, server up since ${st.serverStartedAt})`)
-    if (st.observedDays !== null && st.observedDays < 7) this.say('  Fewer than 7 days of traffic counted: the guide reads these after a week.')
+    const since = st.since ?? messages.getMessage('info.IndexUsage.neverReset')
+    this.say(messages.getMessage('info.IndexUsage', [st.observedDays === null ? since : messages.getMessage('info.IndexUsage.days', [since, st.observedDays]), st.resetAt ?? messages.getMessage('info.never'), st.serverStartedAt]))
+    if (st.observedDays !== null && st.observedDays < 7) this.say(messages.getMessage('info.IndexUsage.young'))
     for (const i of r.indexes) {
-      const flag = i.unused ? (i.enforcesConstraint ? 'unused (enforces a constraint: keep)' : 'UNUSED') : ''
+      const flag = !i.unused ? '' : i.enforcesConstraint ? messages.getMessage('info.Index.unusedConstraint') : messages.getMessage('info.Index.unused')
       this.say(`  ${i.table.padEnd(26)} ${i.index.padEnd(40)} ${String(i.scans).padStart(10)} scans ${fmtBytes(i.bytes).padStart(10)}  ${flag}`)
     }
     this.say('')
     const sp = r.signedPrekeys
-    this.say(`Signed prekeys older than ${sp.rotationDays} days (or none active): ${sp.staleDevices} device(s)`)
-    for (const d of sp.devices) this.say(`  ${d.deviceId}  user ${d.userId}  rotated ${d.rotatedAt ?? 'never'}`)
+    this.say(messages.getMessage('info.SignedPrekeys', [sp.rotationDays, sp.staleDevices]))
+    for (const d of sp.devices) this.say(messages.getMessage('info.SignedPrekeys.device', [d.deviceId, d.userId, d.rotatedAt ?? messages.getMessage('info.never')]))
     const ps = r.prekeyStock
-    this.say(`Fewer than ${ps.threshold} unconsumed one-time prekeys: ${ps.lowDevices} device(s)`)
-    for (const d of ps.devices) this.say(`  ${d.deviceId}  user ${d.userId}  ${d.unconsumed} left`)
+    this.say(messages.getMessage('info.PrekeyStock', [ps.threshold, ps.lowDevices]))
+    for (const d of ps.devices) this.say(messages.getMessage('info.PrekeyStock.device', [d.deviceId, d.userId, d.unconsumed]))
     this.say('')
-    this.say(`Bloat (${r.bloat.method}): ${r.bloat.note}`)
+    this.say(messages.getMessage('info.Bloat', [r.bloat.method, r.bloat.note]))
     for (const b of [...r.bloat.tables, ...r.bloat.indexes]) {
-      this.say(`  ${(b.table ? `${b.table}.${b.name}` : b.name).padEnd(56)} ${fmtBytes(b.bytes).padStart(10)}  ${b.estimated === false ? 'no statistics (run ANALYZE)' : `${fmtBytes(b.wastedBytes)} (${b.percent} %) reclaimable`}`)
+      this.say(`  ${(b.table ? `${b.table}.${b.name}` : b.name).padEnd(56)} ${fmtBytes(b.bytes).padStart(10)}  ${b.estimated === false ? messages.getMessage('info.Bloat.noStatistics') : messages.getMessage('info.Bloat.reclaimable', [fmtBytes(b.wastedBytes), b.percent])}`)
     }
     this.say('')
-    this.say('Vacuum and analyze')
+    this.say(messages.getMessage('info.Vacuum'))
     for (const m of r.maintenance) {
       const vac = latest(m.lastVacuum, m.lastAutovacuum)
       const an = latest(m.lastAnalyze, m.lastAutoanalyze)
-      this.say(`  ${m.table.padEnd(26)} vacuum ${vac ?? 'never'}  analyze ${an ?? 'never'}  live ${m.liveRows} dead ${m.deadRows}`)
+      this.say(messages.getMessage('info.Vacuum.table', [m.table.padEnd(26), vac ?? messages.getMessage('info.never'), an ?? messages.getMessage('info.never'), m.liveRows, m.deadRows]))
     }
   }
 }

@@ -4,19 +4,24 @@ import {fileURLToPath} from 'node:url'
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../../base-command.js'
-import {buildSchedule} from '../../../../maintain/schedule.js'
+import {buildSchedule, type Schedule} from '../../../../maintain/schedule.js'
+import {loadMessages} from '../../../../messages.js'
 
-export default class MaintainSchedule extends BaseCommand {
-  static description = `Print a crontab entry that runs "maintain cleanup" nightly from the project folder (so it reads the project's env files; no password on the line), with --yes, --json to a log, and flock so runs never overlap; and the same through the nself CLI's e2ee bridge. Prints only: install it yourself with crontab -e.`
-  static examples = ['<%= config.bin %> db e2ee maintain schedule', '<%= config.bin %> db e2ee maintain schedule --at 04:30 --audit-days 180 --log logs/cleanup.log']
+const messages = loadMessages('maintain.schedule')
+
+export type ScheduleResult = {ok: true} & Schedule & {database: string; projectDir: string}
+
+export default class MaintainSchedule extends BaseCommand<ScheduleResult> {
+  static description = messages.getMessage('description')
+  static examples = messages.getMessages('examples')
   static flags = {
-    at: Flags.string({default: '03:17', description: 'Time of day (HH:MM, the cron machine\'s local time).'}),
-    'audit-days': Flags.integer({description: 'Passed to cleanup (default there: 90).', min: 1}),
-    log: Flags.string({default: 'logs/nself-e2ee-cleanup.log', description: 'Log file, relative to the project folder.'}),
-    'prekey-days': Flags.integer({description: 'Passed to cleanup (default there: 30).', min: 1}),
+    at: Flags.string({default: '03:17', description: messages.getMessage('flags.at.description')}),
+    'audit-days': Flags.integer({description: messages.getMessage('flags.audit-days.description'), min: 1}),
+    log: Flags.string({default: 'logs/nself-e2ee-cleanup.log', description: messages.getMessage('flags.log.description')}),
+    'prekey-days': Flags.integer({description: messages.getMessage('flags.prekey-days.description'), min: 1}),
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<ScheduleResult> {
     const flags = await this.parseBase(MaintainSchedule)
     const target = this.targetFrom(flags)
     const cleanupArgs: string[] = []
@@ -32,13 +37,15 @@ export default class MaintainSchedule extends BaseCommand {
       pathEnv: [path.dirname(process.execPath), '/usr/local/bin', '/usr/bin', '/bin'].filter((p, i, a) => a.indexOf(p) === i).join(':'),
       projectDir: target.projectDir,
     })
-    if (this.jsonMode) return this.printJson({ok: true, ...schedule, database: target.conn.database, projectDir: target.projectDir})
+    const result: ScheduleResult = {ok: true, ...schedule, database: target.conn.database, projectDir: target.projectDir}
+    if (this.jsonMode) return result
     for (const l of schedule.lines) this.say(l)
     this.say('')
-    this.say('# Or through the nself CLI, with the nself-e2ee bridge in ~/.nself/plugins/bin (see the README):')
+    this.say(messages.getMessage('info.ThroughNself'))
     this.say(schedule.nselfCron)
     this.say('')
-    this.say(`# Each run appends one JSON document ({"ok": true, "deleted": N, ...}) to the log; exit 130 or 1 means look at it.`)
-    this.say(`# Settings (database, user, password) come from the env files in ${target.projectDir} when the job runs.`)
+    this.say(messages.getMessage('info.Log'))
+    this.say(messages.getMessage('info.Settings', [target.projectDir]))
+    return result
   }
 }
