@@ -5,17 +5,17 @@ import {UserError} from '../../../errors.js'
 import {backupFlags, runnerFlags, verboseListing} from '../../../flags.js'
 import {runDryRun, type DryRunSummary} from '../../../pipeline/dryrun.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
-import {plural} from '../../../text.js'
+import {fmtBytes, plural} from '../../../text.js'
 
 export default class DryRun extends BaseCommand {
-  static description = `Rehearse the upgrade without touching production: preflight, a backup (or --from-backup), restore it into a throwaway database, apply and verify there, drop it.
+  static description = `Rehearse the upgrade without touching production: preflight, a rehearsal dump of the schema and the rows the migration reads (not a backup: removed at the end; --full takes a verified backup instead, --from-backup uses one), restore it into a throwaway database, apply and verify there, drop it.
 
 Reports each statement with the locks it took and whether it ran inside a transaction, and the measured apply time as the forecast. Exits non-zero when the migration would fail, naming the statement.`
   static examples = ['<%= config.bin %> db e2ee dryrun', '<%= config.bin %> db e2ee dryrun --from-backup backups/nchat_20260130_101500.dump --json']
   static flags = {
     ...runnerFlags,
     ...backupFlags,
-    full: Flags.boolean({default: false, description: 'Restore every row of every table into the copy, as the guide does, instead of only the rows the migration reads (slower; the forecast is then measured on all rows).'}),
+    full: Flags.boolean({default: false, description: 'Take a full verified backup (kept in the backup dir) and restore every row of every table into the copy, as the guide does, instead of only the rows the migration reads (slower; the forecast is then measured on all rows).'}),
     'from-backup': Flags.string({description: 'Use this backup (checked against its manifest) instead of taking one.'}),
     'keep-dryrun-db': Flags.boolean({default: false, description: 'Keep the dry-run database for inspection instead of dropping it.'}),
     to: Flags.integer({description: 'Rehearse only up to this migration version.', min: 13}),
@@ -60,7 +60,11 @@ Reports each statement with the locks it took and whether it ran inside a transa
     for (const l of s.leftOut) this.say(`Left out    rows of ${l.table}${l.rows === null ? '' : ` (${plural(l.rows, 'row')})`}: ${l.why}`)
     for (const k of s.keptAltered) this.say(`Kept        rows of ${k.table}: ${k.why}`)
     if (s.verification) this.say(`Verify      ${s.verification.ok ? `${plural(s.verification.checks, 'check')} passed` : `FAILED: ${s.verification.failures.join('; ')}`}`)
-    if (s.backup) this.say(`Backup      ${s.backup.file}${s.backup.taken ? ' (taken now)' : ''}`)
+    if (s.backup) this.say(`Backup      ${s.backup.file}${s.backup.taken ? ' (taken now, verified, kept)' : ' (checked against its manifest)'}`)
+    if (s.rehearsalDump) {
+      const d = s.rehearsalDump
+      this.say(`Dump        a rehearsal dump (${fmtBytes(d.bytes)}: the schema and the rows of ${plural(d.tablesWithData.length, 'table')}) was restored into the copy and ${d.removed ? 'removed' : 'NOT removed: delete ' + d.file}; it is no backup, and none was taken: \`migrate\` takes the full verified backup`)
+    }
     this.say(`Steps       ${fmtTimings(s.timings, s.elapsedMs)}`)
     this.say(`Production was only read; nothing in it changed.`)
   }
