@@ -284,7 +284,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
   } catch (error) {
     unregister()
     await remove()
-    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the rehearsal dump ${file}`, 'it was removed and production was not changed')
+    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
     throw error
   }
 }
