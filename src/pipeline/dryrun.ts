@@ -98,7 +98,9 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
           return
         }
         c.tools = await PgTools.create(o.target)
-        c.pre = await preflight({backupDir: o.fromBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
+        // Room for a full backup is checked only when one is taken (--full); the rehearsal dump holds the schema
+        // and a few tables' rows, and a full disk while writing it is one sentence, with the file removed.
+        c.pre = await preflight({backupDir: o.full && !o.fromBackup ? o.target.backupDir : undefined, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
         task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
       }),
       title: 'Preflight (read-only)',

@@ -329,14 +329,18 @@ async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onPr
   const Shown = d.name.charAt(0).toUpperCase() + d.name.slice(1)
   // "The backup to X failed: …", "The rehearsal dump X failed: …"
   const opening = d.what === 'backup' ? 'The backup to' : 'The rehearsal dump'
-  try {
-    const stat = await fs.statfs(setting.dir)
-    const free = Number(stat.bavail) * Number(stat.bsize)
-    if (free < setting.server.size) {
-      log?.(`Warning: ${setting.dir} has ${fmtBytes(free)} free and the database takes ${fmtBytes(setting.server.size)}; a compressed dump is usually much smaller, but watch the disk.`)
+  // A full backup can be large: warn when the folder has less room than the database takes (the rehearsal dump
+  // holds the schema and a few tables' rows).
+  if (d.what === 'backup') {
+    try {
+      const stat = await fs.statfs(setting.dir)
+      const free = Number(stat.bavail) * Number(stat.bsize)
+      if (free < setting.server.size) {
+        log?.(`Warning: ${setting.dir} has ${fmtBytes(free)} free and the database takes ${fmtBytes(setting.server.size)}; a compressed dump is usually much smaller, but watch the disk.`)
+      }
+    } catch {
+      // statfs is advisory.
     }
-  } catch {
-    // statfs is advisory.
   }
   const dumpAppName = `${APP_NAME}-dump`
   let compression = compressionFor(setting.pgDumpMajor)
