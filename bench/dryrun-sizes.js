@@ -77,6 +77,13 @@ const ident = (n) => {
   return n
 }
 const drop = (n) => admin(`DROP DATABASE IF EXISTS ${ident(n)} WITH (FORCE)`)
+const filesUnder = (d) => {
+  try {
+    return readdirSync(d, {recursive: true}).filter((f) => statSync(path.join(d, f)).isFile())
+  } catch {
+    return []
+  }
+}
 const dirBytes = (d) => readdirSync(d).reduce((s, f) => s + statSync(path.join(d, f)).size, 0)
 const mb = (bytes) => bytes / 1024 / 1024
 const s = (ms) => `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`
@@ -108,18 +115,22 @@ async function oneSize(messages, tmp) {
     rmSync(plain)
     log(`${messages}: guide ${s(res.guide.totalMs)} (pg_dump ${s(dump.ms)}, psql restore ${s(restore.ms)}, SQL ${s(apply.ms)})`)
 
-    // Ours: the dryrun command end to end, taking its own backup.
+    // Ours: the dryrun command end to end: no backup (production is only read), its rehearsal dump, removed at the end.
     const project = mkdtempSync(path.join(dir, 'project-'))
-    const ours = await cli(['db', 'e2ee', 'dryrun', '--yes', '--json', '-d', src, '--backup-dir', path.join(project, 'backups')], project)
-    res.ours = {applyMs: ours.json.applyMs, forecastMs: ours.json.forecastMs, restoreMs: ours.json.restoreMs, totalMs: ours.ms}
+    const backups = path.join(project, 'backups')
+    const ours = await cli(['db', 'e2ee', 'dryrun', '--yes', '--json', '-d', src, '--backup-dir', backups], project)
+    const left = filesUnder(backups)
+    if (left.length > 0 || ours.json.backup !== null || !ours.json.rehearsalDump?.removed) throw new Error(`dryrun left ${left.join(', ') || 'no file'} (backup ${JSON.stringify(ours.json.backup)}, rehearsal dump ${JSON.stringify(ours.json.rehearsalDump)})`)
+    res.ours = {applyMs: ours.json.applyMs, dumpBytes: ours.json.rehearsalDump.bytes, dumpMs: ours.json.timings.dump, forecastMs: ours.json.forecastMs, restoreMs: ours.json.restoreMs, totalMs: ours.ms}
     res.leftOut = ours.json.leftOut
     res.samples = ours.json.forecast?.samples ?? []
-    log(`${messages}: ours ${s(ours.ms)} (restore ${s(res.ours.restoreMs)}, apply on the copy ${s(res.ours.applyMs)}, forecast ${s(res.ours.forecastMs)})`)
+    log(`${messages}: ours ${s(ours.ms)} (rehearsal dump ${s(res.ours.dumpMs)}, ${mb(res.ours.dumpBytes).toFixed(1)} MiB; restore ${s(res.ours.restoreMs)}, apply on the copy ${s(res.ours.applyMs)}, forecast ${s(res.ours.forecastMs)})`)
 
-    // The same command with --full (the guide's full restore, our tooling), for reference.
-    const full = await cli(['db', 'e2ee', 'dryrun', '--yes', '--json', '--full', '-d', src, '--from-backup', readdirSync(path.join(project, 'backups')).filter((f) => f.endsWith('.dump')).map((f) => path.join(project, 'backups', f))[0], '--backup-dir', path.join(project, 'backups')], project)
-    res.full = {forecastMs: full.json.forecastMs, restoreMs: full.json.restoreMs, totalMs: full.ms}
-    log(`${messages}: ours --full --from-backup ${s(full.ms)} (restore ${s(res.full.restoreMs)}, forecast ${s(res.full.forecastMs)})`)
+    // The same command with --full: its own full verified backup (kept), every row restored, as the guide does.
+    const full = await cli(['db', 'e2ee', 'dryrun', '--yes', '--json', '--full', '-d', src, '--backup-dir', backups], project)
+    if (!full.json.backup?.taken || !statSync(full.json.backup.file).isFile()) throw new Error(`dryrun --full left no backup (${JSON.stringify(full.json.backup)})`)
+    res.full = {backupMs: full.json.timings.backup, forecastMs: full.json.forecastMs, restoreMs: full.json.restoreMs, totalMs: full.ms}
+    log(`${messages}: ours --full ${s(full.ms)} (backup ${s(res.full.backupMs)}, restore ${s(res.full.restoreMs)}, forecast ${s(res.full.forecastMs)})`)
 
     // Backup formats, each against the guide's plain pg_dump.
     res.backups = []
@@ -151,12 +162,12 @@ async function oneSize(messages, tmp) {
 }
 
 export function dryrunTable(results) {
-  const rows = [['messages (database)', 'runs', 'guide: pg_dump + createdb + psql restore + SQL + dropdb', 'ours: dryrun (backup, slim copy, apply, verify, forecast)', 'ours/guide', 'ours/guide, each run', 'ours: restore of the copy', 'forecast', 'actual apply', 'forecast error', 'forecast error, each run', 'ours --full --from-backup']]
+  const rows = [['messages (database)', 'runs', 'guide: pg_dump + createdb + psql restore + SQL + dropdb', 'ours: dryrun (rehearsal dump, slim copy, apply, verify, forecast)', 'ours/guide', 'ours/guide, each run', 'ours: rehearsal dump (size)', 'ours: restore of the copy', 'forecast', 'actual apply', 'forecast error', 'forecast error, each run', 'ours --full (verified backup, every row)']]
   const pct = (e) => `${e >= 0 ? '+' : ''}${(e * 100).toFixed(0)} %`
   for (const r of results) {
     const err = errorOf(r)
     const runs = r.runs ?? [{error: err, ratio: ratioOf(r)}]
-    rows.push([`${fmtInt(r.messages)} (${mb(r.dbBytes).toFixed(0)} MiB)`, String(runs.length), s(r.guide.totalMs), s(r.ours.totalMs), `${ratioOf(r).toFixed(2)}×`, runs.map((x) => `${x.ratio.toFixed(2)}×`).join(', '), s(r.ours.restoreMs), s(r.ours.forecastMs), s(r.actualApplyMs), `${pct(err)} (${r.ours.forecastMs >= r.actualApplyMs ? '+' : '−'}${s(Math.abs(r.ours.forecastMs - r.actualApplyMs))})`, runs.map((x) => pct(x.error)).join(', '), s(r.full.totalMs)])
+    rows.push([`${fmtInt(r.messages)} (${mb(r.dbBytes).toFixed(0)} MiB)`, String(runs.length), s(r.guide.totalMs), s(r.ours.totalMs), `${ratioOf(r).toFixed(2)}×`, runs.map((x) => `${x.ratio.toFixed(2)}×`).join(', '), `${s(r.ours.dumpMs)} (${mb(r.ours.dumpBytes).toFixed(1)} MiB)`, s(r.ours.restoreMs), s(r.ours.forecastMs), s(r.actualApplyMs), `${pct(err)} (${r.ours.forecastMs >= r.actualApplyMs ? '+' : '−'}${s(Math.abs(r.ours.forecastMs - r.actualApplyMs))})`, runs.map((x) => pct(x.error)).join(', '), s(r.full.totalMs)])
   }
   return rows
 }
@@ -182,7 +193,7 @@ function backupChoice(results) {
     + `At ${fmtInt(r.messages)} messages the plain dump ran at ${rate(r.guide.dumpMs)} MB/s, \`-Fc -Z 1\` at ${rate(fc1.ms)} MB/s (${mb(fc1.bytes).toFixed(0)} MiB, ${(fc1.bytes / r.plainBytes).toFixed(2)}× the plain file), \`-Fc -Z 0\` at ${rate(fc0.ms)} MB/s (${mb(fc0.bytes).toFixed(0)} MiB). `
     + `The directory format with 2 jobs ran at ${rate(fd1.ms)} MB/s (gzip 1) and ${rate(fd0.ms)} MB/s (uncompressed): on this 2-CPU machine parallel jobs win little, and a directory is not a backup nself can list or restore (\`nself db backup list\`/\`restore\` take single \`.dump\` files, and skip folders), nor one \`pg_restore\` can read from a pipe through \`docker exec\`. `
     + `Uncompressed custom is the fastest single file, at about ${(fc0.bytes / fc1.bytes).toFixed(1)}× the size of gzip 1; the backup is kept on the operator's disk, so the smaller file was kept as the default. The formats of pg_dump 16+ (zstd, lz4) are measured with Debian's client tools 17 and 18 in docs/benchmarks-compression.md. `
-    + `The whole \`dryrun\` above includes that backup, which is most of its time at 5M messages.`
+    + `\`migrate\` and \`dryrun --full\` take this backup; the standalone \`dryrun\` takes none (production is only read): its rehearsal dump holds the schema and the rows of the tables the copy restores, and is removed when it ends.`
 }
 
 export function markdown(results, meta) {
@@ -195,7 +206,7 @@ Data: the project's generator (\`scripts/v030-fixture.mjs\`, cached as template 
 
 ## Dry run
 
-"guide" is the guide's manual method timed end to end: \`pg_dump DB > file.sql\`, \`createdb\`, \`psql < file.sql\`, \`psql -f\` its SQL (\`test/fixtures/guide_014_by_hand.sql\`), \`dropdb\`. "ours" is \`node bin/run.js db e2ee dryrun --yes --json\` end to end (node start-up, preflight, its own verified backup, the copy, apply of 013-016, verification, the forecast's sample, drop). "forecast" is its \`forecastMs\`; "actual apply" is \`migrate --skip-backup --skip-dryrun\`'s \`applyMs\` on the same database right after. The last column is \`dryrun --full\` (every row restored) from the backup the dry run took.
+"guide" is the guide's manual method timed end to end: \`pg_dump DB > file.sql\`, \`createdb\`, \`psql < file.sql\`, \`psql -f\` its SQL (\`test/fixtures/guide_014_by_hand.sql\`), \`dropdb\`. "ours" is \`node bin/run.js db e2ee dryrun --yes --json\` end to end (node start-up, preflight, the rehearsal dump, the copy, apply of 013-016, verification, the forecast's sample, drop). It takes no backup, since production is only read: its rehearsal dump (\`pg_dump -Fc\` of the whole schema with \`--exclude-table-data\` for every table whose rows the copy leaves out, in the same exported snapshot and read back like a backup) is written to the backup folder's \`.nself-e2ee/\`, restored into the copy and deleted; the benchmark checks that no file is left. "forecast" is its \`forecastMs\`; "actual apply" is \`migrate --skip-backup --skip-dryrun\`'s \`applyMs\` on the same database right after. The last column is \`dryrun --full\` end to end: its own full verified backup (kept), every row restored, as the guide does.
 
 ${md(dryrunTable(results))}
 

@@ -6,7 +6,7 @@ import {table} from '../lib/stats.js'
 export const title = '8. Dry run and backup at 100k, 1M and 5M messages (issue 11)'
 
 export const what = () =>
-  'Guide: `pg_dump` (plain), `createdb`, `psql` restore, its SQL, `dropdb`, end to end. Ours: `dryrun --yes --json` end to end (its own backup, the copy with the whole schema and only the rows 013-016 read, apply, verify, forecast). '
+  'Guide: `pg_dump` (plain), `createdb`, `psql` restore, its SQL, `dropdb`, end to end. Ours: `dryrun --yes --json` end to end (no backup: a rehearsal dump of the schema and the rows the copy restores, removed at the end; the copy with the whole schema and only the rows 013-016 read, apply, verify, forecast). '
   + 'Forecast against the actual apply (`migrate --skip-backup --skip-dryrun`) on the same database; backup formats in MB/s of database. Details: [benchmarks-dryrun.md](benchmarks-dryrun.md) (`node bench/dryrun-sizes.js`).'
 
 export async function measure(cfg) {

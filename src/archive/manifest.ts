@@ -34,6 +34,18 @@ export function partialPathFor(dump: string): string {
   return path.join(path.dirname(dump), SIDECAR_DIR, `${path.basename(dump)}.${RUN_ID}.partial`)
 }
 
+/**
+ * The standalone dry run's rehearsal dump (steps/backup.ts takeRehearsalDump): never a backup, so never in backups/
+ * itself. Named with the database and the run id, so the next command can prove its writer is gone
+ * (steps/leftovers.ts) before removing a copy a kill -9 left.
+ */
+export function rehearsalPathFor(backupDir: string, database: string): string {
+  return path.join(backupDir, SIDECAR_DIR, `rehearsal_${database.replaceAll(/[^A-Za-z0-9_.-]/g, '_')}.${RUN_ID}.dump`)
+}
+
+/** A rehearsal dump's file name in the sidecar folder; group 1 is its run id. */
+export const REHEARSAL_FILE = /^rehearsal_.*\.([0-9a-f]{8})\.dump$/
+
 /** Older versions of this plugin wrote the manifest beside the dump; still read there. */
 export function legacyManifestPathFor(dump: string): string {
   return dump + MANIFEST_SUFFIX
@@ -51,7 +63,8 @@ export async function ensureSidecarDir(backupDir: string): Promise<void> {
   await fs.mkdir(path.join(backupDir, SIDECAR_DIR), {mode: 0o700, recursive: true})
 }
 
-export type BackupPurpose = 'pre-migration' | 'pre-rollback' | 'dryrun' | 'manual' | 'external'
+/** 'rehearsal': the in-memory manifest of a rehearsal dump, never written to disk (it is no backup). */
+export type BackupPurpose = 'pre-migration' | 'pre-rollback' | 'dryrun' | 'manual' | 'external' | 'rehearsal'
 
 export interface Manifest {
   format: typeof MANIFEST_FORMAT

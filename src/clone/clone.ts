@@ -46,6 +46,11 @@ export interface CreateCloneOptions {
   dataTables: string[]
   /** Restore the data of every table (`dryrun --full`, the guide's full restore); `dataTables` is then ignored. */
   allData?: boolean
+  /**
+   * Tables whose rows the archive itself left out (a rehearsal dump's `--exclude-table-data`, "schema.table"):
+   * reported in `leftOut` like the rows the restore leaves out.
+   */
+  leftOutOfArchive?: string[]
   jobs?: number
   /** Keep the clone after the run (and after a failure, for inspection): it is marked ", kept" and never swept. */
   keep?: boolean
@@ -54,7 +59,7 @@ export interface CreateCloneOptions {
 }
 
 
-interface KeptTable {
+export interface KeptTable {
   schema: string
   name: string
 }
@@ -65,6 +70,23 @@ function parseTableRef(ref: string, defaultSchema: string): KeptTable {
   validateIdentifier(schema, 'schema')
   validateIdentifier(name, 'table')
   return {name, schema}
+}
+
+/**
+ * The copy's rows, decided from production's catalog before anything is dumped (the rehearsal dump): the tables whose
+ * rows are kept (`dataTables` and what their data needs) and every other table with rows of its own, whose data the
+ * dump leaves out.
+ */
+export async function copyRows(admin: Sql, dataTables: string[], defaultSchema: string): Promise<{keep: KeptTable[]; exclude: KeptTable[]}> {
+  // `keep`: the plain tables among them, the ones with rows (TABLE DATA) of their own.
+  const keep = await tablesWithDependencies(admin, dataTables.map((t) => parseTableRef(t, defaultSchema)))
+  const keys = new Set(keep.map((t) => `${t.schema}.${t.name}`))
+  // Plain tables hold the rows (a partitioned parent's are in its partitions); the system's own are never dumped.
+  const all = await admin<KeptTable[]>`
+    select n.nspname as schema, c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+    order by 1, 2`
+  return {exclude: all.filter((t) => !keys.has(`${t.schema}.${t.name}`)), keep: all.filter((t) => keys.has(`${t.schema}.${t.name}`))}
 }
 
 /** The requested tables plus what their data needs: referenced tables (foreign keys) and partitions, recursively. */
@@ -119,16 +141,21 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   const keptKeys = new Set(kept.map((t) => tableDataKey(t.schema, t.name)))
 
   const leftOut: Clone['leftOut'] = []
+  const rowsOf = (schema: string | null, table: string) => {
+    const inSchema = schema === backup.manifest.schema
+    return {rows: (inSchema ? backup.manifest.row_counts[table] : undefined) ?? null, table: inSchema ? table : `${schema ?? ''}.${table}`}
+  }
+  const outOfArchive = new Set(opts.leftOutOfArchive ?? [])
+  for (const e of toc.entries) {
+    if (e.desc === 'TABLE' && outOfArchive.has(tableDataKey(e.schema, e.name))) leftOut.push(rowsOf(e.schema, e.name))
+  }
   const listLines: string[] = []
   const byLine = new Map(toc.entries.map((e) => [e.line, e]))
   let total = 0
   for (const line of toc.text.split('\n')) {
     const entry = byLine.get(line)
     if (entry && entry.desc === 'TABLE DATA' && !opts.allData && !keptKeys.has(tableDataKey(entry.schema, entry.name))) {
-      const inSchema = entry.schema === backup.manifest.schema
-      const table = inSchema ? entry.name : `${entry.schema ?? ''}.${entry.name}`
-      const rows = inSchema ? backup.manifest.row_counts[entry.name] : undefined
-      leftOut.push({rows: rows ?? null, table})
+      if (!outOfArchive.has(tableDataKey(entry.schema, entry.name))) leftOut.push(rowsOf(entry.schema, entry.name))
       listLines.push(';' + line)
       continue
     }

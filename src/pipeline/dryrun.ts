@@ -1,9 +1,11 @@
 import type {Target} from '../connection/target.js'
 import {PgTools} from '../connection/tools.js'
 import {type BackupInfo, type ListedBackup, manifestPathFor} from '../archive/manifest.js'
-import {verifyBackup} from '../steps/backup.js'
+import {type RehearsalDump, takeRehearsalDump, verifyBackup} from '../steps/backup.js'
 import {existingTables} from '../migrations/plan.js'
-import {dryRun, type DryRunReport} from '../steps/dryrun.js'
+import {decideCopy, dryRun, type DryRunReport} from '../steps/dryrun.js'
+import type {CloneContent} from '../clone/content.js'
+import {TOUCHED_TABLES} from '../nchat/tables.js'
 import {inspect, type Inspection} from '../migrations/inspect.js'
 import {preflight, type PreflightReport} from '../steps/preflight.js'
 import {progressOf} from './log-renderer.js'
@@ -34,7 +36,13 @@ export interface DryRunSummary {
   schema: string
   current: number | null
   wouldApply: string[]
+  /** The backup the copy was restored from (--from-backup, or the one --full takes); null with the rehearsal dump. */
   backup: {file: string; taken: boolean} | null
+  /**
+   * Without --from-backup and --full: the rehearsal dump the copy was restored from (the schema and the rows of the
+   * tables the copy restores; not a backup), and whether it was removed (always, however the run ends).
+   */
+  rehearsalDump: {file: string; bytes: number; tablesWithData: string[]; removed: boolean} | null
   clone: string | null
   kept: boolean
   /** The forecast apply time on production (see `forecast` for how it was made and its stated error). */
@@ -67,6 +75,9 @@ interface Ctx {
   pre?: PreflightReport
   backup?: BackupInfo | ListedBackup
   taken: boolean
+  rehearsal?: RehearsalDump
+  rehearsalRemoved?: boolean
+  content?: CloneContent
   dry?: DryRunReport
   existing?: string[]
   startedAt: number
@@ -87,12 +98,14 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
           return
         }
         c.tools = await PgTools.create(o.target)
-        c.pre = await preflight({backupDir: o.fromBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
+        // Room for a full backup is checked only when one is taken (--full); the rehearsal dump holds the schema
+        // and a few tables' rows, and a full disk while writing it is one sentence, with the file removed.
+        c.pre = await preflight({backupDir: o.full && !o.fromBackup ? o.target.backupDir : undefined, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
         task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
       }),
       title: 'Preflight (read-only)',
     },
-    {
+    o.fromBackup || o.full ? {
       skip: (c) => nothing(c),
       task: async (c, task) => timed(c, 'backup', async () => {
         const ins = c.ins!
@@ -107,6 +120,20 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
         task.title = `Backup: ${c.backup.file} (${fmtBytes((c.backup as BackupInfo).bytes)}, verified)`
       }),
       title: 'Backup',
+    } : {
+      // Production is only read, so no backup: a dump of what the copy restores, removed when the run ends.
+      skip: (c) => nothing(c),
+      task: async (c, task) => timed(c, 'dump', async () => {
+        const ins = c.ins!
+        c.content = await decideCopy({plan: ins.plan, sql: ins.sql})
+        c.rehearsal = await takeRehearsalDump({
+          dataTables: c.content.dataTables, ledgerVersion: ins.plan.current, log: (l) => { task.output = l },
+          onProgress: (bytes) => progressOf(task)(`${fmtBytes(bytes)} written`), schema: ins.plan.appSchema, sql: ins.sql,
+          tables: TOUCHED_TABLES, target: o.target, tools: c.tools!,
+        })
+        task.title = `Rehearsal dump: ${fmtBytes(c.rehearsal.bytes)}, the schema and the rows of ${plural(c.rehearsal.tablesWithData.length, 'table')} (not a backup; removed at the end)`
+      }),
+      title: 'Rehearsal dump (the schema and the rows the copy restores)',
     },
     {
       skip: (c) => nothing(c),
@@ -114,7 +141,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
         const ins = c.ins!
         await lock.assertSameDatabase(ins.sql)
         c.dry = await dryRun({
-          backup: c.backup!, full: o.full, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
+          backup: c.rehearsal ?? c.backup!, content: c.content, full: o.full, leftOutOfArchive: c.rehearsal?.leftOut, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
           plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
           sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
         })
@@ -128,7 +155,14 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
     },
   ]
   try {
-    await runSteps(tasks, ctx, o.json)
+    try {
+      await runSteps(tasks, ctx, o.json)
+    } finally {
+      if (ctx.rehearsal) {
+        await ctx.rehearsal.remove()
+        ctx.rehearsalRemoved = true
+      }
+    }
     return summarize(o, ctx)
   } finally {
     await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
@@ -160,6 +194,7 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
   }
   return {
     backup: c.backup ? {file: c.backup.file, taken: c.taken} : null,
+    rehearsalDump: c.rehearsal ? {bytes: c.rehearsal.bytes, file: c.rehearsal.file, removed: Boolean(c.rehearsalRemoved), tablesWithData: c.rehearsal.tablesWithData} : null,
     clone: d?.clone ?? null,
     existingTables: c.existing ?? [],
     current: ins.plan.current,

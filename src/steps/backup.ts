@@ -2,9 +2,9 @@ import {createHash} from 'node:crypto'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 
-import {ensureSidecarDir, findManifestFor, manifestPathFor, type BackupInfo, type BackupPurpose, type Manifest, MANIFEST_FORMAT, readManifest, sha256File, synthesizeManifest, writeManifest} from '../archive/manifest.js'
+import {ensureSidecarDir, findManifestFor, manifestPathFor, rehearsalPathFor, type BackupInfo, type BackupPurpose, type Manifest, MANIFEST_FORMAT, readManifest, sha256File, synthesizeManifest, writeManifest} from '../archive/manifest.js'
 import {ensureBackupDir, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
-import {missingTableData, readToc, type Toc, tocHeader} from '../archive/toc.js'
+import {missingTableData, readToc, tableDataKey, type Toc, tocHeader} from '../archive/toc.js'
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
@@ -14,7 +14,8 @@ import {testPause} from '../test-pause.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
 import {judgeTools, olderRestoreSentence} from '../connection/versions.js'
-import {fmtBytes, redact} from '../text.js'
+import {copyRows} from '../clone/clone.js'
+import {fmtBytes, plural, redact} from '../text.js'
 
 /**
  * Backups in nself's own layout (README, "Shared with nself's ledger and backups"): `pg_dump -Fc` through
@@ -69,22 +70,14 @@ interface InSnapshot {
   snapshotAt: string
 }
 
-export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
+/** Checked before anything is written: the connection is to the database dumped, and the client tools fit the server. */
+async function prepareDump(opts: Pick<TakeBackupOptions, 'log' | 'sql' | 'target' | 'tools'>, dir: string, what: string): Promise<DumpSetting> {
   const {log, sql, target, tools} = opts
-  const started = Date.now()
   const database = target.conn.database
-  const dir = path.resolve(opts.dir ?? target.backupDir)
-  const purpose = opts.purpose ?? 'pre-migration'
-  throwIfCancelled('the backup')
-
   const [{db}] = await sql<{db: string}[]>`select current_database() as db`
   if (db !== database) {
-    throw new UserError(`The backup must be taken over a connection to "${database}", not "${db}".`)
+    throw new UserError(`The ${what} must be taken over a connection to "${database}", not "${db}".`)
   }
-
-  await ensureBackupDir(dir, log)
-  const project = (target.projectName || database).replaceAll(/[^A-Za-z0-9_.-]/g, '_')
-
   const [server] = await sql<{version: string; num: number; size: string}[]>`
     select current_setting('server_version') as version, current_setting('server_version_num')::int as num,
            pg_database_size(current_database())::text as size`
@@ -92,96 +85,69 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   // Before anything is written: pg_dump must dump this server and pg_restore must read back what it writes.
   const toolCheck = judgeTools(Math.floor(server.num / 10_000), {pg_dump: pgDumpMajor, pg_restore: await tools.toolMajor('pg_restore')},
     tools.container ? `in container ${tools.container}` : 'local client tools', {dumps: true, local: !tools.container})
-  if (toolCheck.status === 'fail') throw new UserError(`No backup was taken: ${toolCheck.detail}.`, {hint: toolCheck.fix})
+  if (toolCheck.status === 'fail') throw new UserError(`No ${what} was taken: ${toolCheck.detail}.`, {hint: toolCheck.fix})
+  return {dir, pgDumpMajor, server: {num: server.num, size: Number(server.size), version: server.version}}
+}
 
-  try {
-    const stat = await fs.statfs(dir)
-    const free = Number(stat.bavail) * Number(stat.bsize)
-    if (free < Number(server.size)) {
-      log?.(`Warning: ${dir} has ${fmtBytes(free)} free and the database takes ${fmtBytes(Number(server.size))}; a compressed dump is usually much smaller, but watch the disk.`)
-    }
-  } catch {
-    // statfs is advisory.
-  }
+interface DumpSetting {
+  dir: string
+  pgDumpMajor: number
+  server: {version: string; num: number; size: number}
+}
 
-  const relations = opts.tables.length === 0 ? [] : await sql<{name: string; kind: string}[]>`
+/** Plain and partitioned tables of `tables` that exist in `schema`; only plain ones have TABLE DATA of their own. */
+async function existingTablesIn(sql: Sql, schema: string, tables: string[]): Promise<{existing: string[]; plain: string[]}> {
+  const relations = tables.length === 0 ? [] : await sql<{name: string; kind: string}[]>`
     select c.relname as name, c.relkind as kind from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = ${opts.schema} and c.relname = any(${opts.tables}) and c.relkind in ('r', 'p')`
-  const existing = opts.tables.filter((t) => relations.some((r) => r.name === t))
+    where n.nspname = ${schema} and c.relname = any(${tables}) and c.relkind in ('r', 'p')`
+  const existing = tables.filter((t) => relations.some((r) => r.name === t))
   // Partitioned parents hold no data of their own: their partitions have the TABLE DATA entries.
-  const plainTables = existing.filter((t) => relations.some((r) => r.name === t && r.kind === 'r'))
+  return {existing, plain: existing.filter((t) => relations.some((r) => r.name === t && r.kind === 'r'))}
+}
+
+export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
+  const {log, sql, target} = opts
+  const started = Date.now()
+  const database = target.conn.database
+  const dir = path.resolve(opts.dir ?? target.backupDir)
+  const purpose = opts.purpose ?? 'pre-migration'
+  throwIfCancelled('the backup')
+
+  const setting = await prepareDump(opts, dir, 'backup')
+  await ensureBackupDir(dir, log)
+  const project = (target.projectName || database).replaceAll(/[^A-Za-z0-9_.-]/g, '_')
+  const {existing, plain} = await existingTablesIn(sql, opts.schema, opts.tables)
 
   await ensureSidecarDir(dir)
   const {final, partial} = await reserveFileName(dir, project)
   const manifestFile = manifestPathFor(final)
-  const dumpAppName = `${APP_NAME}-dump`
-  const secret = target.conn.password
-
-  let compression = compressionFor(pgDumpMajor)
-  let rowCounts: Record<string, number> = {}
-  let ledgerVersion = opts.ledgerVersion
-  let snapshotAt: string | undefined
-  let result: DumpResult | undefined
-  let stopDump: (() => Promise<void>) | undefined
-  const unregister = onCancel(async () => {
-    await stopDump?.()
-  })
 
   try {
-    for (;;) {
-      try {
-        const out = await dumpInSnapshot(compression.args)
-        result = out.result
-        rowCounts = out.rowCounts
-        ledgerVersion = out.ledger
-        snapshotAt = out.snapshotAt
-        break
-      } catch (error) {
-        if (compression.fallback && !isCancelled() && /zstd|not built with|not supported/i.test(firstLine(error))) {
-          log?.(`pg_dump ${pgDumpMajor} has no zstd support (${firstLine(error)}); using gzip level 1.`)
-          compression = {args: compression.fallback.args, label: compression.fallback.label}
-          continue
-        }
-        throw error
-      }
-    }
-
-    // Check what was written before it gets the final name: pg_restore must read its table of contents and
-    // find the data of every table counted into the manifest.
-    let toc: Toc
-    try {
-      toc = await readToc(tools, partial)
-    } catch (error) {
-      if (isCancelled()) throw error
-      throw new UserError(`The new backup ${final} cannot be read back by pg_restore: ${redact(firstLine(error), secret)}.`, {cause: error})
-    }
-    const missing = missingTableData(toc, opts.schema, plainTables)
-    if (missing) {
-      throw new UserError(`The new backup ${final} holds no data for table ${opts.schema}.${missing}.`, {
-        hint: 'Check that the database user may read every table (pg_dump skips nothing it can read).',
-      })
-    }
+    const dump = await dumpChecked(opts, setting, {
+      count: existing, extraArgs: [], file: partial, name: `the backup to ${final}`, requireData: [{schema: opts.schema, tables: plain}], shown: final,
+      what: 'backup',
+    })
     throwIfCancelled(`the backup to ${final}`)
     await testPause('backup:partial-written')
 
     const manifest: Manifest = {
-      compression: compression.label,
+      compression: dump.compression,
       created_at: new Date(started).toISOString(),
       database,
       file: path.basename(final),
       format: MANIFEST_FORMAT,
-      ledger_version: ledgerVersion,
-      pg_dump_major: pgDumpMajor,
+      ledger_version: dump.ledger,
+      pg_dump_major: setting.pgDumpMajor,
       project: target.projectName,
       purpose,
-      row_counts: rowCounts,
+      row_counts: dump.rowCounts,
       schema: opts.schema,
-      server_version: server.version,
-      server_version_num: server.num,
-      sha256: result!.sha256,
-      size: result!.bytes,
-      snapshot_at: snapshotAt,
-      toc_entries: toc.entries.length,
+      server_version: setting.server.version,
+      server_version_num: setting.server.num,
+      sha256: dump.result.sha256,
+      size: dump.result.bytes,
+      snapshot_at: dump.snapshotAt,
+      toc_entries: dump.toc.entries.length,
     }
     try {
       await publish(partial, final)
@@ -197,15 +163,231 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       await removeQuietly(manifestFile)
       throw fsErrorSentence(error, 'Writing the backup', final)
     }
-    log?.(`Backup written: ${final} (${fmtBytes(result!.bytes)}, ${toc.entries.length} entries, sha256 ${result!.sha256.slice(0, 12)}…).`)
-    return {bytes: result!.bytes, durationMs: Date.now() - started, file: final, manifest, manifestFile}
+    log?.(`Backup written: ${final} (${fmtBytes(dump.result.bytes)}, ${dump.toc.entries.length} entries, sha256 ${dump.result.sha256.slice(0, 12)}…).`)
+    return {bytes: dump.result.bytes, durationMs: Date.now() - started, file: final, manifest, manifestFile}
   } catch (error) {
-    await stopDump?.()
     await removeQuietly(partial)
     await removeQuietly(manifestFile)
     if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
     if (error instanceof UserError) throw error
     const e = toUserError(error, `The backup to ${final} failed`)
+    throw new UserError(redact(e.message, target.conn.password), {cause: error, hint: e.hint})
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// takeRehearsalDump
+
+export interface RehearsalDumpOptions extends Omit<TakeBackupOptions, 'dir' | 'purpose'> {
+  /** Where the backups go: the dump is written into its sidecar folder, never into it. */
+  dir?: string
+  /**
+   * The tables whose rows the copy restores ("schema.table", as decided from production's catalog): their rows and
+   * those of the tables they need (foreign keys, partitions) are dumped, every other table's are left out
+   * (`--exclude-table-data`).
+   */
+  dataTables: string[]
+}
+
+export interface RehearsalDump {
+  file: string
+  bytes: number
+  /** What the copy is checked against: the row counts of the kept tables of the app's schema, in the dump's snapshot. */
+  manifest: Manifest
+  /** Tables whose data the dump holds ("schema.table"). */
+  tablesWithData: string[]
+  /** Tables whose data it left out ("schema.table"). */
+  leftOut: string[]
+  durationMs: number
+  /** Delete the file (idempotent). Until then Ctrl+C and SIGTERM delete it too. */
+  remove(): Promise<void>
+}
+
+/**
+ * The standalone dry run's dump (README, "What the dry run restores"): the whole schema and the rows of the tables
+ * the copy restores, nothing else, taken like a backup (same pg_dump, same snapshot, read back) but NOT a backup:
+ * it is written into the sidecar folder (nself's `backup list`/`restore latest` skip folders), as
+ * `rehearsal_<db>.<run>.dump` (mode 0600; the run id lets the next command remove one a kill -9 left,
+ * steps/leftovers.ts), and deleted when the dry run ends, however it ends.
+ */
+export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<RehearsalDump> {
+  const {log, sql, target} = opts
+  const started = Date.now()
+  const database = target.conn.database
+  const dir = path.resolve(opts.dir ?? target.backupDir)
+  throwIfCancelled('the rehearsal dump')
+  const setting = await prepareDump(opts, dir, 'rehearsal dump')
+  await ensureBackupDir(dir, log)
+  await ensureSidecarDir(dir)
+  const file = rehearsalPathFor(dir, database)
+  const {exclude, keep} = await copyRows(sql, opts.dataTables, opts.schema)
+  // Counted (as a backup counts them) only where the dump holds their rows: the copy is checked against these.
+  const kept = new Set(keep.filter((t) => t.schema === opts.schema).map((t) => t.name))
+  const {existing} = await existingTablesIn(sql, opts.schema, opts.tables.filter((t) => kept.has(t)))
+  const bySchema = new Map<string, string[]>()
+  for (const t of keep) bySchema.set(t.schema, [...(bySchema.get(t.schema) ?? []), t.name])
+
+  let removed = false
+  const remove = async () => {
+    if (removed) return
+    await removeQuietly(file)
+    removed = true
+  }
+  const unregister = onCancel(remove)
+  try {
+    const fh = await fs.open(file, 'wx', 0o600).catch((error) => {
+      throw fsErrorSentence(error, 'Writing the rehearsal dump', file)
+    })
+    await fh.close()
+    const dump = await dumpChecked(opts, setting, {
+      count: existing,
+      extraArgs: exclude.map((t) => `--exclude-table-data=${dumpPattern(t.schema, t.name)}`),
+      file, name: `the rehearsal dump ${file}`, requireData: [...bySchema].map(([schema, tables]) => ({schema, tables})), shown: file,
+      what: 'rehearsal dump',
+    })
+    // pg_dump's patterns are quoted exactly, so a table left out must have no data in it: say so if one has.
+    const excluded = new Set(exclude.map((t) => tableDataKey(t.schema, t.name)))
+    const stray = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA' && excluded.has(tableDataKey(e.schema, e.name)))
+    if (stray.length > 0) log?.(`The rehearsal dump holds the rows of ${stray.map((e) => `${e.schema}.${e.name}`).join(', ')} after all; the copy leaves them out.`)
+    throwIfCancelled(`the rehearsal dump ${file}`)
+    await testPause('dryrun:dump-written')
+    throwIfCancelled(`the rehearsal dump ${file}`)
+    const manifest: Manifest = {
+      compression: dump.compression,
+      created_at: new Date(started).toISOString(),
+      database,
+      file: path.basename(file),
+      format: MANIFEST_FORMAT,
+      ledger_version: dump.ledger,
+      pg_dump_major: setting.pgDumpMajor,
+      project: target.projectName,
+      purpose: 'rehearsal',
+      row_counts: dump.rowCounts,
+      schema: opts.schema,
+      server_version: setting.server.version,
+      server_version_num: setting.server.num,
+      sha256: dump.result.sha256,
+      size: dump.result.bytes,
+      snapshot_at: dump.snapshotAt,
+      toc_entries: dump.toc.entries.length,
+    }
+    const tablesWithData = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => `${e.schema ?? ''}.${e.name}`)
+    log?.(`Rehearsal dump written: ${file} (${fmtBytes(dump.result.bytes)}, the schema and the rows of ${plural(tablesWithData.length, 'table')}; not a backup, removed when the dry run ends).`)
+    return {
+      bytes: dump.result.bytes, durationMs: Date.now() - started, file, leftOut: [...excluded], manifest,
+      async remove() {
+        unregister()
+        await remove()
+      },
+      tablesWithData,
+    }
+  } catch (error) {
+    unregister()
+    await remove()
+    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
+    throw error
+  }
+}
+
+/** `"schema"."table"` as pg_dump's patterns match it literally (inside double quotes `*`, `?`, `.` and `$` are plain characters). */
+export function dumpPattern(schema: string, table: string): string {
+  const q = (s: string) => `"${s.replaceAll('"', '""')}"`
+  return `${q(schema)}.${q(table)}`
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// dumpChecked: what a backup and the rehearsal dump share
+
+interface DumpTarget {
+  /** Where the bytes go (created by the caller). */
+  file: string
+  /** The file as messages name it, and the phrase for the whole operation ("the backup to X"). */
+  shown: string
+  name: string
+  what: 'backup' | 'rehearsal dump'
+  /** Tables (in the options' schema) counted in the dump's snapshot. */
+  count: string[]
+  /** Tables whose data the dump must hold, per schema. */
+  requireData: Array<{schema: string; tables: string[]}>
+  extraArgs: string[]
+}
+
+interface CheckedDump extends InSnapshot {
+  toc: Toc
+  compression: string
+}
+
+/**
+ * pg_dump in a snapshot of our own (the row counts and ledger version read in it), with the compression pg_dump
+ * supports, then read back: pg_restore must list it and find the data of every table required. A failure
+ * removes nothing but stops pg_dump; it is one sentence naming the file (the password redacted).
+ */
+async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onProgress' | 'log' | 'schema' | 'sql' | 'target' | 'tools'>, setting: DumpSetting, d: DumpTarget): Promise<CheckedDump> {
+  const {log, sql, target, tools} = opts
+  const database = target.conn.database
+  const secret = target.conn.password
+  const Shown = d.name.charAt(0).toUpperCase() + d.name.slice(1)
+  // "The backup to X failed: …", "The rehearsal dump X failed: …"
+  const opening = d.what === 'backup' ? 'The backup to' : 'The rehearsal dump'
+  // A full backup can be large: warn when the folder has less room than the database takes (the rehearsal dump
+  // holds the schema and a few tables' rows).
+  if (d.what === 'backup') {
+    try {
+      const stat = await fs.statfs(setting.dir)
+      const free = Number(stat.bavail) * Number(stat.bsize)
+      if (free < setting.server.size) {
+        log?.(`Warning: ${setting.dir} has ${fmtBytes(free)} free and the database takes ${fmtBytes(setting.server.size)}; a compressed dump is usually much smaller, but watch the disk.`)
+      }
+    } catch {
+      // statfs is advisory.
+    }
+  }
+  const dumpAppName = `${APP_NAME}-dump`
+  let compression = compressionFor(setting.pgDumpMajor)
+  let stopDump: (() => Promise<void>) | undefined
+  const unregister = onCancel(async () => {
+    await stopDump?.()
+  })
+
+  try {
+    let out: InSnapshot
+    for (;;) {
+      try {
+        out = await dumpInSnapshot([...compression.args, ...d.extraArgs])
+        break
+      } catch (error) {
+        if (compression.fallback && !isCancelled() && /zstd|not built with|not supported/i.test(firstLine(error))) {
+          log?.(`pg_dump ${setting.pgDumpMajor} has no zstd support (${firstLine(error)}); using gzip level 1.`)
+          compression = {args: compression.fallback.args, label: compression.fallback.label}
+          continue
+        }
+        throw error
+      }
+    }
+
+    // Check what was written before it is used: pg_restore must read its table of contents and find the data of
+    // every table required.
+    let toc: Toc
+    try {
+      toc = await readToc(tools, d.file)
+    } catch (error) {
+      if (isCancelled()) throw error
+      throw new UserError(`The new ${d.what} ${d.shown} cannot be read back by pg_restore: ${redact(firstLine(error), secret)}.`, {cause: error})
+    }
+    for (const r of d.requireData) {
+      const missing = missingTableData(toc, r.schema, r.tables)
+      if (missing) {
+        throw new UserError(`The new ${d.what} ${d.shown} holds no data for table ${r.schema}.${missing}.`, {
+          hint: 'Check that the database user may read every table (pg_dump skips nothing it can read).',
+        })
+      }
+    }
+    return {...out, compression: compression.label, toc}
+  } catch (error) {
+    await stopDump?.()
+    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(d.name)
+    if (error instanceof UserError) throw error
+    const e = toUserError(error, `${Shown} failed`)
     throw new UserError(redact(e.message, secret), {cause: error, hint: e.hint})
   } finally {
     unregister()
@@ -213,9 +395,9 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
 
   /**
    * pg_dump in a snapshot exported by our own REPEATABLE READ transaction; the same transaction counts the
-   * rows, so the manifest's counts are exactly what the dump holds, whatever the app writes meanwhile.
+   * rows, so the counts are exactly what the dump holds, whatever the app writes meanwhile.
    */
-  async function dumpInSnapshot(compressionArgs: string[]): Promise<InSnapshot> {
+  async function dumpInSnapshot(dumpArgs: string[]): Promise<InSnapshot> {
     // A session of its own, not sql.begin: postgres.js crashes the process when a transaction's connection dies
     // and the transaction goes on (porsager/postgres 1208). A lost session is never written to again.
     const session = await openSession(sql)
@@ -229,7 +411,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         alive()
         const [{snapshot, pid, at}] = await tx<{snapshot: string; pid: number; at: number}[]>`
           select pg_export_snapshot() as snapshot, pg_backend_pid() as pid, extract(epoch from now())::float8 as at`
-        const dump = streamDump([...compressionArgs, `--snapshot=${snapshot}`])
+        const dump = streamDump([...dumpArgs, `--snapshot=${snapshot}`])
         let stop = false
         let counting: Promise<void> = Promise.resolve()
         // A failed or cancelled dump stops the count on the server: postgres.js's own query.cancel() on a query
@@ -242,7 +424,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         // The ledger version too: another run may have applied a migration since the caller read it.
         let ledger = opts.ledgerVersion
         counting = (async () => {
-          for (const table of existing) {
+          for (const table of d.count) {
             if (stop) return
             alive()
             const [{n}] = await tx.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(opts.schema)}.${quoteIdent(table)}`)
@@ -273,16 +455,16 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     }
   }
 
-  async function streamDump(compressionArgs: string[]): Promise<DumpResult> {
-    throwIfCancelled(`the backup to ${final}`)
+  async function streamDump(dumpArgs: string[]): Promise<DumpResult> {
+    throwIfCancelled(d.name)
     let fh: fs.FileHandle
     try {
-      // Reserved (and created) by reserveFileName: truncate what an earlier attempt wrote.
-      fh = await fs.open(partial, 'w', 0o600)
+      // Created by the caller: truncate what an earlier attempt wrote.
+      fh = await fs.open(d.file, 'w', 0o600)
     } catch (error) {
-      throw fsErrorSentence(error, 'Writing the backup', final)
+      throw fsErrorSentence(error, `Writing the ${d.what}`, d.shown)
     }
-    const args = ['--format=custom', ...compressionArgs, '--no-password', '--lock-wait-timeout=60s']
+    const args = ['--format=custom', ...dumpArgs, '--no-password', '--lock-wait-timeout=60s']
     const child = tools.run('pg_dump', args, database, {buffer: {stderr: true, stdout: false}, maxBuffer: 16 * 1024 * 1024}, {appName: dumpAppName})
     child.catch(() => {})
     let dumpDone = false
@@ -315,14 +497,14 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       if (writeError) {
         // Disk full or an I/O error: stop pg_dump (leaving the loop closed its pipe) and name the file.
         await stopDump()
-        throw fsErrorSentence(writeError, 'The backup to', final)
+        throw fsErrorSentence(writeError, opening, d.shown)
       }
       try {
         await child
         dumpDone = true
       } catch (error) {
-        if (isCancelled()) throw new CancelledError(`the backup to ${final}`)
-        throw new UserError(`pg_dump failed writing ${final}: ${redact(firstLine(error), secret)}.`, {
+        if (isCancelled()) throw new CancelledError(d.name)
+        throw new UserError(`pg_dump failed writing ${d.shown}: ${redact(firstLine(error), secret)}.`, {
           cause: error,
           hint: dumpHint(firstLine(error), target),
         })
@@ -330,12 +512,12 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       try {
         await fh.sync()
       } catch (error) {
-        throw fsErrorSentence(error, 'The backup to', final)
+        throw fsErrorSentence(error, opening, d.shown)
       }
     } finally {
       await fh.close().catch(() => {})
     }
-    if (bytes === 0) throw new UserError(`pg_dump wrote nothing to ${final}.`)
+    if (bytes === 0) throw new UserError(`pg_dump wrote nothing to ${d.shown}.`)
     return {bytes, sha256: hash.digest('hex')}
   }
 }

@@ -8,9 +8,9 @@ import {connect, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
 import {createClone} from '../clone/clone.js'
-import type {BackupInfo, ListedBackup} from '../archive/manifest.js'
+import type {BackupInfo, ListedBackup, Manifest} from '../archive/manifest.js'
 import {testPause} from '../test-pause.js'
-import {cloneContent, type KeptAltered, type SlimTable} from '../clone/content.js'
+import {type CloneContent, cloneContent, type KeptAltered} from '../clone/content.js'
 import {type Forecast, forecastApply} from '../clone/forecast.js'
 import {TOUCHED_TABLES} from '../nchat/tables.js'
 import type {VerifyReport} from '../verify/report.js'
@@ -21,7 +21,8 @@ export interface DryRunOptions {
   tools: PgTools
   /** Connected to production (read only here). */
   sql: Sql
-  backup: BackupInfo | ListedBackup
+  /** The dump restored into the copy: a backup, or the rehearsal dump (whose manifest is only in memory). */
+  backup: BackupInfo | ListedBackup | {file: string; manifest: Manifest}
   migrations: MigrationFile[]
   /** Where production stands: its schema, its ledger, and tables a hand-run of the guide already made. */
   plan: Plan
@@ -30,6 +31,10 @@ export interface DryRunOptions {
   keep?: boolean
   /** Restore every row of every table (the guide's full restore) instead of only what the migration reads. */
   full?: boolean
+  /** What the copy holds, when decided before the dump (decideCopy); decided here otherwise. */
+  content?: CloneContent
+  /** Tables ("schema.table") whose rows the dump itself left out (a rehearsal dump). */
+  leftOutOfArchive?: string[]
   runner: Pick<RunnerOptions, 'lockTimeoutMs' | 'maxLockWaitMs' | 'statementTimeoutMs' | 'buildTimeoutMs'>
   log: (line: string) => void
   progress: (line: string) => void
@@ -56,21 +61,31 @@ export interface DryRunReport {
 }
 
 /**
- * The guide's dry run, made cheap and safe: restore the backup just taken into a throwaway database (only the
- * data the migration reads or alters), apply there, verify there, and always drop it.
+ * What the copy holds, decided from production's catalog (read only): the tables whose rows it restores, the
+ * tables 014 only alters whose rows are left out (each with the proof) or kept after all. With `full`, every row.
  */
-export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
+export async function decideCopy(o: Pick<DryRunOptions, 'full' | 'plan' | 'sql'>): Promise<CloneContent> {
   const schema = o.plan.appSchema
   // The tables the migration alters, tables a hand-run already made (their rows matter to the trial too), and the
   // ledgers, so the clone starts from production's migration state.
   const dataTables = [...new Set([...TOUCHED_TABLES, ...o.plan.migrations.flatMap((m) => m.preexisting)])].map((t) => `${schema}.${t}`)
   if (o.plan.shape.exists) dataTables.push(`${o.plan.shape.schema}.schema_migrations`)
   if (await ownLedgerExists(o.sql)) dataTables.push(LEDGER_TABLE)
-  const content = o.full ? {dataTables, keptAltered: [], slim: [] as SlimTable[]} : await cloneContent(o.sql, o.plan, dataTables)
+  return o.full ? {dataTables, keptAltered: [], slim: []} : cloneContent(o.sql, o.plan, dataTables)
+}
+
+/**
+ * The guide's dry run, made cheap and safe: restore a dump (the backup just taken, or the standalone dry run's
+ * rehearsal dump) into a throwaway database (only the data the migration reads or alters), apply there, verify
+ * there, and always drop it.
+ */
+export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
+  const schema = o.plan.appSchema
+  const content = o.content ?? await decideCopy(o)
   for (const s of content.slim) o.log(`Leaving out the rows of ${s.table}: ${s.why}.`)
   for (const k of content.keptAltered) o.log(`Restoring the rows of ${k.table}: ${k.why}.`)
   const clone = await createClone({
-    admin: o.sql, allData: o.full, backup: o.backup, dataTables: content.dataTables, jobs: o.jobs, keep: o.keep, log: o.log,
+    admin: o.sql, allData: o.full, backup: o.backup, dataTables: content.dataTables, jobs: o.jobs, keep: o.keep, leftOutOfArchive: o.leftOutOfArchive, log: o.log,
     onProgress: (p) => o.progress(`restoring: ${p.done}/${p.total} archive entries${p.item ? ` (${p.item})` : ''}`),
     target: o.target, tools: o.tools,
   })

@@ -5,7 +5,7 @@ import {UserError} from '../errors.js'
 import type {CommandLock} from '../migrations/command-lock.js'
 import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
 import {type Querier, RUN_ID, type Sql} from '../connection/connect.js'
-import {SIDECAR_DIR} from '../archive/manifest.js'
+import {REHEARSAL_FILE, SIDECAR_DIR} from '../archive/manifest.js'
 import {COMMENT_PREFIX, dropDatabase, newDatabaseName, type NewDatabaseKind} from '../pg/databases.js'
 
 /**
@@ -14,11 +14,12 @@ import {COMMENT_PREFIX, dropDatabase, newDatabaseName, type NewDatabaseKind} fro
  * - Databases `<db>_e2ee_dryrun_<ts>` / `<db>_e2ee_restore_<ts>` whose comment (written when they are created)
  *   names this tool, the database and the run id.
  * - Backup files `<name>.dump.<run>.partial` (and their manifest's `.partial`), named with the run id.
+ * - Rehearsal dumps of standalone dry runs, `.nself-e2ee/rehearsal_<db>.<run>.dump`, named with the run id.
  * - The target refusing connections (`datallowconn` false), which an interrupted swap of an older version could
  *   leave; the swap of this version never closes the live database.
  *
  * Proof of ownership: a command sweeps only while it holds the command lock of the database (so no other
- * command on it is running) and removes only what names a run other than its own; a `.partial` file is removed
+ * command on it is running) and removes only what names a run other than its own; a `.partial` file or a rehearsal dump is removed
  * only when no server session carries its run id (every run that writes one holds its lock session until it
  * ends). Dry-run clones kept with --keep-dryrun-db are never removed.
  */
@@ -36,6 +37,8 @@ export interface LeftoverDatabase {
 export interface LeftoverFile {
   file: string
   run: string | null
+  /** 'partial': an unfinished backup; 'rehearsal': a standalone dry run's rehearsal dump (no backup). */
+  kind: 'partial' | 'rehearsal'
 }
 
 const runOf = (comment: string) => /, run ([0-9a-f]+)/.exec(comment)?.[1] ?? null
@@ -62,14 +65,19 @@ export async function leftoverDatabases(admin: Querier, database: string): Promi
 
 const PARTIAL = /\.dump\.(?:([0-9a-f]{8})\.)?partial$|\.dump\.(?:([0-9a-f]{8})\.)?manifest\.json\.partial$/
 
-/** Unfinished backup files in the backup folder and its sidecar folder (none when they do not exist). */
+/**
+ * Unfinished backup files in the backup folder and its sidecar folder, and rehearsal dumps of dry runs in the
+ * sidecar folder (none when they do not exist).
+ */
 export async function leftoverPartials(dir: string): Promise<LeftoverFile[]> {
   const found: LeftoverFile[] = []
   for (const folder of [dir, path.join(dir, SIDECAR_DIR)]) {
     const names = await fs.readdir(folder).catch(() => [] as string[])
     for (const n of names.sort()) {
       const m = PARTIAL.exec(n)
-      if (m) found.push({file: path.join(folder, n), run: m[1] ?? m[2] ?? null})
+      if (m) found.push({file: path.join(folder, n), kind: 'partial', run: m[1] ?? m[2] ?? null})
+      const r = folder === dir ? null : REHEARSAL_FILE.exec(n)
+      if (r) found.push({file: path.join(folder, n), kind: 'rehearsal', run: r[1]})
     }
   }
   return found
@@ -105,7 +113,7 @@ export async function sweepLeftovers(lock: CommandLock, backupDir: string | unde
       if (!p.run || p.run === RUN_ID || alive.has(p.run)) continue
       await fs.rm(p.file, {force: true})
       removed.push(p.file)
-      log(`Removed ${p.file}, the unfinished backup of an interrupted run (${p.run}).`)
+      log(`Removed ${p.file}, ${p.kind === 'rehearsal' ? 'the rehearsal dump of an interrupted dry run' : 'the unfinished backup of an interrupted run'} (${p.run}).`)
     }
   }
   return removed

@@ -248,11 +248,16 @@ describe('interrupted commands: the next command repairs and cleans up, and says
     const st1 = await runCli(['db', 'e2ee', 'status', ...localArgs(db.name), '--backup-dir', dir])
     expect(st1.code, st1.stderr).toBe(0)
     expect(st1.stdout).toContain(`Leftover    dry-run clone ${clones[0]} (${fate})`)
+    // Its rehearsal dump (in the sidecar folder, named with the dead run's id) too.
+    const rehearsal = readdirSync(path.join(dir, SIDECAR_DIR)).filter((f) => f.startsWith('rehearsal_')).map((f) => path.join(dir, SIDECAR_DIR, f))
+    expect(rehearsal).toHaveLength(1)
+    expect(st1.stdout).toContain(`Leftover    rehearsal dump ${rehearsal[0]} (${fate})`)
 
     // The next command drops the clone first thing; killed in its backup, it leaves a .partial dump.
     const mg = start(cli('migrate', db.name, dir), 'backup:partial-written')
     await mg.waitFor('[test-pause] backup:partial-written')
     expect(mg.output()).toContain(`Dropped ${clones[0]}, left by an interrupted dry run`)
+    expect(mg.output()).toContain(`Removed ${rehearsal[0]}, the rehearsal dump of an interrupted dry run`)
     expect(await leftoverDatabases(db.name)).toEqual([])
     await mg.kill9()
     // Dumps being written live in the sidecar folder, out of nself's backup listing.

@@ -23,6 +23,8 @@ describe('nself db e2ee dryrun', () => {
     expect(s.wouldApply).toEqual(['013_e2ee_system', '014_e2ee_system', '015_voice_calls', '016_live_streaming'])
     expect(s.forecastMs).toBeGreaterThan(0)
     expect(s.verification.ok).toBe(true)
+    expect(s.backup).toBeNull()
+    expect(s.rehearsalDump.removed).toBe(true)
     expect(s.leftOut.map((l: {table: string}) => l.table)).toEqual(expect.arrayContaining([expect.stringMatching(/nchat_reactions/)]))
     const alter = s.statements.find((x: {statement: string}) => /^ALTER TABLE nchat_messages ADD COLUMN/i.test(x.statement))
     expect(alter).toMatchObject({inTransaction: true, migration: '014_e2ee_system'})
@@ -49,7 +51,9 @@ describe('nself db e2ee dryrun', () => {
   it('uses --from-backup after checking it against its manifest, and refuses a tampered one', async () => {
     const db = await fresh()
     const dir = backupDir()
-    const first = parseJson((await runCli(['db', 'e2ee', 'dryrun', '--json', ...localArgs(db.name), '--backup-dir', dir])).stdout)
+    // A plain dryrun leaves no backup (its rehearsal dump is removed); --full takes and keeps a verified one.
+    const first = parseJson((await runCli(['db', 'e2ee', 'dryrun', '--json', '--full', ...localArgs(db.name), '--backup-dir', dir])).stdout)
+    expect(first.backup.taken).toBe(true)
     const file = first.backup.file
     const again = await runCli(['db', 'e2ee', 'dryrun', '--json', ...localArgs(db.name), '--from-backup', file])
     expect(again.code, again.stderr).toBe(0)
@@ -73,6 +77,7 @@ describe('nself db e2ee dryrun', () => {
     expect(parseJson(r.stdout).ok).toBe(true)
     const calls = dockerCalls(log)
     expect(calls.some((c) => c[0] === 'exec' && c.includes('pg_restore'))).toBe(true)
+    expect(calls.some((c) => c[0] === 'exec' && c.includes('pg_dump') && c.includes('--exclude-table-data="public"."nchat_messages"'))).toBe(true)
     expect(calls.every((c) => !c.includes('-t'))).toBe(true)
     expect(await ledgerVersion(db.name)).toBe(12)
     expect(await leftoverDatabases(db.name)).toEqual([])

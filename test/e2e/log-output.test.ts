@@ -51,7 +51,7 @@ function expectNoRepeats(output: string): void {
   for (let i = 1; i < lines.length; i++) expect(lines[i], `line ${i + 1} repeats the line before it`).not.toBe(lines[i - 1])
 }
 
-/** "preflight 102 ms, backup 365 ms, dryrun 3.8 s (total 4.3 s)" → the steps' times and the total. */
+/** "preflight 102 ms, dump 365 ms, dryrun 3.8 s (total 4.3 s)" → the steps' times and the total. */
 function stepsLine(stdout: string): {steps: number[]; total: number} {
   const m = /^Steps {7}(.*) \(total ([^()]+)\)$/m.exec(stdout)
   expect(m, stdout).not.toBeNull()
@@ -126,7 +126,8 @@ describe('output made for logs (piped, CI)', () => {
     expect(r.code, r.stderr).toBe(0)
     expect(r.stderr).toBe('')
     const s = parseJson(r.stdout)
-    expect(Object.keys(s.timings)).toEqual(['preflight', 'backup', 'dryrun'])
+    // No backup: the standalone dry run's rehearsal dump is the 'dump' step.
+    expect(Object.keys(s.timings)).toEqual(['preflight', 'dump', 'dryrun'])
     expect(s.elapsedMs).toBeGreaterThanOrEqual(Object.values<number>(s.timings).reduce((a, b) => a + b, 0))
     expect(s.statements.length).toBeGreaterThan(100)
     expect(s.existingTables.sort()).toEqual(['nchat_channels', 'nchat_messages', 'nchat_users'])

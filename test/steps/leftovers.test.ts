@@ -8,6 +8,7 @@ import {acquireCommandLock, type CommandLock} from '../../src/migrations/command
 import {loadMigrations} from '../../src/migrations/files.js'
 import {migrateUp} from '../../src/migrations/runner.js'
 import {connect, RUN_ID, type Sql} from '../../src/connection/connect.js'
+import {SIDECAR_DIR} from '../../src/archive/manifest.js'
 import {newDatabaseName} from '../../src/pg/databases.js'
 import {leftoverDatabases, leftoverPartials, repairClosedDatabase, sweepLeftovers} from '../../src/steps/leftovers.js'
 import {createV030Database} from '../helpers/fixture.js'
@@ -183,17 +184,27 @@ describe('leftovers', () => {
     const alivePartial = file('nchat_20240102_030406.dump.aaaabbbb.partial')
     const legacyPartial = file('nchat_20240102_030407.dump.partial')
     const finished = file('nchat_20240102_030408.dump')
+    // Rehearsal dumps of standalone dry runs: only in the sidecar folder, named with their run id.
+    fs.mkdirSync(path.join(dir, SIDECAR_DIR))
+    const deadRehearsal = file(`${SIDECAR_DIR}/rehearsal_nchat.0badc0de.dump`)
+    const aliveRehearsal = file(`${SIDECAR_DIR}/rehearsal_nchat.aaaabbbb.dump`)
+    const myRehearsal = file(`${SIDECAR_DIR}/rehearsal_nchat.${RUN_ID}.dump`)
+    const notInSidecar = file('rehearsal_nchat.0badc0de.dump')
     await fakeRun('aaaabbbb')`select 1`
 
-    expect((await leftoverPartials(dir)).map((p) => p.run)).toEqual(['0badc0de', 'aaaabbbb', null])
+    expect((await leftoverPartials(dir)).map((p) => `${p.kind} ${p.run}`).sort()).toEqual([
+      'partial 0badc0de', 'partial aaaabbbb', 'partial null', 'rehearsal 0badc0de', 'rehearsal aaaabbbb', `rehearsal ${RUN_ID}`,
+    ].sort())
     const l = await acquireCommandLock(target(db, dir), {command: 'migrate', waitMs: 0})
     ctx.locks.push(l)
     const logs: string[] = []
     const removed = await sweepLeftovers(l, dir, (x) => logs.push(x))
-    expect(removed.sort()).toEqual([deadPartial, leftover, older, restoreLeftover].sort())
+    expect(removed.sort()).toEqual([deadPartial, deadRehearsal, leftover, older, restoreLeftover].sort())
+    expect(logs).toContain(`Removed ${deadRehearsal}, the rehearsal dump of an interrupted dry run (0badc0de).`)
+    expect(fs.readdirSync(path.join(dir, SIDECAR_DIR)).map((n) => path.join(dir, SIDECAR_DIR, n)).sort()).toEqual([aliveRehearsal, myRehearsal].sort())
     expect(await derivedDbs(admin, db)).toEqual([foreign, inspected, kept, mine, uncommented, wrongName].sort())
     expect(logs.some((x) => x.includes(inspected) && x.includes('other session'))).toBe(true)
-    expect(fs.readdirSync(dir).map((n) => path.join(dir, n)).sort()).toEqual([alivePartial, finished, legacyPartial].sort())
+    expect(fs.readdirSync(dir).filter((n) => n !== SIDECAR_DIR).map((n) => path.join(dir, n)).sort()).toEqual([alivePartial, finished, legacyPartial, notInSidecar].sort())
     expect((await leftoverDatabases(admin, `${db}_e2ee`)).length).toBe(0)
   }, T)
 

@@ -5,7 +5,7 @@ import {UserError} from '../../../errors.js'
 import {backupFlags, runnerFlags, verboseListing} from '../../../flags.js'
 import {runDryRun, type DryRunSummary} from '../../../pipeline/dryrun.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
-import {plural} from '../../../text.js'
+import {fmtBytes, plural} from '../../../text.js'
 import {loadMessages} from '../../../messages.js'
 
 const messages = loadMessages('dryrun')
@@ -69,6 +69,11 @@ export default class DryRun extends BaseCommand<DryRunResult> {
         : messages.getMessage('info.Verify.failed', [s.verification.failures.join('; ')]))
     }
     if (s.backup) this.say(s.backup.taken ? messages.getMessage('info.Backup.taken', [s.backup.file]) : messages.getMessage('info.Backup', [s.backup.file]))
+    if (s.rehearsalDump) {
+      const d = s.rehearsalDump
+      const what = [fmtBytes(d.bytes), plural(d.tablesWithData.length, 'table')]
+      this.say(d.removed ? messages.getMessage('info.Dump.removed', what) : messages.getMessage('info.Dump.kept', [...what, d.file]))
+    }
     this.say(messages.getMessage('info.Steps', [fmtTimings(s.timings, s.elapsedMs)]))
     this.say(messages.getMessage('info.ProductionRead'))
   }

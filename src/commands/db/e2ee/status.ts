@@ -39,7 +39,7 @@ export default class Status extends BaseCommand<StatusResult> {
           kind: d.kind === 'dryrun' ? 'dry-run clone' : 'restored copy', kept: d.kept, name: d.name,
           owner: state?.busy && state.busy.run === d.run ? 'running' : 'gone',
         })),
-        ...(state?.partials ?? []).map((p) => ({kind: 'unfinished backup', kept: false, name: p.file, owner: p.owner})),
+        ...(state?.partials ?? []).map((p) => ({kind: p.kind === 'rehearsal' ? 'rehearsal dump' : 'unfinished backup', kept: false, name: p.file, owner: p.owner})),
       ]
       const tools = await reportTools(target)
       const doc = {...statusDocument(target, ins), busy: state?.busy?.command ?? null, leftovers, repaired: state?.repaired ?? null, tools}
