@@ -1,19 +1,18 @@
-import type {Target} from '../connection/target.js'
 import {PgTools} from '../connection/tools.js'
-import {type BackupInfo, type ListedBackup, manifestPathFor} from '../archive/manifest.js'
+import {manifestPathFor} from '../archive/manifest.js'
 import {verifyBackup} from '../steps/backup.js'
 import {existingTables} from '../migrations/plan.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
-import {inspect, type Inspection} from '../migrations/inspect.js'
+import {inspect} from '../migrations/inspect.js'
 import {preflight, type PreflightReport} from '../steps/preflight.js'
-import {progressOf} from './log-renderer.js'
-import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import type {RunScope} from '../run/scope.js'
+import {backupProduction, Steps, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
 import {fmtBytes, plural} from '../text.js'
 
+/** What `dryrun` is asked to do; the database is the scope's target. */
 export interface DryRunCommandOptions {
-  target: Target
   json: boolean
   fromBackup?: string
   to?: number
@@ -61,87 +60,82 @@ export interface DryRunSummary {
   elapsedMs: number
 }
 
-interface Ctx {
-  ins?: Inspection
-  tools?: PgTools
-  pre?: PreflightReport
-  backup?: BackupInfo | ListedBackup
-  taken: boolean
+/** The guide's dry run as its own command: production is only read, nothing in it changes. */
+export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promise<DryRunSummary> {
+  const startedAt = Date.now()
+  const timings: Record<string, number> = {}
+  const {target} = scope
+  // Everything this run opens is closed when it ends, newest first: the pools, then the command lock.
+  return scope.child(async (run) => {
+    const lock = await beginChangingCommand(run, {command: 'dryrun', waitMs: o.runLockWaitMs})
+    const steps = new Steps(run, o.json)
+    const pre = await steps.run('Preflight (read-only)', (task) => timed(timings, 'preflight', async () => {
+      const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
+      run.ownPool(ins.sql)
+      await lock.assertSameDatabase(ins.sql)
+      if (ins.plan.toApply.length === 0) {
+        task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
+        return {ins, todo: false as const}
+      }
+      const tools = await PgTools.create(target, run)
+      const report = await preflight({backupDir: o.fromBackup ? undefined : target.backupDir, ins, needCreateDb: true, target, to: o.to, tools})
+      task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; would apply ${ins.plan.toApply.map((m) => m.name).join(', ')}`
+      return {ins, report, todo: true as const, tools}
+    }))
+    const {ins} = pre
+    if (!pre.todo) {
+      await steps.skip('Backup')
+      await steps.skip('Apply and verify on a restored copy')
+      return summarize({current: ins.plan.current, database: target.conn.database, elapsedMs: Date.now() - startedAt, schema: ins.plan.appSchema, timings, wouldApply: []})
+    }
+    const {tools} = pre
+
+    const {backup, taken} = await steps.run('Backup', (task) => timed(timings, 'backup', async () => {
+      if (o.fromBackup) {
+        const checked = await verifyBackup({database: target.conn.database, file: o.fromBackup, requireManifest: true, tools})
+        task.title = `Backup ${o.fromBackup}: checked against its manifest`
+        return {backup: {file: o.fromBackup, manifest: checked.manifest, manifestFile: manifestPathFor(o.fromBackup)}, taken: false}
+      }
+      const info = await backupProduction({ins, purpose: 'dryrun', scope: task.scope, target, tools})
+      task.title = `Backup: ${info.file} (${fmtBytes(info.bytes)}, verified)`
+      return {backup: info, taken: true}
+    }))
+
+    const {dry, existing} = await steps.run('Apply and verify on a restored copy', (task) => timed(timings, 'dryrun', async () => {
+      await lock.assertSameDatabase(ins.sql)
+      const report = await dryRun({
+        backup, full: o.full, jobs: o.jobs, keep: o.keepDryrunDb, migrations: ins.migrations, plan: ins.plan,
+        runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
+      })
+      const locked = (report.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
+      const tables = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
+      task.title = report.failure
+        ? `Dry run on ${report.clone}: WOULD FAIL`
+        : `Dry run on ${report.clone}: applied in ${fmtMs(report.applyMs)}, verified${report.kept ? ' (kept)' : ', dropped'}`
+      return {dry: report, existing: tables}
+    }))
+    return summarize({
+      backup: {file: backup.file, taken}, current: ins.plan.current, database: target.conn.database, dry, elapsedMs: Date.now() - startedAt,
+      existing, preflight: pre.report.checks, schema: ins.plan.appSchema, timings, wouldApply: ins.plan.toApply.map((m) => m.name),
+    })
+  })
+}
+
+/** What the run found, for the summary (a run with nothing to apply has no backup, dry run or checks). */
+interface Found {
+  database: string
+  schema: string
+  current: number | null
+  wouldApply: string[]
+  backup?: {file: string; taken: boolean}
   dry?: DryRunReport
   existing?: string[]
-  startedAt: number
+  preflight?: PreflightReport['checks']
   timings: Record<string, number>
+  elapsedMs: number
 }
 
-/** The guide's dry run as its own command: production is only read, nothing in it changes. */
-export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary> {
-  const ctx: Ctx = {startedAt: Date.now(), taken: false, timings: {}}
-  const lock = await beginChangingCommand(o.target, {command: 'dryrun', waitMs: o.runLockWaitMs})
-  const tasks: Step<Ctx>[] = [
-    {
-      task: async (c, task) => timed(c, 'preflight', async () => {
-        c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
-        await lock.assertSameDatabase(c.ins.sql)
-        if (c.ins.plan.toApply.length === 0) {
-          task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
-          return
-        }
-        c.tools = await PgTools.create(o.target)
-        c.pre = await preflight({backupDir: o.fromBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
-        task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
-      }),
-      title: 'Preflight (read-only)',
-    },
-    {
-      skip: (c) => nothing(c),
-      task: async (c, task) => timed(c, 'backup', async () => {
-        const ins = c.ins!
-        if (o.fromBackup) {
-          const checked = await verifyBackup({database: o.target.conn.database, file: o.fromBackup, requireManifest: true, tools: c.tools!})
-          c.backup = {file: o.fromBackup, manifest: checked.manifest, manifestFile: manifestPathFor(o.fromBackup)}
-          task.title = `Backup ${o.fromBackup}: checked against its manifest`
-          return
-        }
-        c.backup = await backupProduction({ins, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'dryrun', target: o.target, tools: c.tools!})
-        c.taken = true
-        task.title = `Backup: ${c.backup.file} (${fmtBytes((c.backup as BackupInfo).bytes)}, verified)`
-      }),
-      title: 'Backup',
-    },
-    {
-      skip: (c) => nothing(c),
-      task: async (c, task) => timed(c, 'dryrun', async () => {
-        const ins = c.ins!
-        await lock.assertSameDatabase(ins.sql)
-        c.dry = await dryRun({
-          backup: c.backup!, full: o.full, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-          plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
-          sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
-        })
-        const locked = (c.dry.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
-        c.existing = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
-        task.title = c.dry.failure
-          ? `Dry run on ${c.dry.clone}: WOULD FAIL`
-          : `Dry run on ${c.dry.clone}: applied in ${fmtMs(c.dry.applyMs)}, verified${c.dry.kept ? ' (kept)' : ', dropped'}`
-      }),
-      title: 'Apply and verify on a restored copy',
-    },
-  ]
-  try {
-    await runSteps(tasks, ctx, o.json)
-    return summarize(o, ctx)
-  } finally {
-    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
-    await lock.release()
-  }
-}
-
-function nothing(c: Ctx): boolean {
-  return Boolean(c.ins && c.ins.plan.toApply.length === 0)
-}
-
-function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
-  const ins = c.ins!
+function summarize(c: Found): DryRunSummary {
   const d = c.dry
   const statements: DryRunSummary['statements'] = []
   for (const m of d?.run?.migrations ?? []) {
@@ -159,11 +153,11 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
     }
   }
   return {
-    backup: c.backup ? {file: c.backup.file, taken: c.taken} : null,
+    backup: c.backup ?? null,
     clone: d?.clone ?? null,
     existingTables: c.existing ?? [],
-    current: ins.plan.current,
-    database: o.target.conn.database,
+    current: c.current,
+    database: c.database,
     failure: d?.failure ?? null,
     applyMs: d ? d.applyMs : null,
     content: d?.content ?? null,
@@ -173,13 +167,13 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
     keptAltered: d?.keptAltered ?? [],
     leftOut: d?.leftOut ?? [],
     ok: !d?.failure,
-    preflight: c.pre?.checks ?? [],
+    preflight: c.preflight ?? [],
     restoreMs: d?.restoreMs ?? null,
-    schema: ins.plan.appSchema,
+    schema: c.schema,
     statements,
     timings: c.timings,
-    elapsedMs: Date.now() - c.startedAt,
+    elapsedMs: c.elapsedMs,
     verification: d?.verify ? {checks: d.verify.checks.length, failures: d.verify.failures, ok: d.verify.ok} : null,
-    wouldApply: ins.plan.toApply.map((m) => m.name),
+    wouldApply: c.wouldApply,
   }
 }

@@ -5,7 +5,6 @@ import path from 'node:path'
 import {ensureSidecarDir, findManifestFor, manifestPathFor, type BackupInfo, type BackupPurpose, type Manifest, MANIFEST_FORMAT, readManifest, sha256File, synthesizeManifest, writeManifest} from '../archive/manifest.js'
 import {ensureBackupDir, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
 import {missingTableData, readToc, type Toc, tocHeader} from '../archive/toc.js'
-import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
 import {APP_NAME, openSession, quoteIdent, type Sql} from '../connection/connect.js'
@@ -71,11 +70,13 @@ interface InSnapshot {
 
 export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   const {log, sql, target, tools} = opts
+  // The run's scope travels with its tools: Ctrl+C stops pg_dump and removes the partial file.
+  const scope = tools.scope
   const started = Date.now()
   const database = target.conn.database
   const dir = path.resolve(opts.dir ?? target.backupDir)
   const purpose = opts.purpose ?? 'pre-migration'
-  throwIfCancelled('the backup')
+  scope.throwIfCancelled('the backup')
 
   const [{db}] = await sql<{db: string}[]>`select current_database() as db`
   if (db !== database) {
@@ -123,7 +124,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   let snapshotAt: string | undefined
   let result: DumpResult | undefined
   let stopDump: (() => Promise<void>) | undefined
-  const unregister = onCancel(async () => {
+  const unregister = scope.onCancel(async () => {
     await stopDump?.()
   })
 
@@ -137,7 +138,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         snapshotAt = out.snapshotAt
         break
       } catch (error) {
-        if (compression.fallback && !isCancelled() && /zstd|not built with|not supported/i.test(firstLine(error))) {
+        if (compression.fallback && !scope.cancelled && /zstd|not built with|not supported/i.test(firstLine(error))) {
           log?.(`pg_dump ${pgDumpMajor} has no zstd support (${firstLine(error)}); using gzip level 1.`)
           compression = {args: compression.fallback.args, label: compression.fallback.label}
           continue
@@ -152,7 +153,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     try {
       toc = await readToc(tools, partial)
     } catch (error) {
-      if (isCancelled()) throw error
+      if (scope.cancelled) throw error
       throw new UserError(`The new backup ${final} cannot be read back by pg_restore: ${redact(firstLine(error), secret)}.`, {cause: error})
     }
     const missing = missingTableData(toc, opts.schema, plainTables)
@@ -161,8 +162,8 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         hint: 'Check that the database user may read every table (pg_dump skips nothing it can read).',
       })
     }
-    throwIfCancelled(`the backup to ${final}`)
-    await testPause('backup:partial-written')
+    scope.throwIfCancelled(`the backup to ${final}`)
+    await testPause('backup:partial-written', scope.signal)
 
     const manifest: Manifest = {
       compression: compression.label,
@@ -203,7 +204,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     await stopDump?.()
     await removeQuietly(partial)
     await removeQuietly(manifestFile)
-    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
+    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
     if (error instanceof UserError) throw error
     const e = toUserError(error, `The backup to ${final} failed`)
     throw new UserError(redact(e.message, secret), {cause: error, hint: e.hint})
@@ -274,7 +275,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   }
 
   async function streamDump(compressionArgs: string[]): Promise<DumpResult> {
-    throwIfCancelled(`the backup to ${final}`)
+    scope.throwIfCancelled(`the backup to ${final}`)
     let fh: fs.FileHandle
     try {
       // Reserved (and created) by reserveFileName: truncate what an earlier attempt wrote.
@@ -321,7 +322,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
         await child
         dumpDone = true
       } catch (error) {
-        if (isCancelled()) throw new CancelledError(`the backup to ${final}`)
+        if (scope.cancelled) throw new CancelledError(`the backup to ${final}`)
         throw new UserError(`pg_dump failed writing ${final}: ${redact(firstLine(error), secret)}.`, {
           cause: error,
           hint: dumpHint(firstLine(error), target),
@@ -420,7 +421,7 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   try {
     toc = await readToc(opts.tools, file)
   } catch (error) {
-    if (isCancelled()) throw new CancelledError(`checking the backup ${file}`)
+    if (opts.tools.scope.cancelled) throw new CancelledError(`checking the backup ${file}`)
     const older = olderRestoreSentence(file, firstLine(error), await opts.tools.toolMajor('pg_restore').catch(() => 0), manifest?.pg_dump_major)
     if (older) {
       const m = manifest?.pg_dump_major
@@ -451,7 +452,7 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
         ? opts.tools.run('pg_restore', ['-f', '/dev/null'], null, {inputFile: file})
         : opts.tools.run('pg_restore', ['-f', '/dev/null', file], null))
     } catch (error) {
-      if (isCancelled()) throw new CancelledError(`checking the backup ${file}`)
+      if (opts.tools.scope.cancelled) throw new CancelledError(`checking the backup ${file}`)
       throw new UserError(`The backup ${file} cannot be read to the end by pg_restore: ${firstLine(error)}.`, {
         cause: error, hint: 'The file is truncated or corrupt; do not use it.',
       })

@@ -3,7 +3,6 @@ import path from 'node:path'
 
 import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
-import {resetCancellation} from '../../src/cancel.js'
 import {UserError} from '../../src/errors.js'
 import type {Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
@@ -35,7 +34,6 @@ afterEach(async () => {
   ctx.db = ''
   if (ctx.root) fs.rmSync(ctx.root, {force: true, recursive: true})
   ctx.root = ''
-  resetCancellation()
 })
 
 function pool(database: string): Sql {

@@ -25,10 +25,10 @@ Reports each statement with the locks it took and whether it ran inside a transa
   async run(): Promise<void> {
     const flags = await this.parseBase(DryRun)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
-    const s = await runDryRun({
+    const s = await runDryRun(this.runScope(target), {
       fromBackup: flags['from-backup'], full: flags.full, jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
       lockTimeoutMs: flags['lock-timeout'], maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'],
-      runLockWaitMs: flags['lock-wait'] * 1000, target, to: flags.to,
+      runLockWaitMs: flags['lock-wait'] * 1000, to: flags.to,
     })
     if (this.jsonMode) {
       this.printJson(s)

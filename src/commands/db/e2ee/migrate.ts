@@ -28,10 +28,10 @@ Every step is shown as it runs; the first failure stops the run with production 
     const flags = await this.parseBase(Migrate)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     if (flags['skip-backup']) process.stderr.write('WARNING: --skip-backup: no backup will be taken; the only way back will be the down migrations.\n')
-    const s = await runMigrate({
+    const s = await runMigrate(this.runScope(target), {
       jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'], lockTimeoutMs: flags['lock-timeout'],
       maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
-      skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], target, to: flags.to, yes: flags.yes,
+      skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], to: flags.to, yes: flags.yes,
     })
     if (this.jsonMode) return this.printJson(s)
     this.printSummary(s)

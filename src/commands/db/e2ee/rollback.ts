@@ -26,10 +26,10 @@ export default class Rollback extends BaseCommand {
   async run(): Promise<void> {
     const flags = await this.parseBase(Rollback)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
-    const s = await runRollback({
+    const s = await runRollback(this.runScope(target), {
       backupFile: flags.backup, jobs: flags.jobs, json: this.jsonMode, lockTimeoutMs: flags['lock-timeout'],
       maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
-      strategy: flags.strategy as 'restore' | 'down', target, to: flags.to, yes: flags.yes,
+      strategy: flags.strategy as 'restore' | 'down', to: flags.to, yes: flags.yes,
     })
     if (this.jsonMode) return this.printJson(s)
     this.report(s)

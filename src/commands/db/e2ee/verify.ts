@@ -2,11 +2,9 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
 import {checkBeforeReading, note} from '../../../pipeline/command.js'
-import {isCancelled, untilCancelled} from '../../../cancel.js'
 import {CancelledError, UserError} from '../../../errors.js'
 import {readManifest} from '../../../archive/manifest.js'
 import {inspect} from '../../../migrations/inspect.js'
-import {stopPool} from '../../../connection/connect.js'
 import {verifyDatabase} from '../../../verify/verify-database.js'
 import {plural} from '../../../text.js'
 import {verboseListing} from '../../../flags.js'
@@ -30,36 +28,34 @@ Read-only; works on any database. Exit 1 when a check fails, naming the object.`
     const flags = await this.parseBase(Verify)
     const target = this.targetFrom(flags)
     const manifest = flags.manifest ? await readManifest(flags.manifest) : undefined
-    const state = await checkBeforeReading(target, 'verify')
+    const scope = this.runScope(target)
+    const state = await checkBeforeReading(scope, 'verify')
     if (state?.repaired) note(state.repaired)
     const ins = await inspect(target, {migrationsDir: flags['migrations-dir']})
-    try {
-      const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
-      if (applied.length === 0) {
-        throw new UserError(`None of the migrations ${ins.migrations.map((m) => m.name).join(', ')} is applied to ${target.conn.database}; there is nothing to verify.`, {hint: 'Run nself db e2ee migrate first.'})
-      }
-      const upTo = Math.max(...applied)
-      const report = await untilCancelled(
-        verifyDatabase(ins.sql, {exactCounts: flags['exact-counts'], manifest, schema: ins.plan.appSchema, upTo}),
-        () => new CancelledError('verify', 'the database was not changed (verify only reads)'),
-      )
-      const elapsedMs = Date.now() - startedAt
-      if (this.jsonMode) {
-        this.printJson({database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs})
-      } else {
-        this.printChecks(report)
-        const counts = countChecks(report)
-        this.say(report.ok
-          ? `Verified ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`
-          : `Verify of ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`)
-      }
-      if (!report.ok) {
-        if (this.jsonMode) process.exitCode = 1
-        else throw new UserError(`Verification failed: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more, listed above)` : ''}.`)
-      }
-    } finally {
-      // After Ctrl+C a check may still be running on the server: end it now rather than wait for it.
-      await (isCancelled() ? stopPool(ins.sql) : ins.sql.end({timeout: 2}))
+    // After Ctrl+C a check may still be running on the server: the scope ends it rather than wait for it.
+    scope.ownPool(ins.sql)
+    const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
+    if (applied.length === 0) {
+      throw new UserError(`None of the migrations ${ins.migrations.map((m) => m.name).join(', ')} is applied to ${target.conn.database}; there is nothing to verify.`, {hint: 'Run nself db e2ee migrate first.'})
+    }
+    const upTo = Math.max(...applied)
+    const report = await scope.untilCancelled(
+      verifyDatabase(ins.sql, {exactCounts: flags['exact-counts'], manifest, schema: ins.plan.appSchema, upTo}),
+      () => new CancelledError('verify', 'the database was not changed (verify only reads)'),
+    )
+    const elapsedMs = Date.now() - startedAt
+    if (this.jsonMode) {
+      this.printJson({database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs})
+    } else {
+      this.printChecks(report)
+      const counts = countChecks(report)
+      this.say(report.ok
+        ? `Verified ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`
+        : `Verify of ${target.conn.database} (schema ${ins.plan.appSchema}) up to migration ${upTo}: ${counts}, in ${fmtMs(elapsedMs)}.`)
+    }
+    if (!report.ok) {
+      if (this.jsonMode) process.exitCode = 1
+      else throw new UserError(`Verification failed: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more, listed above)` : ''}.`)
     }
   }
 

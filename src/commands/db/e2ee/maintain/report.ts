@@ -22,18 +22,14 @@ The guide's index-usage query mixes AND/OR without parentheses and misses most o
   async run(): Promise<void> {
     const flags = await this.parseBase(MaintainReport)
     const target = this.targetFrom(flags)
-    const sql = await connectChecked(target.conn, {max: 1})
-    try {
-      const schema = await findAppSchema(sql, target.schema)
-      await assertTablesExist(sql, schema, ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'], 'report on')
-      const report = await maintenanceReport(sql, {
-        listLimit: flags.list, migrations: loadMigrations(), rotationDays: flags['rotation-days'], schema, stockThreshold: flags['stock-threshold'],
-      })
-      if (this.jsonMode) return this.printJson({database: target.conn.database, ok: true, ...report})
-      this.print(target.conn.database, report)
-    } finally {
-      await sql.end({timeout: 2})
-    }
+    const sql = this.scope.own(await connectChecked(target.conn, {max: 1}))
+    const schema = await findAppSchema(sql, target.schema)
+    await assertTablesExist(sql, schema, ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'], 'report on')
+    const report = await maintenanceReport(sql, {
+      listLimit: flags.list, migrations: loadMigrations(), rotationDays: flags['rotation-days'], schema, stockThreshold: flags['stock-threshold'],
+    })
+    if (this.jsonMode) return this.printJson({database: target.conn.database, ok: true, ...report})
+    this.print(target.conn.database, report)
   }
 
   private print(database: string, r: MaintenanceReport): void {
