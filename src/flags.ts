@@ -1,5 +1,6 @@
 import {Flags} from '@oclif/core'
 
+import type {RunnerSettings} from './migrations/runner.js'
 import {DEFAULT_PROGRESS_INTERVAL_S} from './pipeline/log-renderer.js'
 
 /** Flags shared by the commands that run migrations (migrate, dryrun, rollback). */
@@ -12,6 +13,11 @@ export const runnerFlags = {
     default: DEFAULT_PROGRESS_INTERVAL_S, description: 'Without a terminal (piped, CI): seconds between two progress lines of a step (0: every change); each step also logs its last state.',
     env: 'NSELF_E2EE_PROGRESS_INTERVAL', max: 3600, min: 0,
   }),
+}
+
+/** The runner's settings from `runnerFlags` (seconds → ms), the one place they are converted. */
+export function runnerSettings(flags: {'lock-timeout': number; 'lock-wait': number; 'max-lock-wait': number}): RunnerSettings {
+  return {lockTimeoutMs: flags['lock-timeout'], maxLockWaitMs: flags['max-lock-wait'] * 1000, runLockWaitMs: flags['lock-wait'] * 1000}
 }
 
 export const backupFlags = {

@@ -11,6 +11,16 @@ import {concurrentIndexName, referencedTables, type Statement} from './statement
 import {createRunScope, type RunScope} from '../run/scope.js'
 import {plural} from '../text.js'
 
+/** A run's lock settings, converted once from the flags (--lock-timeout, --max-lock-wait, --lock-wait) and passed as they are. */
+export interface RunnerSettings {
+  /** lock_timeout for statements that take strong locks on existing tables (a writer waits at most this). */
+  lockTimeoutMs: number
+  /** Total time to keep retrying lock timeouts and waiting for long transactions before giving up. */
+  maxLockWaitMs: number
+  /** How long to wait for another run (the command lock, and the advisory run lock). */
+  runLockWaitMs: number
+}
+
 export interface RunnerOptions {
   sql: Sql
   migrations: MigrationFile[]

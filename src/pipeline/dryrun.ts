@@ -2,6 +2,7 @@ import {PgTools} from '../connection/tools.js'
 import {manifestPathFor} from '../archive/manifest.js'
 import {verifyBackup} from '../steps/backup.js'
 import {existingTables} from '../migrations/plan.js'
+import type {RunnerSettings} from '../migrations/runner.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect} from '../migrations/inspect.js'
 import {preflight, type PreflightReport} from '../steps/preflight.js'
@@ -21,10 +22,7 @@ export interface DryRunCommandOptions {
   /** Restore every row (the guide's full restore) instead of only the rows the migration reads. */
   full?: boolean
   migrationsDir?: string
-  lockTimeoutMs: number
-  maxLockWaitMs: number
-  /** How long to wait for another command on the same database (the dry run creates and drops databases). */
-  runLockWaitMs: number
+  runner: RunnerSettings
 }
 
 export interface DryRunSummary {
@@ -67,7 +65,7 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
   const {target} = scope
   // Everything this run opens is closed when it ends, newest first: the pools, then the command lock.
   return scope.child(async (run) => {
-    const lock = await beginChangingCommand(run, {command: 'dryrun', waitMs: o.runLockWaitMs})
+    const lock = await beginChangingCommand(run, {command: 'dryrun', waitMs: o.runner.runLockWaitMs})
     const steps = new Steps(run, o.json)
     const pre = await steps.run('Preflight (read-only)', (task) => timed(timings, 'preflight', async () => {
       const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
@@ -105,7 +103,7 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
       await lock.assertSameDatabase(ins.sql)
       const report = await dryRun({
         backup, full: o.full, jobs: o.jobs, keep: o.keepDryrunDb, migrations: ins.migrations, plan: ins.plan,
-        runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
+        runner: o.runner, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
       })
       const locked = (report.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
       const tables = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])

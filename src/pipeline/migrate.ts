@@ -1,6 +1,6 @@
 import {APP_NAME, connect} from '../connection/connect.js'
 import {CancelledError, UserError} from '../errors.js'
-import {migrateUp} from '../migrations/runner.js'
+import {migrateUp, type RunnerSettings} from '../migrations/runner.js'
 import {describeChanges} from '../migrations/plan.js'
 import type {Target} from '../connection/target.js'
 import {PgTools} from '../connection/tools.js'
@@ -28,9 +28,7 @@ export interface MigrateOptions {
   skipDryrun: boolean
   keepDryrunDb: boolean
   jobs: number
-  lockTimeoutMs: number
-  maxLockWaitMs: number
-  runLockWaitMs: number
+  runner: RunnerSettings
 }
 
 export interface MigrateSummary {
@@ -71,9 +69,8 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
   // Everything this run opens is closed when it ends, newest first: the pools, then the command lock.
   return scope.child(async (run) => {
     // One command at a time on this database, whatever the command; held until the end, also on failure.
-    const lock = await beginChangingCommand(run, {command: 'migrate', waitMs: o.runLockWaitMs})
+    const lock = await beginChangingCommand(run, {command: 'migrate', waitMs: o.runner.runLockWaitMs})
     const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
-    const runner = {beforeWrite: guard, lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
     const steps = new Steps(run, o.json)
     const done = (r: Partial<MigrateSummary> & Pick<MigrateSummary, 'after' | 'before' | 'schema' | 'nothingToDo'>): MigrateSummary => ({
       after: r.after, applied: r.applied ?? [], appliedByOtherRun: r.appliedByOtherRun ?? false, applyMs: timings.apply ?? null, backup: r.backup ?? null,
@@ -122,7 +119,7 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
         await guard(ins.sql)
         const report = await dryRun({
           backup, jobs: o.jobs, keep: o.keepDryrunDb, migrations: ins.migrations, plan: ins.plan,
-          runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
+          runner: o.runner, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
         })
         if (report.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${report.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
         task.title = `Dry run: applied and verified on ${report.clone} in ${fmtMs(report.applyMs)} (restore ${fmtMs(report.restoreMs)})${report.kept ? ', kept' : ', dropped'}`
@@ -141,7 +138,7 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
     const applied = await steps.run('Apply to production', (task) => timed(timings, 'apply', async () => {
       const t0 = Date.now()
       const report = await migrateUp({
-        ...runner, log: (l) => task.scope.log.info(l), migrations: ins.migrations, progress: (l) => task.scope.log.progress(l),
+        ...o.runner, beforeWrite: guard, log: (l) => task.scope.log.info(l), migrations: ins.migrations, progress: (l) => task.scope.log.progress(l),
         schema: ins.plan.appSchema, scope: task.scope, sql: ins.sql, to: o.to,
       })
       if (report.migrations.length === 0) {

@@ -1,7 +1,7 @@
 import {CancelledError, interrupted, interruption, toUserError, UserError} from '../errors.js'
 import {createdTables, existingTables} from '../migrations/plan.js'
 import {activeLedgerRows, readLedgerVersion} from '../migrations/ledger.js'
-import {migrateDown} from '../migrations/runner.js'
+import {migrateDown, type RunnerSettings} from '../migrations/runner.js'
 import {connect, connectChecked, quoteIdent} from '../connection/connect.js'
 import type {CommandLock} from '../migrations/command-lock.js'
 import {testPause} from '../test-pause.js'
@@ -32,9 +32,7 @@ export interface RollbackOptions {
   to?: number
   jobs: number
   migrationsDir?: string
-  lockTimeoutMs: number
-  maxLockWaitMs: number
-  runLockWaitMs: number
+  runner: RunnerSettings
 }
 
 /**
@@ -73,7 +71,7 @@ export async function runRollback(scope: RunScope, o: RollbackOptions): Promise<
   // Everything this run opens is closed when it ends, newest first: the pools, then the command lock.
   return scope.child(async (run) => {
     // One command at a time on this database (a swap replaces it: the lock lives in the maintenance database).
-    const lock = await beginChangingCommand(run, {command: 'rollback', waitMs: o.runLockWaitMs})
+    const lock = await beginChangingCommand(run, {command: 'rollback', waitMs: o.runner.runLockWaitMs})
     const s = await (o.strategy === 'restore' ? rollbackRestore(run, o, lock) : rollbackDown(run, o, lock))
     return {...s, elapsedMs: Date.now() - startedAt}
   })
@@ -338,7 +336,6 @@ async function rollbackDown(run: RunScope, o: RollbackOptions, lock: CommandLock
   const timings: Record<string, number> = {}
   const {target} = run
   const db = target.conn.database
-  const runner = {beforeWrite: (q: Parameters<CommandLock['assertSameDatabase']>[0]) => lock.assertSameDatabase(q), lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
   const to = o.to ?? 12
   const ins = await inspect(target, {migrationsDir: o.migrationsDir})
   run.ownPool(ins.sql)
@@ -366,7 +363,7 @@ async function rollbackDown(run: RunScope, o: RollbackOptions, lock: CommandLock
     return taken
   }))
   const down = await steps.run('Run the down migrations, newest first', (task) => timed(timings, 'down', async () => {
-    const report = await migrateDown({...runner, log: (l) => task.scope.log.info(l), migrations: ins.migrations, schema: ins.plan.appSchema, scope: task.scope, sql: ins.sql, to})
+    const report = await migrateDown({...o.runner, beforeWrite: (q) => lock.assertSameDatabase(q), log: (l) => task.scope.log.info(l), migrations: ins.migrations, schema: ins.plan.appSchema, scope: task.scope, sql: ins.sql, to})
     task.title = `Reverted ${report.migrations.map((m) => m.name).join(', ')}`
     return report
   }))

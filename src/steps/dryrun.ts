@@ -2,7 +2,7 @@ import {CancelledError, toUserError} from '../errors.js'
 import type {MigrationFile} from '../migrations/files.js'
 import type {Plan} from '../migrations/plan.js'
 import {LEDGER_TABLE, ownLedgerExists} from '../migrations/ledger.js'
-import {migrateUp, type RunnerOptions, type RunReport} from '../migrations/runner.js'
+import {migrateUp, type RunnerOptions, type RunnerSettings, type RunReport} from '../migrations/runner.js'
 import {connect, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
@@ -32,7 +32,8 @@ export interface DryRunOptions {
   keep?: boolean
   /** Restore every row of every table (the guide's full restore) instead of only what the migration reads. */
   full?: boolean
-  runner: Pick<RunnerOptions, 'lockTimeoutMs' | 'maxLockWaitMs' | 'statementTimeoutMs' | 'buildTimeoutMs'>
+  /** The run's lock settings (the copy's run takes its own run lock, waiting as --lock-wait says). */
+  runner: RunnerSettings & Pick<RunnerOptions, 'statementTimeoutMs' | 'buildTimeoutMs'>
 }
 
 export interface DryRunReport {

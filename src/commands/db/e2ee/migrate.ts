@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
-import {backupFlags, runnerFlags} from '../../../flags.js'
+import {backupFlags, runnerFlags, runnerSettings} from '../../../flags.js'
 import {runMigrate, type MigrateSummary} from '../../../pipeline/migrate.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {plural} from '../../../text.js'
@@ -29,8 +29,8 @@ Every step is shown as it runs; the first failure stops the run with production 
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     if (flags['skip-backup']) process.stderr.write('WARNING: --skip-backup: no backup will be taken; the only way back will be the down migrations.\n')
     const s = await runMigrate(this.runScope(target), {
-      jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'], lockTimeoutMs: flags['lock-timeout'],
-      maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
+      jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
+      migrationsDir: flags['migrations-dir'], runner: runnerSettings(flags),
       skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], to: flags.to, yes: flags.yes,
     })
     if (this.jsonMode) return this.printJson(s)

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
-import {backupFlags, runnerFlags} from '../../../flags.js'
+import {backupFlags, runnerFlags, runnerSettings} from '../../../flags.js'
 import {runRollback, type RollbackSummary} from '../../../pipeline/rollback.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 
@@ -27,8 +27,8 @@ export default class Rollback extends BaseCommand {
     const flags = await this.parseBase(Rollback)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const s = await runRollback(this.runScope(target), {
-      backupFile: flags.backup, jobs: flags.jobs, json: this.jsonMode, lockTimeoutMs: flags['lock-timeout'],
-      maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
+      backupFile: flags.backup, jobs: flags.jobs, json: this.jsonMode,
+      migrationsDir: flags['migrations-dir'], runner: runnerSettings(flags),
       strategy: flags.strategy as 'restore' | 'down', to: flags.to, yes: flags.yes,
     })
     if (this.jsonMode) return this.printJson(s)
