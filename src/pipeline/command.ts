@@ -1,6 +1,5 @@
 import {acquireCommandLock, type CommandLock, type CommandName, commandLockHolder, connectMaintenance, describeHolder} from '../migrations/command-lock.js'
 import {UserError} from '../errors.js'
-import type {Target} from '../connection/target.js'
 import type {RunScope} from '../run/scope.js'
 import {connectionState, leftoverDatabases, type LeftoverDatabase, type LeftoverFile, leftoverPartials, liveRuns, repairClosedDatabase, sweepLeftovers} from '../steps/leftovers.js'
 

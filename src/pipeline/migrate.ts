@@ -203,7 +203,7 @@ const PREFLIGHT_STATE = 'production was not changed (the preflight only reads)'
  * and a lost connection is reported as this step's.
  */
 async function readOnlyStep<T>(scope: RunScope, what: string, state: string, fn: () => Promise<T>): Promise<T> {
-  const dispose = scope.onCancel(() => cancelOwnQueries(scope.target))
+  const dispose = scope.onCancel(() => cancelOwnQueries(scope))
   try {
     return await scope.untilCancelled(namingTheStep(`${what[0].toUpperCase()}${what.slice(1)}`, state, fn), () => new CancelledError(what, state))
   } finally {
@@ -211,13 +211,12 @@ async function readOnlyStep<T>(scope: RunScope, what: string, state: string, fn:
   }
 }
 
-/** Cancel this process's queries running on the target database (from a session of its own). */
-async function cancelOwnQueries(target: Target): Promise<void> {
-  const sql = connect(target.conn, {max: 1})
-  try {
+/** Cancel this process's queries running on the target database (from a session of its own, closed on the way out). */
+async function cancelOwnQueries(scope: RunScope): Promise<void> {
+  await scope.child(async (cancelling) => {
+    const sql = connect(scope.target.conn, {max: 1})
+    cancelling.defer(() => sql.end({timeout: 1}).catch(() => {}))
     await sql`select pg_cancel_backend(pid) from pg_stat_activity
       where application_name = ${APP_NAME} and datname = current_database() and pid <> pg_backend_pid() and state = 'active'`
-  } finally {
-    await sql.end({timeout: 1}).catch(() => {})
-  }
+  })
 }
