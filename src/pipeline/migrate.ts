@@ -177,7 +177,7 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
 
     const vacuumed = await steps.run('Vacuum and analyze', (task) => timed(timings, 'vacuum', () => namingTheStep('VACUUM (ANALYZE)', `the migrations stay applied (at ${applied.after}; the vacuum only refreshes statistics, run it again later)`, async () => {
       await guard(ins.sql)
-      const tables = (await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, (l) => task.scope.log.progress(l), task.scope)).map((d) => d.table)
+      const tables = (await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, task.scope)).map((d) => d.table)
       task.title = `Vacuum: VACUUM ANALYZE of ${plural(tables.length, 'table')}`
       return tables
     })))

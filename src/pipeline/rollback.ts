@@ -182,7 +182,7 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
     let status: {after: number | null; hasura: HasuraResult} | undefined
     try {
       const swap = await steps.run('Swap the databases', (task) => timed(timings, 'swap', async () => {
-        const r = await swapDatabases({admin, keptName, live: db, liveOid: lock.oid, log: (l) => task.scope.log.info(l), replacement: copy.name, scope: task.scope})
+        const r = await swapDatabases({admin, keptName, live: db, liveOid: lock.oid, replacement: copy.name, scope: task.scope})
         swapped = r
         task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
         await testPause('rollback:swapped', run.signal)

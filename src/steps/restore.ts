@@ -163,8 +163,7 @@ export interface SwapOptions {
   lockTimeoutMs?: number
   /** Tries of the rename transaction when a session of live did not end in time (default 3). */
   attempts?: number
-  log?: (line: string) => void
-  /** The run's scope: Ctrl+C before the commit rolls the swap back. */
+  /** The run's scope: its logger, and Ctrl+C before the commit rolls the swap back. */
   scope?: RunScope
 }
 
@@ -181,8 +180,9 @@ export interface SwapOptions {
  * which the next command removes (leftovers.ts).
  */
 export async function swapDatabases(opts: SwapOptions): Promise<{keptName: string; windowMs: number}> {
-  const {admin, keptName, live, log, replacement} = opts
+  const {admin, keptName, live, replacement} = opts
   const scope = opts.scope ?? createRunScope()
+  const log = (line: string) => scope.log.info(line)
   for (const [n, what] of [[live, 'live database'], [replacement, 'replacement database'], [keptName, 'kept database']] as const) {
     validateIdentifier(n, what)
   }
@@ -284,7 +284,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       } catch (error) {
         // 55006: a session of live did not end within the server's 5 s; try again (bounded).
         if ((error as {code?: string}).code === '55006' && attempt < attempts && !scope.cancelled && !session.lost) {
-          log?.(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
+          log(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
           continue
         }
         throw error
@@ -294,7 +294,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       }
     }
     const windowMs = Math.round(performance.now() - t0)
-    log?.(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
+    log(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
     return {keptName, windowMs}
   } catch (error) {
     const cause = firstLine(error)

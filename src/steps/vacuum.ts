@@ -17,9 +17,8 @@ const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes s
  * `VACUUM (ANALYZE) schema.table` for each of `tables` that exists (others are skipped silently: a database
  * migrated only to 014 has no call tables). Returns what was vacuumed with its duration.
  */
-export async function vacuumTables(
-  sql: Sql, schema: string, tables: readonly string[], onProgress?: (line: string) => void, scope: RunScope = createRunScope(),
-): Promise<Array<{table: string; ms: number}>> {
+export async function vacuumTables(sql: Sql, schema: string, tables: readonly string[], scope: RunScope = createRunScope()): Promise<Array<{table: string; ms: number}>> {
+  const progress = (line: string) => scope.log.progress(line)
   validateIdentifier(schema, 'schema')
   for (const t of tables) validateIdentifier(t, 'table')
   let existing: string[]
@@ -37,7 +36,7 @@ export async function vacuumTables(
   for (const [i, table] of existing.entries()) {
     if (scope.cancelled) throw new CancelledError('VACUUM (ANALYZE)', VACUUM_OUTCOME)
     const statement = `VACUUM (ANALYZE) ${quoteIdent(schema)}.${quoteIdent(table)}`
-    onProgress?.(`VACUUM (ANALYZE) ${table} (${i + 1}/${existing.length})`)
+    progress(`VACUUM (ANALYZE) ${table} (${i + 1}/${existing.length})`)
     const started = Date.now()
     const q = sql.unsafe(statement)
     const dispose = scope.onCancel(() => q.cancel())
@@ -55,7 +54,7 @@ export async function vacuumTables(
     }
     const ms = Date.now() - started
     done.push({ms, table})
-    onProgress?.(`VACUUM (ANALYZE) ${table}: ${ms} ms`)
+    progress(`VACUUM (ANALYZE) ${table}: ${ms} ms`)
   }
   return done
 }

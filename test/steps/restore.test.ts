@@ -8,6 +8,7 @@ import type {Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
 import {type Manifest} from '../../src/archive/manifest.js'
 import {takeBackup} from '../../src/steps/backup.js'
+import {createRunScope, loggerOf} from '../../src/run/scope.js'
 import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../../src/steps/restore.js'
 import {
   adminSql, assertCleanDockerLog, createTestDb, dbSql, derivedDbs, dropTestDb, type DockerEnv, ledgerVersion, makeTarget, TABLES,
@@ -130,7 +131,7 @@ describe.each(['local', 'docker'] as const)('rollback by restore and swap (%s mo
     const keptName = keptDatabaseName(ctx.db)
     expect(keptName).toMatch(new RegExp(`^${ctx.db}_pre_rollback_\\d{8}_\\d{6}$`))
     const logs: string[] = []
-    const swap = await swapDatabases({admin, keptName, live: ctx.db, log: (l) => logs.push(l), replacement: restored.name})
+    const swap = await swapDatabases({admin, keptName, live: ctx.db, replacement: restored.name, scope: createRunScope({log: loggerOf((l) => logs.push(l))})})
     expect(swap.keptName).toBe(keptName)
     expect(swap.windowMs).toBeGreaterThanOrEqual(0)
     expect(swap.windowMs).toBeLessThan(10_000)
