@@ -100,8 +100,8 @@ export abstract class BaseCommand extends Command {
       process.stderr.write(`\n${cause?.stack ?? String(cause)}\n`)
     }
     process.exitCode = ue.exitCode
-    // Everything this command opened was closed on the way here; a socket a stuck server still holds open
-    // must not keep an interrupted or failed command alive.
+    // What the pipeline opened was closed on the way here (the command's own pools close right after, in
+    // `finally`); a socket a stuck server still holds open must not keep an interrupted or failed command alive.
     setTimeout(() => process.exit(ue.exitCode), 10_000).unref()
   }
 
