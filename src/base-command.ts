@@ -1,11 +1,12 @@
 import {Command, Flags, type Interfaces} from '@oclif/core'
 
-import {installSigintHandler} from './cancel.js'
 import {toUserError, UserError} from './errors.js'
-import {installLastResort, lastResortActive} from './last-resort.js'
+import {installLastResort} from './last-resort.js'
 import {loadMessages} from './messages.js'
 import {setProgressInterval} from './pipeline/log-renderer.js'
 import {resolveTarget, type Target} from './connection/target.js'
+import {createRunScope, loggerOf, type RootScope, type RunScope} from './run/scope.js'
+import {installSignalHandlers} from './run/signals.js'
 
 const messages = loadMessages('base')
 
@@ -42,6 +43,12 @@ export abstract class BaseCommand<T = unknown> extends Command {
   }
 
   protected verbose = false
+  /**
+   * This command's root scope: Ctrl+C and SIGTERM reach it (src/run/signals.ts), a crash runs its handlers and
+   * undo (src/last-resort.ts), and what the command opens is closed with it when the command ends. Notes
+   * outside the step list go to stderr, so `--json` keeps stdout to the document.
+   */
+  protected readonly scope: RootScope = createRunScope({log: loggerOf((line) => process.stderr.write(`${line}\n`))})
 
   /** --json, as oclif reads it (`jsonEnabled()`); the pipelines are told, to keep their progress off stdout. */
   protected get jsonMode(): boolean {
@@ -51,7 +58,7 @@ export abstract class BaseCommand<T = unknown> extends Command {
   abstract run(): Promise<T>
 
   protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
-    installSigintHandler()
+    installSignalHandlers(this.scope)
     installLastResort()
     let flags
     try {
@@ -66,6 +73,11 @@ export abstract class BaseCommand<T = unknown> extends Command {
     const interval = (f as {'progress-interval'?: number})['progress-interval']
     if (interval !== undefined) setProgressInterval(interval)
     return f
+  }
+
+  /** The command's scope, working on `target`. */
+  protected runScope(target: Target): RunScope {
+    return this.scope.withTarget(target)
   }
 
   protected targetFrom(flags: BaseFlags<typeof BaseCommand>, extra: {backupDir?: string} = {}): Target {
@@ -106,7 +118,7 @@ export abstract class BaseCommand<T = unknown> extends Command {
     // oclif's own exit (this.exit) and help requests pass through.
     if (err.oclif?.exit !== undefined && !(err instanceof UserError) && /EEXIT/.test(String((err as {code?: string}).code))) throw err
     // A crash is being reported (and undone) by the last-resort handler, which exits: do not speak twice.
-    if (lastResortActive()) await new Promise(() => {})
+    if (this.scope.crashing) await new Promise(() => {})
     const ue = toUserError(err)
     // Also when the flags could not be parsed: jsonEnabled() reads --json from argv.
     if (this.jsonEnabled()) this.logJson(this.toErrorJson(ue))
@@ -117,9 +129,15 @@ export abstract class BaseCommand<T = unknown> extends Command {
       process.stderr.write(`\n${cause?.stack ?? String(cause)}\n`)
     }
     process.exitCode = ue.exitCode
-    // Everything this command opened was closed on the way here; a socket a stuck server still holds open
-    // must not keep an interrupted or failed command alive.
+    // What the pipeline opened was closed on the way here (the command's own pools close right after, in
+    // `finally`); a socket a stuck server still holds open must not keep an interrupted or failed command alive.
     setTimeout(() => process.exit(ue.exitCode), 10_000).unref()
+  }
+
+  /** After the command (and its error report): what it opened is closed, newest first. */
+  protected async finally(err: Error | undefined): Promise<unknown> {
+    await this.scope.close()
+    return super.finally(err)
   }
 }
 

@@ -1,3 +1,5 @@
+import {activeScope} from './run/signals.js'
+
 /**
  * Errors meant for the operator. Every failure the commands report is a UserError: one sentence that names
  * the thing at fault, and a hint saying what to do. Anything else is translated by `toUserError` so no raw
@@ -16,20 +18,18 @@ export class UserError extends Error {
   }
 }
 
-let interruptedBy: NodeJS.Signals | undefined
-
-/** Which signal stopped the run (set by the signal handler in cancel.ts). */
-export function noteInterruption(signal: NodeJS.Signals | undefined): void {
-  interruptedBy = signal
+/** Which signal stopped the run: the running command's root scope knows (src/run/signals.ts routes signals to it). */
+function interruptedBy(): NodeJS.Signals | undefined {
+  return activeScope()?.interruptedBy
 }
 
 export function wasInterrupted(): boolean {
-  return interruptedBy !== undefined
+  return interruptedBy() !== undefined
 }
 
 /** "Ctrl+C" or "SIGTERM", and the shell's exit code for it: 128 + the signal number (130 SIGINT, 143 SIGTERM). */
 export function interruption(): {by: string; exitCode: number} {
-  return interruptedBy === 'SIGTERM' ? {by: 'SIGTERM', exitCode: 143} : {by: 'Ctrl+C', exitCode: 130}
+  return interruptedBy() === 'SIGTERM' ? {by: 'SIGTERM', exitCode: 143} : {by: 'Ctrl+C', exitCode: 130}
 }
 
 /**

@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {loadMessages} from './messages.js'
+import type {RunnerSettings} from './migrations/runner.js'
 import {DEFAULT_PROGRESS_INTERVAL_S} from './pipeline/log-renderer.js'
 
 const messages = loadMessages('flags')
@@ -18,6 +19,11 @@ export const runnerFlags = {
     default: DEFAULT_PROGRESS_INTERVAL_S, description: messages.getMessage('flags.progress-interval.description'),
     env: 'NSELF_E2EE_PROGRESS_INTERVAL', max: 3600, min: 0,
   }),
+}
+
+/** The runner's settings from `runnerFlags` (seconds → ms), the one place they are converted. */
+export function runnerSettings(flags: {'lock-timeout': number; 'lock-wait': number; 'max-lock-wait': number}): RunnerSettings {
+  return {lockTimeoutMs: flags['lock-timeout'], maxLockWaitMs: flags['max-lock-wait'] * 1000, runLockWaitMs: flags['lock-wait'] * 1000}
 }
 
 export const backupFlags = {

@@ -1,28 +1,14 @@
-import {cancel} from './cancel.js'
 import {interruption, isConnectionLost, toUserError, UserError, wasInterrupted} from './errors.js'
+import {activeScope} from './run/signals.js'
 
 /**
  * The last line of defence: an exception nothing caught (postgres.js 3.4.9 throws one from a setImmediate when a
  * dead connection is written to, porsager/postgres 1199/1208) or a rejection nobody handled. It still ends as one
- * sentence and a non-zero exit, after the run's cancel handlers (children, clones, partial files) and the
- * registered undo (which opens fresh connections) have run.
+ * sentence and a non-zero exit, after the running command's root scope has run its cancel handlers (children,
+ * clones, partial files) and the undo registered with it (`registerCrashUndo`, which opens fresh connections).
+ * The process hook is installed once; the scope it speaks to is the one src/run/signals.ts routes signals to.
  */
-type Undo = () => Promise<string>
-
-const undos = new Set<Undo>()
 let installed = false
-let handling = false
-
-/** While the returned function is not called, a crash runs `undo` (it returns the sentence saying what it did). */
-export function registerUndo(undo: Undo): () => void {
-  undos.add(undo)
-  return () => undos.delete(undo)
-}
-
-/** True once a crash is being handled: the normal error path then leaves the report to it. */
-export function lastResortActive(): boolean {
-  return handling
-}
 
 export function installLastResort(): void {
   if (installed) return
@@ -32,8 +18,7 @@ export function installLastResort(): void {
 }
 
 async function onFatal(error: unknown): Promise<void> {
-  if (handling) return
-  handling = true
+  const scope = activeScope()
   const verbose = process.argv.includes('--verbose') || Boolean(process.env.DEBUG)
   // After Ctrl+C, a connection that dies is the cancel's doing (a dropped clone, a terminated child session).
   const ue = wasInterrupted()
@@ -41,15 +26,9 @@ async function onFatal(error: unknown): Promise<void> {
     : isConnectionLost(error)
     ? new UserError('The connection to PostgreSQL was lost (the server ended this tool\'s session, restarted, or the network failed), so the run stopped.', {cause: error})
     : toUserError(error)
-  const told: string[] = []
-  await Promise.race([cancel(), new Promise((resolve) => setTimeout(resolve, 15_000).unref())])
-  for (const undo of [...undos].reverse()) {
-    try {
-      told.push(await undo())
-    } catch (undoError) {
-      told.push(`undoing what this run applied failed: ${toUserError(undoError).message.replace(/\.$/, '')}`)
-    }
-  }
+  // Only the first crash reports (the scope's cancel handlers and undo run once); without a scope nothing awaits here.
+  const told = scope ? await scope.crash() : []
+  if (told === undefined) return
   const message = `${ue.message.replace(/\.$/, '')}${told.length > 0 ? `; ${told.join('; ')}` : ''}.`
   if (process.argv.includes('--json')) process.stdout.write(JSON.stringify({error: {hint: ue.hint, message}, ok: false}, null, 2) + '\n')
   process.stderr.write(`Error: ${message}\n`)

@@ -1,7 +1,6 @@
 import {existsSync} from 'node:fs'
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {isCancelled} from './cancel.js'
 
 /**
  * TEST-ONLY fault injection. With `NSELF_E2EE_TEST_PAUSE=<point>[,<point>…]` in the environment the run stops
@@ -14,13 +13,13 @@ import {isCancelled} from './cancel.js'
  * committed, before the rollback's last step). Ctrl+C or SIGTERM ends the
  * pause as it would end real work there: the code after the point then sees the run cancelled.
  */
-export async function testPause(point: string): Promise<void> {
+export async function testPause(point: string, signal?: AbortSignal): Promise<void> {
   const points = process.env.NSELF_E2EE_TEST_PAUSE
   if (!points || !points.split(',').includes(point)) return
   process.stderr.write(`[test-pause] ${point}\n`)
   const resume = process.env.NSELF_E2EE_TEST_RESUME
   for (;;) {
-    if ((resume && existsSync(resume)) || isCancelled()) return
+    if ((resume && existsSync(resume)) || signal?.aborted) return
     await sleep(20)
   }
 }

@@ -3,7 +3,6 @@ import os from 'node:os'
 import path from 'node:path'
 import {createInterface} from 'node:readline'
 
-import {isCancelled, throwIfCancelled} from '../cancel.js'
 import {CancelledError} from '../errors.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
@@ -63,7 +62,7 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
       args.push(`--use-list=${list.path}`)
     }
     args.push(dump.path)
-    throwIfCancelled()
+    tools.scope.throwIfCancelled()
 
     const child = tools.run('pg_restore', args, opts.database, {buffer: false, stdin: 'ignore', stdout: 'ignore'})
     child.catch(() => {})
@@ -105,7 +104,7 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
         throw error
       })
     } catch (error) {
-      if (isCancelled()) throw new CancelledError()
+      if (tools.scope.cancelled) throw new CancelledError()
       const first = errors.find((l) => /error:/i.test(l)) ?? errors[0] ?? (error as {shortMessage?: string}).shortMessage ?? String(error)
       const cmd = errors.find((l) => l.startsWith('Command was'))
       const detail = first.replace(/^error: /, '').replace(/^(could not execute query: )?ERROR:\s+/, '').replace(/\.$/, '')

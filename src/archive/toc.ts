@@ -1,4 +1,3 @@
-import {isCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError} from '../errors.js'
 import type {PgTools} from '../connection/tools.js'
 import {redact} from '../text.js'
@@ -99,7 +98,7 @@ export async function readBackupToc(tools: PgTools, file: string, during: string
   try {
     return await readToc(tools, file)
   } catch (error) {
-    if (isCancelled()) throw new CancelledError(during)
+    if (tools.scope.cancelled) throw new CancelledError(during)
     throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
   }
 }

@@ -1,4 +1,3 @@
-import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError} from '../errors.js'
 import {RUN_ID, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
@@ -113,8 +112,10 @@ async function tablesWithDependencies(admin: Sql, requested: KeptTable[]): Promi
 
 export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   const {admin, backup, log, target, tools} = opts
+  // The run's scope travels with its tools: Ctrl+C kills the restore and drops the clone.
+  const scope = tools.scope
   const started = Date.now()
-  throwIfCancelled('the dry run')
+  scope.throwIfCancelled('the dry run')
   const file = backup.file
   const secret = target.conn.password
 
@@ -176,13 +177,13 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     })
     return dropping
   }
-  let unregister = onCancel(async () => {
+  let unregister = scope.onCancel(async () => {
     if (!opts.keep) await dropOnce()
   })
 
   try {
     await createDatabaseLike(admin, name, live, comment, {log})
-    throwIfCancelled('the dry run')
+    scope.throwIfCancelled('the dry run')
     log?.(`Restoring ${file} into ${name} (${opts.allData ? 'every table with its data' : `${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without`}).`)
     const extraArgs = ['--no-subscriptions']
     if (!live.superuser) {
@@ -194,7 +195,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
       database: name, extraArgs, file, jobs: opts.jobs, listText: listLines.join('\n'), onProgress: opts.onProgress, target, tools, total,
     })
     const restoreMs = Date.now() - restoreStarted
-    throwIfCancelled('the dry run')
+    scope.throwIfCancelled('the dry run')
     log?.(`Clone ${name} restored in ${(restoreMs / 1000).toFixed(1)} s (${((Date.now() - started) / 1000).toFixed(1)} s in all).`)
     if (opts.keep) {
       unregister()
@@ -222,7 +223,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
         dropNote = ` The clone ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
       }
     }
-    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the dry run (clone ${name})`)
+    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the dry run (clone ${name})`)
     if (error instanceof UserError) {
       throw new UserError(error.message + dropNote, {cause: error, hint: error.hint})
     }

@@ -2,10 +2,10 @@ import {randomBytes} from 'node:crypto'
 import path from 'node:path'
 import {execa, type Options, type ResultPromise} from 'execa'
 
-import {isCancelled, onCancel} from '../cancel.js'
 import {CancelledError, firstLine, UserError} from '../errors.js'
 import {APP_NAME} from './connect.js'
 import type {Target} from './target.js'
+import {createRunScope, type RunScope} from '../run/scope.js'
 
 export type PgTool = 'pg_dump' | 'pg_restore' | 'psql'
 
@@ -29,11 +29,12 @@ export interface Invocation {
  * through `docker exec -i` (never -t: a TTY mangles binary dumps), or on this machine with --local.
  */
 export class PgTools {
-  private constructor(readonly target: Target, readonly container?: string) {}
+  private constructor(readonly target: Target, readonly scope: RunScope, readonly container?: string) {}
 
-  static async create(target: Target): Promise<PgTools> {
-    if (target.mode === 'local') return new PgTools(target)
-    return new PgTools(target, await findContainer(target.containerCandidates))
+  /** The tools for `target`; the children they start are killed when `scope` is cancelled. */
+  static async create(target: Target, scope: RunScope = createRunScope()): Promise<PgTools> {
+    if (target.mode === 'local') return new PgTools(target, scope)
+    return new PgTools(target, scope, await findContainer(target.containerCandidates))
   }
 
   describe(): string {
@@ -62,7 +63,7 @@ export class PgTools {
   run(tool: PgTool, args: string[], database: string | null, options: Options = {}, runOptions: RunOptions = {}): ResultPromise {
     const inv = this.invocation(tool, args, database, runOptions)
     const child = execa(inv.file, inv.args, {env: inv.env, extendEnv: true, reject: true, stripFinalNewline: true, ...options})
-    const dispose = onCancel(() => {
+    const dispose = this.scope.onCancel(() => {
       child.kill('SIGTERM')
     })
     child.finally(dispose).catch(() => {})
@@ -93,7 +94,7 @@ export class PgTools {
       return Number(m[1])
     } catch (error) {
       // Ctrl+C on a terminal reaches the child too: its death is the interruption, not a broken tool.
-      if (isCancelled()) throw new CancelledError(`checking ${tool}`, 'nothing was changed')
+      if (this.scope.cancelled) throw new CancelledError(`checking ${tool}`, 'nothing was changed')
       if ((error as {code?: string}).code === 'ENOENT') {
         throw new UserError(`${tool} was not found on this machine.`, {
           hint: 'Install the PostgreSQL client tools (same or newer major version than the server), or drop --local to run them in the nself postgres container.',

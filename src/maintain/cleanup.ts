@@ -1,10 +1,10 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {isCancelled, onCancel} from '../cancel.js'
 import {UserError} from '../errors.js'
 import {backoffMs, isLockTimeout} from '../migrations/locks.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import {type Querier, type Sql} from '../connection/connect.js'
+import {createRunScope, type RunScope} from '../run/scope.js'
 
 /**
  * The guide's "Set Up Automated Cleanup", done in small batches:
@@ -71,6 +71,8 @@ export interface CleanupOptions {
   assertHeld?: () => void
   onProgress?: (p: CleanupProgress) => void
   log?: (line: string) => void
+  /** The run's scope: Ctrl+C stops after the running batch (which commits or rolls back whole). */
+  scope?: RunScope
 }
 
 export interface CleanupProgress {
@@ -158,7 +160,8 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
   await assertTablesExist(sql, opts.schema, targets.map((t) => t.table))
 
   let stop = false
-  const unregister = onCancel(() => {
+  const scope = opts.scope ?? createRunScope()
+  const unregister = scope.onCancel(() => {
     stop = true
   })
   const results: TableResult[] = []
@@ -183,7 +186,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
       let from: Date | null = null
       let sweeping = false
       let emptySweeps = 0
-      while (!stop && !isCancelled()) {
+      while (!stop && !scope.cancelled) {
         opts.assertHeld?.()
         const t0 = performance.now()
         let n: number
@@ -192,7 +195,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
           ;[{last, n}] = await conn.unsafe<{n: number; last: Date | null}[]>(statement, [cutoff, size, from])
         } catch (error) {
           if (!isLockTimeout(error) && (error as {code?: string}).code !== '57014') throw error
-          if (isCancelled() || stop) break
+          if (scope.cancelled || stop) break
           // A lock timeout (the table is locked by DDL) or our own statement timeout: back off and retry, smaller.
           r.lockTimeouts++
           lockWaitStarted ??= Date.now()
@@ -230,7 +233,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
         else if (ms < budgetMs / 4 && size < opts.batchSize) size = Math.min(opts.batchSize, size * 2)
         if (opts.pauseMs > 0) await sleep(opts.pauseMs)
       }
-      if (stop || isCancelled()) break
+      if (stop || scope.cancelled) break
     }
     for (const r of results) {
       if (opts.dryRun) continue
@@ -242,7 +245,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
     await conn.unsafe('reset lock_timeout; reset statement_timeout; reset synchronous_commit').catch(() => {})
     conn.release()
   }
-  const interrupted = stop || isCancelled()
+  const interrupted = stop || scope.cancelled
   return {
     deleted: results.reduce((s, r) => s + r.deleted, 0),
     dryRun: opts.dryRun,

@@ -1,8 +1,7 @@
 import {createHash} from 'node:crypto'
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {throwIfCancelled} from '../cancel.js'
-import {toUserError, UserError} from '../errors.js'
+import {CancelledError, toUserError, UserError} from '../errors.js'
 import {APP_NAME, connect, type Querier, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 
@@ -107,6 +106,8 @@ export interface AcquireOptions {
   /** How long to wait for another command (ms). */
   waitMs: number
   log?: (line: string) => void
+  /** The run's signal: waiting for another command stops when it is aborted (Ctrl+C). */
+  signal?: AbortSignal
 }
 
 /**
@@ -156,7 +157,7 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
         options.log?.(`Waiting for another command (${describeHolder(holder)}) to finish with "${database}"…`)
         told = true
       }
-      throwIfCancelled('waiting for the other command')
+      if (options.signal?.aborted) throw new CancelledError('waiting for the other command')
       await sleep(Math.min(500, Math.max(50, options.waitMs / 20)))
     }
     held = true

@@ -1,7 +1,6 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {throwIfCancelled} from '../cancel.js'
-import {UserError} from '../errors.js'
+import {CancelledError, UserError} from '../errors.js'
 import {openSession, type Querier, type Sql} from '../connection/connect.js'
 import {plural} from '../text.js'
 
@@ -28,7 +27,7 @@ export type RunLock = (() => Promise<void>) & {
   lost: () => boolean
 }
 
-export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void): Promise<RunLock> {
+export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: string) => void, signal?: AbortSignal): Promise<RunLock> {
   const session = await openSession(sql)
   const conn = session.sql
   const started = Date.now()
@@ -70,7 +69,7 @@ export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: strin
         log(`waiting for another nself db e2ee run (${who}) to finish…`)
         told = true
       }
-      throwIfCancelled('waiting for the migration lock')
+      if (signal?.aborted) throw new CancelledError('waiting for the migration lock')
       await sleep(Math.min(500, Math.max(50, waitMs / 20)))
     }
   }

@@ -1,16 +1,25 @@
 import path from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {isCancelled, onCancel, throwIfCancelled, underUndoScope} from '../cancel.js'
 import {CancelledError, interrupted, interruption, isConnectionLost, toUserError, UserError} from '../errors.js'
-import {registerUndo} from '../last-resort.js'
 import {openSession, type Querier, quoteIdent, reopen, type Sql} from '../connection/connect.js'
 import type {MigrationFile} from './files.js'
 import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, markRolledBackInNselfLedger, recordInNselfLedger, recordVersion, unrecordVersion} from './ledger.js'
 import {acquireRunLock, backoffMs, describeHolder, isDeadlock, isLockConflict, type LockAttempts, lockWaitError, longLockHolders, type RunLock} from './locks.js'
 import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
+import {createRunScope, type RunScope} from '../run/scope.js'
 import {plural} from '../text.js'
+
+/** A run's lock settings, converted once from the flags (--lock-timeout, --max-lock-wait, --lock-wait) and passed as they are. */
+export interface RunnerSettings {
+  /** lock_timeout for statements that take strong locks on existing tables (a writer waits at most this). */
+  lockTimeoutMs: number
+  /** Total time to keep retrying lock timeouts and waiting for long transactions before giving up. */
+  maxLockWaitMs: number
+  /** How long to wait for another run (the command lock, and the advisory run lock). */
+  runLockWaitMs: number
+}
 
 export interface RunnerOptions {
   sql: Sql
@@ -35,6 +44,11 @@ export interface RunnerOptions {
    * check that the database was not replaced under it and that its command lock is still held.
    */
   beforeWrite?: (q: Querier) => Promise<void>
+  /**
+   * The run's scope: its cancellation stops the run at the next statement (and cancels the running one), and a
+   * crash of the process runs this run's undo (src/last-resort.ts). Default: a scope nothing cancels.
+   */
+  scope?: RunScope
   log?: (line: string) => void
   progress?: (line: string) => void
 }
@@ -71,7 +85,8 @@ export interface RunReport {
 
 const DEFAULTS = {buildTimeoutMs: 0, lockTimeoutMs: 200, maxLockWaitMs: 120_000, runLockWaitMs: 60_000, statementTimeoutMs: 60_000}
 
-type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'beforeWrite'>> & Pick<RunnerOptions, 'schema' | 'beforeWrite'> & {
+type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'beforeWrite' | 'scope'>> & Pick<RunnerOptions, 'schema' | 'beforeWrite'> & {
+  scope: RunScope
   log: (l: string) => void
   progress: (l: string) => void
   /** Set once the run lock is held: throws when its session was lost (another run could now start). */
@@ -80,7 +95,7 @@ type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'be
 
 /** Where a run may stop: Ctrl+C, or the run lock gone with its session. */
 function checkpoint(o: Resolved, what: string): void {
-  throwIfCancelled(what)
+  o.scope.throwIfCancelled(what)
   o.lockHeld?.(what)
 }
 
@@ -104,6 +119,7 @@ function resolve(o: RunnerOptions): Resolved {
     ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)),
     log: o.log ?? (() => {}),
     progress: o.progress ?? o.log ?? (() => {}),
+    scope: o.scope ?? createRunScope(),
   } as Resolved
 }
 
@@ -120,7 +136,7 @@ function statementError(m: MigrationFile | {name: string; file: string}, s: Stat
  */
 export async function migrateUp(options: RunnerOptions & {to?: number}): Promise<RunReport> {
   const o = resolve(options)
-  const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log)
+  const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log, o.scope.signal)
   watchRunLock(o, release)
   try {
     // Read the plan under the lock: a run that waited must see what the other one applied.
@@ -133,7 +149,7 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
     // last-resort handler when a lost connection crashed the process (src/last-resort.ts).
     let undoing: Promise<UndoOutcome> | undefined
     const undo = () => (undoing ??= undoCommitted(o, plan, [...committed].reverse(), applied))
-    const unregister = o.revertOnFailure ? registerUndo(async () => (await undo()).sentence) : () => {}
+    const unregister = o.revertOnFailure ? o.scope.registerCrashUndo(async () => (await undo()).sentence) : () => {}
     let at = 'the migrations'
     try {
       for (const m of plan.toApply) {
@@ -197,7 +213,7 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
 /** Run down files, newest first, each with its ledger rows in one transaction, down to version `to`. */
 export async function migrateDown(options: RunnerOptions & {to: number}): Promise<RunReport> {
   const o = resolve(options)
-  const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log)
+  const release = await acquireRunLock(o.sql, o.runLockWaitMs, o.log, o.scope.signal)
   watchRunLock(o, release)
   try {
     const plan = await readPlan(o.sql, o.migrations, {schema: o.schema})
@@ -239,27 +255,26 @@ interface UndoOutcome {
  */
 async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile[], applied: Set<number>): Promise<UndoOutcome> {
   if (newestFirst.length === 0) return {ok: true, sentence: 'nothing this run applied had committed, so the database is as it was before'}
-  const fresh = freshPool(o.sql)
   const names = newestFirst.map((m) => m.name).reverse().join(', ')
-  try {
-    // The undo does not stop for a lost run lock: leaving half a migration behind would be worse.
-    await underUndoScope(async () => {
-      await serverBack(fresh, o.log)
-      await runDown({...o, lockHeld: undefined, sql: fresh}, plan, newestFirst, applied)
-    })
-    return {ok: true, sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`}
-  } catch (error) {
-    const state = await describeState({...o, sql: fresh}, plan)
-    const hint = `\`nself db e2ee migrate\` finishes the migration; \`nself db e2ee rollback --strategy down --to ${plan.current ?? 0}\` undoes it.`
-    if (error instanceof CancelledError) return {hint, ok: false, sentence: `undoing what it applied was abandoned by a second ${interruption().by}: ${state}`}
-    return {hint, ok: false, sentence: `undoing the migrations this run applied (${names}) also failed (${toUserError(error).message.replace(/\.$/, '')}): ${state}`}
-  } finally {
-    if (fresh !== o.sql) await fresh.end({timeout: 2}).catch(() => {})
-  }
+  return o.scope.underUndo(async (undo) => {
+    const fresh = freshPool(o.sql)
+    if (fresh !== o.sql) undo.own(fresh)
+    try {
+      // The undo does not stop for a lost run lock: leaving half a migration behind would be worse.
+      await serverBack(fresh, o.log, undo)
+      await runDown({...o, lockHeld: undefined, scope: undo, sql: fresh}, plan, newestFirst, applied)
+      return {ok: true, sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`}
+    } catch (error) {
+      const state = await describeState({...o, sql: fresh}, plan)
+      const hint = `\`nself db e2ee migrate\` finishes the migration; \`nself db e2ee rollback --strategy down --to ${plan.current ?? 0}\` undoes it.`
+      if (error instanceof CancelledError) return {hint, ok: false, sentence: `undoing what it applied was abandoned by a second ${interruption().by}: ${state}`}
+      return {hint, ok: false, sentence: `undoing the migrations this run applied (${names}) also failed (${toUserError(error).message.replace(/\.$/, '')}): ${state}`}
+    }
+  })
 }
 
 /** After a server restart, wait (bounded; a second Ctrl+C stops it) until it accepts connections again. */
-async function serverBack(sql: Sql, log: (line: string) => void, waitMs = 60_000): Promise<void> {
+async function serverBack(sql: Sql, log: (line: string) => void, scope: RunScope, waitMs = 60_000): Promise<void> {
   const started = Date.now()
   let told = false
   for (;;) {
@@ -274,7 +289,7 @@ async function serverBack(sql: Sql, log: (line: string) => void, waitMs = 60_000
         log(`the server is not accepting connections (${toUserError(error).message.replace(/\.$/, '')}); waiting up to ${waitMs / 1000} s for it to undo what this run applied`)
         told = true
       }
-      throwIfCancelled('waiting for the server to undo what this run applied')
+      scope.throwIfCancelled('waiting for the server to undo what this run applied')
       await sleep(500)
     }
   }
@@ -331,7 +346,7 @@ async function runTransaction(
     await waitForLongHolders(o, plan.appSchema, tables, started, m.name, lost)
     let current: Statement | undefined
     let running: {cancel: () => void} | undefined
-    const dispose = onCancel(() => running?.cancel())
+    const dispose = o.scope.onCancel(() => running?.cancel())
     const reports: StatementReport[] = []
     try {
       await o.sql.begin(async (tx) => {
@@ -363,7 +378,7 @@ async function runTransaction(
       mr.statements.push(...reports)
       return
     } catch (error) {
-      if (isCancelled()) throw new CancelledError(`migration ${m.name}`)
+      if (o.scope.cancelled) throw new CancelledError(`migration ${m.name}`)
       // A deadlock is a lock wait lost as well: the server rolled our transaction back and the writers went on.
       if (isLockConflict(error)) {
         const where = current ? current.summary : 'the ledger'
@@ -420,7 +435,7 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
   const session = await openSession(o.sql)
   const conn = session.sql
   let running: {cancel: () => void} | undefined
-  const dispose = onCancel(() => running?.cancel())
+  const dispose = o.scope.onCancel(() => running?.cancel())
   const started = Date.now()
   try {
     // These take SHARE UPDATE EXCLUSIVE, which writers do not queue behind; the long lock_timeout only
@@ -444,7 +459,7 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
         // A session the server ended is never queried again; an index it left INVALID goes with the undo
         // (the down file drops it) or is rebuilt by the next run.
         if (session.lost || isConnectionLost(error)) throw statementError(m, s, error, 'up')
-        if (isCancelled()) {
+        if (o.scope.cancelled) {
           if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by the cancelled build; dropping it').catch(() => {})
           throw new CancelledError(`migration ${m.name}`)
         }

@@ -1,6 +1,6 @@
 import {acquireCommandLock, type CommandLock, type CommandName, commandLockHolder, connectMaintenance, describeHolder} from '../migrations/command-lock.js'
 import {UserError} from '../errors.js'
-import type {Target} from '../connection/target.js'
+import type {RunScope} from '../run/scope.js'
 import {connectionState, leftoverDatabases, type LeftoverDatabase, type LeftoverFile, leftoverPartials, liveRuns, repairClosedDatabase, sweepLeftovers} from '../steps/leftovers.js'
 
 /** Notes for the operator outside the step list: stderr, so `--json` keeps stdout to the document. */
@@ -9,22 +9,20 @@ export function note(line: string): void {
 }
 
 /**
- * The start of every command that changes a database: take the command lock (waiting up to `waitMs` for
- * another command), re-open a target an interrupted swap left closed, and remove what interrupted commands
- * left behind. The caller releases the lock when it is done, also on failure.
+ * The start of every command that changes a database: take the command lock of the scope's target (waiting up
+ * to `waitMs` for another command), re-open a target an interrupted swap left closed, and remove what
+ * interrupted commands left behind. The scope releases the lock when it closes (after what it opened later),
+ * also on failure; notes go to the scope's logger.
  */
-export async function beginChangingCommand(target: Target, o: {command: CommandName; waitMs: number; log?: (line: string) => void}): Promise<CommandLock> {
-  const log = o.log ?? note
-  const lock = await acquireCommandLock(target, {command: o.command, log, waitMs: o.waitMs})
-  try {
-    const repaired = await repairClosedDatabase(lock.admin, lock.database)
-    if (repaired) log(repaired)
-    await sweepLeftovers(lock, target.backupDir, log)
-    return lock
-  } catch (error) {
-    await lock.release()
-    throw error
-  }
+export async function beginChangingCommand(scope: RunScope, o: {command: CommandName; waitMs: number}): Promise<CommandLock> {
+  const {target} = scope
+  const log = (line: string) => scope.log.info(line)
+  const lock = await acquireCommandLock(target, {command: o.command, log, signal: scope.signal, waitMs: o.waitMs})
+  scope.defer(() => lock.release())
+  const repaired = await repairClosedDatabase(lock.admin, lock.database)
+  if (repaired) log(repaired)
+  await sweepLeftovers(lock, target.backupDir, log)
+  return lock
 }
 
 export interface ReadingState {
@@ -40,14 +38,15 @@ export interface ReadingState {
  * (when no command holds its lock), and what interrupted commands left behind is listed. Best effort: when the
  * maintenance database cannot be reached, nothing is checked.
  */
-export async function checkBeforeReading(target: Target, command: CommandName): Promise<ReadingState | null> {
-  let admin
-  try {
-    admin = (await connectMaintenance(target, {max: 1})).sql
-  } catch {
-    return null
-  }
-  try {
+export async function checkBeforeReading(scope: RunScope, command: CommandName): Promise<ReadingState | null> {
+  const {target} = scope
+  return scope.child(async (reading) => {
+    let admin
+    try {
+      admin = reading.own((await connectMaintenance(target, {max: 1})).sql)
+    } catch {
+      return null
+    }
     const database = target.conn.database
     const holder = await commandLockHolder(admin, database)
     let repaired: string | null = null
@@ -70,7 +69,5 @@ export async function checkBeforeReading(target: Target, command: CommandName): 
     const alive = files.length > 0 ? await liveRuns(admin) : new Set<string>()
     const partials = files.map((f) => ({...f, owner: f.run === null ? 'unknown' as const : alive.has(f.run) ? 'running' as const : 'gone' as const}))
     return {busy: holder ? {command: describeHolder(holder), run: holder.run} : null, databases, partials, repaired}
-  } finally {
-    await admin.end({timeout: 2}).catch(() => {})
-  }
+  })
 }

@@ -1,21 +1,21 @@
-import type {Target} from '../connection/target.js'
 import {PgTools} from '../connection/tools.js'
 import {type BackupInfo, type ListedBackup, manifestPathFor} from '../archive/manifest.js'
 import {type RehearsalDump, takeRehearsalDump, verifyBackup} from '../steps/backup.js'
 import {existingTables} from '../migrations/plan.js'
+import type {RunnerSettings} from '../migrations/runner.js'
 import {decideCopy, dryRun, type DryRunReport} from '../steps/dryrun.js'
 import type {CloneContent} from '../clone/content.js'
 import {TOUCHED_TABLES} from '../nchat/tables.js'
-import {inspect, type Inspection} from '../migrations/inspect.js'
+import {inspect} from '../migrations/inspect.js'
 import {preflight, type PreflightReport} from '../steps/preflight.js'
-import {progressOf} from './log-renderer.js'
-import {backupProduction, runSteps, type Step, timed} from './shared.js'
+import type {RunScope} from '../run/scope.js'
+import {backupProduction, Steps, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
 import {fmtBytes, plural} from '../text.js'
 
+/** What `dryrun` is asked to do; the database is the scope's target. */
 export interface DryRunCommandOptions {
-  target: Target
   json: boolean
   fromBackup?: string
   to?: number
@@ -24,10 +24,7 @@ export interface DryRunCommandOptions {
   /** Restore every row (the guide's full restore) instead of only the rows the migration reads. */
   full?: boolean
   migrationsDir?: string
-  lockTimeoutMs: number
-  maxLockWaitMs: number
-  /** How long to wait for another command on the same database (the dry run creates and drops databases). */
-  runLockWaitMs: number
+  runner: RunnerSettings
 }
 
 export interface DryRunSummary {
@@ -69,113 +66,124 @@ export interface DryRunSummary {
   elapsedMs: number
 }
 
-interface Ctx {
-  ins?: Inspection
-  tools?: PgTools
-  pre?: PreflightReport
-  backup?: BackupInfo | ListedBackup
-  taken: boolean
-  rehearsal?: RehearsalDump
-  rehearsalRemoved?: boolean
-  content?: CloneContent
-  dry?: DryRunReport
-  existing?: string[]
-  startedAt: number
-  timings: Record<string, number>
-}
+/** The title of the standalone dry run's second step when it takes no backup. */
+const REHEARSAL_STEP = 'Rehearsal dump (the schema and the rows the copy restores)'
 
 /** The guide's dry run as its own command: production is only read, nothing in it changes. */
-export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary> {
-  const ctx: Ctx = {startedAt: Date.now(), taken: false, timings: {}}
-  const lock = await beginChangingCommand(o.target, {command: 'dryrun', waitMs: o.runLockWaitMs})
-  const tasks: Step<Ctx>[] = [
-    {
-      task: async (c, task) => timed(c, 'preflight', async () => {
-        c.ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
-        await lock.assertSameDatabase(c.ins.sql)
-        if (c.ins.plan.toApply.length === 0) {
-          task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
-          return
-        }
-        c.tools = await PgTools.create(o.target)
-        // Room for a full backup is checked only when one is taken (--full); the rehearsal dump holds the schema
-        // and a few tables' rows, and a full disk while writing it is one sentence, with the file removed.
-        c.pre = await preflight({backupDir: o.full && !o.fromBackup ? o.target.backupDir : undefined, ins: c.ins, needCreateDb: true, target: o.target, to: o.to, tools: c.tools})
-        task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; would apply ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
-      }),
-      title: 'Preflight (read-only)',
-    },
-    o.fromBackup || o.full ? {
-      skip: (c) => nothing(c),
-      task: async (c, task) => timed(c, 'backup', async () => {
-        const ins = c.ins!
+export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promise<DryRunSummary> {
+  const startedAt = Date.now()
+  const timings: Record<string, number> = {}
+  const {target} = scope
+  // A backup only with --from-backup (checked) or --full (taken, verified, kept). Otherwise production is only
+  // read, so no backup: a dump of what the copy restores, removed when the run ends, however it ends.
+  const withBackup = Boolean(o.fromBackup || o.full)
+  // Everything this run opens is closed when it ends, newest first: the pools, then the command lock.
+  return scope.child(async (run) => {
+    const lock = await beginChangingCommand(run, {command: 'dryrun', waitMs: o.runner.runLockWaitMs})
+    const steps = new Steps(run, o.json)
+    const pre = await steps.run('Preflight (read-only)', (task) => timed(timings, 'preflight', async () => {
+      const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
+      run.ownPool(ins.sql)
+      await lock.assertSameDatabase(ins.sql)
+      if (ins.plan.toApply.length === 0) {
+        task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
+        return {ins, todo: false as const}
+      }
+      const tools = await PgTools.create(target, run)
+      // Room for a full backup is checked only when one is taken (--full); the rehearsal dump holds the schema
+      // and a few tables' rows, and a full disk while writing it is one sentence, with the file removed.
+      const report = await preflight({backupDir: o.full && !o.fromBackup ? target.backupDir : undefined, ins, needCreateDb: true, target, to: o.to, tools})
+      task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; would apply ${ins.plan.toApply.map((m) => m.name).join(', ')}`
+      return {ins, report, todo: true as const, tools}
+    }))
+    const {ins} = pre
+    if (!pre.todo) {
+      await steps.skip(withBackup ? 'Backup' : REHEARSAL_STEP)
+      await steps.skip('Apply and verify on a restored copy')
+      return summarize({current: ins.plan.current, database: target.conn.database, elapsedMs: Date.now() - startedAt, schema: ins.plan.appSchema, timings, wouldApply: []})
+    }
+    const {tools} = pre
+
+    const source: DumpSource = withBackup
+      ? await steps.run('Backup', (task) => timed(timings, 'backup', async () => {
         if (o.fromBackup) {
-          const checked = await verifyBackup({database: o.target.conn.database, file: o.fromBackup, requireManifest: true, tools: c.tools!})
-          c.backup = {file: o.fromBackup, manifest: checked.manifest, manifestFile: manifestPathFor(o.fromBackup)}
+          const checked = await verifyBackup({database: target.conn.database, file: o.fromBackup, requireManifest: true, tools})
           task.title = `Backup ${o.fromBackup}: checked against its manifest`
-          return
+          return {backup: {file: o.fromBackup, manifest: checked.manifest, manifestFile: manifestPathFor(o.fromBackup)}, kind: 'backup' as const, taken: false}
         }
-        c.backup = await backupProduction({ins, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'dryrun', target: o.target, tools: c.tools!})
-        c.taken = true
-        task.title = `Backup: ${c.backup.file} (${fmtBytes((c.backup as BackupInfo).bytes)}, verified)`
-      }),
-      title: 'Backup',
-    } : {
-      // Production is only read, so no backup: a dump of what the copy restores, removed when the run ends.
-      skip: (c) => nothing(c),
-      task: async (c, task) => timed(c, 'dump', async () => {
-        const ins = c.ins!
-        c.content = await decideCopy({plan: ins.plan, sql: ins.sql})
-        c.rehearsal = await takeRehearsalDump({
-          dataTables: c.content.dataTables, ledgerVersion: ins.plan.current, log: (l) => { task.output = l },
-          onProgress: (bytes) => progressOf(task)(`${fmtBytes(bytes)} written`), schema: ins.plan.appSchema, sql: ins.sql,
-          tables: TOUCHED_TABLES, target: o.target, tools: c.tools!,
+        const info = await backupProduction({ins, purpose: 'dryrun', scope: task.scope, target, tools})
+        task.title = `Backup: ${info.file} (${fmtBytes(info.bytes)}, verified)`
+        return {backup: info, kind: 'backup' as const, taken: true}
+      }))
+      : await steps.run(REHEARSAL_STEP, (task) => timed(timings, 'dump', async () => {
+        const content = await decideCopy({plan: ins.plan, sql: ins.sql})
+        const {log} = task.scope
+        const dump = await takeRehearsalDump({
+          dataTables: content.dataTables, ledgerVersion: ins.plan.current, log: (l) => log.info(l),
+          onProgress: (bytes) => log.progress(`${fmtBytes(bytes)} written`), schema: ins.plan.appSchema, sql: ins.sql,
+          tables: TOUCHED_TABLES, target, tools,
         })
-        task.title = `Rehearsal dump: ${fmtBytes(c.rehearsal.bytes)}, the schema and the rows of ${plural(c.rehearsal.tablesWithData.length, 'table')} (not a backup; removed at the end)`
-      }),
-      title: 'Rehearsal dump (the schema and the rows the copy restores)',
-    },
-    {
-      skip: (c) => nothing(c),
-      task: async (c, task) => timed(c, 'dryrun', async () => {
-        const ins = c.ins!
-        await lock.assertSameDatabase(ins.sql)
-        c.dry = await dryRun({
-          backup: c.rehearsal ?? c.backup!, content: c.content, full: o.full, leftOutOfArchive: c.rehearsal?.leftOut, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-          plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs},
-          sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
-        })
-        const locked = (c.dry.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
-        c.existing = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
-        task.title = c.dry.failure
-          ? `Dry run on ${c.dry.clone}: WOULD FAIL`
-          : `Dry run on ${c.dry.clone}: applied in ${fmtMs(c.dry.applyMs)}, verified${c.dry.kept ? ' (kept)' : ', dropped'}`
-      }),
-      title: 'Apply and verify on a restored copy',
-    },
-  ]
-  try {
+        task.title = `Rehearsal dump: ${fmtBytes(dump.bytes)}, the schema and the rows of ${plural(dump.tablesWithData.length, 'table')} (not a backup; removed at the end)`
+        return {content, dump, kind: 'rehearsal' as const}
+      }))
+
+    let applied: {dry: DryRunReport; existing: string[]}
+    let removed = false
     try {
-      await runSteps(tasks, ctx, o.json)
+      applied = await steps.run('Apply and verify on a restored copy', (task) => timed(timings, 'dryrun', async () => {
+        await lock.assertSameDatabase(ins.sql)
+        const from = source.kind === 'backup'
+          ? {backup: source.backup}
+          : {backup: source.dump, content: source.content, leftOutOfArchive: source.dump.leftOut}
+        const report = await dryRun({
+          ...from, full: o.full, jobs: o.jobs, keep: o.keepDryrunDb, migrations: ins.migrations, plan: ins.plan,
+          runner: o.runner, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
+        })
+        const locked = (report.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
+        const tables = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
+        task.title = report.failure
+          ? `Dry run on ${report.clone}: WOULD FAIL`
+          : `Dry run on ${report.clone}: applied in ${fmtMs(report.applyMs)}, verified${report.kept ? ' (kept)' : ', dropped'}`
+        return {dry: report, existing: tables}
+      }))
     } finally {
-      if (ctx.rehearsal) {
-        await ctx.rehearsal.remove()
-        ctx.rehearsalRemoved = true
+      if (source.kind === 'rehearsal') {
+        await source.dump.remove()
+        removed = true
       }
     }
-    return summarize(o, ctx)
-  } finally {
-    await ctx.ins?.sql.end({timeout: 2}).catch(() => {})
-    await lock.release()
-  }
+    const d = source.kind === 'rehearsal' ? source.dump : undefined
+    return summarize({
+      backup: source.kind === 'backup' ? {file: source.backup.file, taken: source.taken} : undefined,
+      current: ins.plan.current, database: target.conn.database, dry: applied.dry, elapsedMs: Date.now() - startedAt,
+      existing: applied.existing, preflight: pre.report.checks,
+      rehearsalDump: d ? {bytes: d.bytes, file: d.file, removed, tablesWithData: d.tablesWithData} : undefined,
+      schema: ins.plan.appSchema, timings, wouldApply: ins.plan.toApply.map((m) => m.name),
+    })
+  })
 }
 
-function nothing(c: Ctx): boolean {
-  return Boolean(c.ins && c.ins.plan.toApply.length === 0)
+/** What the copy is restored from: a backup (--from-backup, --full), or the rehearsal dump and the content it holds. */
+type DumpSource =
+  | {kind: 'backup'; backup: BackupInfo | ListedBackup; taken: boolean}
+  | {kind: 'rehearsal'; dump: RehearsalDump; content: CloneContent}
+
+/** What the run found, for the summary (a run with nothing to apply has no backup, dry run or checks). */
+interface Found {
+  database: string
+  schema: string
+  current: number | null
+  wouldApply: string[]
+  backup?: {file: string; taken: boolean}
+  rehearsalDump?: DryRunSummary['rehearsalDump']
+  dry?: DryRunReport
+  existing?: string[]
+  preflight?: PreflightReport['checks']
+  timings: Record<string, number>
+  elapsedMs: number
 }
 
-function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
-  const ins = c.ins!
+function summarize(c: Found): DryRunSummary {
   const d = c.dry
   const statements: DryRunSummary['statements'] = []
   for (const m of d?.run?.migrations ?? []) {
@@ -193,12 +201,12 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
     }
   }
   return {
-    backup: c.backup ? {file: c.backup.file, taken: c.taken} : null,
-    rehearsalDump: c.rehearsal ? {bytes: c.rehearsal.bytes, file: c.rehearsal.file, removed: Boolean(c.rehearsalRemoved), tablesWithData: c.rehearsal.tablesWithData} : null,
+    backup: c.backup ?? null,
+    rehearsalDump: c.rehearsalDump ?? null,
     clone: d?.clone ?? null,
     existingTables: c.existing ?? [],
-    current: ins.plan.current,
-    database: o.target.conn.database,
+    current: c.current,
+    database: c.database,
     failure: d?.failure ?? null,
     applyMs: d ? d.applyMs : null,
     content: d?.content ?? null,
@@ -208,13 +216,13 @@ function summarize(o: DryRunCommandOptions, c: Ctx): DryRunSummary {
     keptAltered: d?.keptAltered ?? [],
     leftOut: d?.leftOut ?? [],
     ok: !d?.failure,
-    preflight: c.pre?.checks ?? [],
+    preflight: c.preflight ?? [],
     restoreMs: d?.restoreMs ?? null,
-    schema: ins.plan.appSchema,
+    schema: c.schema,
     statements,
     timings: c.timings,
-    elapsedMs: Date.now() - c.startedAt,
+    elapsedMs: c.elapsedMs,
     verification: d?.verify ? {checks: d.verify.checks.length, failures: d.verify.failures, ok: d.verify.ok} : null,
-    wouldApply: ins.plan.toApply.map((m) => m.name),
+    wouldApply: c.wouldApply,
   }
 }

@@ -121,7 +121,7 @@ export class LogRenderer {
       if (!task.hasTitle()) return
       if (state === ListrTaskState.STARTED) {
         startedAt = Date.now()
-        logLine('STARTED', task.title!)
+        logLine('STARTED', task.title ?? '')
       } else if (state === ListrTaskState.COMPLETED) {
         logLine('COMPLETED', `${task.title} (took ${took()})`)
       }

@@ -1,12 +1,9 @@
-import {isCancelled, onCancel, untilCancelled} from '../cancel.js'
-import {APP_NAME, connect, stopPool} from '../connection/connect.js'
+import {APP_NAME, connect} from '../connection/connect.js'
 import {CancelledError, UserError} from '../errors.js'
-import type {RunReport} from '../migrations/runner.js'
-import {migrateUp} from '../migrations/runner.js'
+import {migrateUp, type RunnerSettings} from '../migrations/runner.js'
 import {describeChanges} from '../migrations/plan.js'
 import type {Target} from '../connection/target.js'
 import {PgTools} from '../connection/tools.js'
-import type {BackupInfo} from '../archive/manifest.js'
 import {dryRun, type DryRunReport} from '../steps/dryrun.js'
 import {inspect, type Inspection} from '../migrations/inspect.js'
 import {preflight, type PreflightReport} from '../steps/preflight.js'
@@ -15,14 +12,14 @@ import {vacuumTables} from '../steps/vacuum.js'
 import {type VerifyReport} from '../verify/report.js'
 import {verifyDatabase} from '../verify/verify-database.js'
 import {existingRelations, type HasuraResult, writeHasuraMetadata} from '../hasura/metadata.js'
-import {progressOf} from './log-renderer.js'
-import {backupProduction, namingTheStep, runSteps, type Step, timed} from './shared.js'
+import type {RunScope} from '../run/scope.js'
+import {backupProduction, namingTheStep, Steps, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 import {fmtBytes, plural} from '../text.js'
 
+/** What `migrate` is asked to do; the database is the scope's target. */
 export interface MigrateOptions {
-  target: Target
   yes: boolean
   json: boolean
   to?: number
@@ -31,10 +28,7 @@ export interface MigrateOptions {
   skipDryrun: boolean
   keepDryrunDb: boolean
   jobs: number
-  lockTimeoutMs: number
-  maxLockWaitMs: number
-  runLockWaitMs: number
-  log?: (line: string) => void
+  runner: RunnerSettings
 }
 
 export interface MigrateSummary {
@@ -62,148 +56,144 @@ export interface MigrateSummary {
   hasura: HasuraResult | null
 }
 
-interface Ctx {
-  hasura?: HasuraResult
-  ins?: Inspection
-  tools?: PgTools
-  pre?: PreflightReport
-  backup?: BackupInfo
-  dry?: DryRunReport
-  run?: RunReport
-  verify?: VerifyReport
-  vacuumed: string[]
-  startedAt: number
-  timings: Record<string, number>
-  warnings: string[]
-}
-
 /** The guide's whole procedure, in order, stopping at the first failure with production as it was. */
-export async function runMigrate(o: MigrateOptions): Promise<MigrateSummary> {
+export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<MigrateSummary> {
   if (o.skipBackup && !o.yes) {
     throw new UserError('--skip-backup needs --yes: migrating without a fresh backup leaves no way back but the down files.', {exitCode: 2})
   }
   assertCanConfirm(o.yes, 'Migrating the production database')
-  const ctx: Ctx = {startedAt: Date.now(), timings: {}, vacuumed: [], warnings: []}
-  // One command at a time on this database, whatever the command; held until the end, also on failure.
-  const lock = await beginChangingCommand(o.target, {command: 'migrate', waitMs: o.runLockWaitMs})
-  const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
-  const runner = {beforeWrite: guard, lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs, runLockWaitMs: o.runLockWaitMs}
+  const startedAt = Date.now()
+  const timings: Record<string, number> = {}
+  const warnings: string[] = []
+  const {target} = scope
+  // Everything this run opens is closed when it ends, newest first: the pools, then the command lock.
+  return scope.child(async (run) => {
+    // One command at a time on this database, whatever the command; held until the end, also on failure.
+    const lock = await beginChangingCommand(run, {command: 'migrate', waitMs: o.runner.runLockWaitMs})
+    const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
+    const steps = new Steps(run, o.json)
+    const done = (r: Partial<MigrateSummary> & Pick<MigrateSummary, 'after' | 'before' | 'schema' | 'nothingToDo'>): MigrateSummary => ({
+      after: r.after, applied: r.applied ?? [], appliedByOtherRun: r.appliedByOtherRun ?? false, applyMs: timings.apply ?? null, backup: r.backup ?? null,
+      before: r.before, database: target.conn.database, elapsedMs: Date.now() - startedAt, dryrun: r.dryrun ?? null, lockRetries: r.lockRetries ?? 0,
+      nothingToDo: r.nothingToDo, ok: true, preflight: r.preflight ?? [], schema: r.schema, timings, vacuumed: r.vacuumed ?? [], verify: r.verify ?? null,
+      warnings, hasura: r.hasura ?? null,
+    })
 
-  try {
-    const before: Step<Ctx>[] = [
-      {
-        task: async (c, task) => timed(c, 'preflight', () => readOnlyStep('the preflight', PREFLIGHT_STATE, o.target, async () => {
-          const ins = await inspect(o.target, {migrationsDir: o.migrationsDir, to: o.to})
-          if (isCancelled()) {
-            // Ctrl+C came while the preflight waited: the step has already been reported as stopped.
-            await stopPool(ins.sql)
-            throw new CancelledError('the preflight', PREFLIGHT_STATE)
-          }
-          c.ins = ins
-          await guard(c.ins.sql)
-          if (c.ins.plan.toApply.length === 0) {
-            task.title = `Preflight: nothing to apply, ${o.target.conn.database} is at ${c.ins.plan.current ?? 'nothing'}`
-            return
-          }
-          const needTools = !o.skipBackup || !o.skipDryrun
-          c.tools = needTools ? await PgTools.create(o.target) : undefined
-          c.pre = await preflight({backupDir: o.skipBackup ? undefined : o.target.backupDir, ins: c.ins, needCreateDb: !o.skipDryrun, target: o.target, to: o.to, tools: c.tools})
-          for (const ch of c.pre.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${ch.name}: ${ch.detail}`)
-          task.title = `Preflight: ${plural(c.pre.checks.length, 'check')} passed; to apply: ${c.ins.plan.toApply.map((m) => m.name).join(', ')}`
-        })),
-        title: 'Preflight',
-      },
-      {
-        skip: (c) => nothing(c) || (o.skipBackup ? 'skipped (--skip-backup): NO BACKUP WAS TAKEN' : false),
-        task: async (c, task) => timed(c, 'backup', () => namingTheStep('The backup', 'production was not changed', async () => {
-          await guard(c.ins!.sql)
-          c.backup = await backupProduction({ins: c.ins!, output: (l) => { task.output = l }, progress: progressOf(task), purpose: 'pre-migration', target: o.target, tools: c.tools!})
-          task.title = `Backup: ${c.backup.file} (${fmtBytes(c.backup.bytes)}, verified)`
-        })),
-        title: 'Backup',
-      },
-      {
-        skip: (c) => nothing(c) || (o.skipDryrun ? 'skipped (--skip-dryrun)' : false) || (o.skipBackup ? 'skipped: the dry run restores the backup, and there is none' : false),
-        task: async (c, task) => timed(c, 'dryrun', async () => {
-          const ins = c.ins!
-          await guard(ins.sql)
-          c.dry = await dryRun({
-            backup: c.backup!, jobs: o.jobs, keep: o.keepDryrunDb, log: (l) => { task.output = l }, migrations: ins.migrations,
-            plan: ins.plan, progress: progressOf(task), runner: {lockTimeoutMs: o.lockTimeoutMs, maxLockWaitMs: o.maxLockWaitMs}, sql: ins.sql, target: o.target, to: o.to, tools: c.tools!,
-          })
-          if (c.dry.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${c.dry.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
-          task.title = `Dry run: applied and verified on ${c.dry.clone} in ${fmtMs(c.dry.applyMs)} (restore ${fmtMs(c.dry.restoreMs)})${c.dry.kept ? ', kept' : ', dropped'}`
-        }),
-        title: 'Dry run on a restored copy',
-      },
-    ]
-    await runSteps(before, ctx, o.json)
-    const ins = ctx.ins!
-    if (nothing(ctx)) return summary(o, ctx, true)
+    const pre = await steps.run('Preflight', (task) => timed(timings, 'preflight', () => readOnlyStep(run, 'the preflight', PREFLIGHT_STATE, async () => {
+      const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
+      run.ownPool(ins.sql)
+      // Ctrl+C came while the preflight waited: the step has already been reported as stopped (the scope stops the pool).
+      if (run.cancelled) throw new CancelledError('the preflight', PREFLIGHT_STATE)
+      await guard(ins.sql)
+      if (ins.plan.toApply.length === 0) {
+        task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
+        return {ins, todo: false as const}
+      }
+      const needTools = !o.skipBackup || !o.skipDryrun
+      const tools = needTools ? await PgTools.create(target, run) : undefined
+      const report = await preflight({backupDir: o.skipBackup ? undefined : target.backupDir, ins, needCreateDb: !o.skipDryrun, target, to: o.to, tools})
+      for (const ch of report.checks.filter((x) => x.status === 'warn')) warnings.push(`${ch.name}: ${ch.detail}`)
+      task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; to apply: ${ins.plan.toApply.map((m) => m.name).join(', ')}`
+      return {ins, report, todo: true as const, tools}
+    })))
+    const {ins} = pre
+    if (!pre.todo) {
+      await steps.skip('Backup')
+      await steps.skip('Dry run on a restored copy')
+      return done({after: ins.plan.current, before: ins.plan.current, nothingToDo: true, schema: ins.plan.appSchema})
+    }
+    const {tools} = pre
+
+    const backup = o.skipBackup || !tools
+      ? await steps.skip('Backup', 'skipped (--skip-backup): NO BACKUP WAS TAKEN')
+      : await steps.run('Backup', (task) => timed(timings, 'backup', () => namingTheStep('The backup', 'production was not changed', async () => {
+        await guard(ins.sql)
+        const taken = await backupProduction({ins, purpose: 'pre-migration', scope: task.scope, target, tools})
+        task.title = `Backup: ${taken.file} (${fmtBytes(taken.bytes)}, verified)`
+        return taken
+      })))
+
+    const dry = o.skipDryrun ? await steps.skip('Dry run on a restored copy', 'skipped (--skip-dryrun)')
+      : !backup || !tools ? await steps.skip('Dry run on a restored copy', 'skipped: the dry run restores the backup, and there is none')
+      : await steps.run('Dry run on a restored copy', (task) => timed(timings, 'dryrun', async () => {
+        await guard(ins.sql)
+        const report = await dryRun({
+          backup, jobs: o.jobs, keep: o.keepDryrunDb, migrations: ins.migrations, plan: ins.plan,
+          runner: o.runner, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
+        })
+        if (report.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${report.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
+        task.title = `Dry run: applied and verified on ${report.clone} in ${fmtMs(report.applyMs)} (restore ${fmtMs(report.restoreMs)})${report.kept ? ', kept' : ', dropped'}`
+        return report
+      }))
 
     if (!o.yes) {
-      const forecast = ctx.dry ? `Forecast from the dry run: ${fmtMs(ctx.dry.applyMs)}.` : 'No dry run was made.'
-      const backup = ctx.backup ? `Backup: ${ctx.backup.file}.` : 'NO BACKUP WAS TAKEN.'
-      process.stderr.write(`\nAbout to change ${o.target.conn.database} (schema ${ins.plan.appSchema}) on ${o.target.conn.host}:${o.target.conn.port}:\n`)
+      const forecast = dry ? `Forecast from the dry run: ${fmtMs(dry.applyMs)}.` : 'No dry run was made.'
+      const taken = backup ? `Backup: ${backup.file}.` : 'NO BACKUP WAS TAKEN.'
+      process.stderr.write(`\nAbout to change ${target.conn.database} (schema ${ins.plan.appSchema}) on ${target.conn.host}:${target.conn.port}:\n`)
       for (const m of ins.plan.toApply) process.stderr.write(`  ${describeChanges(m)}\n`)
-      process.stderr.write(`${forecast} ${backup}\n`)
-      if (!(await confirm('Apply to production now?', false, 'production was not changed'))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
+      process.stderr.write(`${forecast} ${taken}\n`)
+      if (!(await confirm(run, 'Apply to production now?', false, 'production was not changed'))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
     }
 
-    const after: Step<Ctx>[] = [
-      {
-        task: async (c, task) => timed(c, 'apply', async () => {
-          const t0 = Date.now()
-          c.run = await migrateUp({
-            ...runner, log: (l) => { task.output = l }, migrations: ins.migrations, progress: progressOf(task),
-            schema: ins.plan.appSchema, sql: ins.sql, to: o.to,
-          })
-          if (c.run.migrations.length === 0) {
-            task.title = `Apply: nothing left; another run brought ${o.target.conn.database} to ${c.run.after ?? 'nothing'} while this one waited`
-            return
-          }
-          const retries = c.run.migrations.reduce((n, m) => n + m.lockRetries, 0)
-          task.title = `Apply: ${c.run.migrations.map((m) => m.name).join(', ') || 'nothing left'} in ${fmtMs(Date.now() - t0)}${retries ? ` (${retries} lock retries)` : ''}`
-        }),
-        title: 'Apply to production',
-      },
-      {
-        skip: (c) => (appliedNothing(c) ? 'skipped: this run applied nothing' : false),
-        task: async (c, task) => timed(c, 'verify', () => namingTheStep('Verify', `the migrations stay applied (at ${c.run!.after}; verify only reads): check them later with \`nself db e2ee verify\``, async () => {
-          c.verify = await untilCancelled(
-            verifyDatabase(ins.sql, {exactCounts: false, manifest: c.backup?.manifest, schema: ins.plan.appSchema, upTo: c.run!.after ?? undefined}),
-            () => new CancelledError('verify', `the migrations stay applied (at ${c.run!.after}; verify only reads): check them later with \`nself db e2ee verify\``),
-          )
-          for (const w of c.verify.checks.filter((x) => x.status === 'warn')) c.warnings.push(`${w.name}: ${w.detail}`)
-          if (!c.verify.ok) throw new UserError(`Verification failed after the migration: ${c.verify.failures[0].replace(/\.$/, '')}${c.verify.failures.length > 1 ? ` (and ${c.verify.failures.length - 1} more)` : ''}.`, {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (c.backup?.file ?? 'missing') + '.'})
-          task.title = `Verify: ${plural(c.verify.checks.length, 'check')} passed`
-        })),
-        title: 'Verify',
-      },
-      {
-        skip: (c) => (appliedNothing(c) ? 'skipped: this run applied nothing' : false),
-        task: async (c, task) => timed(c, 'vacuum', () => namingTheStep('VACUUM (ANALYZE)', `the migrations stay applied (at ${c.run!.after}; the vacuum only refreshes statistics, run it again later)`, async () => {
-          await guard(ins.sql)
-          const done = await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, progressOf(task))
-          c.vacuumed = done.map((d) => d.table)
-          task.title = `Vacuum: VACUUM ANALYZE of ${plural(c.vacuumed.length, 'table')}`
-        })),
-        title: 'Vacuum and analyze',
-      },
-      {
-        task: async (c, task) => timed(c, 'hasura', async () => {
-          c.hasura = writeHasuraMetadata(o.target.projectDir, ins.plan.appSchema, await existingRelations(ins.sql, ins.plan.appSchema))
-          task.title = c.hasura.dir ? `Hasura metadata: ${c.hasura.written.length} files written in ${c.hasura.dir}` : 'Hasura metadata: none in this project'
-        }),
-        title: 'Hasura metadata',
-      },
-    ]
-    await runSteps(after, ctx, o.json)
-    return summary(o, ctx, appliedNothing(ctx))
-  } finally {
-    if (ctx.ins) await (isCancelled() ? stopPool(ctx.ins.sql) : ctx.ins.sql.end({timeout: 2}).catch(() => {}))
-    await lock.release()
-  }
+    const applied = await steps.run('Apply to production', (task) => timed(timings, 'apply', async () => {
+      const t0 = Date.now()
+      const report = await migrateUp({
+        ...o.runner, beforeWrite: guard, log: (l) => task.scope.log.info(l), migrations: ins.migrations, progress: (l) => task.scope.log.progress(l),
+        schema: ins.plan.appSchema, scope: task.scope, sql: ins.sql, to: o.to,
+      })
+      if (report.migrations.length === 0) {
+        task.title = `Apply: nothing left; another run brought ${target.conn.database} to ${report.after ?? 'nothing'} while this one waited`
+        return report
+      }
+      const retries = report.migrations.reduce((n, m) => n + m.lockRetries, 0)
+      task.title = `Apply: ${report.migrations.map((m) => m.name).join(', ') || 'nothing left'} in ${fmtMs(Date.now() - t0)}${retries ? ` (${retries} lock retries)` : ''}`
+      return report
+    }))
+    const summary = (rest: Partial<MigrateSummary>): MigrateSummary => done({
+      after: applied.after ?? ins.plan.current, applied: applied.migrations.map((m) => m.name), appliedByOtherRun: applied.migrations.length === 0,
+      backup: backup ? {bytes: backup.bytes, file: backup.file, sha256: backup.manifest.sha256} : null, before: ins.plan.current,
+      dryrun: dry ? {clone: dry.clone, forecastMs: dry.forecast?.ms ?? dry.applyMs, kept: dry.kept, leftOut: dry.leftOut, restoreMs: dry.restoreMs} : null,
+      lockRetries: applied.migrations.reduce((n, m) => n + m.lockRetries, 0), nothingToDo: applied.migrations.length === 0,
+      preflight: pre.report.checks, schema: ins.plan.appSchema, ...rest,
+    })
+    if (applied.migrations.length === 0) {
+      await steps.skip('Verify', 'skipped: this run applied nothing')
+      await steps.skip('Vacuum and analyze', 'skipped: this run applied nothing')
+      const hasura = await hasuraStep(steps, timings, target, ins.sql, ins.plan.appSchema)
+      return summary({hasura})
+    }
+
+    const stays = `the migrations stay applied (at ${applied.after}; verify only reads): check them later with \`nself db e2ee verify\``
+    const verify = await steps.run('Verify', (task) => timed(timings, 'verify', () => namingTheStep('Verify', stays, async () => {
+      const report = await run.untilCancelled(
+        verifyDatabase(ins.sql, {exactCounts: false, manifest: backup?.manifest, schema: ins.plan.appSchema, upTo: applied.after ?? undefined}),
+        () => new CancelledError('verify', stays),
+      )
+      for (const w of report.checks.filter((x) => x.status === 'warn')) warnings.push(`${w.name}: ${w.detail}`)
+      if (!report.ok) throw new UserError(`Verification failed after the migration: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more)` : ''}.`, {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (backup?.file ?? 'missing') + '.'})
+      task.title = `Verify: ${plural(report.checks.length, 'check')} passed`
+      return report
+    })))
+
+    const vacuumed = await steps.run('Vacuum and analyze', (task) => timed(timings, 'vacuum', () => namingTheStep('VACUUM (ANALYZE)', `the migrations stay applied (at ${applied.after}; the vacuum only refreshes statistics, run it again later)`, async () => {
+      await guard(ins.sql)
+      const tables = (await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, task.scope)).map((d) => d.table)
+      task.title = `Vacuum: VACUUM ANALYZE of ${plural(tables.length, 'table')}`
+      return tables
+    })))
+
+    const hasura = await hasuraStep(steps, timings, target, ins.sql, ins.plan.appSchema)
+    return summary({hasura, vacuumed, verify})
+  })
+}
+
+/** The Hasura metadata written to the project for the tables the database now has. */
+function hasuraStep(steps: Steps, timings: Record<string, number>, target: Target, sql: Inspection['sql'], schema: string): Promise<HasuraResult> {
+  return steps.run('Hasura metadata', (task) => timed(timings, 'hasura', async () => {
+    const hasura = writeHasuraMetadata(target.projectDir, schema, await existingRelations(sql, schema))
+    task.title = hasura.dir ? `Hasura metadata: ${hasura.written.length} files written in ${hasura.dir}` : 'Hasura metadata: none in this project'
+    return hasura
+  }))
 }
 
 const PREFLIGHT_STATE = 'production was not changed (the preflight only reads)'
@@ -212,55 +202,21 @@ const PREFLIGHT_STATE = 'production was not changed (the preflight only reads)'
  * A step that only reads: Ctrl+C or SIGTERM stops it at once (its queries waiting on the server are cancelled),
  * and a lost connection is reported as this step's.
  */
-async function readOnlyStep<T>(what: string, state: string, target: Target, fn: () => Promise<T>): Promise<T> {
-  const dispose = onCancel(() => cancelOwnQueries(target))
+async function readOnlyStep<T>(scope: RunScope, what: string, state: string, fn: () => Promise<T>): Promise<T> {
+  const dispose = scope.onCancel(() => cancelOwnQueries(scope))
   try {
-    return await untilCancelled(namingTheStep(`${what[0].toUpperCase()}${what.slice(1)}`, state, fn), () => new CancelledError(what, state))
+    return await scope.untilCancelled(namingTheStep(`${what[0].toUpperCase()}${what.slice(1)}`, state, fn), () => new CancelledError(what, state))
   } finally {
     dispose()
   }
 }
 
-/** Cancel this process's queries running on the target database (from a session of its own). */
-async function cancelOwnQueries(target: Target): Promise<void> {
-  const sql = connect(target.conn, {max: 1})
-  try {
+/** Cancel this process's queries running on the target database (from a session of its own, closed on the way out). */
+async function cancelOwnQueries(scope: RunScope): Promise<void> {
+  await scope.child(async (cancelling) => {
+    const sql = connect(scope.target.conn, {max: 1})
+    cancelling.defer(() => sql.end({timeout: 1}).catch(() => {}))
     await sql`select pg_cancel_backend(pid) from pg_stat_activity
       where application_name = ${APP_NAME} and datname = current_database() and pid <> pg_backend_pid() and state = 'active'`
-  } finally {
-    await sql.end({timeout: 1}).catch(() => {})
-  }
-}
-
-function appliedNothing(c: Ctx): boolean {
-  return Boolean(c.run && c.run.migrations.length === 0)
-}
-
-function nothing(c: Ctx): boolean {
-  return Boolean(c.ins && c.ins.plan.toApply.length === 0)
-}
-
-function summary(o: MigrateOptions, c: Ctx, nothingToDo: boolean): MigrateSummary {
-  const ins = c.ins!
-  return {
-    after: c.run?.after ?? ins.plan.current,
-    applied: c.run?.migrations.map((m) => m.name) ?? [],
-    appliedByOtherRun: appliedNothing(c),
-    applyMs: c.timings.apply ?? null,
-    backup: c.backup ? {bytes: c.backup.bytes, file: c.backup.file, sha256: c.backup.manifest.sha256} : null,
-    before: ins.plan.current,
-    database: o.target.conn.database,
-    elapsedMs: Date.now() - c.startedAt,
-    dryrun: c.dry ? {clone: c.dry.clone, forecastMs: c.dry.forecast?.ms ?? c.dry.applyMs, kept: c.dry.kept, leftOut: c.dry.leftOut, restoreMs: c.dry.restoreMs} : null,
-    lockRetries: c.run?.migrations.reduce((n, m) => n + m.lockRetries, 0) ?? 0,
-    nothingToDo,
-    ok: true,
-    preflight: c.pre?.checks ?? [],
-    schema: ins.plan.appSchema,
-    timings: c.timings,
-    vacuumed: c.vacuumed,
-    verify: c.verify ?? null,
-    warnings: c.warnings,
-    hasura: c.hasura ?? null,
-  }
+  })
 }

@@ -1,6 +1,7 @@
 import {createInterface} from 'node:readline/promises'
 
-import {deliverSignal, untilCancelled} from '../cancel.js'
+import type {RunScope} from '../run/scope.js'
+import {deliverSignal} from '../run/signals.js'
 import {CancelledError, UserError} from '../errors.js'
 
 /** listr2's default renderer on a terminal; lines made for logs in CI or when piped; nothing with --json. */
@@ -19,12 +20,12 @@ export function assertCanConfirm(yes: boolean, what: string): void {
 }
 
 /** Ask on the terminal. Ctrl+C (typed, which readline swallows, or a signal) is an interruption: exit 130. */
-export async function confirm(question: string, yes: boolean, outcome = 'nothing was changed'): Promise<boolean> {
+export async function confirm(scope: RunScope, question: string, yes: boolean, outcome = 'nothing was changed'): Promise<boolean> {
   if (yes) return true
   const rl = createInterface({input: process.stdin, output: process.stderr})
   rl.on('SIGINT', () => deliverSignal('SIGINT'))
   try {
-    const answer = await untilCancelled(rl.question(`${question} [y/N] `), () => new CancelledError('the confirmation', outcome))
+    const answer = await scope.untilCancelled(rl.question(`${question} [y/N] `), () => new CancelledError('the confirmation', outcome))
     return /^y(es)?$/i.test(answer.trim())
   } finally {
     rl.close()

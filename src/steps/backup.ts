@@ -5,7 +5,6 @@ import path from 'node:path'
 import {ensureSidecarDir, findManifestFor, manifestPathFor, rehearsalPathFor, type BackupInfo, type BackupPurpose, type Manifest, MANIFEST_FORMAT, readManifest, sha256File, synthesizeManifest, writeManifest} from '../archive/manifest.js'
 import {ensureBackupDir, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
 import {missingTableData, readToc, tableDataKey, type Toc, tocHeader} from '../archive/toc.js'
-import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
 import {APP_NAME, openSession, quoteIdent, type Sql} from '../connection/connect.js'
@@ -107,11 +106,13 @@ async function existingTablesIn(sql: Sql, schema: string, tables: string[]): Pro
 
 export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   const {log, sql, target} = opts
+  // The run's scope travels with its tools: Ctrl+C stops pg_dump and removes the partial file.
+  const scope = opts.tools.scope
   const started = Date.now()
   const database = target.conn.database
   const dir = path.resolve(opts.dir ?? target.backupDir)
   const purpose = opts.purpose ?? 'pre-migration'
-  throwIfCancelled('the backup')
+  scope.throwIfCancelled('the backup')
 
   const setting = await prepareDump(opts, dir, 'backup')
   await ensureBackupDir(dir, log)
@@ -127,8 +128,8 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       count: existing, extraArgs: [], file: partial, name: `the backup to ${final}`, requireData: [{schema: opts.schema, tables: plain}], shown: final,
       what: 'backup',
     })
-    throwIfCancelled(`the backup to ${final}`)
-    await testPause('backup:partial-written')
+    scope.throwIfCancelled(`the backup to ${final}`)
+    await testPause('backup:partial-written', scope.signal)
 
     const manifest: Manifest = {
       compression: dump.compression,
@@ -168,7 +169,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   } catch (error) {
     await removeQuietly(partial)
     await removeQuietly(manifestFile)
-    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
+    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
     if (error instanceof UserError) throw error
     const e = toUserError(error, `The backup to ${final} failed`)
     throw new UserError(redact(e.message, target.conn.password), {cause: error, hint: e.hint})
@@ -212,10 +213,11 @@ export interface RehearsalDump {
  */
 export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<RehearsalDump> {
   const {log, sql, target} = opts
+  const scope = opts.tools.scope
   const started = Date.now()
   const database = target.conn.database
   const dir = path.resolve(opts.dir ?? target.backupDir)
-  throwIfCancelled('the rehearsal dump')
+  scope.throwIfCancelled('the rehearsal dump')
   const setting = await prepareDump(opts, dir, 'rehearsal dump')
   await ensureBackupDir(dir, log)
   await ensureSidecarDir(dir)
@@ -233,7 +235,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     await removeQuietly(file)
     removed = true
   }
-  const unregister = onCancel(remove)
+  const unregister = scope.onCancel(remove)
   try {
     const fh = await fs.open(file, 'wx', 0o600).catch((error) => {
       throw fsErrorSentence(error, 'Writing the rehearsal dump', file)
@@ -249,9 +251,9 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     const excluded = new Set(exclude.map((t) => tableDataKey(t.schema, t.name)))
     const stray = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA' && excluded.has(tableDataKey(e.schema, e.name)))
     if (stray.length > 0) log?.(`The rehearsal dump holds the rows of ${stray.map((e) => `${e.schema}.${e.name}`).join(', ')} after all; the copy leaves them out.`)
-    throwIfCancelled(`the rehearsal dump ${file}`)
-    await testPause('dryrun:dump-written')
-    throwIfCancelled(`the rehearsal dump ${file}`)
+    scope.throwIfCancelled(`the rehearsal dump ${file}`)
+    await testPause('dryrun:dump-written', scope.signal)
+    scope.throwIfCancelled(`the rehearsal dump ${file}`)
     const manifest: Manifest = {
       compression: dump.compression,
       created_at: new Date(started).toISOString(),
@@ -284,7 +286,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
   } catch (error) {
     unregister()
     await remove()
-    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
+    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
     throw error
   }
 }
@@ -324,6 +326,7 @@ interface CheckedDump extends InSnapshot {
  */
 async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onProgress' | 'log' | 'schema' | 'sql' | 'target' | 'tools'>, setting: DumpSetting, d: DumpTarget): Promise<CheckedDump> {
   const {log, sql, target, tools} = opts
+  const scope = tools.scope
   const database = target.conn.database
   const secret = target.conn.password
   const Shown = d.name.charAt(0).toUpperCase() + d.name.slice(1)
@@ -345,7 +348,7 @@ async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onPr
   const dumpAppName = `${APP_NAME}-dump`
   let compression = compressionFor(setting.pgDumpMajor)
   let stopDump: (() => Promise<void>) | undefined
-  const unregister = onCancel(async () => {
+  const unregister = scope.onCancel(async () => {
     await stopDump?.()
   })
 
@@ -356,7 +359,7 @@ async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onPr
         out = await dumpInSnapshot([...compression.args, ...d.extraArgs])
         break
       } catch (error) {
-        if (compression.fallback && !isCancelled() && /zstd|not built with|not supported/i.test(firstLine(error))) {
+        if (compression.fallback && !scope.cancelled && /zstd|not built with|not supported/i.test(firstLine(error))) {
           log?.(`pg_dump ${setting.pgDumpMajor} has no zstd support (${firstLine(error)}); using gzip level 1.`)
           compression = {args: compression.fallback.args, label: compression.fallback.label}
           continue
@@ -371,7 +374,7 @@ async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onPr
     try {
       toc = await readToc(tools, d.file)
     } catch (error) {
-      if (isCancelled()) throw error
+      if (scope.cancelled) throw error
       throw new UserError(`The new ${d.what} ${d.shown} cannot be read back by pg_restore: ${redact(firstLine(error), secret)}.`, {cause: error})
     }
     for (const r of d.requireData) {
@@ -385,7 +388,7 @@ async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onPr
     return {...out, compression: compression.label, toc}
   } catch (error) {
     await stopDump?.()
-    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(d.name)
+    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(d.name)
     if (error instanceof UserError) throw error
     const e = toUserError(error, `${Shown} failed`)
     throw new UserError(redact(e.message, secret), {cause: error, hint: e.hint})
@@ -456,7 +459,7 @@ async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onPr
   }
 
   async function streamDump(dumpArgs: string[]): Promise<DumpResult> {
-    throwIfCancelled(d.name)
+    scope.throwIfCancelled(d.name)
     let fh: fs.FileHandle
     try {
       // Created by the caller: truncate what an earlier attempt wrote.
@@ -503,7 +506,7 @@ async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onPr
         await child
         dumpDone = true
       } catch (error) {
-        if (isCancelled()) throw new CancelledError(d.name)
+        if (scope.cancelled) throw new CancelledError(d.name)
         throw new UserError(`pg_dump failed writing ${d.shown}: ${redact(firstLine(error), secret)}.`, {
           cause: error,
           hint: dumpHint(firstLine(error), target),
@@ -602,7 +605,7 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   try {
     toc = await readToc(opts.tools, file)
   } catch (error) {
-    if (isCancelled()) throw new CancelledError(`checking the backup ${file}`)
+    if (opts.tools.scope.cancelled) throw new CancelledError(`checking the backup ${file}`)
     const older = olderRestoreSentence(file, firstLine(error), await opts.tools.toolMajor('pg_restore').catch(() => 0), manifest?.pg_dump_major)
     if (older) {
       const m = manifest?.pg_dump_major
@@ -633,7 +636,7 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
         ? opts.tools.run('pg_restore', ['-f', '/dev/null'], null, {inputFile: file})
         : opts.tools.run('pg_restore', ['-f', '/dev/null', file], null))
     } catch (error) {
-      if (isCancelled()) throw new CancelledError(`checking the backup ${file}`)
+      if (opts.tools.scope.cancelled) throw new CancelledError(`checking the backup ${file}`)
       throw new UserError(`The backup ${file} cannot be read to the end by pg_restore: ${firstLine(error)}.`, {
         cause: error, hint: 'The file is truncated or corrupt; do not use it.',
       })

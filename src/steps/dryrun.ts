@@ -1,9 +1,8 @@
-import {isCancelled} from '../cancel.js'
 import {CancelledError, toUserError} from '../errors.js'
 import type {MigrationFile} from '../migrations/files.js'
 import type {Plan} from '../migrations/plan.js'
 import {LEDGER_TABLE, ownLedgerExists} from '../migrations/ledger.js'
-import {migrateUp, type RunnerOptions, type RunReport} from '../migrations/runner.js'
+import {migrateUp, type RunnerOptions, type RunnerSettings, type RunReport} from '../migrations/runner.js'
 import {connect, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
@@ -15,8 +14,11 @@ import {type Forecast, forecastApply} from '../clone/forecast.js'
 import {TOUCHED_TABLES} from '../nchat/tables.js'
 import type {VerifyReport} from '../verify/report.js'
 import {verifyDatabase} from '../verify/verify-database.js'
+import type {RunScope} from '../run/scope.js'
 
 export interface DryRunOptions {
+  /** The run's scope: the step's logger, Ctrl+C (which drops the clone), and the clone's connections. */
+  scope: RunScope
   target: Target
   tools: PgTools
   /** Connected to production (read only here). */
@@ -35,9 +37,8 @@ export interface DryRunOptions {
   content?: CloneContent
   /** Tables ("schema.table") whose rows the dump itself left out (a rehearsal dump). */
   leftOutOfArchive?: string[]
-  runner: Pick<RunnerOptions, 'lockTimeoutMs' | 'maxLockWaitMs' | 'statementTimeoutMs' | 'buildTimeoutMs'>
-  log: (line: string) => void
-  progress: (line: string) => void
+  /** The run's lock settings (the copy's run takes its own run lock, waiting as --lock-wait says). */
+  runner: RunnerSettings & Pick<RunnerOptions, 'statementTimeoutMs' | 'buildTimeoutMs'>
 }
 
 export interface DryRunReport {
@@ -80,16 +81,18 @@ export async function decideCopy(o: Pick<DryRunOptions, 'full' | 'plan' | 'sql'>
  * there, and always drop it.
  */
 export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
+  const {scope} = o
+  const log = (line: string) => scope.log.info(line)
   const schema = o.plan.appSchema
   const content = o.content ?? await decideCopy(o)
-  for (const s of content.slim) o.log(`Leaving out the rows of ${s.table}: ${s.why}.`)
-  for (const k of content.keptAltered) o.log(`Restoring the rows of ${k.table}: ${k.why}.`)
+  for (const s of content.slim) log(`Leaving out the rows of ${s.table}: ${s.why}.`)
+  for (const k of content.keptAltered) log(`Restoring the rows of ${k.table}: ${k.why}.`)
   const clone = await createClone({
-    admin: o.sql, allData: o.full, backup: o.backup, dataTables: content.dataTables, jobs: o.jobs, keep: o.keep, leftOutOfArchive: o.leftOutOfArchive, log: o.log,
-    onProgress: (p) => o.progress(`restoring: ${p.done}/${p.total} archive entries${p.item ? ` (${p.item})` : ''}`),
+    admin: o.sql, allData: o.full, backup: o.backup, dataTables: content.dataTables, jobs: o.jobs, keep: o.keep, leftOutOfArchive: o.leftOutOfArchive, log,
+    onProgress: (p) => scope.log.progress(`restoring: ${p.done}/${p.total} archive entries${p.item ? ` (${p.item})` : ''}`),
     target: o.target, tools: o.tools,
   })
-  await testPause('dryrun:clone-restored')
+  await testPause('dryrun:clone-restored', scope.signal)
   // A table of ALTERED_ONLY restored after all (a kept table references it) is no longer slim.
   const slim = content.slim.filter((s) => clone.leftOut.some((l) => l.table === s.table || l.table === `${s.schema}.${s.table}`))
   const leftOut = clone.leftOut.map((l) => ({
@@ -98,40 +101,40 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
       ?? 'no statement of 013-016 reads, alters or references this table; its definition, indexes, constraints, triggers and policies are restored',
   }))
   const report: DryRunReport = {applyMs: 0, clone: clone.name, content: o.full ? 'full' : 'slim', keptAltered: content.keptAltered, kept: Boolean(o.keep), leftOut, restoreMs: clone.restoreMs}
-  let cloneSql: Sql | undefined
   try {
-    cloneSql = connect(o.target.conn, {database: clone.name})
-    const t0 = Date.now()
-    try {
-      report.run = await migrateUp({
-        ...o.runner, beforeWrite: undefined, log: (l) => o.log(`[clone] ${l}`), migrations: o.migrations, observeLocks: true, progress: o.progress,
-        revertOnFailure: false, schema, sql: cloneSql, to: o.to,
-      })
-    } catch (error) {
-      // Ctrl+C stops the trial (its cancel handlers end the clone's sessions): that is no forecast of a failure.
-      if (isCancelled()) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
-      report.failure = toUserError(error).message
+    // The clone's connections are closed before it is dropped (the child scope closes what it owns on the way out).
+    return await scope.child(async (run) => {
+      const cloneSql = run.own(connect(o.target.conn, {database: clone.name}))
+      const t0 = Date.now()
+      try {
+        report.run = await migrateUp({
+          ...o.runner, beforeWrite: undefined, log: (l) => log(`[clone] ${l}`), migrations: o.migrations, observeLocks: true,
+          progress: (l) => scope.log.progress(l), revertOnFailure: false, schema, scope: run, sql: cloneSql, to: o.to,
+        })
+      } catch (error) {
+        // Ctrl+C stops the trial (its cancel handlers end the clone's sessions): that is no forecast of a failure.
+        if (run.cancelled) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
+        report.failure = toUserError(error).message
+        return report
+      } finally {
+        report.applyMs = Date.now() - t0
+      }
+      if (run.cancelled) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
+      // Row counts are compared only for tables whose rows the clone holds.
+      const counts = Object.fromEntries(Object.entries(o.backup.manifest.row_counts ?? {}).filter(([t]) => !slim.some((s) => s.table === t)))
+      report.verify = await verifyDatabase(cloneSql, {exactCounts: true, manifest: {...o.backup.manifest, row_counts: counts}, schema, upTo: report.run.after ?? undefined})
+      if (!report.verify.ok) {
+        report.failure = `Verification on the dry-run database failed: ${report.verify.failures[0]}`
+        return report
+      }
+      const applied = report.run
+      report.forecast = await run.child(async (measuring) => forecastApply({
+        applyMs: report.applyMs, clone: measuring.own(connect(o.target.conn, {database: clone.name, max: 1})), log, migrations: o.migrations,
+        openProd: () => connect(o.target.conn, {max: 1}), prod: o.sql, run: applied, schema, slim,
+      }))
       return report
-    } finally {
-      report.applyMs = Date.now() - t0
-    }
-    if (isCancelled()) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
-    // Row counts are compared only for tables whose rows the clone holds.
-    const counts = Object.fromEntries(Object.entries(o.backup.manifest.row_counts ?? {}).filter(([t]) => !slim.some((s) => s.table === t)))
-    report.verify = await verifyDatabase(cloneSql, {exactCounts: true, manifest: {...o.backup.manifest, row_counts: counts}, schema, upTo: report.run.after ?? undefined})
-    if (!report.verify.ok) {
-      report.failure = `Verification on the dry-run database failed: ${report.verify.failures[0]}`
-      return report
-    }
-    const forecastSql = connect(o.target.conn, {database: clone.name, max: 1})
-    try {
-      report.forecast = await forecastApply({applyMs: report.applyMs, clone: forecastSql, log: o.log, migrations: o.migrations, openProd: () => connect(o.target.conn, {max: 1}), prod: o.sql, run: report.run, schema, slim})
-    } finally {
-      await forecastSql.end({timeout: 2}).catch(() => {})
-    }
-    return report
+    })
   } finally {
-    await cloneSql?.end({timeout: 2}).catch(() => {})
     if (!o.keep) await clone.drop()
   }
 }

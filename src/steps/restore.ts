@@ -1,12 +1,12 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError} from '../errors.js'
 import {openSession, quoteIdent, RUN_ID, type Sql} from '../connection/connect.js'
 import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
 import {testPause} from '../test-pause.js'
+import {createRunScope, type RunScope} from '../run/scope.js'
 import type {Manifest} from '../archive/manifest.js'
 import {restoreArchive, type RestoreProgress} from '../archive/restore.js'
 import {readBackupToc} from '../archive/toc.js'
@@ -40,7 +40,9 @@ export interface RestoredDatabase {
 
 export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions): Promise<RestoredDatabase> {
   const {admin, backup, log, target, tools} = opts
-  throwIfCancelled('the restore')
+  // The run's scope travels with its tools: Ctrl+C stops pg_restore and drops the new database.
+  const scope = tools.scope
+  scope.throwIfCancelled('the restore')
   const live = target.conn.database
   const file = backup.file
   const secret = target.conn.password
@@ -66,19 +68,19 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     })
     return dropping
   }
-  let unregister = onCancel(() => dropOnce())
+  let unregister = scope.onCancel(() => dropOnce())
 
   try {
     // Same owner, encoding, locale, settings, grants and connection limit as the live database: after the swap
     // it is the live database.
     await createDatabaseLike(admin, name, like, comment, {connLimit: true, log})
-    throwIfCancelled('the restore')
+    scope.throwIfCancelled('the restore')
     log?.(`Restoring ${file} in full into ${name}.`)
     const started = Date.now()
     // Owners are always restored as dumped: this database becomes production. A user who may not assign them
     // gets pg_restore's error (and the live database stays as it is).
     await restoreArchive({database: name, file, jobs: opts.jobs, onProgress: opts.onProgress, target, tools, total: toc.entries.length})
-    throwIfCancelled('the restore')
+    scope.throwIfCancelled('the restore')
     log?.(`Restored ${name} in ${((Date.now() - started) / 1000).toFixed(1)} s.`)
     return {
       async drop() {
@@ -96,7 +98,7 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     } catch (dropError) {
       dropNote = ` The unfinished database ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
     }
-    if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the restore into ${name}`)
+    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the restore into ${name}`)
     throw new UserError(`Restoring ${file} into the new database ${name} failed: ${redact(firstLine(error), secret)}.${dropNote}`, {
       cause: error,
       hint: `The live database "${live}" was not touched.`,
@@ -161,7 +163,8 @@ export interface SwapOptions {
   lockTimeoutMs?: number
   /** Tries of the rename transaction when a session of live did not end in time (default 3). */
   attempts?: number
-  log?: (line: string) => void
+  /** The run's scope: its logger, and Ctrl+C before the commit rolls the swap back. */
+  scope?: RunScope
 }
 
 /**
@@ -177,7 +180,9 @@ export interface SwapOptions {
  * which the next command removes (leftovers.ts).
  */
 export async function swapDatabases(opts: SwapOptions): Promise<{keptName: string; windowMs: number}> {
-  const {admin, keptName, live, log, replacement} = opts
+  const {admin, keptName, live, replacement} = opts
+  const scope = opts.scope ?? createRunScope()
+  const log = (line: string) => scope.log.info(line)
   for (const [n, what] of [[live, 'live database'], [replacement, 'replacement database'], [keptName, 'kept database']] as const) {
     validateIdentifier(n, what)
   }
@@ -231,7 +236,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     await run(`SET lock_timeout = ${lockTimeout}`)
     await run(`ALTER DATABASE ${q.replacement} WITH ALLOW_CONNECTIONS false`)
     await terminate(replacement, 0)
-    throwIfCancelled('the swap')
+    scope.throwIfCancelled('the swap')
     const [{pid}] = await run<{pid: number}[]>('select pg_backend_pid() as pid')
     for (let attempt = 1; ; attempt++) {
       // End them before the transaction and let them exit (bounded), so the rename rarely has to wait: the
@@ -262,9 +267,9 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
           await run(`ALTER DATABASE ${q.replacement} RENAME TO ${q.live}`)
           await run(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`)
           await run(`COMMENT ON DATABASE ${q.live} IS ${liveComment === null ? 'NULL' : quoteLiteral(liveComment)}`)
-          await testPause('swap:renamed')
+          await testPause('swap:renamed', scope.signal)
           // Ctrl+C or SIGTERM during the swap: nothing is committed yet, so the swap is rolled back.
-          throwIfCancelled('the swap')
+          scope.throwIfCancelled('the swap')
           await run('COMMIT')
         } catch (error) {
           if (!session.lost) await session.sql.unsafe('ROLLBACK').catch(() => {})
@@ -278,8 +283,8 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
         break
       } catch (error) {
         // 55006: a session of live did not end within the server's 5 s; try again (bounded).
-        if ((error as {code?: string}).code === '55006' && attempt < attempts && !isCancelled() && !session.lost) {
-          log?.(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
+        if ((error as {code?: string}).code === '55006' && attempt < attempts && !scope.cancelled && !session.lost) {
+          log(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
           continue
         }
         throw error
@@ -289,7 +294,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       }
     }
     const windowMs = Math.round(performance.now() - t0)
-    log?.(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
+    log(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
     return {keptName, windowMs}
   } catch (error) {
     const cause = firstLine(error)
@@ -301,7 +306,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     }
     // Not committed: no kept database (the replacement may be gone already, dropped by a Ctrl+C handler).
     if (names && names.includes(live) && !names.includes(keptName)) {
-      if (isCancelled()) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
+      if (scope.cancelled) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
       throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
     }
     throw new UserError(`Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`, {cause: error})

@@ -5,10 +5,10 @@
  * The guide's last step, REFRESH MATERIALIZED VIEW CONCURRENTLY nchat_prekey_bundles, is gone with the
  * materialized view (D2): the plain view is always fresh.
  */
-import {isCancelled, onCancel} from '../cancel.js'
 import {CancelledError, toUserError, UserError} from '../errors.js'
 import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
 import type {Querier, Sql} from '../connection/connect.js'
+import {createRunScope, type RunScope} from '../run/scope.js'
 
 /** What is true when the vacuum is interrupted: it only refreshes statistics, nothing is undone. */
 const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes statistics; nothing was undone, run VACUUM (ANALYZE) on those tables later)'
@@ -17,7 +17,8 @@ const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes s
  * `VACUUM (ANALYZE) schema.table` for each of `tables` that exists (others are skipped silently: a database
  * migrated only to 014 has no call tables). Returns what was vacuumed with its duration.
  */
-export async function vacuumTables(sql: Sql, schema: string, tables: readonly string[], onProgress?: (line: string) => void): Promise<Array<{table: string; ms: number}>> {
+export async function vacuumTables(sql: Sql, schema: string, tables: readonly string[], scope: RunScope = createRunScope()): Promise<Array<{table: string; ms: number}>> {
+  const progress = (line: string) => scope.log.progress(line)
   validateIdentifier(schema, 'schema')
   for (const t of tables) validateIdentifier(t, 'table')
   let existing: string[]
@@ -33,16 +34,16 @@ export async function vacuumTables(sql: Sql, schema: string, tables: readonly st
 
   const done: Array<{table: string; ms: number}> = []
   for (const [i, table] of existing.entries()) {
-    if (isCancelled()) throw new CancelledError('VACUUM (ANALYZE)', VACUUM_OUTCOME)
+    if (scope.cancelled) throw new CancelledError('VACUUM (ANALYZE)', VACUUM_OUTCOME)
     const statement = `VACUUM (ANALYZE) ${quoteIdent(schema)}.${quoteIdent(table)}`
-    onProgress?.(`VACUUM (ANALYZE) ${table} (${i + 1}/${existing.length})`)
+    progress(`VACUUM (ANALYZE) ${table} (${i + 1}/${existing.length})`)
     const started = Date.now()
     const q = sql.unsafe(statement)
-    const dispose = onCancel(() => q.cancel())
+    const dispose = scope.onCancel(() => q.cancel())
     try {
       await q
     } catch (error) {
-      if (isCancelled()) throw new CancelledError(`VACUUM (ANALYZE) of ${table}`, VACUUM_OUTCOME)
+      if (scope.cancelled) throw new CancelledError(`VACUUM (ANALYZE) of ${table}`, VACUUM_OUTCOME)
       const inner = toUserError(error)
       throw new UserError(`VACUUM (ANALYZE) of ${schema}.${table} failed: ${inner.message.replace(/\.$/, '')}.`, {
         cause: error,
@@ -53,7 +54,7 @@ export async function vacuumTables(sql: Sql, schema: string, tables: readonly st
     }
     const ms = Date.now() - started
     done.push({ms, table})
-    onProgress?.(`VACUUM (ANALYZE) ${table}: ${ms} ms`)
+    progress(`VACUUM (ANALYZE) ${table}: ${ms} ms`)
   }
   return done
 }

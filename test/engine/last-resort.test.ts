@@ -7,13 +7,21 @@ import {REPO_ROOT} from '../helpers/fixture.js'
 
 // The last line of defence, in a process of its own: postgres.js 3.4.9 throws its TypeError from a setImmediate
 // (porsager/postgres 1199/1208), beyond any .catch. The handler must turn it into one sentence, run the
-// registered undo, and exit non-zero.
+// registered undo, and exit non-zero. The undo is registered with the command's root scope, which the process
+// hooks speak to (src/run/signals.ts).
 const LAST_RESORT = pathToFileURL(path.join(REPO_ROOT, 'dist', 'last-resort.js')).href
+const SCOPE = pathToFileURL(path.join(REPO_ROOT, 'dist', 'run', 'scope.js')).href
+const SIGNALS = pathToFileURL(path.join(REPO_ROOT, 'dist', 'run', 'signals.js')).href
 
 function crash(body: string, args: string[] = []) {
   const script = `
-    import {installLastResort, registerUndo} from ${JSON.stringify(LAST_RESORT)}
+    import {installLastResort} from ${JSON.stringify(LAST_RESORT)}
+    import {createRunScope} from ${JSON.stringify(SCOPE)}
+    import {installSignalHandlers} from ${JSON.stringify(SIGNALS)}
+    const scope = createRunScope()
+    installSignalHandlers(scope)
     installLastResort()
+    const registerUndo = (undo) => scope.registerCrashUndo(undo)
     ${body}
     setTimeout(() => {}, 20_000)
   `

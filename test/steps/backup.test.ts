@@ -5,7 +5,7 @@ import path from 'node:path'
 
 import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
-import {cancel, resetCancellation} from '../../src/cancel.js'
+import {createRunScope} from '../../src/run/scope.js'
 import {CancelledError, UserError} from '../../src/errors.js'
 import {APP_NAME, type Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
@@ -73,7 +73,6 @@ describe.each(['local', 'docker'] as const)('takeBackup (%s mode)', (mode_) => {
     if (db) await dropTestDb(admin, db)
     db = ''
     if (root) fs.rmSync(root, {force: true, recursive: true})
-    resetCancellation()
   })
 
   it('writes a 0600 dump in a 0700 folder, with a manifest whose checksum and counts are right, and the dump restores to identical data', async () => {
@@ -198,7 +197,8 @@ describe.each(['local', 'docker'] as const)('takeBackup (%s mode)', (mode_) => {
     }
     const backupDir = path.join(root, 'b')
     const target = makeTarget({backupDir, database: db, mode: mode_})
-    const tools = await PgTools.create(target)
+    const scope = createRunScope()
+    const tools = await PgTools.create(target, scope)
     sql = dbSql(db, 4)
     // Our own pool carries the same APP_NAME: a reserved session must survive the cancel.
     const mine = await sql.reserve()
@@ -218,7 +218,7 @@ describe.each(['local', 'docker'] as const)('takeBackup (%s mode)', (mode_) => {
       run.catch(() => {})
       const dumpApp = `${APP_NAME}-dump`
       await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${dumpApp} and wait_event_type = 'Lock'`).length > 0)
-      await cancel()
+      await scope.abort()
       const error = await run.then(() => undefined, (e: unknown) => e)
       expect(error).toBeInstanceOf(CancelledError)
       expect((error as Error).message).toContain(backupDir)

@@ -3,7 +3,7 @@ import path from 'node:path'
 
 import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
-import {cancel, resetCancellation} from '../../src/cancel.js'
+import {createRunScope} from '../../src/run/scope.js'
 import {CancelledError, UserError} from '../../src/errors.js'
 import type {Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
@@ -46,7 +46,6 @@ afterEach(async () => {
   ctx.db = ''
   if (ctx.root) fs.rmSync(ctx.root, {force: true, recursive: true})
   ctx.root = ''
-  resetCancellation()
 })
 
 async function setup(mode: 'docker' | 'local', data: Parameters<typeof createTestDb>[1] = {}) {
@@ -152,14 +151,16 @@ describe('createClone failures and sweeping', () => {
   }, T)
 
   it('drops the clone on Ctrl+C during the restore', async () => {
-    const {backup, target, tools} = await setup('docker', {audit: 300_000, bigBodies: true, messages: 100_000})
+    const {backup, target} = await setup('docker', {audit: 300_000, bigBodies: true, messages: 100_000})
     process.env.FAKE_DOCKER_NO_SIGNALS = '1'
+    const scope = createRunScope()
+    const tools = await PgTools.create(target, scope)
     const run = createClone({admin: ctx.sql!, backup, dataTables: ['nchat_messages', 'nchat_audit'], jobs: 2, target, tools})
     run.catch(() => {})
     // Wait until pg_restore is writing into the clone, then press Ctrl+C.
     await waitFor(async () => (await admin`
       select 1 from pg_stat_activity where starts_with(datname, ${ctx.db + '_e2ee_dryrun_'}) and query ilike 'copy%'`).length > 0, 30_000, 10)
-    await cancel()
+    await scope.abort()
     const error = await run.then(() => undefined, (e: unknown) => e)
     expect(error).toBeInstanceOf(CancelledError)
     expect(await derivedDbs(admin, ctx.db)).toEqual([])

@@ -3,12 +3,12 @@ import path from 'node:path'
 
 import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
-import {resetCancellation} from '../../src/cancel.js'
 import {UserError} from '../../src/errors.js'
 import type {Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
 import {type Manifest} from '../../src/archive/manifest.js'
 import {takeBackup} from '../../src/steps/backup.js'
+import {createRunScope, loggerOf} from '../../src/run/scope.js'
 import {checkRestoredMatchesManifest, keptDatabaseName, restoreIntoNewDatabase, swapDatabases} from '../../src/steps/restore.js'
 import {
   adminSql, assertCleanDockerLog, createTestDb, dbSql, derivedDbs, dropTestDb, type DockerEnv, ledgerVersion, makeTarget, TABLES,
@@ -35,7 +35,6 @@ afterEach(async () => {
   ctx.db = ''
   if (ctx.root) fs.rmSync(ctx.root, {force: true, recursive: true})
   ctx.root = ''
-  resetCancellation()
 })
 
 function pool(database: string): Sql {
@@ -132,7 +131,7 @@ describe.each(['local', 'docker'] as const)('rollback by restore and swap (%s mo
     const keptName = keptDatabaseName(ctx.db)
     expect(keptName).toMatch(new RegExp(`^${ctx.db}_pre_rollback_\\d{8}_\\d{6}$`))
     const logs: string[] = []
-    const swap = await swapDatabases({admin, keptName, live: ctx.db, log: (l) => logs.push(l), replacement: restored.name})
+    const swap = await swapDatabases({admin, keptName, live: ctx.db, replacement: restored.name, scope: createRunScope({log: loggerOf((l) => logs.push(l))})})
     expect(swap.keptName).toBe(keptName)
     expect(swap.windowMs).toBeGreaterThanOrEqual(0)
     expect(swap.windowMs).toBeLessThan(10_000)

@@ -4,6 +4,7 @@ import {describe, expect, it} from 'vitest'
 import {loadMigrations} from '../../src/migrations/files.js'
 import {tablesCreatedBy} from '../../src/migrations/plan.js'
 import {VACUUM_TABLES} from '../../src/nchat/tables.js'
+import {createRunScope, loggerOf} from '../../src/run/scope.js'
 import {lastVacuumed, vacuumTables} from '../../src/steps/vacuum.js'
 import {migratedDatabase, T} from './_db.js'
 
@@ -22,7 +23,7 @@ describe('vacuumTables', () => {
 
         const [{started}] = await m.sql<{started: Date}[]>`select now() as started`
         const lines: string[] = []
-        const done = await vacuumTables(m.sql, m.schema, VACUUM_TABLES, (l) => lines.push(l))
+        const done = await vacuumTables(m.sql, m.schema, VACUUM_TABLES, createRunScope({log: loggerOf((l) => lines.push(l))}))
         expect(done.map((d) => d.table)).toEqual([...VACUUM_TABLES])
         for (const d of done) expect(d.ms).toBeGreaterThanOrEqual(0)
         expect(lines).toContain('VACUUM (ANALYZE) nchat_messages (13/14)')

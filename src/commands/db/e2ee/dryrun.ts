@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
 import {UserError} from '../../../errors.js'
-import {backupFlags, runnerFlags, verboseListing} from '../../../flags.js'
+import {backupFlags, runnerFlags, runnerSettings, verboseListing} from '../../../flags.js'
 import {runDryRun, type DryRunSummary} from '../../../pipeline/dryrun.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {fmtBytes, plural} from '../../../text.js'
@@ -28,10 +28,9 @@ export default class DryRun extends BaseCommand<DryRunResult> {
   async run(): Promise<DryRunResult> {
     const flags = await this.parseBase(DryRun)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
-    const s = await runDryRun({
+    const s = await runDryRun(this.runScope(target), {
       fromBackup: flags['from-backup'], full: flags.full, jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
-      lockTimeoutMs: flags['lock-timeout'], maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'],
-      runLockWaitMs: flags['lock-wait'] * 1000, target, to: flags.to,
+      migrationsDir: flags['migrations-dir'], runner: runnerSettings(flags), to: flags.to,
     })
     if (this.jsonMode) {
       // The document says ok: false and why; the exit code says it too.

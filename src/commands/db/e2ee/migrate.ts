@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
-import {backupFlags, runnerFlags} from '../../../flags.js'
+import {backupFlags, runnerFlags, runnerSettings} from '../../../flags.js'
 import {runMigrate, type MigrateSummary} from '../../../pipeline/migrate.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {plural} from '../../../text.js'
@@ -27,10 +27,10 @@ export default class Migrate extends BaseCommand<MigrateResult> {
     const flags = await this.parseBase(Migrate)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     if (flags['skip-backup']) process.stderr.write(messages.getMessage('warning.SkipBackup') + '\n')
-    const s = await runMigrate({
-      jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'], lockTimeoutMs: flags['lock-timeout'],
-      maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
-      skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], target, to: flags.to, yes: flags.yes,
+    const s = await runMigrate(this.runScope(target), {
+      jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
+      migrationsDir: flags['migrations-dir'], runner: runnerSettings(flags),
+      skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], to: flags.to, yes: flags.yes,
     })
     if (!this.jsonMode) this.printSummary(s)
     return s

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
-import {backupFlags, runnerFlags} from '../../../flags.js'
+import {backupFlags, runnerFlags, runnerSettings} from '../../../flags.js'
 import {runRollback, type RollbackSummary} from '../../../pipeline/rollback.js'
 import {fmtMs, fmtTimings} from '../../../pipeline/ui.js'
 import {loadMessages} from '../../../messages.js'
@@ -24,10 +24,10 @@ export default class Rollback extends BaseCommand<RollbackResult> {
   async run(): Promise<RollbackResult> {
     const flags = await this.parseBase(Rollback)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
-    const s = await runRollback({
-      backupFile: flags.backup, jobs: flags.jobs, json: this.jsonMode, lockTimeoutMs: flags['lock-timeout'],
-      maxLockWaitMs: flags['max-lock-wait'] * 1000, migrationsDir: flags['migrations-dir'], runLockWaitMs: flags['lock-wait'] * 1000,
-      strategy: flags.strategy as 'restore' | 'down', target, to: flags.to, yes: flags.yes,
+    const s = await runRollback(this.runScope(target), {
+      backupFile: flags.backup, jobs: flags.jobs, json: this.jsonMode,
+      migrationsDir: flags['migrations-dir'], runner: runnerSettings(flags),
+      strategy: flags.strategy as 'restore' | 'down', to: flags.to, yes: flags.yes,
     })
     if (!this.jsonMode) this.report(s)
     return s

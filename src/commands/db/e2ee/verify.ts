@@ -2,11 +2,9 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../../base-command.js'
 import {checkBeforeReading, note} from '../../../pipeline/command.js'
-import {isCancelled, untilCancelled} from '../../../cancel.js'
 import {CancelledError, UserError} from '../../../errors.js'
 import {readManifest} from '../../../archive/manifest.js'
 import {inspect} from '../../../migrations/inspect.js'
-import {stopPool} from '../../../connection/connect.js'
 import {verifyDatabase} from '../../../verify/verify-database.js'
 import {plural} from '../../../text.js'
 import {migrationsDirFlag, verboseListing} from '../../../flags.js'
@@ -33,39 +31,37 @@ export default class Verify extends BaseCommand<VerifyResult> {
     const flags = await this.parseBase(Verify)
     const target = this.targetFrom(flags)
     const manifest = flags.manifest ? await readManifest(flags.manifest) : undefined
-    const state = await checkBeforeReading(target, 'verify')
+    const scope = this.runScope(target)
+    const state = await checkBeforeReading(scope, 'verify')
     if (state?.repaired) note(state.repaired)
     const ins = await inspect(target, {migrationsDir: flags['migrations-dir']})
-    try {
-      const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
-      if (applied.length === 0) {
-        throw new UserError(messages.getMessage('error.NothingApplied', [ins.migrations.map((m) => m.name).join(', '), target.conn.database]), {hint: messages.getMessage('error.NothingApplied.hint')})
-      }
-      const upTo = Math.max(...applied)
-      const report = await untilCancelled(
-        verifyDatabase(ins.sql, {exactCounts: flags['exact-counts'], manifest, schema: ins.plan.appSchema, upTo}),
-        () => new CancelledError('verify', messages.getMessage('error.Cancelled.outcome')),
-      )
-      const elapsedMs = Date.now() - startedAt
-      if (!this.jsonMode) {
-        this.printChecks(report)
-        const counts = countChecks(report)
-        const outcome = [target.conn.database, ins.plan.appSchema, upTo, counts, fmtMs(elapsedMs)]
-        this.say(report.ok ? messages.getMessage('info.Verified', outcome) : messages.getMessage('info.VerifyFailed', outcome))
-      }
-      if (!report.ok) {
-        // With --json the document says ok: false and what failed; the exit code says it too.
-        if (this.jsonMode) process.exitCode = 1
-        else {
-          const first = report.failures[0].replace(/\.$/, '')
-          throw new UserError(report.failures.length > 1 ? messages.getMessage('error.Failed.more', [first, report.failures.length - 1]) : messages.getMessage('error.Failed', [first]))
-        }
-      }
-      return {database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs}
-    } finally {
-      // After Ctrl+C a check may still be running on the server: end it now rather than wait for it.
-      await (isCancelled() ? stopPool(ins.sql) : ins.sql.end({timeout: 2}))
+    // After Ctrl+C a check may still be running on the server: the scope ends it rather than wait for it.
+    scope.ownPool(ins.sql)
+    const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
+    if (applied.length === 0) {
+      throw new UserError(messages.getMessage('error.NothingApplied', [ins.migrations.map((m) => m.name).join(', '), target.conn.database]), {hint: messages.getMessage('error.NothingApplied.hint')})
     }
+    const upTo = Math.max(...applied)
+    const report = await scope.untilCancelled(
+      verifyDatabase(ins.sql, {exactCounts: flags['exact-counts'], manifest, schema: ins.plan.appSchema, upTo}),
+      () => new CancelledError('verify', messages.getMessage('error.Cancelled.outcome')),
+    )
+    const elapsedMs = Date.now() - startedAt
+    if (!this.jsonMode) {
+      this.printChecks(report)
+      const counts = countChecks(report)
+      const outcome = [target.conn.database, ins.plan.appSchema, upTo, counts, fmtMs(elapsedMs)]
+      this.say(report.ok ? messages.getMessage('info.Verified', outcome) : messages.getMessage('info.VerifyFailed', outcome))
+    }
+    if (!report.ok) {
+      // With --json the document says ok: false and what failed; the exit code says it too.
+      if (this.jsonMode) process.exitCode = 1
+      else {
+        const first = report.failures[0].replace(/\.$/, '')
+        throw new UserError(report.failures.length > 1 ? messages.getMessage('error.Failed.more', [first, report.failures.length - 1]) : messages.getMessage('error.Failed', [first]))
+      }
+    }
+    return {database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs}
   }
 
   /** What failed first, then warnings; the checks that passed only with --verbose (there are hundreds). */

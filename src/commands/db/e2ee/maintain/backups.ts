@@ -52,64 +52,60 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
     let admin: Sql | null = null
     let serverProblem: string | null = null
     try {
-      admin = await connectAdmin(target)
+      admin = this.scope.own(await connectAdmin(target))
     } catch (error) {
       if (flags['drop-kept']) throw error
       serverProblem = (error as Error).message
     }
-    try {
-      const backups = await listAllBackups(dir, {deep: flags.verify})
-      const dbs = backups.map((b) => b.database).filter((d): d is string => d !== null)
-      markProtected(backups, await databaseStates(target, admin, dbs))
-      const kept = admin ? await keptDatabases(admin, target.conn.database) : null
-      const prune = selectPrune(backups, {keep: flags.keep, olderThanDays: flags['older-than']})
-      const drop = flags['drop-kept'] ? kept ?? [] : []
+    const backups = await listAllBackups(dir, {deep: flags.verify})
+    const dbs = backups.map((b) => b.database).filter((d): d is string => d !== null)
+    markProtected(backups, await databaseStates(target, admin, dbs))
+    const kept = admin ? await keptDatabases(admin, target.conn.database) : null
+    const prune = selectPrune(backups, {keep: flags.keep, olderThanDays: flags['older-than']})
+    const drop = flags['drop-kept'] ? kept ?? [] : []
 
-      this.printList(dir, backups, kept, serverProblem)
-      const pruned: BackupEntry[] = []
-      const dropped: KeptDatabase[] = []
-      if ((prune.length > 0 || drop.length > 0) && !flags['dry-run']) {
-        const parts = [
-          prune.length ? messages.getMessage('confirm.Delete', [prune.length, fmtBytes(prune.reduce((s, b) => s + b.bytes, 0))]) : '',
-          drop.length ? messages.getMessage('confirm.Drop', [drop.length, drop.map((d) => d.name).join(', ')]) : '',
-        ].filter(Boolean)
-        const what = parts.length > 1 ? messages.getMessage('confirm.Both', parts) : parts[0]
-        for (const b of prune) this.note(messages.getMessage('info.WillDelete', [b.file]))
-        if (!(await confirm(`${what[0].toUpperCase()}${what.slice(1)}?`, flags.yes))) throw new UserError(messages.getMessage('error.NotConfirmed'))
-        // Not while a migrate or rollback of this database runs: it may be about to restore one of these.
-        const lock: CommandLock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), waitMs: flags['lock-wait'] * 1000})
-        try {
-          for (const b of prune) {
-            lock.assertHeld()
-            await removeBackup(b)
-            pruned.push(b)
-          }
-          for (const d of drop) {
-            lock.assertHeld()
-            await dropKeptDatabase(admin!, d, target.conn.database)
-            dropped.push(d)
-          }
-        } finally {
-          await lock.release()
+    this.printList(dir, backups, kept, serverProblem)
+    const pruned: BackupEntry[] = []
+    const dropped: KeptDatabase[] = []
+    if ((prune.length > 0 || drop.length > 0) && !flags['dry-run']) {
+      const parts = [
+        prune.length ? messages.getMessage('confirm.Delete', [prune.length, fmtBytes(prune.reduce((s, b) => s + b.bytes, 0))]) : '',
+        drop.length ? messages.getMessage('confirm.Drop', [drop.length, drop.map((d) => d.name).join(', ')]) : '',
+      ].filter(Boolean)
+      const what = parts.length > 1 ? messages.getMessage('confirm.Both', parts) : parts[0]
+      for (const b of prune) this.note(messages.getMessage('info.WillDelete', [b.file]))
+      if (!(await confirm(this.scope, `${what[0].toUpperCase()}${what.slice(1)}?`, flags.yes))) throw new UserError(messages.getMessage('error.NotConfirmed'))
+      // Not while a migrate or rollback of this database runs: it may be about to restore one of these.
+      const lock: CommandLock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), signal: this.scope.signal, waitMs: flags['lock-wait'] * 1000})
+      try {
+        for (const b of prune) {
+          lock.assertHeld()
+          await removeBackup(b)
+          pruned.push(b)
         }
+        for (const d of drop) {
+          lock.assertHeld()
+          await dropKeptDatabase(admin!, d, target.conn.database)
+          dropped.push(d)
+        }
+      } finally {
+        await lock.release()
       }
-      const wouldPrune = flags['dry-run'] ? prune : []
-      const wouldDrop = flags['dry-run'] ? drop : []
-      const result: BackupsResult = {backups, database: target.conn.database, dir, dropped: dropped.map((d) => d.name), dryRun: flags['dry-run'], kept, ok: true,
-        pruned: pruned.map((b) => b.file), serverProblem, wouldDrop: wouldDrop.map((d) => d.name), wouldPrune: wouldPrune.map((b) => b.file)}
-      if (this.jsonMode) return result
-      for (const b of wouldPrune) this.say(messages.getMessage('info.WouldDelete', [b.file]))
-      for (const d of wouldDrop) this.say(messages.getMessage('info.WouldDrop', [d.name]))
-      if (pruning || flags['drop-kept']) {
-        const protectedCount = backups.filter((b) => b.protectedBecause).length
-        this.say(flags['dry-run'] ? messages.getMessage('info.DryRun', [wouldPrune.length, wouldDrop.length])
-          : protectedCount ? messages.getMessage('info.Removed.protected', [pruned.length, dropped.length, protectedCount])
-            : messages.getMessage('info.Removed', [pruned.length, dropped.length]))
-      }
-      return result
-    } finally {
-      await admin?.end({timeout: 2}).catch(() => {})
     }
+    const wouldPrune = flags['dry-run'] ? prune : []
+    const wouldDrop = flags['dry-run'] ? drop : []
+    const result: BackupsResult = {backups, database: target.conn.database, dir, dropped: dropped.map((d) => d.name), dryRun: flags['dry-run'], kept, ok: true,
+      pruned: pruned.map((b) => b.file), serverProblem, wouldDrop: wouldDrop.map((d) => d.name), wouldPrune: wouldPrune.map((b) => b.file)}
+    if (this.jsonMode) return result
+    for (const b of wouldPrune) this.say(messages.getMessage('info.WouldDelete', [b.file]))
+    for (const d of wouldDrop) this.say(messages.getMessage('info.WouldDrop', [d.name]))
+    if (pruning || flags['drop-kept']) {
+      const protectedCount = backups.filter((b) => b.protectedBecause).length
+      this.say(flags['dry-run'] ? messages.getMessage('info.DryRun', [wouldPrune.length, wouldDrop.length])
+        : protectedCount ? messages.getMessage('info.Removed.protected', [pruned.length, dropped.length, protectedCount])
+          : messages.getMessage('info.Removed', [pruned.length, dropped.length]))
+    }
+    return result
   }
 
   private printList(dir: string, backups: BackupEntry[], kept: KeptDatabase[] | null, serverProblem: string | null): void {

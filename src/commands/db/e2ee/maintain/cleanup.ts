@@ -36,38 +36,34 @@ export default class MaintainCleanup extends BaseCommand<CleanupResult> {
     const flags = await this.parseBase(MaintainCleanup)
     const target = this.targetFrom(flags)
     if (!flags['dry-run']) assertCanConfirm(flags.yes, messages.getMessage('confirm.What'))
-    const sql = await connectChecked(target.conn, {max: 2})
-    try {
-      const schema = await findAppSchema(sql, target.schema)
-      const base = {
-        auditDays: flags['audit-days'], batchSize: flags['batch-size'], lockTimeoutMs: flags['lock-timeout'],
-        maxLockWaitMs: flags['max-lock-wait'] * 1000, pauseMs: flags['pause-ms'], prekeyDays: flags['prekey-days'], schema,
-      }
-      const counted = await runCleanup(sql, {...base, dryRun: true})
-      const total = counted.tables.reduce((s, t) => s + t.matched, 0)
-      for (const t of counted.tables) {
-        this.note(messages.getMessage('info.Matched', [schema, t.table, t.matched, t.days, t.cutoff]))
-      }
-      if (flags['dry-run'] || total === 0) {
-        this.say(total === 0 ? messages.getMessage('info.NothingToDelete') : messages.getMessage('info.DryRun', [total]))
-        return {database: target.conn.database, ok: true, ...counted}
-      }
-      if (!(await confirm(messages.getMessage('confirm.Delete', [total, target.conn.database, flags['batch-size']]), flags.yes))) {
-        throw new UserError(messages.getMessage('error.NotConfirmed'), {exitCode: 1})
-      }
-      // One command at a time per database: never while a migrate or rollback is changing (or replacing) it.
-      const lock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), waitMs: flags['lock-wait'] * 1000})
-      let report
-      try {
-        await lock.assertSameDatabase(sql)
-        report = await runCleanup(sql, {...base, assertHeld: lock.assertHeld, dryRun: false, onProgress: this.progressPrinter()})
-      } finally {
-        await lock.release()
-      }
-      return this.finish(target.conn.database, report)
-    } finally {
-      await sql.end({timeout: 2})
+    const sql = this.scope.own(await connectChecked(target.conn, {max: 2}))
+    const schema = await findAppSchema(sql, target.schema)
+    const base = {
+      auditDays: flags['audit-days'], batchSize: flags['batch-size'], lockTimeoutMs: flags['lock-timeout'],
+      maxLockWaitMs: flags['max-lock-wait'] * 1000, pauseMs: flags['pause-ms'], prekeyDays: flags['prekey-days'], schema,
     }
+    const counted = await runCleanup(sql, {...base, dryRun: true, scope: this.scope})
+    const total = counted.tables.reduce((s, t) => s + t.matched, 0)
+    for (const t of counted.tables) {
+      this.note(messages.getMessage('info.Matched', [schema, t.table, t.matched, t.days, t.cutoff]))
+    }
+    if (flags['dry-run'] || total === 0) {
+      this.say(total === 0 ? messages.getMessage('info.NothingToDelete') : messages.getMessage('info.DryRun', [total]))
+      return {database: target.conn.database, ok: true, ...counted}
+    }
+    if (!(await confirm(this.scope, messages.getMessage('confirm.Delete', [total, target.conn.database, flags['batch-size']]), flags.yes))) {
+      throw new UserError(messages.getMessage('error.NotConfirmed'), {exitCode: 1})
+    }
+    // One command at a time per database: never while a migrate or rollback is changing (or replacing) it.
+    const lock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), signal: this.scope.signal, waitMs: flags['lock-wait'] * 1000})
+    let report
+    try {
+      await lock.assertSameDatabase(sql)
+      report = await runCleanup(sql, {...base, assertHeld: lock.assertHeld, dryRun: false, onProgress: this.progressPrinter(), scope: this.scope})
+    } finally {
+      await lock.release()
+    }
+    return this.finish(target.conn.database, report)
   }
 
   /** Progress on stderr (stdout stays for the result): at most one line a second, and each table's last. */

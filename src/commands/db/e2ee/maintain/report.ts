@@ -25,18 +25,14 @@ export default class MaintainReport extends BaseCommand<ReportResult> {
   async run(): Promise<ReportResult> {
     const flags = await this.parseBase(MaintainReport)
     const target = this.targetFrom(flags)
-    const sql = await connectChecked(target.conn, {max: 1})
-    try {
-      const schema = await findAppSchema(sql, target.schema)
-      await assertTablesExist(sql, schema, ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'], messages.getMessage('error.MissingTable.what'))
-      const report = await maintenanceReport(sql, {
-        listLimit: flags.list, migrations: loadMigrations(), rotationDays: flags['rotation-days'], schema, stockThreshold: flags['stock-threshold'],
-      })
-      if (!this.jsonMode) this.print(target.conn.database, report)
-      return {database: target.conn.database, ok: true, ...report}
-    } finally {
-      await sql.end({timeout: 2})
-    }
+    const sql = this.scope.own(await connectChecked(target.conn, {max: 1}))
+    const schema = await findAppSchema(sql, target.schema)
+    await assertTablesExist(sql, schema, ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'], messages.getMessage('error.MissingTable.what'))
+    const report = await maintenanceReport(sql, {
+      listLimit: flags.list, migrations: loadMigrations(), rotationDays: flags['rotation-days'], schema, stockThreshold: flags['stock-threshold'],
+    })
+    if (!this.jsonMode) this.print(target.conn.database, report)
+    return {database: target.conn.database, ok: true, ...report}
   }
 
   private print(database: string, r: MaintenanceReport): void {
