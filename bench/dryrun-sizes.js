@@ -36,14 +36,24 @@ function run(cmd, args, {stdinFile, stdoutFile, cwd} = {}) {
     const child = spawn(cmd, args, {cwd: cwd ?? ROOT, env: {...process.env, CI: 'true', NO_COLOR: '1'}, stdio: [stdin, stdout, 'pipe']})
     let out = ''
     let err = ''
-    child.stdout?.on('data', (d) => { out += d })
-    child.stderr.on('data', (d) => { err += d })
+    child.stdout?.on('data', (d) => {
+      out += d
+    })
+    child.stderr.on('data', (d) => {
+      err += d
+    })
     const close = () => {
       if (typeof stdin === 'number') closeSync(stdin)
       if (typeof stdout === 'number') closeSync(stdout)
     }
-    child.on('error', (e) => { close(); reject(e) })
-    child.on('close', (code) => { close(); resolve({code, ms: performance.now() - t0, stderr: err, stdout: out}) })
+    child.on('error', (e) => {
+      close()
+      reject(e)
+    })
+    child.on('close', (code) => {
+      close()
+      resolve({code, ms: performance.now() - t0, stderr: err, stdout: out})
+    })
   })
 }
 
@@ -54,12 +64,19 @@ async function mustRun(cmd, args, opts) {
 }
 
 async function cli(args, projectDir) {
-  const r = await run(process.execPath, [BIN, ...args, '--project-dir', projectDir, '--local', '--host', ADMIN.host, '--port', String(ADMIN.port), '-U', ADMIN.user], {cwd: projectDir})
+  const r = await run(
+    process.execPath,
+    [BIN, ...args, '--project-dir', projectDir, '--local', '--host', ADMIN.host, '--port', String(ADMIN.port), '-U', ADMIN.user],
+    {cwd: projectDir},
+  )
   let json
   try {
     json = JSON.parse(r.stdout)
   } catch {}
-  if (r.code !== 0 || !json || json.ok === false) throw new Error(`nself ${args.join(' ')} failed (exit ${r.code}): ${json?.failure ?? json?.error?.message ?? r.stderr.trim().split('\n').slice(-3).join(' | ')}`)
+  if (r.code !== 0 || !json || json.ok === false)
+    throw new Error(
+      `nself ${args.join(' ')} failed (exit ${r.code}): ${json?.failure ?? json?.error?.message ?? r.stderr.trim().split('\n').slice(-3).join(' | ')}`,
+    )
   return {...r, json}
 }
 
@@ -120,15 +137,28 @@ async function oneSize(messages, tmp) {
     const backups = path.join(project, 'backups')
     const ours = await cli(['db', 'e2ee', 'dryrun', '--yes', '--json', '-d', src, '--backup-dir', backups], project)
     const left = filesUnder(backups)
-    if (left.length > 0 || ours.json.backup !== null || !ours.json.rehearsalDump?.removed) throw new Error(`dryrun left ${left.join(', ') || 'no file'} (backup ${JSON.stringify(ours.json.backup)}, rehearsal dump ${JSON.stringify(ours.json.rehearsalDump)})`)
-    res.ours = {applyMs: ours.json.applyMs, dumpBytes: ours.json.rehearsalDump.bytes, dumpMs: ours.json.timings.dump, forecastMs: ours.json.forecastMs, restoreMs: ours.json.restoreMs, totalMs: ours.ms}
+    if (left.length > 0 || ours.json.backup !== null || !ours.json.rehearsalDump?.removed)
+      throw new Error(
+        `dryrun left ${left.join(', ') || 'no file'} (backup ${JSON.stringify(ours.json.backup)}, rehearsal dump ${JSON.stringify(ours.json.rehearsalDump)})`,
+      )
+    res.ours = {
+      applyMs: ours.json.applyMs,
+      dumpBytes: ours.json.rehearsalDump.bytes,
+      dumpMs: ours.json.timings.dump,
+      forecastMs: ours.json.forecastMs,
+      restoreMs: ours.json.restoreMs,
+      totalMs: ours.ms,
+    }
     res.leftOut = ours.json.leftOut
     res.samples = ours.json.forecast?.samples ?? []
-    log(`${messages}: ours ${s(ours.ms)} (rehearsal dump ${s(res.ours.dumpMs)}, ${mb(res.ours.dumpBytes).toFixed(1)} MiB; restore ${s(res.ours.restoreMs)}, apply on the copy ${s(res.ours.applyMs)}, forecast ${s(res.ours.forecastMs)})`)
+    log(
+      `${messages}: ours ${s(ours.ms)} (rehearsal dump ${s(res.ours.dumpMs)}, ${mb(res.ours.dumpBytes).toFixed(1)} MiB; restore ${s(res.ours.restoreMs)}, apply on the copy ${s(res.ours.applyMs)}, forecast ${s(res.ours.forecastMs)})`,
+    )
 
     // The same command with --full: its own full verified backup (kept), every row restored, as the guide does.
     const full = await cli(['db', 'e2ee', 'dryrun', '--yes', '--json', '--full', '-d', src, '--backup-dir', backups], project)
-    if (!full.json.backup?.taken || !statSync(full.json.backup.file).isFile()) throw new Error(`dryrun --full left no backup (${JSON.stringify(full.json.backup)})`)
+    if (!full.json.backup?.taken || !statSync(full.json.backup.file).isFile())
+      throw new Error(`dryrun --full left no backup (${JSON.stringify(full.json.backup)})`)
     res.full = {backupMs: full.json.timings.backup, forecastMs: full.json.forecastMs, restoreMs: full.json.restoreMs, totalMs: full.ms}
     log(`${messages}: ours --full ${s(full.ms)} (backup ${s(res.full.backupMs)}, restore ${s(res.full.restoreMs)}, forecast ${s(res.full.forecastMs)})`)
 
@@ -162,12 +192,42 @@ async function oneSize(messages, tmp) {
 }
 
 export function dryrunTable(results) {
-  const rows = [['messages (database)', 'runs', 'guide: pg_dump + createdb + psql restore + SQL + dropdb', 'ours: dryrun (rehearsal dump, slim copy, apply, verify, forecast)', 'ours/guide', 'ours/guide, each run', 'ours: rehearsal dump (size)', 'ours: restore of the copy', 'forecast', 'actual apply', 'forecast error', 'forecast error, each run', 'ours --full (verified backup, every row)']]
+  const rows = [
+    [
+      'messages (database)',
+      'runs',
+      'guide: pg_dump + createdb + psql restore + SQL + dropdb',
+      'ours: dryrun (rehearsal dump, slim copy, apply, verify, forecast)',
+      'ours/guide',
+      'ours/guide, each run',
+      'ours: rehearsal dump (size)',
+      'ours: restore of the copy',
+      'forecast',
+      'actual apply',
+      'forecast error',
+      'forecast error, each run',
+      'ours --full (verified backup, every row)',
+    ],
+  ]
   const pct = (e) => `${e >= 0 ? '+' : ''}${(e * 100).toFixed(0)} %`
   for (const r of results) {
     const err = errorOf(r)
     const runs = r.runs ?? [{error: err, ratio: ratioOf(r)}]
-    rows.push([`${fmtInt(r.messages)} (${mb(r.dbBytes).toFixed(0)} MiB)`, String(runs.length), s(r.guide.totalMs), s(r.ours.totalMs), `${ratioOf(r).toFixed(2)}×`, runs.map((x) => `${x.ratio.toFixed(2)}×`).join(', '), `${s(r.ours.dumpMs)} (${mb(r.ours.dumpBytes).toFixed(1)} MiB)`, s(r.ours.restoreMs), s(r.ours.forecastMs), s(r.actualApplyMs), `${pct(err)} (${r.ours.forecastMs >= r.actualApplyMs ? '+' : '−'}${s(Math.abs(r.ours.forecastMs - r.actualApplyMs))})`, runs.map((x) => pct(x.error)).join(', '), s(r.full.totalMs)])
+    rows.push([
+      `${fmtInt(r.messages)} (${mb(r.dbBytes).toFixed(0)} MiB)`,
+      String(runs.length),
+      s(r.guide.totalMs),
+      s(r.ours.totalMs),
+      `${ratioOf(r).toFixed(2)}×`,
+      runs.map((x) => `${x.ratio.toFixed(2)}×`).join(', '),
+      `${s(r.ours.dumpMs)} (${mb(r.ours.dumpBytes).toFixed(1)} MiB)`,
+      s(r.ours.restoreMs),
+      s(r.ours.forecastMs),
+      s(r.actualApplyMs),
+      `${pct(err)} (${r.ours.forecastMs >= r.actualApplyMs ? '+' : '−'}${s(Math.abs(r.ours.forecastMs - r.actualApplyMs))})`,
+      runs.map((x) => pct(x.error)).join(', '),
+      s(r.full.totalMs),
+    ])
   }
   return rows
 }
@@ -177,23 +237,39 @@ export function backupTable(results) {
   for (const r of results) {
     const plainMbS = mb(r.dbBytes) / (r.guide.dumpMs / 1000)
     rows.push([fmtInt(r.messages), 'guide: plain pg_dump > file.sql', s(r.guide.dumpMs), plainMbS.toFixed(0), `${mb(r.plainBytes).toFixed(0)} MiB`, '1.00×'])
-    for (const b of r.backups) rows.push([fmtInt(r.messages), b.label, s(b.ms), (mb(r.dbBytes) / (b.ms / 1000)).toFixed(0), `${mb(b.bytes).toFixed(0)} MiB`, `${(b.ms / r.guide.dumpMs).toFixed(2)}×`])
+    for (const b of r.backups)
+      rows.push([
+        fmtInt(r.messages),
+        b.label,
+        s(b.ms),
+        (mb(r.dbBytes) / (b.ms / 1000)).toFixed(0),
+        `${mb(b.bytes).toFixed(0)} MiB`,
+        `${(b.ms / r.guide.dumpMs).toFixed(2)}×`,
+      ])
   }
   return rows
 }
 
-const md = (rows) => [`| ${rows[0].join(' | ')} |`, `|${rows[0].map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`, ...rows.slice(1).map((r) => `| ${r.join(' | ')} |`)].join('\n')
+const md = (rows) =>
+  [`| ${rows[0].join(' | ')} |`, `|${rows[0].map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`, ...rows.slice(1).map((r) => `| ${r.join(' | ')} |`)].join(
+    '\n',
+  )
 
 function backupChoice(results) {
   const r = results.at(-1)
   const find = (re) => r.backups.find((b) => re.test(b.label))
   const rate = (ms) => (mb(r.dbBytes) / (ms / 1000)).toFixed(0)
-  const fc1 = find(/-Fc -Z 1/), fc0 = find(/-Fc -Z 0/), fd1 = find(/-Fd -j 2 -Z 1/), fd0 = find(/-Fd -j 2 -Z 0/)
-  return `**The default stays the custom format with light compression** (\`takeBackup\`: \`pg_dump -Fc -Z 1\` with pg_dump 15 and older, \`--compress=zstd:1\` from 16, chosen in docs/benchmarks-compression.md). `
+  const fc1 = find(/-Fc -Z 1/),
+    fc0 = find(/-Fc -Z 0/),
+    fd1 = find(/-Fd -j 2 -Z 1/),
+    fd0 = find(/-Fd -j 2 -Z 0/)
+  return (
+    `**The default stays the custom format with light compression** (\`takeBackup\`: \`pg_dump -Fc -Z 1\` with pg_dump 15 and older, \`--compress=zstd:1\` from 16, chosen in docs/benchmarks-compression.md). `
     + `At ${fmtInt(r.messages)} messages the plain dump ran at ${rate(r.guide.dumpMs)} MB/s, \`-Fc -Z 1\` at ${rate(fc1.ms)} MB/s (${mb(fc1.bytes).toFixed(0)} MiB, ${(fc1.bytes / r.plainBytes).toFixed(2)}× the plain file), \`-Fc -Z 0\` at ${rate(fc0.ms)} MB/s (${mb(fc0.bytes).toFixed(0)} MiB). `
     + `The directory format with 2 jobs ran at ${rate(fd1.ms)} MB/s (gzip 1) and ${rate(fd0.ms)} MB/s (uncompressed): on this 2-CPU machine parallel jobs win little, and a directory is not a backup nself can list or restore (\`nself db backup list\`/\`restore\` take single \`.dump\` files, and skip folders), nor one \`pg_restore\` can read from a pipe through \`docker exec\`. `
     + `Uncompressed custom is the fastest single file, at about ${(fc0.bytes / fc1.bytes).toFixed(1)}× the size of gzip 1; the backup is kept on the operator's disk, so the smaller file was kept as the default. The formats of pg_dump 16+ (zstd, lz4) are measured with Debian's client tools 17 and 18 in docs/benchmarks-compression.md. `
     + `\`migrate\` and \`dryrun --full\` take this backup; the standalone \`dryrun\` takes none (production is only read): its rehearsal dump holds the schema and the rows of the tables the copy restores, and is removed when it ends.`
+  )
 }
 
 export function markdown(results, meta) {
@@ -268,7 +344,15 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
     results = [...earlier.filter((e) => !sizes.includes(e.messages)), ...results].sort((a, b) => a.messages - b.messages)
     writeFileSync(mergeFile, JSON.stringify(results, null, 1))
   }
-  const text = markdown(results, {command: render ? 'node bench/dryrun-sizes.js --sizes 100000,1000000,5000000 --merge FILE' : `node bench/dryrun-sizes.js${argv.length ? ' ' + argv.join(' ') : ''}`, date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC', load, note: opt('--note'), pg: v})
+  const text = markdown(results, {
+    command: render
+      ? 'node bench/dryrun-sizes.js --sizes 100000,1000000,5000000 --merge FILE'
+      : `node bench/dryrun-sizes.js${argv.length ? ' ' + argv.join(' ') : ''}`,
+    date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC',
+    load,
+    note: opt('--note'),
+    pg: v,
+  })
   writeFileSync(out, text)
   const show = (rows) => rows.map((r) => r.join(' | ')).join('\n')
   process.stdout.write(`${show(dryrunTable(results))}\n\n${show(backupTable(results))}\n\nwritten to ${out}\n`)

@@ -65,7 +65,12 @@ export abstract class BaseCommand<T = unknown> extends Command {
       ;({flags} = await this.parse(cmd))
     } catch (error) {
       // Anything the parser refuses (unknown flag, bad value, a flag twice) is a usage error: exit 2.
-      const sentence = (error as Error).message.split('\n').map((l) => l.trim()).filter((l) => l && !/^See more help/.test(l)).join(': ').replace(/\.$/, '')
+      const sentence = (error as Error).message
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l && !/^See more help/.test(l))
+        .join(': ')
+        .replace(/\.$/, '')
       throw new UserError(`${sentence}.`, {cause: error, exitCode: 2, hint: messages.getMessage('error.Usage.hint')})
     }
     const f = flags as BaseFlags<T>

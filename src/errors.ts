@@ -54,7 +54,13 @@ export function interrupted(sentence: string, hint?: string): CancelledError {
 export function isConnectionLost(error: unknown): boolean {
   const e = error as {code?: string; errno?: string; message?: string} | undefined
   const code = e?.code ?? e?.errno
-  if (code && ['CONNECTION_CLOSED', 'CONNECTION_DESTROYED', 'CONNECTION_ENDED', 'ECONNRESET', 'EPIPE', '57P01', '57P02', '57P03', '08006', '08003', '08000'].includes(code)) return true
+  if (
+    code
+    && ['CONNECTION_CLOSED', 'CONNECTION_DESTROYED', 'CONNECTION_ENDED', 'ECONNRESET', 'EPIPE', '57P01', '57P02', '57P03', '08006', '08003', '08000'].includes(
+      code,
+    )
+  )
+    return true
   return error instanceof TypeError && /reading 'write'/.test(String(e?.message))
 }
 
@@ -78,7 +84,8 @@ export function toUserError(err: unknown, context?: string): UserError {
   switch (code) {
     case 'ECONNREFUSED':
       return new UserError(`${where}cannot connect to PostgreSQL at ${e.address ?? '?'}:${e.port ?? '?'} (connection refused).`, {
-        hint: 'Is the server running and is --host/--port (or POSTGRES_PORT in the nself env) right?', cause: err,
+        hint: 'Is the server running and is --host/--port (or POSTGRES_PORT in the nself env) right?',
+        cause: err,
       })
     case 'ENOTFOUND':
     case 'EAI_AGAIN':
@@ -88,13 +95,15 @@ export function toUserError(err: unknown, context?: string): UserError {
     case '28P01':
     case '28000':
       return new UserError(`${where}PostgreSQL refused the login: ${e.message}.`, {
-        hint: 'Set POSTGRES_PASSWORD in the nself env file or PGPASSWORD; passwords are never taken from flags.', cause: err,
+        hint: 'Set POSTGRES_PASSWORD in the nself env file or PGPASSWORD; passwords are never taken from flags.',
+        cause: err,
       })
     case '3D000':
       return new UserError(`${where}${e.message}.`, {hint: 'Check --database or POSTGRES_DB.', cause: err})
     case '42501':
       return new UserError(`${where}permission denied: ${e.message}.`, {
-        hint: 'Run as the database owner or a superuser (POSTGRES_USER of the nself project).', cause: err,
+        hint: 'Run as the database owner or a superuser (POSTGRES_USER of the nself project).',
+        cause: err,
       })
     case 'CONNECTION_CLOSED':
     case 'CONNECTION_DESTROYED':
@@ -104,9 +113,13 @@ export function toUserError(err: unknown, context?: string): UserError {
     case '57P01':
     case '57P02':
     case '57P03':
-      return new UserError(`${where}the connection to PostgreSQL was lost (${e.code?.startsWith('57') ? `the server ended the session: ${e.message}` : 'the server closed it or went away'}).`, {
-        hint: 'Check that the server is up (a restart or pg_terminate_backend ends sessions), then run `nself db e2ee status` and run again.', cause: err,
-      })
+      return new UserError(
+        `${where}the connection to PostgreSQL was lost (${e.code?.startsWith('57') ? `the server ended the session: ${e.message}` : 'the server closed it or went away'}).`,
+        {
+          hint: 'Check that the server is up (a restart or pg_terminate_backend ends sessions), then run `nself db e2ee status` and run again.',
+          cause: err,
+        },
+      )
     case '57014':
       return new UserError(`${where}the statement was cancelled (${e.message}).`, {cause: err})
     default:
@@ -135,8 +148,15 @@ export function firstLine(error: unknown): string {
   const lostConnection = typeof e?.stderr !== 'string' && isConnectionLost(error)
   if (e?.severity || lostConnection) return toUserError(error).message.replace(/\.$/, '')
   const stderr = typeof e?.stderr === 'string' ? e.stderr : ''
-  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean)
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
   const errorLine = lines.find((l) => /(^|: )(error|fatal):/i.test(l)) ?? lines.at(-1)
   const text = errorLine ?? e?.shortMessage ?? e?.message ?? String(error)
-  return text.split('\n')[0].replace(/^(pg_dump|pg_restore|psql): (error: )?/, '').replace(/\.$/, '').trim()
+  return text
+    .split('\n')[0]
+    .replace(/^(pg_dump|pg_restore|psql): (error: )?/, '')
+    .replace(/\.$/, '')
+    .trim()
 }

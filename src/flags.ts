@@ -16,8 +16,11 @@ export const runnerFlags = {
   'max-lock-wait': Flags.integer({default: 120, description: messages.getMessage('flags.max-lock-wait.description'), min: 1}),
   'migrations-dir': migrationsDirFlag,
   'progress-interval': Flags.integer({
-    default: DEFAULT_PROGRESS_INTERVAL_S, description: messages.getMessage('flags.progress-interval.description'),
-    env: 'NSELF_E2EE_PROGRESS_INTERVAL', max: 3600, min: 0,
+    default: DEFAULT_PROGRESS_INTERVAL_S,
+    description: messages.getMessage('flags.progress-interval.description'),
+    env: 'NSELF_E2EE_PROGRESS_INTERVAL',
+    max: 3600,
+    min: 0,
   }),
 }
 

@@ -24,8 +24,10 @@ async function onFatal(error: unknown): Promise<void> {
   const ue = wasInterrupted()
     ? new UserError(`Interrupted by ${interruption().by}: the run was stopped`, {cause: error, exitCode: interruption().exitCode})
     : isConnectionLost(error)
-    ? new UserError('The connection to PostgreSQL was lost (the server ended this tool\'s session, restarted, or the network failed), so the run stopped.', {cause: error})
-    : toUserError(error)
+      ? new UserError("The connection to PostgreSQL was lost (the server ended this tool's session, restarted, or the network failed), so the run stopped.", {
+          cause: error,
+        })
+      : toUserError(error)
   // Only the first crash reports (the scope's cancel handlers and undo run once); without a scope nothing awaits here.
   const told = scope ? await scope.crash() : []
   if (told === undefined) return

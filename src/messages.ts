@@ -45,7 +45,10 @@ export function parseMessages(text: string, file = 'messages'): Map<string, stri
 }
 
 export class Messages {
-  constructor(readonly bundle: string, private readonly sections: Map<string, string>) {}
+  constructor(
+    readonly bundle: string,
+    private readonly sections: Map<string, string>,
+  ) {}
 
   /** The text of `key` with each `%s` replaced by the next of `tokens`. */
   getMessage(key: string, tokens: Array<number | string> = []): string {

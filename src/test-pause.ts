@@ -1,7 +1,6 @@
 import {existsSync} from 'node:fs'
 import {setTimeout as sleep} from 'node:timers/promises'
 
-
 /**
  * TEST-ONLY fault injection. With `NSELF_E2EE_TEST_PAUSE=<point>[,<point>…]` in the environment the run stops
  * at each named point, writes `[test-pause] <point>` to stderr and waits until the file named by

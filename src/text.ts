@@ -12,7 +12,10 @@ export function fmtBytes(n: number): string {
   const units = ['B', 'kB', 'MB', 'GB', 'TB']
   let i = 0
   let v = n
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024
+    i++
+  }
   return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
 }
 

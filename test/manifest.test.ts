@@ -10,7 +10,8 @@ const commandsDir = path.join(REPO_ROOT, 'src', 'commands')
 
 function commandFiles(dir: string, prefix: string[] = []): string[][] {
   return readdirSync(dir, {withFileTypes: true}).flatMap((e) =>
-    e.isDirectory() ? commandFiles(path.join(dir, e.name), [...prefix, e.name]) : e.name.endsWith('.ts') ? [[...prefix, e.name.replace(/\.ts$/, '')]] : [])
+    e.isDirectory() ? commandFiles(path.join(dir, e.name), [...prefix, e.name]) : e.name.endsWith('.ts') ? [[...prefix, e.name.replace(/\.ts$/, '')]] : [],
+  )
 }
 
 describe('oclif.manifest.json is in step with the commands (regenerate with `npm run manifest`)', () => {
@@ -35,7 +36,8 @@ describe('oclif.manifest.json is in step with the commands (regenerate with `npm
         expect(m.flags[name].description, `${id} --${name}`).toBe(flag.description)
         expect(m.flags[name].char, `${id} --${name}`).toBe(flag.char)
         // The manifest leaves out a boolean's default false.
-        if (typeof flag.default !== 'function') expect(m.flags[name].default ?? (flag.type === 'boolean' ? false : undefined), `${id} --${name}`).toEqual(flag.default)
+        if (typeof flag.default !== 'function')
+          expect(m.flags[name].default ?? (flag.type === 'boolean' ? false : undefined), `${id} --${name}`).toEqual(flag.default)
         if (flag.options) expect(m.flags[name].options).toEqual(flag.options)
       }
     })

@@ -17,7 +17,13 @@ export async function listBackups(dir: string, database?: string): Promise<Liste
     if (database !== undefined && manifest.database !== database) continue
     const file = path.join(dir, manifest.file)
     if (path.basename(manifestFile) !== manifest.file + MANIFEST_SUFFIX) continue
-    if (!(await fs.access(file).then(() => true, () => false))) continue
+    if (
+      !(await fs.access(file).then(
+        () => true,
+        () => false,
+      ))
+    )
+      continue
     out.push({file, manifest, manifestFile})
   }
   return out.sort((a, b) => b.manifest.created_at.localeCompare(a.manifest.created_at) || b.file.localeCompare(a.file))

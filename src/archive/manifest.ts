@@ -54,7 +54,13 @@ export function legacyManifestPathFor(dump: string): string {
 /** The manifest file of a dump that exists, in the sidecar folder or (older backups) beside it. */
 export async function findManifestFor(dump: string): Promise<string | undefined> {
   for (const candidate of [manifestPathFor(dump), legacyManifestPathFor(dump)]) {
-    if (await fs.access(candidate).then(() => true, () => false)) return candidate
+    if (
+      await fs.access(candidate).then(
+        () => true,
+        () => false,
+      )
+    )
+      return candidate
   }
   return undefined
 }
@@ -133,11 +139,22 @@ export async function sha256File(file: string): Promise<{sha256: string; size: n
 
 function isManifest(m: unknown): m is Manifest {
   const x = m as Record<string, unknown>
-  return typeof x === 'object' && x !== null && x.format === MANIFEST_FORMAT && typeof x.file === 'string' &&
-    typeof x.sha256 === 'string' && /^[0-9a-f]{64}$/.test(x.sha256) && typeof x.size === 'number' &&
-    typeof x.database === 'string' && typeof x.schema === 'string' && typeof x.row_counts === 'object' && x.row_counts !== null &&
-    Object.values(x.row_counts as object).every((n) => typeof n === 'number') &&
-    (x.ledger_version === null || typeof x.ledger_version === 'number') && typeof x.created_at === 'string'
+  return (
+    typeof x === 'object'
+    && x !== null
+    && x.format === MANIFEST_FORMAT
+    && typeof x.file === 'string'
+    && typeof x.sha256 === 'string'
+    && /^[0-9a-f]{64}$/.test(x.sha256)
+    && typeof x.size === 'number'
+    && typeof x.database === 'string'
+    && typeof x.schema === 'string'
+    && typeof x.row_counts === 'object'
+    && x.row_counts !== null
+    && Object.values(x.row_counts as object).every((n) => typeof n === 'number')
+    && (x.ledger_version === null || typeof x.ledger_version === 'number')
+    && typeof x.created_at === 'string'
+  )
 }
 
 export async function readManifest(manifestFile: string): Promise<Manifest> {

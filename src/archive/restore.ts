@@ -52,7 +52,13 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
     // (src/connection/versions.ts): it runs without --exit-on-error, accepts exactly that error, and is stopped
     // here at the first other one, as --exit-on-error would.
     const tolerant = (await tools.toolMajor('pg_restore')) >= SENDS_TRANSACTION_TIMEOUT
-    const args = [...(tolerant ? [] : ['--exit-on-error']), '--verbose', `--jobs=${Math.max(1, Math.floor(opts.jobs ?? defaultJobs()))}`, '--no-password', ...(opts.extraArgs ?? [])]
+    const args = [
+      ...(tolerant ? [] : ['--exit-on-error']),
+      '--verbose',
+      `--jobs=${Math.max(1, Math.floor(opts.jobs ?? defaultJobs()))}`,
+      '--no-password',
+      ...(opts.extraArgs ?? []),
+    ]
     if (opts.listText !== undefined) {
       tmpDir = await fs.mkdtemp(path.join(os.tmpdir(), 'nself-e2ee-'))
       const listPath = path.join(tmpDir, 'restore.list')
@@ -107,9 +113,16 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
       if (tools.scope.cancelled) throw new CancelledError()
       const first = errors.find((l) => /error:/i.test(l)) ?? errors[0] ?? (error as {shortMessage?: string}).shortMessage ?? String(error)
       const cmd = errors.find((l) => l.startsWith('Command was'))
-      const detail = first.replace(/^error: /, '').replace(/^(could not execute query: )?ERROR:\s+/, '').replace(/\.$/, '')
+      const detail = first
+        .replace(/^error: /, '')
+        .replace(/^(could not execute query: )?ERROR:\s+/, '')
+        .replace(/\.$/, '')
       // A failing command may carry connection options (CREATE SUBSCRIPTION / USER MAPPING): never echo passwords.
-      const shown = cmd?.replace(/\s+/g, ' ').replace(/(password\s*(=|\s)\s*)('[^']*'|\S+)/gi, '$1***').slice(0, 200).replace(/\.$/, '')
+      const shown = cmd
+        ?.replace(/\s+/g, ' ')
+        .replace(/(password\s*(=|\s)\s*)('[^']*'|\S+)/gi, '$1***')
+        .slice(0, 200)
+        .replace(/\.$/, '')
       throw new Error(shown ? `${detail} (${shown})` : detail)
     } finally {
       lines.close()

@@ -37,7 +37,7 @@ export function fsErrorSentence(error: unknown, what: string, file: string): Use
   if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || code === 'ENOTDIR' || code === 'EEXIST' || code === 'EISDIR') {
     return new UserError(`${what} ${file} failed: the folder is not writable (${code}).`, {
       cause: error,
-      hint: 'Choose a writable folder with --backup-dir, or fix the folder\'s owner and permissions.',
+      hint: "Choose a writable folder with --backup-dir, or fix the folder's owner and permissions.",
     })
   }
   return new UserError(`${what} ${file} failed: ${msg.replace(/\.$/, '')}.`, {cause: error})
@@ -81,7 +81,11 @@ export async function ensureBackupDir(dir: string, log?: (line: string) => void)
   }
 }
 
-export const exists = (f: string) => fs.access(f).then(() => true, () => false)
+export const exists = (f: string) =>
+  fs.access(f).then(
+    () => true,
+    () => false,
+  )
 
 /**
  * Reserve `<project>_<YYYYMMDD_HHMMSS>.dump` by creating its manifest's place in the sidecar folder exclusively
@@ -116,7 +120,8 @@ export async function publish(partial: string, final: string): Promise<void> {
     await fs.link(partial, final)
   } catch (error) {
     const code = (error as {code?: string}).code
-    if (code === 'EEXIST') throw new UserError(`Another program wrote ${final} while this backup was taken; it was not overwritten and this backup was discarded.`)
+    if (code === 'EEXIST')
+      throw new UserError(`Another program wrote ${final} while this backup was taken; it was not overwritten and this backup was discarded.`)
     if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV') throw error
     // No hard links on this filesystem: the name was reserved, a rename is the next best thing.
     await fs.rename(partial, final)

@@ -21,12 +21,39 @@ export interface Toc {
 }
 
 const MULTI_WORD_DESCS = [
-  'MATERIALIZED VIEW DATA', 'PUBLICATION TABLES IN SCHEMA', 'TEXT SEARCH CONFIGURATION', 'TEXT SEARCH DICTIONARY',
-  'TEXT SEARCH TEMPLATE', 'TEXT SEARCH PARSER', 'FOREIGN DATA WRAPPER', 'SEQUENCE OWNED BY', 'DATABASE PROPERTIES',
-  'MATERIALIZED VIEW', 'PUBLICATION TABLE', 'PROCEDURAL LANGUAGE', 'CHECK CONSTRAINT', 'OPERATOR FAMILY', 'OPERATOR CLASS',
-  'EVENT TRIGGER', 'FOREIGN TABLE', 'FOREIGN SERVER', 'FK CONSTRAINT', 'ACCESS METHOD', 'LARGE OBJECT', 'SEQUENCE SET',
-  'STATISTICS DATA', 'TABLE ATTACH', 'INDEX ATTACH', 'USER MAPPING', 'DEFAULT ACL', 'ROW SECURITY', 'SHELL TYPE',
-  'TABLE DATA', 'BLOB DATA', 'BLOB METADATA', 'DEFAULT',
+  'MATERIALIZED VIEW DATA',
+  'PUBLICATION TABLES IN SCHEMA',
+  'TEXT SEARCH CONFIGURATION',
+  'TEXT SEARCH DICTIONARY',
+  'TEXT SEARCH TEMPLATE',
+  'TEXT SEARCH PARSER',
+  'FOREIGN DATA WRAPPER',
+  'SEQUENCE OWNED BY',
+  'DATABASE PROPERTIES',
+  'MATERIALIZED VIEW',
+  'PUBLICATION TABLE',
+  'PROCEDURAL LANGUAGE',
+  'CHECK CONSTRAINT',
+  'OPERATOR FAMILY',
+  'OPERATOR CLASS',
+  'EVENT TRIGGER',
+  'FOREIGN TABLE',
+  'FOREIGN SERVER',
+  'FK CONSTRAINT',
+  'ACCESS METHOD',
+  'LARGE OBJECT',
+  'SEQUENCE SET',
+  'STATISTICS DATA',
+  'TABLE ATTACH',
+  'INDEX ATTACH',
+  'USER MAPPING',
+  'DEFAULT ACL',
+  'ROW SECURITY',
+  'SHELL TYPE',
+  'TABLE DATA',
+  'BLOB DATA',
+  'BLOB METADATA',
+  'DEFAULT',
 ]
 
 export function parseToc(text: string): Toc {
@@ -42,7 +69,11 @@ export function parseToc(text: string): Toc {
     if (!m) continue
     const rest = m[2]
     const desc = MULTI_WORD_DESCS.find((d) => rest === d || rest.startsWith(d + ' ')) ?? rest.split(' ')[0]
-    const words = rest.slice(desc.length).trim().split(' ').filter((w) => w !== '')
+    const words = rest
+      .slice(desc.length)
+      .trim()
+      .split(' ')
+      .filter((w) => w !== '')
     let schema: string | null = null
     let owner: string | null = null
     let name = ''

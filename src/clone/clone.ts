@@ -57,7 +57,6 @@ export interface CreateCloneOptions {
   log?: (line: string) => void
 }
 
-
 export interface KeptTable {
   schema: string
   name: string
@@ -78,7 +77,10 @@ function parseTableRef(ref: string, defaultSchema: string): KeptTable {
  */
 export async function copyRows(admin: Sql, dataTables: string[], defaultSchema: string): Promise<{keep: KeptTable[]; exclude: KeptTable[]}> {
   // `keep`: the plain tables among them, the ones with rows (TABLE DATA) of their own.
-  const keep = await tablesWithDependencies(admin, dataTables.map((t) => parseTableRef(t, defaultSchema)))
+  const keep = await tablesWithDependencies(
+    admin,
+    dataTables.map((t) => parseTableRef(t, defaultSchema)),
+  )
   const keys = new Set(keep.map((t) => `${t.schema}.${t.name}`))
   // Plain tables hold the rows (a partitioned parent's are in its partitions); the system's own are never dumped.
   const all = await admin<KeptTable[]>`
@@ -137,7 +139,9 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   const kept = await tablesWithDependencies(admin, requested)
   const added = kept.slice(requested.length)
   if (added.length > 0) {
-    log?.(`Also restoring the data of ${added.map((t) => `${t.schema}.${t.name}`).join(', ')} (referenced by foreign keys or partitions of the migrated tables).`)
+    log?.(
+      `Also restoring the data of ${added.map((t) => `${t.schema}.${t.name}`).join(', ')} (referenced by foreign keys or partitions of the migrated tables).`,
+    )
   }
   const keptKeys = new Set(kept.map((t) => tableDataKey(t.schema, t.name)))
 
@@ -184,15 +188,27 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   try {
     await createDatabaseLike(admin, name, live, comment, {log})
     scope.throwIfCancelled('the dry run')
-    log?.(`Restoring ${file} into ${name} (${opts.allData ? 'every table with its data' : `${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without`}).`)
+    log?.(
+      `Restoring ${file} into ${name} (${opts.allData ? 'every table with its data' : `${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without`}).`,
+    )
     const extraArgs = ['--no-subscriptions']
     if (!live.superuser) {
       extraArgs.push('--no-owner')
-      log?.(`${live.currentUser} is not a superuser: the clone's objects are owned by ${live.currentUser} (--no-owner), so ownership problems will not show in the dry run.`)
+      log?.(
+        `${live.currentUser} is not a superuser: the clone's objects are owned by ${live.currentUser} (--no-owner), so ownership problems will not show in the dry run.`,
+      )
     }
     const restoreStarted = Date.now()
     await restoreArchive({
-      database: name, extraArgs, file, jobs: opts.jobs, listText: listLines.join('\n'), onProgress: opts.onProgress, target, tools, total,
+      database: name,
+      extraArgs,
+      file,
+      jobs: opts.jobs,
+      listText: listLines.join('\n'),
+      onProgress: opts.onProgress,
+      target,
+      tools,
+      total,
     })
     const restoreMs = Date.now() - restoreStarted
     scope.throwIfCancelled('the dry run')
@@ -230,12 +246,14 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     const cause = redact(firstLine(error), secret)
     // A full disk on the server is no fault of the backup: say where space is missing.
     const diskFull = /No space left on device|could not extend file|disk full|53100/i.test(cause)
-    throw new UserError(`Restoring the dry-run clone ${name} from ${file} failed${diskFull ? ' because the database server\'s disk is full' : ''}: ${cause}.${dropNote}`, {
-      cause: error,
-      hint: diskFull
-        ? 'The live database was not touched. Free space on the database server (the dry run needs room for a copy of the tables the migration touches), or run with --skip-dryrun.'
-        : 'The live database was not touched. Check the backup with `nself db e2ee verify`, or re-run with a fresh backup.',
-    })
+    throw new UserError(
+      `Restoring the dry-run clone ${name} from ${file} failed${diskFull ? " because the database server's disk is full" : ''}: ${cause}.${dropNote}`,
+      {
+        cause: error,
+        hint: diskFull
+          ? 'The live database was not touched. Free space on the database server (the dry run needs room for a copy of the tables the migration touches), or run with --skip-dryrun.'
+          : 'The live database was not touched. Check the backup with `nself db e2ee verify`, or re-run with a fresh backup.',
+      },
+    )
   }
 }
-

@@ -35,18 +35,20 @@ export const ALTERED_ONLY: AlteredOnly[] = [
     names: ['fk_messages_sender_device', 'idx_messages_encrypted', 'idx_messages_sender_device'],
     table: 'nchat_messages',
     version: 14,
-    why: '014 only alters it: ADD COLUMN with constant defaults (a catalog change, no row is read or rewritten); '
+    why:
+      '014 only alters it: ADD COLUMN with constant defaults (a catalog change, no row is read or rewritten); '
       + 'fk_messages_sender_device added NOT VALID, then VALIDATE, which checks only rows whose sender_device_id is not NULL, '
       + 'a column production does not have yet (checked in its catalog), so NULL in every row; '
-      + 'two non-unique partial indexes, which no row can make fail. Their build and the validation scan are timed on a sample of production\'s rows and scaled by the table\'s size',
+      + "two non-unique partial indexes, which no row can make fail. Their build and the validation scan are timed on a sample of production's rows and scaled by the table's size",
   },
   {
     addsColumns: ['enforce_encryption'],
     names: ['idx_channels_enforce_encryption'],
     table: 'nchat_channels',
     version: 14,
-    why: '014 only adds enforce_encryption with a constant default (a catalog change, no row is read or rewritten) and a non-unique partial index on it, which no row can make fail; '
-      + 'the index build is timed on a sample of production\'s rows and scaled by the table\'s size',
+    why:
+      '014 only adds enforce_encryption with a constant default (a catalog change, no row is read or rewritten) and a non-unique partial index on it, which no row can make fail; '
+      + "the index build is timed on a sample of production's rows and scaled by the table's size",
   },
 ]
 

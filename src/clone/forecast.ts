@@ -25,7 +25,8 @@ const REPLAYS = 5
 const SAMPLE_PREFIX = 'nself_e2ee_sample_'
 
 /** How close the forecast came to the actual apply in the benchmark (docs/benchmarks-dryrun.md), stated in reports. */
-export const FORECAST_ERROR = 'from 0.2 s under to 0.8 s over the actual apply (−19 % to +114 %; it tends to over-estimate), as measured in 18 runs at 100k, 1M and 5M messages (two runs of node bench/dryrun-sizes.js --runs 3; docs/benchmarks-dryrun.md); waits for production\'s own traffic not included'
+export const FORECAST_ERROR =
+  "from 0.2 s under to 0.8 s over the actual apply (−19 % to +114 %; it tends to over-estimate), as measured in 18 runs at 100k, 1M and 5M messages (two runs of node bench/dryrun-sizes.js --runs 3; docs/benchmarks-dryrun.md); waits for production's own traffic not included"
 
 export interface TableSample {
   table: string
@@ -124,10 +125,14 @@ async function takeSample(o: ForecastOptions, table: string): Promise<TableSampl
   const q = `${quoteIdent(o.schema)}.${quoteIdent(table)}`
   const [size] = await o.prod.unsafe<{pages: string; rows: number}[]>(
     `select pg_relation_size(c.oid) / current_setting('block_size')::bigint as pages, greatest(c.reltuples, 0)::float8 as rows
-       from pg_class c where c.oid = $1::text::regclass`, [q])
+       from pg_class c where c.oid = $1::text::regclass`,
+    [q],
+  )
   const productionPages = Number(size.pages)
   const columns = await o.prod.unsafe<{name: string}[]>(
-    `select attname as name from pg_attribute where attrelid = $1::text::regclass and attnum > 0 and not attisdropped order by attnum`, [q])
+    `select attname as name from pg_attribute where attrelid = $1::text::regclass and attnum > 0 and not attisdropped order by attnum`,
+    [q],
+  )
   const cols = columns.map((c) => quoteIdent(c.name)).join(', ')
   const name = sampleName(table)
   await o.clone.unsafe(`drop table if exists ${name}`)
@@ -149,10 +154,14 @@ async function takeSample(o: ForecastOptions, table: string): Promise<TableSampl
   await o.clone.unsafe(`vacuum (analyze) ${name}`)
   const copyMs = Date.now() - t0
   const [got] = await o.clone.unsafe<{pages: string; rows: string}[]>(
-    `select pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint as pages, (select count(*) from ${name}) as rows`, [`${quoteIdent(o.schema)}.${name}`])
+    `select pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint as pages, (select count(*) from ${name}) as rows`,
+    [`${quoteIdent(o.schema)}.${name}`],
+  )
   const samplePages = Number(got.pages)
   const factor = samplePages === 0 ? 0 : productionPages / samplePages
-  o.log?.(`Forecast sample of ${table}: ${got.rows} rows, ${samplePages} of production's ${productionPages} pages (${percent.toFixed(1)} %), copied in ${copyMs} ms; scale ×${factor.toFixed(1)}.`)
+  o.log?.(
+    `Forecast sample of ${table}: ${got.rows} rows, ${samplePages} of production's ${productionPages} pages (${percent.toFixed(1)} %), copied in ${copyMs} ms; scale ×${factor.toFixed(1)}.`,
+  )
   return {copyMs, factor, productionPages, productionRows: Math.round(size.rows), sampleRows: Number(got.rows), samplePages, table}
 }
 
@@ -161,7 +170,9 @@ async function replay(o: ForecastOptions, table: string, s: Statement): Promise<
   const name = sampleName(table)
   const index = concurrentIndexName(s)
   if (index) {
-    const m = /^\s*CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?\S+\s+ON\s+(?:ONLY\s+)?\S+?\s*(\([\s\S]*?)\s*;?\s*$/i.exec(stripComments(s.sql))
+    const m = /^\s*CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?\S+\s+ON\s+(?:ONLY\s+)?\S+?\s*(\([\s\S]*?)\s*;?\s*$/i.exec(
+      stripComments(s.sql),
+    )
     if (!m) throw new Error(`cannot replay ${s.summary} on a sample`)
     const idx = quoteIdent(`${SAMPLE_PREFIX}idx`)
     const t0 = performance.now()
@@ -173,7 +184,9 @@ async function replay(o: ForecastOptions, table: string, s: Statement): Promise<
   const constraint = validatedConstraintName(s)
   if (constraint) {
     const [con] = await o.clone.unsafe<{def: string}[]>(
-      `select pg_get_constraintdef(oid) as def from pg_constraint where conrelid = $1::text::regclass and conname = $2`, [`${quoteIdent(o.schema)}.${quoteIdent(table)}`, constraint])
+      `select pg_get_constraintdef(oid) as def from pg_constraint where conrelid = $1::text::regclass and conname = $2`,
+      [`${quoteIdent(o.schema)}.${quoteIdent(table)}`, constraint],
+    )
     if (!con) throw new Error(`cannot replay ${s.summary}: no constraint ${constraint} on the clone's ${table}`)
     const cname = quoteIdent(`${SAMPLE_PREFIX}con`)
     await o.clone.unsafe(`alter table ${name} add constraint ${cname} ${con.def.replace(/\s+NOT VALID\s*$/i, '')} not valid`)
@@ -185,4 +198,3 @@ async function replay(o: ForecastOptions, table: string, s: Statement): Promise<
   }
   throw new Error(`cannot replay ${s.summary} on a sample`)
 }
-

@@ -54,7 +54,10 @@ function originOf(sql: Sql): {conn: ConnectionInfo; options: ConnectOptions} {
   const known = origins.get(sql)
   if (known) return known
   const o = sql.options as unknown as {host: string[]; port: number[]; user: string; pass?: unknown; database: string}
-  return {conn: {database: o.database, host: o.host[0], password: typeof o.pass === 'string' && o.pass !== '' ? o.pass : undefined, port: o.port[0], user: o.user}, options: {}}
+  return {
+    conn: {database: o.database, host: o.host[0], password: typeof o.pass === 'string' && o.pass !== '' ? o.pass : undefined, port: o.port[0], user: o.user},
+    options: {},
+  }
 }
 
 /**
@@ -100,7 +103,12 @@ export async function openSession(pool: Sql): Promise<Session> {
   const origin = originOf(pool)
   let lost = false
   let opened = false
-  const sql = postgres({...poolOptions(origin.conn, origin.options, 1), onclose: () => { if (opened) lost = true }})
+  const sql = postgres({
+    ...poolOptions(origin.conn, origin.options, 1),
+    onclose: () => {
+      if (opened) lost = true
+    },
+  })
   try {
     await sql`select 1`
   } catch (error) {

@@ -183,7 +183,16 @@ export function readNselfEnv(dir: string, options: ReadEnvOptions = {}, env: Nod
   }
   const legacyOrder = parseGoBool(env[LEGACY_ORDER_VAR])
 
-  const layer: EnvLayer = {envName: normalizeEnvName(envName), envSource, files: [], legacyOrder, monorepoFrom: backend ? given : undefined, projectDir, sources: {}, values: {}}
+  const layer: EnvLayer = {
+    envName: normalizeEnvName(envName),
+    envSource,
+    files: [],
+    legacyOrder,
+    monorepoFrom: backend ? given : undefined,
+    projectDir,
+    sources: {},
+    values: {},
+  }
   const extra = options.extraFile ? path.resolve(options.extraFile) : undefined
   if (extra && !existsSync(extra)) throw new UserError(`The env file ${extra} given by --nself-env-file does not exist.`)
 

@@ -62,17 +62,35 @@ export function resolveTarget(opts: TargetOptions, env: NodeJS.ProcessEnv = proc
   const f = layer.values
   const src = (key: string) => layer.sources[key] ?? 'env file'
 
-  const [projectName, projectNameSrc] = pick<string>([[f.PROJECT_NAME, src('PROJECT_NAME')]], [path.basename(projectDir).replace(/^[^A-Za-z0-9]+/, '') || 'nself', 'project folder name'])
-  const [database, dbSrc] = pick<string>([
-    [opts.database, 'flag --database'], [f.POSTGRES_DB, src('POSTGRES_DB')], [env.PGDATABASE, 'PGDATABASE'],
-  ], [projectName, 'PROJECT_NAME'])
-  const [user, userSrc] = pick<string>([
-    [opts.user, 'flag --user'], [f.POSTGRES_USER, src('POSTGRES_USER')], [env.PGUSER, 'PGUSER'],
-  ], ['postgres', 'default'])
+  const [projectName, projectNameSrc] = pick<string>(
+    [[f.PROJECT_NAME, src('PROJECT_NAME')]],
+    [path.basename(projectDir).replace(/^[^A-Za-z0-9]+/, '') || 'nself', 'project folder name'],
+  )
+  const [database, dbSrc] = pick<string>(
+    [
+      [opts.database, 'flag --database'],
+      [f.POSTGRES_DB, src('POSTGRES_DB')],
+      [env.PGDATABASE, 'PGDATABASE'],
+    ],
+    [projectName, 'PROJECT_NAME'],
+  )
+  const [user, userSrc] = pick<string>(
+    [
+      [opts.user, 'flag --user'],
+      [f.POSTGRES_USER, src('POSTGRES_USER')],
+      [env.PGUSER, 'PGUSER'],
+    ],
+    ['postgres', 'default'],
+  )
 
-  let [host, hostSrc] = pick<string>([
-    [opts.host, 'flag --host'], [f.POSTGRES_HOST, src('POSTGRES_HOST')], [env.PGHOST, 'PGHOST'],
-  ], ['127.0.0.1', 'default'])
+  let [host, hostSrc] = pick<string>(
+    [
+      [opts.host, 'flag --host'],
+      [f.POSTGRES_HOST, src('POSTGRES_HOST')],
+      [env.PGHOST, 'PGHOST'],
+    ],
+    ['127.0.0.1', 'default'],
+  )
   // nself's POSTGRES_HOST is the container's name on the docker network, unreachable from the host; the
   // port is published on localhost instead.
   if (hostSrc !== 'flag --host' && (DOCKER_NETWORK_HOSTS.has(host) || host === `${projectName}_postgres`)) {
@@ -80,19 +98,28 @@ export function resolveTarget(opts: TargetOptions, env: NodeJS.ProcessEnv = proc
     host = '127.0.0.1'
   }
 
-  const portRaw = pick<string | number>([
-    [opts.port, 'flag --port'], [f.POSTGRES_PORT, src('POSTGRES_PORT')], [env.PGPORT, 'PGPORT'],
-  ], [5432, 'default'])
+  const portRaw = pick<string | number>(
+    [
+      [opts.port, 'flag --port'],
+      [f.POSTGRES_PORT, src('POSTGRES_PORT')],
+      [env.PGPORT, 'PGPORT'],
+    ],
+    [5432, 'default'],
+  )
   const port = Number(portRaw[0])
   if (!Number.isInteger(port) || port < 1 || port > 65_535) {
     throw new UserError(`The port "${portRaw[0]}" (from ${portRaw[1]}) is not a TCP port number.`)
   }
 
-  const [password, pwSrc] = pick<string>([[f.POSTGRES_PASSWORD, src('POSTGRES_PASSWORD')], [env.PGPASSWORD, 'PGPASSWORD']], ['', 'none'])
+  const [password, pwSrc] = pick<string>(
+    [
+      [f.POSTGRES_PASSWORD, src('POSTGRES_PASSWORD')],
+      [env.PGPASSWORD, 'PGPASSWORD'],
+    ],
+    ['', 'none'],
+  )
 
-  const containerCandidates = opts.container
-    ? [opts.container]
-    : [...new Set([`${projectName}_postgres`, 'nself-postgres'])]
+  const containerCandidates = opts.container ? [opts.container] : [...new Set([`${projectName}_postgres`, 'nself-postgres'])]
   for (const c of containerCandidates) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(c)) throw new UserError(`The container name "${c}" is not a valid docker container name.`)
   }

@@ -29,7 +29,11 @@ export interface Invocation {
  * through `docker exec -i` (never -t: a TTY mangles binary dumps), or on this machine with --local.
  */
 export class PgTools {
-  private constructor(readonly target: Target, readonly scope: RunScope, readonly container?: string) {}
+  private constructor(
+    readonly target: Target,
+    readonly scope: RunScope,
+    readonly container?: string,
+  ) {}
 
   /** The tools for `target`; the children they start are killed when `scope` is cancelled. */
   static async create(target: Target, scope: RunScope = createRunScope()): Promise<PgTools> {
@@ -84,9 +88,7 @@ export class PgTools {
   }
 
   private async askMajor(tool: PgTool): Promise<number> {
-    const inv = this.container
-      ? {args: ['exec', '-i', this.container, tool, '--version'], file: 'docker'}
-      : {args: ['--version'], file: tool}
+    const inv = this.container ? {args: ['exec', '-i', this.container, tool, '--version'], file: 'docker'} : {args: ['--version'], file: tool}
     try {
       const {stdout} = await execa(inv.file, inv.args)
       const m = /(\d+)(?:\.(\d+))?/.exec(stdout)

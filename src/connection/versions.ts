@@ -31,21 +31,26 @@ export interface VersionCheck {
  * nchat_postgres") judged by the rules above. `dumps`: this run takes a backup with pg_dump.
  */
 export function judgeTools(serverMajor: number, tools: ToolMajors, where: string, o: {dumps: boolean; local: boolean}): VersionCheck {
-  const install = (major: number) => o.local
-    ? `Install the PostgreSQL ${major} client tools (postgresql-client-${major}) or newer, or drop --local to use the container's tools.`
-    : `The container's client tools should be those of its server; use an image with PostgreSQL ${major} client tools, or pass --local with postgresql-client-${major} or newer installed here.`
+  const install = (major: number) =>
+    o.local
+      ? `Install the PostgreSQL ${major} client tools (postgresql-client-${major}) or newer, or drop --local to use the container's tools.`
+      : `The container's client tools should be those of its server; use an image with PostgreSQL ${major} client tools, or pass --local with postgresql-client-${major} or newer installed here.`
   if (o.dumps && tools.pg_dump < serverMajor) {
     return {detail: `pg_dump ${tools.pg_dump} (${where}) cannot dump the PostgreSQL ${serverMajor} server`, fix: install(serverMajor), status: 'fail'}
   }
   if (tools.pg_restore < tools.pg_dump) {
     return {
       detail: `pg_restore ${tools.pg_restore} (${where}) cannot read the backups pg_dump ${tools.pg_dump} writes`,
-      fix: install(tools.pg_dump), status: 'fail',
+      fix: install(tools.pg_dump),
+      status: 'fail',
     }
   }
   const names = `pg_dump ${tools.pg_dump}, pg_restore ${tools.pg_restore} (${where}) for server ${serverMajor}`
   if (serverMajor > NEWEST_TESTED) {
-    return {detail: `${names}; PostgreSQL ${serverMajor} is newer than the versions this plugin was tested on (${OLDEST_SERVER} to ${NEWEST_TESTED})`, status: 'warn'}
+    return {
+      detail: `${names}; PostgreSQL ${serverMajor} is newer than the versions this plugin was tested on (${OLDEST_SERVER} to ${NEWEST_TESTED})`,
+      status: 'warn',
+    }
   }
   if (tools.pg_restore >= SENDS_TRANSACTION_TIMEOUT && serverMajor < SENDS_TRANSACTION_TIMEOUT) {
     return {detail: `${names}; pg_restore's SET transaction_timeout, unknown to this server, is the one error restores accept`, status: 'ok'}

@@ -76,7 +76,8 @@ export function tableMetadata(t: TableSpec, schema: string): Record<string, unkn
   const objects = (t.relationships ?? []).filter((r) => r.kind === 'object')
   const arrays = (t.relationships ?? []).filter((r) => r.kind === 'array')
   if (objects.length > 0) m.object_relationships = objects.map((r) => ({name: r.name, using: {foreign_key_constraint_on: r.column}}))
-  if (arrays.length > 0) m.array_relationships = arrays.map((r) => ({name: r.name, using: {foreign_key_constraint_on: {column: r.column, table: {name: r.table, schema}}}}))
+  if (arrays.length > 0)
+    m.array_relationships = arrays.map((r) => ({name: r.name, using: {foreign_key_constraint_on: {column: r.column, table: {name: r.table, schema}}}}))
   if (t.insert) m.insert_permissions = [{permission: permission(t.insert, 'insert'), role: ROLE}]
   m.select_permissions = [{permission: permission(t.select, 'select'), role: ROLE}]
   if (t.update) m.update_permissions = [{permission: permission(t.update, 'update'), role: ROLE}]
@@ -98,7 +99,7 @@ function includesOf(doc: Document): string[] {
 
 function detectLayout(tablesDir: string, includes: string[]): Layout {
   const files = includes.map((s) => s.slice('!include '.length).trim())
-  const prefixed = files.some((f) => /^(public|nchat)_nchat_/.test(f)) || (files.length === 0)
+  const prefixed = files.some((f) => /^(public|nchat)_nchat_/.test(f)) || files.length === 0
   let listPerFile = false
   const sample = files.find((f) => existsSync(path.join(tablesDir, f)))
   if (sample) listPerFile = isSeq(readDoc(path.join(tablesDir, sample)).contents)
@@ -120,10 +121,16 @@ function appendInclude(doc: Document, entry: string): boolean {
 export function writeHasuraMetadata(projectDir: string, schema: string, existing?: Set<string>): HasuraResult {
   const has = (name: string) => !existing || existing.has(name)
   const dir = findMetadataDir(projectDir)
-  if (!dir) return {changed: [], dir: null, note: `no Hasura metadata folder (${METADATA_DIRS.join(' or ')}) in ${projectDir}: track the new tables in the Hasura console`, written: []}
+  if (!dir)
+    return {
+      changed: [],
+      dir: null,
+      note: `no Hasura metadata folder (${METADATA_DIRS.join(' or ')}) in ${projectDir}: track the new tables in the Hasura console`,
+      written: [],
+    }
   const recordFile = path.join(dir, RECORD_FILE)
   const record: HasuraRecord = existsSync(recordFile)
-    ? JSON.parse(readFileSync(recordFile, 'utf8')) as HasuraRecord
+    ? (JSON.parse(readFileSync(recordFile, 'utf8')) as HasuraRecord)
     : {createdFiles: [], databasesFunctions: false, includes: [], messageColumns: null}
   const written: string[] = []
   const changed: string[] = []
@@ -154,7 +161,8 @@ export function writeHasuraMetadata(projectDir: string, schema: string, existing
   changed.push(rel(tablesYaml))
 
   // nChat lists the columns a user may insert into nchat_messages: the encrypted message needs 014's.
-  const messagesFile = includesOf(tablesDoc).map((s) => s.slice('!include '.length).trim())
+  const messagesFile = includesOf(tablesDoc)
+    .map((s) => s.slice('!include '.length).trim())
     .find((f) => /(^|_)nchat_messages\.yaml$/.test(f) && !record.createdFiles.includes(rel(path.join(tablesDir, f))))
   if (messagesFile && has('nchat_identity_keys')) {
     const file = path.join(tablesDir, messagesFile)
@@ -186,7 +194,9 @@ export function writeHasuraMetadata(projectDir: string, schema: string, existing
   const databasesYaml = path.join(dir, 'databases', 'databases.yaml')
   if (existsSync(databasesYaml)) {
     const doc = readDoc(databasesYaml)
-    const source = isSeq(doc.contents) ? (doc.contents as YAMLSeq).items.find((s) => isMap(s) && (s as YAMLMap).get('name') === 'default') as YAMLMap | undefined : undefined
+    const source = isSeq(doc.contents)
+      ? ((doc.contents as YAMLSeq).items.find((s) => isMap(s) && (s as YAMLMap).get('name') === 'default') as YAMLMap | undefined)
+      : undefined
     if (source && !source.has('functions')) {
       source.set('functions', '!include default/functions/functions.yaml')
       writeAtomic(databasesYaml, doc.toString())
@@ -263,7 +273,9 @@ export function removeHasuraMetadata(projectDir: string): HasuraResult {
     const abs = path.join(dir, 'databases', 'databases.yaml')
     if (existsSync(abs)) {
       const doc = readDoc(abs)
-      const source = isSeq(doc.contents) ? (doc.contents as YAMLSeq).items.find((s) => isMap(s) && (s as YAMLMap).get('name') === 'default') as YAMLMap | undefined : undefined
+      const source = isSeq(doc.contents)
+        ? ((doc.contents as YAMLSeq).items.find((s) => isMap(s) && (s as YAMLMap).get('name') === 'default') as YAMLMap | undefined)
+        : undefined
       if (source) {
         source.delete('functions')
         writeAtomic(abs, doc.toString())

@@ -64,9 +64,18 @@ export async function listAllBackups(dir: string, o: {deep?: boolean; now?: numb
     if (!st?.isFile()) continue
     const created = nameTime(file) ?? st.mtime
     entries.push({
-      ageDays: days(now - created.getTime()), bytes: st.size, createdAt: created.toISOString(), database: null, file,
-      group: `nself:${name.replace(STAMP, '') || name}`, ledgerVersion: null, madeBy: 'nself', manifestFile: null,
-      protectedBecause: null, purpose: 'nself backup', verified: null,
+      ageDays: days(now - created.getTime()),
+      bytes: st.size,
+      createdAt: created.toISOString(),
+      database: null,
+      file,
+      group: `nself:${name.replace(STAMP, '') || name}`,
+      ledgerVersion: null,
+      madeBy: 'nself',
+      manifestFile: null,
+      protectedBecause: null,
+      purpose: 'nself backup',
+      verified: null,
     })
   }
   return entries.sort((a, b) => b.createdAt.localeCompare(a.createdAt) || b.file.localeCompare(a.file))
@@ -77,9 +86,18 @@ async function ourEntry(b: ListedBackup, now: number, deep: boolean): Promise<Ba
   let verified = st !== null && st.size === b.manifest.size
   if (verified && deep) verified = (await sha256File(b.file)).sha256 === b.manifest.sha256
   return {
-    ageDays: days(now - Date.parse(b.manifest.created_at)), bytes: st?.size ?? 0, createdAt: new Date(b.manifest.created_at).toISOString(),
-    database: b.manifest.database, file: path.resolve(b.file), group: b.manifest.database, ledgerVersion: b.manifest.ledger_version,
-    madeBy: 'nself-e2ee', manifestFile: b.manifestFile, protectedBecause: null, purpose: String(b.manifest.purpose), verified,
+    ageDays: days(now - Date.parse(b.manifest.created_at)),
+    bytes: st?.size ?? 0,
+    createdAt: new Date(b.manifest.created_at).toISOString(),
+    database: b.manifest.database,
+    file: path.resolve(b.file),
+    group: b.manifest.database,
+    ledgerVersion: b.manifest.ledger_version,
+    madeBy: 'nself-e2ee',
+    manifestFile: b.manifestFile,
+    protectedBecause: null,
+    purpose: String(b.manifest.purpose),
+    verified,
   }
 }
 
@@ -98,7 +116,7 @@ export function markProtected(entries: BackupEntry[], states: Map<string, Databa
   }
   for (const [db, list] of byDb) {
     const state = states.get(db) ?? {reason: 'not checked', state: 'unknown'}
-    const at = state.state === 'at' ? state.version ?? 0 : state.state === 'missing' ? -1 : Number.POSITIVE_INFINITY
+    const at = state.state === 'at' ? (state.version ?? 0) : state.state === 'missing' ? -1 : Number.POSITIVE_INFINITY
     const why = state.state === 'unknown' ? `its database ${db} could not be checked (${state.reason})` : `${db} is at ${at}`
     const sorted = [...list].sort((a, b) => b.createdAt.localeCompare(a.createdAt))
     const newest = sorted[0]
@@ -137,6 +155,6 @@ export async function removeBackup(e: BackupEntry): Promise<void> {
     await fs.rm(e.file, {force: true})
     if (e.manifestFile) await fs.rm(e.manifestFile, {force: true})
   } catch (error) {
-    throw new UserError(`Cannot delete the backup ${e.file}: ${(error as Error).message}.`, {cause: error, hint: 'Check the folder\'s owner and permissions.'})
+    throw new UserError(`Cannot delete the backup ${e.file}: ${(error as Error).message}.`, {cause: error, hint: "Check the folder's owner and permissions."})
   }
 }

@@ -76,7 +76,18 @@ function fillfactorOf(options: string[] | null): number | null {
 }
 
 export async function estimateTableBloat(sql: Querier, schema: string, tables: string[]): Promise<BloatRow[]> {
-  const rows = await sql<Array<{name: string; pages: number; tuples: number; toastPages: number; toastTuples: number; options: string[] | null; bs: number; columns: Array<{width: number | null; nullFrac: number | null}>}>>`
+  const rows = await sql<
+    Array<{
+      name: string
+      pages: number
+      tuples: number
+      toastPages: number
+      toastTuples: number
+      options: string[] | null
+      bs: number
+      columns: Array<{width: number | null; nullFrac: number | null}>
+    }>
+  >`
     select c.relname as name, c.relpages as pages, c.reltuples::float8 as tuples,
            coalesce(t.relpages, 0) as "toastPages", coalesce(t.reltuples, 0)::float8 as "toastTuples", c.reloptions as options,
            current_setting('block_size')::int as bs,
@@ -86,14 +97,33 @@ export async function estimateTableBloat(sql: Querier, schema: string, tables: s
              where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped) as columns
     from pg_class c join pg_namespace n on n.oid = c.relnamespace left join pg_class t on t.oid = c.reltoastrelid
     where n.nspname = ${schema} and c.relname = any(${tables}) and c.relkind = 'r' order by c.relname`
-  return rows.map((r) => tableBloat({
-    blockSize: r.bs, columns: r.columns, fillfactor: fillfactorOf(r.options), name: r.name, pages: r.pages, table: null,
-    toastPages: r.toastPages, toastTuples: Math.max(0, r.toastTuples), tuples: r.tuples,
-  }))
+  return rows.map((r) =>
+    tableBloat({
+      blockSize: r.bs,
+      columns: r.columns,
+      fillfactor: fillfactorOf(r.options),
+      name: r.name,
+      pages: r.pages,
+      table: null,
+      toastPages: r.toastPages,
+      toastTuples: Math.max(0, r.toastTuples),
+      tuples: r.tuples,
+    }),
+  )
 }
 
 export async function estimateIndexBloat(sql: Querier, schema: string, tables: string[]): Promise<BloatRow[]> {
-  const rows = await sql<Array<{name: string; table: string; pages: number; tuples: number; options: string[] | null; bs: number; columns: Array<{width: number | null; nullFrac: number | null}>}>>`
+  const rows = await sql<
+    Array<{
+      name: string
+      table: string
+      pages: number
+      tuples: number
+      options: string[] | null
+      bs: number
+      columns: Array<{width: number | null; nullFrac: number | null}>
+    }>
+  >`
     select ic.relname as name, tc.relname as table, ic.relpages as pages, ic.reltuples::float8 as tuples, ic.reloptions as options,
            current_setting('block_size')::int as bs,
            (select coalesce(json_agg(json_build_object('width', s.avg_width, 'nullFrac', s.null_frac) order by k.ord), '[]')
@@ -103,8 +133,17 @@ export async function estimateIndexBloat(sql: Querier, schema: string, tables: s
     from pg_index i join pg_class ic on ic.oid = i.indexrelid join pg_class tc on tc.oid = i.indrelid
     join pg_namespace n on n.oid = tc.relnamespace join pg_am am on am.oid = ic.relam
     where n.nspname = ${schema} and tc.relname = any(${tables}) and am.amname = 'btree' order by tc.relname, ic.relname`
-  return rows.map((r) => btreeBloat({
-    blockSize: r.bs, columns: r.columns, fillfactor: fillfactorOf(r.options), name: r.name, pages: r.pages, table: r.table,
-    toastPages: 0, toastTuples: 0, tuples: r.tuples,
-  }))
+  return rows.map((r) =>
+    btreeBloat({
+      blockSize: r.bs,
+      columns: r.columns,
+      fillfactor: fillfactorOf(r.options),
+      name: r.name,
+      pages: r.pages,
+      table: r.table,
+      toastPages: 0,
+      toastTuples: 0,
+      tuples: r.tuples,
+    }),
+  )
 }

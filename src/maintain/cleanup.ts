@@ -46,12 +46,19 @@ export interface CleanupTarget {
 export function cleanupTargets(auditDays: number, prekeyDays: number): CleanupTarget[] {
   return [
     {
-      ageColumn: 'created_at', days: auditDays, key: 'audit_log', predicate: (a = '') => `${a}created_at < $1`, table: 'nchat_e2ee_audit_log',
+      ageColumn: 'created_at',
+      days: auditDays,
+      key: 'audit_log',
+      predicate: (a = '') => `${a}created_at < $1`,
+      table: 'nchat_e2ee_audit_log',
     },
     {
       // is_consumed = TRUE matches the partial index idx_one_time_prekeys_consumed; `consumed_at < $1` is NULL
       // (not true) for a NULL consumed_at, so a prekey without a consumption time is never deleted.
-      ageColumn: 'consumed_at', days: prekeyDays, key: 'one_time_prekeys', predicate: (a = '') => `${a}is_consumed = TRUE AND ${a}consumed_at IS NOT NULL AND ${a}consumed_at < $1`,
+      ageColumn: 'consumed_at',
+      days: prekeyDays,
+      key: 'one_time_prekeys',
+      predicate: (a = '') => `${a}is_consumed = TRUE AND ${a}consumed_at IS NOT NULL AND ${a}consumed_at < $1`,
       table: 'nchat_one_time_prekeys',
     },
   ]
@@ -130,7 +137,10 @@ const SWEEP_RETRIES = 8
 /** Whether any row still matches (through the age index); a statement timeout counts as yes. */
 async function anyMatching(sql: Querier, schema: string, t: CleanupTarget, cutoff: Date): Promise<boolean> {
   try {
-    const [row] = await sql.unsafe<{any: boolean}[]>(`select exists (select 1 from ${quoteIdent(schema)}.${quoteIdent(t.table)} where ${t.predicate()}) as any`, [cutoff])
+    const [row] = await sql.unsafe<{any: boolean}[]>(
+      `select exists (select 1 from ${quoteIdent(schema)}.${quoteIdent(t.table)} where ${t.predicate()}) as any`,
+      [cutoff],
+    )
     return row.any
   } catch (error) {
     if ((error as {code?: string}).code === '57014') return true
@@ -157,7 +167,11 @@ function batchStatement(schema: string, t: CleanupTarget): string {
 export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<CleanupReport> {
   const started = Date.now()
   const targets = cleanupTargets(opts.auditDays, opts.prekeyDays)
-  await assertTablesExist(sql, opts.schema, targets.map((t) => t.table))
+  await assertTablesExist(
+    sql,
+    opts.schema,
+    targets.map((t) => t.table),
+  )
 
   let stop = false
   const scope = opts.scope ?? createRunScope()
@@ -173,7 +187,17 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
     for (const t of targets) {
       const [{cutoff}] = await sql<{cutoff: Date}[]>`select now() - make_interval(days => ${t.days}) as cutoff`
       const matched = await countMatching(sql, opts.schema, t, cutoff)
-      const r: TableResult = {batches: 0, cutoff: cutoff.toISOString(), days: t.days, deleted: 0, lockTimeouts: 0, longestBatchMs: 0, matched, remaining: matched, table: t.table}
+      const r: TableResult = {
+        batches: 0,
+        cutoff: cutoff.toISOString(),
+        days: t.days,
+        deleted: 0,
+        lockTimeouts: 0,
+        longestBatchMs: 0,
+        matched,
+        remaining: matched,
+        table: t.table,
+      }
       results.push(r)
       if (opts.dryRun || matched === 0) continue
       opts.onProgress?.({batchSize: opts.batchSize, deleted: 0, estimated: matched, table: t.table})
@@ -200,9 +224,13 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
           r.lockTimeouts++
           lockWaitStarted ??= Date.now()
           if (Date.now() - lockWaitStarted > opts.maxLockWaitMs) {
-            throw new UserError(`Cleanup of ${opts.schema}.${t.table} could not get its locks within ${Math.round(opts.maxLockWaitMs / 1000)} s (lock_timeout ${opts.lockTimeoutMs} ms, retried ${r.lockTimeouts} times); ${r.deleted} rows were deleted before that.`, {
-              cause: error, hint: 'A session holds a strong lock on the table (see pg_locks); run cleanup again later, or raise --max-lock-wait.',
-            })
+            throw new UserError(
+              `Cleanup of ${opts.schema}.${t.table} could not get its locks within ${Math.round(opts.maxLockWaitMs / 1000)} s (lock_timeout ${opts.lockTimeoutMs} ms, retried ${r.lockTimeouts} times); ${r.deleted} rows were deleted before that.`,
+              {
+                cause: error,
+                hint: 'A session holds a strong lock on the table (see pg_locks); run cleanup again later, or raise --max-lock-wait.',
+              },
+            )
           }
           size = Math.max(1, Math.floor(size / 2))
           await sleep(backoffMs(attempt++))

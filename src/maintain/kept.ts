@@ -45,7 +45,8 @@ export async function dropKeptDatabase(admin: Querier, kept: KeptDatabase, datab
   } catch (error) {
     if ((error as {code?: string}).code === '55006') {
       throw new UserError(`The kept database ${kept.name} was not dropped: sessions are connected to it.`, {
-        cause: error, hint: `End them first (see pg_stat_activity where datname = '${kept.name}'); nothing else was dropped after it.`,
+        cause: error,
+        hint: `End them first (see pg_stat_activity where datname = '${kept.name}'); nothing else was dropped after it.`,
       })
     }
     throw error

@@ -104,7 +104,10 @@ export async function maintenanceReport(sql: Querier, o: ReportOptions): Promise
   const since = stats.reset ?? (stats.num < 150_000 ? stats.start : null)
 
   const hasLastScan = stats.num >= 160_000
-  const indexes = await sql.unsafe<Array<{table: string; index: string; scans: string; read: string; fetched: string; bytes: string; constraint: boolean; last: Date | null}>>(`
+  const indexes = await sql.unsafe<
+    Array<{table: string; index: string; scans: string; read: string; fetched: string; bytes: string; constraint: boolean; last: Date | null}>
+  >(
+    `
     select s.relname as table, s.indexrelname as index, s.idx_scan as scans, s.idx_tup_read as read, s.idx_tup_fetch as fetched,
            pg_relation_size(s.indexrelid) as bytes, (i.indisunique or i.indisprimary) as constraint,
            ${hasLastScan ? 's.last_idx_scan' : 'null::timestamptz'} as last
@@ -122,30 +125,46 @@ export async function maintenanceReport(sql: Querier, o: ReportOptions): Promise
           )
         )
       )
-    order by s.idx_scan desc, s.relname, s.indexrelname`, [o.schema, created, alteredTables, addedCols.length > 0 ? addedCols : ['-']])
+    order by s.idx_scan desc, s.relname, s.indexrelname`,
+    [o.schema, created, alteredTables, addedCols.length > 0 ? addedCols : ['-']],
+  )
 
-  const [stale] = await sql.unsafe<Array<{n: string}>>(`
+  const [stale] = await sql.unsafe<Array<{n: string}>>(
+    `
     select count(*) as n from ${s}.nchat_identity_keys ik
     where not exists (select 1 from ${s}.nchat_signed_prekeys sp
-                      where sp.device_id = ik.device_id and sp.is_active and sp.rotation_date >= now() - make_interval(days => $1))`, [o.rotationDays])
-  const staleList = await sql.unsafe<Array<{deviceId: string; userId: string; rotatedAt: Date | null}>>(`
+                      where sp.device_id = ik.device_id and sp.is_active and sp.rotation_date >= now() - make_interval(days => $1))`,
+    [o.rotationDays],
+  )
+  const staleList = await sql.unsafe<Array<{deviceId: string; userId: string; rotatedAt: Date | null}>>(
+    `
     select ik.device_id as "deviceId", ik.user_id::text as "userId", sp.rotated as "rotatedAt"
     from ${s}.nchat_identity_keys ik
     left join lateral (select max(rotation_date) as rotated from ${s}.nchat_signed_prekeys x where x.device_id = ik.device_id and x.is_active) sp on true
     where sp.rotated is null or sp.rotated < now() - make_interval(days => $1)
-    order by sp.rotated nulls first, ik.device_id limit $2`, [o.rotationDays, o.listLimit])
+    order by sp.rotated nulls first, ik.device_id limit $2`,
+    [o.rotationDays, o.listLimit],
+  )
 
-  const [low] = await sql.unsafe<Array<{n: string}>>(`
+  const [low] = await sql.unsafe<Array<{n: string}>>(
+    `
     select count(*) as n from ${s}.nchat_identity_keys ik
-    where (select count(*) from (select 1 from ${s}.nchat_one_time_prekeys p where p.device_id = ik.device_id and p.is_consumed = false limit $1) x) < $1`, [o.stockThreshold])
-  const lowList = await sql.unsafe<Array<{deviceId: string; userId: string; unconsumed: string}>>(`
+    where (select count(*) from (select 1 from ${s}.nchat_one_time_prekeys p where p.device_id = ik.device_id and p.is_consumed = false limit $1) x) < $1`,
+    [o.stockThreshold],
+  )
+  const lowList = await sql.unsafe<Array<{deviceId: string; userId: string; unconsumed: string}>>(
+    `
     select ik.device_id as "deviceId", ik.user_id::text as "userId", c.n as unconsumed
     from ${s}.nchat_identity_keys ik
     cross join lateral (select count(*) as n from (select 1 from ${s}.nchat_one_time_prekeys p where p.device_id = ik.device_id and p.is_consumed = false limit $1) x) c
-    where c.n < $1 order by c.n, ik.device_id limit $2`, [o.stockThreshold, o.listLimit])
+    where c.n < $1 order by c.n, ik.device_id limit $2`,
+    [o.stockThreshold, o.listLimit],
+  )
 
   const watched = [...created, ...alteredTables]
-  const maintenance = await sql<Array<{table: string; live: string; dead: string; mod: string; lv: Date | null; lav: Date | null; la: Date | null; laa: Date | null}>>`
+  const maintenance = await sql<
+    Array<{table: string; live: string; dead: string; mod: string; lv: Date | null; lav: Date | null; la: Date | null; laa: Date | null}>
+  >`
     select relname as table, n_live_tup as live, n_dead_tup as dead, n_mod_since_analyze as mod,
            last_vacuum as lv, last_autovacuum as lav, last_analyze as la, last_autoanalyze as laa
     from pg_stat_user_tables where schemaname = ${o.schema} and relname = any(${watched}) order by relname`
@@ -154,36 +173,51 @@ export async function maintenanceReport(sql: Querier, o: ReportOptions): Promise
     select exists (select 1 from pg_extension where extname = 'pgstattuple') and has_function_privilege('pgstattuple_approx(regclass)', 'execute') as installed`
   const bloat = installed
     ? {
-      indexes: await pgstattupleIndexes(sql, o.schema, watched),
-      method: 'pgstattuple' as const,
-      note: 'pgstattuple is installed: pgstattuple_approx for tables (visibility map, samples the rest) and pgstatindex for btree indexes (reads each index).',
-      tables: await pgstattupleTables(sql, o.schema, watched),
-    }
+        indexes: await pgstattupleIndexes(sql, o.schema, watched),
+        method: 'pgstattuple' as const,
+        note: 'pgstattuple is installed: pgstattuple_approx for tables (visibility map, samples the rest) and pgstatindex for btree indexes (reads each index).',
+        tables: await pgstattupleTables(sql, o.schema, watched),
+      }
     : {
-      indexes: await estimateIndexBloat(sql, o.schema, watched),
-      method: 'estimate' as const,
-      note: 'Estimated from the planner statistics (the well-known pgsql-bloat-estimation method: expected size from row count and average row width versus actual pages); stale without a recent ANALYZE. Install pgstattuple for measured figures.',
-      tables: await estimateTableBloat(sql, o.schema, watched),
-    }
+        indexes: await estimateIndexBloat(sql, o.schema, watched),
+        method: 'estimate' as const,
+        note: 'Estimated from the planner statistics (the well-known pgsql-bloat-estimation method: expected size from row count and average row width versus actual pages); stale without a recent ANALYZE. Install pgstattuple for measured figures.',
+        tables: await estimateTableBloat(sql, o.schema, watched),
+      }
 
   const observedDays = since ? (Date.now() - new Date(since).getTime()) / 86_400_000 : null
   return {
     bloat,
     generatedAt: new Date().toISOString(),
     indexes: indexes.map((r) => ({
-      bytes: Number(r.bytes), enforcesConstraint: r.constraint, index: r.index, lastScan: iso(r.last), scans: Number(r.scans),
-      table: r.table, tuplesFetched: Number(r.fetched), tuplesRead: Number(r.read), unused: Number(r.scans) === 0,
+      bytes: Number(r.bytes),
+      enforcesConstraint: r.constraint,
+      index: r.index,
+      lastScan: iso(r.last),
+      scans: Number(r.scans),
+      table: r.table,
+      tuplesFetched: Number(r.fetched),
+      tuplesRead: Number(r.read),
+      unused: Number(r.scans) === 0,
     })),
     maintenance: maintenance.map((r) => ({
-      deadRows: Number(r.dead), lastAnalyze: iso(r.la), lastAutoanalyze: iso(r.laa), lastAutovacuum: iso(r.lav), lastVacuum: iso(r.lv),
-      liveRows: Number(r.live), modifiedSinceAnalyze: Number(r.mod), table: r.table,
+      deadRows: Number(r.dead),
+      lastAnalyze: iso(r.la),
+      lastAutoanalyze: iso(r.laa),
+      lastAutovacuum: iso(r.lav),
+      lastVacuum: iso(r.lv),
+      liveRows: Number(r.live),
+      modifiedSinceAnalyze: Number(r.mod),
+      table: r.table,
     })),
     prekeyStock: {devices: lowList.map((r) => ({...r, unconsumed: Number(r.unconsumed)})), lowDevices: Number(low.n), threshold: o.stockThreshold},
     schema: o.schema,
     signedPrekeys: {devices: staleList.map((r) => ({...r, rotatedAt: iso(r.rotatedAt)})), rotationDays: o.rotationDays, staleDevices: Number(stale.n)},
     statistics: {
       observedDays: observedDays === null ? null : Math.round(observedDays * 10) / 10,
-      resetAt: iso(stats.reset), serverStartedAt: new Date(stats.start).toISOString(), since: iso(since),
+      resetAt: iso(stats.reset),
+      serverStartedAt: new Date(stats.start).toISOString(),
+      since: iso(since),
     },
     tables: {altered, created},
   }
@@ -206,7 +240,9 @@ async function pgstattupleIndexes(sql: Querier, schema: string, tables: string[]
     cross join lateral pgstatindex(ic.oid) s
     where n.nspname = ${schema} and tc.relname = any(${tables}) and am.amname = 'btree' order by tc.relname, ic.relname`
   // A fresh btree fills leaves to 90 %; what is below that is space a REINDEX would give back.
-  return rows.map((r) => bloatRow(r.name, r.table, Number(r.bytes), Number.isNaN(Number(r.density)) ? 0 : Math.max(0, (90 - Number(r.density)) / 100) * Number(r.bytes)))
+  return rows.map((r) =>
+    bloatRow(r.name, r.table, Number(r.bytes), Number.isNaN(Number(r.density)) ? 0 : Math.max(0, (90 - Number(r.density)) / 100) * Number(r.bytes)),
+  )
 }
 
 export function bloatRow(name: string, table: string | null, bytes: number, wasted: number): BloatRow {

@@ -52,11 +52,7 @@ export function buildSchedule(o: ScheduleOptions): Schedule {
   const nselfCron = `${when} cd ${shellQuote(project)} && mkdir -p ${shellQuote(path.dirname(log))} && flock -n ${shellQuote(lock)} nself ${nselfArgs} ${tail}`
   return {
     cron,
-    lines: [
-      '# nself db e2ee maintain cleanup, nightly. Install with `crontab -e` (this command installs nothing).',
-      `PATH=${o.pathEnv}`,
-      cron,
-    ],
+    lines: ['# nself db e2ee maintain cleanup, nightly. Install with `crontab -e` (this command installs nothing).', `PATH=${o.pathEnv}`, cron],
     nselfCron,
   }
 }

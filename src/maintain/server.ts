@@ -15,7 +15,13 @@ export async function connectAdmin(target: Target): Promise<Sql> {
       last = error
     }
   }
-  throw new UserError(`Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}: ${(last as Error)?.message ?? 'refused'}`.replace(/\.?$/, '.'), {cause: last})
+  throw new UserError(
+    `Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}: ${(last as Error)?.message ?? 'refused'}`.replace(
+      /\.?$/,
+      '.',
+    ),
+    {cause: last},
+  )
 }
 
 /** Where each database stands (its schema_migrations), to know which backups a rollback still needs. */

@@ -31,7 +31,10 @@ export function maintenanceDatabases(target: Target): string[] {
 }
 
 /** A pool on the maintenance database (for the lock, CREATE/DROP/RENAME DATABASE and the state of the target). */
-export async function connectMaintenance(target: Target, options: {max?: number; appName?: string; onClose?: () => void} = {}): Promise<{sql: Sql; database: string}> {
+export async function connectMaintenance(
+  target: Target,
+  options: {max?: number; appName?: string; onClose?: () => void} = {},
+): Promise<{sql: Sql; database: string}> {
   let last: unknown
   for (const database of maintenanceDatabases(target)) {
     const sql = connect(target.conn, {appName: options.appName, database, max: options.max ?? 1, onClose: options.onClose})
@@ -47,9 +50,13 @@ export async function connectMaintenance(target: Target, options: {max?: number;
   const code = (last as {code?: string})?.code
   if (!['3D000', '42501', '55000'].includes(code ?? '')) throw toUserError(last)
   const cause = toUserError(last).message.replace(/\.$/, '')
-  throw new UserError(`Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}, which holds the lock that keeps two commands from changing "${target.conn.database}" at once: ${cause}.`, {
-    cause: last, hint: 'Grant the user CONNECT on the database "postgres".',
-  })
+  throw new UserError(
+    `Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}, which holds the lock that keeps two commands from changing "${target.conn.database}" at once: ${cause}.`,
+    {
+      cause: last,
+      hint: 'Grant the user CONNECT on the database "postgres".',
+    },
+  )
 }
 
 export interface CommandLockHolder {
@@ -127,7 +134,8 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
   const openLockConnection = async () => {
     const mine = ++generation
     return connectMaintenance(target, {
-      appName, max: 1,
+      appName,
+      max: 1,
       onClose: () => {
         if (held && mine === generation) lost = true
       },
@@ -149,9 +157,12 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
       }
       const holder = await commandLockHolder(conn, database)
       if (Date.now() - started >= options.waitMs) {
-        throw new UserError(`Another command (${describeHolder(holder)}) is changing the database "${database}"; waited ${Math.round(options.waitMs / 1000)} s for it to finish.`, {
-          hint: 'Let it finish and run again, or raise --lock-wait.',
-        })
+        throw new UserError(
+          `Another command (${describeHolder(holder)}) is changing the database "${database}"; waited ${Math.round(options.waitMs / 1000)} s for it to finish.`,
+          {
+            hint: 'Let it finish and run again, or raise --lock-wait.',
+          },
+        )
       }
       if (!told) {
         options.log?.(`Waiting for another command (${describeHolder(holder)}) to finish with "${database}"…`)
@@ -168,9 +179,12 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
     const oid = Number(rows[0].oid)
     admin = connect(target.conn, {database: maintenance, max: 2})
     const lostError = (holder?: CommandLockHolder | null) =>
-      new UserError(`The connection holding the lock on "${database}" was lost${holder ? ` and ${describeHolder(holder)} took it` : ', so another command could start'}; stopping before writing anything more.`, {
-        hint: 'Check the server, then run nself db e2ee status.',
-      })
+      new UserError(
+        `The connection holding the lock on "${database}" was lost${holder ? ` and ${describeHolder(holder)} took it` : ', so another command could start'}; stopping before writing anything more.`,
+        {
+          hint: 'Check the server, then run nself db e2ee status.',
+        },
+      )
     const assertHeld = () => {
       if (lost) throw lostError()
     }
@@ -199,11 +213,16 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
       assertHeld,
       async assertSameDatabase(q: Querier) {
         await regain()
-        const [now] = await q<{name: string; oid: string}[]>`select current_database() as name, oid::int8::text as oid from pg_database where datname = current_database()`
+        const [now] = await q<
+          {name: string; oid: string}[]
+        >`select current_database() as name, oid::int8::text as oid from pg_database where datname = current_database()`
         if (now.name !== database || Number(now.oid) !== oid) {
-          throw new UserError(`The database "${database}" was replaced while this command was working on it (it is not the database the command started on: OID ${oid} then, ${now.oid} now); nothing more was written.`, {
-            hint: 'Something renamed or restored it meanwhile; run nself db e2ee status to see where it stands.',
-          })
+          throw new UserError(
+            `The database "${database}" was replaced while this command was working on it (it is not the database the command started on: OID ${oid} then, ${now.oid} now); nothing more was written.`,
+            {
+              hint: 'Something renamed or restored it meanwhile; run nself db e2ee status to see where it stands.',
+            },
+          )
         }
       },
       database,

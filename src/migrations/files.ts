@@ -52,7 +52,10 @@ export function loadMigrations(dir = packagedMigrationsDir()): MigrationFile[] {
     const checksum = sha256(bytes)
     if (sums) {
       const expected = sums.get(name)
-      if (!expected) throw new UserError(`The migration file ${full} is not listed in ${CHECKSUM_FILE}.`, {hint: 'Reinstall the plugin; files must not be added to its migrations folder.'})
+      if (!expected)
+        throw new UserError(`The migration file ${full} is not listed in ${CHECKSUM_FILE}.`, {
+          hint: 'Reinstall the plugin; files must not be added to its migrations folder.',
+        })
       if (expected !== checksum) {
         throw new UserError(`The migration file ${full} was modified: its sha256 does not match ${CHECKSUM_FILE}.`, {
           hint: 'Reinstall the plugin (or restore the file); nothing was run.',
@@ -76,7 +79,8 @@ export function loadMigrations(dir = packagedMigrationsDir()): MigrationFile[] {
     const version = Number(m[1])
     if (byVersion.has(version)) throw new UserError(`Two migration files have version ${version} in ${dir}.`)
     const downName = `${m[1]}_${m[2]}.down.sql`
-    if (!names.includes(downName)) throw new UserError(`The migration ${name} has no down file ${downName} in ${dir}.`, {hint: 'Every migration needs a way back.'})
+    if (!names.includes(downName))
+      throw new UserError(`The migration ${name} has no down file ${downName} in ${dir}.`, {hint: 'Every migration needs a way back.'})
     const up = read(name)
     const down = read(downName)
     checkLayout(up.statements, up.file)

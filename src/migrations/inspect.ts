@@ -24,7 +24,10 @@ export async function inspect(target: Target, options: {migrationsDir?: string; 
     const server = await serverVersionNum(sql)
     assertServerSupported(server)
     const plan = await readPlan(sql, migrations, {schema: target.schema, to: options.to})
-    const nselfLedger = await nselfLedgerApplied(sql, migrations.map((m) => path.basename(m.file)))
+    const nselfLedger = await nselfLedgerApplied(
+      sql,
+      migrations.map((m) => path.basename(m.file)),
+    )
     return {migrations, nselfLedger, plan, server, sql}
   } catch (error) {
     await sql.end({timeout: 2})

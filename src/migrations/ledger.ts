@@ -8,8 +8,6 @@ import type {Querier} from '../connection/connect.js'
 export const LEDGER_SCHEMA = 'nself_e2ee'
 export const LEDGER_TABLE = `${LEDGER_SCHEMA}.migrations`
 
-
-
 /** Where nChat's tables live: the schema holding nchat_users (public or nchat). */
 export async function findAppSchema(sql: Querier, override?: string): Promise<string> {
   const rows = await sql<{schema: string}[]>`
@@ -114,8 +112,14 @@ export async function recordVersion(tx: Querier, shape: LedgerShape, version: nu
   if (existing.includes(version)) return
   const cols = ['version']
   const vals: Array<string | number> = [versionValue(shape, version, name)]
-  if (shape.nameColumn) { cols.push(shape.nameColumn); vals.push(name) }
-  if (shape.timeColumn && shape.timeNeedsValue) { cols.push(shape.timeColumn); vals.push(new Date().toISOString()) }
+  if (shape.nameColumn) {
+    cols.push(shape.nameColumn)
+    vals.push(name)
+  }
+  if (shape.timeColumn && shape.timeNeedsValue) {
+    cols.push(shape.timeColumn)
+    vals.push(new Date().toISOString())
+  }
   await tx.unsafe(`insert into ${table} (${cols.map(quoteIdent).join(', ')}) values (${vals.map((_, i) => `$${i + 1}`).join(', ')})`, vals)
 }
 
@@ -176,24 +180,39 @@ export async function activeLedgerRows(sql: Querier): Promise<Map<number, Ledger
 
 export function whoRuns(): string {
   let user = 'unknown'
-  try { user = os.userInfo().username } catch {}
+  try {
+    user = os.userInfo().username
+  } catch {}
   return `${user}@${os.hostname()} (nself db e2ee)`
 }
 
-export async function insertLedgerRow(tx: Querier, row: {version: number; name: string; checksum: string; appSchema: string; durationMs: number; finished: boolean}): Promise<void> {
-  await tx.unsafe(`update ${LEDGER_TABLE} set rolled_back_at = now(), rolled_back_by = 'superseded' where version = $1 and rolled_back_at is null`, [row.version])
-  await tx.unsafe(`insert into ${LEDGER_TABLE} (version, name, checksum, app_schema, applied_by, duration_ms, finished_at)
+export async function insertLedgerRow(
+  tx: Querier,
+  row: {version: number; name: string; checksum: string; appSchema: string; durationMs: number; finished: boolean},
+): Promise<void> {
+  await tx.unsafe(`update ${LEDGER_TABLE} set rolled_back_at = now(), rolled_back_by = 'superseded' where version = $1 and rolled_back_at is null`, [
+    row.version,
+  ])
+  await tx.unsafe(
+    `insert into ${LEDGER_TABLE} (version, name, checksum, app_schema, applied_by, duration_ms, finished_at)
     values ($1, $2, $3, $4, (current_user || ' / ' || $5), $6, ${row.finished ? 'now()' : 'null'})`,
-  [row.version, row.name, row.checksum, row.appSchema, whoRuns(), row.durationMs])
+    [row.version, row.name, row.checksum, row.appSchema, whoRuns(), row.durationMs],
+  )
 }
 
 export async function markFinished(sql: Querier, version: number, durationMs: number): Promise<void> {
-  await sql.unsafe(`update ${LEDGER_TABLE} set finished_at = now(), duration_ms = coalesce(duration_ms, 0) + $2 where version = $1 and rolled_back_at is null`, [version, durationMs])
+  await sql.unsafe(
+    `update ${LEDGER_TABLE} set finished_at = now(), duration_ms = coalesce(duration_ms, 0) + $2 where version = $1 and rolled_back_at is null`,
+    [version, durationMs],
+  )
 }
 
 export async function markRolledBack(tx: Querier, version: number): Promise<void> {
   if (!(await ownLedgerExists(tx))) return
-  await tx.unsafe(`update ${LEDGER_TABLE} set rolled_back_at = now(), rolled_back_by = current_user || ' / ' || $2 where version = $1 and rolled_back_at is null`, [version, whoRuns()])
+  await tx.unsafe(
+    `update ${LEDGER_TABLE} set rolled_back_at = now(), rolled_back_by = current_user || ' / ' || $2 where version = $1 and rolled_back_at is null`,
+    [version, whoRuns()],
+  )
 }
 
 /** The highest version in schema_migrations of the database `sql` is connected to (null when none). */
@@ -231,18 +250,26 @@ async function nselfTables(tx: Querier): Promise<{versions: boolean; ops: boolea
 export async function recordInNselfLedger(tx: Querier, entry: NselfLedgerEntry, durationMs: number): Promise<void> {
   const {versions, ops} = await nselfTables(tx)
   if (versions) {
-    await tx.unsafe(`insert into ${NSELF_SCHEMA_VERSIONS} (name) select $1::text
-      where not exists (select 1 from ${NSELF_SCHEMA_VERSIONS} where name = $1::text)`, [entry.fileName])
+    await tx.unsafe(
+      `insert into ${NSELF_SCHEMA_VERSIONS} (name) select $1::text
+      where not exists (select 1 from ${NSELF_SCHEMA_VERSIONS} where name = $1::text)`,
+      [entry.fileName],
+    )
   }
   if (ops) {
     // nself's apply: one row per id; a re-apply refreshes checksum and time and clears rolled_back_at.
     const id = nselfLedgerId(entry.fileName)
-    const updated = await tx.unsafe(`update ${NSELF_OPS_MIGRATIONS} set name = $2, checksum = $3, applied_at = now(),
+    const updated = await tx.unsafe(
+      `update ${NSELF_OPS_MIGRATIONS} set name = $2, checksum = $3, applied_at = now(),
       applied_by = current_user || ' (nself nchat-upgrade)', duration_ms = $4, rolled_back_at = null where id = $1`,
-    [id, entry.fileName, entry.checksum, durationMs])
+      [id, entry.fileName, entry.checksum, durationMs],
+    )
     if (updated.count === 0) {
-      await tx.unsafe(`insert into ${NSELF_OPS_MIGRATIONS} (id, name, checksum, applied_by, duration_ms)
-        values ($1, $2, $3, current_user || ' (nself nchat-upgrade)', $4)`, [id, entry.fileName, entry.checksum, durationMs])
+      await tx.unsafe(
+        `insert into ${NSELF_OPS_MIGRATIONS} (id, name, checksum, applied_by, duration_ms)
+        values ($1, $2, $3, current_user || ' (nself nchat-upgrade)', $4)`,
+        [id, entry.fileName, entry.checksum, durationMs],
+      )
     }
   }
 }

@@ -133,11 +133,19 @@ export function describeHolder(h: LockHolder): string {
  * otherwise the wait was lost to short transactions one after another (busy writers), and the sentence says so.
  */
 export async function lockWaitError(
-  sql: Querier, schema: string, tables: string[],
-  o: {migration: string; lockTimeoutMs: number; waitedMs: number}, seen: LockAttempts,
+  sql: Querier,
+  schema: string,
+  tables: string[],
+  o: {migration: string; lockTimeoutMs: number; waitedMs: number},
+  seen: LockAttempts,
 ): Promise<UserError> {
   const holders = await longLockHolders(sql, schema, tables, o.lockTimeoutMs).catch(() => [] as LockHolder[])
-  const lost = [seen.timeouts > 0 ? `${plural(seen.timeouts, 'lock timeout')} of ${o.lockTimeoutMs} ms` : '', seen.deadlocks > 0 ? plural(seen.deadlocks, 'deadlock') : ''].filter(Boolean).join(' and ')
+  const lost = [
+    seen.timeouts > 0 ? `${plural(seen.timeouts, 'lock timeout')} of ${o.lockTimeoutMs} ms` : '',
+    seen.deadlocks > 0 ? plural(seen.deadlocks, 'deadlock') : '',
+  ]
+    .filter(Boolean)
+    .join(' and ')
   const head = `Migration ${o.migration} could not get its locks within ${Math.round(o.waitedMs / 1000)} s (--max-lock-wait${lost ? `; ${lost} at ${seen.at}` : ''})`
   const long = holders.find((h) => h.seconds * 1000 >= o.waitedMs / 2)
   if (long) {
@@ -146,7 +154,10 @@ export async function lockWaitError(
     })
   }
   const latest = holders[0] ? `the latest: ${describeHolder(holders[0])}` : `none open longer than ${o.lockTimeoutMs} ms when checked`
-  return new UserError(`${head}: other sessions' short transactions held the tables one after another (${latest}), so there is no long transaction to end; nothing of the migration was applied.`, {
-    hint: `The tables are too busy for a ${o.lockTimeoutMs} ms lock wait: run it when writes are lighter, or raise --lock-timeout above those transactions' length (a writer may then wait that long) or --max-lock-wait.`,
-  })
+  return new UserError(
+    `${head}: other sessions' short transactions held the tables one after another (${latest}), so there is no long transaction to end; nothing of the migration was applied.`,
+    {
+      hint: `The tables are too busy for a ${o.lockTimeoutMs} ms lock wait: run it when writes are lighter, or raise --lock-timeout above those transactions' length (a writer may then wait that long) or --max-lock-wait.`,
+    },
+  )
 }

@@ -126,7 +126,13 @@ export async function readPlan(sql: Querier, migrations: MigrationFile[], option
     const preexisting = state === 'applied' ? [] : await existingTables(sql, appSchema, createdTables(m))
     statuses.push({
       checksum: m.checksum,
-      ledger: row && {applied_at: row.applied_at, applied_by: row.applied_by, checksum: row.checksum, duration_ms: row.duration_ms, finished_at: row.finished_at},
+      ledger: row && {
+        applied_at: row.applied_at,
+        applied_by: row.applied_by,
+        checksum: row.checksum,
+        duration_ms: row.duration_ms,
+        finished_at: row.finished_at,
+      },
       name: m.name,
       preexisting,
       state,
@@ -155,14 +161,20 @@ export function assertCanMigrate(plan: Plan, to?: number): void {
   const drifted = plan.migrations.filter((m) => m.state === 'drifted')
   if (drifted.length > 0) {
     const d = drifted[0]
-    throw new UserError(`Migration ${d.name} was applied with a different file (checksum ${d.ledger!.checksum.slice(0, 12)}… in the ledger, ${d.checksum.slice(0, 12)}… now); refusing to run.`, {
-      hint: 'Use the plugin version that applied it, or roll it back first (nself db e2ee rollback).',
-    })
+    throw new UserError(
+      `Migration ${d.name} was applied with a different file (checksum ${d.ledger!.checksum.slice(0, 12)}… in the ledger, ${d.checksum.slice(0, 12)}… now); refusing to run.`,
+      {
+        hint: 'Use the plugin version that applied it, or roll it back first (nself db e2ee rollback).',
+      },
+    )
   }
   if (plan.ahead.length > 0) {
-    throw new UserError(`schema_migrations records version ${plan.ahead.at(-1)}, newer than the newest migration this plugin knows (${plan.migrations.at(-1)!.version}).`, {
-      hint: 'This database was migrated by a newer nChat; use the matching plugin version.',
-    })
+    throw new UserError(
+      `schema_migrations records version ${plan.ahead.at(-1)}, newer than the newest migration this plugin knows (${plan.migrations.at(-1)!.version}).`,
+      {
+        hint: 'This database was migrated by a newer nChat; use the matching plugin version.',
+      },
+    )
   }
   if (to !== undefined) {
     const above = plan.migrations.filter((m) => m.version > to && m.state !== 'pending')
@@ -181,7 +193,8 @@ export async function serverVersionNum(sql: Querier): Promise<{num: number; text
 
 export function assertServerSupported(v: {num: number; text: string}): void {
   if (v.num < 140_000) {
-    throw new UserError(`The PostgreSQL server is version ${v.text}; nChat v0.4.0 needs PostgreSQL 14 or newer.`, {hint: 'Upgrade the nself postgres image first.'})
+    throw new UserError(`The PostgreSQL server is version ${v.text}; nChat v0.4.0 needs PostgreSQL 14 or newer.`, {
+      hint: 'Upgrade the nself postgres image first.',
+    })
   }
 }
-

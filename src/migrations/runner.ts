@@ -4,8 +4,28 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {CancelledError, interrupted, interruption, isConnectionLost, toUserError, UserError} from '../errors.js'
 import {openSession, type Querier, quoteIdent, reopen, type Sql} from '../connection/connect.js'
 import type {MigrationFile} from './files.js'
-import {ensureOwnLedger, ensureSchemaMigrations, insertLedgerRow, markFinished, markRolledBack, markRolledBackInNselfLedger, recordInNselfLedger, recordVersion, unrecordVersion} from './ledger.js'
-import {acquireRunLock, backoffMs, describeHolder, isDeadlock, isLockConflict, type LockAttempts, lockWaitError, longLockHolders, type RunLock} from './locks.js'
+import {
+  ensureOwnLedger,
+  ensureSchemaMigrations,
+  insertLedgerRow,
+  markFinished,
+  markRolledBack,
+  markRolledBackInNselfLedger,
+  recordInNselfLedger,
+  recordVersion,
+  unrecordVersion,
+} from './ledger.js'
+import {
+  acquireRunLock,
+  backoffMs,
+  describeHolder,
+  isDeadlock,
+  isLockConflict,
+  type LockAttempts,
+  lockWaitError,
+  longLockHolders,
+  type RunLock,
+} from './locks.js'
 import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
 import {createRunScope, type RunScope} from '../run/scope.js'
@@ -85,13 +105,14 @@ export interface RunReport {
 
 const DEFAULTS = {buildTimeoutMs: 0, lockTimeoutMs: 200, maxLockWaitMs: 120_000, runLockWaitMs: 60_000, statementTimeoutMs: 60_000}
 
-type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'beforeWrite' | 'scope'>> & Pick<RunnerOptions, 'schema' | 'beforeWrite'> & {
-  scope: RunScope
-  log: (l: string) => void
-  progress: (l: string) => void
-  /** Set once the run lock is held: throws when its session was lost (another run could now start). */
-  lockHeld?: (what: string) => void
-}
+type Resolved = Required<Omit<RunnerOptions, 'schema' | 'log' | 'progress' | 'beforeWrite' | 'scope'>> &
+  Pick<RunnerOptions, 'schema' | 'beforeWrite'> & {
+    scope: RunScope
+    log: (l: string) => void
+    progress: (l: string) => void
+    /** Set once the run lock is held: throws when its session was lost (another run could now start). */
+    lockHeld?: (what: string) => void
+  }
 
 /** Where a run may stop: Ctrl+C, or the run lock gone with its session. */
 function checkpoint(o: Resolved, what: string): void {
@@ -104,9 +125,12 @@ class RunLockLost extends UserError {}
 function watchRunLock(o: Resolved, lock: RunLock): void {
   o.lockHeld = (what) => {
     if (lock.lost()) {
-      throw new RunLockLost(`The session holding this run's lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped at ${what}: another run could start beside it.`, {
-        hint: 'Check the server, then run the same command again; `nself db e2ee status` shows where the database stands.',
-      })
+      throw new RunLockLost(
+        `The session holding this run's lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped at ${what}: another run could start beside it.`,
+        {
+          hint: 'Check the server, then run the same command again; `nself db e2ee status` shows where the database stands.',
+        },
+      )
     }
   }
 }
@@ -156,20 +180,38 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
         at = `migration ${m.name}`
         checkpoint(o, `migration ${m.name}`)
         const status = plan.migrations.find((s) => s.version === m.version)!
-        o.log(`applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`)
+        o.log(
+          `applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`,
+        )
         const mr: MigrationReport = {direction: 'up', durationMs: 0, lockRetries: 0, name: m.name, statements: [], version: m.version}
         const t0 = Date.now()
         const inTx = m.statements.filter((s) => s.mode === 'transaction')
         const alone = m.statements.filter((s) => s.mode !== 'transaction')
         const withNew = new Set([...applied, m.version])
-        await runTransaction(o, plan, m, inTx, mr, withNew, async (tx) => {
-          await ensureSchemaMigrations(tx, plan.shape)
-          plan.shape.exists = true
-          await recordVersion(tx, plan.shape, m.version, m.name)
-          await ensureOwnLedger(tx)
-          await insertLedgerRow(tx, {appSchema: plan.appSchema, checksum: m.checksum, durationMs: Date.now() - t0, finished: alone.length === 0, name: m.name, version: m.version})
-          await recordInNselfLedger(tx, {checksum: m.checksum, fileName: path.basename(m.file)}, Date.now() - t0)
-        }, 'up')
+        await runTransaction(
+          o,
+          plan,
+          m,
+          inTx,
+          mr,
+          withNew,
+          async (tx) => {
+            await ensureSchemaMigrations(tx, plan.shape)
+            plan.shape.exists = true
+            await recordVersion(tx, plan.shape, m.version, m.name)
+            await ensureOwnLedger(tx)
+            await insertLedgerRow(tx, {
+              appSchema: plan.appSchema,
+              checksum: m.checksum,
+              durationMs: Date.now() - t0,
+              finished: alone.length === 0,
+              name: m.name,
+              version: m.version,
+            })
+            await recordInNselfLedger(tx, {checksum: m.checksum, fileName: path.basename(m.file)}, Date.now() - t0)
+          },
+          'up',
+        )
         if (status.preexisting.length === 0 && status.state === 'pending') committed.push(m)
         applied = withNew
         const t1 = Date.now()
@@ -200,7 +242,11 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
       if (reason instanceof CancelledError) {
         throw interrupted(`Interrupted by ${interruption().by}: the migration was stopped, and ${outcome.sentence}.`, outcome.hint)
       }
-      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${outcome.sentence}.`, {cause: error, exitCode: reason.exitCode, hint: outcome.hint ?? reason.hint})
+      throw new UserError(`${reason.message.replace(/\.$/, '')}; ${outcome.sentence}.`, {
+        cause: error,
+        exitCode: reason.exitCode,
+        hint: outcome.hint ?? reason.hint,
+      })
     } finally {
       unregister()
     }
@@ -255,7 +301,10 @@ interface UndoOutcome {
  */
 async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile[], applied: Set<number>): Promise<UndoOutcome> {
   if (newestFirst.length === 0) return {ok: true, sentence: 'nothing this run applied had committed, so the database is as it was before'}
-  const names = newestFirst.map((m) => m.name).reverse().join(', ')
+  const names = newestFirst
+    .map((m) => m.name)
+    .reverse()
+    .join(', ')
   return o.scope.underUndo(async (undo) => {
     const fresh = freshPool(o.sql)
     if (fresh !== o.sql) undo.own(fresh)
@@ -263,12 +312,20 @@ async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile
       // The undo does not stop for a lost run lock: leaving half a migration behind would be worse.
       await serverBack(fresh, o.log, undo)
       await runDown({...o, lockHeld: undefined, scope: undo, sql: fresh}, plan, newestFirst, applied)
-      return {ok: true, sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`}
+      return {
+        ok: true,
+        sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`,
+      }
     } catch (error) {
       const state = await describeState({...o, sql: fresh}, plan)
       const hint = `\`nself db e2ee migrate\` finishes the migration; \`nself db e2ee rollback --strategy down --to ${plan.current ?? 0}\` undoes it.`
-      if (error instanceof CancelledError) return {hint, ok: false, sentence: `undoing what it applied was abandoned by a second ${interruption().by}: ${state}`}
-      return {hint, ok: false, sentence: `undoing the migrations this run applied (${names}) also failed (${toUserError(error).message.replace(/\.$/, '')}): ${state}`}
+      if (error instanceof CancelledError)
+        return {hint, ok: false, sentence: `undoing what it applied was abandoned by a second ${interruption().by}: ${state}`}
+      return {
+        hint,
+        ok: false,
+        sentence: `undoing the migrations this run applied (${names}) also failed (${toUserError(error).message.replace(/\.$/, '')}): ${state}`,
+      }
     }
   })
 }
@@ -286,7 +343,9 @@ async function serverBack(sql: Sql, log: (line: string) => void, scope: RunScope
       const transient = isConnectionLost(error) || ['ECONNREFUSED', 'CONNECT_TIMEOUT', '57P03'].includes(code)
       if (!transient || Date.now() - started > waitMs) throw error
       if (!told) {
-        log(`the server is not accepting connections (${toUserError(error).message.replace(/\.$/, '')}); waiting up to ${waitMs / 1000} s for it to undo what this run applied`)
+        log(
+          `the server is not accepting connections (${toUserError(error).message.replace(/\.$/, '')}); waiting up to ${waitMs / 1000} s for it to undo what this run applied`,
+        )
         told = true
       }
       scope.throwIfCancelled('waiting for the server to undo what this run applied')
@@ -322,11 +381,20 @@ async function runDown(o: Resolved, plan: Plan, newestFirst: MigrationFile[], ap
     o.log(`reverting ${m.name}`)
     const t0 = Date.now()
     const mr: MigrationReport = {direction: 'down', durationMs: 0, lockRetries: 0, name: m.name, statements: [], version: m.version}
-    await runTransaction(o, plan, m, m.down.statements, mr, applied, async (tx) => {
-      await unrecordVersion(tx, plan.shape, m.version)
-      await markRolledBack(tx, m.version)
-      await markRolledBackInNselfLedger(tx, path.basename(m.file))
-    }, 'down')
+    await runTransaction(
+      o,
+      plan,
+      m,
+      m.down.statements,
+      mr,
+      applied,
+      async (tx) => {
+        await unrecordVersion(tx, plan.shape, m.version)
+        await markRolledBack(tx, m.version)
+        await markRolledBackInNselfLedger(tx, path.basename(m.file))
+      },
+      'down',
+    )
     applied.delete(m.version)
     mr.durationMs = Date.now() - t0
     reports.push(mr)
@@ -336,8 +404,14 @@ async function runDown(o: Resolved, plan: Plan, newestFirst: MigrationFile[], ap
 }
 
 async function runTransaction(
-  o: Resolved, plan: Plan, m: MigrationFile, statements: Statement[], mr: MigrationReport, appliedVersions: Set<number>,
-  ledger: (tx: Querier) => Promise<void>, direction: 'up' | 'down',
+  o: Resolved,
+  plan: Plan,
+  m: MigrationFile,
+  statements: Statement[],
+  mr: MigrationReport,
+  appliedVersions: Set<number>,
+  ledger: (tx: Querier) => Promise<void>,
+  direction: 'up' | 'down',
 ): Promise<void> {
   const tables = await existingTables(o.sql, plan.appSchema, [...new Set(statements.flatMap((s) => referencedTables(s.sql)))])
   const started = Date.now()
@@ -388,7 +462,9 @@ async function runTransaction(
         if (Date.now() - started < o.maxLockWaitMs) {
           mr.lockRetries++
           const wait = backoffMs(attempt)
-          o.log(`${isDeadlock(error) ? `lock cycle (deadlock) with another session on ${where}; this attempt was rolled back` : `lock wait on ${where} exceeded ${o.lockTimeoutMs} ms`} (writers were let through); retry ${attempt + 1} in ${wait} ms`)
+          o.log(
+            `${isDeadlock(error) ? `lock cycle (deadlock) with another session on ${where}; this attempt was rolled back` : `lock wait on ${where} exceeded ${o.lockTimeoutMs} ms`} (writers were let through); retry ${attempt + 1} in ${wait} ms`,
+          )
           await sleep(wait)
           continue
         }
@@ -474,7 +550,13 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
         stopProgress()
       }
     }
-    mr.statements.push({durationMs: Date.now() - started, line: s.line, mode: s.mode, summary: s.summary, ...(o.observeLocks ? {locks: [{mode: 'ShareUpdateExclusiveLock', relation: referencedTables(s.sql)[0] ?? '?'}]} : {})})
+    mr.statements.push({
+      durationMs: Date.now() - started,
+      line: s.line,
+      mode: s.mode,
+      summary: s.summary,
+      ...(o.observeLocks ? {locks: [{mode: 'ShareUpdateExclusiveLock', relation: referencedTables(s.sql)[0] ?? '?'}]} : {}),
+    })
   } finally {
     dispose()
     // Closing the session's own pool resets its settings; nothing is sent on a connection that died.

@@ -45,7 +45,13 @@ export function splitStatements(text: string): Array<{sql: string; line: number}
       let depth = 1
       i += 2
       while (i < n && depth > 0) {
-        if (text[i] === '/' && text[i + 1] === '*') { depth++; i += 2 } else if (text[i] === '*' && text[i + 1] === '/') { depth--; i += 2 } else i++
+        if (text[i] === '/' && text[i + 1] === '*') {
+          depth++
+          i += 2
+        } else if (text[i] === '*' && text[i + 1] === '/') {
+          depth--
+          i += 2
+        } else i++
       }
       if (depth > 0) throw new SyntaxError(`unterminated /* comment starting at line ${lineAt(text, start)}`)
     } else if (c === "'" || c === '"') {
@@ -53,7 +59,10 @@ export function splitStatements(text: string): Array<{sql: string; line: number}
       i++
       while (i < n) {
         if (text[i] === c) {
-          if (text[i + 1] === c) { i += 2; continue }
+          if (text[i + 1] === c) {
+            i += 2
+            continue
+          }
           break
         }
         // E'' strings allow backslash escapes; a backslash before a quote never ends a standard string, so
@@ -99,7 +108,13 @@ function leadingCommentLength(s: string): number {
     } else if (s.startsWith('/*', i)) {
       let depth = 0
       do {
-        if (s.startsWith('/*', i)) { depth++; i += 2 } else if (s.startsWith('*/', i)) { depth--; i += 2 } else i++
+        if (s.startsWith('/*', i)) {
+          depth++
+          i += 2
+        } else if (s.startsWith('*/', i)) {
+          depth--
+          i += 2
+        } else i++
       } while (depth > 0 && i < s.length)
     } else return i
   }
@@ -132,7 +147,8 @@ export function parseStatements(text: string): Statement[] {
 export function referencedTables(sql: string): string[] {
   const code = stripComments(sql)
   const names = new Set<string>()
-  const re = /\b(?:ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?|REFERENCES|\bON(?:\s+ONLY)?|DROP\s+TABLE(?:\s+IF\s+EXISTS)?)\s+("?[A-Za-z_][A-Za-z0-9_$]*"?(?:\."?[A-Za-z_][A-Za-z0-9_$]*"?)?)/gi
+  const re =
+    /\b(?:ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?|REFERENCES|\bON(?:\s+ONLY)?|DROP\s+TABLE(?:\s+IF\s+EXISTS)?)\s+("?[A-Za-z_][A-Za-z0-9_$]*"?(?:\."?[A-Za-z_][A-Za-z0-9_$]*"?)?)/gi
   for (const m of code.matchAll(re)) {
     const name = m[1].split('.').pop()!.replaceAll('"', '')
     if (!/^(delete|update|true|false|conflict|commit)$/i.test(name)) names.add(name.toLowerCase())

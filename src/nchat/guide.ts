@@ -14,10 +14,42 @@ export const GUIDE_LEFTOVERS = {
 
 /** The guide's "Query Performance" table, with the tables whose indexes each query must use. */
 export const PLAN_CHECKS = [
-  {expectTables: ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'], guideIndex: 'idx_prekey_bundles_device', name: 'bundle fetch', param: 'device', relation: 'nchat_prekey_bundles', since: 14, where: 'device_id = $1'},
-  {expectTables: ['nchat_signal_sessions'], guideIndex: 'idx_signal_sessions_active', name: 'session lookup', param: 'device', relation: 'nchat_signal_sessions', since: 13, where: 'device_id = $1 AND is_active = TRUE'},
-  {expectTables: ['nchat_one_time_prekeys'], guideIndex: 'idx_one_time_prekeys_available', name: 'available prekeys', param: 'device', relation: 'nchat_one_time_prekeys', since: 13, where: 'device_id = $1 AND is_consumed = FALSE'},
-  {expectTables: ['nchat_safety_numbers'], guideIndex: 'idx_safety_numbers_verified', name: 'verified safety numbers', param: 'uuid', relation: 'nchat_safety_numbers', since: 13, where: 'user_id = $1 AND verified_at IS NOT NULL'},
+  {
+    expectTables: ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'],
+    guideIndex: 'idx_prekey_bundles_device',
+    name: 'bundle fetch',
+    param: 'device',
+    relation: 'nchat_prekey_bundles',
+    since: 14,
+    where: 'device_id = $1',
+  },
+  {
+    expectTables: ['nchat_signal_sessions'],
+    guideIndex: 'idx_signal_sessions_active',
+    name: 'session lookup',
+    param: 'device',
+    relation: 'nchat_signal_sessions',
+    since: 13,
+    where: 'device_id = $1 AND is_active = TRUE',
+  },
+  {
+    expectTables: ['nchat_one_time_prekeys'],
+    guideIndex: 'idx_one_time_prekeys_available',
+    name: 'available prekeys',
+    param: 'device',
+    relation: 'nchat_one_time_prekeys',
+    since: 13,
+    where: 'device_id = $1 AND is_consumed = FALSE',
+  },
+  {
+    expectTables: ['nchat_safety_numbers'],
+    guideIndex: 'idx_safety_numbers_verified',
+    name: 'verified safety numbers',
+    param: 'uuid',
+    relation: 'nchat_safety_numbers',
+    since: 13,
+    where: 'user_id = $1 AND verified_at IS NOT NULL',
+  },
 ] as const
 
 /**
@@ -25,6 +57,20 @@ export const PLAN_CHECKS = [
  * life. Each query counts the rows that break an invariant; the partial indexes keep them cheap.
  */
 export const DATA_CHECKS = [
-  {columns: ['is_encrypted', 'encrypted_payload'], ok: 'every encrypted message carries its encrypted payload', query: 'is_encrypted = true and encrypted_payload is null', since: 14, table: 'nchat_messages', what: 'encrypted messages without an encrypted payload (unreadable)'},
-  {columns: ['is_consumed', 'consumed_at'], ok: 'every consumed one-time prekey has its consumption time', query: 'is_consumed = true and consumed_at is null', since: 13, table: 'nchat_one_time_prekeys', what: 'one-time prekeys marked consumed without consumed_at'},
+  {
+    columns: ['is_encrypted', 'encrypted_payload'],
+    ok: 'every encrypted message carries its encrypted payload',
+    query: 'is_encrypted = true and encrypted_payload is null',
+    since: 14,
+    table: 'nchat_messages',
+    what: 'encrypted messages without an encrypted payload (unreadable)',
+  },
+  {
+    columns: ['is_consumed', 'consumed_at'],
+    ok: 'every consumed one-time prekey has its consumption time',
+    query: 'is_consumed = true and consumed_at is null',
+    since: 13,
+    table: 'nchat_one_time_prekeys',
+    what: 'one-time prekeys marked consumed without consumed_at',
+  },
 ] as const

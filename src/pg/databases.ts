@@ -71,17 +71,22 @@ export async function describeDatabase(sql: Sql, database: string): Promise<Data
     opts.push('LOCALE_PROVIDER libc')
   }
 
-  const acl = d.datacl === null || d.datacl === undefined ? null : await sql<{privilege: string; grantee: string | null; grantable: boolean}[]>`
+  const acl =
+    d.datacl === null || d.datacl === undefined
+      ? null
+      : await sql<{privilege: string; grantee: string | null; grantable: boolean}[]>`
     select a.privilege_type as privilege, case when a.grantee = 0 then null else pg_get_userbyid(a.grantee) end as grantee,
            a.is_grantable as grantable
     from pg_database d cross join lateral aclexplode(d.datacl) a where d.datname = ${database}`
   const settingRows = await sql<{role: string | null; config: string[]}[]>`
     select case when s.setrole = 0 then null else pg_get_userbyid(s.setrole) end as role, s.setconfig as config
     from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase where d.datname = ${database}`
-  const settings = settingRows.flatMap((r) => r.config.map((c) => {
-    const i = c.indexOf('=')
-    return {name: c.slice(0, i), role: r.role, value: c.slice(i + 1)}
-  }))
+  const settings = settingRows.flatMap((r) =>
+    r.config.map((c) => {
+      const i = c.indexOf('=')
+      return {name: c.slice(0, i), role: r.role, value: c.slice(i + 1)}
+    }),
+  )
 
   return {
     acl: acl ? [...acl] : null,
@@ -99,7 +104,14 @@ export async function describeDatabase(sql: Sql, database: string): Promise<Data
 }
 
 /** GUCs whose values are lists of (possibly double-quoted) elements, as pg_dump's variable_is_guc_list_quote. */
-const LIST_GUCS = new Set(['local_preload_libraries', 'search_path', 'session_preload_libraries', 'shared_preload_libraries', 'temp_tablespaces', 'unix_socket_directories'])
+const LIST_GUCS = new Set([
+  'local_preload_libraries',
+  'search_path',
+  'session_preload_libraries',
+  'shared_preload_libraries',
+  'temp_tablespaces',
+  'unix_socket_directories',
+])
 
 function splitGucList(value: string): string[] {
   const out: string[] = []
@@ -133,8 +145,15 @@ function settingSql(name: string, value: string): string {
   if (!/^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$/.test(name)) {
     throw new UserError(`The database setting name "${name}" cannot be copied.`)
   }
-  const nameSql = name.split('.').map((p) => (/^[a-z_][a-z0-9_$]*$/.test(p) ? p : quoteIdent(p))).join('.')
-  const valueSql = LIST_GUCS.has(name.toLowerCase()) ? splitGucList(value).map((v) => quoteLiteral(v)).join(', ') : quoteLiteral(value)
+  const nameSql = name
+    .split('.')
+    .map((p) => (/^[a-z_][a-z0-9_$]*$/.test(p) ? p : quoteIdent(p)))
+    .join('.')
+  const valueSql = LIST_GUCS.has(name.toLowerCase())
+    ? splitGucList(value)
+        .map((v) => quoteLiteral(v))
+        .join(', ')
+    : quoteLiteral(value)
   return `${nameSql} TO ${valueSql}`
 }
 
@@ -143,7 +162,13 @@ function settingSql(name: string, value: string): string {
  * from template0; then the comment, the database-level settings (ALTER DATABASE/ROLE … SET, e.g. search_path),
  * the database ACL and optionally the connection limit, none of which a dump restored without --create carries.
  */
-export async function createDatabaseLike(admin: Sql, name: string, live: DatabaseLike, comment: string, options: {connLimit?: boolean; log?: (line: string) => void} = {}): Promise<void> {
+export async function createDatabaseLike(
+  admin: Sql,
+  name: string,
+  live: DatabaseLike,
+  comment: string,
+  options: {connLimit?: boolean; log?: (line: string) => void} = {},
+): Promise<void> {
   const owner = live.canOwnAs ? ` OWNER ${quoteIdent(live.owner)}` : ''
   if (!live.canOwnAs) options.log?.(`${live.currentUser} cannot create databases owned by ${live.owner}; ${name} is owned by ${live.currentUser}.`)
   await admin.unsafe(`CREATE DATABASE ${quoteIdent(name)}${owner} TEMPLATE template0 ${live.createOptions}`)

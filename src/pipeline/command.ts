@@ -1,7 +1,16 @@
 import {acquireCommandLock, type CommandLock, type CommandName, commandLockHolder, connectMaintenance, describeHolder} from '../migrations/command-lock.js'
 import {UserError} from '../errors.js'
 import type {RunScope} from '../run/scope.js'
-import {connectionState, leftoverDatabases, type LeftoverDatabase, type LeftoverFile, leftoverPartials, liveRuns, repairClosedDatabase, sweepLeftovers} from '../steps/leftovers.js'
+import {
+  connectionState,
+  leftoverDatabases,
+  type LeftoverDatabase,
+  type LeftoverFile,
+  leftoverPartials,
+  liveRuns,
+  repairClosedDatabase,
+  sweepLeftovers,
+} from '../steps/leftovers.js'
 
 /** Notes for the operator outside the step list: stderr, so `--json` keeps stdout to the document. */
 export function note(line: string): void {
@@ -53,7 +62,9 @@ export async function checkBeforeReading(scope: RunScope, command: CommandName):
     const state = await connectionState(admin, database)
     if (state.exists && !state.allowConnections) {
       if (holder) {
-        throw new UserError(`The database "${database}" refuses connections while another command (${describeHolder(holder)}) works on it.`, {hint: 'Run this again when it has finished.'})
+        throw new UserError(`The database "${database}" refuses connections while another command (${describeHolder(holder)}) works on it.`, {
+          hint: 'Run this again when it has finished.',
+        })
       }
       const lock = await acquireCommandLock(target, {command, tryOnly: true, waitMs: 0})
       if (lock) {
@@ -67,7 +78,7 @@ export async function checkBeforeReading(scope: RunScope, command: CommandName):
     const databases = await leftoverDatabases(admin, database)
     const files = await leftoverPartials(target.backupDir)
     const alive = files.length > 0 ? await liveRuns(admin) : new Set<string>()
-    const partials = files.map((f) => ({...f, owner: f.run === null ? 'unknown' as const : alive.has(f.run) ? 'running' as const : 'gone' as const}))
+    const partials = files.map((f) => ({...f, owner: f.run === null ? ('unknown' as const) : alive.has(f.run) ? ('running' as const) : ('gone' as const)}))
     return {busy: holder ? {command: describeHolder(holder), run: holder.run} : null, databases, partials, repaired}
   })
 }

@@ -57,7 +57,16 @@ export interface DryRunSummary {
   /** The tables the statements lock that exist in production now: live traffic can wait on those locks. */
   existingTables: string[]
   /** Every statement of every migration: where it runs, the locks it took on which tables, its time on the clone and its forecast on production. */
-  statements: Array<{migration: string; line: number; statement: string; inTransaction: boolean; runsAlone: string | null; locks: Array<{table: string; mode: string}>; ms: number; forecastMs: number}>
+  statements: Array<{
+    migration: string
+    line: number
+    statement: string
+    inTransaction: boolean
+    runsAlone: string | null
+    locks: Array<{table: string; mode: string}>
+    ms: number
+    forecastMs: number
+  }>
   verification: {ok: boolean; checks: number; failures: string[]} | null
   failure: string | null
   preflight: PreflightReport['checks']
@@ -81,71 +90,105 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
   return scope.child(async (run) => {
     const lock = await beginChangingCommand(run, {command: 'dryrun', waitMs: o.runner.runLockWaitMs})
     const steps = new Steps(run, o.json)
-    const pre = await steps.run('Preflight (read-only)', (task) => timed(timings, 'preflight', async () => {
-      const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
-      run.ownPool(ins.sql)
-      await lock.assertSameDatabase(ins.sql)
-      if (ins.plan.toApply.length === 0) {
-        task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
-        return {ins, todo: false as const}
-      }
-      const tools = await PgTools.create(target, run)
-      // Room for a full backup is checked only when one is taken (--full); the rehearsal dump holds the schema
-      // and a few tables' rows, and a full disk while writing it is one sentence, with the file removed.
-      const report = await preflight({backupDir: o.full && !o.fromBackup ? target.backupDir : undefined, ins, needCreateDb: true, target, to: o.to, tools})
-      task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; would apply ${ins.plan.toApply.map((m) => m.name).join(', ')}`
-      return {ins, report, todo: true as const, tools}
-    }))
+    const pre = await steps.run('Preflight (read-only)', (task) =>
+      timed(timings, 'preflight', async () => {
+        const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
+        run.ownPool(ins.sql)
+        await lock.assertSameDatabase(ins.sql)
+        if (ins.plan.toApply.length === 0) {
+          task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
+          return {ins, todo: false as const}
+        }
+        const tools = await PgTools.create(target, run)
+        // Room for a full backup is checked only when one is taken (--full); the rehearsal dump holds the schema
+        // and a few tables' rows, and a full disk while writing it is one sentence, with the file removed.
+        const report = await preflight({backupDir: o.full && !o.fromBackup ? target.backupDir : undefined, ins, needCreateDb: true, target, to: o.to, tools})
+        task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; would apply ${ins.plan.toApply.map((m) => m.name).join(', ')}`
+        return {ins, report, todo: true as const, tools}
+      }),
+    )
     const {ins} = pre
     if (!pre.todo) {
       await steps.skip(withBackup ? 'Backup' : REHEARSAL_STEP)
       await steps.skip('Apply and verify on a restored copy')
-      return summarize({current: ins.plan.current, database: target.conn.database, elapsedMs: Date.now() - startedAt, schema: ins.plan.appSchema, timings, wouldApply: []})
+      return summarize({
+        current: ins.plan.current,
+        database: target.conn.database,
+        elapsedMs: Date.now() - startedAt,
+        schema: ins.plan.appSchema,
+        timings,
+        wouldApply: [],
+      })
     }
     const {tools} = pre
 
     const source: DumpSource = withBackup
-      ? await steps.run('Backup', (task) => timed(timings, 'backup', async () => {
-        if (o.fromBackup) {
-          const checked = await verifyBackup({database: target.conn.database, file: o.fromBackup, requireManifest: true, tools})
-          task.title = `Backup ${o.fromBackup}: checked against its manifest`
-          return {backup: {file: o.fromBackup, manifest: checked.manifest, manifestFile: manifestPathFor(o.fromBackup)}, kind: 'backup' as const, taken: false}
-        }
-        const info = await backupProduction({ins, purpose: 'dryrun', scope: task.scope, target, tools})
-        task.title = `Backup: ${info.file} (${fmtBytes(info.bytes)}, verified)`
-        return {backup: info, kind: 'backup' as const, taken: true}
-      }))
-      : await steps.run(REHEARSAL_STEP, (task) => timed(timings, 'dump', async () => {
-        const content = await decideCopy({plan: ins.plan, sql: ins.sql})
-        const {log} = task.scope
-        const dump = await takeRehearsalDump({
-          dataTables: content.dataTables, ledgerVersion: ins.plan.current, log: (l) => log.info(l),
-          onProgress: (bytes) => log.progress(`${fmtBytes(bytes)} written`), schema: ins.plan.appSchema, sql: ins.sql,
-          tables: TOUCHED_TABLES, target, tools,
-        })
-        task.title = `Rehearsal dump: ${fmtBytes(dump.bytes)}, the schema and the rows of ${plural(dump.tablesWithData.length, 'table')} (not a backup; removed at the end)`
-        return {content, dump, kind: 'rehearsal' as const}
-      }))
+      ? await steps.run('Backup', (task) =>
+          timed(timings, 'backup', async () => {
+            if (o.fromBackup) {
+              const checked = await verifyBackup({database: target.conn.database, file: o.fromBackup, requireManifest: true, tools})
+              task.title = `Backup ${o.fromBackup}: checked against its manifest`
+              return {
+                backup: {file: o.fromBackup, manifest: checked.manifest, manifestFile: manifestPathFor(o.fromBackup)},
+                kind: 'backup' as const,
+                taken: false,
+              }
+            }
+            const info = await backupProduction({ins, purpose: 'dryrun', scope: task.scope, target, tools})
+            task.title = `Backup: ${info.file} (${fmtBytes(info.bytes)}, verified)`
+            return {backup: info, kind: 'backup' as const, taken: true}
+          }),
+        )
+      : await steps.run(REHEARSAL_STEP, (task) =>
+          timed(timings, 'dump', async () => {
+            const content = await decideCopy({plan: ins.plan, sql: ins.sql})
+            const {log} = task.scope
+            const dump = await takeRehearsalDump({
+              dataTables: content.dataTables,
+              ledgerVersion: ins.plan.current,
+              log: (l) => log.info(l),
+              onProgress: (bytes) => log.progress(`${fmtBytes(bytes)} written`),
+              schema: ins.plan.appSchema,
+              sql: ins.sql,
+              tables: TOUCHED_TABLES,
+              target,
+              tools,
+            })
+            task.title = `Rehearsal dump: ${fmtBytes(dump.bytes)}, the schema and the rows of ${plural(dump.tablesWithData.length, 'table')} (not a backup; removed at the end)`
+            return {content, dump, kind: 'rehearsal' as const}
+          }),
+        )
 
     let applied: {dry: DryRunReport; existing: string[]}
     let removed = false
     try {
-      applied = await steps.run('Apply and verify on a restored copy', (task) => timed(timings, 'dryrun', async () => {
-        await lock.assertSameDatabase(ins.sql)
-        const from = source.kind === 'backup'
-          ? {backup: source.backup}
-          : {backup: source.dump, content: source.content, leftOutOfArchive: source.dump.leftOut}
-        const report = await dryRun({
-          ...from, full: o.full, jobs: o.jobs, keep: o.keepDryrunDb, migrations: ins.migrations, plan: ins.plan,
-          runner: o.runner, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
-        })
-        const locked = (report.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
-        const tables = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
-        task.title = report.failure
-          ? `Dry run on ${report.clone}: WOULD FAIL`
-          : `Dry run on ${report.clone}: applied in ${fmtMs(report.applyMs)}, verified${report.kept ? ' (kept)' : ', dropped'}`
-        return {dry: report, existing: tables}
-      }))
+      applied = await steps.run('Apply and verify on a restored copy', (task) =>
+        timed(timings, 'dryrun', async () => {
+          await lock.assertSameDatabase(ins.sql)
+          const from =
+            source.kind === 'backup' ? {backup: source.backup} : {backup: source.dump, content: source.content, leftOutOfArchive: source.dump.leftOut}
+          const report = await dryRun({
+            ...from,
+            full: o.full,
+            jobs: o.jobs,
+            keep: o.keepDryrunDb,
+            migrations: ins.migrations,
+            plan: ins.plan,
+            runner: o.runner,
+            scope: task.scope,
+            sql: ins.sql,
+            target,
+            to: o.to,
+            tools,
+          })
+          const locked = (report.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
+          const tables = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
+          task.title = report.failure
+            ? `Dry run on ${report.clone}: WOULD FAIL`
+            : `Dry run on ${report.clone}: applied in ${fmtMs(report.applyMs)}, verified${report.kept ? ' (kept)' : ', dropped'}`
+          return {dry: report, existing: tables}
+        }),
+      )
     } finally {
       if (source.kind === 'rehearsal') {
         await source.dump.remove()
@@ -155,18 +198,22 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
     const d = source.kind === 'rehearsal' ? source.dump : undefined
     return summarize({
       backup: source.kind === 'backup' ? {file: source.backup.file, taken: source.taken} : undefined,
-      current: ins.plan.current, database: target.conn.database, dry: applied.dry, elapsedMs: Date.now() - startedAt,
-      existing: applied.existing, preflight: pre.report.checks,
+      current: ins.plan.current,
+      database: target.conn.database,
+      dry: applied.dry,
+      elapsedMs: Date.now() - startedAt,
+      existing: applied.existing,
+      preflight: pre.report.checks,
       rehearsalDump: d ? {bytes: d.bytes, file: d.file, removed, tablesWithData: d.tablesWithData} : undefined,
-      schema: ins.plan.appSchema, timings, wouldApply: ins.plan.toApply.map((m) => m.name),
+      schema: ins.plan.appSchema,
+      timings,
+      wouldApply: ins.plan.toApply.map((m) => m.name),
     })
   })
 }
 
 /** What the copy is restored from: a backup (--from-backup, --full), or the rehearsal dump and the content it holds. */
-type DumpSource =
-  | {kind: 'backup'; backup: BackupInfo | ListedBackup; taken: boolean}
-  | {kind: 'rehearsal'; dump: RehearsalDump; content: CloneContent}
+type DumpSource = {kind: 'backup'; backup: BackupInfo | ListedBackup; taken: boolean} | {kind: 'rehearsal'; dump: RehearsalDump; content: CloneContent}
 
 /** What the run found, for the summary (a run with nothing to apply has no backup, dry run or checks). */
 interface Found {

@@ -35,7 +35,11 @@ export class ProgressThrottle {
   private pending: string | null = null
   private timer: NodeJS.Timeout | null = null
 
-  constructor(private readonly write: (line: string) => void, private readonly intervalMs: number, private readonly now: () => number = Date.now) {
+  constructor(
+    private readonly write: (line: string) => void,
+    private readonly intervalMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
     this.lastAt = now()
   }
 
@@ -127,7 +131,9 @@ export class LogRenderer {
       }
     })
     task.on(ListrTaskEventType.OUTPUT, (data) => {
-      for (const line of String(data).split('\n').filter((l) => l.trim() !== '')) {
+      for (const line of String(data)
+        .split('\n')
+        .filter((l) => l.trim() !== '')) {
         if (line === lastOutput) continue
         lastOutput = line
         throttles.get(task)?.drop()

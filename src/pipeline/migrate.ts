@@ -73,29 +73,48 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
     const guard = (q: Parameters<typeof lock.assertSameDatabase>[0]) => lock.assertSameDatabase(q)
     const steps = new Steps(run, o.json)
     const done = (r: Partial<MigrateSummary> & Pick<MigrateSummary, 'after' | 'before' | 'schema' | 'nothingToDo'>): MigrateSummary => ({
-      after: r.after, applied: r.applied ?? [], appliedByOtherRun: r.appliedByOtherRun ?? false, applyMs: timings.apply ?? null, backup: r.backup ?? null,
-      before: r.before, database: target.conn.database, elapsedMs: Date.now() - startedAt, dryrun: r.dryrun ?? null, lockRetries: r.lockRetries ?? 0,
-      nothingToDo: r.nothingToDo, ok: true, preflight: r.preflight ?? [], schema: r.schema, timings, vacuumed: r.vacuumed ?? [], verify: r.verify ?? null,
-      warnings, hasura: r.hasura ?? null,
+      after: r.after,
+      applied: r.applied ?? [],
+      appliedByOtherRun: r.appliedByOtherRun ?? false,
+      applyMs: timings.apply ?? null,
+      backup: r.backup ?? null,
+      before: r.before,
+      database: target.conn.database,
+      elapsedMs: Date.now() - startedAt,
+      dryrun: r.dryrun ?? null,
+      lockRetries: r.lockRetries ?? 0,
+      nothingToDo: r.nothingToDo,
+      ok: true,
+      preflight: r.preflight ?? [],
+      schema: r.schema,
+      timings,
+      vacuumed: r.vacuumed ?? [],
+      verify: r.verify ?? null,
+      warnings,
+      hasura: r.hasura ?? null,
     })
 
-    const pre = await steps.run('Preflight', (task) => timed(timings, 'preflight', () => readOnlyStep(run, 'the preflight', PREFLIGHT_STATE, async () => {
-      const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
-      run.ownPool(ins.sql)
-      // Ctrl+C came while the preflight waited: the step has already been reported as stopped (the scope stops the pool).
-      if (run.cancelled) throw new CancelledError('the preflight', PREFLIGHT_STATE)
-      await guard(ins.sql)
-      if (ins.plan.toApply.length === 0) {
-        task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
-        return {ins, todo: false as const}
-      }
-      const needTools = !o.skipBackup || !o.skipDryrun
-      const tools = needTools ? await PgTools.create(target, run) : undefined
-      const report = await preflight({backupDir: o.skipBackup ? undefined : target.backupDir, ins, needCreateDb: !o.skipDryrun, target, to: o.to, tools})
-      for (const ch of report.checks.filter((x) => x.status === 'warn')) warnings.push(`${ch.name}: ${ch.detail}`)
-      task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; to apply: ${ins.plan.toApply.map((m) => m.name).join(', ')}`
-      return {ins, report, todo: true as const, tools}
-    })))
+    const pre = await steps.run('Preflight', (task) =>
+      timed(timings, 'preflight', () =>
+        readOnlyStep(run, 'the preflight', PREFLIGHT_STATE, async () => {
+          const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
+          run.ownPool(ins.sql)
+          // Ctrl+C came while the preflight waited: the step has already been reported as stopped (the scope stops the pool).
+          if (run.cancelled) throw new CancelledError('the preflight', PREFLIGHT_STATE)
+          await guard(ins.sql)
+          if (ins.plan.toApply.length === 0) {
+            task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
+            return {ins, todo: false as const}
+          }
+          const needTools = !o.skipBackup || !o.skipDryrun
+          const tools = needTools ? await PgTools.create(target, run) : undefined
+          const report = await preflight({backupDir: o.skipBackup ? undefined : target.backupDir, ins, needCreateDb: !o.skipDryrun, target, to: o.to, tools})
+          for (const ch of report.checks.filter((x) => x.status === 'warn')) warnings.push(`${ch.name}: ${ch.detail}`)
+          task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; to apply: ${ins.plan.toApply.map((m) => m.name).join(', ')}`
+          return {ins, report, todo: true as const, tools}
+        }),
+      ),
+    )
     const {ins} = pre
     if (!pre.todo) {
       await steps.skip('Backup')
@@ -104,27 +123,48 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
     }
     const {tools} = pre
 
-    const backup = o.skipBackup || !tools
-      ? await steps.skip('Backup', 'skipped (--skip-backup): NO BACKUP WAS TAKEN')
-      : await steps.run('Backup', (task) => timed(timings, 'backup', () => namingTheStep('The backup', 'production was not changed', async () => {
-        await guard(ins.sql)
-        const taken = await backupProduction({ins, purpose: 'pre-migration', scope: task.scope, target, tools})
-        task.title = `Backup: ${taken.file} (${fmtBytes(taken.bytes)}, verified)`
-        return taken
-      })))
+    const backup =
+      o.skipBackup || !tools
+        ? await steps.skip('Backup', 'skipped (--skip-backup): NO BACKUP WAS TAKEN')
+        : await steps.run('Backup', (task) =>
+            timed(timings, 'backup', () =>
+              namingTheStep('The backup', 'production was not changed', async () => {
+                await guard(ins.sql)
+                const taken = await backupProduction({ins, purpose: 'pre-migration', scope: task.scope, target, tools})
+                task.title = `Backup: ${taken.file} (${fmtBytes(taken.bytes)}, verified)`
+                return taken
+              }),
+            ),
+          )
 
-    const dry = o.skipDryrun ? await steps.skip('Dry run on a restored copy', 'skipped (--skip-dryrun)')
-      : !backup || !tools ? await steps.skip('Dry run on a restored copy', 'skipped: the dry run restores the backup, and there is none')
-      : await steps.run('Dry run on a restored copy', (task) => timed(timings, 'dryrun', async () => {
-        await guard(ins.sql)
-        const report = await dryRun({
-          backup, jobs: o.jobs, keep: o.keepDryrunDb, migrations: ins.migrations, plan: ins.plan,
-          runner: o.runner, scope: task.scope, sql: ins.sql, target, to: o.to, tools,
-        })
-        if (report.failure) throw new UserError(`The dry run on a copy failed, so production was not touched: ${report.failure.replace(/\.$/, '')}.`, {hint: 'Fix the cause shown, then run again.'})
-        task.title = `Dry run: applied and verified on ${report.clone} in ${fmtMs(report.applyMs)} (restore ${fmtMs(report.restoreMs)})${report.kept ? ', kept' : ', dropped'}`
-        return report
-      }))
+    const dry = o.skipDryrun
+      ? await steps.skip('Dry run on a restored copy', 'skipped (--skip-dryrun)')
+      : !backup || !tools
+        ? await steps.skip('Dry run on a restored copy', 'skipped: the dry run restores the backup, and there is none')
+        : await steps.run('Dry run on a restored copy', (task) =>
+            timed(timings, 'dryrun', async () => {
+              await guard(ins.sql)
+              const report = await dryRun({
+                backup,
+                jobs: o.jobs,
+                keep: o.keepDryrunDb,
+                migrations: ins.migrations,
+                plan: ins.plan,
+                runner: o.runner,
+                scope: task.scope,
+                sql: ins.sql,
+                target,
+                to: o.to,
+                tools,
+              })
+              if (report.failure)
+                throw new UserError(`The dry run on a copy failed, so production was not touched: ${report.failure.replace(/\.$/, '')}.`, {
+                  hint: 'Fix the cause shown, then run again.',
+                })
+              task.title = `Dry run: applied and verified on ${report.clone} in ${fmtMs(report.applyMs)} (restore ${fmtMs(report.restoreMs)})${report.kept ? ', kept' : ', dropped'}`
+              return report
+            }),
+          )
 
     if (!o.yes) {
       const forecast = dry ? `Forecast from the dry run: ${fmtMs(dry.applyMs)}.` : 'No dry run was made.'
@@ -132,30 +172,47 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
       process.stderr.write(`\nAbout to change ${target.conn.database} (schema ${ins.plan.appSchema}) on ${target.conn.host}:${target.conn.port}:\n`)
       for (const m of ins.plan.toApply) process.stderr.write(`  ${describeChanges(m)}\n`)
       process.stderr.write(`${forecast} ${taken}\n`)
-      if (!(await confirm(run, 'Apply to production now?', false, 'production was not changed'))) throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
+      if (!(await confirm(run, 'Apply to production now?', false, 'production was not changed')))
+        throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
     }
 
-    const applied = await steps.run('Apply to production', (task) => timed(timings, 'apply', async () => {
-      const t0 = Date.now()
-      const report = await migrateUp({
-        ...o.runner, beforeWrite: guard, log: (l) => task.scope.log.info(l), migrations: ins.migrations, progress: (l) => task.scope.log.progress(l),
-        schema: ins.plan.appSchema, scope: task.scope, sql: ins.sql, to: o.to,
-      })
-      if (report.migrations.length === 0) {
-        task.title = `Apply: nothing left; another run brought ${target.conn.database} to ${report.after ?? 'nothing'} while this one waited`
+    const applied = await steps.run('Apply to production', (task) =>
+      timed(timings, 'apply', async () => {
+        const t0 = Date.now()
+        const report = await migrateUp({
+          ...o.runner,
+          beforeWrite: guard,
+          log: (l) => task.scope.log.info(l),
+          migrations: ins.migrations,
+          progress: (l) => task.scope.log.progress(l),
+          schema: ins.plan.appSchema,
+          scope: task.scope,
+          sql: ins.sql,
+          to: o.to,
+        })
+        if (report.migrations.length === 0) {
+          task.title = `Apply: nothing left; another run brought ${target.conn.database} to ${report.after ?? 'nothing'} while this one waited`
+          return report
+        }
+        const retries = report.migrations.reduce((n, m) => n + m.lockRetries, 0)
+        task.title = `Apply: ${report.migrations.map((m) => m.name).join(', ') || 'nothing left'} in ${fmtMs(Date.now() - t0)}${retries ? ` (${retries} lock retries)` : ''}`
         return report
-      }
-      const retries = report.migrations.reduce((n, m) => n + m.lockRetries, 0)
-      task.title = `Apply: ${report.migrations.map((m) => m.name).join(', ') || 'nothing left'} in ${fmtMs(Date.now() - t0)}${retries ? ` (${retries} lock retries)` : ''}`
-      return report
-    }))
-    const summary = (rest: Partial<MigrateSummary>): MigrateSummary => done({
-      after: applied.after ?? ins.plan.current, applied: applied.migrations.map((m) => m.name), appliedByOtherRun: applied.migrations.length === 0,
-      backup: backup ? {bytes: backup.bytes, file: backup.file, sha256: backup.manifest.sha256} : null, before: ins.plan.current,
-      dryrun: dry ? {clone: dry.clone, forecastMs: dry.forecast?.ms ?? dry.applyMs, kept: dry.kept, leftOut: dry.leftOut, restoreMs: dry.restoreMs} : null,
-      lockRetries: applied.migrations.reduce((n, m) => n + m.lockRetries, 0), nothingToDo: applied.migrations.length === 0,
-      preflight: pre.report.checks, schema: ins.plan.appSchema, ...rest,
-    })
+      }),
+    )
+    const summary = (rest: Partial<MigrateSummary>): MigrateSummary =>
+      done({
+        after: applied.after ?? ins.plan.current,
+        applied: applied.migrations.map((m) => m.name),
+        appliedByOtherRun: applied.migrations.length === 0,
+        backup: backup ? {bytes: backup.bytes, file: backup.file, sha256: backup.manifest.sha256} : null,
+        before: ins.plan.current,
+        dryrun: dry ? {clone: dry.clone, forecastMs: dry.forecast?.ms ?? dry.applyMs, kept: dry.kept, leftOut: dry.leftOut, restoreMs: dry.restoreMs} : null,
+        lockRetries: applied.migrations.reduce((n, m) => n + m.lockRetries, 0),
+        nothingToDo: applied.migrations.length === 0,
+        preflight: pre.report.checks,
+        schema: ins.plan.appSchema,
+        ...rest,
+      })
     if (applied.migrations.length === 0) {
       await steps.skip('Verify', 'skipped: this run applied nothing')
       await steps.skip('Vacuum and analyze', 'skipped: this run applied nothing')
@@ -164,23 +221,39 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
     }
 
     const stays = `the migrations stay applied (at ${applied.after}; verify only reads): check them later with \`nself db e2ee verify\``
-    const verify = await steps.run('Verify', (task) => timed(timings, 'verify', () => namingTheStep('Verify', stays, async () => {
-      const report = await run.untilCancelled(
-        verifyDatabase(ins.sql, {exactCounts: false, manifest: backup?.manifest, schema: ins.plan.appSchema, upTo: applied.after ?? undefined}),
-        () => new CancelledError('verify', stays),
-      )
-      for (const w of report.checks.filter((x) => x.status === 'warn')) warnings.push(`${w.name}: ${w.detail}`)
-      if (!report.ok) throw new UserError(`Verification failed after the migration: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more)` : ''}.`, {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (backup?.file ?? 'missing') + '.'})
-      task.title = `Verify: ${plural(report.checks.length, 'check')} passed`
-      return report
-    })))
+    const verify = await steps.run('Verify', (task) =>
+      timed(timings, 'verify', () =>
+        namingTheStep('Verify', stays, async () => {
+          const report = await run.untilCancelled(
+            verifyDatabase(ins.sql, {exactCounts: false, manifest: backup?.manifest, schema: ins.plan.appSchema, upTo: applied.after ?? undefined}),
+            () => new CancelledError('verify', stays),
+          )
+          for (const w of report.checks.filter((x) => x.status === 'warn')) warnings.push(`${w.name}: ${w.detail}`)
+          if (!report.ok)
+            throw new UserError(
+              `Verification failed after the migration: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more)` : ''}.`,
+              {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (backup?.file ?? 'missing') + '.'},
+            )
+          task.title = `Verify: ${plural(report.checks.length, 'check')} passed`
+          return report
+        }),
+      ),
+    )
 
-    const vacuumed = await steps.run('Vacuum and analyze', (task) => timed(timings, 'vacuum', () => namingTheStep('VACUUM (ANALYZE)', `the migrations stay applied (at ${applied.after}; the vacuum only refreshes statistics, run it again later)`, async () => {
-      await guard(ins.sql)
-      const tables = (await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, task.scope)).map((d) => d.table)
-      task.title = `Vacuum: VACUUM ANALYZE of ${plural(tables.length, 'table')}`
-      return tables
-    })))
+    const vacuumed = await steps.run('Vacuum and analyze', (task) =>
+      timed(timings, 'vacuum', () =>
+        namingTheStep(
+          'VACUUM (ANALYZE)',
+          `the migrations stay applied (at ${applied.after}; the vacuum only refreshes statistics, run it again later)`,
+          async () => {
+            await guard(ins.sql)
+            const tables = (await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, task.scope)).map((d) => d.table)
+            task.title = `Vacuum: VACUUM ANALYZE of ${plural(tables.length, 'table')}`
+            return tables
+          },
+        ),
+      ),
+    )
 
     const hasura = await hasuraStep(steps, timings, target, ins.sql, ins.plan.appSchema)
     return summary({hasura, vacuumed, verify})
@@ -189,11 +262,13 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
 
 /** The Hasura metadata written to the project for the tables the database now has. */
 function hasuraStep(steps: Steps, timings: Record<string, number>, target: Target, sql: Inspection['sql'], schema: string): Promise<HasuraResult> {
-  return steps.run('Hasura metadata', (task) => timed(timings, 'hasura', async () => {
-    const hasura = writeHasuraMetadata(target.projectDir, schema, await existingRelations(sql, schema))
-    task.title = hasura.dir ? `Hasura metadata: ${hasura.written.length} files written in ${hasura.dir}` : 'Hasura metadata: none in this project'
-    return hasura
-  }))
+  return steps.run('Hasura metadata', (task) =>
+    timed(timings, 'hasura', async () => {
+      const hasura = writeHasuraMetadata(target.projectDir, schema, await existingRelations(sql, schema))
+      task.title = hasura.dir ? `Hasura metadata: ${hasura.written.length} files written in ${hasura.dir}` : 'Hasura metadata: none in this project'
+      return hasura
+    }),
+  )
 }
 
 const PREFLIGHT_STATE = 'production was not changed (the preflight only reads)'

@@ -14,7 +14,14 @@ import {checkPlainDump, newestPlainDumpSource} from '../steps/nself-dumps.js'
 import {inspect, type Inspection} from '../migrations/inspect.js'
 import {compareWithBackup, describeLoss, rows, type TableLoss} from '../steps/loss.js'
 import {TOUCHED_TABLES} from '../nchat/tables.js'
-import {checkRestoredMatchesManifest, keptDatabaseName, type RestoredDatabase, restoreIntoNewDatabase, SwapCommittedError, swapDatabases} from '../steps/restore.js'
+import {
+  checkRestoredMatchesManifest,
+  keptDatabaseName,
+  type RestoredDatabase,
+  restoreIntoNewDatabase,
+  SwapCommittedError,
+  swapDatabases,
+} from '../steps/restore.js'
 import {validateIdentifier} from '../pg/identifiers.js'
 import type {RunScope} from '../run/scope.js'
 import {backupProduction, Steps, timed} from './shared.js'
@@ -95,9 +102,12 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
       const applied = ins.plan.migrations.filter((m) => m.state !== 'pending')
       if (applied.length === 0) {
         if (o.backupFile) {
-          throw new UserError(`${db} has none of migrations ${versionList(ins)} applied, so there is nothing to roll back; restoring ${o.backupFile} would only replace its data with older data.`, {
-            hint: 'To restore a backup over a database anyway, use nself db restore.',
-          })
+          throw new UserError(
+            `${db} has none of migrations ${versionList(ins)} applied, so there is nothing to roll back; restoring ${o.backupFile} would only replace its data with older data.`,
+            {
+              hint: 'To restore a backup over a database anyway, use nself db restore.',
+            },
+          )
         }
         return {nothing: nothingToRollBack(o, ins, db), ready: false as const}
       }
@@ -111,7 +121,9 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
       validateIdentifier(keptName, 'kept database')
       validateIdentifier(restoreName, 'restored database')
       if (new Set([db, keptName, restoreName]).size !== 3) {
-        throw new UserError(`Cannot roll back ${db}: the names for the restored copy (${restoreName}) and the kept database (${keptName}) would not differ from it.`)
+        throw new UserError(
+          `Cannot roll back ${db}: the names for the restored copy (${restoreName}) and the kept database (${keptName}) would not differ from it.`,
+        )
       }
       const [{taken}] = await ins.sql<{taken: boolean}[]>`select exists (select 1 from pg_database where datname = ${keptName}) as taken`
       if (taken) throw new UserError(`Cannot roll back ${db}: a database named ${keptName} already exists.`, {hint: 'Wait a second and run again.'})
@@ -120,52 +132,82 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
         select current_user as role, r.rolsuper as superuser, r.rolcreatedb as createdb,
           pg_has_role(current_user, d.datdba, 'USAGE') as owns
         from pg_roles r, pg_database d where r.rolname = current_user and d.datname = current_database()`
-      const lacks = may.superuser ? [] : [...(may.createdb ? [] : ['CREATEDB (to restore the backup into a new database)']), ...(may.owns ? [] : [`ownership of the database ${db} (to rename it in the swap)`])]
+      const lacks = may.superuser
+        ? []
+        : [
+            ...(may.createdb ? [] : ['CREATEDB (to restore the backup into a new database)']),
+            ...(may.owns ? [] : [`ownership of the database ${db} (to rename it in the swap)`]),
+          ]
       if (lacks.length > 0) {
-        throw new UserError(`Cannot roll back ${db}: role ${may.role} lacks ${lacks.join(' and ')}.`, {hint: 'Run as the database owner with CREATEDB (POSTGRES_USER), or use --strategy down.'})
+        throw new UserError(`Cannot roll back ${db}: role ${may.role} lacks ${lacks.join(' and ')}.`, {
+          hint: 'Run as the database owner with CREATEDB (POSTGRES_USER), or use --strategy down.',
+        })
       }
 
-      const {backup, tools} = await steps.run('Check the backup', (task) => timed(timings, 'backup check', async () => {
-        await lock.assertSameDatabase(ins.sql)
-        // The tools belong to the run (not to this phase): Ctrl+C during the swap still drops the restored copy.
-        const tools = await PgTools.create(target, run)
-        const firstMigration = ins.migrations[0].version
-        const file = o.backupFile ?? (await pickBackup(o, run, ins, tools, (l) => task.scope.log.info(l)))
-        // A dump without our manifest (nself's own backup) is read to the end and judged by what it holds.
-        const checked = await verifyBackup({
-          database: db, file, requireManifest: false, requireTables: {schema: ins.plan.appSchema, tables: TOUCHED_TABLES}, tools,
-        })
-        const manifest = await checkPlainDump(tools, file, checked.manifest, db, firstMigration)
-        if (o.to !== undefined && !backupIsAt(manifest.ledger_version, o.to, ins)) {
-          throw new UserError(`--to ${o.to} cannot be honoured by a restore rollback: the backup ${file} was taken at migration ${manifest.ledger_version ?? 'none'}, so restoring it goes to ${manifest.ledger_version ?? 'none'}.`, {
-            exitCode: 2, hint: `Use --strategy down --to ${o.to}, or leave out --to.`,
+      const {backup, tools} = await steps.run('Check the backup', (task) =>
+        timed(timings, 'backup check', async () => {
+          await lock.assertSameDatabase(ins.sql)
+          // The tools belong to the run (not to this phase): Ctrl+C during the swap still drops the restored copy.
+          const tools = await PgTools.create(target, run)
+          const firstMigration = ins.migrations[0].version
+          const file = o.backupFile ?? (await pickBackup(o, run, ins, tools, (l) => task.scope.log.info(l)))
+          // A dump without our manifest (nself's own backup) is read to the end and judged by what it holds.
+          const checked = await verifyBackup({
+            database: db,
+            file,
+            requireManifest: false,
+            requireTables: {schema: ins.plan.appSchema, tables: TOUCHED_TABLES},
+            tools,
           })
-        }
-        task.title = `Backup ${file}: sha256, archive and its database verified (taken ${manifest.created_at}, at migration ${manifest.ledger_version ?? 'none'})`
-        return {backup: {file, manifest, manifestFile: manifestPathFor(file)}, tools}
-      }))
-      const copy = await steps.run('Restore into a new database', (task) => timed(timings, 'restore', async () => {
-        restored = await restoreIntoNewDatabase({
-          admin, backup, jobs: o.jobs, log: (l) => task.scope.log.info(l),
-          onProgress: (p) => task.scope.log.progress(`restoring: ${p.done}/${p.total} archive entries`), target, tools,
-        })
-        const {name} = restored
-        await task.scope.child(async (checking) => {
-          const rsql = checking.own(connect(target.conn, {database: name, max: 1}))
-          await checkRestoredMatchesManifest(rsql, backup.manifest, (q) => readLedgerVersion(q, backup.manifest.schema))
-        })
-        task.title = `Restored into ${name} and checked against the manifest (row counts, ledger ${backup.manifest.ledger_version ?? 'none'})`
-        return restored
-      }))
-      const lost = await steps.run('Count what the rollback loses', (task) => timed(timings, 'loss', async () => {
-        task.scope.log.info('comparing every table of the live database with the restored backup')
-        const found = await lossSinceBackup(task.scope, ins, copy.name)
-        task.title = found.length ? `Since the backup, written and lost by the rollback: ${found.length} ${found.length === 1 ? 'table' : 'tables'} differ` : 'Nothing was written since the backup'
-        return found
-      }))
+          const manifest = await checkPlainDump(tools, file, checked.manifest, db, firstMigration)
+          if (o.to !== undefined && !backupIsAt(manifest.ledger_version, o.to, ins)) {
+            throw new UserError(
+              `--to ${o.to} cannot be honoured by a restore rollback: the backup ${file} was taken at migration ${manifest.ledger_version ?? 'none'}, so restoring it goes to ${manifest.ledger_version ?? 'none'}.`,
+              {
+                exitCode: 2,
+                hint: `Use --strategy down --to ${o.to}, or leave out --to.`,
+              },
+            )
+          }
+          task.title = `Backup ${file}: sha256, archive and its database verified (taken ${manifest.created_at}, at migration ${manifest.ledger_version ?? 'none'})`
+          return {backup: {file, manifest, manifestFile: manifestPathFor(file)}, tools}
+        }),
+      )
+      const copy = await steps.run('Restore into a new database', (task) =>
+        timed(timings, 'restore', async () => {
+          restored = await restoreIntoNewDatabase({
+            admin,
+            backup,
+            jobs: o.jobs,
+            log: (l) => task.scope.log.info(l),
+            onProgress: (p) => task.scope.log.progress(`restoring: ${p.done}/${p.total} archive entries`),
+            target,
+            tools,
+          })
+          const {name} = restored
+          await task.scope.child(async (checking) => {
+            const rsql = checking.own(connect(target.conn, {database: name, max: 1}))
+            await checkRestoredMatchesManifest(rsql, backup.manifest, (q) => readLedgerVersion(q, backup.manifest.schema))
+          })
+          task.title = `Restored into ${name} and checked against the manifest (row counts, ledger ${backup.manifest.ledger_version ?? 'none'})`
+          return restored
+        }),
+      )
+      const lost = await steps.run('Count what the rollback loses', (task) =>
+        timed(timings, 'loss', async () => {
+          task.scope.log.info('comparing every table of the live database with the restored backup')
+          const found = await lossSinceBackup(task.scope, ins, copy.name)
+          task.title = found.length
+            ? `Since the backup, written and lost by the rollback: ${found.length} ${found.length === 1 ? 'table' : 'tables'} differ`
+            : 'Nothing was written since the backup'
+          return found
+        }),
+      )
 
       if (!o.yes) {
-        process.stderr.write(`\nAbout to replace ${db} by ${copy.name} (the backup of ${backup.manifest.created_at}). Connections to ${db} will be ended for a moment.\n`)
+        process.stderr.write(
+          `\nAbout to replace ${db} by ${copy.name} (the backup of ${backup.manifest.created_at}). Connections to ${db} will be ended for a moment.\n`,
+        )
         for (const l of lost) process.stderr.write(`  will be lost: ${l.what}\n`)
         if (lost.length > 0) process.stderr.write('  (counted just now; whatever is written before the swap is lost too)\n')
         if (!(await confirm(run, 'Swap now?', false))) {
@@ -181,13 +223,15 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
     lock.assertHeld()
     let status: {after: number | null; hasura: HasuraResult} | undefined
     try {
-      const swap = await steps.run('Swap the databases', (task) => timed(timings, 'swap', async () => {
-        const r = await swapDatabases({admin, keptName, live: db, liveOid: lock.oid, replacement: copy.name, scope: task.scope})
-        swapped = r
-        task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
-        await testPause('rollback:swapped', run.signal)
-        return r
-      }))
+      const swap = await steps.run('Swap the databases', (task) =>
+        timed(timings, 'swap', async () => {
+          const r = await swapDatabases({admin, keptName, live: db, liveOid: lock.oid, replacement: copy.name, scope: task.scope})
+          swapped = r
+          task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
+          await testPause('rollback:swapped', run.signal)
+          return r
+        }),
+      )
       status = await steps.run('Status', async (task) => {
         const now = await afterSwap(run, ins)
         task.title = `Status: ${db} is at migration ${now.after ?? 'none'}`
@@ -211,16 +255,24 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
       if (!(swapped && error instanceof CancelledError)) throw error
       // Ctrl+C or SIGTERM came after the swap had committed: the rollback is done; finish its bookkeeping and say so.
       const kept = swapped.keptName
-      const now = await afterSwap(run, ins).then((r) => `at migration ${r.after ?? 'none'}`, () => 'its migration could not be read')
-      throw interrupted(`Interrupted by ${interruption().by} after the swap had committed: ${db} now holds the restored backup (${now}) and the replaced database is kept as ${kept}.`,
-        `Drop ${kept} when it is no longer needed: DROP DATABASE ${quoteIdent(kept)};`)
+      const now = await afterSwap(run, ins).then(
+        (r) => `at migration ${r.after ?? 'none'}`,
+        () => 'its migration could not be read',
+      )
+      throw interrupted(
+        `Interrupted by ${interruption().by} after the swap had committed: ${db} now holds the restored backup (${now}) and the replaced database is kept as ${kept}.`,
+        `Drop ${kept} when it is no longer needed: DROP DATABASE ${quoteIdent(kept)};`,
+      )
     }
   } catch (error) {
     if (restored && !swapped && !(error instanceof SwapCommittedError)) {
       // Say what is true: the restored copy is gone, or still there (and removed by the next command).
       const {name} = restored
-      const dropped = await restored.drop().then(() => `the restored copy ${name} was dropped`, (dropError: unknown) =>
-        `the restored copy ${name} could not be dropped (${toUserError(dropError).message.replace(/\.$/, '')}); the next nself db e2ee command drops it`)
+      const dropped = await restored.drop().then(
+        () => `the restored copy ${name} was dropped`,
+        (dropError: unknown) =>
+          `the restored copy ${name} could not be dropped (${toUserError(dropError).message.replace(/\.$/, '')}); the next nself db e2ee command drops it`,
+      )
       if (error instanceof UserError) {
         error.message = `${error.message.replace(/\.$/, '')}; ${dropped}.`
       }
@@ -266,7 +318,8 @@ async function pickBackup(o: RollbackOptions, scope: RunScope, ins: Inspection, 
   const seen = choice.passedOver[0] ? ` (the newest, ${choice.passedOver[0].backup.file}, was ${choice.passedOver[0].why})` : ''
   throw new UserError(`No pre-migration backup of ${db} ${wanted} in ${target.backupDir}${seen}; refusing to roll back without a way back.`, {
     exitCode: o.to === undefined ? 1 : 2,
-    hint: o.to === undefined ? 'Name one with --backup FILE, or use --strategy down.' : `Use --strategy down --to ${o.to}, or name a backup with --backup FILE.`,
+    hint:
+      o.to === undefined ? 'Name one with --backup FILE, or use --strategy down.' : `Use --strategy down --to ${o.to}, or name a backup with --backup FILE.`,
   })
 }
 
@@ -282,8 +335,17 @@ function versionList(ins: Inspection): string {
 
 function nothingToRollBack(o: RollbackOptions, ins: Inspection, database: string): Omit<RollbackSummary, 'elapsedMs'> {
   return {
-    after: ins.plan.current, backup: null, before: ins.plan.current, database, kept: null, lost: [], ok: true,
-    reverted: [], strategy: o.strategy, swapWindowMs: null, timings: {},
+    after: ins.plan.current,
+    backup: null,
+    before: ins.plan.current,
+    database,
+    kept: null,
+    lost: [],
+    ok: true,
+    reverted: [],
+    strategy: o.strategy,
+    swapWindowMs: null,
+    timings: {},
   }
 }
 
@@ -321,12 +383,24 @@ async function rowsInNewColumns(ins: Inspection, versions: number[]): Promise<Lo
     select table_name, column_name from information_schema.columns
     where table_schema = ${plan.appSchema} and ((table_name = 'nchat_messages' and column_name = 'is_encrypted') or (table_name = 'nchat_channels' and column_name = 'enforce_encryption'))`
   if (cols.some((c) => c.column_name === 'is_encrypted')) {
-    const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${s}.nchat_messages where is_encrypted or encrypted_payload is not null or sender_device_id is not null`)
-    if (Number(n) > 0) out.push({rows: Number(n), table: `${plan.appSchema}.nchat_messages`, what: `${plan.appSchema}.nchat_messages: ${rows(Number(n))} encrypted (their payload columns are dropped)`})
+    const [{n}] = await sql.unsafe<{n: string}[]>(
+      `select count(*)::bigint as n from ${s}.nchat_messages where is_encrypted or encrypted_payload is not null or sender_device_id is not null`,
+    )
+    if (Number(n) > 0)
+      out.push({
+        rows: Number(n),
+        table: `${plan.appSchema}.nchat_messages`,
+        what: `${plan.appSchema}.nchat_messages: ${rows(Number(n))} encrypted (their payload columns are dropped)`,
+      })
   }
   if (cols.some((c) => c.column_name === 'enforce_encryption')) {
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${s}.nchat_channels where enforce_encryption`)
-    if (Number(n) > 0) out.push({rows: Number(n), table: `${plan.appSchema}.nchat_channels`, what: `${plan.appSchema}.nchat_channels: ${rows(Number(n))} enforcing encryption (the setting is dropped)`})
+    if (Number(n) > 0)
+      out.push({
+        rows: Number(n),
+        table: `${plan.appSchema}.nchat_channels`,
+        what: `${plan.appSchema}.nchat_channels: ${rows(Number(n))} enforcing encryption (the setting is dropped)`,
+      })
   }
   return out
 }
@@ -341,11 +415,26 @@ async function rollbackDown(run: RunScope, o: RollbackOptions, lock: CommandLock
   run.ownPool(ins.sql)
   await lock.assertSameDatabase(ins.sql)
   if (!ins.migrations.some((m) => m.version === to) && to !== ins.migrations[0].version - 1) {
-    throw new UserError(`--to ${to} is not a version this rollback can reach (${ins.migrations[0].version - 1} or one of ${ins.migrations.map((m) => m.version).join(', ')}).`, {exitCode: 2})
+    throw new UserError(
+      `--to ${to} is not a version this rollback can reach (${ins.migrations[0].version - 1} or one of ${ins.migrations.map((m) => m.version).join(', ')}).`,
+      {exitCode: 2},
+    )
   }
   const revert = ins.plan.migrations.filter((m) => m.version > to && m.state !== 'pending').map((m) => m.version)
   if (revert.length === 0) {
-    return {after: ins.plan.current, backup: null, before: ins.plan.current, database: db, kept: null, lost: [], ok: true, reverted: [], strategy: 'down', swapWindowMs: null, timings: {}}
+    return {
+      after: ins.plan.current,
+      backup: null,
+      before: ins.plan.current,
+      database: db,
+      kept: null,
+      lost: [],
+      ok: true,
+      reverted: [],
+      strategy: 'down',
+      swapWindowMs: null,
+      timings: {},
+    }
   }
   const lost = [...(await rowsInNewTables(ins, revert)), ...(await rowsInNewColumns(ins, revert))]
   if (!o.yes) {
@@ -355,18 +444,31 @@ async function rollbackDown(run: RunScope, o: RollbackOptions, lock: CommandLock
     if (!(await confirm(run, 'Revert now? A safety backup is taken first.', false))) throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
   }
   const steps = new Steps(run, o.json)
-  const backup = await steps.run('Safety backup', (task) => timed(timings, 'backup', async () => {
-    await lock.assertSameDatabase(ins.sql)
-    const tools = await PgTools.create(target, run)
-    const taken = await backupProduction({ins, purpose: 'pre-rollback', scope: task.scope, target, tools})
-    task.title = `Safety backup: ${taken.file}`
-    return taken
-  }))
-  const down = await steps.run('Run the down migrations, newest first', (task) => timed(timings, 'down', async () => {
-    const report = await migrateDown({...o.runner, beforeWrite: (q) => lock.assertSameDatabase(q), log: (l) => task.scope.log.info(l), migrations: ins.migrations, schema: ins.plan.appSchema, scope: task.scope, sql: ins.sql, to})
-    task.title = `Reverted ${report.migrations.map((m) => m.name).join(', ')}`
-    return report
-  }))
+  const backup = await steps.run('Safety backup', (task) =>
+    timed(timings, 'backup', async () => {
+      await lock.assertSameDatabase(ins.sql)
+      const tools = await PgTools.create(target, run)
+      const taken = await backupProduction({ins, purpose: 'pre-rollback', scope: task.scope, target, tools})
+      task.title = `Safety backup: ${taken.file}`
+      return taken
+    }),
+  )
+  const down = await steps.run('Run the down migrations, newest first', (task) =>
+    timed(timings, 'down', async () => {
+      const report = await migrateDown({
+        ...o.runner,
+        beforeWrite: (q) => lock.assertSameDatabase(q),
+        log: (l) => task.scope.log.info(l),
+        migrations: ins.migrations,
+        schema: ins.plan.appSchema,
+        scope: task.scope,
+        sql: ins.sql,
+        to,
+      })
+      task.title = `Reverted ${report.migrations.map((m) => m.name).join(', ')}`
+      return report
+    }),
+  )
   const status = await steps.run('Status', async (task) => {
     const after = await readLedgerVersion(ins.sql, ins.plan.appSchema)
     const hasura = syncHasuraMetadata(target.projectDir, ins.plan.appSchema, await existingRelations(ins.sql, ins.plan.appSchema))

@@ -43,7 +43,12 @@ export class Steps {
         if (scope.cancelled) throw notStarted(title)
         const progress = mode === 'log' ? startStepProgress(task) : null
         try {
-          const log = {info: (line: string) => { task.output = line }, progress: progressOf(task)}
+          const log = {
+            info: (line: string) => {
+              task.output = line
+            },
+            progress: progressOf(task),
+          }
           const view: StepTask = {
             scope: scope.withLog(log),
             get title() {
@@ -96,9 +101,16 @@ export async function timed<T>(timings: Record<string, number>, name: string, fn
 export function backupProduction(o: {ins: Inspection; scope: RunScope; target: Target; tools: PgTools; purpose: BackupPurpose}): Promise<BackupInfo> {
   const {log} = o.scope
   return takeBackup({
-    dir: o.target.backupDir, ledgerVersion: o.ins.plan.current, log: (line) => log.info(line),
-    onProgress: (bytes) => log.progress(`${fmtBytes(bytes)} written`), purpose: o.purpose, schema: o.ins.plan.appSchema,
-    sql: o.ins.sql, tables: TOUCHED_TABLES, target: o.target, tools: o.tools,
+    dir: o.target.backupDir,
+    ledgerVersion: o.ins.plan.current,
+    log: (line) => log.info(line),
+    onProgress: (bytes) => log.progress(`${fmtBytes(bytes)} written`),
+    purpose: o.purpose,
+    schema: o.ins.plan.appSchema,
+    sql: o.ins.sql,
+    tables: TOUCHED_TABLES,
+    target: o.target,
+    tools: o.tools,
   })
 }
 

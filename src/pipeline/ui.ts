@@ -38,9 +38,10 @@ export function fmtMs(ms: number): string {
   return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`
 }
 
-
 /** Each step's time and the whole run's, as every summary shows them: "preflight 0.1 s, backup 2.0 s (total 2.3 s)". */
 export function fmtTimings(timings: Record<string, number>, elapsedMs: number): string {
-  const steps = Object.entries(timings).map(([k, v]) => `${k} ${fmtMs(v)}`).join(', ')
+  const steps = Object.entries(timings)
+    .map(([k, v]) => `${k} ${fmtMs(v)}`)
+    .join(', ')
   return steps ? `${steps} (total ${fmtMs(elapsedMs)})` : `total ${fmtMs(elapsedMs)}`
 }

@@ -279,9 +279,11 @@ export class RootScope extends RunScope {
     if (root.signals === 1) root.by = signal
     const by = signal === 'SIGINT' ? 'Ctrl+C' : signal
     if (root.signals === 1) {
-      process.stderr.write(root.undos.size > 0
-        ? `\n${by}: the undo that is running will finish first (a second Ctrl+C abandons it).\n`
-        : `\nStopping (${by}): cancelling the running step; the last message says what is left (a second Ctrl+C abandons an undo).\n`)
+      process.stderr.write(
+        root.undos.size > 0
+          ? `\n${by}: the undo that is running will finish first (a second Ctrl+C abandons it).\n`
+          : `\nStopping (${by}): cancelling the running step; the last message says what is left (a second Ctrl+C abandons an undo).\n`,
+      )
       void this.abort()
       return
     }
@@ -316,7 +318,6 @@ export class RootScope extends RunScope {
     return told
   }
 }
-
 
 /** A root scope for a run: a command makes one per invocation; a library caller may make its own and abort it. */
 export function createRunScope(o: {target?: Target; log?: Logger} = {}): RootScope {

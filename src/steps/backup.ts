@@ -2,7 +2,20 @@ import {createHash} from 'node:crypto'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 
-import {ensureSidecarDir, findManifestFor, manifestPathFor, rehearsalPathFor, type BackupInfo, type BackupPurpose, type Manifest, MANIFEST_FORMAT, readManifest, sha256File, synthesizeManifest, writeManifest} from '../archive/manifest.js'
+import {
+  ensureSidecarDir,
+  findManifestFor,
+  manifestPathFor,
+  rehearsalPathFor,
+  type BackupInfo,
+  type BackupPurpose,
+  type Manifest,
+  MANIFEST_FORMAT,
+  readManifest,
+  sha256File,
+  synthesizeManifest,
+  writeManifest,
+} from '../archive/manifest.js'
 import {ensureBackupDir, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
 import {missingTableData, readToc, tableDataKey, type Toc, tocHeader} from '../archive/toc.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
@@ -82,8 +95,12 @@ async function prepareDump(opts: Pick<TakeBackupOptions, 'log' | 'sql' | 'target
            pg_database_size(current_database())::text as size`
   const pgDumpMajor = await tools.toolMajor('pg_dump')
   // Before anything is written: pg_dump must dump this server and pg_restore must read back what it writes.
-  const toolCheck = judgeTools(Math.floor(server.num / 10_000), {pg_dump: pgDumpMajor, pg_restore: await tools.toolMajor('pg_restore')},
-    tools.container ? `in container ${tools.container}` : 'local client tools', {dumps: true, local: !tools.container})
+  const toolCheck = judgeTools(
+    Math.floor(server.num / 10_000),
+    {pg_dump: pgDumpMajor, pg_restore: await tools.toolMajor('pg_restore')},
+    tools.container ? `in container ${tools.container}` : 'local client tools',
+    {dumps: true, local: !tools.container},
+  )
   if (toolCheck.status === 'fail') throw new UserError(`No ${what} was taken: ${toolCheck.detail}.`, {hint: toolCheck.fix})
   return {dir, pgDumpMajor, server: {num: server.num, size: Number(server.size), version: server.version}}
 }
@@ -96,7 +113,10 @@ interface DumpSetting {
 
 /** Plain and partitioned tables of `tables` that exist in `schema`; only plain ones have TABLE DATA of their own. */
 async function existingTablesIn(sql: Sql, schema: string, tables: string[]): Promise<{existing: string[]; plain: string[]}> {
-  const relations = tables.length === 0 ? [] : await sql<{name: string; kind: string}[]>`
+  const relations =
+    tables.length === 0
+      ? []
+      : await sql<{name: string; kind: string}[]>`
     select c.relname as name, c.relkind as kind from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = ${schema} and c.relname = any(${tables}) and c.relkind in ('r', 'p')`
   const existing = tables.filter((t) => relations.some((r) => r.name === t))
@@ -125,7 +145,12 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
 
   try {
     const dump = await dumpChecked(opts, setting, {
-      count: existing, extraArgs: [], file: partial, name: `the backup to ${final}`, requireData: [{schema: opts.schema, tables: plain}], shown: final,
+      count: existing,
+      extraArgs: [],
+      file: partial,
+      name: `the backup to ${final}`,
+      requireData: [{schema: opts.schema, tables: plain}],
+      shown: final,
       what: 'backup',
     })
     scope.throwIfCancelled(`the backup to ${final}`)
@@ -225,7 +250,11 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
   const {exclude, keep} = await copyRows(sql, opts.dataTables, opts.schema)
   // Counted (as a backup counts them) only where the dump holds their rows: the copy is checked against these.
   const kept = new Set(keep.filter((t) => t.schema === opts.schema).map((t) => t.name))
-  const {existing} = await existingTablesIn(sql, opts.schema, opts.tables.filter((t) => kept.has(t)))
+  const {existing} = await existingTablesIn(
+    sql,
+    opts.schema,
+    opts.tables.filter((t) => kept.has(t)),
+  )
   const bySchema = new Map<string, string[]>()
   for (const t of keep) bySchema.set(t.schema, [...(bySchema.get(t.schema) ?? []), t.name])
 
@@ -244,13 +273,17 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     const dump = await dumpChecked(opts, setting, {
       count: existing,
       extraArgs: exclude.map((t) => `--exclude-table-data=${dumpPattern(t.schema, t.name)}`),
-      file, name: `the rehearsal dump ${file}`, requireData: [...bySchema].map(([schema, tables]) => ({schema, tables})), shown: file,
+      file,
+      name: `the rehearsal dump ${file}`,
+      requireData: [...bySchema].map(([schema, tables]) => ({schema, tables})),
+      shown: file,
       what: 'rehearsal dump',
     })
     // pg_dump's patterns are quoted exactly, so a table left out must have no data in it: say so if one has.
     const excluded = new Set(exclude.map((t) => tableDataKey(t.schema, t.name)))
     const stray = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA' && excluded.has(tableDataKey(e.schema, e.name)))
-    if (stray.length > 0) log?.(`The rehearsal dump holds the rows of ${stray.map((e) => `${e.schema}.${e.name}`).join(', ')} after all; the copy leaves them out.`)
+    if (stray.length > 0)
+      log?.(`The rehearsal dump holds the rows of ${stray.map((e) => `${e.schema}.${e.name}`).join(', ')} after all; the copy leaves them out.`)
     scope.throwIfCancelled(`the rehearsal dump ${file}`)
     await testPause('dryrun:dump-written', scope.signal)
     scope.throwIfCancelled(`the rehearsal dump ${file}`)
@@ -274,9 +307,15 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
       toc_entries: dump.toc.entries.length,
     }
     const tablesWithData = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => `${e.schema ?? ''}.${e.name}`)
-    log?.(`Rehearsal dump written: ${file} (${fmtBytes(dump.result.bytes)}, the schema and the rows of ${plural(tablesWithData.length, 'table')}; not a backup, removed when the dry run ends).`)
+    log?.(
+      `Rehearsal dump written: ${file} (${fmtBytes(dump.result.bytes)}, the schema and the rows of ${plural(tablesWithData.length, 'table')}; not a backup, removed when the dry run ends).`,
+    )
     return {
-      bytes: dump.result.bytes, durationMs: Date.now() - started, file, leftOut: [...excluded], manifest,
+      bytes: dump.result.bytes,
+      durationMs: Date.now() - started,
+      file,
+      leftOut: [...excluded],
+      manifest,
       async remove() {
         unregister()
         await remove()
@@ -286,7 +325,8 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
   } catch (error) {
     unregister()
     await remove()
-    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
+    if (scope.cancelled || error instanceof CancelledError)
+      throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
     throw error
   }
 }
@@ -324,7 +364,11 @@ interface CheckedDump extends InSnapshot {
  * supports, then read back: pg_restore must list it and find the data of every table required. A failure
  * removes nothing but stops pg_dump; it is one sentence naming the file (the password redacted).
  */
-async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onProgress' | 'log' | 'schema' | 'sql' | 'target' | 'tools'>, setting: DumpSetting, d: DumpTarget): Promise<CheckedDump> {
+async function dumpChecked(
+  opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onProgress' | 'log' | 'schema' | 'sql' | 'target' | 'tools'>,
+  setting: DumpSetting,
+  d: DumpTarget,
+): Promise<CheckedDump> {
   const {log, sql, target, tools} = opts
   const scope = tools.scope
   const database = target.conn.database
@@ -339,7 +383,9 @@ async function dumpChecked(opts: Pick<TakeBackupOptions, 'ledgerVersion' | 'onPr
       const stat = await fs.statfs(setting.dir)
       const free = Number(stat.bavail) * Number(stat.bsize)
       if (free < setting.server.size) {
-        log?.(`Warning: ${setting.dir} has ${fmtBytes(free)} free and the database takes ${fmtBytes(setting.server.size)}; a compressed dump is usually much smaller, but watch the disk.`)
+        log?.(
+          `Warning: ${setting.dir} has ${fmtBytes(free)} free and the database takes ${fmtBytes(setting.server.size)}; a compressed dump is usually much smaller, but watch the disk.`,
+        )
       }
     } catch {
       // statfs is advisory.
@@ -570,7 +616,10 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   if (!st.isFile()) throw new UserError(`The backup file ${file} is not a regular file.`)
 
   const manifestFile = (await findManifestFor(file)) ?? manifestPathFor(file)
-  const hasManifest = await fs.access(manifestFile).then(() => true, () => false)
+  const hasManifest = await fs.access(manifestFile).then(
+    () => true,
+    () => false,
+  )
   let manifest: Manifest | undefined
   if (hasManifest || requireManifest) {
     try {
@@ -611,11 +660,14 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
       const m = manifest?.pg_dump_major
       throw new UserError(`${older}.`, {
         cause: error,
-        hint: m ? `Install the PostgreSQL ${m} client tools (postgresql-client-${m}) or newer where pg_restore runs.` : 'Install the client tools of the PostgreSQL version that wrote it, or newer, where pg_restore runs.',
+        hint: m
+          ? `Install the PostgreSQL ${m} client tools (postgresql-client-${m}) or newer where pg_restore runs.`
+          : 'Install the client tools of the PostgreSQL version that wrote it, or newer, where pg_restore runs.',
       })
     }
     throw new UserError(`The backup ${file} is not readable by pg_restore: ${firstLine(error)}.`, {
-      cause: error, hint: 'The file is truncated, corrupt, or not a custom-format (-Fc) dump.',
+      cause: error,
+      hint: 'The file is truncated, corrupt, or not a custom-format (-Fc) dump.',
     })
   }
 
@@ -638,7 +690,8 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
     } catch (error) {
       if (opts.tools.scope.cancelled) throw new CancelledError(`checking the backup ${file}`)
       throw new UserError(`The backup ${file} cannot be read to the end by pg_restore: ${firstLine(error)}.`, {
-        cause: error, hint: 'The file is truncated or corrupt; do not use it.',
+        cause: error,
+        hint: 'The file is truncated or corrupt; do not use it.',
       })
     }
   }
@@ -658,21 +711,30 @@ function checkDumpHeader(file: string, toc: Toc, manifest: Manifest | undefined,
   const dumped = tocHeader(toc, 'dbname')
   if (dumped === undefined) throw new UserError(`The backup ${file} does not name the database it was dumped from, so it cannot be checked.`)
   if (database !== undefined && dumped !== database) {
-    throw new UserError(`The backup ${file} is a dump of the database "${dumped}", not of "${database}"${manifest && !manifest.synthesized && manifest.database !== dumped ? ` (its manifest says "${manifest.database}")` : ''}.`, {
-      hint: 'Pass a backup of this database.',
-    })
+    throw new UserError(
+      `The backup ${file} is a dump of the database "${dumped}", not of "${database}"${manifest && !manifest.synthesized && manifest.database !== dumped ? ` (its manifest says "${manifest.database}")` : ''}.`,
+      {
+        hint: 'Pass a backup of this database.',
+      },
+    )
   }
   if (!manifest || manifest.synthesized) return
   if (dumped !== manifest.database) {
-    throw new UserError(`The backup ${file} is a dump of the database "${dumped}", but its manifest says "${manifest.database}": the manifest does not belong to this dump.`)
+    throw new UserError(
+      `The backup ${file} is a dump of the database "${dumped}", but its manifest says "${manifest.database}": the manifest does not belong to this dump.`,
+    )
   }
   const dumpedBy = Number((tocHeader(toc, 'Dumped by pg_dump version') ?? '').split('.')[0])
   if (dumpedBy && manifest.pg_dump_major && dumpedBy !== manifest.pg_dump_major) {
-    throw new UserError(`The backup ${file} was written by pg_dump ${dumpedBy}, but its manifest says pg_dump ${manifest.pg_dump_major}: the manifest does not belong to this dump.`)
+    throw new UserError(
+      `The backup ${file} was written by pg_dump ${dumpedBy}, but its manifest says pg_dump ${manifest.pg_dump_major}: the manifest does not belong to this dump.`,
+    )
   }
   const dumpedFrom = (tocHeader(toc, 'Dumped from database version') ?? '').split(' ')[0]
   if (dumpedFrom && manifest.server_version && dumpedFrom !== manifest.server_version.split(' ')[0]) {
-    throw new UserError(`The backup ${file} was dumped from PostgreSQL ${dumpedFrom}, but its manifest says ${manifest.server_version}: the manifest does not belong to this dump.`)
+    throw new UserError(
+      `The backup ${file} was dumped from PostgreSQL ${dumpedFrom}, but its manifest says ${manifest.server_version}: the manifest does not belong to this dump.`,
+    )
   }
 }
 

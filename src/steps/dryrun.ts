@@ -84,23 +84,40 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
   const {scope} = o
   const log = (line: string) => scope.log.info(line)
   const schema = o.plan.appSchema
-  const content = o.content ?? await decideCopy(o)
+  const content = o.content ?? (await decideCopy(o))
   for (const s of content.slim) log(`Leaving out the rows of ${s.table}: ${s.why}.`)
   for (const k of content.keptAltered) log(`Restoring the rows of ${k.table}: ${k.why}.`)
   const clone = await createClone({
-    admin: o.sql, allData: o.full, backup: o.backup, dataTables: content.dataTables, jobs: o.jobs, keep: o.keep, leftOutOfArchive: o.leftOutOfArchive, log,
+    admin: o.sql,
+    allData: o.full,
+    backup: o.backup,
+    dataTables: content.dataTables,
+    jobs: o.jobs,
+    keep: o.keep,
+    leftOutOfArchive: o.leftOutOfArchive,
+    log,
     onProgress: (p) => scope.log.progress(`restoring: ${p.done}/${p.total} archive entries${p.item ? ` (${p.item})` : ''}`),
-    target: o.target, tools: o.tools,
+    target: o.target,
+    tools: o.tools,
   })
   await testPause('dryrun:clone-restored', scope.signal)
   // A table of ALTERED_ONLY restored after all (a kept table references it) is no longer slim.
   const slim = content.slim.filter((s) => clone.leftOut.some((l) => l.table === s.table || l.table === `${s.schema}.${s.table}`))
   const leftOut = clone.leftOut.map((l) => ({
     ...l,
-    why: slim.find((s) => l.table === s.table || l.table === `${s.schema}.${s.table}`)?.why
+    why:
+      slim.find((s) => l.table === s.table || l.table === `${s.schema}.${s.table}`)?.why
       ?? 'no statement of 013-016 reads, alters or references this table; its definition, indexes, constraints, triggers and policies are restored',
   }))
-  const report: DryRunReport = {applyMs: 0, clone: clone.name, content: o.full ? 'full' : 'slim', keptAltered: content.keptAltered, kept: Boolean(o.keep), leftOut, restoreMs: clone.restoreMs}
+  const report: DryRunReport = {
+    applyMs: 0,
+    clone: clone.name,
+    content: o.full ? 'full' : 'slim',
+    keptAltered: content.keptAltered,
+    kept: Boolean(o.keep),
+    leftOut,
+    restoreMs: clone.restoreMs,
+  }
   try {
     // The clone's connections are closed before it is dropped (the child scope closes what it owns on the way out).
     return await scope.child(async (run) => {
@@ -108,8 +125,17 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
       const t0 = Date.now()
       try {
         report.run = await migrateUp({
-          ...o.runner, beforeWrite: undefined, log: (l) => log(`[clone] ${l}`), migrations: o.migrations, observeLocks: true,
-          progress: (l) => scope.log.progress(l), revertOnFailure: false, schema, scope: run, sql: cloneSql, to: o.to,
+          ...o.runner,
+          beforeWrite: undefined,
+          log: (l) => log(`[clone] ${l}`),
+          migrations: o.migrations,
+          observeLocks: true,
+          progress: (l) => scope.log.progress(l),
+          revertOnFailure: false,
+          schema,
+          scope: run,
+          sql: cloneSql,
+          to: o.to,
         })
       } catch (error) {
         // Ctrl+C stops the trial (its cancel handlers end the clone's sessions): that is no forecast of a failure.
@@ -122,16 +148,30 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
       if (run.cancelled) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
       // Row counts are compared only for tables whose rows the clone holds.
       const counts = Object.fromEntries(Object.entries(o.backup.manifest.row_counts ?? {}).filter(([t]) => !slim.some((s) => s.table === t)))
-      report.verify = await verifyDatabase(cloneSql, {exactCounts: true, manifest: {...o.backup.manifest, row_counts: counts}, schema, upTo: report.run.after ?? undefined})
+      report.verify = await verifyDatabase(cloneSql, {
+        exactCounts: true,
+        manifest: {...o.backup.manifest, row_counts: counts},
+        schema,
+        upTo: report.run.after ?? undefined,
+      })
       if (!report.verify.ok) {
         report.failure = `Verification on the dry-run database failed: ${report.verify.failures[0]}`
         return report
       }
       const applied = report.run
-      report.forecast = await run.child(async (measuring) => forecastApply({
-        applyMs: report.applyMs, clone: measuring.own(connect(o.target.conn, {database: clone.name, max: 1})), log, migrations: o.migrations,
-        openProd: () => connect(o.target.conn, {max: 1}), prod: o.sql, run: applied, schema, slim,
-      }))
+      report.forecast = await run.child(async (measuring) =>
+        forecastApply({
+          applyMs: report.applyMs,
+          clone: measuring.own(connect(o.target.conn, {database: clone.name, max: 1})),
+          log,
+          migrations: o.migrations,
+          openProd: () => connect(o.target.conn, {max: 1}),
+          prod: o.sql,
+          run: applied,
+          schema,
+          slim,
+        }),
+      )
       return report
     })
   } finally {

@@ -99,7 +99,9 @@ export async function sweepLeftovers(lock: CommandLock, backupDir: string | unde
   for (const d of await leftoverDatabases(lock.admin, lock.database)) {
     if (d.kept || d.run === RUN_ID) continue
     if (d.foreignSessions > 0) {
-      log(`Not dropping ${d.name} (left by an interrupted ${d.kind === 'dryrun' ? 'dry run' : 'rollback'}): ${d.foreignSessions} other session(s) are connected to it.`)
+      log(
+        `Not dropping ${d.name} (left by an interrupted ${d.kind === 'dryrun' ? 'dry run' : 'rollback'}): ${d.foreignSessions} other session(s) are connected to it.`,
+      )
       continue
     }
     await dropDatabase(lock.admin, d.name)
@@ -113,7 +115,9 @@ export async function sweepLeftovers(lock: CommandLock, backupDir: string | unde
       if (!p.run || p.run === RUN_ID || alive.has(p.run)) continue
       await fs.rm(p.file, {force: true})
       removed.push(p.file)
-      log(`Removed ${p.file}, ${p.kind === 'rehearsal' ? 'the rehearsal dump of an interrupted dry run' : 'the unfinished backup of an interrupted run'} (${p.run}).`)
+      log(
+        `Removed ${p.file}, ${p.kind === 'rehearsal' ? 'the rehearsal dump of an interrupted dry run' : 'the unfinished backup of an interrupted run'} (${p.run}).`,
+      )
     }
   }
   return removed
@@ -138,9 +142,12 @@ export async function repairClosedDatabase(admin: Sql, database: string): Promis
   if (!state.exists || state.allowConnections) return null
   const restores = (await leftoverDatabases(admin, database)).filter((d) => d.kind === 'restore')
   if (restores.length === 0) {
-    throw new UserError(`The database "${database}" does not accept connections (ALLOW_CONNECTIONS is false), and no interrupted swap of nself db e2ee explains it.`, {
-      hint: `If it was closed on purpose, wait until it is opened again; otherwise: ALTER DATABASE ${quoteIdent(database)} WITH ALLOW_CONNECTIONS true.`,
-    })
+    throw new UserError(
+      `The database "${database}" does not accept connections (ALLOW_CONNECTIONS is false), and no interrupted swap of nself db e2ee explains it.`,
+      {
+        hint: `If it was closed on purpose, wait until it is opened again; otherwise: ALTER DATABASE ${quoteIdent(database)} WITH ALLOW_CONNECTIONS true.`,
+      },
+    )
   }
   await admin.unsafe(`ALTER DATABASE ${quoteIdent(database)} WITH ALLOW_CONNECTIONS true`)
   return `Repaired: "${database}" was left refusing connections by an interrupted rollback swap (its restored copy ${restores.map((r) => r.name).join(', ')} is still beside it); it accepts connections again, unchanged.`

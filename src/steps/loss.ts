@@ -72,14 +72,17 @@ const rowOf = (cols: string[]) => `row(${cols.map(quoteIdent).join(', ')})::text
 async function buckets(sql: Sql, from: string, keyExpr: string, rowExpr: string): Promise<Map<string, {n: number; h: string}>> {
   const rows = await sql.unsafe<{b: string; n: string; h: string}[]>(
     `select (hashtextextended(${keyExpr}, 0) & ${BUCKETS - 1}) as b, count(*) as n, sum(hashtextextended(${rowExpr}, 1)::numeric)::text as h
-     from ${from} group by 1`)
+     from ${from} group by 1`,
+  )
   return new Map(rows.map((r) => [String(r.b), {h: r.h, n: Number(r.n)}]))
 }
 
 async function rowsIn(sql: Sql, from: string, keyExpr: string, rowExpr: string, which: string[]): Promise<Array<{k: string; h: string}>> {
   return sql.unsafe<{k: string; h: string}[]>(
     `select ${keyExpr} as k, hashtextextended(${rowExpr}, 1)::text as h from ${from}
-     where (hashtextextended(${keyExpr}, 0) & ${BUCKETS - 1}) = any($1::bigint[])`, [which])
+     where (hashtextextended(${keyExpr}, 0) & ${BUCKETS - 1}) = any($1::bigint[])`,
+    [which],
+  )
 }
 
 async function count(sql: Sql, from: string): Promise<number> {
@@ -113,7 +116,14 @@ export async function compareWithBackup(o: CompareOptions): Promise<TableLoss[]>
     if (fetch(a) > limit || fetch(b) > limit) {
       const total = (m: Map<string, {n: number}>) => [...m.values()].reduce((s, x) => s + x.n, 0)
       const delta = total(b) - total(a)
-      out.push({added: Math.max(0, delta), changed: 'yes', exact: false, note: `over ${limit.toLocaleString('en-US')} rows differ; counted from the row totals`, removed: Math.max(0, -delta), table: id})
+      out.push({
+        added: Math.max(0, delta),
+        changed: 'yes',
+        exact: false,
+        note: `over ${limit.toLocaleString('en-US')} rows differ; counted from the row totals`,
+        removed: Math.max(0, -delta),
+        table: id,
+      })
       continue
     }
     const [before, now] = await Promise.all([rowsIn(o.backup, from, keyExpr, rowExpr, differing), rowsIn(o.live, from, keyExpr, rowExpr, differing)])
@@ -137,7 +147,11 @@ export async function compareWithBackup(o: CompareOptions): Promise<TableLoss[]>
       const removed = [...tally.values()].reduce((s, n) => s + Math.max(0, n), 0)
       const maybeUpdated = added > 0 && removed > 0
       out.push({
-        added, changed: maybeUpdated ? 'yes' : 0, exact: true, removed, table: id,
+        added,
+        changed: maybeUpdated ? 'yes' : 0,
+        exact: true,
+        removed,
+        table: id,
         ...(maybeUpdated ? {note: 'no primary key: an updated row counts as one removed and one added'} : {}),
       })
     }

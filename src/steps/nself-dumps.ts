@@ -95,7 +95,12 @@ export interface RollbackSource {
  * database, taken before the migration ran (`before`), holding a ledger below `firstMigration`.
  */
 export async function newestPlainDumpSource(o: {
-  dir: string; database: string; tools: PgTools; before?: Date; firstMigration: number; log?: (line: string) => void
+  dir: string
+  database: string
+  tools: PgTools
+  before?: Date
+  firstMigration: number
+  log?: (line: string) => void
 }): Promise<RollbackSource | undefined> {
   const candidates: RollbackSource[] = []
   for (const file of await plainDumpsIn(o.dir)) {
@@ -121,7 +126,8 @@ export function plainDumpMisfit(dump: PlainDump, database: string, firstMigratio
   if (dump.database !== database) return `it is a dump of ${dump.database || 'an unnamed database'}, not ${database}`
   if (dump.ledgerVersion === null) return 'it holds no schema_migrations rows, so its migration is unknown'
   if (dump.ledgerVersion >= firstMigration) return `it was taken at migration ${dump.ledgerVersion}, after the upgrade began`
-  if (before && dump.createdAt.getTime() > before.getTime()) return `it was taken (${dump.createdAt.toISOString()}) after the migration ran (${before.toISOString()})`
+  if (before && dump.createdAt.getTime() > before.getTime())
+    return `it was taken (${dump.createdAt.toISOString()}) after the migration ran (${before.toISOString()})`
   return undefined
 }
 
@@ -135,6 +141,9 @@ export async function checkPlainDump(tools: PgTools, file: string, manifest: Man
     throw new UserError(`The backup ${file} cannot be read by pg_restore: ${firstLine(error)}.`, {cause: error})
   })
   const why = plainDumpMisfit({createdAt: new Date(manifest.created_at), database: manifest.database, file, ledgerVersion}, database, firstMigration)
-  if (why) throw new UserError(`The backup ${file} cannot undo the upgrade: ${why}.`, {hint: 'Pass a backup of this database taken before the migration with --backup FILE.'})
+  if (why)
+    throw new UserError(`The backup ${file} cannot undo the upgrade: ${why}.`, {
+      hint: 'Pass a backup of this database taken before the migration with --backup FILE.',
+    })
   return {...manifest, ledger_version: ledgerVersion}
 }

@@ -52,7 +52,11 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
   try {
     assertCanMigrate(plan, o.to)
     const drift = plan.migrations.filter((m) => m.state !== 'pending' && m.state !== 'applied')
-    checks.push({detail: `schema_migrations at ${plan.current ?? 'nothing'}; to apply: ${plan.toApply.map((m) => m.name).join(', ') || 'nothing'}${drift.length ? ` (${drift.map((m) => `${m.name} ${m.state}`).join(', ')})` : ''}`, name: 'ledger', status: 'ok'})
+    checks.push({
+      detail: `schema_migrations at ${plan.current ?? 'nothing'}; to apply: ${plan.toApply.map((m) => m.name).join(', ') || 'nothing'}${drift.length ? ` (${drift.map((m) => `${m.name} ${m.state}`).join(', ')})` : ''}`,
+      name: 'ledger',
+      status: 'ok',
+    })
   } catch (error) {
     checks.push({detail: (error as Error).message, fix: (error as UserError).hint, name: 'ledger', status: 'fail'})
   }
@@ -61,7 +65,12 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
     select t as name from unnest(${TOUCHED_TABLES}::text[]) t
     where not exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = ${schema} and c.relname = t)`
   if (missing.length > 0) {
-    checks.push({detail: `schema ${schema} has no ${missing.map((m) => m.name).join(', ')}`, fix: 'This is not a complete nChat v0.3.0 database.', name: 'nChat tables', status: 'fail'})
+    checks.push({
+      detail: `schema ${schema} has no ${missing.map((m) => m.name).join(', ')}`,
+      fix: 'This is not a complete nChat v0.3.0 database.',
+      name: 'nChat tables',
+      status: 'fail',
+    })
   }
 
   const [sizes] = await sql<{db: string; data: string}[]>`
@@ -83,7 +92,10 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
   if (o.tools) {
     const tools = {pg_dump: await o.tools.toolMajor('pg_dump'), pg_restore: await o.tools.toolMajor('pg_restore')}
     const where = o.tools.container ? `in container ${o.tools.container}` : 'local client tools'
-    checks.push({...judgeTools(Math.floor(server.num / 10_000), tools, where, {dumps: o.backupDir !== undefined, local: !o.tools.container}), name: 'client tools'})
+    checks.push({
+      ...judgeTools(Math.floor(server.num / 10_000), tools, where, {dumps: o.backupDir !== undefined, local: !o.tools.container}),
+      name: 'client tools',
+    })
   }
 
   const failed = checks.find((c) => c.status === 'fail')
@@ -98,11 +110,22 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
 async function privilegeCheck(o: PreflightOptions): Promise<Check> {
   const {sql, plan} = o.ins
   const schema = plan.appSchema
-  const [p] = await sql<{
-    role: string; db: string; superuser: boolean; createdb: boolean; dbCreate: boolean; schemaCreate: boolean
-    ledgerSchema: boolean; ledgerSchemaCreate: boolean; ledgerTable: boolean; ledgerWrite: boolean
-    ledger: string | null; ledgerWriteApp: boolean
-  }[]>`
+  const [p] = await sql<
+    {
+      role: string
+      db: string
+      superuser: boolean
+      createdb: boolean
+      dbCreate: boolean
+      schemaCreate: boolean
+      ledgerSchema: boolean
+      ledgerSchemaCreate: boolean
+      ledgerTable: boolean
+      ledgerWrite: boolean
+      ledger: string | null
+      ledgerWriteApp: boolean
+    }[]
+  >`
     select current_user as role, current_database() as db,
       r.rolsuper as superuser, r.rolcreatedb as createdb,
       has_database_privilege(current_database(), 'CREATE') as "dbCreate",
@@ -124,10 +147,12 @@ async function privilegeCheck(o: PreflightOptions): Promise<Check> {
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = ${schema} and c.relname = any(${TOUCHED_TABLES}) order by c.relname`
   // pg_dump reads every table and sequence of the database: one it may not read fails the backup.
-  const unreadable = o.backupDir ? await sql<{name: string}[]>`
+  const unreadable = o.backupDir
+    ? await sql<{name: string}[]>`
     select format('%I.%I', n.nspname, c.relname) as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where c.relkind in ('r', 'p', 'm', 'S') and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\_%'
-      and not has_table_privilege(c.oid, 'SELECT') order by 1 limit 6` : []
+      and not has_table_privilege(c.oid, 'SELECT') order by 1 limit 6`
+    : []
 
   const missing: string[] = []
   const grants: string[] = []
@@ -172,7 +197,11 @@ async function privilegeCheck(o: PreflightOptions): Promise<Check> {
     ].join(' ')
     return {detail: `role ${p.role} lacks ${listJoin(missing)}`, fix: fix || undefined, name: 'privileges', status: 'fail'}
   }
-  return {detail: `${p.role}${p.superuser ? ' (superuser)' : ''} may create the ledger and the new tables and alter ${TOUCHED_TABLES.join(', ')}${o.needCreateDb ? ', and create the dry-run database' : ''}`, name: 'privileges', status: 'ok'}
+  return {
+    detail: `${p.role}${p.superuser ? ' (superuser)' : ''} may create the ledger and the new tables and alter ${TOUCHED_TABLES.join(', ')}${o.needCreateDb ? ', and create the dry-run database' : ''}`,
+    name: 'privileges',
+    status: 'ok',
+  }
 }
 
 function listJoin(items: string[]): string {
@@ -188,7 +217,12 @@ async function backupSpaceCheck(dir: string, dataBytes: number): Promise<Check> 
   // for text-heavy chat data, plus room to spare.
   const need = Math.ceil(dataBytes * 0.5) + 64 * 1024 * 1024
   if (free < need) {
-    return {detail: `${fmtBytes(free)} free at ${probe}, the backup may need up to ${fmtBytes(need)}`, fix: 'Free disk space or choose another --backup-dir.', name: 'backup space', status: 'fail'}
+    return {
+      detail: `${fmtBytes(free)} free at ${probe}, the backup may need up to ${fmtBytes(need)}`,
+      fix: 'Free disk space or choose another --backup-dir.',
+      name: 'backup space',
+      status: 'fail',
+    }
   }
   return {detail: `${fmtBytes(free)} free at ${probe} (backup estimated below ${fmtBytes(need)})`, name: 'backup space', status: 'ok'}
 }
@@ -200,15 +234,26 @@ async function serverSpaceCheck(o: PreflightOptions, databaseBytes: number): Pro
     let free: number | undefined
     if (o.tools?.container) {
       const {stdout} = await o.tools.exec(['df', '-Pk', dir])
-      const cols = String(stdout ?? "").trim().split('\n').at(-1)!.split(/\s+/)
+      const cols = String(stdout ?? '')
+        .trim()
+        .split('\n')
+        .at(-1)!
+        .split(/\s+/)
       free = Number(cols[3]) * 1024
     } else if (existsSync(dir)) {
       const fs = await statfs(dir)
       free = fs.bavail * fs.bsize
     }
-    if (free === undefined || Number.isNaN(free)) return {detail: 'cannot see the server\'s disk from here; the dry-run clone needs room for the touched tables', name, status: 'warn'}
+    if (free === undefined || Number.isNaN(free))
+      return {detail: "cannot see the server's disk from here; the dry-run clone needs room for the touched tables", name, status: 'warn'}
     const need = databaseBytes + 64 * 1024 * 1024
-    if (free < need) return {detail: `${fmtBytes(free)} free on the server, the dry-run clone may need up to ${fmtBytes(need)}`, fix: 'Free space on the server, or pass --skip-dryrun.', name, status: 'fail'}
+    if (free < need)
+      return {
+        detail: `${fmtBytes(free)} free on the server, the dry-run clone may need up to ${fmtBytes(need)}`,
+        fix: 'Free space on the server, or pass --skip-dryrun.',
+        name,
+        status: 'fail',
+      }
     return {detail: `${fmtBytes(free)} free on the server for the clone (at most ${fmtBytes(need)})`, name, status: 'ok'}
   } catch {
     return {detail: 'data_directory is not readable by this role; free space for the clone not checked', name, status: 'warn'}
@@ -220,24 +265,47 @@ async function dataChecks(o: PreflightOptions): Promise<Check[]> {
   const {sql, plan} = o.ins
   const s = quoteIdent(plan.appSchema)
   const exists = async (table: string, column?: string) => {
-    const rows = await sql`select 1 from information_schema.columns where table_schema = ${plan.appSchema} and table_name = ${table} ${column ? sql`and column_name = ${column}` : sql``} limit 1`
+    const rows =
+      await sql`select 1 from information_schema.columns where table_schema = ${plan.appSchema} and table_name = ${table} ${column ? sql`and column_name = ${column}` : sql``} limit 1`
     return rows.length > 0
   }
   const checks: Check[] = []
   const probes: Array<{name: string; table: string; column?: string; query: string; fix: string; what: string}> = [
-    {fix: 'Delete them (the guide\'s Issue 1): DELETE FROM nchat_identity_keys WHERE user_id NOT IN (SELECT id FROM nchat_users).', name: 'orphaned identity keys', query: `select count(*) as n from ${s}.nchat_identity_keys k where not exists (select 1 from ${s}.nchat_users u where u.id = k.user_id)`, table: 'nchat_identity_keys', what: 'identity keys whose user no longer exists'},
-    {fix: 'Keep one row per device_id (the guide\'s Issue 2).', name: 'duplicate device ids', query: `select count(*) as n from (select device_id from ${s}.nchat_identity_keys group by device_id having count(*) > 1) d`, table: 'nchat_identity_keys', what: 'device ids used by more than one identity key'},
-    {fix: 'Set them to NULL or one of manual, qr_code, out_of_band (the guide\'s CHECK let them in, DESIGN D1).', name: 'invalid verification methods', query: `select count(*) as n from ${s}.nchat_safety_numbers where verification_method is not null and verification_method not in ('manual', 'qr_code', 'out_of_band')`, table: 'nchat_safety_numbers', what: 'safety numbers with a verification method outside manual/qr_code/out_of_band'},
-    {column: 'sender_device_id', fix: 'Set nchat_messages.sender_device_id to NULL where the device is unknown.', name: 'unknown sender devices', query: `select count(*) as n from ${s}.nchat_messages m where m.sender_device_id is not null and not exists (select 1 from ${s}.nchat_identity_keys k where k.device_id = m.sender_device_id)`, table: 'nchat_messages', what: 'messages whose sender_device_id has no identity key'},
+    {
+      fix: "Delete them (the guide's Issue 1): DELETE FROM nchat_identity_keys WHERE user_id NOT IN (SELECT id FROM nchat_users).",
+      name: 'orphaned identity keys',
+      query: `select count(*) as n from ${s}.nchat_identity_keys k where not exists (select 1 from ${s}.nchat_users u where u.id = k.user_id)`,
+      table: 'nchat_identity_keys',
+      what: 'identity keys whose user no longer exists',
+    },
+    {
+      fix: "Keep one row per device_id (the guide's Issue 2).",
+      name: 'duplicate device ids',
+      query: `select count(*) as n from (select device_id from ${s}.nchat_identity_keys group by device_id having count(*) > 1) d`,
+      table: 'nchat_identity_keys',
+      what: 'device ids used by more than one identity key',
+    },
+    {
+      fix: "Set them to NULL or one of manual, qr_code, out_of_band (the guide's CHECK let them in, DESIGN D1).",
+      name: 'invalid verification methods',
+      query: `select count(*) as n from ${s}.nchat_safety_numbers where verification_method is not null and verification_method not in ('manual', 'qr_code', 'out_of_band')`,
+      table: 'nchat_safety_numbers',
+      what: 'safety numbers with a verification method outside manual/qr_code/out_of_band',
+    },
+    {
+      column: 'sender_device_id',
+      fix: 'Set nchat_messages.sender_device_id to NULL where the device is unknown.',
+      name: 'unknown sender devices',
+      query: `select count(*) as n from ${s}.nchat_messages m where m.sender_device_id is not null and not exists (select 1 from ${s}.nchat_identity_keys k where k.device_id = m.sender_device_id)`,
+      table: 'nchat_messages',
+      what: 'messages whose sender_device_id has no identity key',
+    },
   ]
   for (const p of probes) {
     if (!(await exists(p.table, p.column))) continue
     if (p.column && !(await exists('nchat_identity_keys'))) continue
     const [{n}] = await sql.unsafe<{n: string}[]>(p.query)
-    checks.push(Number(n) > 0
-      ? {detail: `${n} ${p.what}`, fix: p.fix, name: p.name, status: 'fail'}
-      : {detail: `none found`, name: p.name, status: 'ok'})
+    checks.push(Number(n) > 0 ? {detail: `${n} ${p.what}`, fix: p.fix, name: p.name, status: 'fail'} : {detail: `none found`, name: p.name, status: 'ok'})
   }
   return checks
 }
-

@@ -128,13 +128,17 @@ export async function checkRestoredMatchesManifest(
     }
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${qualified}`)
     if (Number(n) !== expected) {
-      throw new UserError(`The restored database ${db} has ${plural(Number(n), 'row')} in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`)
+      throw new UserError(
+        `The restored database ${db} has ${plural(Number(n), 'row')} in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`,
+      )
     }
   }
   if (!manifest.synthesized) {
     const version = await readLedgerVersion(sql)
     if (version !== manifest.ledger_version) {
-      throw new UserError(`The restored database ${db} is at migration ${version ?? 'none'}, but the backup ${manifest.file} was taken at ${manifest.ledger_version ?? 'none'}.`)
+      throw new UserError(
+        `The restored database ${db} is at migration ${version ?? 'none'}, but the backup ${manifest.file} was taken at ${manifest.ledger_version ?? 'none'}.`,
+      )
     }
   }
   return {tables: Object.keys(manifest.row_counts).length}
@@ -183,7 +187,11 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
   const {admin, keptName, live, replacement} = opts
   const scope = opts.scope ?? createRunScope()
   const log = (line: string) => scope.log.info(line)
-  for (const [n, what] of [[live, 'live database'], [replacement, 'replacement database'], [keptName, 'kept database']] as const) {
+  for (const [n, what] of [
+    [live, 'live database'],
+    [replacement, 'replacement database'],
+    [keptName, 'kept database'],
+  ] as const) {
     validateIdentifier(n, what)
   }
   if (new Set([live, replacement, keptName]).size !== 3) {
@@ -203,24 +211,32 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
   if (has(keptName)) throw new UserError(`Cannot swap: a database named ${keptName} already exists; ${untouched}.`)
   const liveRow = present.find((p) => p.name === live)!
   if (opts.liveOid !== undefined && Number(liveRow.oid) !== opts.liveOid) {
-    throw new UserError(`Cannot swap: the database ${live} was replaced since this command started (OID ${opts.liveOid} then, ${liveRow.oid} now); nothing was changed.`)
+    throw new UserError(
+      `Cannot swap: the database ${live} was replaced since this command started (OID ${opts.liveOid} then, ${liveRow.oid} now); nothing was changed.`,
+    )
   }
   const liveComment = liveRow.comment
   const q = {kept: quoteIdent(keptName), live: quoteIdent(live), replacement: quoteIdent(replacement)}
   const lockTimeout = Math.max(100, Math.floor(opts.lockTimeoutMs ?? 2000))
   const attempts = Math.max(1, opts.attempts ?? 3)
 
-  const terminate = (name: string, except: number) => retryOnLostConnection(() => admin`
-    select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid() and pid <> ${except}`)
+  const terminate = (name: string, except: number) =>
+    retryOnLostConnection(
+      () => admin`
+    select pg_terminate_backend(pid) from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid() and pid <> ${except}`,
+    )
 
-  const sessionsOn = (name: string) => retryOnLostConnection(async () => {
-    const [{n}] = await admin<{n: number}[]>`select count(*)::int as n from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
-    return n
-  })
+  const sessionsOn = (name: string) =>
+    retryOnLostConnection(async () => {
+      const [{n}] = await admin<{n: number}[]>`select count(*)::int as n from pg_stat_activity where datname = ${name} and pid <> pg_backend_pid()`
+      return n
+    })
 
   // Read with a retry: admin's connections may be the ones the server just ended (the pool reconnects).
-  const namesNow = () => retryOnLostConnection(async () =>
-    (await admin<{name: string}[]>`select datname as name from pg_database where datname = any(${[live, replacement, keptName]})`).map((r) => r.name))
+  const namesNow = () =>
+    retryOnLostConnection(async () =>
+      (await admin<{name: string}[]>`select datname as name from pg_database where datname = any(${[live, replacement, keptName]})`).map((r) => r.name),
+    )
 
   let t0 = 0
   // The swap's own session (a one-connection pool, not admin.begin): postgres.js crashes the process when a
@@ -302,14 +318,20 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     const names = await namesNow().catch(() => undefined)
     if (names && names.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
       // The commit went through although the client saw an error (e.g. the connection broke on COMMIT).
-      throw new SwapCommittedError(`The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`, {cause: error})
+      throw new SwapCommittedError(
+        `The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`,
+        {cause: error},
+      )
     }
     // Not committed: no kept database (the replacement may be gone already, dropped by a Ctrl+C handler).
     if (names && names.includes(live) && !names.includes(keptName)) {
       if (scope.cancelled) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
       throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
     }
-    throw new UserError(`Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`, {cause: error})
+    throw new UserError(
+      `Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`,
+      {cause: error},
+    )
   } finally {
     await session.close()
   }
@@ -319,4 +341,3 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
 function connectionLost(): Error {
   return Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
 }
-

@@ -17,7 +17,12 @@ const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes s
  * `VACUUM (ANALYZE) schema.table` for each of `tables` that exists (others are skipped silently: a database
  * migrated only to 014 has no call tables). Returns what was vacuumed with its duration.
  */
-export async function vacuumTables(sql: Sql, schema: string, tables: readonly string[], scope: RunScope = createRunScope()): Promise<Array<{table: string; ms: number}>> {
+export async function vacuumTables(
+  sql: Sql,
+  schema: string,
+  tables: readonly string[],
+  scope: RunScope = createRunScope(),
+): Promise<Array<{table: string; ms: number}>> {
   const progress = (line: string) => scope.log.progress(line)
   validateIdentifier(schema, 'schema')
   for (const t of tables) validateIdentifier(t, 'table')

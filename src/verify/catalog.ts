@@ -8,11 +8,27 @@ import {escapeRegExp} from '../text.js'
 
 export type ObjectKind = 'table' | 'view' | 'matview' | 'sequence' | 'column' | 'index' | 'constraint' | 'function' | 'trigger'
 
-export interface RelationDef {relkind: string; columns?: Array<{name: string; type: string}>; type?: string; ownedBy?: string | null}
+export interface RelationDef {
+  relkind: string
+  columns?: Array<{name: string; type: string}>
+  type?: string
+  ownedBy?: string | null
+}
 
-export interface ColumnDef {type: string; notNull: boolean; default: string | null; identity?: string; generated?: string}
+export interface ColumnDef {
+  type: string
+  notNull: boolean
+  default: string | null
+  identity?: string
+  generated?: string
+}
 
-export interface IndexDef {table: string; unique: boolean; primary: boolean; definition: string}
+export interface IndexDef {
+  table: string
+  unique: boolean
+  primary: boolean
+  definition: string
+}
 
 export interface ConstraintDef {
   table: string
@@ -35,7 +51,11 @@ export interface FunctionDef {
   bodySha256: string
 }
 
-export interface TriggerDef {table: string; function: string; definition: string}
+export interface TriggerDef {
+  table: string
+  function: string
+  definition: string
+}
 
 export type ObjectDef = RelationDef | ColumnDef | IndexDef | ConstraintDef | FunctionDef | TriggerDef
 
@@ -74,7 +94,14 @@ export function objectKey(kind: ObjectKind, name: string, table?: string): strin
 
 const RELKIND: Record<string, ObjectKind> = {S: 'sequence', f: 'table', m: 'matview', p: 'table', r: 'table', v: 'view'}
 
-export const RELKIND_TEXT: Record<string, string> = {S: 'a sequence', f: 'a foreign table', m: 'a materialized view', p: 'a partitioned table', r: 'a table', v: 'a view'}
+export const RELKIND_TEXT: Record<string, string> = {
+  S: 'a sequence',
+  f: 'a foreign table',
+  m: 'a materialized view',
+  p: 'a partitioned table',
+  r: 'a table',
+  v: 'a view',
+}
 
 const FK_RULE: Record<string, string> = {a: 'NO ACTION', c: 'CASCADE', d: 'SET DEFAULT', n: 'SET NULL', r: 'RESTRICT'}
 
@@ -82,7 +109,13 @@ const FK_MATCH: Record<string, string> = {f: 'FULL', p: 'PARTIAL', s: 'SIMPLE'}
 
 const VOLATILITY: Record<string, string> = {i: 'immutable', s: 'stable', v: 'volatile'}
 
-export const CONSTRAINT_TYPE: Record<string, string> = {c: 'check constraint', f: 'foreign key', p: 'primary key', u: 'unique constraint', x: 'exclusion constraint'}
+export const CONSTRAINT_TYPE: Record<string, string> = {
+  c: 'check constraint',
+  f: 'foreign key',
+  p: 'primary key',
+  u: 'unique constraint',
+  x: 'exclusion constraint',
+}
 
 /** Tables of the migration machinery, not of nChat: never part of the snapshot. */
 const MACHINERY_TABLES = new Set(['schema_migrations'])
@@ -97,12 +130,17 @@ export function unqualify(text: string, schema: string): string {
 }
 
 function normaliseConfig(config: string[] | null, schema: string): string[] {
-  return (config ?? []).map((entry) => {
-    const m = /^search_path=(.*)$/.exec(entry)
-    if (!m) return entry
-    const parts = m[1].split(',').map((p) => p.trim()).map((p) => (p === schema || p === `"${schema.replaceAll('"', '""')}"` ? '$schema' : p))
-    return `search_path=${parts.join(', ')}`
-  }).sort()
+  return (config ?? [])
+    .map((entry) => {
+      const m = /^search_path=(.*)$/.exec(entry)
+      if (!m) return entry
+      const parts = m[1]
+        .split(',')
+        .map((p) => p.trim())
+        .map((p) => (p === schema || p === `"${schema.replaceAll('"', '""')}"` ? '$schema' : p))
+      return `search_path=${parts.join(', ')}`
+    })
+    .sort()
 }
 
 /** Read every object of `schema` from the catalogs, normalised. */
@@ -116,7 +154,9 @@ export async function readCatalog(sql: Querier, schema: string): Promise<Catalog
   const rels = await sql<{name: string; kind: string}[]>`
     select c.relname as name, c.relkind::text as kind from pg_class c
     where c.relnamespace = ${oid}::oid and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')`
-  const cols = await sql<{rel: string; relkind: string; name: string; type: string; not_null: boolean; dflt: string | null; identity: string; generated: string}[]>`
+  const cols = await sql<
+    {rel: string; relkind: string; name: string; type: string; not_null: boolean; dflt: string | null; identity: string; generated: string}[]
+  >`
     select c.relname as rel, c.relkind::text as relkind, a.attname as name, format_type(a.atttypid, a.atttypmod) as type,
            a.attnotnull as not_null, pg_get_expr(d.adbin, d.adrelid) as dflt, a.attidentity::text as identity, a.attgenerated::text as generated
       from pg_attribute a
@@ -175,13 +215,33 @@ export async function readCatalog(sql: Querier, schema: string): Promise<Catalog
     if (MACHINERY_TABLES.has(i.table)) continue
     const at = i.def.indexOf(' USING ')
     const definition = unqualify(at >= 0 ? i.def.slice(at + 1) : i.def, schema)
-    add({def: {definition, primary: i.primary, table: i.table, unique: i.unique}, kind: 'index', name: i.name, state: {ready: i.ready, valid: i.valid}, table: i.table})
+    add({
+      def: {definition, primary: i.primary, table: i.table, unique: i.unique},
+      kind: 'index',
+      name: i.name,
+      state: {ready: i.ready, valid: i.valid},
+      table: i.table,
+    })
   }
 
-  const cons = await sql<{
-    name: string; table: string; type: string; def: string; validated: boolean; deferrable: boolean; deferred: boolean
-    columns: string[]; ref_table: string | null; ref_schema: string | null; ref_columns: string[]; on_delete: string; on_update: string; match: string
-  }[]>`
+  const cons = await sql<
+    {
+      name: string
+      table: string
+      type: string
+      def: string
+      validated: boolean
+      deferrable: boolean
+      deferred: boolean
+      columns: string[]
+      ref_table: string | null
+      ref_schema: string | null
+      ref_columns: string[]
+      on_delete: string
+      on_update: string
+      match: string
+    }[]
+  >`
     select con.conname as name, t.relname as table, con.contype::text as type, pg_get_constraintdef(con.oid) as def,
            con.convalidated as validated, con.condeferrable as deferrable, con.condeferred as deferred,
            coalesce((select array_agg(a.attname::text order by k.o) from unnest(con.conkey) with ordinality k(n, o)
@@ -217,7 +277,19 @@ export async function readCatalog(sql: Querier, schema: string): Promise<Catalog
     add({def, kind: 'constraint', name: c.name, state: {validated: c.validated}, table: c.table})
   }
 
-  const fns = await sql<{name: string; args: string; kind: string; returns: string | null; language: string; volatility: string; security_definer: boolean; config: string[] | null; src: string | null}[]>`
+  const fns = await sql<
+    {
+      name: string
+      args: string
+      kind: string
+      returns: string | null
+      language: string
+      volatility: string
+      security_definer: boolean
+      config: string[] | null
+      src: string | null
+    }[]
+  >`
     select p.proname as name, oidvectortypes(p.proargtypes) as args, p.prokind::text as kind, pg_get_function_result(p.oid) as returns,
            l.lanname as language, p.provolatile::text as volatility, p.prosecdef as security_definer, p.proconfig as config, p.prosrc as src
       from pg_proc p join pg_language l on l.oid = p.prolang
@@ -225,7 +297,9 @@ export async function readCatalog(sql: Querier, schema: string): Promise<Catalog
        and not exists (select 1 from pg_depend d where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')`
   for (const f of fns) {
     const def: FunctionDef = {
-      bodySha256: createHash('sha256').update(f.src ?? '').digest('hex'),
+      bodySha256: createHash('sha256')
+        .update(f.src ?? '')
+        .digest('hex'),
       config: normaliseConfig(f.config, schema),
       kind: f.kind,
       language: f.language,

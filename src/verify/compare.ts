@@ -1,5 +1,18 @@
 import {GUIDE_LEFTOVERS} from '../nchat/guide.js'
-import {type Catalog, type CatalogObject, type ColumnDef, type ConstraintDef, CONSTRAINT_TYPE, displayIdent, type FunctionDef, type IndexDef, type ObjectDef, type RelationDef, RELKIND_TEXT, type TriggerDef} from './catalog.js'
+import {
+  type Catalog,
+  type CatalogObject,
+  type ColumnDef,
+  type ConstraintDef,
+  CONSTRAINT_TYPE,
+  displayIdent,
+  type FunctionDef,
+  type IndexDef,
+  type ObjectDef,
+  type RelationDef,
+  RELKIND_TEXT,
+  type TriggerDef,
+} from './catalog.js'
 import {canonical, expectedAt, type ExpectedObject, type ExpectedSchema, sameDef} from './expected.js'
 import type {Checks} from './report.js'
 
@@ -51,9 +64,10 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
         }
         const have = cur.def as RelationDef
         if (have.relkind !== def.relkind) {
-          const d2 = o.name === 'nchat_prekey_bundles' && have.relkind === 'm'
-            ? ' (the guide\'s materialized view, defect D2: refreshed on every key write); run nself db e2ee migrate to convert it into the plain view'
-            : ''
+          const d2 =
+            o.name === 'nchat_prekey_bundles' && have.relkind === 'm'
+              ? " (the guide's materialized view, defect D2: refreshed on every key write); run nself db e2ee migrate to convert it into the plain view"
+              : ''
           checks.fail(name, `${o.kind} ${o.name} is ${RELKIND_TEXT[have.relkind] ?? have.relkind}, expected ${RELKIND_TEXT[def.relkind] ?? def.relkind}${d2}`)
           if (o.kind === 'table') broken.add(o.name)
           break
@@ -69,7 +83,10 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
           break
         }
         if (o.kind === 'sequence' && (have.ownedBy !== def.ownedBy || have.type !== def.type)) {
-          checks.fail(name, `sequence ${o.name} is ${have.type ?? '?'} owned by ${have.ownedBy ?? 'nothing'}, expected ${def.type ?? '?'} owned by ${def.ownedBy ?? 'nothing'}`)
+          checks.fail(
+            name,
+            `sequence ${o.name} is ${have.type ?? '?'} owned by ${have.ownedBy ?? 'nothing'}, expected ${def.type ?? '?'} owned by ${def.ownedBy ?? 'nothing'}`,
+          )
           break
         }
         checks.ok(name, `exists (${by})`)
@@ -87,7 +104,8 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
         if (have.type !== def.type) diffs.push(`its type is ${have.type}, expected ${def.type}`)
         if (have.notNull !== def.notNull) diffs.push(def.notNull ? 'it is nullable, expected NOT NULL' : 'it is NOT NULL, expected nullable')
         if ((have.default ?? null) !== (def.default ?? null)) diffs.push(`its default is ${have.default ?? 'none'}, expected ${def.default ?? 'none'}`)
-        if ((have.identity ?? '') !== (def.identity ?? '') || (have.generated ?? '') !== (def.generated ?? '')) diffs.push('its identity/generated property differs')
+        if ((have.identity ?? '') !== (def.identity ?? '') || (have.generated ?? '') !== (def.generated ?? ''))
+          diffs.push('its identity/generated property differs')
         if (diffs.length > 0) checks.fail(name, `column ${o.table}.${o.name} differs from ${by}: ${diffs.join('; ')}`)
         else checks.ok(name, `${describeColumn(def)} (${by})`)
         break
@@ -107,11 +125,17 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
           break
         }
         if (have.definition !== def.definition || have.unique !== def.unique || have.primary !== def.primary) {
-          checks.fail(name, `index ${o.name} on ${def.table} is ${have.unique ? 'UNIQUE ' : ''}${have.definition}, expected ${def.unique ? 'UNIQUE ' : ''}${def.definition} (${by})`)
+          checks.fail(
+            name,
+            `index ${o.name} on ${def.table} is ${have.unique ? 'UNIQUE ' : ''}${have.definition}, expected ${def.unique ? 'UNIQUE ' : ''}${def.definition} (${by})`,
+          )
           break
         }
         if (cur.state?.valid === false || cur.state?.ready === false) {
-          checks.fail(name, `index ${o.name} on ${def.table} is INVALID (an interrupted CREATE INDEX CONCURRENTLY build), so no query uses it: run nself db e2ee migrate again to rebuild it, or REINDEX INDEX CONCURRENTLY ${q(o.name)}`)
+          checks.fail(
+            name,
+            `index ${o.name} on ${def.table} is INVALID (an interrupted CREATE INDEX CONCURRENTLY build), so no query uses it: run nself db e2ee migrate again to rebuild it, or REINDEX INDEX CONCURRENTLY ${q(o.name)}`,
+          )
           break
         }
         checks.ok(name, `on ${def.table}, valid: ${def.unique ? 'UNIQUE ' : ''}${def.definition}`)
@@ -146,7 +170,8 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
       case 'trigger': {
         const def = at.def as TriggerDef
         if (!cur) checks.fail(name, `trigger ${o.name} on ${o.table} is missing (${by} creates it)`)
-        else if ((cur.def as TriggerDef).definition !== def.definition) checks.fail(name, `trigger ${o.name} on ${o.table} differs from ${by}: ${(cur.def as TriggerDef).definition}`)
+        else if ((cur.def as TriggerDef).definition !== def.definition)
+          checks.fail(name, `trigger ${o.name} on ${o.table} differs from ${by}: ${(cur.def as TriggerDef).definition}`)
         else checks.ok(name, `exists (${by})`)
         break
       }
@@ -166,21 +191,34 @@ function describeFk(d: ConstraintDef): string {
   return `(${d.columns.join(', ')}) → ${r.table}(${r.columns.join(', ')}) ON DELETE ${r.onDelete}`
 }
 
-function checkConstraint(checks: Checks, name: string, o: ExpectedObject, def: ConstraintDef, cur: CatalogObject | undefined, live: Catalog, by: string, q: (name: string) => string): void {
+function checkConstraint(
+  checks: Checks,
+  name: string,
+  o: ExpectedObject,
+  def: ConstraintDef,
+  cur: CatalogObject | undefined,
+  live: Catalog,
+  by: string,
+  q: (name: string) => string,
+): void {
   const what = CONSTRAINT_TYPE[def.type] ?? 'constraint'
   name = `${what} ${o.name}`
   let found = cur
   let renamed = false
   if (!found) {
     // Not by name: look for the same constraint under another name (table, columns → referenced table; or definition).
-    const candidates = [...live.values()].filter((x) => x.kind === 'constraint' && (x.def as ConstraintDef).table === def.table && (x.def as ConstraintDef).type === def.type)
+    const candidates = [...live.values()].filter(
+      (x) => x.kind === 'constraint' && (x.def as ConstraintDef).table === def.table && (x.def as ConstraintDef).type === def.type,
+    )
     const cdef = (x: CatalogObject) => x.def as ConstraintDef
-    found = def.type === 'f'
-      ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns) && cdef(x).references?.table === def.references?.table)
-      : def.type === 'c'
-        // A check by its definition, else a check on the same columns (compared below: the D1 variant).
-        ? candidates.find((x) => cdef(x).definition === def.definition) ?? (def.columns.length > 0 ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns)) : undefined)
-        : candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns))
+    found =
+      def.type === 'f'
+        ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns) && cdef(x).references?.table === def.references?.table)
+        : def.type === 'c'
+          ? // A check by its definition, else a check on the same columns (compared below: the D1 variant).
+            (candidates.find((x) => cdef(x).definition === def.definition)
+            ?? (def.columns.length > 0 ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns)) : undefined))
+          : candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns))
     if (!found) {
       checks.fail(name, `${what} ${o.name} on ${def.table} is missing (${by} creates it: ${def.type === 'f' ? describeFk(def) : def.definition})`)
       return
@@ -197,19 +235,24 @@ function checkConstraint(checks: Checks, name: string, o: ExpectedObject, def: C
     const diffs: string[] = []
     if (canonical(have.columns) !== canonical(def.columns)) diffs.push(`it is on (${have.columns.join(', ')}), expected (${def.columns.join(', ')})`)
     if (have.references.table !== def.references.table || canonical(have.references.columns) !== canonical(def.references.columns)) {
-      diffs.push(`it references ${have.references.table}(${have.references.columns.join(', ')}), expected ${def.references.table}(${def.references.columns.join(', ')})`)
+      diffs.push(
+        `it references ${have.references.table}(${have.references.columns.join(', ')}), expected ${def.references.table}(${def.references.columns.join(', ')})`,
+      )
     }
-    if (have.references.onDelete !== def.references.onDelete) diffs.push(`it has ON DELETE ${have.references.onDelete}, expected ON DELETE ${def.references.onDelete}`)
-    if (have.references.onUpdate !== def.references.onUpdate) diffs.push(`it has ON UPDATE ${have.references.onUpdate}, expected ON UPDATE ${def.references.onUpdate}`)
+    if (have.references.onDelete !== def.references.onDelete)
+      diffs.push(`it has ON DELETE ${have.references.onDelete}, expected ON DELETE ${def.references.onDelete}`)
+    if (have.references.onUpdate !== def.references.onUpdate)
+      diffs.push(`it has ON UPDATE ${have.references.onUpdate}, expected ON UPDATE ${def.references.onUpdate}`)
     if (diffs.length > 0) {
       checks.fail(name, `${label} differs from ${by}: ${diffs.join('; ')}`)
       return
     }
   }
   if (have.definition !== def.definition) {
-    const d1 = def.type === 'c' && /verification_method/.test(def.definition) && !/IS NULL/.test(have.definition)
-      ? ' — the guide\'s IN (…, NULL) check (defect D1), which accepts any value'
-      : ''
+    const d1 =
+      def.type === 'c' && /verification_method/.test(def.definition) && !/IS NULL/.test(have.definition)
+        ? " — the guide's IN (…, NULL) check (defect D1), which accepts any value"
+        : ''
     checks.fail(name, `${label} is ${have.definition}, expected ${def.definition}${d1}`)
     return
   }
@@ -218,7 +261,10 @@ function checkConstraint(checks: Checks, name: string, o: ExpectedObject, def: C
     return
   }
   if (found.state?.validated === false) {
-    checks.fail(name, `${label} is NOT VALID (never validated, existing rows were not checked): run ALTER TABLE ${q(def.table)} VALIDATE CONSTRAINT ${displayIdent(found.name)}`)
+    checks.fail(
+      name,
+      `${label} is NOT VALID (never validated, existing rows were not checked): run ALTER TABLE ${q(def.table)} VALIDATE CONSTRAINT ${displayIdent(found.name)}`,
+    )
     return
   }
   const summary = def.type === 'f' ? `${describeFk(def)}, validated` : def.definition
@@ -229,25 +275,33 @@ function checkConstraint(checks: Checks, name: string, o: ExpectedObject, def: C
 export function checkGuideLeftovers(checks: Checks, live: Catalog): void {
   for (const f of GUIDE_LEFTOVERS.functions) {
     const found = [...live.values()].filter((x) => x.kind === 'function' && x.name.startsWith(`${f}(`))
-    if (found.length > 0) checks.fail(`absent: function ${f}`, `function ${found[0].name} (the guide's refresh of the materialized view, defect D2) still exists; 014 removes it`)
-    else checks.ok(`absent: function ${f}`, 'the guide\'s refresh function is gone')
+    if (found.length > 0)
+      checks.fail(`absent: function ${f}`, `function ${found[0].name} (the guide's refresh of the materialized view, defect D2) still exists; 014 removes it`)
+    else checks.ok(`absent: function ${f}`, "the guide's refresh function is gone")
   }
   const triggers = [...live.values()].filter((x) => x.kind === 'trigger')
   for (const t of GUIDE_LEFTOVERS.triggers) {
     const found = triggers.find((x) => x.table === t.table && x.name === t.name)
-    if (found) checks.fail(`absent: trigger ${t.name}`, `trigger ${t.name} on ${t.table} (the guide's refresh on every key write, defect D2) still exists; 014 removes it`)
-    else checks.ok(`absent: trigger ${t.name}`, 'the guide\'s refresh trigger is gone')
+    if (found)
+      checks.fail(
+        `absent: trigger ${t.name}`,
+        `trigger ${t.name} on ${t.table} (the guide's refresh on every key write, defect D2) still exists; 014 removes it`,
+      )
+    else checks.ok(`absent: trigger ${t.name}`, "the guide's refresh trigger is gone")
   }
   for (const t of triggers) {
     const d = t.def as TriggerDef
-    if (GUIDE_LEFTOVERS.functions.includes(d.function as (typeof GUIDE_LEFTOVERS.functions)[number]) && !GUIDE_LEFTOVERS.triggers.some((g) => g.name === t.name && g.table === t.table)) {
+    if (
+      GUIDE_LEFTOVERS.functions.includes(d.function as (typeof GUIDE_LEFTOVERS.functions)[number])
+      && !GUIDE_LEFTOVERS.triggers.some((g) => g.name === t.name && g.table === t.table)
+    ) {
       checks.fail(`absent: trigger ${t.name}`, `trigger ${t.name} on ${t.table} still runs ${d.function}() (the guide's materialized view refresh, defect D2)`)
     }
   }
   for (const i of GUIDE_LEFTOVERS.indexes) {
     const found = live.get(`index:${i}`)
     if (found) checks.fail(`absent: index ${i}`, `index ${i} on ${found.table} (of the guide's materialized view) still exists`)
-    else checks.ok(`absent: index ${i}`, 'the guide\'s materialized view index is gone')
+    else checks.ok(`absent: index ${i}`, "the guide's materialized view index is gone")
   }
 }
 
@@ -258,7 +312,10 @@ export function checkInvalidLeftovers(checks: Checks, expected: ExpectedSchema, 
   for (const o of live.values()) {
     if (o.kind !== 'index' || ours.has(o.name) || !o.table || !tables.has(o.table)) continue
     if (o.state?.valid === false || o.state?.ready === false) {
-      checks.warn(`index ${o.name}`, `index ${o.name} on ${o.table} is INVALID (an interrupted concurrent build); it slows every write and serves no query: drop it with DROP INDEX CONCURRENTLY ${o.name}`)
+      checks.warn(
+        `index ${o.name}`,
+        `index ${o.name} on ${o.table} is INVALID (an interrupted concurrent build); it slows every write and serves no query: drop it with DROP INDEX CONCURRENTLY ${o.name}`,
+      )
     }
   }
 }

@@ -71,7 +71,8 @@ export async function existingTableShapes(sql: Querier, plan: Plan): Promise<Sha
       extra.length > 0 ? `columns ${extra.join(', ')} that migration ${t.since} does not make` : '',
     ].filter(Boolean)
     const name = `existing ${t.table}`
-    if (differences.length === 0) checks.push({detail: `${plan.appSchema}.${t.table} exists already in the shape migration ${t.since} makes; it is kept`, name, status: 'ok'})
+    if (differences.length === 0)
+      checks.push({detail: `${plan.appSchema}.${t.table} exists already in the shape migration ${t.since} makes; it is kept`, name, status: 'ok'})
     else {
       checks.push({
         detail: `${plan.appSchema}.${t.table} exists already in another shape (${differences.join('; ')}); migration ${t.since} would keep it and nChat would fail on it`,

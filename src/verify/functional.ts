@@ -21,8 +21,7 @@ export async function checkData(checks: Checks, sql: Querier, schema: string, li
     const name = `data ${d.table}`
     if (!d.columns.every((c) => hasColumn(live, d.table, c))) continue // reported by the column checks
     try {
-      const [row] = await sql.unsafe<{bad: string}[]>(
-        `select count(*)::bigint as bad from ${quoteIdent(schema)}.${quoteIdent(d.table)} where ${d.query}`)
+      const [row] = await sql.unsafe<{bad: string}[]>(`select count(*)::bigint as bad from ${quoteIdent(schema)}.${quoteIdent(d.table)} where ${d.query}`)
       const bad = Number(row.bad)
       if (bad > 0) checks.fail(name, `${d.table} has ${bad} ${d.what}`)
       else checks.ok(name, d.ok)
@@ -32,7 +31,14 @@ export async function checkData(checks: Checks, sql: Querier, schema: string, li
   }
 }
 
-export async function checkRowCounts(checks: Checks, sql: Querier, schema: string, live: Catalog, manifest: {row_counts: Record<string, number>}, exact: boolean): Promise<void> {
+export async function checkRowCounts(
+  checks: Checks,
+  sql: Querier,
+  schema: string,
+  live: Catalog,
+  manifest: {row_counts: Record<string, number>},
+  exact: boolean,
+): Promise<void> {
   for (const table of ROW_COUNT_TABLES) {
     const before = manifest.row_counts?.[table]
     if (typeof before !== 'number') continue
@@ -60,8 +66,16 @@ export async function checkRowCounts(checks: Checks, sql: Querier, schema: strin
 export async function checkBehaviour(checks: Checks, sql: Querier, schema: string, live: Catalog, upTo: number, broken: Set<string>): Promise<void> {
   const needs = (names: string[]) => names.filter((n) => !live.has(n.startsWith('function:') ? n : `rel:${n}`))
   if (upTo >= 14) {
-    const missing = needs(['nchat_users', 'nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys', 'nchat_prekey_bundles', 'function:nchat_claim_prekey_bundle(text)'])
-    if (missing.length > 0) checks.warn('bundle view freshness', `not run: ${missing.map((m) => m.replace(/^function:/, '')).join(', ')} missing (reported above)`)
+    const missing = needs([
+      'nchat_users',
+      'nchat_identity_keys',
+      'nchat_signed_prekeys',
+      'nchat_one_time_prekeys',
+      'nchat_prekey_bundles',
+      'function:nchat_claim_prekey_bundle(text)',
+    ])
+    if (missing.length > 0)
+      checks.warn('bundle view freshness', `not run: ${missing.map((m) => m.replace(/^function:/, '')).join(', ')} missing (reported above)`)
     else await checkBundles(checks, sql, schema)
   }
   const plans = PLAN_CHECKS.filter((p) => upTo >= p.since)
@@ -85,51 +99,84 @@ async function checkBundles(checks: Checks, sql: Querier, schema: string): Promi
       const tag = randomBytes(8).toString('hex')
       const device = `nself-verify-${tag}`
       // A throwaway user; production may have extra required columns, then any existing user will do.
-      const made = await attempt(tx, (q) => q.unsafe<{id: string}[]>(`insert into ${s}.nchat_users (email, username) values ($1, $2) returning id`, [`nself-verify-${tag}@example.invalid`, `nself_verify_${tag}`]))
+      const made = await attempt(tx, (q) =>
+        q.unsafe<{id: string}[]>(`insert into ${s}.nchat_users (email, username) values ($1, $2) returning id`, [
+          `nself-verify-${tag}@example.invalid`,
+          `nself_verify_${tag}`,
+        ]),
+      )
       let userId: string
       if (made.ok) userId = made.value[0].id
       else {
         const any = await tx.unsafe<{id: string}[]>(`select id from ${s}.nchat_users limit 1`)
-        if (any.length === 0) throw new UserError(`no user could be created in nchat_users for the test (${toUserError(made.error).message.replace(/\.$/, '')}) and none exists`)
+        if (any.length === 0)
+          throw new UserError(`no user could be created in nchat_users for the test (${toUserError(made.error).message.replace(/\.$/, '')}) and none exists`)
         userId = any[0].id
       }
-      await tx.unsafe(`insert into ${s}.nchat_identity_keys (device_id, user_id, identity_key_public, identity_key_private_encrypted)
-        values ($1, $2, decode(md5($1), 'hex'), decode(md5($1 || ':private'), 'hex'))`, [device, userId])
+      await tx.unsafe(
+        `insert into ${s}.nchat_identity_keys (device_id, user_id, identity_key_public, identity_key_private_encrypted)
+        values ($1, $2, decode(md5($1), 'hex'), decode(md5($1 || ':private'), 'hex'))`,
+        [device, userId],
+      )
       // Two active signed prekeys (a rotation in progress): the older one has the higher id on purpose.
-      await tx.unsafe(`insert into ${s}.nchat_signed_prekeys (device_id, signed_prekey_id, signed_prekey_public, signed_prekey_private_encrypted, signature, rotation_date, is_active, created_at)
+      await tx.unsafe(
+        `insert into ${s}.nchat_signed_prekeys (device_id, signed_prekey_id, signed_prekey_public, signed_prekey_private_encrypted, signature, rotation_date, is_active, created_at)
         values ($1, 2, decode(md5('old'), 'hex'), decode(md5('old:p'), 'hex'), decode(md5('old:s'), 'hex'), now() - interval '7 days', true, now() - interval '7 days'),
-               ($1, 1, decode(md5('new'), 'hex'), decode(md5('new:p'), 'hex'), decode(md5('new:s'), 'hex'), now(), true, now())`, [device])
+               ($1, 1, decode(md5('new'), 'hex'), decode(md5('new:p'), 'hex'), decode(md5('new:s'), 'hex'), now(), true, now())`,
+        [device],
+      )
       // Two unconsumed one-time prekeys: the older one has the higher id on purpose.
-      await tx.unsafe(`insert into ${s}.nchat_one_time_prekeys (device_id, prekey_id, prekey_public, prekey_private_encrypted, is_consumed, created_at)
+      await tx.unsafe(
+        `insert into ${s}.nchat_one_time_prekeys (device_id, prekey_id, prekey_public, prekey_private_encrypted, is_consumed, created_at)
         values ($1, 20, decode(md5('otp20'), 'hex'), decode(md5('otp20:p'), 'hex'), false, now() - interval '1 hour'),
-               ($1, 10, decode(md5('otp10'), 'hex'), decode(md5('otp10:p'), 'hex'), false, now())`, [device])
+               ($1, 10, decode(md5('otp10'), 'hex'), decode(md5('otp10:p'), 'hex'), false, now())`,
+        [device],
+      )
 
       const out: string[] = []
       const view = () => tx.unsafe<BundleRow[]>(`select * from ${s}.nchat_prekey_bundles where device_id = $1`, [device])
       const first = await view()
-      if (first.length !== 1) out.push(`view nchat_prekey_bundles returned ${first.length} rows for a device with two active signed prekeys, expected exactly one`)
+      if (first.length !== 1)
+        out.push(`view nchat_prekey_bundles returned ${first.length} rows for a device with two active signed prekeys, expected exactly one`)
       else {
         const b = first[0]
         if (b.user_id !== userId) out.push(`view nchat_prekey_bundles returned user ${b.user_id} for the test device, expected ${userId}`)
-        if (Number(b.signed_prekey_id) !== 1) out.push(`view nchat_prekey_bundles offered signed prekey ${b.signed_prekey_id}, expected the newest active one (1)`)
-        if (Number(b.one_time_prekey_id) !== 20) out.push(`view nchat_prekey_bundles offered one-time prekey ${b.one_time_prekey_id ?? 'none'} right after the insert, expected the oldest unconsumed one (20): the view is not fresh`)
+        if (Number(b.signed_prekey_id) !== 1)
+          out.push(`view nchat_prekey_bundles offered signed prekey ${b.signed_prekey_id}, expected the newest active one (1)`)
+        if (Number(b.one_time_prekey_id) !== 20)
+          out.push(
+            `view nchat_prekey_bundles offered one-time prekey ${b.one_time_prekey_id ?? 'none'} right after the insert, expected the oldest unconsumed one (20): the view is not fresh`,
+          )
       }
       if (out.length > 0) return out
 
       const claimed = await tx.unsafe<BundleRow[]>(`select * from ${s}.nchat_claim_prekey_bundle($1)`, [device])
       if (claimed.length !== 1) return [`function nchat_claim_prekey_bundle(text) returned ${claimed.length} rows for a device with a bundle, expected one`]
-      if (Number(claimed[0].one_time_prekey_id) !== 20) out.push(`function nchat_claim_prekey_bundle(text) handed out one-time prekey ${claimed[0].one_time_prekey_id ?? 'none'}, expected the oldest unconsumed one (20)`)
-      if (Number(claimed[0].signed_prekey_id) !== 1) out.push(`function nchat_claim_prekey_bundle(text) returned signed prekey ${claimed[0].signed_prekey_id}, expected the newest active one (1)`)
+      if (Number(claimed[0].one_time_prekey_id) !== 20)
+        out.push(
+          `function nchat_claim_prekey_bundle(text) handed out one-time prekey ${claimed[0].one_time_prekey_id ?? 'none'}, expected the oldest unconsumed one (20)`,
+        )
+      if (Number(claimed[0].signed_prekey_id) !== 1)
+        out.push(`function nchat_claim_prekey_bundle(text) returned signed prekey ${claimed[0].signed_prekey_id}, expected the newest active one (1)`)
       const [consumed] = await tx.unsafe<{is_consumed: boolean; consumed_at: Date | null}[]>(
-        `select is_consumed, consumed_at from ${s}.nchat_one_time_prekeys where device_id = $1 and prekey_id = 20`, [device])
-      if (!consumed?.is_consumed || !consumed.consumed_at) out.push('function nchat_claim_prekey_bundle(text) did not mark the one-time prekey it handed out as consumed')
+        `select is_consumed, consumed_at from ${s}.nchat_one_time_prekeys where device_id = $1 and prekey_id = 20`,
+        [device],
+      )
+      if (!consumed?.is_consumed || !consumed.consumed_at)
+        out.push('function nchat_claim_prekey_bundle(text) did not mark the one-time prekey it handed out as consumed')
       const next = await view()
       if (next.length !== 1 || Number(next[0].one_time_prekey_id) !== 10) {
-        out.push(`after a claim, view nchat_prekey_bundles offers one-time prekey ${next[0]?.one_time_prekey_id ?? 'none'}, expected the next one (10): the view is not fresh`)
+        out.push(
+          `after a claim, view nchat_prekey_bundles offers one-time prekey ${next[0]?.one_time_prekey_id ?? 'none'}, expected the next one (10): the view is not fresh`,
+        )
       }
       return out
     })
-    if (problems.length === 0) checks.ok(name, 'nchat_prekey_bundles offers the newest signed prekey and the oldest one-time prekey at once, and nchat_claim_prekey_bundle hands it out and moves to the next (test rows rolled back)')
+    if (problems.length === 0)
+      checks.ok(
+        name,
+        'nchat_prekey_bundles offers the newest signed prekey and the oldest one-time prekey at once, and nchat_claim_prekey_bundle hands it out and moves to the next (test rows rolled back)',
+      )
     else for (const p of problems) checks.fail(name, p)
   } catch (error) {
     checks.fail(name, `the prekey bundle test could not run: ${toUserError(error).message}`)
@@ -156,7 +203,14 @@ export function planIndexes(plan: PlanNode): {indexes: string[]; seqScans: strin
   return {indexes, seqScans}
 }
 
-async function checkPlans(checks: Checks, sql: Querier, schema: string, live: Catalog, plans: ReadonlyArray<(typeof PLAN_CHECKS)[number]>, broken: Set<string>): Promise<void> {
+async function checkPlans(
+  checks: Checks,
+  sql: Querier,
+  schema: string,
+  live: Catalog,
+  plans: ReadonlyArray<(typeof PLAN_CHECKS)[number]>,
+  broken: Set<string>,
+): Promise<void> {
   const s = quoteIdent(schema)
   const runnable = plans.filter((p) => {
     const missing = [p.relation, ...p.expectTables].filter((t) => !live.has(`rel:${t}`) || broken.has(t))
@@ -171,7 +225,9 @@ async function checkPlans(checks: Checks, sql: Querier, schema: string, live: Ca
       const out: Array<{p: (typeof runnable)[number]; indexes: string[]; seqScans: string[]; error?: unknown}> = []
       for (const p of runnable) {
         const param = p.param === 'uuid' ? '00000000-0000-0000-0000-000000000000' : `nself-verify-${randomBytes(4).toString('hex')}`
-        const r = await attempt(tx, (q) => q.unsafe<Array<{'QUERY PLAN': unknown}>>(`explain (format json) select * from ${s}.${quoteIdent(p.relation)} where ${p.where}`, [param]))
+        const r = await attempt(tx, (q) =>
+          q.unsafe<Array<{'QUERY PLAN': unknown}>>(`explain (format json) select * from ${s}.${quoteIdent(p.relation)} where ${p.where}`, [param]),
+        )
         if (!r.ok) {
           out.push({error: r.error, indexes: [], p, seqScans: []})
           continue
@@ -193,7 +249,10 @@ async function checkPlans(checks: Checks, sql: Querier, schema: string, live: Ca
       const lacking = r.p.expectTables.filter((t) => !used.some((u) => u.table === t))
       const usedText = used.map((u) => `${u.index} on ${u.table}`).join(', ')
       if (used.length === 0) {
-        checks.fail(name, `the ${r.p.name} query (${query}) uses no index even with sequential scans disabled${r.seqScans.length ? ` (sequential scan of ${r.seqScans.join(', ')})` : ''}`)
+        checks.fail(
+          name,
+          `the ${r.p.name} query (${query}) uses no index even with sequential scans disabled${r.seqScans.length ? ` (sequential scan of ${r.seqScans.join(', ')})` : ''}`,
+        )
       } else if (lacking.length > 0) {
         checks.fail(name, `the ${r.p.name} query (${query}) uses no index of ${lacking.join(', ')} (it uses ${usedText})`)
       } else {

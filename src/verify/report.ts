@@ -21,9 +21,15 @@ export class Checks {
     const sentence = detail.trim().replace(/\s+/g, ' ')
     this.list.push({detail: /[.!?]$/.test(sentence) ? sentence : `${sentence}.`, name, status})
   }
-  ok(name: string, detail: string): void { this.add(name, 'ok', detail) }
-  warn(name: string, detail: string): void { this.add(name, 'warn', detail) }
-  fail(name: string, detail: string): void { this.add(name, 'fail', detail) }
+  ok(name: string, detail: string): void {
+    this.add(name, 'ok', detail)
+  }
+  warn(name: string, detail: string): void {
+    this.add(name, 'warn', detail)
+  }
+  fail(name: string, detail: string): void {
+    this.add(name, 'fail', detail)
+  }
   report(): VerifyReport {
     const failures = this.list.filter((c) => c.status === 'fail').map((c) => c.detail)
     return {checks: this.list, failures, ok: failures.length === 0}

@@ -17,8 +17,7 @@ async function migrate(db: string, dir: string, extra: string[] = []) {
   return parseJson(r.stdout)
 }
 
-const rollback = (db: string, dir: string, extra: string[] = []) =>
-  runCli(['db', 'e2ee', 'rollback', '--yes', ...localArgs(db), '--backup-dir', dir, ...extra])
+const rollback = (db: string, dir: string, extra: string[] = []) => runCli(['db', 'e2ee', 'rollback', '--yes', ...localArgs(db), '--backup-dir', dir, ...extra])
 
 async function databasesLike(pattern: string): Promise<string[]> {
   const sql = connect('postgres')
@@ -33,7 +32,9 @@ async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms: n
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
     if (await ok()) return true
-    await new Promise((resolve) => { setTimeout(resolve, 100) })
+    await new Promise((resolve) => {
+      setTimeout(resolve, 100)
+    })
   }
   return false
 }
@@ -42,7 +43,9 @@ async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms: n
 const manifests = (dir: string) => {
   const sidecar = path.join(dir, SIDECAR_DIR)
   return existsSync(sidecar)
-    ? readdirSync(sidecar).filter((f) => f.endsWith('.dump.manifest.json') && statSync(path.join(sidecar, f)).size > 0).map((f) => path.join(sidecar, f))
+    ? readdirSync(sidecar)
+        .filter((f) => f.endsWith('.dump.manifest.json') && statSync(path.join(sidecar, f)).size > 0)
+        .map((f) => path.join(sidecar, f))
     : []
 }
 
@@ -52,7 +55,9 @@ describe('rollback --strategy restore chooses the backup from before the upgrade
     const dir = backupDir()
     expect((await migrate(db.name, dir, ['--to', '13'])).after).toBe(13)
     expect((await migrate(db.name, dir)).after).toBe(16)
-    const taken = manifests(dir).map((f) => JSON.parse(readFileSync(f, 'utf8')).ledger_version).sort()
+    const taken = manifests(dir)
+      .map((f) => JSON.parse(readFileSync(f, 'utf8')).ledger_version)
+      .sort()
     expect(taken).toEqual([12, 13])
     const r = await rollback(db.name, dir, ['--json'])
     expect(r.code, r.stderr).toBe(0)
@@ -118,7 +123,7 @@ describe('rollback --strategy restore chooses the backup from before the upgrade
   })
 })
 
-describe('rollback counts every table\'s inserts, updates and deletes since the backup', () => {
+describe("rollback counts every table's inserts, updates and deletes since the backup", () => {
   it('names reactions added, messages edited, a receipt deleted and a table made since, with correct plurals', async () => {
     const db = await scope.fresh({messages: 3000})
     const dir = backupDir()
@@ -138,7 +143,10 @@ describe('rollback counts every table\'s inserts, updates and deletes since the 
     }
     const r = await rollback(db.name, dir)
     expect(r.code, r.stderr).toBe(0)
-    const lost = r.stdout.split('\n').filter((l) => l.startsWith('Lost')).map((l) => l.replace(/^Lost\s+/, ''))
+    const lost = r.stdout
+      .split('\n')
+      .filter((l) => l.startsWith('Lost'))
+      .map((l) => l.replace(/^Lost\s+/, ''))
     expect(lost.sort()).toEqual([
       'app_extra.notes: 2 rows added (the table was created after the backup)',
       'public.nchat_messages: 100 rows changed',
@@ -169,7 +177,14 @@ describe('rollback counts every table\'s inserts, updates and deletes since the 
     const r = await rollback(db.name, dir, ['--json'])
     expect(r.code, r.stderr).toBe(0)
     expect(parseJson(r.stdout).lost).toEqual([
-      expect.objectContaining({added: 7, changed: 0, exact: true, removed: 0, table: 'public.nchat_channel_members', what: 'public.nchat_channel_members: 7 rows added'}),
+      expect.objectContaining({
+        added: 7,
+        changed: 0,
+        exact: true,
+        removed: 0,
+        table: 'public.nchat_channel_members',
+        what: 'public.nchat_channel_members: 7 rows added',
+      }),
     ])
   })
 })
@@ -188,20 +203,41 @@ describe('two migrate runs at once', () => {
       await reader.end({timeout: 1})
     }
     cleanups.push(release)
-    const holding = reader.begin(async (tx) => {
-      await tx`select count(*) from nchat_messages`
-      await tx`select count(*) from nchat_users`
-      await tx`select count(*) from nchat_channels`
-      await new Promise((resolve) => { setTimeout(resolve, 60_000) })
-    }).catch(() => {})
-    const args = (dir: string) => ['db', 'e2ee', 'migrate', '--yes', ...localArgs(db.name), '--backup-dir', dir, '--skip-dryrun', '--lock-wait', '100', '--max-lock-wait', '100']
+    const holding = reader
+      .begin(async (tx) => {
+        await tx`select count(*) from nchat_messages`
+        await tx`select count(*) from nchat_users`
+        await tx`select count(*) from nchat_channels`
+        await new Promise((resolve) => {
+          setTimeout(resolve, 60_000)
+        })
+      })
+      .catch(() => {})
+    const args = (dir: string) => [
+      'db',
+      'e2ee',
+      'migrate',
+      '--yes',
+      ...localArgs(db.name),
+      '--backup-dir',
+      dir,
+      '--skip-dryrun',
+      '--lock-wait',
+      '100',
+      '--max-lock-wait',
+      '100',
+    ]
     const a = runCli(args(dirA))
     expect(await waitFor('A backed up', () => manifests(dirA).length === 1, 60_000)).toBe(true)
-    await new Promise((resolve) => { setTimeout(resolve, 1500) })
+    await new Promise((resolve) => {
+      setTimeout(resolve, 1500)
+    })
     const b = runCli(args(dirB))
     // B has read the plan once its backup exists; if a lock keeps it from even starting, it will see the result.
     await waitFor('B backed up', () => manifests(dirB).length === 1, 20_000)
-    await new Promise((resolve) => { setTimeout(resolve, 1500) })
+    await new Promise((resolve) => {
+      setTimeout(resolve, 1500)
+    })
     await release()
     await holding
     const [ra, rb] = await Promise.all([a, b])
@@ -209,7 +245,9 @@ describe('two migrate runs at once', () => {
     expect(ra.stdout).toMatch(/Migrated \S+ \(schema public\) from 12 to 16: 013_e2ee_system, 014_e2ee_system, 015_voice_calls, 016_live_streaming\./)
     expect(rb.code, rb.stderr).toBe(0)
     expect(rb.stdout).not.toMatch(/Migrated/)
-    expect(rb.stdout).toMatch(/Nothing to do: (another run migrated \S+ \(schema public\) from 1[23] to 16 while this one waited for it; this run applied nothing|\S+ is at 16)/)
+    expect(rb.stdout).toMatch(
+      /Nothing to do: (another run migrated \S+ \(schema public\) from 1[23] to 16 while this one waited for it; this run applied nothing|\S+ is at 16)/,
+    )
     expect(await ledgerVersion(db.name)).toBe(16)
   })
 })
@@ -259,7 +297,9 @@ describe('preflight checks every privilege the run needs before writing anything
     // The same role with a dry run also lacks CREATEDB: both are named in the one sentence.
     const both = await runCli(['db', 'e2ee', 'migrate', '--yes', ...args, '--backup-dir', dir])
     expect(both.code).toBe(1)
-    expect(both.stderr).toContain(`role ${role} lacks CREATE on database ${db.name} (to create the ledger schema nself_e2ee) and CREATEDB (for the dry-run copy).`)
+    expect(both.stderr).toContain(
+      `role ${role} lacks CREATE on database ${db.name} (to create the ledger schema nself_e2ee) and CREATEDB (for the dry-run copy).`,
+    )
 
     // Granted what was named, the same role (no superuser) migrates: the check asks for nothing the run does not need.
     const admin = connect(db.name)

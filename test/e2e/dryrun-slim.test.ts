@@ -88,7 +88,9 @@ describe('nself db e2ee dryrun: what the copy holds', () => {
     const s = parseJson(r.stdout)
     expect(s.leftOut.map((l: {table: string}) => l.table)).toContain('nchat_messages')
     expect(s.failure).toMatch(/014_e2ee_system failed at line \d+ \(ALTER TABLE nchat_messages[^)]*\): .*frozen by policy/)
-    expect(await count(db.name, "select count(*) as n from information_schema.columns where table_name = 'nchat_messages' and column_name = 'is_encrypted'")).toBe(0)
+    expect(
+      await count(db.name, "select count(*) as n from information_schema.columns where table_name = 'nchat_messages' and column_name = 'is_encrypted'"),
+    ).toBe(0)
     expect(await leftoverDatabases(db.name)).toEqual([])
   })
 

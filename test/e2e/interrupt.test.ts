@@ -39,14 +39,18 @@ describe('Ctrl+C during nself db e2ee migrate', () => {
       expect(await appSchemaDump(db.name)).toBe(schemaBefore)
       expect(await leftoverDatabases(db.name)).toEqual([])
       let files: string[] = []
-      try { files = readdirSync(backups) } catch {}
+      try {
+        files = readdirSync(backups)
+      } catch {}
       expect(files.filter((f) => f.endsWith('.partial'))).toEqual([])
       const sql = connect('postgres')
       try {
         // Sessions of the interrupted run (pg_dump/pg_restore children included) must be gone.
         let left = 1
         for (let i = 0; i < 20 && left > 0; i++) {
-          ;[{left}] = await sql<{left: number}[]>`select count(*)::int as left from pg_stat_activity where application_name like 'nself-e2ee-%' and datname like ${db.name + '%'}`
+          ;[{left}] = await sql<
+            {left: number}[]
+          >`select count(*)::int as left from pg_stat_activity where application_name like 'nself-e2ee-%' and datname like ${db.name + '%'}`
           if (left > 0) await new Promise((res) => setTimeout(res, 250))
         }
         expect(left).toBe(0)
@@ -124,11 +128,14 @@ describe('interrupting the apply after 013 committed', () => {
       const reader = await hold(db.name, 'select 1 from nchat_messages limit 1')
       scope.cleanups.push(reader.end)
       const r = await runCli(['db', 'e2ee', 'migrate', ...localArgs(db.name), ...APPLY_ONLY, ...LONG_LOCK_WAIT], {
-        interruptWhen: (out) => out.includes('applying 014_e2ee_system'), signal,
+        interruptWhen: (out) => out.includes('applying 014_e2ee_system'),
+        signal,
       })
       expect(r.interrupted).toBe(true)
       expect(r.code, r.stdout + r.stderr).toBe(signal === 'SIGINT' ? 130 : 143)
-      expect(r.stderr).toMatch(signal === 'SIGINT' ? /Error: Interrupted by Ctrl\+C: the migration was stopped/ : /Error: Interrupted by SIGTERM: the migration was stopped/)
+      expect(r.stderr).toMatch(
+        signal === 'SIGINT' ? /Error: Interrupted by Ctrl\+C: the migration was stopped/ : /Error: Interrupted by SIGTERM: the migration was stopped/,
+      )
       expect(r.stderr).toMatch(/1 migration this run applied \(013_e2ee_system\) was undone, so the database is as it was before \(at 12\)/)
       expect(r.stderr).not.toMatch(STACK)
       expect(await ledgerVersion(db.name)).toBe(12)
@@ -161,7 +168,9 @@ describe('interrupting the apply after 013 committed', () => {
     })
     expect(stage).toBe(2)
     expect(r.code, r.stdout + r.stderr).toBe(130)
-    expect(r.stderr).toMatch(/undoing what it applied was abandoned by a second Ctrl\+C: the database is left at 13 \(013_e2ee_system applied\), it was at 12 before/)
+    expect(r.stderr).toMatch(
+      /undoing what it applied was abandoned by a second Ctrl\+C: the database is left at 13 \(013_e2ee_system applied\), it was at 12 before/,
+    )
     expect(r.stderr).toMatch(/`nself db e2ee migrate` finishes the migration; `nself db e2ee rollback --strategy down --to 12` undoes it/)
     expect(r.stderr).not.toMatch(STACK)
     expect(await ledgerVersion(db.name)).toBe(12 + 1)
@@ -181,7 +190,10 @@ describe('interrupting the apply after 013 committed', () => {
     const snapshot = await hold(db.name, 'select 1', 'repeatable read')
     scope.cleanups.push(snapshot.end)
     const run = runCli(['db', 'e2ee', 'migrate', ...localArgs(db.name), ...APPLY_ONLY, ...LONG_LOCK_WAIT])
-    await waitForRow(db.name, `select pid from pg_stat_activity where ${TOOL_SESSIONS} and datname = current_database() and query ilike 'create index concurrently%' and wait_event_type = 'Lock'`)
+    await waitForRow(
+      db.name,
+      `select pid from pg_stat_activity where ${TOOL_SESSIONS} and datname = current_database() and query ilike 'create index concurrently%' and wait_event_type = 'Lock'`,
+    )
     const admin = connect(db.name)
     try {
       await admin.unsafe(`select pg_terminate_backend(pid) from pg_stat_activity where ${TOOL_SESSIONS} and datname = current_database()`)
@@ -214,8 +226,10 @@ describe('interrupting the apply after 013 committed', () => {
         if (killed || !out.includes('applying 014_e2ee_system')) return
         killed = true
         const admin = connect(db.name)
-        void admin.unsafe(`select pg_terminate_backend(l.pid) from pg_locks l join pg_database d on d.oid = l.database
-          where l.locktype = 'advisory' and l.classid = ${0x6e_73_6c_66} and l.objid = 40 and d.datname = current_database()`).finally(() => admin.end())
+        void admin
+          .unsafe(`select pg_terminate_backend(l.pid) from pg_locks l join pg_database d on d.oid = l.database
+          where l.locktype = 'advisory' and l.classid = ${0x6e_73_6c_66} and l.objid = 40 and d.datname = current_database()`)
+          .finally(() => admin.end())
       },
     })
     expect(killed).toBe(true)
@@ -240,7 +254,12 @@ describe('Ctrl+C outside the apply', () => {
     scope.cleanups.push(locker.end)
     let child: ChildProcess | undefined
     // Bounded well below the suite's timeout: the old verify waited for the lock for ever.
-    const run = runCli(['db', 'e2ee', 'verify', ...localArgs(db.name)], {onSpawn: (c) => { child = c }, timeoutMs: 60_000})
+    const run = runCli(['db', 'e2ee', 'verify', ...localArgs(db.name)], {
+      onSpawn: (c) => {
+        child = c
+      },
+      timeoutMs: 60_000,
+    })
     await waitForRow(db.name, `select pid from pg_stat_activity where ${TOOL_SESSIONS} and datname = current_database() and wait_event_type = 'Lock'`)
     child!.kill('SIGINT')
     const r = await run
@@ -260,12 +279,17 @@ describe('Ctrl+C during a down rollback', () => {
     // 016's down file runs; 015's must drop nchat_calls, which this reader keeps it from doing.
     const reader = await hold(db.name, 'select 1 from nchat_calls limit 1')
     scope.cleanups.push(reader.end)
-    const r = await runCli(['db', 'e2ee', 'rollback', '--strategy', 'down', '--yes', ...localArgs(db.name), '--backup-dir', scope.backupDir(), ...LONG_LOCK_WAIT], {
-      interruptWhen: (out) => out.includes('reverting 015_voice_calls'),
-    })
+    const r = await runCli(
+      ['db', 'e2ee', 'rollback', '--strategy', 'down', '--yes', ...localArgs(db.name), '--backup-dir', scope.backupDir(), ...LONG_LOCK_WAIT],
+      {
+        interruptWhen: (out) => out.includes('reverting 015_voice_calls'),
+      },
+    )
     expect(r.interrupted).toBe(true)
     expect(r.code, r.stdout + r.stderr).toBe(130)
-    expect(r.stderr).toMatch(/Error: Interrupted by Ctrl\+C: the rollback was stopped; the database is left at 15 \(013_e2ee_system applied, 014_e2ee_system applied, 015_voice_calls applied\), it was at 16 before\./)
+    expect(r.stderr).toMatch(
+      /Error: Interrupted by Ctrl\+C: the rollback was stopped; the database is left at 15 \(013_e2ee_system applied, 014_e2ee_system applied, 015_voice_calls applied\), it was at 16 before\./,
+    )
     expect(r.stderr).toMatch(/`nself db e2ee rollback --strategy down --to 12` continues the rollback/)
     expect(r.stderr).not.toMatch(/Error: .*undone/)
     expect(await ledgerVersion(db.name)).toBe(15)
@@ -282,7 +306,8 @@ describe('Ctrl+C at the confirmation', () => {
     // `script` gives the CLI a terminal (the prompt needs one); Ctrl+C is typed as the byte a keyboard sends.
     const r = await new Promise<{code: number | null; out: string}>((resolve, reject) => {
       const child = spawn('script', ['-qfec', args.map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' '), '/dev/null'], {
-        env: {...process.env, FORCE_COLOR: '0', NO_COLOR: '1'}, stdio: ['pipe', 'pipe', 'pipe'],
+        env: {...process.env, FORCE_COLOR: '0', NO_COLOR: '1'},
+        stdio: ['pipe', 'pipe', 'pipe'],
       })
       let out = ''
       let typed = false
@@ -326,7 +351,22 @@ describe('messages that say what is true', () => {
 
   it('docker not running is "the docker daemon is not reachable", not "container not found"', async () => {
     const db = await scope.fresh({messages: 100})
-    const args = ['db', 'e2ee', 'migrate', '--yes', '--host', ADMIN.host, '--port', String(ADMIN.port), '--user', ADMIN.user, '--database', db.name, '--container', 'nchat_postgres']
+    const args = [
+      'db',
+      'e2ee',
+      'migrate',
+      '--yes',
+      '--host',
+      ADMIN.host,
+      '--port',
+      String(ADMIN.port),
+      '--user',
+      ADMIN.user,
+      '--database',
+      db.name,
+      '--container',
+      'nchat_postgres',
+    ]
     const r = await runCli(args, {env: {...fakeDockerEnv('nchat_postgres', path.join(os.tmpdir(), `docker-${db.name}.log`)), FAKE_DOCKER_DAEMON_DOWN: '1'}})
     expect(r.code, r.stdout + r.stderr).toBe(1)
     expect(r.stderr).toMatch(/Error: The docker daemon is not reachable \(Cannot connect to the Docker daemon/)

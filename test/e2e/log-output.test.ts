@@ -120,7 +120,7 @@ describe('output made for logs (piped, CI)', () => {
     expect(json.stderr.split(message).length - 1).toBe(1)
   })
 
-  it('--json stays one document, with the total time and each step\'s', async () => {
+  it("--json stays one document, with the total time and each step's", async () => {
     const db = await fresh({messages: 500})
     const r = await runCli(['db', 'e2ee', 'dryrun', '--json', ...localArgs(db.name), '--backup-dir', backupDir()])
     expect(r.code, r.stderr).toBe(0)
@@ -184,7 +184,7 @@ describe('output made for logs (piped, CI)', () => {
     expect(rs.total).toBeGreaterThanOrEqual(Math.max(...rs.steps))
   })
 
-  it('maintain cleanup: each table\'s time and the total beside the time of the deletes; elapsedMs in --json', async () => {
+  it("maintain cleanup: each table's time and the total beside the time of the deletes; elapsedMs in --json", async () => {
     const db = await fresh({messages: 100})
     await migrateAndSeed(db.name, {auditRows: 3000, devices: 20, prekeysPerDevice: 20})
     const r = await runCli(['db', 'e2ee', 'maintain', 'cleanup', '--yes', ...localArgs(db.name)])

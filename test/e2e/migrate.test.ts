@@ -77,9 +77,12 @@ describe('nself db e2ee migrate, end to end', () => {
     const project = makeProject({POSTGRES_DB: db.name, POSTGRES_PASSWORD: secret, POSTGRES_USER: 'postgres', PROJECT_NAME: 'nchat'})
     cleanups.push(project.cleanup)
     const log = path.join(project.dir, 'docker.log')
-    const r = await runCli(['db', 'e2ee', 'migrate', '--yes', '--project-dir', project.dir, '--host', ADMIN.host, '--container', 'nchat_postgres', '--backup-dir', dir], {
-      env: fakeDockerEnv('nchat_postgres', log, secret),
-    })
+    const r = await runCli(
+      ['db', 'e2ee', 'migrate', '--yes', '--project-dir', project.dir, '--host', ADMIN.host, '--container', 'nchat_postgres', '--backup-dir', dir],
+      {
+        env: fakeDockerEnv('nchat_postgres', log, secret),
+      },
+    )
     expect(r.code, r.stderr + r.stdout).toBe(0)
     expect(r.stdout + r.stderr).not.toContain(secret)
     const calls = dockerCalls(log)
@@ -122,12 +125,24 @@ describe('nself db e2ee migrate, end to end', () => {
     const dir = backupDir()
     const cases: Array<{args: string[]; code: number; message: RegExp}> = [
       {args: ['db', 'e2ee', 'migrate', '--yes', '--no-such-flag', ...localArgs(db.name)], code: 2, message: /Nonexistent flag: --no-such-flag/},
-      {args: ['db', 'e2ee', 'migrate', '--yes', ...localArgs('e2ee_no_such_db'), '--backup-dir', dir], code: 1, message: /database "e2ee_no_such_db" does not exist/},
+      {
+        args: ['db', 'e2ee', 'migrate', '--yes', ...localArgs('e2ee_no_such_db'), '--backup-dir', dir],
+        code: 1,
+        message: /database "e2ee_no_such_db" does not exist/,
+      },
       {args: ['db', 'e2ee', 'migrate', '--yes', ...localArgs('postgres'), '--backup-dir', dir], code: 1, message: /has no nChat tables/},
       {args: ['db', 'e2ee', 'migrate', '--yes', ...localArgs(db.name), '--to', '17'], code: 1, message: /--to 17 is not one of the packaged migrations/},
-      {args: ['db', 'e2ee', 'migrate', '--yes', ...localArgs(db.name), '--schema', 'x"; drop table nchat_users; --'], code: 1, message: /is not a valid PostgreSQL identifier/},
+      {
+        args: ['db', 'e2ee', 'migrate', '--yes', ...localArgs(db.name), '--schema', 'x"; drop table nchat_users; --'],
+        code: 1,
+        message: /is not a valid PostgreSQL identifier/,
+      },
       {args: ['db', 'e2ee', 'migrate', ...localArgs(db.name), '--skip-backup'], code: 2, message: /--skip-backup needs --yes/},
-      {args: ['db', 'e2ee', 'migrate', '--yes', '--local', '--host', '127.0.0.1', '--port', '1', '-d', db.name], code: 1, message: /cannot connect to PostgreSQL at 127\.0\.0\.1:1/},
+      {
+        args: ['db', 'e2ee', 'migrate', '--yes', '--local', '--host', '127.0.0.1', '--port', '1', '-d', db.name],
+        code: 1,
+        message: /cannot connect to PostgreSQL at 127\.0\.0\.1:1/,
+      },
     ]
     for (const c of cases) {
       const r = await runCli(c.args)

@@ -20,16 +20,22 @@ function nchatProject(): {dir: string; tables: string} {
   cleanups.push(p.cleanup)
   const tables = path.join(p.dir, 'backend/hasura/metadata/databases/default/tables')
   mkdirSync(tables, {recursive: true})
-  writeFileSync(path.join(p.dir, 'backend/hasura/metadata/databases/databases.yaml'), '- name: default\n  kind: postgres\n  tables: "!include default/tables/tables.yaml"\n')
+  writeFileSync(
+    path.join(p.dir, 'backend/hasura/metadata/databases/databases.yaml'),
+    '- name: default\n  kind: postgres\n  tables: "!include default/tables/tables.yaml"\n',
+  )
   writeFileSync(path.join(tables, 'tables.yaml'), '- "!include nchat_messages.yaml"\n')
-  writeFileSync(path.join(tables, 'nchat_messages.yaml'), '- table:\n    schema: nchat\n    name: nchat_messages\n  insert_permissions:\n    - role: user\n      permission:\n        columns: [channel_id, user_id, content]\n        check: {}\n')
+  writeFileSync(
+    path.join(tables, 'nchat_messages.yaml'),
+    '- table:\n    schema: nchat\n    name: nchat_messages\n  insert_permissions:\n    - role: user\n      permission:\n        columns: [channel_id, user_id, content]\n        check: {}\n',
+  )
   return {dir: p.dir, tables}
 }
 
 async function q<T>(db: string, text: string): Promise<T[]> {
   const sql = connect(db, {schema: 'nchat'})
   try {
-    return await sql.unsafe<T[]>(text) as unknown as T[]
+    return (await sql.unsafe<T[]>(text)) as unknown as T[]
   } finally {
     await sql.end()
   }
@@ -50,22 +56,42 @@ describe("nChat's documented v0.3.0 database (schema nchat)", () => {
     expect(await ledgerVersion(db.name)).toBe(16)
     const includes: string[] = parse(readFileSync(path.join(project.tables, 'tables.yaml'), 'utf8'))
     expect(includes).toContain('!include nchat_calls.yaml')
-    expect(parse(readFileSync(path.join(project.tables, 'nchat_messages.yaml'), 'utf8'))[0].insert_permissions[0].permission.columns).toContain('encryption_version')
+    expect(parse(readFileSync(path.join(project.tables, 'nchat_messages.yaml'), 'utf8'))[0].insert_permissions[0].permission.columns).toContain(
+      'encryption_version',
+    )
 
     // The conventions of the database it joined.
-    const rls = await q<{relname: string}>(db.name, `SELECT relname FROM pg_class WHERE relnamespace = 'nchat'::regnamespace AND relkind = 'r' AND relrowsecurity AND relname IN ('nchat_identity_keys', 'nchat_calls', 'nchat_streams') ORDER BY 1`)
+    const rls = await q<{relname: string}>(
+      db.name,
+      `SELECT relname FROM pg_class WHERE relnamespace = 'nchat'::regnamespace AND relkind = 'r' AND relrowsecurity AND relname IN ('nchat_identity_keys', 'nchat_calls', 'nchat_streams') ORDER BY 1`,
+    )
     expect(rls.map((x) => x.relname)).toEqual(['nchat_calls', 'nchat_identity_keys', 'nchat_streams'])
-    const trg = await q<{tgname: string}>(db.name, `SELECT tgname FROM pg_trigger WHERE tgname IN ('update_nchat_calls_updated_at', 'update_nchat_signal_sessions_updated_at') ORDER BY 1`)
+    const trg = await q<{tgname: string}>(
+      db.name,
+      `SELECT tgname FROM pg_trigger WHERE tgname IN ('update_nchat_calls_updated_at', 'update_nchat_signal_sessions_updated_at') ORDER BY 1`,
+    )
     expect(trg.map((x) => x.tgname)).toEqual(['update_nchat_calls_updated_at', 'update_nchat_signal_sessions_updated_at'])
 
     // In use: keys uploaded, a prekey claimed, an encrypted message, an ended call.
-    await q(db.name, `INSERT INTO nchat_identity_keys (device_id, user_id, identity_key_public, identity_key_private_encrypted, registration_id)
-                      SELECT 'dev-1', id, '\\x01', '\\x02', 9 FROM nchat_users ORDER BY username LIMIT 1`)
-    await q(db.name, `INSERT INTO nchat_signed_prekeys (device_id, key_id, public_key, private_key_encrypted, signature, expires_at) VALUES ('dev-1', 1, '\\x03', '\\x04', '\\x05', now() + interval '7 days')`)
+    await q(
+      db.name,
+      `INSERT INTO nchat_identity_keys (device_id, user_id, identity_key_public, identity_key_private_encrypted, registration_id)
+                      SELECT 'dev-1', id, '\\x01', '\\x02', 9 FROM nchat_users ORDER BY username LIMIT 1`,
+    )
+    await q(
+      db.name,
+      `INSERT INTO nchat_signed_prekeys (device_id, key_id, public_key, private_key_encrypted, signature, expires_at) VALUES ('dev-1', 1, '\\x03', '\\x04', '\\x05', now() + interval '7 days')`,
+    )
     await q(db.name, `INSERT INTO nchat_one_time_prekeys (device_id, key_id, public_key, private_key_encrypted) VALUES ('dev-1', 1, '\\x06', '\\x07')`)
     await q(db.name, `SELECT * FROM nchat_claim_prekey_bundle('dev-1')`)
-    await q(db.name, `UPDATE nchat_messages SET is_encrypted = true, encrypted_payload = '\\xbeef', sender_device_id = 'dev-1', encryption_version = 1 WHERE id IN (SELECT id FROM nchat_messages ORDER BY id LIMIT 3)`)
-    await q(db.name, `INSERT INTO nchat_calls (call_id, type, status, started_at, ended_at, duration) VALUES ('c', 'voice', 'ended', now() - interval '1 minute', now(), 60)`)
+    await q(
+      db.name,
+      `UPDATE nchat_messages SET is_encrypted = true, encrypted_payload = '\\xbeef', sender_device_id = 'dev-1', encryption_version = 1 WHERE id IN (SELECT id FROM nchat_messages ORDER BY id LIMIT 3)`,
+    )
+    await q(
+      db.name,
+      `INSERT INTO nchat_calls (call_id, type, status, started_at, ended_at, duration) VALUES ('c', 'voice', 'ended', now() - interval '1 minute', now(), 60)`,
+    )
     const [upd] = await q<{updated_at: Date; created_at: Date}>(db.name, `UPDATE nchat_calls SET duration = 61 RETURNING updated_at, created_at`)
     expect(upd.updated_at.getTime()).toBeGreaterThanOrEqual(upd.created_at.getTime())
 
@@ -85,7 +111,11 @@ describe("nChat's documented v0.3.0 database (schema nchat)", () => {
     expect(await dataDigest(db.name, [...V030_TABLES], {schema: 'nchat'})).toEqual(inUse)
     // The metadata is back as the project had it.
     expect(parse(readFileSync(path.join(project.tables, 'tables.yaml'), 'utf8'))).toEqual(['!include nchat_messages.yaml'])
-    expect(parse(readFileSync(path.join(project.tables, 'nchat_messages.yaml'), 'utf8'))[0].insert_permissions[0].permission.columns).toEqual(['channel_id', 'user_id', 'content'])
+    expect(parse(readFileSync(path.join(project.tables, 'nchat_messages.yaml'), 'utf8'))[0].insert_permissions[0].permission.columns).toEqual([
+      'channel_id',
+      'user_id',
+      'content',
+    ])
     expect(existsSync(path.join(project.tables, 'nchat_calls.yaml'))).toBe(false)
   })
 
@@ -100,7 +130,9 @@ describe("nChat's documented v0.3.0 database (schema nchat)", () => {
     expect(r.code, r.stderr).toBe(0)
     const s = parseJson(r.stdout)
     expect(s).toMatchObject({after: 12, strategy: 'restore'})
-    cleanups.push(async () => { await q(db.name, 'SELECT 1').catch(() => {}) })
+    cleanups.push(async () => {
+      await q(db.name, 'SELECT 1').catch(() => {})
+    })
     expect(await appSchemaDump(db.name)).toBe(schema)
     expect(await dataDigest(db.name, [...V030_TABLES], {schema: 'nchat'})).toEqual(data)
   })
@@ -123,7 +155,9 @@ describe('a table 013-016 create, already there in another shape', () => {
     for (const cmd of [['dryrun'], ['migrate', '--yes']]) {
       const r = await runCli(['db', 'e2ee', ...cmd, ...localArgs(db.name), '--backup-dir', dir])
       expect(r.code, `${cmd[0]}: ${r.stdout}${r.stderr}`).toBe(1)
-      expect(r.stderr).toMatch(/nchat_calls exists already in another shape \(no column call_id, caller_id, duration, metadata, type; columns initiator_id, call_type that migration 15 does not make\)/)
+      expect(r.stderr).toMatch(
+        /nchat_calls exists already in another shape \(no column call_id, caller_id, duration, metadata, type; columns initiator_id, call_type that migration 15 does not make\)/,
+      )
       expect(r.stderr).not.toMatch(/\n\s+at /)
     }
     expect(await appSchemaDump(db.name)).toBe(schema)

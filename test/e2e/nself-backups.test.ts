@@ -30,7 +30,10 @@ async function nselfDbBackup(p: ReturnType<typeof nselfProject>, database: strin
   const file = path.join(p.backups, `nchat_${stamp(when)}.dump`)
   await new Promise<void>((resolve, reject) => {
     const out = createWriteStream(file, {mode: 0o600})
-    const child = spawn('docker', ['exec', 'nchat_postgres', 'pg_dump', '-U', 'postgres', '-Fc', database], {env: {...process.env, ...p.env}, stdio: ['ignore', 'pipe', 'inherit']})
+    const child = spawn('docker', ['exec', 'nchat_postgres', 'pg_dump', '-U', 'postgres', '-Fc', database], {
+      env: {...process.env, ...p.env},
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
     child.stdout.pipe(out)
     child.on('error', reject)
     child.on('close', (code) => (code === 0 ? out.close(() => resolve()) : reject(new Error(`pg_dump exited ${code}`))))
@@ -47,13 +50,21 @@ async function nselfDbBackup(p: ReturnType<typeof nselfProject>, database: strin
  */
 function nselfRestoreLatest(dir: string): string | undefined {
   const names = readdirSync(dir).sort()
-  const entries = names.filter((n) => !statSync(path.join(dir, n)).isDirectory())
+  const entries = names
+    .filter((n) => !statSync(path.join(dir, n)).isDirectory())
     .map((n) => ({mtime: statSync(path.join(dir, n)).mtimeMs, name: n}))
     .sort((a, b) => b.mtime - a.mtime)
   for (const e of entries) {
     const lower = e.name.toLowerCase()
-    const type = lower.includes('_full_') ? 'full' : lower.includes('_metadata_') ? 'metadata' : lower.includes('minio_') ? 'minio'
-      : lower.includes('_wal_') || lower.endsWith('.wal') ? 'wal' : 'manual'
+    const type = lower.includes('_full_')
+      ? 'full'
+      : lower.includes('_metadata_')
+        ? 'metadata'
+        : lower.includes('minio_')
+          ? 'minio'
+          : lower.includes('_wal_') || lower.endsWith('.wal')
+            ? 'wal'
+            : 'manual'
     if (type !== 'full' && type !== 'manual') continue
     const base = e.name.replace(/\.age$/, '')
     const id = base.slice(0, base.length - path.extname(base).length)
@@ -64,7 +75,7 @@ function nselfRestoreLatest(dir: string): string | undefined {
 }
 
 describe("backups shared with nself's backups/ folder (stand-in docker)", () => {
-  it("after our migrate, `nself backup restore latest` picks our pre-migration dump, and backups/ holds nothing but dumps", async () => {
+  it('after our migrate, `nself backup restore latest` picks our pre-migration dump, and backups/ holds nothing but dumps', async () => {
     const db = await scope.fresh({messages: 500})
     const p = nselfProject(db.name)
     const older = await nselfDbBackup(p, db.name, new Date(Date.now() - 3600_000))
@@ -74,7 +85,9 @@ describe("backups shared with nself's backups/ folder (stand-in docker)", () => 
     expect(path.dirname(s.backup.file)).toBe(p.backups)
     expect(await ledgerVersion(db.name)).toBe(16)
 
-    const files = readdirSync(p.backups).filter((n) => !statSync(path.join(p.backups, n)).isDirectory()).sort()
+    const files = readdirSync(p.backups)
+      .filter((n) => !statSync(path.join(p.backups, n)).isDirectory())
+      .sort()
     expect(files).toEqual([path.basename(older), path.basename(s.backup.file)].sort())
     expect(nselfRestoreLatest(p.backups)).toBe(s.backup.file)
     const tools = await PgTools.create(resolveTarget({host: '127.0.0.1', local: true, projectDir: p.dir}, {}))

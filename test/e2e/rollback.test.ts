@@ -21,7 +21,10 @@ function dockerProject(db: string) {
 }
 
 async function migrate(db: string, dir: string, extra: string[] = [], env?: Record<string, string>) {
-  const r = await runCli(['db', 'e2ee', 'migrate', '--yes', ...extra, ...(extra.includes('--project-dir') ? [] : localArgs(db)), '--backup-dir', dir, '--skip-dryrun'], {env})
+  const r = await runCli(
+    ['db', 'e2ee', 'migrate', '--yes', ...extra, ...(extra.includes('--project-dir') ? [] : localArgs(db)), '--backup-dir', dir, '--skip-dryrun'],
+    {env},
+  )
   expect(r.code, r.stderr).toBe(0)
   expect(await ledgerVersion(db)).toBe(16)
 }
@@ -77,7 +80,11 @@ describe('nself db e2ee rollback --strategy restore', () => {
     const tampered = variant('tampered', (_file, m) => {
       m.sha256 = '0'.repeat(64)
     })
-    for (const [file, why] of [[corrupt, /sha256/], [truncated, /pg_restore|archive|truncated|corrupt/i], [tampered, /sha256/]] as const) {
+    for (const [file, why] of [
+      [corrupt, /sha256/],
+      [truncated, /pg_restore|archive|truncated|corrupt/i],
+      [tampered, /sha256/],
+    ] as const) {
       const r = await runCli(['db', 'e2ee', 'rollback', '--yes', ...localArgs(db.name), '--backup', file])
       expect(r.code, file).toBe(1)
       expect(r.stderr).toContain(path.basename(file))

@@ -34,7 +34,8 @@ describe('the server restarting during migrate (private cluster)', () => {
   let dir: string
   let data: string
   let port: number
-  const sqlTo = (database: string) => postgres({connection: {application_name: 'nself-e2ee-tests'}, database, host: '127.0.0.1', max: 1, onnotice: () => {}, port, user: 'postgres'})
+  const sqlTo = (database: string) =>
+    postgres({connection: {application_name: 'nself-e2ee-tests'}, database, host: '127.0.0.1', max: 1, onnotice: () => {}, port, user: 'postgres'})
 
   beforeAll(async () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'e2ee-restart-'))
@@ -57,7 +58,25 @@ describe('the server restarting during migrate (private cluster)', () => {
   })
 
   it('during a CONCURRENTLY build: one sentence, undone after the restart, and a rerun finishes', async () => {
-    const args = ['db', 'e2ee', 'migrate', '--local', '--host', '127.0.0.1', '--port', String(port), '--user', 'postgres', '--database', 'nchat', '--yes', '--skip-backup', '--skip-dryrun', '--max-lock-wait', '300']
+    const args = [
+      'db',
+      'e2ee',
+      'migrate',
+      '--local',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--user',
+      'postgres',
+      '--database',
+      'nchat',
+      '--yes',
+      '--skip-backup',
+      '--skip-dryrun',
+      '--max-lock-wait',
+      '300',
+    ]
     // An open snapshot holds CREATE INDEX CONCURRENTLY in "waiting for old snapshots": a fixed point to restart at.
     const holder = sqlTo('nchat')
     const snap = await holder.reserve()
@@ -67,7 +86,9 @@ describe('the server restarting during migrate (private cluster)', () => {
     const watch = sqlTo('nchat')
     try {
       for (let i = 0; ; i++) {
-        const rows = await watch.unsafe(`select 1 from pg_stat_activity where ${TOOL_SESSIONS} and query ilike 'create index concurrently%' and wait_event_type = 'Lock'`)
+        const rows = await watch.unsafe(
+          `select 1 from pg_stat_activity where ${TOOL_SESSIONS} and query ilike 'create index concurrently%' and wait_event_type = 'Lock'`,
+        )
         if (rows.length > 0) break
         if (i > 1200) throw new Error('the build never waited')
         await new Promise((res) => setTimeout(res, 100))
@@ -75,7 +96,19 @@ describe('the server restarting during migrate (private cluster)', () => {
     } finally {
       await watch.end({timeout: 0}).catch(() => {})
     }
-    asPostgres([`${BIN_DIR}/pg_ctl`, '-D', data, '-m', 'fast', '-w', 'restart', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1`, '-l', path.join(dir, 'log')])
+    asPostgres([
+      `${BIN_DIR}/pg_ctl`,
+      '-D',
+      data,
+      '-m',
+      'fast',
+      '-w',
+      'restart',
+      '-o',
+      `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1`,
+      '-l',
+      path.join(dir, 'log'),
+    ])
     await holder.end({timeout: 0}).catch(() => {})
     const r = await run
     expect(r.code, r.stdout + r.stderr).toBe(1)

@@ -19,7 +19,11 @@ describe('nself db e2ee status', () => {
     expect(s.server).toMatch(/^\d+\.\d+/)
     expect(s.schema).toBe('nchat')
     expect(s.migrations.map((m: {name: string; state: string}) => `${m.name}:${m.state}`)).toEqual([
-      '013_e2ee_system:pending', '014_e2ee_system:pending', '015_voice_calls:pending', '016_live_streaming:pending'])
+      '013_e2ee_system:pending',
+      '014_e2ee_system:pending',
+      '015_voice_calls:pending',
+      '016_live_streaming:pending',
+    ])
     for (const m of s.migrations) expect(m.checksum).toMatch(/^[0-9a-f]{64}$/)
     expect(s.ledger.current).toBe(12)
     expect(s.connection.sources).toMatchObject({database: '.env', host: 'flag --host', password: '.env', user: 'flag --user'})

@@ -56,7 +56,15 @@ describe('busy writers during the migration (issue 9, defect 1)', () => {
     await check.end()
     const before = Math.max(0, ...w.samples.filter(([t]) => t < migrationStart).map(([, ms]) => ms))
     const during = Math.max(0, ...w.samples.filter(([t]) => t >= migrationStart).map(([, ms]) => ms))
-    const show = JSON.stringify({...w, before, during, samples: w.samples.length, lockRetries: run.migrations.map((m) => `${m.name}: ${m.lockRetries}`), log: logs.filter((l) => /lock|deadlock/.test(l)), migrationMs})
+    const show = JSON.stringify({
+      ...w,
+      before,
+      during,
+      samples: w.samples.length,
+      lockRetries: run.migrations.map((m) => `${m.name}: ${m.lockRetries}`),
+      log: logs.filter((l) => /lock|deadlock/.test(l)),
+      migrationMs,
+    })
 
     expect(run.after, show).toBe(16)
     expect(migrationMs, show).toBeLessThan(MAX_LOCK_WAIT)
@@ -71,7 +79,13 @@ describe('busy writers during the migration (issue 9, defect 1)', () => {
 
 /** A session of its own on `database`, with its own deadlock_timeout. */
 function session(database: string, deadlockTimeout: string) {
-  return postgres({...ADMIN, connection: {application_name: 'nself-e2ee-tests-holder', deadlock_timeout: deadlockTimeout}, database, max: 1, onnotice: () => {}})
+  return postgres({
+    ...ADMIN,
+    connection: {application_name: 'nself-e2ee-tests-holder', deadlock_timeout: deadlockTimeout},
+    database,
+    max: 1,
+    onnotice: () => {},
+  })
 }
 
 async function until(what: string, check: () => Promise<boolean>, ms = 20_000): Promise<void> {
@@ -83,7 +97,7 @@ async function until(what: string, check: () => Promise<boolean>, ms = 20_000): 
 }
 
 describe('lock conflicts the runner retries, and what it says when it gives up', () => {
-  it('a deadlock that hits the migration\'s own transaction is rolled back and retried, and the writer in the cycle goes on', async () => {
+  it("a deadlock that hits the migration's own transaction is rolled back and retried, and the writer in the cycle goes on", async () => {
     const db = await createV030Database()
     dbs.push(db)
     const setup = engineSql(db.name)
@@ -93,7 +107,10 @@ describe('lock conflicts the runner retries, and what it says when it gives up',
     // the migration's sessions: the server then picks the migration as the victim of the cycle made below.
     const copy = copyMigrations()
     const file = path.join(copy.dir, '014_e2ee_system.sql')
-    writeFileSync(file, readFileSync(file, 'utf8').replace(/^ALTER TABLE nchat_messages\n/m, 'LOCK TABLE nchat_channels IN ACCESS EXCLUSIVE MODE;\nALTER TABLE nchat_messages\n'))
+    writeFileSync(
+      file,
+      readFileSync(file, 'utf8').replace(/^ALTER TABLE nchat_messages\n/m, 'LOCK TABLE nchat_channels IN ACCESS EXCLUSIVE MODE;\nALTER TABLE nchat_messages\n'),
+    )
     const admin = connect(db.name)
     await admin.unsafe(`ALTER DATABASE "${db.name}" SET deadlock_timeout = '1s'`)
     const sql = engineSql(db.name)
@@ -107,15 +124,24 @@ describe('lock conflicts the runner retries, and what it says when it gives up',
       const run = migrateUp({lockTimeoutMs: 10_000, log: (l) => logs.push(l), maxLockWaitMs: 60_000, migrations: loadMigrations(copy.dir), sql})
       run.catch(() => {})
       // The migration holds nchat_channels and waits for nchat_messages; the writer now needs nchat_channels.
-      await until('the migration to wait for nchat_messages', async () => (await admin<{n: number}[]>`
-        select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'nchat_messages' and not l.granted`)[0].n > 0)
+      await until(
+        'the migration to wait for nchat_messages',
+        async () =>
+          (
+            await admin<{n: number}[]>`
+        select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'nchat_messages' and not l.granted`
+          )[0].n > 0,
+      )
       read = w.unsafe('select count(*) from nchat_channels').then(() => w.unsafe('commit'))
       const report = await run
       // The writer's read waited for the migration's rollback, then went on: no error.
       await read
       expect(report.after).toBe(16)
       expect(report.migrations.find((m) => m.version === 14)!.lockRetries).toBeGreaterThanOrEqual(1)
-      expect(logs.some((l) => /deadlock/.test(l)), logs.join('\n')).toBe(true)
+      expect(
+        logs.some((l) => /deadlock/.test(l)),
+        logs.join('\n'),
+      ).toBe(true)
     } finally {
       await (read ?? w.unsafe('rollback')).catch(() => {})
       w.release()
@@ -136,17 +162,20 @@ describe('lock conflicts the runner retries, and what it says when it gives up',
     let running = true
     const loops = holders.map(async (h, i) => {
       await sleep(i * 300)
-      while (running) await h.begin(async (tx) => {
-        await tx.unsafe('lock table nchat_messages in row exclusive mode')
-        await tx.unsafe('select pg_sleep(0.6)')
-      })
+      while (running)
+        await h.begin(async (tx) => {
+          await tx.unsafe('lock table nchat_messages in row exclusive mode')
+          await tx.unsafe('select pg_sleep(0.6)')
+        })
     })
     try {
       await sleep(700)
       const err = await migrateUp({lockTimeoutMs: LOCK_TIMEOUT, log: () => {}, maxLockWaitMs: 3000, migrations: packaged(), sql}).catch((e) => e)
       expect(err).toBeInstanceOf(Error)
       // Whether the wait ran out before an attempt or in one, the sentence blames short transactions, not a long one.
-      expect(err.message).toMatch(/^Migration 014_e2ee_system could not get its locks within \d+ s \(--max-lock-wait(; \d+ lock timeouts? of 200 ms at .*)?\): other sessions' short transactions held the tables one after another \((the latest: pid \d+ \(transaction open \d+(\.\d)? s on nchat_messages: .*\)|none open longer than 200 ms when checked)\), so there is no long transaction to end; nothing of the migration was applied\.$/)
+      expect(err.message).toMatch(
+        /^Migration 014_e2ee_system could not get its locks within \d+ s \(--max-lock-wait(; \d+ lock timeouts? of 200 ms at .*)?\): other sessions' short transactions held the tables one after another \((the latest: pid \d+ \(transaction open \d+(\.\d)? s on nchat_messages: .*\)|none open longer than 200 ms when checked)\), so there is no long transaction to end; nothing of the migration was applied\.$/,
+      )
       expect(err.message + err.hint).not.toMatch(/Find long transactions|pg_terminate_backend/)
       const [{v}] = await sql<{v: number}[]>`select max(version)::int as v from schema_migrations`
       expect(v).toBe(13)
@@ -167,8 +196,10 @@ describe('lock conflicts the runner retries, and what it says when it gives up',
     const at = 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'
     try {
       const none = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 90_000}, {at, deadlocks: 2, timeouts: 63})
-      expect(none.message).toBe('Migration 014_e2ee_system could not get its locks within 90 s (--max-lock-wait; 63 lock timeouts of 200 ms and 2 deadlocks at ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE): '
-        + 'other sessions\' short transactions held the tables one after another (none open longer than 200 ms when checked), so there is no long transaction to end; nothing of the migration was applied.')
+      expect(none.message).toBe(
+        'Migration 014_e2ee_system could not get its locks within 90 s (--max-lock-wait; 63 lock timeouts of 200 ms and 2 deadlocks at ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE): '
+          + "other sessions' short transactions held the tables one after another (none open longer than 200 ms when checked), so there is no long transaction to end; nothing of the migration was applied.",
+      )
       expect(none.hint).toMatch(/raise --lock-timeout/)
       h = await holder.reserve()
       const [{pid}] = await h.unsafe<{pid: number}[]>('select pg_backend_pid() as pid')
@@ -177,9 +208,17 @@ describe('lock conflicts the runner retries, and what it says when it gives up',
       await sleep(1200)
       // Open 1.2 s: short against a 90 s wait, long against a 2 s one.
       const short = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 90_000}, {at, deadlocks: 0, timeouts: 1})
-      expect(short.message).toMatch(new RegExp(`\\(the latest: pid ${pid} \\(transaction open \\d+(\\.\\d)? s on nchat_messages: select count\\(\\*\\) from nchat_messages\\)\\), so there is no long transaction to end`))
+      expect(short.message).toMatch(
+        new RegExp(
+          `\\(the latest: pid ${pid} \\(transaction open \\d+(\\.\\d)? s on nchat_messages: select count\\(\\*\\) from nchat_messages\\)\\), so there is no long transaction to end`,
+        ),
+      )
       const named = await lockWaitError(sql, 'public', ['nchat_messages', 'nchat_channels'], {...opts, waitedMs: 2000}, {at, deadlocks: 0, timeouts: 1})
-      expect(named.message).toMatch(new RegExp(`^Migration 014_e2ee_system could not get its locks within 2 s \\(--max-lock-wait; 1 lock timeout of 200 ms at ALTER TABLE .*\\): the long transaction pid ${pid} \\(transaction open \\d+(\\.\\d)? s on nchat_messages: select count\\(\\*\\) from nchat_messages\\) is in the way; nothing of the migration was applied\\.$`))
+      expect(named.message).toMatch(
+        new RegExp(
+          `^Migration 014_e2ee_system could not get its locks within 2 s \\(--max-lock-wait; 1 lock timeout of 200 ms at ALTER TABLE .*\\): the long transaction pid ${pid} \\(transaction open \\d+(\\.\\d)? s on nchat_messages: select count\\(\\*\\) from nchat_messages\\) is in the way; nothing of the migration was applied\\.$`,
+        ),
+      )
       expect(named.hint).toContain(`pg_terminate_backend(${pid})`)
     } finally {
       await h?.unsafe('commit')

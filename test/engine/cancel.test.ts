@@ -14,10 +14,14 @@ describe('cancellation scopes', () => {
     const scope = createRunScope()
     activate(scope)
     const ran: string[] = []
-    scope.onCancel(() => { ran.push('run handler') })
+    scope.onCancel(() => {
+      ran.push('run handler')
+    })
     const seen: boolean[] = []
     await scope.underUndo(async (undo) => {
-      undo.onCancel(() => { ran.push('undo handler') })
+      undo.onCancel(() => {
+        ran.push('undo handler')
+      })
       deliverSignal('SIGINT')
       seen.push(undo.cancelled, undo.signal.aborted)
       deliverSignal('SIGINT')
@@ -52,10 +56,16 @@ describe('cancellation scopes', () => {
 
   it('closes what it owns newest first (stopped instead after a cancel); a child closes its own on the way out and is cancelled with its parent', async () => {
     const closed: string[] = []
-    const pool = (name: string) => ({end: async (o?: {timeout?: number}) => { closed.push(`${name} end ${o?.timeout}`) }})
+    const pool = (name: string) => ({
+      end: async (o?: {timeout?: number}) => {
+        closed.push(`${name} end ${o?.timeout}`)
+      },
+    })
     const scope = createRunScope()
     scope.own(pool('first'))
-    scope.defer(async () => { closed.push('lock released') })
+    scope.defer(async () => {
+      closed.push('lock released')
+    })
     scope.own(pool('second'))
     const inChild = await scope.child(async (child) => {
       child.own(pool('child'))
@@ -68,10 +78,14 @@ describe('cancellation scopes', () => {
 
     const cancelled = createRunScope()
     const stopped: string[] = []
-    cancelled.own(pool('p'), async () => { stopped.push('stopped') })
+    cancelled.own(pool('p'), async () => {
+      stopped.push('stopped')
+    })
     const seen = await cancelled.child(async (child) => {
       const handled: string[] = []
-      child.onCancel(() => { handled.push('child handler') })
+      child.onCancel(() => {
+        handled.push('child handler')
+      })
       await cancelled.abort()
       return [child.cancelled, ...handled]
     })
@@ -79,7 +93,9 @@ describe('cancellation scopes', () => {
     await cancelled.close()
     expect(stopped).toEqual(['stopped'])
     // Handed to a scope that already closed (work that went on after a cancel): closed at once.
-    cancelled.own(pool('late'), async () => { stopped.push('late stopped') })
+    cancelled.own(pool('late'), async () => {
+      stopped.push('late stopped')
+    })
     await new Promise((res) => setImmediate(res))
     expect(stopped).toEqual(['stopped', 'late stopped'])
   })

@@ -30,8 +30,13 @@ describe('env file values as nself (godotenv 1.5) reads them', () => {
   })
 
   it('$$ stays as written (the old reader gave pa$); $UPPER expands, unknown names become empty, \\$ is a literal $', () => {
-    expect(parseEnvText('A=pa$$word\nB=x$A\nC="${A}-$NOPE-y"\nD=a\\$b\nE=lower$case\n', none))
-      .toEqual({A: 'pa$$word', B: 'xpa$$word', C: 'pa$$word--y', D: 'a$b', E: 'lower$case'})
+    expect(parseEnvText('A=pa$$word\nB=x$A\nC="${A}-$NOPE-y"\nD=a\\$b\nE=lower$case\n', none)).toEqual({
+      A: 'pa$$word',
+      B: 'xpa$$word',
+      C: 'pa$$word--y',
+      D: 'a$b',
+      E: 'lower$case',
+    })
     expect(parseEnvText('A=${FROM_ENV}\n', (n) => (n === 'FROM_ENV' ? 'env' : undefined))).toEqual({A: 'env'})
   })
 
@@ -93,7 +98,10 @@ describe('the cascade, ENV and the project folder as nself resolves them', () =>
 
   it('no project files at all: only POSTGRES_* and PROJECT_NAME from the environment', () => {
     const dir = project({})
-    const t = resolveTarget({projectDir: dir}, {POSTGRES_DB: 'd1', POSTGRES_HOST: 'postgres', POSTGRES_PASSWORD: 'pw', POSTGRES_PORT: '5439', POSTGRES_USER: 'u1', PROJECT_NAME: 'nchat'})
+    const t = resolveTarget(
+      {projectDir: dir},
+      {POSTGRES_DB: 'd1', POSTGRES_HOST: 'postgres', POSTGRES_PASSWORD: 'pw', POSTGRES_PORT: '5439', POSTGRES_USER: 'u1', PROJECT_NAME: 'nchat'},
+    )
     expect(t.conn).toEqual({database: 'd1', host: '127.0.0.1', password: 'pw', port: 5439, user: 'u1'})
     expect(t.sources.database).toBe('environment (POSTGRES_DB)')
     expect(t.sources.host).toMatch(/environment \(POSTGRES_HOST\) \(POSTGRES_HOST=postgres is a docker network name/)
@@ -101,7 +109,7 @@ describe('the cascade, ENV and the project folder as nself resolves them', () =>
     expect(t.envFiles).toEqual([])
   })
 
-  it('switches to backend/ when it holds a .env (nself\'s DetectMonorepoRoot), also .backend/', () => {
+  it("switches to backend/ when it holds a .env (nself's DetectMonorepoRoot), also .backend/", () => {
     const dir = project({'.env': 'POSTGRES_DB=root\n', 'backend/.env': 'POSTGRES_DB=backend\nPROJECT_NAME=nchat\n'})
     expect(detectBackendDir(dir)).toBe(path.join(dir, 'backend'))
     const t = resolveTarget({projectDir: dir}, {})

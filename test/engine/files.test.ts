@@ -12,9 +12,16 @@ import {makeProject} from '../helpers/cli.js'
 describe('packaged migrations', () => {
   it('SHA256SUMS matches every file (run `node scripts/checksums.mjs` after editing one)', () => {
     const sums = readChecksumList(MIGRATIONS_DIR)!
-    const files = readdirSync(MIGRATIONS_DIR).filter((f) => f.endsWith('.sql')).sort()
+    const files = readdirSync(MIGRATIONS_DIR)
+      .filter((f) => f.endsWith('.sql'))
+      .sort()
     expect([...sums.keys()].sort()).toEqual(files)
-    for (const f of files) expect(sums.get(f), f).toBe(createHash('sha256').update(readFileSync(path.join(MIGRATIONS_DIR, f))).digest('hex'))
+    for (const f of files)
+      expect(sums.get(f), f).toBe(
+        createHash('sha256')
+          .update(readFileSync(path.join(MIGRATIONS_DIR, f)))
+          .digest('hex'),
+      )
     expect(CHECKSUM_FILE).toBe('SHA256SUMS')
   })
 
@@ -60,8 +67,11 @@ SELECT 1`
   })
 
   it('finds the existing tables a statement locks', () => {
-    expect(referencedTables('ALTER TABLE nchat_messages ADD CONSTRAINT fk FOREIGN KEY (d) REFERENCES nchat_identity_keys(device_id) ON DELETE SET NULL NOT VALID').sort())
-      .toEqual(['nchat_identity_keys', 'nchat_messages'])
+    expect(
+      referencedTables(
+        'ALTER TABLE nchat_messages ADD CONSTRAINT fk FOREIGN KEY (d) REFERENCES nchat_identity_keys(device_id) ON DELETE SET NULL NOT VALID',
+      ).sort(),
+    ).toEqual(['nchat_identity_keys', 'nchat_messages'])
     expect(referencedTables('CREATE INDEX IF NOT EXISTS i ON nchat_channels(x)')).toEqual(['nchat_channels'])
   })
 })

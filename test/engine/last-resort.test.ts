@@ -29,15 +29,15 @@ function crash(body: string, args: string[] = []) {
 }
 
 describe('the last-resort handler', () => {
-  it('turns postgres.js\'s uncaught TypeError on a dead connection into one sentence, runs the undo, exits 1', () => {
+  it("turns postgres.js's uncaught TypeError on a dead connection into one sentence, runs the undo, exits 1", () => {
     const r = crash(`
       registerUndo(async () => { await new Promise((res) => setTimeout(res, 50)); return 'the 1 migration this run applied was undone' })
       setImmediate(() => { const socket = null; socket.write('x') })
     `)
     expect(r.status, r.stderr).toBe(1)
     expect(r.stderr).toBe(
-      'Error: The connection to PostgreSQL was lost (the server ended this tool\'s session, restarted, or the network failed), so the run stopped; the 1 migration this run applied was undone.\n' +
-      '  Run `nself db e2ee status` to see where the database stands; running the same command again continues from there.\n',
+      "Error: The connection to PostgreSQL was lost (the server ended this tool's session, restarted, or the network failed), so the run stopped; the 1 migration this run applied was undone.\n"
+        + '  Run `nself db e2ee status` to see where the database stands; running the same command again continues from there.\n',
     )
   })
 
@@ -47,7 +47,9 @@ describe('the last-resort handler', () => {
       void Promise.reject(Object.assign(new Error('write CONNECTION_CLOSED'), {code: 'CONNECTION_CLOSED'}))
     `)
     expect(r.status, r.stderr).toBe(1)
-    expect(r.stderr).toMatch(/^Error: The connection to PostgreSQL was lost .*; undoing what this run applied failed: cannot connect to PostgreSQL at 127\.0\.0\.1:5432 \(connection refused\)\.\n/)
+    expect(r.stderr).toMatch(
+      /^Error: The connection to PostgreSQL was lost .*; undoing what this run applied failed: cannot connect to PostgreSQL at 127\.0\.0\.1:5432 \(connection refused\)\.\n/,
+    )
     expect(r.stderr).not.toMatch(/\n\s+at .+:\d+:\d+/)
   })
 

@@ -41,7 +41,13 @@ describe("nself's own ledger sees 013-016", () => {
       await createNselfLedger(sql)
       const files = packaged()
       await migrateUp({log: silent, migrations: files, sql})
-      expect(await nselfStatus(sql)).toEqual(['001_nself_base.sql', '013_e2ee_system.sql', '014_e2ee_system.sql', '015_voice_calls.sql', '016_live_streaming.sql'])
+      expect(await nselfStatus(sql)).toEqual([
+        '001_nself_base.sql',
+        '013_e2ee_system.sql',
+        '014_e2ee_system.sql',
+        '015_voice_calls.sql',
+        '016_live_streaming.sql',
+      ])
       const ops = await opsRows(sql)
       expect(ops.map((r) => [r.id, r.name, r.checksum, r.rolled])).toEqual(files.map((m) => [m.name, `${m.name}.sql`, m.checksum, false]))
       // schema_migrations for nChat and the guide is still written.
@@ -50,7 +56,12 @@ describe("nself's own ledger sees 013-016", () => {
 
       await migrateDown({log: silent, migrations: files, sql, to: 14})
       expect(await nselfStatus(sql)).toEqual(['001_nself_base.sql', '013_e2ee_system.sql', '014_e2ee_system.sql'])
-      expect((await opsRows(sql)).map((r) => `${r.id}:${r.rolled}`)).toEqual(['013_e2ee_system:false', '014_e2ee_system:false', '015_voice_calls:true', '016_live_streaming:true'])
+      expect((await opsRows(sql)).map((r) => `${r.id}:${r.rolled}`)).toEqual([
+        '013_e2ee_system:false',
+        '014_e2ee_system:false',
+        '015_voice_calls:true',
+        '016_live_streaming:true',
+      ])
 
       // Applying again is nself's re-apply: the row comes back without rolled_back_at.
       await migrateUp({log: silent, migrations: files, sql})
@@ -79,7 +90,7 @@ describe("nself's own ledger sees 013-016", () => {
     }
   })
 
-  it('a database without nself\'s ledger gets none (only schema_migrations and our history)', async () => {
+  it("a database without nself's ledger gets none (only schema_migrations and our history)", async () => {
     const db = await createV030Database()
     dbs.push(db)
     const sql = engineSql(db.name)

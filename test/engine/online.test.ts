@@ -48,7 +48,9 @@ describe('writers while the migration runs next to a long read transaction (D5)'
       await reader.done
       await writing(writer)
       const w = await writer.stop()
-      console.log(`writers beside the migration: ${w.count} inserts, longest ${Math.round(w.maxMs)} ms (wall clock), ${w.lockTimeouts} lock waits over ${WRITER_LOCK_TIMEOUT} ms`)
+      console.log(
+        `writers beside the migration: ${w.count} inserts, longest ${Math.round(w.maxMs)} ms (wall clock), ${w.lockTimeouts} lock waits over ${WRITER_LOCK_TIMEOUT} ms`,
+      )
       expect(run.after).toBe(16)
       // The migration had to wait for the reader (so the scenario really happened) ...
       expect(migrationMs).toBeGreaterThan(READ_MS - 1000)
@@ -63,7 +65,7 @@ describe('writers while the migration runs next to a long read transaction (D5)'
     }
   })
 
-  it('the guide\'s plain ALTER TABLE stalls every writer behind the same long read (the measurement can fail)', async () => {
+  it("the guide's plain ALTER TABLE stalls every writer behind the same long read (the measurement can fail)", async () => {
     const db = await createV030Database({messages: 20_000})
     dbs.push(db)
     const writer = startWriter(db.name, 'public', 10, {lockTimeoutMs: WRITER_LOCK_TIMEOUT})
@@ -75,10 +77,26 @@ describe('writers while the migration runs next to a long read transaction (D5)'
     const read = await reader.reserve()
     await read.unsafe('begin')
     await read.unsafe('select count(*) from nchat_messages')
-    const alter = execFileP('psql', ['-X', '-q', '-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, '-d', db.name, '-c', 'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE'])
+    const alter = execFileP('psql', [
+      '-X',
+      '-q',
+      '-h',
+      ADMIN.host,
+      '-p',
+      String(ADMIN.port),
+      '-U',
+      ADMIN.user,
+      '-d',
+      db.name,
+      '-c',
+      'ALTER TABLE nchat_messages ADD COLUMN IF NOT EXISTS is_encrypted BOOLEAN NOT NULL DEFAULT FALSE',
+    ])
     // Asked on the reader's own session (its pool has one connection, reserved): pg_locks is live, not snapshot-bound.
-    const queued = async () => (await read<{n: number}[]>`select count(*)::int as n from pg_locks
-      where relation = 'nchat_messages'::regclass and mode = 'AccessExclusiveLock' and not granted`)[0].n > 0
+    const queued = async () =>
+      (
+        await read<{n: number}[]>`select count(*)::int as n from pg_locks
+      where relation = 'nchat_messages'::regclass and mode = 'AccessExclusiveLock' and not granted`
+      )[0].n > 0
     while (!(await queued())) await sleep(10)
     const until = Date.now() + READ_MS
     while (writer.lockTimeouts === 0 && Date.now() < until) await sleep(10)

@@ -112,7 +112,7 @@ describe('migrateUp / migrateDown on a real v0.3.0 database', () => {
       const err = await migrateUp({log: silent, migrations: loadMigrations(copy.dir), sql}).catch((e) => e)
       expect(err.message).toMatch(/016_live_streaming failed at line \d+.*no_such_function.*undone, so the database is as it was before/)
       expect(await appSchemaDump(db.name)).toBe(schemaBefore)
-      const versions = (await sql<{version: number}[]>`select max(version)::int as version from schema_migrations`)
+      const versions = await sql<{version: number}[]>`select max(version)::int as version from schema_migrations`
       expect(versions[0].version).toBe(12)
     } finally {
       await sql.end()
@@ -193,16 +193,19 @@ describe('migrateUp / migrateDown on a real v0.3.0 database', () => {
     try {
       const r = await migrateUp({log: silent, migrations: packaged(), sql})
       expect(r.appSchema).toBe('nchat')
-      const rows = await sql<{schema: string}[]>`select distinct n.nspname as schema from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.relname in ('nchat_identity_keys', 'nchat_prekey_bundles', 'nchat_calls', 'nchat_streams')`
+      const rows = await sql<
+        {schema: string}[]
+      >`select distinct n.nspname as schema from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.relname in ('nchat_identity_keys', 'nchat_prekey_bundles', 'nchat_calls', 'nchat_streams')`
       expect(rows.map((x) => x.schema)).toEqual(['nchat'])
-      const [{n}] = await sql`select count(*)::int as n from information_schema.columns where table_schema = 'nchat' and table_name = 'nchat_messages' and column_name = 'is_encrypted'`
+      const [{n}] =
+        await sql`select count(*)::int as n from information_schema.columns where table_schema = 'nchat' and table_name = 'nchat_messages' and column_name = 'is_encrypted'`
       expect(n).toBe(1)
     } finally {
       await sql.end()
     }
   })
 
-  it('converts a database where the guide\'s SQL was run by hand, and never drops its pre-existing tables on failure', async () => {
+  it("converts a database where the guide's SQL was run by hand, and never drops its pre-existing tables on failure", async () => {
     const db = await fresh()
     await applyGuideByHand(db.name, db.schema)
     const sql = engineSql(db.name)

@@ -19,7 +19,9 @@ const MARGIN = 800
 describe('busy writers during migrate', () => {
   let cluster: PrivateCluster
   const dir = tmpDir('e2ee-flt-busy-')
-  beforeAll(async () => { cluster = await PrivateCluster.start({settings: {max_connections: '80'}}) })
+  beforeAll(async () => {
+    cluster = await PrivateCluster.start({settings: {max_connections: '80'}})
+  })
   afterAll(async () => {
     dir.cleanup()
     await cluster?.destroy()
@@ -30,10 +32,17 @@ describe('busy writers during migrate', () => {
     await cluster.createV030(db, {messages: 50_000})
     let running = true
     const stats = {acked: 0, deadlocks: 0, lockTimeouts: 0, other: [] as string[]}
-    const clients = Array.from({length: WRITERS}, () => postgres({
-      connection: {application_name: 'busy-writer', lock_timeout: String(LOCK_TIMEOUT + MARGIN)},
-      database: db, host: cluster.host, max: 1, onnotice: () => {}, port: cluster.port, user: cluster.user,
-    }))
+    const clients = Array.from({length: WRITERS}, () =>
+      postgres({
+        connection: {application_name: 'busy-writer', lock_timeout: String(LOCK_TIMEOUT + MARGIN)},
+        database: db,
+        host: cluster.host,
+        max: 1,
+        onnotice: () => {},
+        port: cluster.port,
+        user: cluster.user,
+      }),
+    )
     const writers = clients.map(async (sql, i) => {
       const channels = await sql<{id: string}[]>`select id from nchat_channels order by id`
       for (let n = 0; running; n++) {
@@ -55,7 +64,9 @@ describe('busy writers during migrate', () => {
       running = false
       await Promise.all(writers)
       const out = r.stdout + r.stderr
-      console.log(`busy writers: ${stats.acked} inserts acknowledged, ${stats.deadlocks} deadlocks, ${stats.lockTimeouts} lock waits over ${LOCK_TIMEOUT + MARGIN} ms, ${stats.other.length} other errors`)
+      console.log(
+        `busy writers: ${stats.acked} inserts acknowledged, ${stats.deadlocks} deadlocks, ${stats.lockTimeouts} lock waits over ${LOCK_TIMEOUT + MARGIN} ms, ${stats.other.length} other errors`,
+      )
       if (r.code !== 0) expect(isOneTrueSentence(errorMessage(r.stderr)), out).toBe(true)
       expect(r.code, out).toBe(0)
       expect(stats.deadlocks, out).toBe(0)

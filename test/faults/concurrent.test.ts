@@ -23,7 +23,9 @@ function coherent(l: Leftovers): boolean {
 describe('two commands at once', {timeout: 900_000}, () => {
   let cluster: PrivateCluster
   const dir = tmpDir('e2ee-flt-conc-')
-  beforeAll(async () => { cluster = await PrivateCluster.start() })
+  beforeAll(async () => {
+    cluster = await PrivateCluster.start()
+  })
   afterAll(async () => {
     dir.cleanup()
     await cluster?.destroy()
@@ -43,28 +45,52 @@ describe('two commands at once', {timeout: 900_000}, () => {
     pause?: string
   }
 
-  const applyWaits = async (run: CliRun) => until('the first command to wait at its apply step', () => /\[STARTED\] (Apply to production|Run the down migrations)[\s\S]*(waiting|lock wait)/i.test(run.output), {run})
+  const applyWaits = async (run: CliRun) =>
+    until(
+      'the first command to wait at its apply step',
+      () => /\[STARTED\] (Apply to production|Run the down migrations)[\s\S]*(waiting|lock wait)/i.test(run.output),
+      {run},
+    )
   const PAIRS: Pair[] = [
     {
-      first: ['migrate'], hold: (c) => Hold.lock(cluster, c.db, 'nchat_users', 'access share', true), held: applyWaits,
-      name: 'migrate (waiting on a lock at 015) + rollback --strategy restore', second: ['rollback'], start: 'at 14',
+      first: ['migrate'],
+      hold: (c) => Hold.lock(cluster, c.db, 'nchat_users', 'access share', true),
+      held: applyWaits,
+      name: 'migrate (waiting on a lock at 015) + rollback --strategy restore',
+      second: ['rollback'],
+      start: 'at 14',
     },
     {
-      first: ['migrate'], hold: (c) => Hold.lock(cluster, c.db, 'nchat_users', 'access share', true), held: applyWaits,
-      name: 'migrate (waiting on a lock) + dryrun', second: ['dryrun'], start: 'fresh',
+      first: ['migrate'],
+      hold: (c) => Hold.lock(cluster, c.db, 'nchat_users', 'access share', true),
+      held: applyWaits,
+      name: 'migrate (waiting on a lock) + dryrun',
+      second: ['dryrun'],
+      start: 'fresh',
     },
     {
       first: ['rollback'],
       // Held inside the swap's transaction (both renames done, not committed) by the test pause.
       held: async (run, c) => {
         await until('the first rollback to pause inside its swap', () => run.stderr.includes('[test-pause] swap:renamed'), {run})
-        holds.push({release: async () => { writeFileSync(c.resumeFile, '') }})
+        holds.push({
+          release: async () => {
+            writeFileSync(c.resumeFile, '')
+          },
+        })
       },
-      name: 'rollback (held inside its swap) + rollback', pause: 'swap:renamed', second: ['rollback'], start: 'at 16',
+      name: 'rollback (held inside its swap) + rollback',
+      pause: 'swap:renamed',
+      second: ['rollback'],
+      start: 'at 16',
     },
     {
-      first: ['rollback', '--strategy', 'down'], hold: (c) => Hold.lock(cluster, c.db, 'nchat_users', 'access share', true), held: applyWaits,
-      name: 'rollback --strategy down (waiting on a lock) + migrate', second: ['migrate'], start: 'at 16',
+      first: ['rollback', '--strategy', 'down'],
+      hold: (c) => Hold.lock(cluster, c.db, 'nchat_users', 'access share', true),
+      held: applyWaits,
+      name: 'rollback --strategy down (waiting on a lock) + migrate',
+      second: ['migrate'],
+      start: 'at 16',
     },
   ]
   const holds: Array<Pick<Hold, 'release'>> = []
@@ -90,20 +116,27 @@ describe('two commands at once', {timeout: 900_000}, () => {
         second = new CliRun(cliArgs(p.second[0], c, p.second.slice(1)), cluster.env())
         const s = second
         // The second one either ends, says it waits, or waits on a lock of its own.
-        await until('the second command to end or wait', async () => s.exited || /wait/i.test(s.output) ||
-          (await toolSessions(cluster)).some((x) => !before.has(x.pid) && x.wait === 'Lock'))
+        await until(
+          'the second command to end or wait',
+          async () => s.exited || /wait/i.test(s.output) || (await toolSessions(cluster)).some((x) => !before.has(x.pid) && x.wait === 'Lock'),
+        )
       } finally {
         for (const h of holds.splice(0)) await h.release()
       }
       const results = await Promise.all([first.done, second!.done])
-      const report = results.map((r, i) => `--- ${i === 0 ? p.first.join(' ') : p.second.join(' ')} (exit ${r.code}) ---\n${(r.stdout + r.stderr).slice(-2500)}`).join('\n')
+      const report = results
+        .map((r, i) => `--- ${i === 0 ? p.first.join(' ') : p.second.join(' ')} (exit ${r.code}) ---\n${(r.stdout + r.stderr).slice(-2500)}`)
+        .join('\n')
       for (const r of results) {
         expect([0, 1], report).toContain(r.code)
         if (r.code !== 0) expect(isOneTrueSentence(errorMessage(r.stderr)), report).toBe(true)
       }
       const left = await whatIsLeft(cluster, db, backupDir)
       expect(coherent(left), `${report}\n${JSON.stringify(left)}`).toBe(true)
-      expect(left.databases.filter((d) => !/_pre_rollback_/.test(d)), report).toEqual([])
+      expect(
+        left.databases.filter((d) => !/_pre_rollback_/.test(d)),
+        report,
+      ).toEqual([])
       expect(left.databases.filter((d) => /_pre_rollback_/.test(d)).length, report).toBeLessThanOrEqual(1)
       expect(left.sessions).toBe(0)
       expect(left.partialFiles).toEqual([])

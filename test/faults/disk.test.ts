@@ -26,7 +26,9 @@ describe('a full backup disk', {timeout: 900_000}, () => {
   })
   afterAll(async () => {
     for (const m of [small, filling]) {
-      try { execFileSync('umount', [m]) } catch {}
+      try {
+        execFileSync('umount', [m])
+      } catch {}
     }
     dir.cleanup()
     await cluster?.destroy()

@@ -34,7 +34,9 @@ function watchArgv(run: CliRun): Promise<string[]> {
 
 function filesUnder(dir: string): string[] {
   try {
-    return readdirSync(dir, {recursive: true, withFileTypes: true}).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name))
+    return readdirSync(dir, {recursive: true, withFileTypes: true})
+      .filter((e) => e.isFile())
+      .map((e) => path.join(e.parentPath, e.name))
   } catch {
     return []
   }

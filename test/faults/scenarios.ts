@@ -11,8 +11,21 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {tmpDir} from '../helpers/cli.js'
 import {PrivateCluster} from '../helpers/cluster.js'
 import {
-  CliRun, deliver, errorMessage, type Fault, Hold, indexBuildWaits, isOneTrueSentence, type Leftovers, noDebris,
-  toolSessions, toolWaitsOnLock, untouched, until, v030Digest, whatIsLeft,
+  CliRun,
+  deliver,
+  errorMessage,
+  type Fault,
+  Hold,
+  indexBuildWaits,
+  isOneTrueSentence,
+  type Leftovers,
+  noDebris,
+  toolSessions,
+  toolWaitsOnLock,
+  untouched,
+  until,
+  v030Digest,
+  whatIsLeft,
 } from '../helpers/faults.js'
 
 export interface Ctx {
@@ -50,8 +63,12 @@ const notCompleted = (c: Ctx, title: string) => {
 }
 const waitsOnLock = (c: Ctx, what: string, pattern?: RegExp) =>
   until(`the CLI to wait for a lock (${what})`, () => toolWaitsOnLock(c.cluster, pattern), {run: c.run})
-const migrationRecorded = (c: Ctx, version: number) => until(`migration ${version} recorded`, async () =>
-  c.cluster.with(c.db, async (sql) => (await sql`select 1 from public.schema_migrations where version::int = ${version}`).length > 0), {run: c.run})
+const migrationRecorded = (c: Ctx, version: number) =>
+  until(
+    `migration ${version} recorded`,
+    async () => c.cluster.with(c.db, async (sql) => (await sql`select 1 from public.schema_migrations where version::int = ${version}`).length > 0),
+    {run: c.run},
+  )
 
 /** Hold CONCURRENTLY builds with old snapshots, moving on one build at a time; resolves with the held build's snapshot. */
 async function stallIndexBuild(c: Ctx, nth: number): Promise<void> {
@@ -84,8 +101,23 @@ async function pastValidate(c: Ctx, mode: string): Promise<void> {
   // Queued behind VALIDATE's request: granted once VALIDATE is done, before verify or vacuum need the table.
   const after = await Hold.lock(c.cluster, c.db, 'nchat_messages', mode)
   c.holds.push(after)
-  await until('the test\'s lock to queue behind VALIDATE', async () => c.cluster.with(c.db, async (sql) =>
-    (await sql`select 1 from pg_locks where not granted and relation = 'public.nchat_messages'::regclass and mode = ${mode.split(' ').map((w) => w[0].toUpperCase() + w.slice(1)).join('') + 'Lock'}`).length > 0), {run: c.run})
+  await until(
+    "the test's lock to queue behind VALIDATE",
+    async () =>
+      c.cluster.with(
+        c.db,
+        async (sql) =>
+          (
+            await sql`select 1 from pg_locks where not granted and relation = 'public.nchat_messages'::regclass and mode = ${
+              mode
+                .split(' ')
+                .map((w) => w[0].toUpperCase() + w.slice(1))
+                .join('') + 'Lock'
+            }`
+          ).length > 0,
+      ),
+    {run: c.run},
+  )
   c.holds.splice(c.holds.indexOf(validateHold), 1)
   await validateHold.release()
   await after.acquired
@@ -93,16 +125,30 @@ async function pastValidate(c: Ctx, mode: string): Promise<void> {
 
 export const SCENARIOS: Scenario[] = [
   {
-    command: 'migrate', names: /preflight/i, phase: 'before apply', step: 'preflight',
+    command: 'migrate',
+    names: /preflight/i,
+    phase: 'before apply',
+    step: 'preflight',
     // The ledger locked: reading the plan waits.
-    prepare: async (c) => { c.holds.push(await Hold.lock(c.cluster, c.db, 'schema_migrations', 'access exclusive', true)) },
-    reach: async (c) => { await started(c, 'Preflight'); await waitsOnLock(c, 'preflight'); notCompleted(c, 'Preflight') },
+    prepare: async (c) => {
+      c.holds.push(await Hold.lock(c.cluster, c.db, 'schema_migrations', 'access exclusive', true))
+    },
+    reach: async (c) => {
+      await started(c, 'Preflight')
+      await waitsOnLock(c, 'preflight')
+      notCompleted(c, 'Preflight')
+    },
   },
   {
-    command: 'migrate', names: /backup|pg_dump/i, phase: 'before apply', step: 'backup',
+    command: 'migrate',
+    names: /backup|pg_dump/i,
+    phase: 'before apply',
+    step: 'backup',
     // pg_dump locks every table it dumps: once the preflight (which sizes every table) is done, the test locks an
     // application table the migrations never touch, so pg_dump waits on it.
-    prepare: async (c) => { await c.cluster.with(c.db, (sql) => sql`create table public.app_uploads (id bigint primary key)`) },
+    prepare: async (c) => {
+      await c.cluster.with(c.db, (sql) => sql`create table public.app_uploads (id bigint primary key)`)
+    },
     reach: async (c) => {
       await until('the preflight to complete', () => c.run!.output.includes('[COMPLETED] Preflight'), {run: c.run})
       c.holds.push(await Hold.lock(c.cluster, c.db, 'app_uploads', 'access exclusive', true))
@@ -111,7 +157,11 @@ export const SCENARIOS: Scenario[] = [
     },
   },
   {
-    command: 'migrate', messages: 20_000, names: /dry.run|clone|cop(y|ies)/i, phase: 'before apply', step: 'clone restore',
+    command: 'migrate',
+    messages: 20_000,
+    names: /dry.run|clone|cop(y|ies)/i,
+    phase: 'before apply',
+    step: 'clone restore',
     reach: async (c) => {
       await until('pg_restore into the dry-run clone', () => /restoring: \d+\/\d+ archive entries \(creating TABLE/.test(c.run!.output), {run: c.run})
       await until('a session of the tool on the clone', async () => (await toolSessions(c.cluster)).some((s) => /_dryrun_/.test(s.datname ?? '')), {run: c.run})
@@ -119,23 +169,39 @@ export const SCENARIOS: Scenario[] = [
     },
   },
   {
-    command: 'migrate', names: /migration|01[3-6]_|apply/i, phase: 'apply', step: 'apply, waiting on a lock',
+    command: 'migrate',
+    names: /migration|01[3-6]_|apply/i,
+    phase: 'apply',
+    step: 'apply, waiting on a lock',
     // A long read on nchat_users: the apply waits for it (without queueing writers behind).
     prepare: async (c) => {
       c.holds.push(await Hold.lock(c.cluster, c.db, 'nchat_users', 'access share', true))
     },
     reach: async (c) => {
       await started(c, 'Apply to production')
-      await until('the apply to wait for the long read', async () => /waiting[^\n]*(lock|finish)/i.test(c.run!.output.slice(c.run!.output.indexOf('[STARTED] Apply to production'))) || toolWaitsOnLock(c.cluster), {run: c.run})
+      await until(
+        'the apply to wait for the long read',
+        async () =>
+          /waiting[^\n]*(lock|finish)/i.test(c.run!.output.slice(c.run!.output.indexOf('[STARTED] Apply to production'))) || toolWaitsOnLock(c.cluster),
+        {run: c.run},
+      )
     },
   },
-  ...[0, 1, 2].map((n): Scenario => ({
-    command: 'migrate', names: /index|idx_|014_e2ee_system/i, phase: 'apply',
-    prepare: snapshotFirst, reach: (c) => stallIndexBuild(c, n),
-    step: `CONCURRENTLY build ${n + 1}/3 (${['idx_messages_encrypted', 'idx_messages_sender_device', 'idx_channels_enforce_encryption'][n]})`,
-  })),
+  ...[0, 1, 2].map(
+    (n): Scenario => ({
+      command: 'migrate',
+      names: /index|idx_|014_e2ee_system/i,
+      phase: 'apply',
+      prepare: snapshotFirst,
+      reach: (c) => stallIndexBuild(c, n),
+      step: `CONCURRENTLY build ${n + 1}/3 (${['idx_messages_encrypted', 'idx_messages_sender_device', 'idx_channels_enforce_encryption'][n]})`,
+    }),
+  ),
   {
-    command: 'migrate', names: /constraint|fk_messages_sender_device|validat|014_e2ee_system/i, phase: 'apply', step: 'VALIDATE CONSTRAINT',
+    command: 'migrate',
+    names: /constraint|fk_messages_sender_device|validat|014_e2ee_system/i,
+    phase: 'apply',
+    step: 'VALIDATE CONSTRAINT',
     prepare: snapshotFirst,
     reach: async (c) => {
       await stallIndexBuild(c, 2)
@@ -148,40 +214,75 @@ export const SCENARIOS: Scenario[] = [
     },
   },
   {
-    command: 'migrate', names: /verif/i, phase: 'after apply', step: 'verify',
+    command: 'migrate',
+    names: /verif/i,
+    phase: 'after apply',
+    step: 'verify',
     prepare: snapshotFirst,
-    reach: async (c) => { await pastValidate(c, 'access exclusive'); await started(c, 'Verify'); await waitsOnLock(c, 'verify'); notCompleted(c, 'Verify') },
+    reach: async (c) => {
+      await pastValidate(c, 'access exclusive')
+      await started(c, 'Verify')
+      await waitsOnLock(c, 'verify')
+      notCompleted(c, 'Verify')
+    },
   },
   {
-    command: 'migrate', names: /vacuum/i, phase: 'after apply', step: 'vacuum',
+    command: 'migrate',
+    names: /vacuum/i,
+    phase: 'after apply',
+    step: 'vacuum',
     prepare: snapshotFirst,
-    reach: async (c) => { await pastValidate(c, 'share update exclusive'); await started(c, 'Vacuum and analyze'); await waitsOnLock(c, 'VACUUM', /vacuum/i) },
+    reach: async (c) => {
+      await pastValidate(c, 'share update exclusive')
+      await started(c, 'Vacuum and analyze')
+      await waitsOnLock(c, 'VACUUM', /vacuum/i)
+    },
   },
   {
-    command: 'rollback', messages: 20_000, names: /restor/i, phase: 'rollback restore', step: 'rollback restore',
+    command: 'rollback',
+    messages: 20_000,
+    names: /restor/i,
+    phase: 'rollback restore',
+    step: 'rollback restore',
     reach: async (c) => {
       await until('pg_restore into the rollback copy', () => /restoring: \d+\/\d+ archive entries/.test(c.run!.output), {run: c.run})
-      await until('a session of the tool on the restore copy', async () => (await toolSessions(c.cluster)).some((s) => /_restore_/.test(s.datname ?? '')), {run: c.run})
+      await until('a session of the tool on the restore copy', async () => (await toolSessions(c.cluster)).some((s) => /_restore_/.test(s.datname ?? '')), {
+        run: c.run,
+      })
       notCompleted(c, 'Restore into a new database')
     },
   },
   {
-    command: 'rollback', names: /swap/i, phase: 'rollback swap', step: 'rollback swap',
+    command: 'rollback',
+    names: /swap/i,
+    phase: 'rollback swap',
+    step: 'rollback swap',
     // The swap is one transaction (src/steps/restore.ts): held inside it, both renames done and not committed,
     // by the test pause `swap:renamed`; releasing the hold lets it go on to COMMIT.
     env: (c) => ({NSELF_E2EE_TEST_PAUSE: 'swap:renamed', NSELF_E2EE_TEST_RESUME: c.resumeFile}),
     reach: async (c) => {
       await until('the swap to pause inside its transaction', () => c.run!.stderr.includes('[test-pause] swap:renamed'), {run: c.run})
-      c.holds.push({release: async () => { writeFileSync(c.resumeFile, '') }})
+      c.holds.push({
+        release: async () => {
+          writeFileSync(c.resumeFile, '')
+        },
+      })
     },
   },
   {
-    command: 'rollback', names: /swap/i, phase: 'rollback swap', step: 'rollback swap, just committed',
+    command: 'rollback',
+    names: /swap/i,
+    phase: 'rollback swap',
+    step: 'rollback swap, just committed',
     // The same, a moment later: the swap has committed and the rollback has not ended yet.
     env: (c) => ({NSELF_E2EE_TEST_PAUSE: 'rollback:swapped', NSELF_E2EE_TEST_RESUME: c.resumeFile}),
     reach: async (c) => {
       await until('the rollback to pause after its swap committed', () => c.run!.stderr.includes('[test-pause] rollback:swapped'), {run: c.run})
-      c.holds.push({release: async () => { writeFileSync(c.resumeFile, '') }})
+      c.holds.push({
+        release: async () => {
+          writeFileSync(c.resumeFile, '')
+        },
+      })
     },
   },
 ]
@@ -197,7 +298,11 @@ export function cliArgs(command: string, c: {db: string; backupDir: string}, ext
 }
 
 /** Run a command to its end. */
-export async function runToEnd(cluster: PrivateCluster, args: string[], env: Record<string, string> = {}): Promise<{code: number | null; out: string; stderr: string}> {
+export async function runToEnd(
+  cluster: PrivateCluster,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{code: number | null; out: string; stderr: string}> {
   const run = new CliRun(args, {...cluster.env(), ...env})
   const r = await run.done
   return {code: r.code, out: r.stdout + r.stderr, stderr: r.stderr}
@@ -225,7 +330,9 @@ export interface CaseResult {
  */
 export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Fault): Promise<void> {
   const t0 = Date.now()
-  const mark = (what: string) => { if (process.env.FAULT_DEBUG) console.log(`${sc.step} × ${fault}: ${what} at ${Date.now() - t0} ms`) }
+  const mark = (what: string) => {
+    if (process.env.FAULT_DEBUG) console.log(`${sc.step} × ${fault}: ${what} at ${Date.now() - t0} ms`)
+  }
   const db = uniqueDb()
   const dir = tmpDir('e2ee-flt-')
   const backupDir = path.join(dir.dir, 'backups')
@@ -271,7 +378,8 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
         expect(message, ctxMsg).not.toMatch(/Ctrl\+C/)
       }
       if (fault === 'sessions ended' || fault === 'server restart') expect(message, ctxMsg).toMatch(/connection|server|terminat|shut/i)
-      if (UNDONE_CLAIM.test(message.split('\n')[0]) && sc.command === 'migrate') expect(untouched(left), `${ctxMsg}\nthe message says nothing is changed`).toBe(true)
+      if (UNDONE_CLAIM.test(message.split('\n')[0]) && sc.command === 'migrate')
+        expect(untouched(left), `${ctxMsg}\nthe message says nothing is changed`).toBe(true)
     }
 
     // Nothing lost (no writer ran, so every v0.3.0 row must be as it was).
@@ -313,7 +421,11 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
           expect(message.split('\n')[0], ctxMsg).toMatch(old ? OLD_DATABASE_SAID : NEW_DATABASE_SAID)
           expect(message.split('\n')[0], ctxMsg).not.toMatch(old ? NEW_DATABASE_SAID : OLD_DATABASE_SAID)
         }
-        if (orderly) expect(left.databases.filter((d) => !/_pre_rollback_/.test(d)), ctxMsg).toEqual([])
+        if (orderly)
+          expect(
+            left.databases.filter((d) => !/_pre_rollback_/.test(d)),
+            ctxMsg,
+          ).toEqual([])
         break
       }
     }
@@ -323,7 +435,12 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
     if (sc.command === 'migrate') {
       const again = await runToEnd(cluster, cliArgs('migrate', c))
       record.rerun = again.code
-      mark(`rerun ended:\n${again.out.split('\n').filter((l) => !/ written$|restoring: /.test(l)).join('\n')}`)
+      mark(
+        `rerun ended:\n${again.out
+          .split('\n')
+          .filter((l) => !/ written$|restoring: /.test(l))
+          .join('\n')}`,
+      )
       expect(again.code, `rerun after ${ctxMsg}\n--- rerun ---\n${again.out.slice(-3000)}`).toBe(0)
       const v = await runToEnd(cluster, ['verify', '--local', '--database', db])
       expect(v.code, `verify after the rerun: ${v.out.slice(-2000)}`).toBe(0)
@@ -345,7 +462,10 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
       expect(after.allowConn).toBe(true)
       expect(after.partialFiles).toEqual([])
       expect(after.sessions).toBe(0)
-      expect(after.databases.filter((d) => !/_pre_rollback_/.test(d)), JSON.stringify(after)).toEqual([])
+      expect(
+        after.databases.filter((d) => !/_pre_rollback_/.test(d)),
+        JSON.stringify(after),
+      ).toEqual([])
     }
     expect(await v030Digest(cluster, db)).toEqual(digest)
     mark('rerun checked')
@@ -354,7 +474,11 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
     record.ok = false
     const lines = String((error as Error).message).split('\n')
     record.failure = lines.find((l) => /expected|exited before|timed out|completed before|says nothing/.test(l))?.replace(/^\{.*?\}: /, '') ?? lines[0]
-    record.tail = (c.run?.output ?? '').split('\n').filter((l) => !/ written$|restoring: /.test(l)).slice(-12).join('\n')
+    record.tail = (c.run?.output ?? '')
+      .split('\n')
+      .filter((l) => !/ written$|restoring: /.test(l))
+      .slice(-12)
+      .join('\n')
     throw error
   } finally {
     if (process.env.FAULT_REPORT) appendFileSync(process.env.FAULT_REPORT, JSON.stringify(record) + '\n')
@@ -370,12 +494,20 @@ export function faultTable(fault: Fault): void {
   const rows = SCENARIOS.filter((s) => !only || s.step.includes(only))
   describe(fault, () => {
     let cluster: PrivateCluster
-    beforeAll(async () => { cluster = await PrivateCluster.start() }, 300_000)
-    afterAll(async () => { await cluster?.destroy() }, 300_000)
+    beforeAll(async () => {
+      cluster = await PrivateCluster.start()
+    }, 300_000)
+    afterAll(async () => {
+      await cluster?.destroy()
+    }, 300_000)
 
     // Generous: on a loaded 2-core machine one row (a migrate to the step, the fault, a rerun, verify) can take minutes.
-    it.each(rows.map((s) => ({s, step: s.step})))('at $step', async ({s}) => {
-      await runCase(cluster, s, fault)
-    }, 900_000)
+    it.each(rows.map((s) => ({s, step: s.step})))(
+      'at $step',
+      async ({s}) => {
+        await runCase(cluster, s, fault)
+      },
+      900_000,
+    )
   })
 }

@@ -80,7 +80,7 @@ function project(layout: 'nchat' | 'hasura'): {root: string; meta: string; table
 const read = (f: string) => parse(readFileSync(f, 'utf8'))
 
 describe('Hasura metadata step', () => {
-  it('writes one file per table in nChat\'s layout, listed in tables.yaml, with role user, own-row filters, user_id presets and the user relationship', () => {
+  it("writes one file per table in nChat's layout, listed in tables.yaml, with role user, own-row filters, user_id presets and the user relationship", () => {
     const p = project('nchat')
     const r = writeHasuraMetadata(p.root, 'nchat')
     expect(r.dir).toBe(p.meta)
@@ -109,25 +109,42 @@ describe('Hasura metadata step', () => {
     const participants = file('nchat_call_participants')
     expect(participants.object_relationships).toContainEqual({name: 'user', using: {foreign_key_constraint_on: 'user_id'}})
     const calls = file('nchat_calls')
-    expect(calls.array_relationships).toContainEqual({name: 'participants', using: {foreign_key_constraint_on: {column: 'call_id', table: {name: 'nchat_call_participants', schema: 'nchat'}}}})
+    expect(calls.array_relationships).toContainEqual({
+      name: 'participants',
+      using: {foreign_key_constraint_on: {column: 'call_id', table: {name: 'nchat_call_participants', schema: 'nchat'}}},
+    })
     expect(file('nchat_streams').select_permissions[0].permission.filter).toEqual({broadcaster_id: {_eq: 'X-Hasura-User-Id'}})
 
     // nchat_messages keeps its own permissions and gains the encrypted message's columns.
     const messages = read(path.join(p.tables, 'nchat_messages.yaml'))[0]
-    expect(messages.insert_permissions[0].permission.columns).toEqual(['channel_id', 'user_id', 'content', 'is_encrypted', 'encrypted_payload', 'sender_device_id', 'encryption_version'])
+    expect(messages.insert_permissions[0].permission.columns).toEqual([
+      'channel_id',
+      'user_id',
+      'content',
+      'is_encrypted',
+      'encrypted_payload',
+      'sender_device_id',
+      'encryption_version',
+    ])
     expect(readFileSync(path.join(p.tables, 'nchat_messages.yaml'), 'utf8')).toMatch(/^# messages: insert columns listed one by one/)
 
     // The claim function, exposed as a mutation, and the source includes its functions file.
     expect(read(path.join(p.meta, 'databases/default/functions/functions.yaml'))).toEqual(['!include nchat_nchat_claim_prekey_bundle.yaml'])
     expect(read(path.join(p.meta, 'databases/default/functions/nchat_nchat_claim_prekey_bundle.yaml'))).toEqual({
-      configuration: {exposed_as: 'mutation'}, function: {name: 'nchat_claim_prekey_bundle', schema: 'nchat'}, permissions: [{role: 'user'}],
+      configuration: {exposed_as: 'mutation'},
+      function: {name: 'nchat_claim_prekey_bundle', schema: 'nchat'},
+      permissions: [{role: 'user'}],
     })
     expect(read(path.join(p.meta, 'databases/databases.yaml'))[0].functions).toBe('!include default/functions/functions.yaml')
   })
 
   it('is idempotent, and removing gives back the project as it was', () => {
     const p = project('nchat')
-    const before = {db: read(path.join(p.meta, 'databases/databases.yaml')), messages: read(path.join(p.tables, 'nchat_messages.yaml')), tables: read(path.join(p.tables, 'tables.yaml'))}
+    const before = {
+      db: read(path.join(p.meta, 'databases/databases.yaml')),
+      messages: read(path.join(p.tables, 'nchat_messages.yaml')),
+      tables: read(path.join(p.tables, 'tables.yaml')),
+    }
     writeHasuraMetadata(p.root, 'nchat')
     const once = readFileSync(path.join(p.tables, 'tables.yaml'), 'utf8')
     writeHasuraMetadata(p.root, 'nchat')
@@ -143,14 +160,24 @@ describe('Hasura metadata step', () => {
     expect(existsSync(path.join(p.meta, RECORD_FILE))).toBe(false)
   })
 
-  it('follows Hasura\'s own layout where the project uses it (schema-prefixed files holding a mapping), and a partial rollback keeps what still exists', () => {
+  it("follows Hasura's own layout where the project uses it (schema-prefixed files holding a mapping), and a partial rollback keeps what still exists", () => {
     const p = project('hasura')
     writeHasuraMetadata(p.root, 'public')
     const m = read(path.join(p.tables, 'public_nchat_calls.yaml'))
     expect(Array.isArray(m)).toBe(false)
     expect(m.table).toEqual({name: 'nchat_calls', schema: 'public'})
     // down to 014: the call and stream tables are gone, the E2EE ones stay.
-    const e2ee = new Set(['nchat_user_master_keys', 'nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys', 'nchat_signal_sessions', 'nchat_safety_numbers', 'nchat_e2ee_audit_log', 'nchat_prekey_bundles', 'nchat_claim_prekey_bundle'])
+    const e2ee = new Set([
+      'nchat_user_master_keys',
+      'nchat_identity_keys',
+      'nchat_signed_prekeys',
+      'nchat_one_time_prekeys',
+      'nchat_signal_sessions',
+      'nchat_safety_numbers',
+      'nchat_e2ee_audit_log',
+      'nchat_prekey_bundles',
+      'nchat_claim_prekey_bundle',
+    ])
     syncHasuraMetadata(p.root, 'public', e2ee)
     const includes: string[] = read(path.join(p.tables, 'tables.yaml'))
     expect(includes).toContain('!include public_nchat_identity_keys.yaml')
@@ -167,15 +194,21 @@ describe('Hasura metadata step', () => {
     expect(r.note).toMatch(/no Hasura metadata folder/)
   })
 
-  it('every column, filter and relationship the metadata names exists in the schema 016 leaves (verify\'s reference)', () => {
+  it("every column, filter and relationship the metadata names exists in the schema 016 leaves (verify's reference)", () => {
     const expected = loadExpectedSchema()
     const columns = new Set(expected.objects.filter((o) => o.kind === 'column' && expectedAt(o, 16)?.def).map((o) => `${o.table}.${o.name}`))
     const relations = new Set(expected.objects.filter((o) => (o.kind === 'table' || o.kind === 'view') && expectedAt(o, 16)?.def).map((o) => o.name))
     const functions = expected.objects.filter((o) => o.kind === 'function').map((o) => o.name)
-    for (const f of FUNCTIONS) expect(functions.some((n) => n.startsWith(`${f.name}(`)), f.name).toBe(true)
+    for (const f of FUNCTIONS)
+      expect(
+        functions.some((n) => n.startsWith(`${f.name}(`)),
+        f.name,
+      ).toBe(true)
     const fieldsOf = (exp: unknown): string[] => {
       if (!exp || typeof exp !== 'object') return []
-      return Object.entries(exp as Record<string, unknown>).flatMap(([k, v]) => (k === '_or' || k === '_and' ? (v as unknown[]).flatMap(fieldsOf) : k.startsWith('_') ? [] : [k]))
+      return Object.entries(exp as Record<string, unknown>).flatMap(([k, v]) =>
+        k === '_or' || k === '_and' ? (v as unknown[]).flatMap(fieldsOf) : k.startsWith('_') ? [] : [k],
+      )
     }
     for (const t of TABLES) {
       expect(relations.has(t.name), t.name).toBe(true)

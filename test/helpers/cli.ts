@@ -47,8 +47,14 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
       }
       options.onOutput?.(stdout + stderr, child)
     }
-    child.stdout.on('data', (d) => { stdout += d; check() })
-    child.stderr.on('data', (d) => { stderr += d; check() })
+    child.stdout.on('data', (d) => {
+      stdout += d
+      check()
+    })
+    child.stderr.on('data', (d) => {
+      stderr += d
+      check()
+    })
     const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 150_000)
     child.on('error', reject)
     child.on('close', (code, signal) => {
@@ -65,7 +71,12 @@ export function localArgs(database: string): string[] {
 /** An nself project folder with an .env (and the given extra lines), for tests that read env files. */
 export function makeProject(env: Record<string, string>): {dir: string; cleanup: () => void} {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'e2ee-proj-'))
-  writeFileSync(path.join(dir, '.env'), Object.entries(env).map(([k, v]) => `${k}=${v}`).join('\n') + '\n')
+  writeFileSync(
+    path.join(dir, '.env'),
+    Object.entries(env)
+      .map(([k, v]) => `${k}=${v}`)
+      .join('\n') + '\n',
+  )
   return {cleanup: () => rmSync(dir, {force: true, recursive: true}), dir}
 }
 
@@ -85,7 +96,11 @@ export function fakeDockerEnv(container: string, log: string, secret?: string): 
 
 export function dockerCalls(log: string): string[][] {
   try {
-    return readFileSync(log, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as string[])
+    return readFileSync(log, 'utf8')
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as string[])
   } catch {
     return []
   }

@@ -65,7 +65,13 @@ export interface ClusterOptions {
 export class PrivateCluster {
   readonly host = '127.0.0.1'
   readonly user = 'postgres'
-  private constructor(readonly root: string, readonly dataDir: string, readonly sockDir: string, readonly port: number, private readonly settings: Record<string, string>) {}
+  private constructor(
+    readonly root: string,
+    readonly dataDir: string,
+    readonly sockDir: string,
+    readonly port: number,
+    private readonly settings: Record<string, string>,
+  ) {}
 
   static async start(opts: ClusterOptions = {}): Promise<PrivateCluster> {
     const root = mkdtempSync(path.join(os.tmpdir(), 'e2ee-pgc-'))
@@ -84,7 +90,9 @@ export class PrivateCluster {
     await run(path.join(PG_BIN, 'initdb'), ['-D', dataDir, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale=C'])
     if (opts.hba?.length) {
       const hbaFile = path.join(dataDir, 'pg_hba.conf')
-      const rest = readFileSync(hbaFile, 'utf8').split('\n').filter((l) => !/^\s*#/.test(l) && l.trim() !== '')
+      const rest = readFileSync(hbaFile, 'utf8')
+        .split('\n')
+        .filter((l) => !/^\s*#/.test(l) && l.trim() !== '')
       writeFileSync(hbaFile, [...opts.hba, ...rest].join('\n') + '\n')
     }
     const settings = {fsync: 'off', full_page_writes: 'off', max_connections: '60', synchronous_commit: 'off', ...opts.settings}
@@ -110,7 +118,18 @@ export class PrivateCluster {
   }
 
   private async startServer(): Promise<void> {
-    await run(path.join(PG_BIN, 'pg_ctl'), ['-D', this.dataDir, '-o', this.serverOptions(), '-l', path.join(this.root, 'server.log'), '-w', '-t', '60', 'start'])
+    await run(path.join(PG_BIN, 'pg_ctl'), [
+      '-D',
+      this.dataDir,
+      '-o',
+      this.serverOptions(),
+      '-l',
+      path.join(this.root, 'server.log'),
+      '-w',
+      '-t',
+      '60',
+      'start',
+    ])
   }
 
   /** Fast shutdown (every session ended, as a crash or failover would), then start again on the same port. */

@@ -30,8 +30,15 @@ export function copyMigrations(keepSums = false): {dir: string; cleanup: () => v
 
 /** Schema-only dump without our own ledger schema (kept on purpose as history), for before/after compares. */
 export async function appSchemaDump(db: string): Promise<string> {
-  const {stdout} = await execFileP('pg_dump', ['--schema-only', '--no-owner', '--exclude-schema=nself_e2ee', '-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, db], {maxBuffer: 64 * 1024 * 1024})
-  return stdout.split('\n').filter((l) => !/^--/.test(l) && !/^SET /.test(l) && !/^SELECT pg_catalog\.set_config/.test(l) && !/^\\(un)?restrict\b/.test(l) && l.trim() !== '').join('\n')
+  const {stdout} = await execFileP(
+    'pg_dump',
+    ['--schema-only', '--no-owner', '--exclude-schema=nself_e2ee', '-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, db],
+    {maxBuffer: 64 * 1024 * 1024},
+  )
+  return stdout
+    .split('\n')
+    .filter((l) => !/^--/.test(l) && !/^SET /.test(l) && !/^SELECT pg_catalog\.set_config/.test(l) && !/^\\(un)?restrict\b/.test(l) && l.trim() !== '')
+    .join('\n')
 }
 
 export const silent = () => {}

@@ -44,8 +44,12 @@ export class CliRun {
       env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', NSELF_E2EE_PROGRESS_INTERVAL: '0', ...env},
       stdio: ['ignore', 'pipe', 'pipe'],
     })
-    this.child.stdout!.on('data', (d) => { this.stdout += d })
-    this.child.stderr!.on('data', (d) => { this.stderr += d })
+    this.child.stdout!.on('data', (d) => {
+      this.stdout += d
+    })
+    this.child.stderr!.on('data', (d) => {
+      this.stderr += d
+    })
     const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs)
     this.done = new Promise((resolve, reject) => {
       this.child.on('error', reject)
@@ -82,17 +86,25 @@ export async function until(what: string, cond: () => Promise<boolean> | boolean
 }
 
 /** The tool's sessions on the server (its pool, pg_dump/pg_restore children): application_name nself-e2ee-*. */
-export async function toolSessions(cluster: PrivateCluster): Promise<Array<{pid: number; datname: string | null; state: string | null; wait: string | null; query: string}>> {
-  return cluster.with('postgres', (sql) => sql`
+export async function toolSessions(
+  cluster: PrivateCluster,
+): Promise<Array<{pid: number; datname: string | null; state: string | null; wait: string | null; query: string}>> {
+  return cluster.with(
+    'postgres',
+    (sql) => sql`
     select pid, datname, state, wait_event_type as wait, coalesce(query, '') as query from pg_stat_activity
-    where application_name like 'nself-e2ee-%' and backend_type = 'client backend' and pid <> pg_backend_pid()`)
+    where application_name like 'nself-e2ee-%' and backend_type = 'client backend' and pid <> pg_backend_pid()`,
+  )
 }
 
 /** The tool's sessions waiting for a heavyweight lock, each with the start of the query that waits. */
 async function sessionsWaitingOnLock(cluster: PrivateCluster): Promise<Array<{pid: number; since: string}>> {
-  return cluster.with('postgres', (sql) => sql<{pid: number; since: string}[]>`
+  return cluster.with(
+    'postgres',
+    (sql) => sql<{pid: number; since: string}[]>`
     select pid, query_start::text as since from pg_stat_activity
-    where application_name like 'nself-e2ee-%' and backend_type = 'client backend' and wait_event_type = 'Lock' and pid <> pg_backend_pid()`)
+    where application_name like 'nself-e2ee-%' and backend_type = 'client backend' and wait_event_type = 'Lock' and pid <> pg_backend_pid()`,
+  )
 }
 
 /** True when one of the tool's sessions waits for a heavyweight lock, on a query matching `pattern` (if given). */
@@ -103,14 +115,19 @@ export async function toolWaitsOnLock(cluster: PrivateCluster, pattern?: RegExp)
 
 /** A CONCURRENTLY build of `index` waits for old snapshots to end (the last phase of the build). */
 export async function indexBuildWaits(cluster: PrivateCluster, db: string, index: string): Promise<boolean> {
-  const rows = await cluster.with('postgres', (sql) => sql`
+  const rows = await cluster.with('postgres', (sql) =>
+    sql`
     select p.phase from pg_stat_progress_create_index p join pg_class c on c.oid = p.index_relid
-    where p.datname = ${db} and c.relname = ${index}`.catch(() => [] as Array<{phase: string}>))
+    where p.datname = ${db} and c.relname = ${index}`.catch(() => [] as Array<{phase: string}>),
+  )
   // pg_class of another database is not visible from "postgres": look from the database itself instead.
   if (rows.length > 0) return rows.some((r) => r.phase.startsWith('waiting for old snapshots'))
-  const own = await cluster.with(db, (sql) => sql<{phase: string}[]>`
+  const own = await cluster.with(
+    db,
+    (sql) => sql<{phase: string}[]>`
     select p.phase from pg_stat_progress_create_index p join pg_class c on c.oid = p.index_relid
-    where c.relname = ${index}`)
+    where c.relname = ${index}`,
+  )
   return own.some((r) => r.phase.startsWith('waiting for old snapshots'))
 }
 
@@ -120,7 +137,10 @@ export async function indexBuildWaits(cluster: PrivateCluster, db: string, index
  * backend died can hang or crash postgres.js 3.4.9 when it is queried again (porsager/postgres 1199, 1208).
  */
 export class Hold {
-  private constructor(private readonly sql: postgres.Sql, readonly acquired: Promise<void>) {}
+  private constructor(
+    private readonly sql: postgres.Sql,
+    readonly acquired: Promise<void>,
+  ) {}
 
   /** `LOCK TABLE table IN mode MODE` in an open transaction; `acquired` resolves when the lock is granted (it may queue). */
   static async lock(cluster: PrivateCluster, db: string, table: string, mode: string, wait = false): Promise<Hold> {
@@ -167,17 +187,24 @@ export async function deliver(fault: Fault, run: CliRun, cluster: PrivateCluster
       run.signal(fault === 'Ctrl+C' ? 'SIGINT' : 'SIGTERM')
       // The test's holds are released after this: first let the CLI act on the signal, or a query it should
       // have cancelled would get its lock and finish the step instead (and the row would test the next one).
-      await until(`the CLI to act on ${fault} (stop waiting for the locks it waited for, or exit)`, async () => {
-        if (run.exited) return true
-        const now = await sessionsWaitingOnLock(cluster)
-        return !now.some((s) => waiting.some((w) => w.pid === s.pid && w.since === s.since))
-      }, {timeoutMs: 120_000})
+      await until(
+        `the CLI to act on ${fault} (stop waiting for the locks it waited for, or exit)`,
+        async () => {
+          if (run.exited) return true
+          const now = await sessionsWaitingOnLock(cluster)
+          return !now.some((s) => waiting.some((w) => w.pid === s.pid && w.since === s.since))
+        },
+        {timeoutMs: 120_000},
+      )
       return
     }
     case 'sessions ended': {
       run.atFault = run.output
-      const ended = await cluster.with('postgres', (sql) => sql<{pid: number}[]>`
-        select pid from pg_stat_activity where application_name like 'nself-e2ee-%' and pid <> pg_backend_pid() and pg_terminate_backend(pid)`)
+      const ended = await cluster.with(
+        'postgres',
+        (sql) => sql<{pid: number}[]>`
+        select pid from pg_stat_activity where application_name like 'nself-e2ee-%' and pid <> pg_backend_pid() and pg_terminate_backend(pid)`,
+      )
       if (ended.length === 0) throw new Error('no session of the tool was there to end')
       return
     }
@@ -250,8 +277,10 @@ export async function whatIsLeft(cluster: PrivateCluster, db: string, backupDir?
         where a.attrelid in ('public.nchat_messages'::regclass, 'public.nchat_channels'::regclass) and not a.attisdropped
           and a.attrelid::regclass::text || '.' || a.attname = any(${ADDED_COLUMNS})`
     out.objects = rels.map((r) => r.name).sort()
-    out.invalidIndexes = (await sql<{name: string}[]>`
-      select c.relname as name from pg_index i join pg_class c on c.oid = i.indexrelid where not i.indisvalid`).map((r) => r.name)
+    out.invalidIndexes = (
+      await sql<{name: string}[]>`
+      select c.relname as name from pg_index i join pg_class c on c.oid = i.indexrelid where not i.indisvalid`
+    ).map((r) => r.name)
     out.notValidConstraints = (await sql<{name: string}[]>`select conname as name from pg_constraint where not convalidated`).map((r) => r.name)
   })
   return out
@@ -276,13 +305,19 @@ export function errorMessage(stderr: string): string {
 /** One sentence: no stack trace, no raw JavaScript error name. */
 export function isOneTrueSentence(message: string): boolean {
   const first = message.split('\n')[0]
-  return /^Error: \S/.test(first) && !/\n\s+at .+:\d+:\d+/.test(message) && !/\b(TypeError|ReferenceError|RangeError|SyntaxError|Unhandled|uncaught)\b/i.test(message)
+  return (
+    /^Error: \S/.test(first)
+    && !/\n\s+at .+:\d+:\d+/.test(message)
+    && !/\b(TypeError|ReferenceError|RangeError|SyntaxError|Unhandled|uncaught)\b/i.test(message)
+  )
 }
 
 /** Files in the backup folder that are finished dumps. */
 export function backups(dir: string): string[] {
   try {
-    return readdirSync(dir).filter((f) => f.endsWith('.dump')).map((f) => path.join(dir, f))
+    return readdirSync(dir)
+      .filter((f) => f.endsWith('.dump'))
+      .map((f) => path.join(dir, f))
   } catch {
     return []
   }
@@ -306,7 +341,8 @@ export async function v030Digest(cluster: PrivateCluster, db: string): Promise<R
         where table_schema = 'public' and table_name = ${table} and not (column_name = any(${excluded})) order by ordinal_position`
       const list = cols.map((c) => `"${c.c}"`).join(', ')
       const [row] = await sql.unsafe<{n: string; d: string}[]>(
-        `select count(*)::text as n, md5(coalesce(string_agg(t::text, E'\\n' order by t::text collate "C"), '')) as d from (select ${list} from public."${table}") t`)
+        `select count(*)::text as n, md5(coalesce(string_agg(t::text, E'\\n' order by t::text collate "C"), '')) as d from (select ${list} from public."${table}") t`,
+      )
       out[table] = `${row.n}:${row.d}`
     }
     return out

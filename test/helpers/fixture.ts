@@ -50,14 +50,7 @@ export const MIGRATION_ADDED_COLUMNS: Record<string, string[]> = {
 }
 
 /** The v0.3.0 tables with data (createV030Database fills them). */
-export const V030_TABLES = [
-  'nchat_users',
-  'nchat_channels',
-  'nchat_channel_members',
-  'nchat_messages',
-  'nchat_reactions',
-  'nchat_read_receipts',
-]
+export const V030_TABLES = ['nchat_users', 'nchat_channels', 'nchat_channel_members', 'nchat_messages', 'nchat_reactions', 'nchat_read_receipts']
 
 export type LedgerShape = 'guide' | 'varchar' | 'bigint-name' | 'none'
 
@@ -101,10 +94,7 @@ function count(n: number | undefined, dflt: number, min: number): number {
  * A postgres.js client on database `dbName` (notices silenced).
  * With `schema`, the connection search_path is that schema.
  */
-export function connect(
-  dbName: string,
-  opts: {schema?: string; max?: number} = {},
-): postgres.Sql {
+export function connect(dbName: string, opts: {schema?: string; max?: number} = {}): postgres.Sql {
   return postgres({
     ...ADMIN,
     database: dbName,
@@ -125,7 +115,7 @@ export function connect(
 export async function createV030Database(opts: V030Options = {}): Promise<V030Database> {
   const name = opts.name ?? `e2ee_t_${randomBytes(4).toString('hex')}`
   const reference = opts.layout === 'reference'
-  const schema = reference ? 'nchat' : opts.schema ?? 'public'
+  const schema = reference ? 'nchat' : (opts.schema ?? 'public')
   const ledger = opts.ledger ?? 'guide'
   const users = count(opts.users, 50, 1)
   const channels = count(opts.channels, 10, 1)
@@ -182,13 +172,9 @@ export interface PsqlOptions {
  * `psql -v ON_ERROR_STOP=1 -X -q -h HOST -p PORT -U USER -d DB -f FILE`, with the schema and the
  * applied versions passed through PGOPTIONS. For SQL-level tests only.
  */
-export async function applyFileWithPsql(
-  dbName: string,
-  file: string,
-  opts: PsqlOptions = {},
-): Promise<{stdout: string; stderr: string}> {
+export async function applyFileWithPsql(dbName: string, file: string, opts: PsqlOptions = {}): Promise<{stdout: string; stderr: string}> {
   const reference = opts.layout === 'reference'
-  const schema = reference ? 'nchat' : opts.schema ?? 'public'
+  const schema = reference ? 'nchat' : (opts.schema ?? 'public')
   ident(schema)
   const pgoptions = [`-c search_path=${schema}`, '-c client_min_messages=warning']
   if (opts.appliedVersions) {
@@ -268,13 +254,9 @@ export function splitMigration(text: string): {transactional: string; tail: stri
  * nself_e2ee.applied_versions published, the transactional part in ONE transaction, then each
  * tail statement alone in autocommit.
  */
-export async function applyFileAsEngine(
-  dbName: string,
-  file: string,
-  opts: {schema?: string; appliedVersions?: string} = {},
-): Promise<void> {
+export async function applyFileAsEngine(dbName: string, file: string, opts: {schema?: string; appliedVersions?: string} = {}): Promise<void> {
   const reference = opts.layout === 'reference'
-  const schema = reference ? 'nchat' : opts.schema ?? 'public'
+  const schema = reference ? 'nchat' : (opts.schema ?? 'public')
   ident(schema)
   const {transactional, tail} = splitMigration(await readFile(file, 'utf8'))
   const sql = connect(dbName, {schema})
@@ -295,21 +277,12 @@ export async function applyFileAsEngine(
  * set_config calls, \restrict lines and blank lines, so two dumps compare.
  */
 export async function schemaDump(dbName: string): Promise<string> {
-  const {stdout} = await execFileP(
-    'pg_dump',
-    ['--schema-only', '--no-owner', '-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, dbName],
-    {maxBuffer: 64 * 1024 * 1024},
-  )
+  const {stdout} = await execFileP('pg_dump', ['--schema-only', '--no-owner', '-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user, dbName], {
+    maxBuffer: 64 * 1024 * 1024,
+  })
   return stdout
     .split('\n')
-    .filter(
-      (l) =>
-        !/^--/.test(l) &&
-        !/^SET /.test(l) &&
-        !/^SELECT pg_catalog\.set_config/.test(l) &&
-        !/^\\(un)?restrict\b/.test(l) &&
-        l.trim() !== '',
-    )
+    .filter((l) => !/^--/.test(l) && !/^SET /.test(l) && !/^SELECT pg_catalog\.set_config/.test(l) && !/^\\(un)?restrict\b/.test(l) && l.trim() !== '')
     .join('\n')
 }
 
@@ -329,11 +302,7 @@ async function findSchema(sql: postgres.Sql): Promise<string> {
  * the columns the migrations add (MIGRATION_ADDED_COLUMNS). The schema is where nchat_users lives
  * unless given.
  */
-export async function dataDigest(
-  dbName: string,
-  tables: string[],
-  opts: {schema?: string} = {},
-): Promise<Record<string, string>> {
+export async function dataDigest(dbName: string, tables: string[], opts: {schema?: string} = {}): Promise<Record<string, string>> {
   const sql = connect(dbName)
   try {
     const schema = opts.schema ?? (await findSchema(sql))

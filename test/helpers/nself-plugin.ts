@@ -15,21 +15,126 @@ import path from 'node:path'
 export const NAME_PATTERN = /^[a-z][a-z0-9-]*$/
 export const BINARY_PATTERN = /^nself-[a-z][a-z0-9-]*$/
 export const VERSION_PATTERN = /^v?[0-9]+\.[0-9]+\.[0-9]+(-[a-zA-Z0-9.]+)?(\+[a-zA-Z0-9.]+)?$/
-export const CORE_VERBS = ['init', 'start', 'stop', 'restart', 'status', 'logs', 'doctor', 'build', 'reset', 'clean', 'add', 'remove', 'config', 'db', 'backup', 'deploy', 'update', 'license', 'mcp', 'exec']
+export const CORE_VERBS = [
+  'init',
+  'start',
+  'stop',
+  'restart',
+  'status',
+  'logs',
+  'doctor',
+  'build',
+  'reset',
+  'clean',
+  'add',
+  'remove',
+  'config',
+  'db',
+  'backup',
+  'deploy',
+  'update',
+  'license',
+  'mcp',
+  'exec',
+]
 
-const CANONICAL_KEYS = ['manifest_version', 'name', 'version', 'description', 'category', 'license', 'maturity', 'installable', 'requires', 'service', 'commands', 'schema', 'migrations', 'seed', 'env', 'routes', 'docs_url']
-const SHARED_KEYS = ['author', 'homepage', 'repository', 'tags', 'language', 'port', 'health_endpoint', 'packageManager', 'framework', 'minNodeVersion', 'arch_support', 'tables', 'views', 'apiEndpoints', 'webhooks', 'rest_routes', 'envVars', 'dependencies', 'optionalDependencies', 'systemDependencies', 'consumes', 'provides', 'multiApp', 'permissions', 'compat', 'deprecation', 'graphql', 'requiredEntitlements', 'maxNselfVersion', 'visibility', 'updated_at', 'platform_checksums']
-const COMPAT_KEYS = ['pluginType', 'binaryName', 'cliCommands', 'entryPoint', 'runtime', 'cli', 'minNselfVersion', 'status', 'isCommercial', 'licenseType', 'requires_license', 'tier']
+const CANONICAL_KEYS = [
+  'manifest_version',
+  'name',
+  'version',
+  'description',
+  'category',
+  'license',
+  'maturity',
+  'installable',
+  'requires',
+  'service',
+  'commands',
+  'schema',
+  'migrations',
+  'seed',
+  'env',
+  'routes',
+  'docs_url',
+]
+const SHARED_KEYS = [
+  'author',
+  'homepage',
+  'repository',
+  'tags',
+  'language',
+  'port',
+  'health_endpoint',
+  'packageManager',
+  'framework',
+  'minNodeVersion',
+  'arch_support',
+  'tables',
+  'views',
+  'apiEndpoints',
+  'webhooks',
+  'rest_routes',
+  'envVars',
+  'dependencies',
+  'optionalDependencies',
+  'systemDependencies',
+  'consumes',
+  'provides',
+  'multiApp',
+  'permissions',
+  'compat',
+  'deprecation',
+  'graphql',
+  'requiredEntitlements',
+  'maxNselfVersion',
+  'visibility',
+  'updated_at',
+  'platform_checksums',
+]
+const COMPAT_KEYS = [
+  'pluginType',
+  'binaryName',
+  'cliCommands',
+  'entryPoint',
+  'runtime',
+  'cli',
+  'minNselfVersion',
+  'status',
+  'isCommercial',
+  'licenseType',
+  'requires_license',
+  'tier',
+]
 const FORBIDDEN_KEYS = ['author_public_key', 'bundles', 'checksum', 'signature', 'tier_pair']
 const COMMANDS_KEYS = ['command', 'binary', 'summary', 'side_effect', 'output', 'json', 'confirm', 'surface', 'subcommands']
 const SUB_KEYS = ['name', 'summary', 'side_effect', 'output', 'json', 'args', 'flags', 'confirm', 'surface']
-const FLAG_KEYS = ['name', 'shorthand', 'type', 'default', 'usage', 'hidden', 'required', 'persistent', 'env', 'side_effect', 'json', 'output', 'secret', 'cli_only']
+const FLAG_KEYS = [
+  'name',
+  'shorthand',
+  'type',
+  'default',
+  'usage',
+  'hidden',
+  'required',
+  'persistent',
+  'env',
+  'side_effect',
+  'json',
+  'output',
+  'secret',
+  'cli_only',
+]
 const ENV_VAR_KEYS = ['name', 'required', 'description', 'default']
 
 const ENUMS = {
-  json: ['none', 'legacy'], language: ['go', 'rust', 'typescript', 'python', 'bash'], license: ['free', 'licensed'],
-  maturity: ['implemented', 'experimental', 'scaffolded', 'planned', 'deferred'], output: ['document', 'stream', 'interactive'],
-  serviceKind: ['compose', 'cli', 'library'], side_effect: ['read', 'write', 'remote', 'destructive'], surface: ['all', 'cli-only'],
+  json: ['none', 'legacy'],
+  language: ['go', 'rust', 'typescript', 'python', 'bash'],
+  license: ['free', 'licensed'],
+  maturity: ['implemented', 'experimental', 'scaffolded', 'planned', 'deferred'],
+  output: ['document', 'stream', 'interactive'],
+  serviceKind: ['compose', 'cli', 'library'],
+  side_effect: ['read', 'write', 'remote', 'destructive'],
+  surface: ['all', 'cli-only'],
 }
 
 /** manifest.go canonicalPermissions: exact names, and parameterized prefixes that need a safe parameter. */
@@ -78,14 +183,16 @@ export function v2Problems(m: Json): string[] {
   if (m.permissions !== undefined) {
     if (!Array.isArray(m.permissions)) out.push('permissions: this package uses the array form')
     for (const p of m.permissions ?? []) {
-      const ok = EXACT_PERMISSIONS.includes(p) || PARAM_PERMISSIONS.some((base) => p.startsWith(base + ':') && /^[a-zA-Z0-9_\-.:]+$/.test(p.slice(base.length + 1)))
+      const ok =
+        EXACT_PERMISSIONS.includes(p) || PARAM_PERMISSIONS.some((base) => p.startsWith(base + ':') && /^[a-zA-Z0-9_\-.:]+$/.test(p.slice(base.length + 1)))
       if (!ok) out.push(`permission "${p}" is not on nself's allowlist`)
     }
   }
 
   for (const [i, e] of (m.envVars ?? []).entries()) {
     unknownKeys(e, ENV_VAR_KEYS, `envVars[${i}]`, out)
-    if (typeof e.name !== 'string' || typeof e.required !== 'boolean' || typeof e.description !== 'string') out.push(`envVars[${i}] needs name, required and description`)
+    if (typeof e.name !== 'string' || typeof e.required !== 'boolean' || typeof e.description !== 'string')
+      out.push(`envVars[${i}] needs name, required and description`)
   }
   if (m.env) unknownKeys(m.env, ['required', 'optional'], 'env', out)
 
@@ -95,7 +202,12 @@ export function v2Problems(m: Json): string[] {
     if (!NAME_PATTERN.test(c.command ?? '')) out.push(`commands.command "${c.command}" must match ${NAME_PATTERN}`)
     if (CORE_VERBS.includes(c.command)) out.push(`commands.command "${c.command}" collides with the core command verb (E113/E405)`)
     if (!BINARY_PATTERN.test(c.binary ?? '')) out.push(`commands.binary "${c.binary}" must match ${BINARY_PATTERN}`)
-    for (const [k, set] of [['side_effect', ENUMS.side_effect], ['output', ENUMS.output], ['json', ENUMS.json], ['surface', ENUMS.surface]] as const) {
+    for (const [k, set] of [
+      ['side_effect', ENUMS.side_effect],
+      ['output', ENUMS.output],
+      ['json', ENUMS.json],
+      ['surface', ENUMS.surface],
+    ] as const) {
       if (c[k] !== undefined && !set.includes(c[k])) out.push(`commands.${k} "${c[k]}" is not allowed`)
     }
     if (c.confirm && (c.confirm.flags ?? []).length > 0) out.push('commands.confirm: the root declares no flags, so only an empty list is valid')
@@ -106,7 +218,12 @@ export function v2Problems(m: Json): string[] {
       for (const seg of String(s.name ?? '').split(' ')) if (!NAME_PATTERN.test(seg)) out.push(`${where}.name segment "${seg}" must match ${NAME_PATTERN}`)
       if (seen.has(s.name)) out.push(`${where}.name "${s.name}" is declared twice`)
       seen.add(s.name)
-      for (const [k, set] of [['side_effect', ENUMS.side_effect], ['output', ENUMS.output], ['json', ENUMS.json], ['surface', ENUMS.surface]] as const) {
+      for (const [k, set] of [
+        ['side_effect', ENUMS.side_effect],
+        ['output', ENUMS.output],
+        ['json', ENUMS.json],
+        ['surface', ENUMS.surface],
+      ] as const) {
         if (s[k] !== undefined && !set.includes(s[k])) out.push(`${where}.${k} "${s[k]}" is not allowed`)
       }
       for (const [j, f] of (s.flags ?? []).entries()) {
@@ -159,7 +276,9 @@ export function installLikeNself(tarball: string, home: string, expectedChecksum
   const pluginsDir = path.join(home, '.nself', 'plugins')
   mkdirSync(pluginsDir, {recursive: true})
 
-  const listing = execFileSync('tar', ['-tvzf', tarball], {encoding: 'utf8', maxBuffer: 64 * 1024 * 1024}).split('\n').filter(Boolean)
+  const listing = execFileSync('tar', ['-tvzf', tarball], {encoding: 'utf8', maxBuffer: 64 * 1024 * 1024})
+    .split('\n')
+    .filter(Boolean)
   for (const line of listing) {
     const type = line[0]
     const name = line.split(/\s+/).slice(5).join(' ')

@@ -11,7 +11,10 @@ export function startWriter(database: string, schema = 'public', pauseMs = 10, o
   // lockTimeouts: lock_timeout counts only the time spent waiting for a lock, not CPU or scheduling delays,
   // so the count is a measure of lock waits that holds on a loaded machine.
   const sql = postgres({
-    ...ADMIN, database, max: 1, onnotice: () => {},
+    ...ADMIN,
+    database,
+    max: 1,
+    onnotice: () => {},
     ...(opts.lockTimeoutMs ? {connection: {lock_timeout: String(opts.lockTimeoutMs)}} : {}),
   })
   const latencies: number[] = []
@@ -83,9 +86,15 @@ export interface BusyWriterResult {
  */
 export function startBusyWriters(database: string, options: {connections: number; deadlockTimeoutMs: number; tag: string; schema?: string; slowMs: number}) {
   const schema = options.schema ?? 'public'
-  const pools = Array.from({length: options.connections}, () => postgres({
-    ...ADMIN, connection: {application_name: 'nself-e2ee-tests-busy-writer', deadlock_timeout: `${options.deadlockTimeoutMs}ms`}, database, max: 1, onnotice: () => {},
-  }))
+  const pools = Array.from({length: options.connections}, () =>
+    postgres({
+      ...ADMIN,
+      connection: {application_name: 'nself-e2ee-tests-busy-writer', deadlock_timeout: `${options.deadlockTimeoutMs}ms`},
+      database,
+      max: 1,
+      onnotice: () => {},
+    }),
+  )
   const errors: Record<string, number> = {}
   let committed = 0
   let maxMs = 0
@@ -94,7 +103,8 @@ export function startBusyWriters(database: string, options: {connections: number
   let running = true
   const loops = pools.map(async (sql, i) => {
     const [{channel, user}] = await sql.unsafe<{channel: string; user: string}[]>(
-      `select (select id from "${schema}".nchat_channels order by id offset ${i} limit 1) as channel, (select id from "${schema}".nchat_users order by id offset ${i} limit 1) as user`)
+      `select (select id from "${schema}".nchat_channels order by id offset ${i} limit 1) as channel, (select id from "${schema}".nchat_users order by id offset ${i} limit 1) as user`,
+    )
     while (running) {
       const t = performance.now()
       try {

@@ -22,7 +22,7 @@ function copyBackup(src: {file: string; manifestFile: string}, name: string, man
 }
 
 describe('maintain backups', () => {
-  it('lists ours and nself\'s, prunes by age and count, and never the newest pre-migration backup of a database at 16', async () => {
+  it("lists ours and nself's, prunes by age and count, and never the newest pre-migration backup of a database at 16", async () => {
     const db = await fresh()
     const dir = backupDir()
     const m = await runCli(['db', 'e2ee', 'migrate', '--yes', '--skip-dryrun', ...localArgs(db.name), '--backup-dir', dir])
@@ -77,10 +77,16 @@ describe('maintain backups', () => {
     const file = path.join(dir, 'nchat_20200101_000000.dump')
     mkdirSync(dir, {recursive: true})
     writeFileSync(file, 'PGDMP', {mode: 0o600})
-    for (const [flag, value] of [['--keep', '-1'], ['--older-than', '-2']]) {
+    for (const [flag, value] of [
+      ['--keep', '-1'],
+      ['--older-than', '-2'],
+    ]) {
       const r = await backups(db.name, dir, '--yes', '--json', `${flag}=${value}`)
       expect(r.code, `${flag} ${value}`).toBe(2)
-      expect(parseJson(r.stdout)).toMatchObject({error: {message: expect.stringContaining(`Parsing ${flag}: Expected an integer greater than or equal to 0`)}, ok: false})
+      expect(parseJson(r.stdout)).toMatchObject({
+        error: {message: expect.stringContaining(`Parsing ${flag}: Expected an integer greater than or equal to 0`)},
+        ok: false,
+      })
       expect(r.stderr).not.toMatch(/\n\s+at /)
     }
     expect(existsSync(file)).toBe(true)

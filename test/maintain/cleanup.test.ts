@@ -19,7 +19,7 @@ const SIZE = {auditRows: 40_000, devices: 40, prekeysPerDevice: 50}
 const cleanup = (db: string, ...extra: string[]) => runCli(['db', 'e2ee', 'maintain', 'cleanup', ...localArgs(db), ...extra])
 
 describe('maintain cleanup', () => {
-  it('deletes exactly the guide\'s rows in batches while a writer touches them, and a second run finds nothing', async () => {
+  it("deletes exactly the guide's rows in batches while a writer touches them, and a second run finds nothing", async () => {
     const db = await fresh()
     const expected = await migrateAndSeed(db.name, SIZE)
     const sql = connect(db.name)
@@ -180,7 +180,13 @@ describe('maintain cleanup', () => {
     const db = await fresh()
     await migrateAndSeed(db.name, {auditRows: 200, devices: 2, prekeysPerDevice: 10})
     const before = await classCounts(db.name)
-    for (const [flag, value] of [['--audit-days', '-1'], ['--prekey-days', '0'], ['--batch-size', '0'], ['--lock-timeout', '0'], ['--pause-ms', '-5']] as const) {
+    for (const [flag, value] of [
+      ['--audit-days', '-1'],
+      ['--prekey-days', '0'],
+      ['--batch-size', '0'],
+      ['--lock-timeout', '0'],
+      ['--pause-ms', '-5'],
+    ] as const) {
       const r = await cleanup(db.name, '--yes', '--json', `${flag}=${value}`)
       expect(r.code, `${flag} ${value}`).toBe(2)
       const doc = parseJson(r.stdout)

@@ -31,7 +31,10 @@ describe('maintain report', () => {
     // Traffic on one index, counted once the session has ended (the statistics are flushed then).
     const traffic = connect(db.name)
     await traffic.unsafe('set enable_seqscan = off; set enable_bitmapscan = off')
-    for (let i = 0; i < 5; i++) await traffic.unsafe(`select prekey_id from nchat_one_time_prekeys where device_id = 'dev-1' and is_consumed = false order by created_at, prekey_id limit 1`)
+    for (let i = 0; i < 5; i++)
+      await traffic.unsafe(
+        `select prekey_id from nchat_one_time_prekeys where device_id = 'dev-1' and is_consumed = false order by created_at, prekey_id limit 1`,
+      )
     await traffic.end()
     // Bloat to find: most audit rows gone, not vacuumed, analyzed.
     const maint = connect(db.name)
@@ -44,12 +47,16 @@ describe('maintain report', () => {
         tablename = any(${tablesCreatedBy(loadMigrations())})
         or indexname in ('idx_messages_encrypted', 'idx_messages_sender_device', 'idx_channels_enforce_encryption'))`
     // The v0.3.0 indexes of the two altered tables (and the decoy) cover none of the added columns.
-    const v030 = [...readFileSync(V030_SCHEMA_FILE, 'utf8').matchAll(/CREATE (?:UNIQUE )?INDEX (\w+) ON (nchat_messages|nchat_channels)\b/g)].map((m) => `${m[2]}.${m[1]}`)
+    const v030 = [...readFileSync(V030_SCHEMA_FILE, 'utf8').matchAll(/CREATE (?:UNIQUE )?INDEX (\w+) ON (nchat_messages|nchat_channels)\b/g)].map(
+      (m) => `${m[2]}.${m[1]}`,
+    )
     expect(v030.length).toBeGreaterThan(4)
     const notExpected = [...v030, 'nchat_messages.nchat_messages_pkey', 'nchat_channels.nchat_channels_pkey', 'nchat_messages.idx_messages_decoy']
     // The guide's query as written does not run: pg_stat_user_indexes names them relname and indexrelname.
-    await expect(maint.unsafe(`SELECT schemaname, tablename, indexname, idx_scan, idx_tup_read, idx_tup_fetch FROM pg_stat_user_indexes
-      WHERE tablename LIKE '%e2ee%' OR tablename IN ('nchat_messages', 'nchat_channels') ORDER BY idx_scan DESC`)).rejects.toThrow(/column "tablename" does not exist/)
+    await expect(
+      maint.unsafe(`SELECT schemaname, tablename, indexname, idx_scan, idx_tup_read, idx_tup_fetch FROM pg_stat_user_indexes
+      WHERE tablename LIKE '%e2ee%' OR tablename IN ('nchat_messages', 'nchat_channels') ORDER BY idx_scan DESC`),
+    ).rejects.toThrow(/column "tablename" does not exist/)
     const [{reset}] = await maint<{reset: Date}[]>`select stats_reset as reset from pg_stat_database where datname = current_database()`
     await maint.end()
 
@@ -62,7 +69,19 @@ describe('maintain report', () => {
       await sleep(500)
     }
     expect(doc.ok).toBe(true)
-    expect(Object.keys(doc).sort()).toEqual(['bloat', 'database', 'generatedAt', 'indexes', 'maintenance', 'ok', 'prekeyStock', 'schema', 'signedPrekeys', 'statistics', 'tables'])
+    expect(Object.keys(doc).sort()).toEqual([
+      'bloat',
+      'database',
+      'generatedAt',
+      'indexes',
+      'maintenance',
+      'ok',
+      'prekeyStock',
+      'schema',
+      'signedPrekeys',
+      'statistics',
+      'tables',
+    ])
     expect(doc.statistics.resetAt).toBe(reset.toISOString())
     expect(doc.statistics.since).toBe(reset.toISOString())
     expect(doc.statistics.observedDays).toBeLessThan(1)
@@ -74,7 +93,10 @@ describe('maintain report', () => {
     const extra = listed.filter((n) => !expectedIndexes.some((i) => `${i.table}.${i.index}` === n))
     for (const n of extra) expect(n).toMatch(/^nchat_(messages|channels)\./)
     expect(listed.some((n: string) => n.includes('decoy'))).toBe(false)
-    expect(doc.tables.altered).toMatchObject({nchat_channels: ['enforce_encryption'], nchat_messages: expect.arrayContaining(['is_encrypted', 'sender_device_id'])})
+    expect(doc.tables.altered).toMatchObject({
+      nchat_channels: ['enforce_encryption'],
+      nchat_messages: expect.arrayContaining(['is_encrypted', 'sender_device_id']),
+    })
     const next = doc.indexes.find((i: {index: string}) => i.index === 'idx_one_time_prekeys_next')
     expect(next.scans).toBeGreaterThanOrEqual(5)
     expect(next.unused).toBe(false)
@@ -84,7 +106,8 @@ describe('maintain report', () => {
 
     expect(doc.signedPrekeys).toMatchObject({rotationDays: 7, staleDevices: 11})
     expect(doc.signedPrekeys.devices.map((d: {deviceId: string}) => d.deviceId).sort()).toEqual(
-      ['dev-nosp', ...Array.from({length: 10}, (_, i) => `dev-${3 * (i + 1)}`)].sort())
+      ['dev-nosp', ...Array.from({length: 10}, (_, i) => `dev-${3 * (i + 1)}`)].sort(),
+    )
     expect(doc.signedPrekeys.devices.find((d: {deviceId: string}) => d.deviceId === 'dev-nosp').rotatedAt).toBeNull()
     expect(doc.prekeyStock).toMatchObject({lowDevices: 21, threshold: 10})
     expect(doc.prekeyStock.devices[0]).toMatchObject({deviceId: 'dev-nosp', unconsumed: 0})

@@ -14,10 +14,17 @@ const execFileP = promisify(execFile)
 const {cleanups, fresh} = e2eScope()
 
 describe('maintain schedule', () => {
-  it('prints a crontab entry that, run as cron would (empty environment, from $HOME), cleans up the project\'s database', async () => {
+  it("prints a crontab entry that, run as cron would (empty environment, from $HOME), cleans up the project's database", async () => {
     const db = await fresh()
     const expected = await migrateAndSeed(db.name, {auditRows: 1000, devices: 3, prekeysPerDevice: 10})
-    const project = makeProject({POSTGRES_DB: db.name, POSTGRES_HOST: ADMIN.host, POSTGRES_PASSWORD: 'secret-not-on-the-line', POSTGRES_PORT: String(ADMIN.port), POSTGRES_USER: 'postgres', PROJECT_NAME: 'nchat'})
+    const project = makeProject({
+      POSTGRES_DB: db.name,
+      POSTGRES_HOST: ADMIN.host,
+      POSTGRES_PASSWORD: 'secret-not-on-the-line',
+      POSTGRES_PORT: String(ADMIN.port),
+      POSTGRES_USER: 'postgres',
+      PROJECT_NAME: 'nchat',
+    })
     cleanups.push(project.cleanup)
     const r = await runCli(['db', 'e2ee', 'maintain', 'schedule', '--json', '--project-dir', project.dir, '--at', '04:05'])
     expect(r.code, r.stderr).toBe(0)
@@ -46,7 +53,17 @@ describe('maintain schedule', () => {
 
   it('quotes paths for the shell', () => {
     expect(shellQuote("/srv/it's here")).toBe(`'/srv/it'\\''s here'`)
-    const s = buildSchedule({at: '3:07', binPath: '/p/bin/run.js', cleanupArgs: ['--audit-days', '180'], logFile: 'l/x.log', nodePath: '/usr/bin/node', pathEnv: '/usr/bin', projectDir: '/srv/a b'})
-    expect(s.cron).toBe(`7 3 * * * cd '/srv/a b' && mkdir -p '/srv/a b/l' && flock -n '/srv/a b/l/.nself-e2ee-cleanup.lock' /usr/bin/node /p/bin/run.js db e2ee maintain cleanup --yes --json --audit-days 180 >> '/srv/a b/l/x.log' 2>&1`)
+    const s = buildSchedule({
+      at: '3:07',
+      binPath: '/p/bin/run.js',
+      cleanupArgs: ['--audit-days', '180'],
+      logFile: 'l/x.log',
+      nodePath: '/usr/bin/node',
+      pathEnv: '/usr/bin',
+      projectDir: '/srv/a b',
+    })
+    expect(s.cron).toBe(
+      `7 3 * * * cd '/srv/a b' && mkdir -p '/srv/a b/l' && flock -n '/srv/a b/l/.nself-e2ee-cleanup.lock' /usr/bin/node /p/bin/run.js db e2ee maintain cleanup --yes --json --audit-days 180 >> '/srv/a b/l/x.log' 2>&1`,
+    )
   })
 })

@@ -6,8 +6,18 @@ import {ProgressThrottle} from '../../src/pipeline/log-renderer.js'
 function throttled(intervalMs: number) {
   let now = 0
   const out: string[] = []
-  const t = new ProgressThrottle((l) => out.push(l), intervalMs, () => now)
-  return {advance: (ms: number) => { now += ms }, out, t}
+  const t = new ProgressThrottle(
+    (l) => out.push(l),
+    intervalMs,
+    () => now,
+  )
+  return {
+    advance: (ms: number) => {
+      now += ms
+    },
+    out,
+    t,
+  }
 }
 
 describe('ProgressThrottle', () => {

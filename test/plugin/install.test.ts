@@ -41,8 +41,12 @@ function runPlugin(bin: string, args: string[], env: Record<string, string>, cwd
     const child = spawn(bin, args, {cwd, env, stdio: ['ignore', 'pipe', 'pipe']})
     let stdout = ''
     let stderr = ''
-    child.stdout.on('data', (d) => { stdout += d })
-    child.stderr.on('data', (d) => { stderr += d })
+    child.stdout.on('data', (d) => {
+      stdout += d
+    })
+    child.stderr.on('data', (d) => {
+      stderr += d
+    })
     child.on('error', reject)
     child.on('close', (code) => resolve({code, stderr, stdout}))
   })
@@ -68,7 +72,17 @@ describe('the release tarball installed the way nself installs it', () => {
     for (const dep of ['@oclif', 'postgres', 'execa', 'listr2', 'dotenv']) expect(modules).toContain(dep)
     for (const dev of ['vitest', 'typescript', 'oclif', '.bin']) expect(modules).not.toContain(dev)
     expect(readdirSync(path.join(pluginDir, 'node_modules', '@oclif'))).toEqual(['core'])
-    expect(readdirSync(pluginDir).sort()).toEqual(['README.md', 'bin', 'dist', 'messages', 'migrations', 'node_modules', 'oclif.manifest.json', 'package.json', 'plugin.json'])
+    expect(readdirSync(pluginDir).sort()).toEqual([
+      'README.md',
+      'bin',
+      'dist',
+      'messages',
+      'migrations',
+      'node_modules',
+      'oclif.manifest.json',
+      'package.json',
+      'plugin.json',
+    ])
     expect(sha256(tarball)).toBe(checksum)
   })
 
@@ -76,17 +90,30 @@ describe('the release tarball installed the way nself installs it', () => {
     const db = await createV030Database({messages: 300})
     dbs.push(db)
     const home = mkdtempSync(path.join(work, 'home-'))
-    const {binaries: [bin]} = installLikeNself(tarball, home, checksum)
+    const {
+      binaries: [bin],
+    } = installLikeNself(tarball, home, checksum)
     const cwd = mkdtempSync(path.join(work, 'empty-'))
     const env = {
-      ...baseEnv(home), FAKE_DOCKER_CONTAINER: 'nchat_postgres', FAKE_DOCKER_LOG: path.join(work, 'docker.log'),
-      POSTGRES_DB: db.name, POSTGRES_HOST: 'postgres', POSTGRES_PASSWORD: '', POSTGRES_PORT: '5432', POSTGRES_USER: 'postgres', PROJECT_NAME: 'nchat',
+      ...baseEnv(home),
+      FAKE_DOCKER_CONTAINER: 'nchat_postgres',
+      FAKE_DOCKER_LOG: path.join(work, 'docker.log'),
+      POSTGRES_DB: db.name,
+      POSTGRES_HOST: 'postgres',
+      POSTGRES_PASSWORD: '',
+      POSTGRES_PORT: '5432',
+      POSTGRES_USER: 'postgres',
+      PROJECT_NAME: 'nchat',
     }
     const before = await runPlugin(bin, ['status', '--json'], env, cwd)
     expect(before.code, before.stderr).toBe(0)
     const s = parseJson(before.stdout)
     expect(s.pending).toEqual([13, 14, 15, 16])
-    expect(s.connection.sources).toMatchObject({database: 'environment (POSTGRES_DB)', port: 'environment (POSTGRES_PORT)', user: 'environment (POSTGRES_USER)'})
+    expect(s.connection.sources).toMatchObject({
+      database: 'environment (POSTGRES_DB)',
+      port: 'environment (POSTGRES_PORT)',
+      user: 'environment (POSTGRES_USER)',
+    })
     expect(s.settings.envFiles).toEqual([])
 
     const r = await runPlugin(bin, ['migrate', '--yes', '--skip-dryrun'], env, cwd)
@@ -109,10 +136,15 @@ describe('the release tarball installed the way nself installs it', () => {
     const db = await createV030Database({messages: 50})
     dbs.push(db)
     const home = mkdtempSync(path.join(work, 'home-'))
-    const {binaries: [bin]} = installLikeNself(tarball, home, checksum)
+    const {
+      binaries: [bin],
+    } = installLikeNself(tarball, home, checksum)
     const project = mkdtempSync(path.join(work, 'project-'))
     mkdirSync(path.join(project, 'backend'))
-    writeFileSync(path.join(project, 'backend', '.env'), `ENV=prod\nPROJECT_NAME=nchat\nPOSTGRES_DB=wrong_db\nPOSTGRES_HOST=postgres\nPOSTGRES_PORT=5432\nPOSTGRES_USER=postgres\n`)
+    writeFileSync(
+      path.join(project, 'backend', '.env'),
+      `ENV=prod\nPROJECT_NAME=nchat\nPOSTGRES_DB=wrong_db\nPOSTGRES_HOST=postgres\nPOSTGRES_PORT=5432\nPOSTGRES_USER=postgres\n`,
+    )
     writeFileSync(path.join(project, 'backend', '.env.dev'), `POSTGRES_DB=dev_db\n`)
     writeFileSync(path.join(project, 'backend', '.env.prod'), `POSTGRES_DB=${db.name}\n`)
     writeFileSync(path.join(project, 'backend', '.env.secrets'), `POSTGRES_PASSWORD="pa\\"ss#word"\n`)

@@ -13,7 +13,7 @@ const plugin = JSON.parse(readFileSync(path.join(REPO_ROOT, 'plugin.json'), 'utf
 const oclif = JSON.parse(readFileSync(path.join(REPO_ROOT, 'oclif.manifest.json'), 'utf8'))
 const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8'))
 
-describe('plugin.json against nself\'s v2 manifest rules', () => {
+describe("plugin.json against nself's v2 manifest rules", () => {
   it('is accepted: keys, name pattern, enums, permissions allowlist, commands block, compatibility projection', () => {
     expect(v2Problems(plugin)).toEqual([])
     expect(plugin.version).toBe(pkg.version)
@@ -52,7 +52,10 @@ describe('plugin.json against nself\'s v2 manifest rules', () => {
   })
 
   it('declares exactly the db e2ee commands, with their flags, and maps `nself nchat-upgrade X` to `db e2ee X`', () => {
-    const ids = Object.keys(oclif.commands).filter((id) => id.startsWith('db:e2ee:') && id.split(':').length === 3).map((id) => id.split(':')[2]).sort()
+    const ids = Object.keys(oclif.commands)
+      .filter((id) => id.startsWith('db:e2ee:') && id.split(':').length === 3)
+      .map((id) => id.split(':')[2])
+      .sort()
     expect(plugin.commands.subcommands.map((s: {name: string}) => s.name)).toEqual(ids)
     for (const s of plugin.commands.subcommands) {
       expect(s.flags.map((f: {name: string}) => f.name).sort()).toEqual(Object.keys(oclif.commands[`db:e2ee:${s.name}`].flags).sort())

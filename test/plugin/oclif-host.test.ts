@@ -23,10 +23,16 @@ beforeAll(() => {
   symlinkSync(path.join(REPO_ROOT, 'node_modules', '@oclif', 'core'), path.join(host, 'node_modules', '@oclif', 'core'))
   symlinkSync(path.join(REPO_ROOT, 'node_modules', '@oclif', 'plugin-help'), path.join(host, 'node_modules', '@oclif', 'plugin-help'))
   symlinkSync(REPO_ROOT, path.join(host, 'node_modules', '@nself', 'plugin-e2ee'))
-  writeFileSync(path.join(host, 'package.json'), JSON.stringify({
-    dependencies: {'@nself/plugin-e2ee': '*', '@oclif/core': '*', '@oclif/plugin-help': '*'},
-    name: 'nself-host', oclif: {bin: 'nself', commands: './commands', plugins: ['@oclif/plugin-help', '@nself/plugin-e2ee'], topicSeparator: ' '}, type: 'module', version: '9.9.9',
-  }))
+  writeFileSync(
+    path.join(host, 'package.json'),
+    JSON.stringify({
+      dependencies: {'@nself/plugin-e2ee': '*', '@oclif/core': '*', '@oclif/plugin-help': '*'},
+      name: 'nself-host',
+      oclif: {bin: 'nself', commands: './commands', plugins: ['@oclif/plugin-help', '@nself/plugin-e2ee'], topicSeparator: ' '},
+      type: 'module',
+      version: '9.9.9',
+    }),
+  )
   mkdirSync(path.join(host, 'commands'))
   writeFileSync(path.join(host, 'run.js'), "import {execute} from '@oclif/core'\nawait execute({dir: import.meta.url})\n")
 })

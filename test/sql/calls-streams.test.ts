@@ -26,10 +26,8 @@ async function withAll(fn: (sql: postgres.Sql) => Promise<void>, schema: 'public
   }
 }
 
-const uid = async (sql: postgres.Sql, n: number) =>
-  (await sql`SELECT id FROM nchat_users WHERE email = ${`user${n}@example.test`}`)[0].id as string
-const cid = async (sql: postgres.Sql, n: number) =>
-  (await sql`SELECT id FROM nchat_channels WHERE name = ${`channel-${n}`}`)[0].id as string
+const uid = async (sql: postgres.Sql, n: number) => (await sql`SELECT id FROM nchat_users WHERE email = ${`user${n}@example.test`}`)[0].id as string
+const cid = async (sql: postgres.Sql, n: number) => (await sql`SELECT id FROM nchat_channels WHERE name = ${`channel-${n}`}`)[0].id as string
 const HASH = 'a'.repeat(64)
 
 describe('015 and 016 tables', () => {
@@ -94,10 +92,12 @@ describe('015 and 016 tables', () => {
           expect(call.status).toBe('initiating')
           await expect(sql`INSERT INTO nchat_calls (call_id, caller_id) VALUES ('c-1', ${caller})`).rejects.toThrow(/nchat_calls_call_id_key/)
           await sql`INSERT INTO nchat_call_participants (call_id, user_id, joined_at) VALUES ('c-1', ${caller}, now()), ('c-1', ${callee}, NULL)`
-          await expect(
-            sql`INSERT INTO nchat_call_participants (call_id, user_id) VALUES ('c-1', ${callee})`,
-          ).rejects.toThrow(/call_participants_call_user_unique/)
-          await expect(sql`INSERT INTO nchat_call_participants (call_id, user_id) VALUES ('no-such-call', ${callee})`).rejects.toThrow(/fk_call_participants_call/)
+          await expect(sql`INSERT INTO nchat_call_participants (call_id, user_id) VALUES ('c-1', ${callee})`).rejects.toThrow(
+            /call_participants_call_user_unique/,
+          )
+          await expect(sql`INSERT INTO nchat_call_participants (call_id, user_id) VALUES ('no-such-call', ${callee})`).rejects.toThrow(
+            /fk_call_participants_call/,
+          )
           await sql`INSERT INTO nchat_call_events (call_id, user_id, event_type) VALUES ('c-1', ${caller}, 'call_started')`
 
           await expect(sql`INSERT INTO nchat_calls (call_id, type) VALUES ('c-2', 'hologram')`).rejects.toThrow(/chk_calls_type/)
@@ -105,17 +105,15 @@ describe('015 and 016 tables', () => {
           await expect(sql`UPDATE nchat_calls SET status = 'paused'`).rejects.toThrow(/chk_calls_status/)
           for (const st of ['ringing', 'connecting', 'connected', 'reconnecting', 'declined', 'idle']) await sql`UPDATE nchat_calls SET status = ${st}`
           await sql`UPDATE nchat_calls SET started_at = now()`
-          await expect(
-            sql`UPDATE nchat_calls SET status = 'ended', ended_at = started_at - interval '1 second'`,
-          ).rejects.toThrow(/chk_calls_ended_after_started/)
+          await expect(sql`UPDATE nchat_calls SET status = 'ended', ended_at = started_at - interval '1 second'`).rejects.toThrow(
+            /chk_calls_ended_after_started/,
+          )
           await expect(sql`UPDATE nchat_calls SET duration = -1`).rejects.toThrow(/chk_calls_duration/)
           await sql`UPDATE nchat_calls SET status = 'ended', ended_at = started_at + interval '90 seconds', duration = 90`
-          await expect(
-            sql`UPDATE nchat_call_participants SET joined_at = now(), left_at = now() - interval '1 minute'`,
-          ).rejects.toThrow(/chk_call_participants_left_after_joined/)
-          await expect(
-            sql`INSERT INTO nchat_call_events (call_id, event_type) VALUES ('c-1', 'exploded')`,
-          ).rejects.toThrow(/chk_call_events_event_type/)
+          await expect(sql`UPDATE nchat_call_participants SET joined_at = now(), left_at = now() - interval '1 minute'`).rejects.toThrow(
+            /chk_call_participants_left_after_joined/,
+          )
+          await expect(sql`INSERT INTO nchat_call_events (call_id, event_type) VALUES ('c-1', 'exploded')`).rejects.toThrow(/chk_call_events_event_type/)
 
           // The client id may be corrected: participants and events follow it.
           await sql`UPDATE nchat_calls SET call_id = 'c-1b' WHERE call_id = 'c-1'`
@@ -150,19 +148,19 @@ describe('015 and 016 tables', () => {
           const host = await uid(sql, 3)
           const viewer = await uid(sql, 4)
           const channel = await cid(sql, 2)
-          await expect(
-            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, 'x', 'short')`,
-          ).rejects.toThrow(/chk_streams_stream_key/)
+          await expect(sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, 'x', 'short')`).rejects.toThrow(
+            /chk_streams_stream_key/,
+          )
           const [s] = await sql`INSERT INTO nchat_streams (broadcaster_id, channel_id, title, stream_key)
                                 VALUES (${host}, ${channel}, 'Town hall', ${HASH})
                                 RETURNING id, status, viewer_count, max_resolution, chat_mode`
           expect(s).toMatchObject({chat_mode: 'open', max_resolution: '1080p', status: 'preparing', viewer_count: 0})
-          await expect(
-            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, 'dup', ${HASH})`,
-          ).rejects.toThrow(/uq_streams_stream_key/)
-          await expect(
-            sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, '  ', ${'b'.repeat(64)})`,
-          ).rejects.toThrow(/chk_streams_title/)
+          await expect(sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, 'dup', ${HASH})`).rejects.toThrow(
+            /uq_streams_stream_key/,
+          )
+          await expect(sql`INSERT INTO nchat_streams (broadcaster_id, title, stream_key) VALUES (${host}, '  ', ${'b'.repeat(64)})`).rejects.toThrow(
+            /chk_streams_title/,
+          )
           await expect(sql`UPDATE nchat_streams SET status = 'paused'`).rejects.toThrow(/chk_streams_status/)
           await expect(sql`UPDATE nchat_streams SET status = 'live'`).rejects.toThrow(/chk_streams_live_started/)
           await expect(sql`UPDATE nchat_streams SET max_resolution = '4k'`).rejects.toThrow(/chk_streams_max_resolution/)
@@ -170,22 +168,24 @@ describe('015 and 016 tables', () => {
           await expect(sql`UPDATE nchat_streams SET total_reactions = -1`).rejects.toThrow(/chk_streams_counts/)
           for (const st of ['scheduled', 'cancelled', 'preparing']) await sql`UPDATE nchat_streams SET status = ${st}`
           await sql`UPDATE nchat_streams SET status = 'live', started_at = now()`
-          await expect(
-            sql`UPDATE nchat_streams SET status = 'ended', ended_at = started_at - interval '1 hour'`,
-          ).rejects.toThrow(/chk_streams_ended_after_started/)
+          await expect(sql`UPDATE nchat_streams SET status = 'ended', ended_at = started_at - interval '1 hour'`).rejects.toThrow(
+            /chk_streams_ended_after_started/,
+          )
 
           // Viewers: one row per session, anonymous allowed.
           await sql`INSERT INTO nchat_stream_viewers (stream_id, user_id, session_id, joined_at, left_at)
                     VALUES (${s.id}, ${viewer}, 's1', '2026-01-01 10:00', '2026-01-01 10:05'),
                            (${s.id}, ${viewer}, 's2', '2026-01-01 10:10', NULL),
                            (${s.id}, NULL, 'anon', '2026-01-01 10:11', NULL)`
-          await expect(
-            sql`INSERT INTO nchat_stream_viewers (stream_id, user_id, session_id) VALUES (${s.id}, ${viewer}, 's2')`,
-          ).rejects.toThrow(/uq_stream_viewers_stream_session/)
+          await expect(sql`INSERT INTO nchat_stream_viewers (stream_id, user_id, session_id) VALUES (${s.id}, ${viewer}, 's2')`).rejects.toThrow(
+            /uq_stream_viewers_stream_session/,
+          )
           await expect(
             sql`INSERT INTO nchat_stream_viewers (stream_id, session_id, joined_at, left_at) VALUES (${s.id}, 's3', '2026-01-01 10:10', '2026-01-01 09:00')`,
           ).rejects.toThrow(/chk_stream_viewers_left_after_joined/)
-          await expect(sql`INSERT INTO nchat_stream_viewers (stream_id, session_id, selected_quality) VALUES (${s.id}, 's4', '8k')`).rejects.toThrow(/chk_stream_viewers_selected_quality/)
+          await expect(sql`INSERT INTO nchat_stream_viewers (stream_id, session_id, selected_quality) VALUES (${s.id}, 's4', '8k')`).rejects.toThrow(
+            /chk_stream_viewers_selected_quality/,
+          )
           const [w] = await sql`SELECT count(*)::int AS n FROM nchat_stream_viewers WHERE stream_id = ${s.id} AND left_at IS NULL`
           expect(w.n).toBe(2)
 

@@ -175,7 +175,7 @@ describe('014_e2ee_system', () => {
         }
         for (const [name, {def}] of Object.entries(g.constraints)) {
           if (name === 'nchat_safety_numbers_verification_method_check') {
-            expect(def).toContain("NULL::text")
+            expect(def).toContain('NULL::text')
             expect(o.constraints[name].def).not.toBe(def)
             continue
           }
@@ -212,54 +212,52 @@ describe('014_e2ee_system', () => {
   )
 
   for (const schema of ['public', 'nchat'] as const) {
-  it(
-    `converts a hand-run guide database holding keys (schema ${schema}): no matview, triggers or refresh function, D1 fixed, view works`,
-    async () => {
-      const db = await createV030Database({messages: 100, schema})
-      try {
-        await applyGuideByHand(db.name, schema)
-        await seedDevice(db.name, 'dev-a', 3, schema)
-        const sql = connect(db.name, {schema})
+    it(
+      `converts a hand-run guide database holding keys (schema ${schema}): no matview, triggers or refresh function, D1 fixed, view works`,
+      async () => {
+        const db = await createV030Database({messages: 100, schema})
         try {
-          // The guide matview is refreshed by its triggers.
-          const [mv] = await sql`SELECT count(*)::int AS n FROM nchat_prekey_bundles`
-          expect(mv.n).toBe(1)
-          // The D1 bug is present before the conversion.
-          await sql`INSERT INTO nchat_safety_numbers (user_id, peer_user_id, safety_number, verification_method)
+          await applyGuideByHand(db.name, schema)
+          await seedDevice(db.name, 'dev-a', 3, schema)
+          const sql = connect(db.name, {schema})
+          try {
+            // The guide matview is refreshed by its triggers.
+            const [mv] = await sql`SELECT count(*)::int AS n FROM nchat_prekey_bundles`
+            expect(mv.n).toBe(1)
+            // The D1 bug is present before the conversion.
+            await sql`INSERT INTO nchat_safety_numbers (user_id, peer_user_id, safety_number, verification_method)
                     SELECT a.id, b.id, repeat('1', 60), NULL FROM nchat_users a, nchat_users b
                      WHERE a.email = 'user1@example.test' AND b.email = 'user2@example.test'`
+          } finally {
+            await sql.end()
+          }
+
+          await applyFileAsEngine(db.name, migrationFile(14), {schema})
+          expectFinal014(await catalog(db.name, schema))
+          if (schema === 'nchat') expect((await catalog(db.name, 'public')).relkinds).toEqual({})
+
+          const s = connect(db.name, {schema})
+          try {
+            const rows = await s`SELECT device_id, signed_prekey_id, one_time_prekey_id FROM nchat_prekey_bundles`
+            expect(rows).toEqual([{device_id: 'dev-a', signed_prekey_id: 1, one_time_prekey_id: 1}])
+            await s`UPDATE nchat_one_time_prekeys SET is_consumed = TRUE, consumed_at = now() WHERE prekey_id = 1`
+            const [r] = await s`SELECT one_time_prekey_id FROM nchat_prekey_bundles WHERE device_id = 'dev-a'`
+            expect(r.one_time_prekey_id).toBe(2)
+            await expect(s`UPDATE nchat_safety_numbers SET verification_method = 'telepathy'`).rejects.toThrow(/nchat_safety_numbers_verification_method_check/)
+          } finally {
+            await s.end()
+          }
+
+          // Idempotent on the converted state.
+          const dump = await schemaDump(db.name)
+          await applyFileAsEngine(db.name, migrationFile(14), {schema})
+          expect(await schemaDump(db.name)).toBe(dump)
         } finally {
-          await sql.end()
+          await db.drop()
         }
-
-        await applyFileAsEngine(db.name, migrationFile(14), {schema})
-        expectFinal014(await catalog(db.name, schema))
-        if (schema === 'nchat') expect((await catalog(db.name, 'public')).relkinds).toEqual({})
-
-        const s = connect(db.name, {schema})
-        try {
-          const rows = await s`SELECT device_id, signed_prekey_id, one_time_prekey_id FROM nchat_prekey_bundles`
-          expect(rows).toEqual([{device_id: 'dev-a', signed_prekey_id: 1, one_time_prekey_id: 1}])
-          await s`UPDATE nchat_one_time_prekeys SET is_consumed = TRUE, consumed_at = now() WHERE prekey_id = 1`
-          const [r] = await s`SELECT one_time_prekey_id FROM nchat_prekey_bundles WHERE device_id = 'dev-a'`
-          expect(r.one_time_prekey_id).toBe(2)
-          await expect(
-            s`UPDATE nchat_safety_numbers SET verification_method = 'telepathy'`,
-          ).rejects.toThrow(/nchat_safety_numbers_verification_method_check/)
-        } finally {
-          await s.end()
-        }
-
-        // Idempotent on the converted state.
-        const dump = await schemaDump(db.name)
-        await applyFileAsEngine(db.name, migrationFile(14), {schema})
-        expect(await schemaDump(db.name)).toBe(dump)
-      } finally {
-        await db.drop()
-      }
-    },
-    T,
-  )
+      },
+      T,
+    )
   }
 
   it(
@@ -350,9 +348,9 @@ describe('014_e2ee_system', () => {
         try {
           await sql`DROP INDEX idx_messages_encrypted`
           // A failed build leaves an INVALID index under the name (duplicates break UNIQUE).
-          await expect(
-            sql`CREATE UNIQUE INDEX CONCURRENTLY idx_messages_encrypted ON nchat_messages(is_encrypted)`,
-          ).rejects.toThrow(/could not create unique index/)
+          await expect(sql`CREATE UNIQUE INDEX CONCURRENTLY idx_messages_encrypted ON nchat_messages(is_encrypted)`).rejects.toThrow(
+            /could not create unique index/,
+          )
         } finally {
           await sql.end()
         }

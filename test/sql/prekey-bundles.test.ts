@@ -6,11 +6,7 @@ import {applyFileAsEngine, connect, createV030Database, migrationFile} from '../
 
 const T = 120_000
 
-async function withE2ee(
-  schema: 'public' | 'nchat',
-  fn: (db: string, sql: postgres.Sql) => Promise<void>,
-  migrations: Array<13 | 14> = [14],
-) {
+async function withE2ee(schema: 'public' | 'nchat', fn: (db: string, sql: postgres.Sql) => Promise<void>, migrations: Array<13 | 14> = [14]) {
   const db = await createV030Database({schema, messages: 50})
   try {
     for (const v of migrations) await applyFileAsEngine(db.name, migrationFile(v), {schema})
@@ -58,9 +54,7 @@ describe('D1: verification_method check', () => {
         await withE2ee(
           'public',
           async (_db, sql) => {
-            await expect(safetyInsert(sql, 'telepathy', 2)).rejects.toThrow(
-              /nchat_safety_numbers_verification_method_check/,
-            )
+            await expect(safetyInsert(sql, 'telepathy', 2)).rejects.toThrow(/nchat_safety_numbers_verification_method_check/)
             await safetyInsert(sql, null, 3)
             await safetyInsert(sql, 'qr_code', 4)
             await safetyInsert(sql, 'manual', 5)
@@ -72,9 +66,9 @@ describe('D1: verification_method check', () => {
             // The guide length check is still there.
             const a = await userId(sql, 1)
             const b = await userId(sql, 9)
-            await expect(
-              sql`INSERT INTO nchat_safety_numbers (user_id, peer_user_id, safety_number) VALUES (${a}, ${b}, '123')`,
-            ).rejects.toThrow(/nchat_safety_numbers_safety_number_check/)
+            await expect(sql`INSERT INTO nchat_safety_numbers (user_id, peer_user_id, safety_number) VALUES (${a}, ${b}, '123')`).rejects.toThrow(
+              /nchat_safety_numbers_safety_number_check/,
+            )
           },
           [v],
         )
@@ -88,9 +82,7 @@ describe('D1: verification_method check', () => {
     async () => {
       await withE2ee('public', async (_db, sql) => {
         await sql`INSERT INTO nchat_e2ee_audit_log (event_type) VALUES ('session_established')`
-        await expect(sql`INSERT INTO nchat_e2ee_audit_log (event_type) VALUES ('nope')`).rejects.toThrow(
-          /nchat_e2ee_audit_log_event_type_check/,
-        )
+        await expect(sql`INSERT INTO nchat_e2ee_audit_log (event_type) VALUES ('nope')`).rejects.toThrow(/nchat_e2ee_audit_log_event_type_check/)
       })
     },
     T,
@@ -168,8 +160,7 @@ for (const schema of ['public', 'nchat'] as const) {
       async () => {
         await withE2ee(schema, async (_db, sql) => {
           await addDevice(sql, 'fresh')
-          const otp = async () =>
-            (await sql`SELECT one_time_prekey_id, one_time_prekey_public FROM nchat_prekey_bundles WHERE device_id = 'fresh'`)[0]
+          const otp = async () => (await sql`SELECT one_time_prekey_id, one_time_prekey_public FROM nchat_prekey_bundles WHERE device_id = 'fresh'`)[0]
           expect(await otp()).toEqual({one_time_prekey_id: null, one_time_prekey_public: null})
 
           await sql`INSERT INTO nchat_one_time_prekeys (device_id, prekey_id, prekey_public, prekey_private_encrypted, created_at)
@@ -345,9 +336,7 @@ for (const schema of ['public', 'nchat'] as const) {
           const clients = Array.from({length: 24}, () => connect(db, {schema}))
           try {
             await Promise.all(clients.map((c) => c`SELECT 1`))
-            const results = await Promise.all(
-              clients.map(async (c) => (await c`SELECT one_time_prekey_id FROM nchat_claim_prekey_bundle('few')`)[0]),
-            )
+            const results = await Promise.all(clients.map(async (c) => (await c`SELECT one_time_prekey_id FROM nchat_claim_prekey_bundle('few')`)[0]))
             expect(results).toHaveLength(24)
             const ids = results.map((r) => r.one_time_prekey_id).filter((i) => i !== null)
             expect(ids.sort((x, y) => x - y)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])

@@ -48,9 +48,11 @@ describe('compareWithBackup: what a restore rollback would undo', () => {
     insert into other.t_gone values (1), (2);
     create table schema_migrations (version int primary key);`
 
-  it('counts inserts, updates and deletes per table, in every schema, and leaves unchanged tables out', async () => {
-    const {backup, live} = await pair(SETUP)
-    await live.unsafe(`
+  it(
+    'counts inserts, updates and deletes per table, in every schema, and leaves unchanged tables out',
+    async () => {
+      const {backup, live} = await pair(SETUP)
+      await live.unsafe(`
       insert into t_pk values (1001, 'new'), (1002, 'new'), (1003, 'new');
       update t_pk set v = 'edited' where id in (10, 20);
       delete from t_pk where id = 30;
@@ -61,30 +63,49 @@ describe('compareWithBackup: what a restore rollback would undo', () => {
       create table t_new (id int primary key);
       insert into t_new values (1);
       insert into schema_migrations values (13), (14);`)
-    const loss = await compareWithBackup({backup, live})
-    expect(loss).toEqual([
-      {added: 0, changed: 0, exact: true, note: 'the table was dropped after the backup; the rollback brings it back', removed: 2, table: 'other.t_gone'},
-      {added: 1, changed: 0, exact: true, note: 'the table was created after the backup', removed: 0, table: 'public.t_new'},
-      {added: 2, changed: 'yes', exact: true, note: 'no primary key: an updated row counts as one removed and one added', removed: 1, table: 'public.t_nopk'},
-      {added: 3, changed: 2, exact: true, removed: 1, table: 'public.t_pk'},
-    ].sort((a, b) => a.table.localeCompare(b.table)))
-    expect(loss.map(describeLoss)).toContain('public.t_pk: 3 rows added, 2 rows changed, 1 row removed')
-    expect(loss.map(describeLoss)).toContain('public.t_new: 1 row added (the table was created after the backup)')
-  }, T)
+      const loss = await compareWithBackup({backup, live})
+      expect(loss).toEqual(
+        [
+          {added: 0, changed: 0, exact: true, note: 'the table was dropped after the backup; the rollback brings it back', removed: 2, table: 'other.t_gone'},
+          {added: 1, changed: 0, exact: true, note: 'the table was created after the backup', removed: 0, table: 'public.t_new'},
+          {
+            added: 2,
+            changed: 'yes',
+            exact: true,
+            note: 'no primary key: an updated row counts as one removed and one added',
+            removed: 1,
+            table: 'public.t_nopk',
+          },
+          {added: 3, changed: 2, exact: true, removed: 1, table: 'public.t_pk'},
+        ].sort((a, b) => a.table.localeCompare(b.table)),
+      )
+      expect(loss.map(describeLoss)).toContain('public.t_pk: 3 rows added, 2 rows changed, 1 row removed')
+      expect(loss.map(describeLoss)).toContain('public.t_new: 1 row added (the table was created after the backup)')
+    },
+    T,
+  )
 
-  it('an update that does not change the row count is seen; past the detail limit the counts are marked inexact', async () => {
-    const {backup, live} = await pair(SETUP)
-    await live.unsafe(`update t_same set v = 'changed' where id = 7`)
-    expect(await compareWithBackup({backup, live})).toEqual([{added: 0, changed: 1, exact: true, removed: 0, table: 'public.t_same'}])
-    await live.unsafe(`insert into t_pk select i, 'x' from generate_series(1001, 1500) i; update t_pk set v = 'y' where id <= 400`)
-    const loss = await compareWithBackup({backup, detailLimit: 100, live})
-    const pk = loss.find((l) => l.table === 'public.t_pk')!
-    expect(pk).toMatchObject({added: 500, changed: 'yes', exact: false, removed: 0})
-    expect(describeLoss(pk)).toBe('public.t_pk: at least 500 rows added, changed: yes (over 100 rows differ; counted from the row totals)')
-  }, T)
+  it(
+    'an update that does not change the row count is seen; past the detail limit the counts are marked inexact',
+    async () => {
+      const {backup, live} = await pair(SETUP)
+      await live.unsafe(`update t_same set v = 'changed' where id = 7`)
+      expect(await compareWithBackup({backup, live})).toEqual([{added: 0, changed: 1, exact: true, removed: 0, table: 'public.t_same'}])
+      await live.unsafe(`insert into t_pk select i, 'x' from generate_series(1001, 1500) i; update t_pk set v = 'y' where id <= 400`)
+      const loss = await compareWithBackup({backup, detailLimit: 100, live})
+      const pk = loss.find((l) => l.table === 'public.t_pk')!
+      expect(pk).toMatchObject({added: 500, changed: 'yes', exact: false, removed: 0})
+      expect(describeLoss(pk)).toBe('public.t_pk: at least 500 rows added, changed: yes (over 100 rows differ; counted from the row totals)')
+    },
+    T,
+  )
 
-  it('finds nothing when nothing changed', async () => {
-    const {backup, live} = await pair(SETUP)
-    expect(await compareWithBackup({backup, live})).toEqual([])
-  }, T)
+  it(
+    'finds nothing when nothing changed',
+    async () => {
+      const {backup, live} = await pair(SETUP)
+      expect(await compareWithBackup({backup, live})).toEqual([])
+    },
+    T,
+  )
 })

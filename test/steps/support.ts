@@ -32,7 +32,14 @@ export function makeTarget(o: {database: string; mode: 'docker' | 'local'; backu
     projectName: 'nchat',
     schema: 'public',
     sources: {
-      backupDir: 'test', container: 'test', database: 'test', host: 'test', password: 'test', port: 'test', projectName: 'test', user: 'test',
+      backupDir: 'test',
+      container: 'test',
+      database: 'test',
+      host: 'test',
+      password: 'test',
+      port: 'test',
+      projectName: 'test',
+      user: 'test',
     },
   }
 }
@@ -75,7 +82,7 @@ export async function createTestDb(admin: Sql, o: {messages?: number; audit?: nu
       insert into nchat_users(name) select 'user ' || g from generate_series(1, 50) g;
       insert into nchat_channels(name) select 'channel ' || g from generate_series(1, 5) g;
     `)
-    const body = o.bigBodies ? "repeat(md5(g::text || random()::text), 4)" : "'hello ' || g"
+    const body = o.bigBodies ? 'repeat(md5(g::text || random()::text), 4)' : "'hello ' || g"
     await sql.unsafe(`
       insert into nchat_messages(channel_id, user_id, body)
       select (select id from nchat_channels order by name offset (g % 5) limit 1),
@@ -109,7 +116,8 @@ export async function derivedDbs(admin: Sql, name: string): Promise<string[]> {
 /** A digest of a table's whole content, to compare two databases. */
 export async function tableDigest(sql: Sql, table: string): Promise<{rows: number; md5: string | null}> {
   const [r] = await sql.unsafe<{rows: number; md5: string | null}[]>(
-    `select count(*)::int as rows, md5(string_agg(t::text, '|' order by t::text)) as md5 from ${table} t`)
+    `select count(*)::int as rows, md5(string_agg(t::text, '|' order by t::text)) as md5 from ${table} t`,
+  )
   return r
 }
 
@@ -140,7 +148,15 @@ export function useDockerStandIn(hide: string): DockerEnv {
   process.env.FAKE_DOCKER_HIDE = hide
   return {
     hide,
-    lines: () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as string[]) : []),
+    lines: () =>
+      fs.existsSync(log)
+        ? fs
+            .readFileSync(log, 'utf8')
+            .trim()
+            .split('\n')
+            .filter(Boolean)
+            .map((l) => JSON.parse(l) as string[])
+        : [],
     log,
     restore() {
       fs.rmSync(path.dirname(log), {force: true, recursive: true})
@@ -155,7 +171,7 @@ export function assertCleanDockerLog(lines: string[][]): void {
   for (const argv of lines) {
     const text = JSON.stringify(argv)
     if (text.includes(SECRET)) throw new Error(`docker argv holds the secret: ${text}`)
-    if (argv.some((a) => a === '-t' || a === '--tty' || /^-[a-z]*t[a-z]*$/.test(a) && argv[0] === 'exec' && argv.indexOf(a) < argv.indexOf(CONTAINER))) {
+    if (argv.some((a) => a === '-t' || a === '--tty' || (/^-[a-z]*t[a-z]*$/.test(a) && argv[0] === 'exec' && argv.indexOf(a) < argv.indexOf(CONTAINER)))) {
       throw new Error(`docker argv asks for a TTY: ${text}`)
     }
     if (argv[0] === 'exec' && argv[1] !== '-i') throw new Error(`docker exec without -i first: ${text}`)

@@ -48,7 +48,11 @@ function usesInSource(): {bundles: Set<string>; problems: string[]; uses: Use[]}
   return {bundles, problems, uses}
 }
 
-const bundleFiles = fs.readdirSync(MESSAGES_DIR).filter((f) => f.endsWith('.md')).map((f) => f.replace(/\.md$/, '')).sort()
+const bundleFiles = fs
+  .readdirSync(MESSAGES_DIR)
+  .filter((f) => f.endsWith('.md'))
+  .map((f) => f.replace(/\.md$/, ''))
+  .sort()
 
 describe('messages/*.md and the code that prints them', () => {
   const {bundles, problems, uses} = usesInSource()
@@ -65,15 +69,24 @@ describe('messages/*.md and the code that prints them', () => {
 
   it('every section of every message file is used, and every message file is loaded', () => {
     expect([...bundles].sort()).toEqual(bundleFiles)
-    const unused = bundleFiles.flatMap((bundle) => loadMessages(bundle).keys()
-      .filter((key) => !uses.some((u) => u.bundle === bundle && u.key === key)).map((key) => `messages/${bundle}.md: "# ${key}" is not used`))
+    const unused = bundleFiles.flatMap((bundle) =>
+      loadMessages(bundle)
+        .keys()
+        .filter((key) => !uses.some((u) => u.bundle === bundle && u.key === key))
+        .map((key) => `messages/${bundle}.md: "# ${key}" is not used`),
+    )
     expect(unused).toEqual([])
   })
 
   it('each command has its description and examples in its bundle', () => {
     for (const bundle of bundleFiles.filter((b) => b !== 'base' && b !== 'flags')) {
       expect(loadMessages(bundle).getMessage('description').length, bundle).toBeGreaterThan(20)
-      expect(loadMessages(bundle).getMessages('examples').every((e) => e.startsWith('<%= config.bin %> db e2ee ')), bundle).toBe(true)
+      expect(
+        loadMessages(bundle)
+          .getMessages('examples')
+          .every((e) => e.startsWith('<%= config.bin %> db e2ee ')),
+        bundle,
+      ).toBe(true)
     }
   })
 })

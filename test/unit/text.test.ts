@@ -13,22 +13,24 @@ describe('firstLine', () => {
     expect(firstLine(failure)).toBe('could not read from input file: end of file')
   })
 
-  it('without an error line takes the tool\'s last line; without stderr the short message', () => {
+  it("without an error line takes the tool's last line; without stderr the short message", () => {
     expect(firstLine({stderr: 'progress 1\nError response from daemon: No such container: db\n'})).toBe('Error response from daemon: No such container: db')
     expect(firstLine({message: 'long\nstack', shortMessage: 'Command failed with ENOENT: pg_dump', stderr: ''})).toBe('Command failed with ENOENT: pg_dump')
   })
 
-  it('keeps a UserError\'s sentence and words a PostgreSQL error as toUserError does', () => {
+  it("keeps a UserError's sentence and words a PostgreSQL error as toUserError does", () => {
     expect(firstLine(new UserError('The backup x is empty.'))).toBe('The backup x is empty')
     const pg = Object.assign(new Error('relation "t" does not exist'), {code: '42P01', severity: 'ERROR'})
     expect(firstLine(pg)).toBe(toUserError(pg).message.replace(/\.$/, ''))
     expect(firstLine(pg)).toMatch(/^PostgreSQL error 42P01: relation "t" does not exist$/)
   })
 
-  it('says a lost connection is one, but not a child process\'s broken pipe', () => {
+  it("says a lost connection is one, but not a child process's broken pipe", () => {
     const lost = Object.assign(new Error('write CONNECTION_CLOSED 127.0.0.1:5432'), {code: 'CONNECTION_CLOSED'})
     expect(firstLine(lost)).toMatch(/^the connection to PostgreSQL was lost/)
-    expect(firstLine(Object.assign(new Error('write EPIPE'), {code: 'EPIPE', stderr: 'pg_dump: error: could not write to output file'}))).toBe('could not write to output file')
+    expect(firstLine(Object.assign(new Error('write EPIPE'), {code: 'EPIPE', stderr: 'pg_dump: error: could not write to output file'}))).toBe(
+      'could not write to output file',
+    )
   })
 
   it('turns anything else into its first line', () => {

@@ -14,21 +14,28 @@ import {pool, T} from './_db.js'
 const FILE = path.join(REPO_ROOT, 'src', 'migrations', 'expected-schema.json')
 
 describe('expected-schema.json', () => {
-  it('is not stale: regenerating it from the migrations gives the committed file', async () => {
-    const db = await createV030Database({messages: 0})
-    const sql = pool(db.name)
-    try {
-      const fresh = await generateExpectedSchema({migrations: loadMigrations(), schema: db.schema, sql})
-      const committed = JSON.parse(await readFile(FILE, 'utf8')) as ExpectedSchema
-      // Object by object first, for a readable diff.
-      expect(committed.objects.map((o) => o.key), 'run `node scripts/expected-schema.mjs`').toEqual(fresh.objects.map((o) => o.key))
-      expect(committed, 'run `node scripts/expected-schema.mjs`').toEqual(JSON.parse(serializeExpectedSchema(fresh)))
-      expect(await readFile(FILE, 'utf8')).toBe(serializeExpectedSchema(fresh))
-    } finally {
-      await sql.end({timeout: 5})
-      await db.drop()
-    }
-  }, T)
+  it(
+    'is not stale: regenerating it from the migrations gives the committed file',
+    async () => {
+      const db = await createV030Database({messages: 0})
+      const sql = pool(db.name)
+      try {
+        const fresh = await generateExpectedSchema({migrations: loadMigrations(), schema: db.schema, sql})
+        const committed = JSON.parse(await readFile(FILE, 'utf8')) as ExpectedSchema
+        // Object by object first, for a readable diff.
+        expect(
+          committed.objects.map((o) => o.key),
+          'run `node scripts/expected-schema.mjs`',
+        ).toEqual(fresh.objects.map((o) => o.key))
+        expect(committed, 'run `node scripts/expected-schema.mjs`').toEqual(JSON.parse(serializeExpectedSchema(fresh)))
+        expect(await readFile(FILE, 'utf8')).toBe(serializeExpectedSchema(fresh))
+      } finally {
+        await sql.end({timeout: 5})
+        await db.drop()
+      }
+    },
+    T,
+  )
 
   it('records the version that creates each object, without schema names', async () => {
     const s = JSON.parse(await readFile(FILE, 'utf8')) as ExpectedSchema

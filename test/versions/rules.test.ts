@@ -21,13 +21,19 @@ describe('judgeTools', () => {
 
   it('refuses a pg_restore older than the pg_dump beside it (it cannot read what that pg_dump writes)', () => {
     expect(judgeTools(15, {pg_dump: 17, pg_restore: 15}, 'local client tools', local)).toMatchObject({
-      detail: 'pg_restore 15 (local client tools) cannot read the backups pg_dump 17 writes', status: 'fail',
+      detail: 'pg_restore 15 (local client tools) cannot read the backups pg_dump 17 writes',
+      status: 'fail',
     })
   })
 
-  it('accepts newer tools on an older server, and says when pg_restore\'s SET transaction_timeout is expected', () => {
-    expect(judgeTools(14, {pg_dump: 15, pg_restore: 15}, 'local client tools', local)).toEqual({detail: 'pg_dump 15, pg_restore 15 (local client tools) for server 14', status: 'ok'})
-    expect(judgeTools(16, {pg_dump: 17, pg_restore: 17}, 'local client tools', local).detail).toMatch(/SET transaction_timeout, unknown to this server, is the one error restores accept/)
+  it("accepts newer tools on an older server, and says when pg_restore's SET transaction_timeout is expected", () => {
+    expect(judgeTools(14, {pg_dump: 15, pg_restore: 15}, 'local client tools', local)).toEqual({
+      detail: 'pg_dump 15, pg_restore 15 (local client tools) for server 14',
+      status: 'ok',
+    })
+    expect(judgeTools(16, {pg_dump: 17, pg_restore: 17}, 'local client tools', local).detail).toMatch(
+      /SET transaction_timeout, unknown to this server, is the one error restores accept/,
+    )
     expect(judgeTools(17, {pg_dump: 18, pg_restore: 18}, 'local client tools', local).detail).not.toMatch(/transaction_timeout/)
   })
 
@@ -38,8 +44,9 @@ describe('judgeTools', () => {
 
 describe('olderRestoreSentence', () => {
   it('names the pg_dump the manifest records and the pg_restore at hand, only for a format-version refusal', () => {
-    expect(olderRestoreSentence('/b/x.dump', 'unsupported version (1.16) in file header', 15, 17))
-      .toBe('The backup /b/x.dump was written by pg_dump 17 (its manifest says so), and pg_restore 15 cannot read that archive format; the file itself is not damaged')
+    expect(olderRestoreSentence('/b/x.dump', 'unsupported version (1.16) in file header', 15, 17)).toBe(
+      'The backup /b/x.dump was written by pg_dump 17 (its manifest says so), and pg_restore 15 cannot read that archive format; the file itself is not damaged',
+    )
     expect(olderRestoreSentence('/b/x.dump', 'unsupported version (1.16) in file header', 15, undefined)).toMatch(/written by a newer pg_dump/)
     expect(olderRestoreSentence('/b/x.dump', 'could not read input file: end of file', 15, 17)).toBeUndefined()
   })

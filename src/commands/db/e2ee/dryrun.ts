@@ -29,8 +29,14 @@ export default class DryRun extends BaseCommand<DryRunResult> {
     const flags = await this.parseBase(DryRun)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const s = await runDryRun(this.runScope(target), {
-      fromBackup: flags['from-backup'], full: flags.full, jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
-      migrationsDir: flags['migrations-dir'], runner: runnerSettings(flags), to: flags.to,
+      fromBackup: flags['from-backup'],
+      full: flags.full,
+      jobs: flags.jobs,
+      json: this.jsonMode,
+      keepDryrunDb: flags['keep-dryrun-db'],
+      migrationsDir: flags['migrations-dir'],
+      runner: runnerSettings(flags),
+      to: flags.to,
     })
     if (this.jsonMode) {
       // The document says ok: false and why; the exit code says it too.
@@ -38,7 +44,8 @@ export default class DryRun extends BaseCommand<DryRunResult> {
       return s
     }
     this.report(s)
-    if (s.failure) throw new UserError(messages.getMessage('error.WouldFail', [s.failure.replace(/\.$/, '')]), {hint: messages.getMessage('error.WouldFail.hint')})
+    if (s.failure)
+      throw new UserError(messages.getMessage('error.WouldFail', [s.failure.replace(/\.$/, '')]), {hint: messages.getMessage('error.WouldFail.hint')})
     return s
   }
 
@@ -54,18 +61,28 @@ export default class DryRun extends BaseCommand<DryRunResult> {
     this.say('')
     if (s.forecastMs !== null) {
       const f = s.forecast
-      const basis = f && f.samples.length
-        ? `; ${f.samples.map((x) => messages.getMessage('info.Forecast.sample', [x.table, x.factor.toFixed(1), plural(x.sampleRows, 'row'), x.samplePages, x.productionPages, plural(x.productionRows, 'row')])).join(', ')}`
-        : ''
-      this.say(messages.getMessage('info.Forecast', [fmtMs(s.forecastMs), f?.error ?? '', fmtMs(s.applyMs ?? 0), String(s.clone), basis, fmtMs(s.restoreMs ?? 0)]))
+      const basis =
+        f && f.samples.length
+          ? `; ${f.samples.map((x) => messages.getMessage('info.Forecast.sample', [x.table, x.factor.toFixed(1), plural(x.sampleRows, 'row'), x.samplePages, x.productionPages, plural(x.productionRows, 'row')])).join(', ')}`
+          : ''
+      this.say(
+        messages.getMessage('info.Forecast', [fmtMs(s.forecastMs), f?.error ?? '', fmtMs(s.applyMs ?? 0), String(s.clone), basis, fmtMs(s.restoreMs ?? 0)]),
+      )
     }
     this.say(s.content === 'full' ? messages.getMessage('info.Copy.full') : messages.getMessage('info.Copy.slim'))
-    for (const l of s.leftOut) this.say(l.rows === null ? messages.getMessage('info.LeftOut', [l.table, l.why]) : messages.getMessage('info.LeftOut.rows', [l.table, plural(l.rows, 'row'), l.why]))
+    for (const l of s.leftOut)
+      this.say(
+        l.rows === null
+          ? messages.getMessage('info.LeftOut', [l.table, l.why])
+          : messages.getMessage('info.LeftOut.rows', [l.table, plural(l.rows, 'row'), l.why]),
+      )
     for (const k of s.keptAltered) this.say(messages.getMessage('info.Kept', [k.table, k.why]))
     if (s.verification) {
-      this.say(s.verification.ok
-        ? messages.getMessage('info.Verify.passed', [plural(s.verification.checks, 'check')])
-        : messages.getMessage('info.Verify.failed', [s.verification.failures.join('; ')]))
+      this.say(
+        s.verification.ok
+          ? messages.getMessage('info.Verify.passed', [plural(s.verification.checks, 'check')])
+          : messages.getMessage('info.Verify.failed', [s.verification.failures.join('; ')]),
+      )
     }
     if (s.backup) this.say(s.backup.taken ? messages.getMessage('info.Backup.taken', [s.backup.file]) : messages.getMessage('info.Backup', [s.backup.file]))
     if (s.rehearsalDump) {
@@ -85,15 +102,21 @@ export default class DryRun extends BaseCommand<DryRunResult> {
       const mine = s.statements.filter((st) => st.migration === name)
       const inTx = mine.filter((st) => st.inTransaction).length
       const ms = mine.reduce((t, st) => t + st.ms, 0)
-      const split = inTx < mine.length ? messages.getMessage('info.Migration.alone', [inTx, mine.length - inTx]) : messages.getMessage('info.Migration.inTx', [inTx])
+      const split =
+        inTx < mine.length ? messages.getMessage('info.Migration.alone', [inTx, mine.length - inTx]) : messages.getMessage('info.Migration.inTx', [inTx])
       this.say(`  ${name.padEnd(20)} ${plural(mine.length, 'statement')} in ${fmtMs(ms)} (${split})`)
     }
     const locking = s.statements.filter((st) => st.locks.some((l) => existing.has(l.table)))
     this.say('')
     this.say(locking.length ? messages.getMessage('info.Locking') : messages.getMessage('info.NoLocking'))
     for (const st of locking) {
-      const locks = st.locks.filter((l) => existing.has(l.table)).map((l) => `${l.mode} on ${l.table}`).join(', ')
-      this.say(`  ${st.migration.slice(0, 3)} line ${String(st.line).padEnd(4)} ${st.inTransaction ? 'in tx' : 'alone'} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]`)
+      const locks = st.locks
+        .filter((l) => existing.has(l.table))
+        .map((l) => `${l.mode} on ${l.table}`)
+        .join(', ')
+      this.say(
+        `  ${st.migration.slice(0, 3)} line ${String(st.line).padEnd(4)} ${st.inTransaction ? 'in tx' : 'alone'} ${fmtMs(st.ms).padStart(7)}  ${st.statement}  [${locks}]`,
+      )
     }
     this.say(messages.getMessage('info.MoreStatements'))
   }

@@ -28,9 +28,15 @@ export default class Migrate extends BaseCommand<MigrateResult> {
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     if (flags['skip-backup']) process.stderr.write(messages.getMessage('warning.SkipBackup') + '\n')
     const s = await runMigrate(this.runScope(target), {
-      jobs: flags.jobs, json: this.jsonMode, keepDryrunDb: flags['keep-dryrun-db'],
-      migrationsDir: flags['migrations-dir'], runner: runnerSettings(flags),
-      skipBackup: flags['skip-backup'], skipDryrun: flags['skip-dryrun'], to: flags.to, yes: flags.yes,
+      jobs: flags.jobs,
+      json: this.jsonMode,
+      keepDryrunDb: flags['keep-dryrun-db'],
+      migrationsDir: flags['migrations-dir'],
+      runner: runnerSettings(flags),
+      skipBackup: flags['skip-backup'],
+      skipDryrun: flags['skip-dryrun'],
+      to: flags.to,
+      yes: flags.yes,
     })
     if (!this.jsonMode) this.printSummary(s)
     return s
@@ -39,7 +45,14 @@ export default class Migrate extends BaseCommand<MigrateResult> {
   private printSummary(s: MigrateSummary): void {
     this.say('')
     if (s.appliedByOtherRun) {
-      this.say(messages.getMessage('info.AppliedByOtherRun', [s.database, s.schema, s.before ?? messages.getMessage('info.nothing'), s.after ?? messages.getMessage('info.nothing')]))
+      this.say(
+        messages.getMessage('info.AppliedByOtherRun', [
+          s.database,
+          s.schema,
+          s.before ?? messages.getMessage('info.nothing'),
+          s.after ?? messages.getMessage('info.nothing'),
+        ]),
+      )
       if (s.backup) this.say(messages.getMessage('info.Backup.beforeWaiting', [s.backup.file]))
       this.say(messages.getMessage('info.Steps', [fmtTimings(s.timings, s.elapsedMs)]))
       return
@@ -49,7 +62,9 @@ export default class Migrate extends BaseCommand<MigrateResult> {
       this.say(messages.getMessage('info.Steps', [fmtTimings(s.timings, s.elapsedMs)]))
       return
     }
-    this.say(messages.getMessage('info.Migrated', [s.database, s.schema, s.before ?? messages.getMessage('info.nothing'), String(s.after), s.applied.join(', ')]))
+    this.say(
+      messages.getMessage('info.Migrated', [s.database, s.schema, s.before ?? messages.getMessage('info.nothing'), String(s.after), s.applied.join(', ')]),
+    )
     if (s.backup) this.say(messages.getMessage('info.Backup', [s.backup.file, s.backup.sha256.slice(0, 16)]))
     if (s.dryrun) {
       const forecast = [fmtMs(s.dryrun.forecastMs), fmtMs(s.applyMs ?? 0)]

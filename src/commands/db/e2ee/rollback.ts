@@ -25,9 +25,14 @@ export default class Rollback extends BaseCommand<RollbackResult> {
     const flags = await this.parseBase(Rollback)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const s = await runRollback(this.runScope(target), {
-      backupFile: flags.backup, jobs: flags.jobs, json: this.jsonMode,
-      migrationsDir: flags['migrations-dir'], runner: runnerSettings(flags),
-      strategy: flags.strategy as 'restore' | 'down', to: flags.to, yes: flags.yes,
+      backupFile: flags.backup,
+      jobs: flags.jobs,
+      json: this.jsonMode,
+      migrationsDir: flags['migrations-dir'],
+      runner: runnerSettings(flags),
+      strategy: flags.strategy as 'restore' | 'down',
+      to: flags.to,
+      yes: flags.yes,
     })
     if (!this.jsonMode) this.report(s)
     return s
@@ -45,8 +50,18 @@ export default class Rollback extends BaseCommand<RollbackResult> {
       this.say(messages.getMessage('info.Steps', [fmtTimings(s.timings, s.elapsedMs)]))
       return
     }
-    this.say(messages.getMessage('info.RolledBack', [s.database, s.strategy, s.before ?? messages.getMessage('info.none'), s.after ?? messages.getMessage('info.none')]))
-    if (s.backup) this.say(s.strategy === 'restore' ? messages.getMessage('info.Backup.restored', [s.backup.file]) : messages.getMessage('info.Backup.safety', [s.backup.file]))
+    this.say(
+      messages.getMessage('info.RolledBack', [
+        s.database,
+        s.strategy,
+        s.before ?? messages.getMessage('info.none'),
+        s.after ?? messages.getMessage('info.none'),
+      ]),
+    )
+    if (s.backup)
+      this.say(
+        s.strategy === 'restore' ? messages.getMessage('info.Backup.restored', [s.backup.file]) : messages.getMessage('info.Backup.safety', [s.backup.file]),
+      )
     for (const l of s.lost) this.say(messages.getMessage('info.Lost', [l.what]))
     if (s.kept) {
       this.say(messages.getMessage('info.Kept', [s.kept.database, fmtMs(s.swapWindowMs ?? 0)]))

@@ -39,7 +39,9 @@ export default class Verify extends BaseCommand<VerifyResult> {
     scope.ownPool(ins.sql)
     const applied = ins.plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version)
     if (applied.length === 0) {
-      throw new UserError(messages.getMessage('error.NothingApplied', [ins.migrations.map((m) => m.name).join(', '), target.conn.database]), {hint: messages.getMessage('error.NothingApplied.hint')})
+      throw new UserError(messages.getMessage('error.NothingApplied', [ins.migrations.map((m) => m.name).join(', '), target.conn.database]), {
+        hint: messages.getMessage('error.NothingApplied.hint'),
+      })
     }
     const upTo = Math.max(...applied)
     const report = await scope.untilCancelled(
@@ -58,7 +60,11 @@ export default class Verify extends BaseCommand<VerifyResult> {
       if (this.jsonMode) process.exitCode = 1
       else {
         const first = report.failures[0].replace(/\.$/, '')
-        throw new UserError(report.failures.length > 1 ? messages.getMessage('error.Failed.more', [first, report.failures.length - 1]) : messages.getMessage('error.Failed', [first]))
+        throw new UserError(
+          report.failures.length > 1
+            ? messages.getMessage('error.Failed.more', [first, report.failures.length - 1])
+            : messages.getMessage('error.Failed', [first]),
+        )
       }
     }
     return {database: target.conn.database, schema: ins.plan.appSchema, upTo, ...report, elapsedMs}
@@ -81,6 +87,10 @@ export default class Verify extends BaseCommand<VerifyResult> {
 function countChecks(report: VerifyReport): string {
   const n = (status: string) => report.checks.filter((c) => c.status === status).length
   if (n('ok') === report.checks.length) return messages.getMessage('info.Counts.passed', [plural(n('ok'), 'check')])
-  const parts = [n('fail') ? messages.getMessage('info.Counts.failed', [n('fail')]) : '', n('warn') ? plural(n('warn'), 'warning') : '', messages.getMessage('info.Counts.passed', [n('ok')])]
+  const parts = [
+    n('fail') ? messages.getMessage('info.Counts.failed', [n('fail')]) : '',
+    n('warn') ? plural(n('warn'), 'warning') : '',
+    messages.getMessage('info.Counts.passed', [n('ok')]),
+  ]
   return messages.getMessage('info.Counts.of', [parts.filter(Boolean).join(', '), plural(report.checks.length, 'check')])
 }

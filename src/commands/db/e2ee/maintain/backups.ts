@@ -47,7 +47,8 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
     const dir = path.resolve(target.backupDir)
     const pruning = flags.keep !== undefined || flags['older-than'] !== undefined
-    if ((pruning || flags['drop-kept']) && !flags['dry-run']) assertCanConfirm(flags.yes, pruning ? messages.getMessage('confirm.What.prune') : messages.getMessage('confirm.What.drop'))
+    if ((pruning || flags['drop-kept']) && !flags['dry-run'])
+      assertCanConfirm(flags.yes, pruning ? messages.getMessage('confirm.What.prune') : messages.getMessage('confirm.What.drop'))
 
     let admin: Sql | null = null
     let serverProblem: string | null = null
@@ -62,7 +63,7 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
     markProtected(backups, await databaseStates(target, admin, dbs))
     const kept = admin ? await keptDatabases(admin, target.conn.database) : null
     const prune = selectPrune(backups, {keep: flags.keep, olderThanDays: flags['older-than']})
-    const drop = flags['drop-kept'] ? kept ?? [] : []
+    const drop = flags['drop-kept'] ? (kept ?? []) : []
 
     this.printList(dir, backups, kept, serverProblem)
     const pruned: BackupEntry[] = []
@@ -76,7 +77,12 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
       for (const b of prune) this.note(messages.getMessage('info.WillDelete', [b.file]))
       if (!(await confirm(this.scope, `${what[0].toUpperCase()}${what.slice(1)}?`, flags.yes))) throw new UserError(messages.getMessage('error.NotConfirmed'))
       // Not while a migrate or rollback of this database runs: it may be about to restore one of these.
-      const lock: CommandLock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), signal: this.scope.signal, waitMs: flags['lock-wait'] * 1000})
+      const lock: CommandLock = await acquireCommandLock(target, {
+        command: 'maintain',
+        log: (l) => this.note(l),
+        signal: this.scope.signal,
+        waitMs: flags['lock-wait'] * 1000,
+      })
       try {
         for (const b of prune) {
           lock.assertHeld()
@@ -94,16 +100,31 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
     }
     const wouldPrune = flags['dry-run'] ? prune : []
     const wouldDrop = flags['dry-run'] ? drop : []
-    const result: BackupsResult = {backups, database: target.conn.database, dir, dropped: dropped.map((d) => d.name), dryRun: flags['dry-run'], kept, ok: true,
-      pruned: pruned.map((b) => b.file), serverProblem, wouldDrop: wouldDrop.map((d) => d.name), wouldPrune: wouldPrune.map((b) => b.file)}
+    const result: BackupsResult = {
+      backups,
+      database: target.conn.database,
+      dir,
+      dropped: dropped.map((d) => d.name),
+      dryRun: flags['dry-run'],
+      kept,
+      ok: true,
+      pruned: pruned.map((b) => b.file),
+      serverProblem,
+      wouldDrop: wouldDrop.map((d) => d.name),
+      wouldPrune: wouldPrune.map((b) => b.file),
+    }
     if (this.jsonMode) return result
     for (const b of wouldPrune) this.say(messages.getMessage('info.WouldDelete', [b.file]))
     for (const d of wouldDrop) this.say(messages.getMessage('info.WouldDrop', [d.name]))
     if (pruning || flags['drop-kept']) {
       const protectedCount = backups.filter((b) => b.protectedBecause).length
-      this.say(flags['dry-run'] ? messages.getMessage('info.DryRun', [wouldPrune.length, wouldDrop.length])
-        : protectedCount ? messages.getMessage('info.Removed.protected', [pruned.length, dropped.length, protectedCount])
-          : messages.getMessage('info.Removed', [pruned.length, dropped.length]))
+      this.say(
+        flags['dry-run']
+          ? messages.getMessage('info.DryRun', [wouldPrune.length, wouldDrop.length])
+          : protectedCount
+            ? messages.getMessage('info.Removed.protected', [pruned.length, dropped.length, protectedCount])
+            : messages.getMessage('info.Removed', [pruned.length, dropped.length]),
+      )
     }
     return result
   }
@@ -112,14 +133,24 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
     if (this.jsonMode) return
     this.say(messages.getMessage('info.Backups', [dir, backups.length]))
     for (const b of backups) {
-      const verified = b.verified === null ? messages.getMessage('info.Backup.noManifest') : b.verified ? messages.getMessage('info.Backup.verified') : messages.getMessage('info.Backup.mismatch')
-      this.say(`  ${path.basename(b.file).padEnd(36)} ${fmtBytes(b.bytes).padStart(9)} ${`${b.ageDays} d`.padStart(8)}  ${(b.database ?? '?').padEnd(20)} ledger ${String(b.ledgerVersion ?? '?').padEnd(3)} ${b.purpose.padEnd(13)} ${verified}${b.protectedBecause ? messages.getMessage('info.Backup.protected', [b.protectedBecause]) : ''}`)
+      const verified =
+        b.verified === null
+          ? messages.getMessage('info.Backup.noManifest')
+          : b.verified
+            ? messages.getMessage('info.Backup.verified')
+            : messages.getMessage('info.Backup.mismatch')
+      this.say(
+        `  ${path.basename(b.file).padEnd(36)} ${fmtBytes(b.bytes).padStart(9)} ${`${b.ageDays} d`.padStart(8)}  ${(b.database ?? '?').padEnd(20)} ledger ${String(b.ledgerVersion ?? '?').padEnd(3)} ${b.purpose.padEnd(13)} ${verified}${b.protectedBecause ? messages.getMessage('info.Backup.protected', [b.protectedBecause]) : ''}`,
+      )
     }
     if (kept === null) {
       this.say(messages.getMessage('info.Kept.unlisted', [serverProblem ?? messages.getMessage('info.Kept.noServer')]))
     } else {
       this.say(messages.getMessage('info.Kept', [kept.length]))
-      for (const k of kept) this.say(`  ${k.name.padEnd(50)} ${fmtBytes(k.bytes).padStart(9)}  kept ${k.keptAt}${k.connections ? messages.getMessage('info.Kept.sessions', [k.connections]) : ''}`)
+      for (const k of kept)
+        this.say(
+          `  ${k.name.padEnd(50)} ${fmtBytes(k.bytes).padStart(9)}  kept ${k.keptAt}${k.connections ? messages.getMessage('info.Kept.sessions', [k.connections]) : ''}`,
+        )
     }
   }
 
@@ -127,4 +158,3 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
     if (!this.jsonMode) process.stderr.write(line + '\n')
   }
 }
-

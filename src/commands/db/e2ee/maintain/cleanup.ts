@@ -39,8 +39,13 @@ export default class MaintainCleanup extends BaseCommand<CleanupResult> {
     const sql = this.scope.own(await connectChecked(target.conn, {max: 2}))
     const schema = await findAppSchema(sql, target.schema)
     const base = {
-      auditDays: flags['audit-days'], batchSize: flags['batch-size'], lockTimeoutMs: flags['lock-timeout'],
-      maxLockWaitMs: flags['max-lock-wait'] * 1000, pauseMs: flags['pause-ms'], prekeyDays: flags['prekey-days'], schema,
+      auditDays: flags['audit-days'],
+      batchSize: flags['batch-size'],
+      lockTimeoutMs: flags['lock-timeout'],
+      maxLockWaitMs: flags['max-lock-wait'] * 1000,
+      pauseMs: flags['pause-ms'],
+      prekeyDays: flags['prekey-days'],
+      schema,
     }
     const counted = await runCleanup(sql, {...base, dryRun: true, scope: this.scope})
     const total = counted.tables.reduce((s, t) => s + t.matched, 0)

@@ -27,9 +27,18 @@ export default class MaintainReport extends BaseCommand<ReportResult> {
     const target = this.targetFrom(flags)
     const sql = this.scope.own(await connectChecked(target.conn, {max: 1}))
     const schema = await findAppSchema(sql, target.schema)
-    await assertTablesExist(sql, schema, ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'], messages.getMessage('error.MissingTable.what'))
+    await assertTablesExist(
+      sql,
+      schema,
+      ['nchat_identity_keys', 'nchat_signed_prekeys', 'nchat_one_time_prekeys'],
+      messages.getMessage('error.MissingTable.what'),
+    )
     const report = await maintenanceReport(sql, {
-      listLimit: flags.list, migrations: loadMigrations(), rotationDays: flags['rotation-days'], schema, stockThreshold: flags['stock-threshold'],
+      listLimit: flags.list,
+      migrations: loadMigrations(),
+      rotationDays: flags['rotation-days'],
+      schema,
+      stockThreshold: flags['stock-threshold'],
     })
     if (!this.jsonMode) this.print(target.conn.database, report)
     return {database: target.conn.database, ok: true, ...report}
@@ -40,7 +49,13 @@ export default class MaintainReport extends BaseCommand<ReportResult> {
     this.say(messages.getMessage('info.Title', [database, r.schema, r.generatedAt]))
     this.say('')
     const since = st.since ?? messages.getMessage('info.IndexUsage.neverReset')
-    this.say(messages.getMessage('info.IndexUsage', [st.observedDays === null ? since : messages.getMessage('info.IndexUsage.days', [since, st.observedDays]), st.resetAt ?? messages.getMessage('info.never'), st.serverStartedAt]))
+    this.say(
+      messages.getMessage('info.IndexUsage', [
+        st.observedDays === null ? since : messages.getMessage('info.IndexUsage.days', [since, st.observedDays]),
+        st.resetAt ?? messages.getMessage('info.never'),
+        st.serverStartedAt,
+      ]),
+    )
     if (st.observedDays !== null && st.observedDays < 7) this.say(messages.getMessage('info.IndexUsage.young'))
     for (const i of r.indexes) {
       const flag = !i.unused ? '' : i.enforcesConstraint ? messages.getMessage('info.Index.unusedConstraint') : messages.getMessage('info.Index.unused')
@@ -49,21 +64,32 @@ export default class MaintainReport extends BaseCommand<ReportResult> {
     this.say('')
     const sp = r.signedPrekeys
     this.say(messages.getMessage('info.SignedPrekeys', [sp.rotationDays, sp.staleDevices]))
-    for (const d of sp.devices) this.say(messages.getMessage('info.SignedPrekeys.device', [d.deviceId, d.userId, d.rotatedAt ?? messages.getMessage('info.never')]))
+    for (const d of sp.devices)
+      this.say(messages.getMessage('info.SignedPrekeys.device', [d.deviceId, d.userId, d.rotatedAt ?? messages.getMessage('info.never')]))
     const ps = r.prekeyStock
     this.say(messages.getMessage('info.PrekeyStock', [ps.threshold, ps.lowDevices]))
     for (const d of ps.devices) this.say(messages.getMessage('info.PrekeyStock.device', [d.deviceId, d.userId, d.unconsumed]))
     this.say('')
     this.say(messages.getMessage('info.Bloat', [r.bloat.method, r.bloat.note]))
     for (const b of [...r.bloat.tables, ...r.bloat.indexes]) {
-      this.say(`  ${(b.table ? `${b.table}.${b.name}` : b.name).padEnd(56)} ${fmtBytes(b.bytes).padStart(10)}  ${b.estimated === false ? messages.getMessage('info.Bloat.noStatistics') : messages.getMessage('info.Bloat.reclaimable', [fmtBytes(b.wastedBytes), b.percent])}`)
+      this.say(
+        `  ${(b.table ? `${b.table}.${b.name}` : b.name).padEnd(56)} ${fmtBytes(b.bytes).padStart(10)}  ${b.estimated === false ? messages.getMessage('info.Bloat.noStatistics') : messages.getMessage('info.Bloat.reclaimable', [fmtBytes(b.wastedBytes), b.percent])}`,
+      )
     }
     this.say('')
     this.say(messages.getMessage('info.Vacuum'))
     for (const m of r.maintenance) {
       const vac = latest(m.lastVacuum, m.lastAutovacuum)
       const an = latest(m.lastAnalyze, m.lastAutoanalyze)
-      this.say(messages.getMessage('info.Vacuum.table', [m.table.padEnd(26), vac ?? messages.getMessage('info.never'), an ?? messages.getMessage('info.never'), m.liveRows, m.deadRows]))
+      this.say(
+        messages.getMessage('info.Vacuum.table', [
+          m.table.padEnd(26),
+          vac ?? messages.getMessage('info.never'),
+          an ?? messages.getMessage('info.never'),
+          m.liveRows,
+          m.deadRows,
+        ]),
+      )
     }
   }
 }

@@ -33,7 +33,11 @@ export default class MaintainSchedule extends BaseCommand<ScheduleResult> {
     if (flags['nself-env-file']) cleanupArgs.push('--nself-env-file', path.resolve(flags['nself-env-file']))
     const bin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', '..', 'bin', 'run.js')
     const schedule = buildSchedule({
-      at: flags.at, binPath: bin, cleanupArgs, logFile: flags.log, nodePath: process.execPath,
+      at: flags.at,
+      binPath: bin,
+      cleanupArgs,
+      logFile: flags.log,
+      nodePath: process.execPath,
       pathEnv: [path.dirname(process.execPath), '/usr/local/bin', '/usr/bin', '/bin'].filter((p, i, a) => a.indexOf(p) === i).join(':'),
       projectDir: target.projectDir,
     })
