@@ -26,7 +26,7 @@ import {
   longLockHolders,
   type RunLock,
 } from './locks.js'
-import {assertCanMigrate, existingTables, type Plan, readPlan} from './plan.js'
+import {assertCanMigrate, existingTables, type MigrationStatus, type Plan, readPlan} from './plan.js'
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
 import {createRunScope, type RunScope} from '../run/scope.js'
 import {plural} from '../text.js'
@@ -154,6 +154,13 @@ function statementError(m: MigrationFile | {name: string; file: string}, s: Stat
   return new UserError(`The ${file} failed at line ${s.line} (${s.summary}): ${inner.message.replace(/\.$/, '')}.`, {cause: error, hint: inner.hint})
 }
 
+/** Where `m` stood when the plan was read (the plan has a status for every file it lists to apply). */
+function statusOf(plan: Plan, m: MigrationFile): MigrationStatus {
+  const status = plan.migrations.find((s) => s.version === m.version)
+  if (!status) throw new Error(`The plan has no status for ${m.name}.`)
+  return status
+}
+
 /**
  * Apply the pending migrations. Per file: the transactional statements and the ledger rows in one transaction
  * (all or nothing), retried as a whole on lock timeouts; then each CONCURRENTLY / VALIDATE statement alone.
@@ -169,36 +176,34 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
     const report: RunReport = {after: plan.current, appSchema: plan.appSchema, before: plan.current, migrations: [], reverted: []}
     const committed: MigrationFile[] = []
     let applied = new Set(plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version))
+    // schema_migrations as it stands after the files this run committed (the first one may have created it).
+    let shape = plan.shape
     // The undo of what this run committed runs once, whoever asks first: this function's catch, or the
     // last-resort handler when a lost connection crashed the process (src/last-resort.ts).
     let undoing: Promise<UndoOutcome> | undefined
-    const undo = () => (undoing ??= undoCommitted(o, plan, [...committed].reverse(), applied))
+    const undo = () => (undoing ??= undoCommitted(o, {...plan, shape}, [...committed].reverse(), applied))
     const unregister = o.revertOnFailure ? o.scope.registerCrashUndo(async () => (await undo()).sentence) : () => {}
     let at = 'the migrations'
     try {
       for (const m of plan.toApply) {
         at = `migration ${m.name}`
         checkpoint(o, `migration ${m.name}`)
-        const status = plan.migrations.find((s) => s.version === m.version)!
+        const status = statusOf(plan, m)
         o.log(
           `applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`,
         )
-        const mr: MigrationReport = {direction: 'up', durationMs: 0, lockRetries: 0, name: m.name, statements: [], version: m.version}
         const t0 = Date.now()
         const inTx = m.statements.filter((s) => s.mode === 'transaction')
         const alone = m.statements.filter((s) => s.mode !== 'transaction')
         const withNew = new Set([...applied, m.version])
-        await runTransaction(
-          o,
-          plan,
-          m,
-          inTx,
-          mr,
-          withNew,
-          async (tx) => {
-            await ensureSchemaMigrations(tx, plan.shape)
-            plan.shape.exists = true
-            await recordVersion(tx, plan.shape, m.version, m.name)
+        const ledgerShape = shape
+        const inTransaction = await runTransaction(o, {
+          appSchema: plan.appSchema,
+          appliedVersions: withNew,
+          direction: 'up',
+          ledger: async (tx) => {
+            const created = await ensureSchemaMigrations(tx, ledgerShape)
+            await recordVersion(tx, created, m.version, m.name)
             await ensureOwnLedger(tx)
             await insertLedgerRow(tx, {
               appSchema: plan.appSchema,
@@ -210,17 +215,29 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
             })
             await recordInNselfLedger(tx, {checksum: m.checksum, fileName: path.basename(m.file)}, Date.now() - t0)
           },
-          'up',
-        )
+          migration: m,
+          statements: inTx,
+        })
+        // Only now that the transaction committed does schema_migrations exist for sure (a rolled-back attempt
+        // that created it left nothing behind).
+        shape = {...shape, exists: true}
         if (status.preexisting.length === 0 && status.state === 'pending') committed.push(m)
         applied = withNew
         const t1 = Date.now()
-        for (const s of alone) await runAlone(o, plan.appSchema, m, s, mr)
+        const outside: StatementRun[] = []
+        for (const s of alone) outside.push(await runAlone(o, plan.appSchema, m, s))
         if (alone.length > 0) {
           await o.beforeWrite?.(o.sql)
           await markFinished(o.sql, m.version, Date.now() - t1)
         }
-        mr.durationMs = Date.now() - t0
+        const mr: MigrationReport = {
+          direction: 'up',
+          durationMs: Date.now() - t0,
+          lockRetries: inTransaction.lockRetries + outside.reduce((n, r) => n + r.lockRetries, 0),
+          name: m.name,
+          statements: [...inTransaction.statements, ...outside.flatMap((r) => r.statements)],
+          version: m.version,
+        }
         report.migrations.push(mr)
         report.after = Math.max(report.after ?? 0, m.version)
         o.log(`applied ${m.name} in ${mr.durationMs} ms`)
@@ -380,44 +397,54 @@ async function runDown(o: Resolved, plan: Plan, newestFirst: MigrationFile[], ap
   for (const m of newestFirst) {
     o.log(`reverting ${m.name}`)
     const t0 = Date.now()
-    const mr: MigrationReport = {direction: 'down', durationMs: 0, lockRetries: 0, name: m.name, statements: [], version: m.version}
-    await runTransaction(
-      o,
-      plan,
-      m,
-      m.down.statements,
-      mr,
-      applied,
-      async (tx) => {
+    const {lockRetries, statements} = await runTransaction(o, {
+      appSchema: plan.appSchema,
+      appliedVersions: applied,
+      direction: 'down',
+      ledger: async (tx) => {
         await unrecordVersion(tx, plan.shape, m.version)
         await markRolledBack(tx, m.version)
         await markRolledBackInNselfLedger(tx, path.basename(m.file))
       },
-      'down',
-    )
+      migration: m,
+      statements: m.down.statements,
+    })
     applied.delete(m.version)
-    mr.durationMs = Date.now() - t0
+    const mr: MigrationReport = {direction: 'down', durationMs: Date.now() - t0, lockRetries, name: m.name, statements, version: m.version}
     reports.push(mr)
     o.log(`reverted ${m.name} in ${mr.durationMs} ms`)
   }
   return reports
 }
 
-async function runTransaction(
-  o: Resolved,
-  plan: Plan,
-  m: MigrationFile,
-  statements: Statement[],
-  mr: MigrationReport,
-  appliedVersions: Set<number>,
-  ledger: (tx: Querier) => Promise<void>,
-  direction: 'up' | 'down',
-): Promise<void> {
-  const tables = await existingTables(o.sql, plan.appSchema, [...new Set(statements.flatMap((s) => referencedTables(s.sql)))])
+/** One transaction's work: a file's transactional statements (up or down) and its ledger rows. */
+interface TransactionWork {
+  migration: MigrationFile
+  statements: Statement[]
+  direction: 'up' | 'down'
+  appSchema: string
+  /** The versions applied once this transaction commits (what 014's guarded blocks read). */
+  appliedVersions: Set<number>
+  /** The ledger rows, written in the same transaction. */
+  ledger: (tx: Querier) => Promise<void>
+}
+
+/** What ran: each statement's report, and how often a lock wait made the whole transaction start again. */
+interface StatementRun {
+  statements: StatementReport[]
+  lockRetries: number
+}
+
+/** The statements and the ledger rows in one transaction, retried as a whole on lock timeouts and deadlocks. */
+async function runTransaction(o: Resolved, w: TransactionWork): Promise<StatementRun> {
+  const {appSchema, appliedVersions, direction, ledger, statements} = w
+  const m = w.migration
+  const tables = await existingTables(o.sql, appSchema, [...new Set(statements.flatMap((s) => referencedTables(s.sql)))])
   const started = Date.now()
   const lost: LockAttempts = {deadlocks: 0, timeouts: 0}
+  let lockRetries = 0
   for (let attempt = 0; ; attempt++) {
-    await waitForLongHolders(o, plan.appSchema, tables, started, m.name, lost)
+    await waitForLongHolders(o, appSchema, tables, started, m.name, lost)
     let current: Statement | undefined
     let running: {cancel: () => void} | undefined
     const dispose = o.scope.onCancel(() => running?.cancel())
@@ -426,7 +453,7 @@ async function runTransaction(
       await o.sql.begin(async (tx) => {
         await tx.unsafe(`set local lock_timeout = ${Math.max(1, Math.round(o.lockTimeoutMs))}`)
         await tx.unsafe(`set local statement_timeout = ${Math.round(o.statementTimeoutMs)}`)
-        await tx.unsafe(`set local search_path to ${quoteIdent(plan.appSchema)}`)
+        await tx.unsafe(`set local search_path to ${quoteIdent(appSchema)}`)
         await tx`select set_config('nself_e2ee.applied_versions', ${[...appliedVersions].sort((a, b) => a - b).join(',')}, true)`
         await o.beforeWrite?.(tx)
         let seen = new Map<string, string>()
@@ -449,8 +476,7 @@ async function runTransaction(
         current = undefined
         await ledger(tx)
       })
-      mr.statements.push(...reports)
-      return
+      return {lockRetries, statements: reports}
     } catch (error) {
       if (o.scope.cancelled) throw new CancelledError(`migration ${m.name}`)
       // A deadlock is a lock wait lost as well: the server rolled our transaction back and the writers went on.
@@ -460,7 +486,7 @@ async function runTransaction(
         else lost.timeouts++
         lost.at = where
         if (Date.now() - started < o.maxLockWaitMs) {
-          mr.lockRetries++
+          lockRetries++
           const wait = backoffMs(attempt)
           o.log(
             `${isDeadlock(error) ? `lock cycle (deadlock) with another session on ${where}; this attempt was rolled back` : `lock wait on ${where} exceeded ${o.lockTimeoutMs} ms`} (writers were let through); retry ${attempt + 1} in ${wait} ms`,
@@ -468,7 +494,7 @@ async function runTransaction(
           await sleep(wait)
           continue
         }
-        throw await lockWaitError(o.sql, plan.appSchema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: m.name, waitedMs: Date.now() - started}, lost)
+        throw await lockWaitError(o.sql, appSchema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: m.name, waitedMs: Date.now() - started}, lost)
       }
       if (current) throw statementError(m, current, error, direction)
       throw toUserError(error, `recording ${m.name} in the ledger`)
@@ -507,12 +533,13 @@ async function waitForLongHolders(o: Resolved, schema: string, tables: string[],
 }
 
 /** A statement that cannot run in a transaction (or needs its own): on a session of its own, alone. */
-async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statement, mr: MigrationReport): Promise<void> {
+async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statement): Promise<StatementRun> {
   const session = await openSession(o.sql)
   const conn = session.sql
   let running: {cancel: () => void} | undefined
   const dispose = o.scope.onCancel(() => running?.cancel())
   const started = Date.now()
+  let lockRetries = 0
   try {
     // These take SHARE UPDATE EXCLUSIVE, which writers do not queue behind; the long lock_timeout only
     // bounds the wait for old snapshots to end.
@@ -540,7 +567,7 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
           throw new CancelledError(`migration ${m.name}`)
         }
         if (isLockConflict(error) && Date.now() - started < o.maxLockWaitMs) {
-          mr.lockRetries++
+          lockRetries++
           await sleep(backoffMs(attempt))
           continue
         }
@@ -550,13 +577,14 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
         stopProgress()
       }
     }
-    mr.statements.push({
+    const report: StatementReport = {
       durationMs: Date.now() - started,
       line: s.line,
       mode: s.mode,
       summary: s.summary,
       ...(o.observeLocks ? {locks: [{mode: 'ShareUpdateExclusiveLock', relation: referencedTables(s.sql)[0] ?? '?'}]} : {}),
-    })
+    }
+    return {lockRetries, statements: [report]}
   } finally {
     dispose()
     // Closing the session's own pool resets its settings; nothing is sent on a connection that died.

@@ -90,6 +90,46 @@ describe("nself's own ledger sees 013-016", () => {
     }
   })
 
+  it('a lock timeout on the ledger rows retries the whole file, and the retry creates schema_migrations again', async () => {
+    // No schema_migrations yet: 013's transaction creates it, then times out on nself's ledger (held by another
+    // session) and is rolled back with it. The retry must not take the rolled-back table for granted.
+    const db = await createV030Database()
+    dbs.push(db)
+    const sql = engineSql(db.name)
+    const holder = engineSql(db.name)
+    try {
+      await createNselfLedger(sql)
+      await sql.unsafe('drop table schema_migrations')
+      const logs: string[] = []
+      let release = () => {}
+      const held = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      const locked = new Promise<void>((resolve) => {
+        void holder.begin(async (tx) => {
+          await tx.unsafe('lock table np_common.schema_versions in access exclusive mode')
+          resolve()
+          await held
+        })
+      })
+      await locked
+      const run = migrateUp({lockTimeoutMs: 100, log: (l) => logs.push(l), migrations: packaged(), sql, to: 13})
+      // Let the run meet the lock at least once, then let it through.
+      for (let i = 0; i < 200 && !logs.some((l) => /retry 1 in/.test(l)); i++) await new Promise((r) => setTimeout(r, 25))
+      release()
+      const report = await run
+      expect(logs.some((l) => /lock wait on the ledger exceeded 100 ms/.test(l))).toBe(true)
+      expect(report.migrations.map((m) => m.name)).toEqual(['013_e2ee_system'])
+      expect(report.migrations[0].lockRetries).toBeGreaterThan(0)
+      const [{v}] = await sql<{v: number}[]>`select max(version)::int as v from schema_migrations`
+      expect(v).toBe(13)
+      expect(await nselfStatus(sql)).toEqual(['001_nself_base.sql', '013_e2ee_system.sql'])
+    } finally {
+      await holder.end()
+      await sql.end()
+    }
+  })
+
   it("a database without nself's ledger gets none (only schema_migrations and our history)", async () => {
     const db = await createV030Database()
     dbs.push(db)
