@@ -115,7 +115,9 @@ export async function readPlan(sql: Querier, migrations: MigrationFile[], option
   const shape = await detectShape(sql, appSchema)
   const recorded = await recordedVersions(sql, shape)
   const ledger = await activeLedgerRows(sql)
-  const newest = migrations.at(-1)!.version
+  const last = migrations.at(-1)
+  if (!last) throw new Error('readPlan needs the migration files (none were given).')
+  const newest = last.version
 
   const statuses: MigrationStatus[] = []
   for (const m of migrations) {
@@ -148,7 +150,7 @@ export async function readPlan(sql: Querier, migrations: MigrationFile[], option
   return {
     ahead: recorded.filter((v) => v > newest),
     appSchema,
-    current: recorded.length > 0 ? recorded.at(-1)! : null,
+    current: recorded.at(-1) ?? null,
     migrations: statuses,
     recorded,
     shape,
@@ -158,11 +160,13 @@ export async function readPlan(sql: Querier, migrations: MigrationFile[], option
 
 /** Refuse, by name, what must never be run over: drift, a ledger ahead of us, --to below what is applied. */
 export function assertCanMigrate(plan: Plan, to?: number): void {
-  const drifted = plan.migrations.filter((m) => m.state === 'drifted')
-  if (drifted.length > 0) {
-    const d = drifted[0]
+  // A drifted file is one whose ledger row holds another checksum: it always has its row.
+  const d = plan.migrations.find(
+    (m): m is MigrationStatus & {ledger: NonNullable<MigrationStatus['ledger']>} => m.state === 'drifted' && m.ledger !== undefined,
+  )
+  if (d) {
     throw new UserError(
-      `Migration ${d.name} was applied with a different file (checksum ${d.ledger!.checksum.slice(0, 12)}… in the ledger, ${d.checksum.slice(0, 12)}… now); refusing to run.`,
+      `Migration ${d.name} was applied with a different file (checksum ${d.ledger.checksum.slice(0, 12)}… in the ledger, ${d.checksum.slice(0, 12)}… now); refusing to run.`,
       {
         hint: 'Use the plugin version that applied it, or roll it back first (nself db e2ee rollback).',
       },
@@ -170,16 +174,16 @@ export function assertCanMigrate(plan: Plan, to?: number): void {
   }
   if (plan.ahead.length > 0) {
     throw new UserError(
-      `schema_migrations records version ${plan.ahead.at(-1)}, newer than the newest migration this plugin knows (${plan.migrations.at(-1)!.version}).`,
+      `schema_migrations records version ${plan.ahead.at(-1)}, newer than the newest migration this plugin knows (${Math.max(...plan.migrations.map((m) => m.version))}).`,
       {
         hint: 'This database was migrated by a newer nChat; use the matching plugin version.',
       },
     )
   }
   if (to !== undefined) {
-    const above = plan.migrations.filter((m) => m.version > to && m.state !== 'pending')
-    if (above.length > 0) {
-      throw new UserError(`--to ${to} is below version ${above.at(-1)!.version}, which is already applied; migrate only moves forward.`, {
+    const highest = plan.migrations.filter((m) => m.version > to && m.state !== 'pending').at(-1)
+    if (highest) {
+      throw new UserError(`--to ${to} is below version ${highest.version}, which is already applied; migrate only moves forward.`, {
         hint: 'Use nself db e2ee rollback --strategy down --to VERSION to go back.',
       })
     }
