@@ -50,6 +50,12 @@ function readDoc(file: string): Document {
   return doc
 }
 
+/** The source named `default` in databases.yaml (nChat's only one), if the file lists it. */
+function defaultSource(doc: Document): YAMLMap | undefined {
+  if (!isSeq(doc.contents)) return undefined
+  return (doc.contents as YAMLSeq).items.find((s) => isMap(s) && (s as YAMLMap).get('name') === 'default') as YAMLMap | undefined
+}
+
 function writeAtomic(file: string, text: string): void {
   const tmp = `${file}.nself-e2ee.tmp`
   writeFileSync(tmp, text)
@@ -194,9 +200,7 @@ export function writeHasuraMetadata(projectDir: string, schema: string, existing
   const databasesYaml = path.join(dir, 'databases', 'databases.yaml')
   if (existsSync(databasesYaml)) {
     const doc = readDoc(databasesYaml)
-    const source = isSeq(doc.contents)
-      ? ((doc.contents as YAMLSeq).items.find((s) => isMap(s) && (s as YAMLMap).get('name') === 'default') as YAMLMap | undefined)
-      : undefined
+    const source = defaultSource(doc)
     if (source && !source.has('functions')) {
       source.set('functions', '!include default/functions/functions.yaml')
       writeAtomic(databasesYaml, doc.toString())
@@ -273,9 +277,7 @@ export function removeHasuraMetadata(projectDir: string): HasuraResult {
     const abs = path.join(dir, 'databases', 'databases.yaml')
     if (existsSync(abs)) {
       const doc = readDoc(abs)
-      const source = isSeq(doc.contents)
-        ? ((doc.contents as YAMLSeq).items.find((s) => isMap(s) && (s as YAMLMap).get('name') === 'default') as YAMLMap | undefined)
-        : undefined
+      const source = defaultSource(doc)
       if (source) {
         source.delete('functions')
         writeAtomic(abs, doc.toString())

@@ -46,6 +46,9 @@ const me = {_eq: SESSION_USER}
 const own = {user_id: me}
 const preset = {user_id: SESSION_USER}
 
+/** A stream's settings, which the broadcaster sets when creating it and may change later. */
+const STREAM_SETTINGS = ['max_resolution', 'enable_chat', 'enable_reactions', 'enable_qa', 'chat_mode', 'tags']
+
 export const TABLES: TableSpec[] = [
   {
     delete: {filter: own},
@@ -221,12 +224,7 @@ export const TABLES: TableSpec[] = [
         'status',
         'stream_key',
         'ingest_url',
-        'max_resolution',
-        'enable_chat',
-        'enable_reactions',
-        'enable_qa',
-        'chat_mode',
-        'tags',
+        ...STREAM_SETTINGS,
         'language',
       ],
     },
@@ -246,12 +244,7 @@ export const TABLES: TableSpec[] = [
         'started_at',
         'ended_at',
         'hls_manifest_url',
-        'max_resolution',
-        'enable_chat',
-        'enable_reactions',
-        'enable_qa',
-        'chat_mode',
-        'tags',
+        ...STREAM_SETTINGS,
         'viewer_count',
         'peak_viewer_count',
         'total_view_count',

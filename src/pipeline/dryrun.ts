@@ -9,7 +9,7 @@ import {TOUCHED_TABLES} from '../nchat/tables.js'
 import {inspect} from '../migrations/inspect.js'
 import {preflight, type PreflightReport} from '../steps/preflight.js'
 import type {RunScope} from '../run/scope.js'
-import {backupProduction, Steps, timed} from './shared.js'
+import {backupProduction, rehearsalOptions, Steps, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
 import {fmtBytes, plural} from '../text.js'
@@ -167,20 +167,7 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
           await lock.assertSameDatabase(ins.sql)
           const from =
             source.kind === 'backup' ? {backup: source.backup} : {backup: source.dump, content: source.content, leftOutOfArchive: source.dump.leftOut}
-          const report = await dryRun({
-            ...from,
-            full: o.full,
-            jobs: o.jobs,
-            keep: o.keepDryrunDb,
-            migrations: ins.migrations,
-            plan: ins.plan,
-            runner: o.runner,
-            scope: task.scope,
-            sql: ins.sql,
-            target,
-            to: o.to,
-            tools,
-          })
+          const report = await dryRun({...rehearsalOptions(ins, o, task.scope, tools), ...from, full: o.full})
           const locked = (report.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
           const tables = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
           task.title = report.failure

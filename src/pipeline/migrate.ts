@@ -13,7 +13,7 @@ import {type VerifyReport} from '../verify/report.js'
 import {verifyDatabase} from '../verify/verify-database.js'
 import {existingRelations, type HasuraResult, writeHasuraMetadata} from '../hasura/metadata.js'
 import type {RunScope} from '../run/scope.js'
-import {backupProduction, namingTheStep, Steps, timed} from './shared.js'
+import {backupProduction, namingTheStep, rehearsalOptions, Steps, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 import {fmtBytes, plural} from '../text.js'
@@ -144,19 +144,7 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
         : await steps.run('Dry run on a restored copy', (task) =>
             timed(timings, 'dryrun', async () => {
               await guard(ins.sql)
-              const report = await dryRun({
-                backup,
-                jobs: o.jobs,
-                keep: o.keepDryrunDb,
-                migrations: ins.migrations,
-                plan: ins.plan,
-                runner: o.runner,
-                scope: task.scope,
-                sql: ins.sql,
-                target,
-                to: o.to,
-                tools,
-              })
+              const report = await dryRun({...rehearsalOptions(ins, o, task.scope, tools), backup})
               if (report.failure)
                 throw new UserError(`The dry run on a copy failed, so production was not touched: ${report.failure.replace(/\.$/, '')}.`, {
                   hint: 'Fix the cause shown, then run again.',

@@ -6,6 +6,8 @@ import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
 import {type BackupInfo, type BackupPurpose} from '../archive/manifest.js'
 import {takeBackup} from '../steps/backup.js'
+import type {DryRunOptions} from '../steps/dryrun.js'
+import type {RunnerSettings} from '../migrations/runner.js'
 import type {Inspection} from '../migrations/inspect.js'
 import {TOUCHED_TABLES} from '../nchat/tables.js'
 import {fmtBytes} from '../text.js'
@@ -94,6 +96,27 @@ export async function timed<T>(timings: Record<string, number>, name: string, fn
     return await fn()
   } finally {
     timings[name] = Date.now() - t0
+  }
+}
+
+/** What the dry run gets from every pipeline that runs it: production's inspection, the run's tools and settings. */
+export function rehearsalOptions(
+  ins: Inspection,
+  run: {jobs: number; keepDryrunDb: boolean; runner: RunnerSettings; to?: number},
+  scope: RunScope,
+  tools: PgTools,
+): Omit<DryRunOptions, 'backup'> {
+  return {
+    jobs: run.jobs,
+    keep: run.keepDryrunDb,
+    migrations: ins.migrations,
+    plan: ins.plan,
+    runner: run.runner,
+    scope,
+    sql: ins.sql,
+    target: scope.target,
+    to: run.to,
+    tools,
   }
 }
 
