@@ -68,7 +68,7 @@ export function parseToc(text: string): Toc {
     const m = /^(\d+);\s+\d+\s+\d+\s+(.*)$/.exec(line)
     if (!m) continue
     const rest = m[2]
-    const desc = MULTI_WORD_DESCS.find((d) => rest === d || rest.startsWith(d + ' ')) ?? rest.split(' ')[0]
+    const desc = MULTI_WORD_DESCS.find((d) => rest === d || rest.startsWith(`${d} `)) ?? rest.split(' ')[0]
     const words = rest
       .slice(desc.length)
       .trim()

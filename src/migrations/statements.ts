@@ -136,7 +136,7 @@ export function summarize(sql: string): string {
   const code = stripComments(sql).replace(/\s+/g, ' ').trim().replace(/;$/, '')
   if (/^DO\b/i.test(code)) return 'DO block'
   const head = code.split(/\s(?:AS|\()\s?/i)[0]
-  return head.length > 110 ? head.slice(0, 107) + '…' : head
+  return head.length > 110 ? `${head.slice(0, 107)}…` : head
 }
 
 export function parseStatements(text: string): Statement[] {

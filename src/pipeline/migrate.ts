@@ -232,7 +232,7 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
           if (!report.ok)
             throw new UserError(
               `Verification failed after the migration: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more)` : ''}.`,
-              {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (backup?.file ?? 'missing') + '.'},
+              {hint: `Run nself db e2ee verify for the full list; the backup is ${backup?.file ?? 'missing'}.`},
             )
           task.title = `Verify: ${plural(report.checks.length, 'check')} passed`
           return report

@@ -739,5 +739,5 @@ function checkDumpHeader(file: string, toc: Toc, manifest: Manifest | undefined,
 }
 
 function lowerFirst(s: string): string {
-  return s.startsWith('The ') ? 'the ' + s.slice(4) : s
+  return s.startsWith('The ') ? `the ${s.slice(4)}` : s
 }

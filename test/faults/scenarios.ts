@@ -101,20 +101,17 @@ async function pastValidate(c: Ctx, mode: string): Promise<void> {
   // Queued behind VALIDATE's request: granted once VALIDATE is done, before verify or vacuum need the table.
   const after = await Hold.lock(c.cluster, c.db, 'nchat_messages', mode)
   c.holds.push(after)
+  // pg_locks spells the mode as one word: 'share update exclusive' -> 'ShareUpdateExclusiveLock'.
+  const lockMode = `${mode
+    .split(' ')
+    .map((w) => w[0].toUpperCase() + w.slice(1))
+    .join('')}Lock`
   await until(
     "the test's lock to queue behind VALIDATE",
     async () =>
       c.cluster.with(
         c.db,
-        async (sql) =>
-          (
-            await sql`select 1 from pg_locks where not granted and relation = 'public.nchat_messages'::regclass and mode = ${
-              mode
-                .split(' ')
-                .map((w) => w[0].toUpperCase() + w.slice(1))
-                .join('') + 'Lock'
-            }`
-          ).length > 0,
+        async (sql) => (await sql`select 1 from pg_locks where not granted and relation = 'public.nchat_messages'::regclass and mode = ${lockMode}`).length > 0,
       ),
     {run: c.run},
   )
@@ -481,7 +478,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
       .join('\n')
     throw error
   } finally {
-    if (process.env.FAULT_REPORT) appendFileSync(process.env.FAULT_REPORT, JSON.stringify(record) + '\n')
+    if (process.env.FAULT_REPORT) appendFileSync(process.env.FAULT_REPORT, `${JSON.stringify(record)}\n`)
     for (const d of (await whatIsLeft(cluster, db).catch(() => ({databases: [] as string[]}))).databases) await cluster.dropDatabase(d).catch(() => {})
     await cluster.dropDatabase(db).catch(() => {})
     dir.cleanup()

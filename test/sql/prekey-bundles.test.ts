@@ -372,7 +372,7 @@ describe('nchat_prekey_bundles plan', () => {
         expect(plan).not.toMatch(/Seq Scan|Sort/)
 
         for (let i = 0; i < 200; i++) {
-          const [r] = await sql`SELECT one_time_prekey_id FROM nchat_prekey_bundles WHERE device_id = ${'d' + (i * 97 + 1)}`
+          const [r] = await sql`SELECT one_time_prekey_id FROM nchat_prekey_bundles WHERE device_id = ${`d${i * 97 + 1}`}`
           expect(r.one_time_prekey_id).toBe(6)
         }
         // The cost of one lookup in pages touched, which no machine load changes: a handful of index probes

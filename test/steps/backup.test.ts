@@ -389,7 +389,7 @@ describe('backup folder and disk errors', () => {
       expect(message.split('. ').length).toBe(1)
       expect(fs.readdirSync(small)).toEqual(['.nself-e2ee'])
       expect(fs.readdirSync(path.join(small, '.nself-e2ee'))).toEqual([])
-      await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${APP_NAME + '-dump'}`).length === 0, 10_000)
+      await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${`${APP_NAME}-dump`}`).length === 0, 10_000)
     },
     T,
   )

@@ -155,6 +155,6 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
   }
 
   private note(line: string): void {
-    if (!this.jsonMode) process.stderr.write(line + '\n')
+    if (!this.jsonMode) process.stderr.write(`${line}\n`)
   }
 }

@@ -84,7 +84,7 @@ export default class MaintainCleanup extends BaseCommand<CleanupResult> {
   }
 
   private note(line: string): void {
-    if (!this.jsonMode) process.stderr.write(line + '\n')
+    if (!this.jsonMode) process.stderr.write(`${line}\n`)
   }
 
   private finish(database: string, report: CleanupReport): CleanupResult {
