@@ -3,7 +3,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {UserError} from '../errors.js'
 import {backoffMs, isLockTimeout} from '../migrations/locks.js'
 import {quoteIdent} from '../pg/identifiers.js'
-import {type Querier, type Sql} from '../connection/connect.js'
+import type {Querier, Sql} from '../connection/connect.js'
 import {createRunScope, type RunScope} from '../run/scope.js'
 
 /**

@@ -83,8 +83,8 @@ interface InSnapshot {
 }
 
 /** Checked before anything is written: the connection is to the database dumped, and the client tools fit the server. */
-async function prepareDump(opts: Pick<TakeBackupOptions, 'log' | 'sql' | 'target' | 'tools'>, dir: string, what: string): Promise<DumpSetting> {
-  const {log, sql, target, tools} = opts
+async function prepareDump(opts: Pick<TakeBackupOptions, 'sql' | 'target' | 'tools'>, dir: string, what: string): Promise<DumpSetting> {
+  const {sql, target, tools} = opts
   const database = target.conn.database
   const [{db}] = await sql<{db: string}[]>`select current_database() as db`
   if (db !== database) {

@@ -54,7 +54,9 @@ function startPaused(args: string[], point: string): Paused {
   let stdout = ''
   let stderr = ''
   const waiters: Array<() => void> = []
-  const notify = () => waiters.splice(0).forEach((w) => w())
+  const notify = () => {
+    for (const w of waiters.splice(0)) w()
+  }
   child.stdout!.on('data', (d) => {
     stdout += d
     notify()

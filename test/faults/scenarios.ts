@@ -63,12 +63,6 @@ const notCompleted = (c: Ctx, title: string) => {
 }
 const waitsOnLock = (c: Ctx, what: string, pattern?: RegExp) =>
   until(`the CLI to wait for a lock (${what})`, () => toolWaitsOnLock(c.cluster, pattern), {run: c.run})
-const migrationRecorded = (c: Ctx, version: number) =>
-  until(
-    `migration ${version} recorded`,
-    async () => c.cluster.with(c.db, async (sql) => (await sql`select 1 from public.schema_migrations where version::int = ${version}`).length > 0),
-    {run: c.run},
-  )
 
 /** Hold CONCURRENTLY builds with old snapshots, moving on one build at a time; resolves with the held build's snapshot. */
 async function stallIndexBuild(c: Ctx, nth: number): Promise<void> {

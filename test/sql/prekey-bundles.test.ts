@@ -1,7 +1,7 @@
 // D1 check, the plain view nchat_prekey_bundles (rotation, freshness, plan) and the atomic
 // claim function nchat_claim_prekey_bundle (semantics, 32 concurrent claims), in public and nchat.
 import {describe, expect, it} from 'vitest'
-import postgres from 'postgres'
+import type postgres from 'postgres'
 import {applyFileAsEngine, connect, createV030Database, migrationFile} from '../helpers/fixture.js'
 
 const T = 120_000
