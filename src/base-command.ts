@@ -60,7 +60,7 @@ export abstract class BaseCommand<T = unknown> extends Command {
   protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
     installSignalHandlers(this.scope)
     installLastResort()
-    let flags
+    let flags: unknown
     try {
       ;({flags} = await this.parse(cmd))
     } catch (error) {

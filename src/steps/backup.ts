@@ -1,4 +1,5 @@
 import {createHash} from 'node:crypto'
+import type {Stats} from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 
@@ -606,7 +607,7 @@ export interface VerifyOptions {
 export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Manifest; entries: number}> {
   const file = path.resolve(opts.file)
   const requireManifest = opts.requireManifest ?? true
-  let st
+  let st: Stats
   try {
     st = await fs.stat(file)
   } catch (error) {

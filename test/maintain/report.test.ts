@@ -60,7 +60,7 @@ describe('maintain report', () => {
     const [{reset}] = await maint<{reset: Date}[]>`select stats_reset as reset from pg_stat_database where datname = current_database()`
     await maint.end()
 
-    let doc
+    let doc: ReturnType<typeof parseJson>
     for (let attempt = 0; attempt < 20; attempt++) {
       const r = await report(db.name, '--json', '--list', '50')
       expect(r.code, r.stderr).toBe(0)
