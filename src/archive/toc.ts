@@ -79,7 +79,7 @@ export function parseToc(text: string): Toc {
     let name = ''
     if (words.length >= 3) {
       schema = words[0] === '-' ? null : words[0]
-      owner = words.at(-1)!
+      owner = words[words.length - 1]
       name = words.slice(1, -1).join(' ')
     } else if (words.length === 2) {
       schema = words[0] === '-' ? null : words[0]

@@ -179,6 +179,8 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
     stop = true
   })
   const results: TableResult[] = []
+  // Each result with the target it counts, for the recount at the end.
+  const counted: Array<{result: TableResult; target: CleanupTarget}> = []
   const conn = await sql.reserve()
   try {
     // Session settings on the connection the batches run on: every batch statement is its own transaction.
@@ -199,6 +201,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
         table: t.table,
       }
       results.push(r)
+      counted.push({result: r, target: t})
       if (opts.dryRun || matched === 0) continue
       opts.onProgress?.({batchSize: opts.batchSize, deleted: 0, estimated: matched, table: t.table})
       const statement = batchStatement(opts.schema, t)
@@ -263,9 +266,8 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
       }
       if (stop || scope.cancelled) break
     }
-    for (const r of results) {
+    for (const {result: r, target: t} of counted) {
       if (opts.dryRun) continue
-      const t = targets.find((x) => x.table === r.table)!
       r.remaining = await countMatching(sql, opts.schema, t, new Date(r.cutoff))
     }
   } finally {

@@ -150,7 +150,8 @@ export function referencedTables(sql: string): string[] {
   const re =
     /\b(?:ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?|REFERENCES|\bON(?:\s+ONLY)?|DROP\s+TABLE(?:\s+IF\s+EXISTS)?)\s+("?[A-Za-z_][A-Za-z0-9_$]*"?(?:\."?[A-Za-z_][A-Za-z0-9_$]*"?)?)/gi
   for (const m of code.matchAll(re)) {
-    const name = m[1].split('.').pop()!.replaceAll('"', '')
+    const parts = m[1].split('.')
+    const name = parts[parts.length - 1].replaceAll('"', '')
     if (!/^(delete|update|true|false|conflict|commit)$/i.test(name)) names.add(name.toLowerCase())
   }
   return [...names]

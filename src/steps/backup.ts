@@ -528,7 +528,13 @@ async function dumpChecked(
     let bytes = 0
     try {
       let writeError: unknown
-      for await (const chunk of child.stdout! as AsyncIterable<Buffer>) {
+      // tools.run leaves stdout a pipe (only buffering is changed above): the dump is read from it.
+      const output = child.stdout
+      if (!output) {
+        child.kill('SIGTERM')
+        throw new Error('pg_dump was started without a pipe for its stdout.')
+      }
+      for await (const chunk of output as AsyncIterable<Buffer>) {
         hash.update(chunk)
         try {
           // FileHandle.write may write less than asked; loop until the chunk is out.

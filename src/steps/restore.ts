@@ -206,10 +206,10 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     select datname as name, shobj_description(oid, 'pg_database') as comment, oid::int8::text as oid from pg_database
     where datname = any(${[live, replacement, keptName]})`
   const has = (n: string) => present.some((p) => p.name === n)
-  if (!has(live)) throw new UserError(`Cannot swap: the live database ${live} does not exist.`)
+  const liveRow = present.find((p) => p.name === live)
+  if (!liveRow) throw new UserError(`Cannot swap: the live database ${live} does not exist.`)
   if (!has(replacement)) throw new UserError(`Cannot swap: the replacement database ${replacement} does not exist; ${untouched}.`)
   if (has(keptName)) throw new UserError(`Cannot swap: a database named ${keptName} already exists; ${untouched}.`)
-  const liveRow = present.find((p) => p.name === live)!
   if (opts.liveOid !== undefined && Number(liveRow.oid) !== opts.liveOid) {
     throw new UserError(
       `Cannot swap: the database ${live} was replaced since this command started (OID ${opts.liveOid} then, ${liveRow.oid} now); nothing was changed.`,
