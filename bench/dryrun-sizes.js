@@ -347,8 +347,8 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
   const text = markdown(results, {
     command: render
       ? 'node bench/dryrun-sizes.js --sizes 100000,1000000,5000000 --merge FILE'
-      : `node bench/dryrun-sizes.js${argv.length ? ' ' + argv.join(' ') : ''}`,
-    date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC',
+      : `node bench/dryrun-sizes.js${argv.length ? ` ${argv.join(' ')}` : ''}`,
+    date: `${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC`,
     load,
     note: opt('--note'),
     pg: v,

@@ -60,7 +60,7 @@ export abstract class BaseCommand<T = unknown> extends Command {
   protected async parseBase<T extends typeof Command>(cmd: T): Promise<BaseFlags<T>> {
     installSignalHandlers(this.scope)
     installLastResort()
-    let flags
+    let flags: unknown
     try {
       ;({flags} = await this.parse(cmd))
     } catch (error) {
@@ -103,7 +103,7 @@ export abstract class BaseCommand<T = unknown> extends Command {
   /** Human output: none in --json mode, so stdout holds only the document. */
   protected say(line: string): void {
     if (this.jsonMode) return
-    process.stdout.write(line + '\n')
+    process.stdout.write(`${line}\n`)
   }
 
   /**
@@ -111,7 +111,7 @@ export abstract class BaseCommand<T = unknown> extends Command {
    * bigint values (counts from PostgreSQL) as strings, and no colours (oclif would colour it on a terminal).
    */
   protected logJson(json: unknown): void {
-    process.stdout.write(JSON.stringify(json, replacer, 2) + '\n')
+    process.stdout.write(`${JSON.stringify(json, replacer, 2)}\n`)
   }
 
   protected toErrorJson(err: unknown): ErrorResult {

@@ -32,7 +32,7 @@ async function onFatal(error: unknown): Promise<void> {
   const told = scope ? await scope.crash() : []
   if (told === undefined) return
   const message = `${ue.message.replace(/\.$/, '')}${told.length > 0 ? `; ${told.join('; ')}` : ''}.`
-  if (process.argv.includes('--json')) process.stdout.write(JSON.stringify({error: {hint: ue.hint, message}, ok: false}, null, 2) + '\n')
+  if (process.argv.includes('--json')) process.stdout.write(`${JSON.stringify({error: {hint: ue.hint, message}, ok: false}, null, 2)}\n`)
   process.stderr.write(`Error: ${message}\n`)
   process.stderr.write(`  ${ue.hint ?? 'Run `nself db e2ee status` to see where the database stands; running the same command again continues from there.'}\n`)
   if (verbose) process.stderr.write(`\n${(error as Error)?.stack ?? String(error)}\n`)

@@ -26,7 +26,7 @@ export function parseMessages(text: string, file = 'messages'): Map<string, stri
       return
     }
     while (lines.length > 0 && lines[0].trim() === '') lines.shift()
-    while (lines.length > 0 && lines.at(-1)!.trim() === '') lines.pop()
+    while (lines.length > 0 && lines[lines.length - 1].trim() === '') lines.pop()
     if (sections.has(key)) throw new Error(`${file}: "# ${key}" appears twice`)
     sections.set(key, lines.join('\n'))
   }
@@ -66,7 +66,7 @@ export class Messages {
     const items: string[][] = []
     for (const line of this.raw(key).split('\n')) {
       if (line.startsWith('- ')) items.push([line.slice(2)])
-      else if (items.length > 0 && (line.startsWith('  ') || line.trim() === '')) items.at(-1)!.push(line.slice(2))
+      else if (items.length > 0 && (line.startsWith('  ') || line.trim() === '')) items[items.length - 1].push(line.slice(2))
       else throw new Error(`messages/${this.bundle}.md: "# ${key}" is not a list ("- " items): ${line}`)
     }
     return items.map((item) => item.join('\n').trimEnd())

@@ -14,7 +14,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
  */
 export async function testPause(point: string, signal?: AbortSignal): Promise<void> {
   const points = process.env.NSELF_E2EE_TEST_PAUSE
-  if (!points || !points.split(',').includes(point)) return
+  if (!points?.split(',').includes(point)) return
   process.stderr.write(`[test-pause] ${point}\n`)
   const resume = process.env.NSELF_E2EE_TEST_RESUME
   for (;;) {

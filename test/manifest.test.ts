@@ -25,7 +25,7 @@ describe('oclif.manifest.json is in step with the commands (regenerate with `npm
   for (const parts of files) {
     const id = parts.join(':')
     it(`${id}: same description and flags`, async () => {
-      const mod = await import(path.join(commandsDir, ...parts) + '.ts')
+      const mod = await import(`${path.join(commandsDir, ...parts)}.ts`)
       const cmd = mod.default
       const m = manifest.commands[id]
       expect(m, `${id} missing from the manifest`).toBeDefined()

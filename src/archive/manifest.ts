@@ -119,7 +119,7 @@ export async function writeManifest(file: string, manifest: Manifest): Promise<v
   const tmp = `${file}.partial`
   const fh = await fs.open(tmp, 'w', 0o600)
   try {
-    await fh.writeFile(JSON.stringify(manifest, null, 2) + '\n')
+    await fh.writeFile(`${JSON.stringify(manifest, null, 2)}\n`)
     await fh.sync()
   } finally {
     await fh.close()

@@ -77,7 +77,13 @@ export async function restoreArchive(opts: RestoreArchiveOptions): Promise<void>
     let parallel = false
     let accepted = false
     let stopped = false
-    const lines = createInterface({crlfDelay: Infinity, input: child.stderr!})
+    // tools.run leaves stderr a pipe (only stdin and stdout are changed above): pg_restore's progress is read from it.
+    const stderr = child.stderr
+    if (!stderr) {
+      child.kill('SIGTERM')
+      throw new Error('pg_restore was started without a pipe for its stderr.')
+    }
+    const lines = createInterface({crlfDelay: Infinity, input: stderr})
     lines.on('line', (raw) => {
       const line = raw.replace(/^pg_restore: /, '')
       if (tolerant) {

@@ -1,4 +1,4 @@
-import {constants as fsConstants} from 'node:fs'
+import {constants as fsConstants, type Stats} from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 
@@ -55,7 +55,7 @@ export async function ensureBackupDir(dir: string, log?: (line: string) => void)
     }
     throw fsErrorSentence(error, 'Creating the backup folder', dir)
   }
-  let st
+  let st: Stats
   try {
     st = await fs.stat(dir)
   } catch (error) {

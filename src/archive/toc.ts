@@ -68,7 +68,7 @@ export function parseToc(text: string): Toc {
     const m = /^(\d+);\s+\d+\s+\d+\s+(.*)$/.exec(line)
     if (!m) continue
     const rest = m[2]
-    const desc = MULTI_WORD_DESCS.find((d) => rest === d || rest.startsWith(d + ' ')) ?? rest.split(' ')[0]
+    const desc = MULTI_WORD_DESCS.find((d) => rest === d || rest.startsWith(`${d} `)) ?? rest.split(' ')[0]
     const words = rest
       .slice(desc.length)
       .trim()
@@ -79,7 +79,7 @@ export function parseToc(text: string): Toc {
     let name = ''
     if (words.length >= 3) {
       schema = words[0] === '-' ? null : words[0]
-      owner = words.at(-1)!
+      owner = words[words.length - 1]
       name = words.slice(1, -1).join(' ')
     } else if (words.length === 2) {
       schema = words[0] === '-' ? null : words[0]

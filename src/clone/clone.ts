@@ -161,7 +161,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     const entry = byLine.get(line)
     if (entry && entry.desc === 'TABLE DATA' && !opts.allData && !keptKeys.has(tableDataKey(entry.schema, entry.name))) {
       if (!outOfArchive.has(tableDataKey(entry.schema, entry.name))) leftOut.push(rowsOf(entry.schema, entry.name))
-      listLines.push(';' + line)
+      listLines.push(`;${line}`)
       continue
     }
     if (entry) total++

@@ -116,16 +116,17 @@ export class PgTools {
   }
 
   async provide(localPath: string): Promise<{path: string; cleanup: () => Promise<void>}> {
-    if (!this.container) return {cleanup: async () => {}, path: localPath}
+    const container = this.container
+    if (!container) return {cleanup: async () => {}, path: localPath}
     const remote = `/tmp/nself-e2ee-${randomBytes(4).toString('hex')}-${path.basename(localPath)}`
     try {
-      await execa('docker', ['cp', localPath, `${this.container}:${remote}`])
+      await execa('docker', ['cp', localPath, `${container}:${remote}`])
     } catch (error) {
-      throw new UserError(`Cannot copy ${localPath} into container ${this.container}: ${firstLine(error)}.`)
+      throw new UserError(`Cannot copy ${localPath} into container ${container}: ${firstLine(error)}.`)
     }
     return {
       cleanup: async () => {
-        await execa('docker', ['exec', '-i', this.container!, 'rm', '-f', remote]).catch(() => {})
+        await execa('docker', ['exec', '-i', container, 'rm', '-f', remote]).catch(() => {})
       },
       path: remote,
     }

@@ -3,7 +3,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {UserError} from '../errors.js'
 import {backoffMs, isLockTimeout} from '../migrations/locks.js'
 import {quoteIdent} from '../pg/identifiers.js'
-import {type Querier, type Sql} from '../connection/connect.js'
+import type {Querier, Sql} from '../connection/connect.js'
 import {createRunScope, type RunScope} from '../run/scope.js'
 
 /**
@@ -179,6 +179,8 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
     stop = true
   })
   const results: TableResult[] = []
+  // Each result with the target it counts, for the recount at the end.
+  const counted: Array<{result: TableResult; target: CleanupTarget}> = []
   const conn = await sql.reserve()
   try {
     // Session settings on the connection the batches run on: every batch statement is its own transaction.
@@ -199,6 +201,7 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
         table: t.table,
       }
       results.push(r)
+      counted.push({result: r, target: t})
       if (opts.dryRun || matched === 0) continue
       opts.onProgress?.({batchSize: opts.batchSize, deleted: 0, estimated: matched, table: t.table})
       const statement = batchStatement(opts.schema, t)
@@ -263,9 +266,8 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
       }
       if (stop || scope.cancelled) break
     }
-    for (const r of results) {
+    for (const {result: r, target: t} of counted) {
       if (opts.dryRun) continue
-      const t = targets.find((x) => x.table === r.table)!
       r.remaining = await countMatching(sql, opts.schema, t, new Date(r.cutoff))
     }
   } finally {

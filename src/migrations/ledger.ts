@@ -219,7 +219,7 @@ export async function markRolledBack(tx: Querier, version: number): Promise<void
 export async function readLedgerVersion(sql: Querier, schema?: string): Promise<number | null> {
   const appSchema = await findAppSchema(sql, schema)
   const versions = await recordedVersions(sql, await detectShape(sql, appSchema))
-  return versions.length > 0 ? versions.at(-1)! : null
+  return versions.length > 0 ? versions[versions.length - 1] : null
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ export function summarize(sql: string): string {
   const code = stripComments(sql).replace(/\s+/g, ' ').trim().replace(/;$/, '')
   if (/^DO\b/i.test(code)) return 'DO block'
   const head = code.split(/\s(?:AS|\()\s?/i)[0]
-  return head.length > 110 ? head.slice(0, 107) + '…' : head
+  return head.length > 110 ? `${head.slice(0, 107)}…` : head
 }
 
 export function parseStatements(text: string): Statement[] {
@@ -150,7 +150,8 @@ export function referencedTables(sql: string): string[] {
   const re =
     /\b(?:ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?|REFERENCES|\bON(?:\s+ONLY)?|DROP\s+TABLE(?:\s+IF\s+EXISTS)?)\s+("?[A-Za-z_][A-Za-z0-9_$]*"?(?:\."?[A-Za-z_][A-Za-z0-9_$]*"?)?)/gi
   for (const m of code.matchAll(re)) {
-    const name = m[1].split('.').pop()!.replaceAll('"', '')
+    const parts = m[1].split('.')
+    const name = parts[parts.length - 1].replaceAll('"', '')
     if (!/^(delete|update|true|false|conflict|commit)$/i.test(name)) names.add(name.toLowerCase())
   }
   return [...names]

@@ -1,4 +1,5 @@
 import {acquireCommandLock, type CommandLock, type CommandName, commandLockHolder, connectMaintenance, describeHolder} from '../migrations/command-lock.js'
+import type {Sql} from '../connection/connect.js'
 import {UserError} from '../errors.js'
 import type {RunScope} from '../run/scope.js'
 import {
@@ -50,7 +51,7 @@ export interface ReadingState {
 export async function checkBeforeReading(scope: RunScope, command: CommandName): Promise<ReadingState | null> {
   const {target} = scope
   return scope.child(async (reading) => {
-    let admin
+    let admin: Sql
     try {
       admin = reading.own((await connectMaintenance(target, {max: 1})).sql)
     } catch {

@@ -9,7 +9,7 @@ import {inspect, type Inspection} from '../migrations/inspect.js'
 import {preflight, type PreflightReport} from '../steps/preflight.js'
 import {VACUUM_TABLES} from '../nchat/tables.js'
 import {vacuumTables} from '../steps/vacuum.js'
-import {type VerifyReport} from '../verify/report.js'
+import type {VerifyReport} from '../verify/report.js'
 import {verifyDatabase} from '../verify/verify-database.js'
 import {existingRelations, type HasuraResult, writeHasuraMetadata} from '../hasura/metadata.js'
 import type {RunScope} from '../run/scope.js'
@@ -220,7 +220,7 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
           if (!report.ok)
             throw new UserError(
               `Verification failed after the migration: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more)` : ''}.`,
-              {hint: 'Run nself db e2ee verify for the full list; the backup is ' + (backup?.file ?? 'missing') + '.'},
+              {hint: `Run nself db e2ee verify for the full list; the backup is ${backup?.file ?? 'missing'}.`},
             )
           task.title = `Verify: ${plural(report.checks.length, 'check')} passed`
           return report

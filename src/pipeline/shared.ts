@@ -4,7 +4,7 @@ import {CancelledError, interrupted, interruption, isConnectionLost, toUserError
 import type {RunScope} from '../run/scope.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
-import {type BackupInfo, type BackupPurpose} from '../archive/manifest.js'
+import type {BackupInfo, BackupPurpose} from '../archive/manifest.js'
 import {takeBackup} from '../steps/backup.js'
 import type {DryRunOptions} from '../steps/dryrun.js'
 import type {RunnerSettings} from '../migrations/runner.js'

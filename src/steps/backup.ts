@@ -1,4 +1,5 @@
 import {createHash} from 'node:crypto'
+import type {Stats} from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 
@@ -83,8 +84,8 @@ interface InSnapshot {
 }
 
 /** Checked before anything is written: the connection is to the database dumped, and the client tools fit the server. */
-async function prepareDump(opts: Pick<TakeBackupOptions, 'log' | 'sql' | 'target' | 'tools'>, dir: string, what: string): Promise<DumpSetting> {
-  const {log, sql, target, tools} = opts
+async function prepareDump(opts: Pick<TakeBackupOptions, 'sql' | 'target' | 'tools'>, dir: string, what: string): Promise<DumpSetting> {
+  const {sql, target, tools} = opts
   const database = target.conn.database
   const [{db}] = await sql<{db: string}[]>`select current_database() as db`
   if (db !== database) {
@@ -527,7 +528,13 @@ async function dumpChecked(
     let bytes = 0
     try {
       let writeError: unknown
-      for await (const chunk of child.stdout! as AsyncIterable<Buffer>) {
+      // tools.run leaves stdout a pipe (only buffering is changed above): the dump is read from it.
+      const output = child.stdout
+      if (!output) {
+        child.kill('SIGTERM')
+        throw new Error('pg_dump was started without a pipe for its stdout.')
+      }
+      for await (const chunk of output as AsyncIterable<Buffer>) {
         hash.update(chunk)
         try {
           // FileHandle.write may write less than asked; loop until the chunk is out.
@@ -606,7 +613,7 @@ export interface VerifyOptions {
 export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Manifest; entries: number}> {
   const file = path.resolve(opts.file)
   const requireManifest = opts.requireManifest ?? true
-  let st
+  let st: Stats
   try {
     st = await fs.stat(file)
   } catch (error) {
@@ -739,5 +746,5 @@ function checkDumpHeader(file: string, toc: Toc, manifest: Manifest | undefined,
 }
 
 function lowerFirst(s: string): string {
-  return s.startsWith('The ') ? 'the ' + s.slice(4) : s
+  return s.startsWith('The ') ? `the ${s.slice(4)}` : s
 }

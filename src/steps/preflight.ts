@@ -234,11 +234,10 @@ async function serverSpaceCheck(o: PreflightOptions, databaseBytes: number): Pro
     let free: number | undefined
     if (o.tools?.container) {
       const {stdout} = await o.tools.exec(['df', '-Pk', dir])
-      const cols = String(stdout ?? '')
+      const lines = String(stdout ?? '')
         .trim()
         .split('\n')
-        .at(-1)!
-        .split(/\s+/)
+      const cols = lines[lines.length - 1].split(/\s+/)
       free = Number(cols[3]) * 1024
     } else if (existsSync(dir)) {
       const fs = await statfs(dir)

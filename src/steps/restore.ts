@@ -206,10 +206,10 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     select datname as name, shobj_description(oid, 'pg_database') as comment, oid::int8::text as oid from pg_database
     where datname = any(${[live, replacement, keptName]})`
   const has = (n: string) => present.some((p) => p.name === n)
-  if (!has(live)) throw new UserError(`Cannot swap: the live database ${live} does not exist.`)
+  const liveRow = present.find((p) => p.name === live)
+  if (!liveRow) throw new UserError(`Cannot swap: the live database ${live} does not exist.`)
   if (!has(replacement)) throw new UserError(`Cannot swap: the replacement database ${replacement} does not exist; ${untouched}.`)
   if (has(keptName)) throw new UserError(`Cannot swap: a database named ${keptName} already exists; ${untouched}.`)
-  const liveRow = present.find((p) => p.name === live)!
   if (opts.liveOid !== undefined && Number(liveRow.oid) !== opts.liveOid) {
     throw new UserError(
       `Cannot swap: the database ${live} was replaced since this command started (OID ${opts.liveOid} then, ${liveRow.oid} now); nothing was changed.`,
@@ -316,7 +316,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     const cause = firstLine(error)
     // Where do the names point now? The transaction either committed or did not; look before saying so.
     const names = await namesNow().catch(() => undefined)
-    if (names && names.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
+    if (names?.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
       // The commit went through although the client saw an error (e.g. the connection broke on COMMIT).
       throw new SwapCommittedError(
         `The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`,
@@ -324,7 +324,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       )
     }
     // Not committed: no kept database (the replacement may be gone already, dropped by a Ctrl+C handler).
-    if (names && names.includes(live) && !names.includes(keptName)) {
+    if (names?.includes(live) && !names.includes(keptName)) {
       if (scope.cancelled) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
       throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
     }

@@ -28,7 +28,7 @@ async function databasesLike(pattern: string): Promise<string[]> {
   }
 }
 
-async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
+async function waitFor(ok: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
     if (await ok()) return true
@@ -228,13 +228,13 @@ describe('two migrate runs at once', () => {
       '100',
     ]
     const a = runCli(args(dirA))
-    expect(await waitFor('A backed up', () => manifests(dirA).length === 1, 60_000)).toBe(true)
+    expect(await waitFor(() => manifests(dirA).length === 1, 60_000), 'A backed up').toBe(true)
     await new Promise((resolve) => {
       setTimeout(resolve, 1500)
     })
     const b = runCli(args(dirB))
     // B has read the plan once its backup exists; if a lock keeps it from even starting, it will see the result.
-    await waitFor('B backed up', () => manifests(dirB).length === 1, 20_000)
+    await waitFor(() => manifests(dirB).length === 1, 20_000)
     await new Promise((resolve) => {
       setTimeout(resolve, 1500)
     })

@@ -36,7 +36,9 @@ function start(args: string[], pause?: string): Background {
   let stdout = ''
   let stderr = ''
   const waiters: Array<() => void> = []
-  const notify = () => waiters.splice(0).forEach((w) => w())
+  const notify = () => {
+    for (const w of waiters.splice(0)) w()
+  }
   child.stdout.on('data', (d) => {
     stdout += d
     notify()

@@ -54,7 +54,9 @@ function startPaused(args: string[], point: string): Paused {
   let stdout = ''
   let stderr = ''
   const waiters: Array<() => void> = []
-  const notify = () => waiters.splice(0).forEach((w) => w())
+  const notify = () => {
+    for (const w of waiters.splice(0)) w()
+  }
   child.stdout!.on('data', (d) => {
     stdout += d
     notify()
@@ -98,7 +100,7 @@ async function toolSessionsLeft(database: string): Promise<number> {
     for (let i = 0; i < 40 && left > 0; i++) {
       ;[{left}] = await sql<
         {left: number}[]
-      >`select count(*)::int as left from pg_stat_activity where application_name like 'nself-e2ee-%' and application_name <> 'nself-e2ee-tests' and datname like ${database + '%'}`
+      >`select count(*)::int as left from pg_stat_activity where application_name like 'nself-e2ee-%' and application_name <> 'nself-e2ee-tests' and datname like ${`${database}%`}`
       if (left > 0) await new Promise((res) => setTimeout(res, 250))
     }
     return left

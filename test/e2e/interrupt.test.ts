@@ -50,7 +50,7 @@ describe('Ctrl+C during nself db e2ee migrate', () => {
         for (let i = 0; i < 20 && left > 0; i++) {
           ;[{left}] = await sql<
             {left: number}[]
-          >`select count(*)::int as left from pg_stat_activity where application_name like 'nself-e2ee-%' and datname like ${db.name + '%'}`
+          >`select count(*)::int as left from pg_stat_activity where application_name like 'nself-e2ee-%' and datname like ${`${db.name}%`}`
           if (left > 0) await new Promise((res) => setTimeout(res, 250))
         }
         expect(left).toBe(0)

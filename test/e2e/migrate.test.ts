@@ -73,7 +73,7 @@ describe('nself db e2ee migrate, end to end', () => {
   it('runs pg_dump and pg_restore through docker exec -i (no -t, no password in argv) with --container', async () => {
     const db = await fresh()
     const dir = backupDir()
-    const secret = 'pw-' + Math.random().toString(36).slice(2)
+    const secret = `pw-${Math.random().toString(36).slice(2)}`
     const project = makeProject({POSTGRES_DB: db.name, POSTGRES_PASSWORD: secret, POSTGRES_USER: 'postgres', PROJECT_NAME: 'nchat'})
     cleanups.push(project.cleanup)
     const log = path.join(project.dir, 'docker.log')

@@ -84,7 +84,7 @@ describe('migrateUp / migrateDown on a real v0.3.0 database', () => {
     const file = path.join(copy.dir, '015_voice_calls.sql')
     const text = readFileSync(file, 'utf8')
     const cut = text.indexOf(';', text.search(/CREATE TABLE/i)) + 1
-    writeFileSync(file, text.slice(0, cut) + '\nSELECT 1 / 0;\n' + text.slice(cut))
+    writeFileSync(file, `${text.slice(0, cut)}\nSELECT 1 / 0;\n${text.slice(cut)}`)
     const sql = engineSql(db.name)
     try {
       const err = await migrateUp({log: silent, migrations: loadMigrations(copy.dir), revertOnFailure: false, sql}).catch((e) => e)
@@ -106,7 +106,7 @@ describe('migrateUp / migrateDown on a real v0.3.0 database', () => {
     const schemaBefore = await appSchemaDump(db.name)
     const copy = copyMigrations()
     const file = path.join(copy.dir, '016_live_streaming.sql')
-    writeFileSync(file, readFileSync(file, 'utf8') + '\nSELECT no_such_function();\n')
+    writeFileSync(file, `${readFileSync(file, 'utf8')}\nSELECT no_such_function();\n`)
     const sql = engineSql(db.name)
     try {
       const err = await migrateUp({log: silent, migrations: loadMigrations(copy.dir), sql}).catch((e) => e)
@@ -127,7 +127,7 @@ describe('migrateUp / migrateDown on a real v0.3.0 database', () => {
     try {
       await migrateUp({log: silent, migrations: packaged(), sql, to: 13})
       const file = path.join(copy.dir, '013_e2ee_system.sql')
-      writeFileSync(file, readFileSync(file, 'utf8') + '\n-- edited\n')
+      writeFileSync(file, `${readFileSync(file, 'utf8')}\n-- edited\n`)
       const err = await migrateUp({log: silent, migrations: loadMigrations(copy.dir), sql}).catch((e) => e)
       expect(err.message).toMatch(/013_e2ee_system was applied with a different file/)
       const [{n}] = await sql`select count(*)::int as n from pg_class where relname = 'nchat_prekey_bundles'`

@@ -63,12 +63,6 @@ const notCompleted = (c: Ctx, title: string) => {
 }
 const waitsOnLock = (c: Ctx, what: string, pattern?: RegExp) =>
   until(`the CLI to wait for a lock (${what})`, () => toolWaitsOnLock(c.cluster, pattern), {run: c.run})
-const migrationRecorded = (c: Ctx, version: number) =>
-  until(
-    `migration ${version} recorded`,
-    async () => c.cluster.with(c.db, async (sql) => (await sql`select 1 from public.schema_migrations where version::int = ${version}`).length > 0),
-    {run: c.run},
-  )
 
 /** Hold CONCURRENTLY builds with old snapshots, moving on one build at a time; resolves with the held build's snapshot. */
 async function stallIndexBuild(c: Ctx, nth: number): Promise<void> {
@@ -101,20 +95,17 @@ async function pastValidate(c: Ctx, mode: string): Promise<void> {
   // Queued behind VALIDATE's request: granted once VALIDATE is done, before verify or vacuum need the table.
   const after = await Hold.lock(c.cluster, c.db, 'nchat_messages', mode)
   c.holds.push(after)
+  // pg_locks spells the mode as one word: 'share update exclusive' -> 'ShareUpdateExclusiveLock'.
+  const lockMode = `${mode
+    .split(' ')
+    .map((w) => w[0].toUpperCase() + w.slice(1))
+    .join('')}Lock`
   await until(
     "the test's lock to queue behind VALIDATE",
     async () =>
       c.cluster.with(
         c.db,
-        async (sql) =>
-          (
-            await sql`select 1 from pg_locks where not granted and relation = 'public.nchat_messages'::regclass and mode = ${
-              mode
-                .split(' ')
-                .map((w) => w[0].toUpperCase() + w.slice(1))
-                .join('') + 'Lock'
-            }`
-          ).length > 0,
+        async (sql) => (await sql`select 1 from pg_locks where not granted and relation = 'public.nchat_messages'::regclass and mode = ${lockMode}`).length > 0,
       ),
     {run: c.run},
   )
@@ -481,7 +472,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
       .join('\n')
     throw error
   } finally {
-    if (process.env.FAULT_REPORT) appendFileSync(process.env.FAULT_REPORT, JSON.stringify(record) + '\n')
+    if (process.env.FAULT_REPORT) appendFileSync(process.env.FAULT_REPORT, `${JSON.stringify(record)}\n`)
     for (const d of (await whatIsLeft(cluster, db).catch(() => ({databases: [] as string[]}))).databases) await cluster.dropDatabase(d).catch(() => {})
     await cluster.dropDatabase(db).catch(() => {})
     dir.cleanup()

@@ -73,9 +73,9 @@ export function makeProject(env: Record<string, string>): {dir: string; cleanup:
   const dir = mkdtempSync(path.join(os.tmpdir(), 'e2ee-proj-'))
   writeFileSync(
     path.join(dir, '.env'),
-    Object.entries(env)
+    `${Object.entries(env)
       .map(([k, v]) => `${k}=${v}`)
-      .join('\n') + '\n',
+      .join('\n')}\n`,
   )
   return {cleanup: () => rmSync(dir, {force: true, recursive: true}), dir}
 }
@@ -115,7 +115,7 @@ export function parseJson(stdout: string): any {
 export async function leftoverDatabases(db: string, kind = 'e2ee'): Promise<string[]> {
   const sql = connect('postgres')
   try {
-    const rows = await sql<{datname: string}[]>`select datname from pg_database where datname like ${db + '\\_' + kind + '\\_%'} order by 1`
+    const rows = await sql<{datname: string}[]>`select datname from pg_database where datname like ${`${db}\\_${kind}\\_%`} order by 1`
     return rows.map((r) => r.datname)
   } finally {
     await sql.end()

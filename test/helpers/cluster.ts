@@ -93,7 +93,7 @@ export class PrivateCluster {
       const rest = readFileSync(hbaFile, 'utf8')
         .split('\n')
         .filter((l) => !/^\s*#/.test(l) && l.trim() !== '')
-      writeFileSync(hbaFile, [...opts.hba, ...rest].join('\n') + '\n')
+      writeFileSync(hbaFile, `${[...opts.hba, ...rest].join('\n')}\n`)
     }
     const settings = {fsync: 'off', full_page_writes: 'off', max_connections: '60', synchronous_commit: 'off', ...opts.settings}
     for (let attempt = 0; ; attempt++) {

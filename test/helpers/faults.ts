@@ -243,7 +243,7 @@ export interface Leftovers {
 export async function whatIsLeft(cluster: PrivateCluster, db: string, backupDir?: string): Promise<Leftovers> {
   const admin = await cluster.with('postgres', async (sql) => {
     const [row] = await sql<{allow: boolean}[]>`select datallowconn as allow from pg_database where datname = ${db}`
-    const dbs = await sql<{name: string}[]>`select datname as name from pg_database where datname like ${db.replaceAll('_', '\\_') + '\\_%'} order by 1`
+    const dbs = await sql<{name: string}[]>`select datname as name from pg_database where datname like ${`${db.replaceAll('_', '\\_')}\\_%`} order by 1`
     return {allowConn: row ? row.allow : null, databases: dbs.map((d) => d.name)}
   })
   const partialFiles: string[] = []

@@ -184,7 +184,7 @@ export function v2Problems(m: Json): string[] {
     if (!Array.isArray(m.permissions)) out.push('permissions: this package uses the array form')
     for (const p of m.permissions ?? []) {
       const ok =
-        EXACT_PERMISSIONS.includes(p) || PARAM_PERMISSIONS.some((base) => p.startsWith(base + ':') && /^[a-zA-Z0-9_\-.:]+$/.test(p.slice(base.length + 1)))
+        EXACT_PERMISSIONS.includes(p) || PARAM_PERMISSIONS.some((base) => p.startsWith(`${base}:`) && /^[a-zA-Z0-9_\-.:]+$/.test(p.slice(base.length + 1)))
       if (!ok) out.push(`permission "${p}" is not on nself's allowlist`)
     }
   }

@@ -17,7 +17,7 @@ function copyBackup(src: {file: string; manifestFile: string}, name: string, man
   const file = path.join(path.dirname(src.file), name)
   copyFileSync(src.file, file)
   const m = {...JSON.parse(readFileSync(src.manifestFile, 'utf8')), ...manifest, file: name}
-  writeFileSync(path.join(path.dirname(src.manifestFile), name + '.manifest.json'), JSON.stringify(m), {mode: 0o600})
+  writeFileSync(path.join(path.dirname(src.manifestFile), `${name}.manifest.json`), JSON.stringify(m), {mode: 0o600})
   return file
 }
 
@@ -124,7 +124,7 @@ describe('maintain backups', () => {
     expect(dropped.code, dropped.stderr).toBe(0)
     expect(parseJson(dropped.stdout).dropped).toEqual([kept])
     const check = connect('postgres')
-    const names = (await check<{n: string}[]>`select datname as n from pg_database where datname like ${db.name + '%'}`).map((r) => r.n).sort()
+    const names = (await check<{n: string}[]>`select datname as n from pg_database where datname like ${`${db.name}%`}`).map((r) => r.n).sort()
     await check.end()
     expect(names).toEqual([db.name, other].sort())
   })

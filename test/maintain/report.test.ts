@@ -60,7 +60,7 @@ describe('maintain report', () => {
     const [{reset}] = await maint<{reset: Date}[]>`select stats_reset as reset from pg_stat_database where datname = current_database()`
     await maint.end()
 
-    let doc
+    let doc: ReturnType<typeof parseJson>
     for (let attempt = 0; attempt < 20; attempt++) {
       const r = await report(db.name, '--json', '--list', '50')
       expect(r.code, r.stderr).toBe(0)
@@ -148,7 +148,7 @@ describe('maintain report', () => {
     expect(human.stdout).toContain(`reset ${reset.toISOString()}`)
     expect(human.stdout).toMatch(/nchat_calls\s+nchat_calls_pkey\s+0 scans .*unused \(enforces a constraint: keep\)/)
     expect(human.stdout).toMatch(/Bloat \(pgstattuple\): /)
-    expect(human.stdout).toMatch(/\n  nchat_e2ee_audit_log\s+\S+ \S+\s+\S+ \S+ \([\d.]+ %\) reclaimable\n/)
+    expect(human.stdout).toMatch(/\n {2}nchat_e2ee_audit_log\s+\S+ \S+\s+\S+ \S+ \([\d.]+ %\) reclaimable\n/)
     expect(human.stdout).toMatch(/Vacuum and analyze\n/)
     expect(human.stdout).toMatch(/nchat_signed_prekeys\s+vacuum \d{4}-\d\d-\d\dT[\d:.]+Z\s+analyze \d{4}-/)
   })

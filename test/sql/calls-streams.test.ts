@@ -1,6 +1,6 @@
 // 015 voice calls and 016 live streaming: constraints, delete rules, indexes for every foreign key.
 import {describe, expect, it} from 'vitest'
-import postgres from 'postgres'
+import type postgres from 'postgres'
 import {MIGRATIONS, applyFileAsEngine, connect, createV030Database, migrationFile} from '../helpers/fixture.js'
 import {loadMigrations} from '../../src/migrations/files.js'
 import {tablesCreatedBy} from '../../src/migrations/plan.js'

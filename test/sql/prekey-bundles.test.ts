@@ -1,7 +1,7 @@
 // D1 check, the plain view nchat_prekey_bundles (rotation, freshness, plan) and the atomic
 // claim function nchat_claim_prekey_bundle (semantics, 32 concurrent claims), in public and nchat.
 import {describe, expect, it} from 'vitest'
-import postgres from 'postgres'
+import type postgres from 'postgres'
 import {applyFileAsEngine, connect, createV030Database, migrationFile} from '../helpers/fixture.js'
 
 const T = 120_000
@@ -372,7 +372,7 @@ describe('nchat_prekey_bundles plan', () => {
         expect(plan).not.toMatch(/Seq Scan|Sort/)
 
         for (let i = 0; i < 200; i++) {
-          const [r] = await sql`SELECT one_time_prekey_id FROM nchat_prekey_bundles WHERE device_id = ${'d' + (i * 97 + 1)}`
+          const [r] = await sql`SELECT one_time_prekey_id FROM nchat_prekey_bundles WHERE device_id = ${`d${i * 97 + 1}`}`
           expect(r.one_time_prekey_id).toBe(6)
         }
         // The cost of one lookup in pages touched, which no machine load changes: a handful of index probes

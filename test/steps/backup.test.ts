@@ -11,7 +11,7 @@ import {APP_NAME, type Sql} from '../../src/connection/connect.js'
 import {PgTools} from '../../src/connection/tools.js'
 import {SERVER_ARGS} from '../helpers/server.js'
 import {listBackups, newestBackup} from '../../src/archive/listing.js'
-import {MANIFEST_SUFFIX, manifestPathFor, type Manifest} from '../../src/archive/manifest.js'
+import {type BackupInfo, MANIFEST_SUFFIX, manifestPathFor, type Manifest} from '../../src/archive/manifest.js'
 import {takeBackup, verifyBackup} from '../../src/steps/backup.js'
 import {
   adminSql,
@@ -389,7 +389,7 @@ describe('backup folder and disk errors', () => {
       expect(message.split('. ').length).toBe(1)
       expect(fs.readdirSync(small)).toEqual(['.nself-e2ee'])
       expect(fs.readdirSync(path.join(small, '.nself-e2ee'))).toEqual([])
-      await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${APP_NAME + '-dump'}`).length === 0, 10_000)
+      await waitFor(async () => (await admin`select 1 from pg_stat_activity where application_name = ${`${APP_NAME}-dump`}`).length === 0, 10_000)
     },
     T,
   )
@@ -506,7 +506,7 @@ describe('verifyBackup and listing', () => {
       // Three runs, each on its own connection as separate processes would be, started just after a second
       // begins: their first choice of name is the same.
       const clients = [dbSql(db, 1), dbSql(db, 1), dbSql(db, 1)]
-      let infos
+      let infos: BackupInfo[]
       try {
         await Promise.all(clients.map((c) => c`select 1`))
         await new Promise((resolve) => {

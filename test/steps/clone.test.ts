@@ -200,7 +200,7 @@ describe('createClone failures and sweeping', () => {
         async () =>
           (
             await admin`
-      select 1 from pg_stat_activity where starts_with(datname, ${ctx.db + '_e2ee_dryrun_'}) and query ilike 'copy%'`
+      select 1 from pg_stat_activity where starts_with(datname, ${`${ctx.db}_e2ee_dryrun_`}) and query ilike 'copy%'`
           ).length > 0,
         30_000,
         10,

@@ -101,7 +101,7 @@ export async function createTestDb(admin: Sql, o: {messages?: number; audit?: nu
 
 /** Drop a test database and every database whose name starts with it (clones, restores, kept copies). */
 export async function dropTestDb(admin: Sql, name: string): Promise<void> {
-  const rows = await admin<{datname: string}[]>`select datname from pg_database where datname = ${name} or starts_with(datname, ${name + '_'})`
+  const rows = await admin<{datname: string}[]>`select datname from pg_database where datname = ${name} or starts_with(datname, ${`${name}_`})`
   for (const r of rows) {
     await admin.unsafe(`DROP DATABASE IF EXISTS "${r.datname}" WITH (FORCE)`)
   }
@@ -109,7 +109,7 @@ export async function dropTestDb(admin: Sql, name: string): Promise<void> {
 
 /** Databases whose name starts with `<name>_`. */
 export async function derivedDbs(admin: Sql, name: string): Promise<string[]> {
-  const rows = await admin<{datname: string}[]>`select datname from pg_database where starts_with(datname, ${name + '_'}) order by datname`
+  const rows = await admin<{datname: string}[]>`select datname from pg_database where starts_with(datname, ${`${name}_`}) order by datname`
   return rows.map((r) => r.datname)
 }
 

@@ -29,7 +29,7 @@ function folderOf(rel: string): string {
 }
 
 /** Imports that break the rule, as "importer → imported" (src-relative), from a map of src-relative path → source. */
-export function layeringViolations(files: Map<string, string>): string[] {
+function layeringViolations(files: Map<string, string>): string[] {
   const out: string[] = []
   for (const [rel, source] of files) {
     const from = folderOf(rel)

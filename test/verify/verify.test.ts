@@ -2,7 +2,7 @@
 // counts, upTo, and that it leaves nothing behind. Every test makes and drops its own database.
 import {describe, expect, it} from 'vitest'
 
-import {type VerifyReport} from '../../src/verify/report.js'
+import type {VerifyReport} from '../../src/verify/report.js'
 import {verifyDatabase} from '../../src/verify/verify-database.js'
 import {loadMigrations} from '../../src/migrations/files.js'
 import {migrateUp} from '../../src/migrations/runner.js'

@@ -67,7 +67,7 @@ async function v030On(major: number): Promise<{name: string; port: number}> {
   await sql.end()
   cleanups.push(async () => {
     const a = sqlOn(port, 'postgres')
-    const rows = await a<{datname: string}[]>`select datname from pg_database where datname = ${name} or datname like ${name + '\\_e2ee\\_%'}`
+    const rows = await a<{datname: string}[]>`select datname from pg_database where datname = ${name} or datname like ${`${name}\\_e2ee\\_%`}`
     for (const r of rows) await a.unsafe(`DROP DATABASE IF EXISTS "${r.datname}" WITH (FORCE)`)
     await a.end()
   })

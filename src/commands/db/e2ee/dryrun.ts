@@ -61,10 +61,9 @@ export default class DryRun extends BaseCommand<DryRunResult> {
     this.say('')
     if (s.forecastMs !== null) {
       const f = s.forecast
-      const basis =
-        f && f.samples.length
-          ? `; ${f.samples.map((x) => messages.getMessage('info.Forecast.sample', [x.table, x.factor.toFixed(1), plural(x.sampleRows, 'row'), x.samplePages, x.productionPages, plural(x.productionRows, 'row')])).join(', ')}`
-          : ''
+      const basis = f?.samples.length
+        ? `; ${f.samples.map((x) => messages.getMessage('info.Forecast.sample', [x.table, x.factor.toFixed(1), plural(x.sampleRows, 'row'), x.samplePages, x.productionPages, plural(x.productionRows, 'row')])).join(', ')}`
+        : ''
       this.say(
         messages.getMessage('info.Forecast', [fmtMs(s.forecastMs), f?.error ?? '', fmtMs(s.applyMs ?? 0), String(s.clone), basis, fmtMs(s.restoreMs ?? 0)]),
       )

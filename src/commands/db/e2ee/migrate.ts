@@ -26,7 +26,7 @@ export default class Migrate extends BaseCommand<MigrateResult> {
   async run(): Promise<MigrateResult> {
     const flags = await this.parseBase(Migrate)
     const target = this.targetFrom(flags, {backupDir: flags['backup-dir']})
-    if (flags['skip-backup']) process.stderr.write(messages.getMessage('warning.SkipBackup') + '\n')
+    if (flags['skip-backup']) process.stderr.write(`${messages.getMessage('warning.SkipBackup')}\n`)
     const s = await runMigrate(this.runScope(target), {
       jobs: flags.jobs,
       json: this.jsonMode,

@@ -91,7 +91,9 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
         }
         for (const d of drop) {
           lock.assertHeld()
-          await dropKeptDatabase(admin!, d, target.conn.database)
+          // drop is empty unless the kept databases were listed over admin (kept is null without it).
+          if (!admin) throw new Error('Kept databases to drop without a connection to the server that listed them.')
+          await dropKeptDatabase(admin, d, target.conn.database)
           dropped.push(d)
         }
       } finally {
@@ -155,6 +157,6 @@ export default class MaintainBackups extends BaseCommand<BackupsResult> {
   }
 
   private note(line: string): void {
-    if (!this.jsonMode) process.stderr.write(line + '\n')
+    if (!this.jsonMode) process.stderr.write(`${line}\n`)
   }
 }

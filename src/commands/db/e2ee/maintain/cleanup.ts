@@ -61,7 +61,7 @@ export default class MaintainCleanup extends BaseCommand<CleanupResult> {
     }
     // One command at a time per database: never while a migrate or rollback is changing (or replacing) it.
     const lock = await acquireCommandLock(target, {command: 'maintain', log: (l) => this.note(l), signal: this.scope.signal, waitMs: flags['lock-wait'] * 1000})
-    let report
+    let report: CleanupReport
     try {
       await lock.assertSameDatabase(sql)
       report = await runCleanup(sql, {...base, assertHeld: lock.assertHeld, dryRun: false, onProgress: this.progressPrinter(), scope: this.scope})
@@ -84,7 +84,7 @@ export default class MaintainCleanup extends BaseCommand<CleanupResult> {
   }
 
   private note(line: string): void {
-    if (!this.jsonMode) process.stderr.write(line + '\n')
+    if (!this.jsonMode) process.stderr.write(`${line}\n`)
   }
 
   private finish(database: string, report: CleanupReport): CleanupResult {
