@@ -130,25 +130,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     throwIfCancelled(`the backup to ${final}`)
     await testPause('backup:partial-written')
 
-    const manifest: Manifest = {
-      compression: dump.compression,
-      created_at: new Date(started).toISOString(),
-      database,
-      file: path.basename(final),
-      format: MANIFEST_FORMAT,
-      ledger_version: dump.ledger,
-      pg_dump_major: setting.pgDumpMajor,
-      project: target.projectName,
-      purpose,
-      row_counts: dump.rowCounts,
-      schema: opts.schema,
-      server_version: setting.server.version,
-      server_version_num: setting.server.num,
-      sha256: dump.result.sha256,
-      size: dump.result.bytes,
-      snapshot_at: dump.snapshotAt,
-      toc_entries: dump.toc.entries.length,
-    }
+    const manifest = manifestOf(dump, setting, {database, file: final, project: target.projectName, purpose, schema: opts.schema, started})
     try {
       await publish(partial, final)
     } catch (error) {
@@ -252,25 +234,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     throwIfCancelled(`the rehearsal dump ${file}`)
     await testPause('dryrun:dump-written')
     throwIfCancelled(`the rehearsal dump ${file}`)
-    const manifest: Manifest = {
-      compression: dump.compression,
-      created_at: new Date(started).toISOString(),
-      database,
-      file: path.basename(file),
-      format: MANIFEST_FORMAT,
-      ledger_version: dump.ledger,
-      pg_dump_major: setting.pgDumpMajor,
-      project: target.projectName,
-      purpose: 'rehearsal',
-      row_counts: dump.rowCounts,
-      schema: opts.schema,
-      server_version: setting.server.version,
-      server_version_num: setting.server.num,
-      sha256: dump.result.sha256,
-      size: dump.result.bytes,
-      snapshot_at: dump.snapshotAt,
-      toc_entries: dump.toc.entries.length,
-    }
+    const manifest = manifestOf(dump, setting, {database, file, project: target.projectName, purpose: 'rehearsal', schema: opts.schema, started})
     const tablesWithData = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => `${e.schema ?? ''}.${e.name}`)
     log?.(`Rehearsal dump written: ${file} (${fmtBytes(dump.result.bytes)}, the schema and the rows of ${plural(tablesWithData.length, 'table')}; not a backup, removed when the dry run ends).`)
     return {
@@ -286,6 +250,29 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     await remove()
     if (isCancelled() || error instanceof CancelledError) throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
     throw error
+  }
+}
+
+/** What a checked dump holds, as its manifest says it (written beside a backup; kept in memory for a rehearsal dump). */
+function manifestOf(dump: CheckedDump, setting: DumpSetting, o: {database: string; file: string; project?: string; purpose: BackupPurpose | string; schema: string; started: number}): Manifest {
+  return {
+    compression: dump.compression,
+    created_at: new Date(o.started).toISOString(),
+    database: o.database,
+    file: path.basename(o.file),
+    format: MANIFEST_FORMAT,
+    ledger_version: dump.ledger,
+    pg_dump_major: setting.pgDumpMajor,
+    project: o.project,
+    purpose: o.purpose,
+    row_counts: dump.rowCounts,
+    schema: o.schema,
+    server_version: setting.server.version,
+    server_version_num: setting.server.num,
+    sha256: dump.result.sha256,
+    size: dump.result.bytes,
+    snapshot_at: dump.snapshotAt,
+    toc_entries: dump.toc.entries.length,
   }
 }
 
