@@ -40,7 +40,7 @@ export interface DryRunSummary {
   backup: {file: string; taken: boolean} | null
   /**
    * Without --from-backup and --full: the rehearsal dump the copy was restored from (the schema and the rows of the
-   * tables the copy restores; not a backup), and whether it was removed (always, however the run ends).
+   * tables the copy restores; not a backup), and whether it is gone (it is removed however the run ends; false only when deleting it failed, and the report then names the file).
    */
   rehearsalDump: {file: string; bytes: number; tablesWithData: string[]; removed: boolean} | null
   clone: string | null
@@ -158,10 +158,7 @@ export async function runDryRun(o: DryRunCommandOptions): Promise<DryRunSummary>
     try {
       await runSteps(tasks, ctx, o.json)
     } finally {
-      if (ctx.rehearsal) {
-        await ctx.rehearsal.remove()
-        ctx.rehearsalRemoved = true
-      }
+      if (ctx.rehearsal) ctx.rehearsalRemoved = await ctx.rehearsal.remove()
     }
     return summarize(o, ctx)
   } finally {

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 
 import {ensureSidecarDir, findManifestFor, manifestPathFor, rehearsalPathFor, type BackupInfo, type BackupPurpose, type Manifest, MANIFEST_FORMAT, readManifest, sha256File, synthesizeManifest, writeManifest} from '../archive/manifest.js'
-import {ensureBackupDir, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
+import {ensureBackupDir, exists, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
 import {missingTableData, readToc, tableDataKey, type Toc, tocHeader} from '../archive/toc.js'
 import {isCancelled, onCancel, throwIfCancelled} from '../cancel.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
@@ -181,8 +181,8 @@ export interface RehearsalDump {
   /** Tables whose data it left out ("schema.table"). */
   leftOut: string[]
   durationMs: number
-  /** Delete the file (idempotent). Until then Ctrl+C and SIGTERM delete it too. */
-  remove(): Promise<void>
+  /** Delete the file (idempotent); true when it is gone. Until then Ctrl+C and SIGTERM delete it too. */
+  remove(): Promise<boolean>
 }
 
 /**
@@ -213,7 +213,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
   const remove = async () => {
     if (removed) return
     await removeQuietly(file)
-    removed = true
+    removed = !(await exists(file))
   }
   const unregister = onCancel(remove)
   try {
@@ -242,6 +242,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
       async remove() {
         unregister()
         await remove()
+        return removed
       },
       tablesWithData,
     }
