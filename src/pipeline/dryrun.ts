@@ -40,7 +40,8 @@ export interface DryRunSummary {
   backup: {file: string; taken: boolean} | null
   /**
    * Without --from-backup and --full: the rehearsal dump the copy was restored from (the schema and the rows of the
-   * tables the copy restores; not a backup), and whether it is gone (it is removed however the run ends; false only when deleting it failed, and the report then names the file).
+   * tables the copy restores; not a backup), and whether it is gone: it is removed however the run ends, so false
+   * only when deleting it failed (the report then names the file).
    */
   rehearsalDump: {file: string; bytes: number; tablesWithData: string[]; removed: boolean} | null
   clone: string | null
