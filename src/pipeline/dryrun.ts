@@ -37,7 +37,8 @@ export interface DryRunSummary {
   backup: {file: string; taken: boolean} | null
   /**
    * Without --from-backup and --full: the rehearsal dump the copy was restored from (the schema and the rows of the
-   * tables the copy restores; not a backup), and whether it was removed (always, however the run ends).
+   * tables the copy restores; not a backup), and whether it is gone: it is removed however the run ends, so false
+   * only when deleting it failed (the report then names the file).
    */
   rehearsalDump: {file: string; bytes: number; tablesWithData: string[]; removed: boolean} | null
   clone: string | null
@@ -177,10 +178,7 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
         }),
       )
     } finally {
-      if (source.kind === 'rehearsal') {
-        await source.dump.remove()
-        removed = true
-      }
+      if (source.kind === 'rehearsal') removed = await source.dump.remove()
     }
     const d = source.kind === 'rehearsal' ? source.dump : undefined
     return summarize({

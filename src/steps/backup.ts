@@ -17,7 +17,7 @@ import {
   synthesizeManifest,
   writeManifest,
 } from '../archive/manifest.js'
-import {ensureBackupDir, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
+import {ensureBackupDir, exists, fsErrorSentence, fsyncDir, publish, removeQuietly, reserveFileName} from '../archive/store.js'
 import {missingTableData, readToc, tableDataKey, type Toc, tocHeader} from '../archive/toc.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
@@ -157,25 +157,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     scope.throwIfCancelled(`the backup to ${final}`)
     await testPause('backup:partial-written', scope.signal)
 
-    const manifest: Manifest = {
-      compression: dump.compression,
-      created_at: new Date(started).toISOString(),
-      database,
-      file: path.basename(final),
-      format: MANIFEST_FORMAT,
-      ledger_version: dump.ledger,
-      pg_dump_major: setting.pgDumpMajor,
-      project: target.projectName,
-      purpose,
-      row_counts: dump.rowCounts,
-      schema: opts.schema,
-      server_version: setting.server.version,
-      server_version_num: setting.server.num,
-      sha256: dump.result.sha256,
-      size: dump.result.bytes,
-      snapshot_at: dump.snapshotAt,
-      toc_entries: dump.toc.entries.length,
-    }
+    const manifest = manifestOf(dump, setting, {database, file: final, project: target.projectName, purpose, schema: opts.schema, started})
     try {
       await publish(partial, final)
     } catch (error) {
@@ -226,8 +208,8 @@ export interface RehearsalDump {
   /** Tables whose data it left out ("schema.table"). */
   leftOut: string[]
   durationMs: number
-  /** Delete the file (idempotent). Until then Ctrl+C and SIGTERM delete it too. */
-  remove(): Promise<void>
+  /** Delete the file (idempotent); true when it is gone. Until then Ctrl+C and SIGTERM delete it too. */
+  remove(): Promise<boolean>
 }
 
 /**
@@ -263,7 +245,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
   const remove = async () => {
     if (removed) return
     await removeQuietly(file)
-    removed = true
+    removed = !(await exists(file))
   }
   const unregister = scope.onCancel(remove)
   try {
@@ -288,25 +270,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     scope.throwIfCancelled(`the rehearsal dump ${file}`)
     await testPause('dryrun:dump-written', scope.signal)
     scope.throwIfCancelled(`the rehearsal dump ${file}`)
-    const manifest: Manifest = {
-      compression: dump.compression,
-      created_at: new Date(started).toISOString(),
-      database,
-      file: path.basename(file),
-      format: MANIFEST_FORMAT,
-      ledger_version: dump.ledger,
-      pg_dump_major: setting.pgDumpMajor,
-      project: target.projectName,
-      purpose: 'rehearsal',
-      row_counts: dump.rowCounts,
-      schema: opts.schema,
-      server_version: setting.server.version,
-      server_version_num: setting.server.num,
-      sha256: dump.result.sha256,
-      size: dump.result.bytes,
-      snapshot_at: dump.snapshotAt,
-      toc_entries: dump.toc.entries.length,
-    }
+    const manifest = manifestOf(dump, setting, {database, file, project: target.projectName, purpose: 'rehearsal', schema: opts.schema, started})
     const tablesWithData = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => `${e.schema ?? ''}.${e.name}`)
     log?.(
       `Rehearsal dump written: ${file} (${fmtBytes(dump.result.bytes)}, the schema and the rows of ${plural(tablesWithData.length, 'table')}; not a backup, removed when the dry run ends).`,
@@ -320,6 +284,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
       async remove() {
         unregister()
         await remove()
+        return removed
       },
       tablesWithData,
     }
@@ -329,6 +294,33 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     if (scope.cancelled || error instanceof CancelledError)
       throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
     throw error
+  }
+}
+
+/** What a checked dump holds, as its manifest says it (written beside a backup; kept in memory for a rehearsal dump). */
+function manifestOf(
+  dump: CheckedDump,
+  setting: DumpSetting,
+  o: {database: string; file: string; project?: string; purpose: BackupPurpose | string; schema: string; started: number},
+): Manifest {
+  return {
+    compression: dump.compression,
+    created_at: new Date(o.started).toISOString(),
+    database: o.database,
+    file: path.basename(o.file),
+    format: MANIFEST_FORMAT,
+    ledger_version: dump.ledger,
+    pg_dump_major: setting.pgDumpMajor,
+    project: o.project,
+    purpose: o.purpose,
+    row_counts: dump.rowCounts,
+    schema: o.schema,
+    server_version: setting.server.version,
+    server_version_num: setting.server.num,
+    sha256: dump.result.sha256,
+    size: dump.result.bytes,
+    snapshot_at: dump.snapshotAt,
+    toc_entries: dump.toc.entries.length,
   }
 }
 

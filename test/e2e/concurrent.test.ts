@@ -1,11 +1,10 @@
-import {spawn} from 'node:child_process'
-import {readdirSync, writeFileSync} from 'node:fs'
+import {readdirSync} from 'node:fs'
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {SIDECAR_DIR} from '../../src/archive/manifest.js'
 
 import {connect} from '../helpers/fixture.js'
-import {BIN, e2eScope, ledgerVersion, leftoverDatabases, localArgs, parseJson, runCli, tmpDir} from '../helpers/cli.js'
+import {e2eScope, ledgerVersion, leftoverDatabases, localArgs, parseJson, runCli, startCli} from '../helpers/cli.js'
 
 // Two commands at once, and what interrupted commands leave behind (issue 9, defects 4-6). Fault points are
 // reached through the test-only NSELF_E2EE_TEST_PAUSE hook (src/test-pause.ts): a command stops there and says
@@ -15,71 +14,8 @@ const T = 300_000
 const scope = e2eScope()
 const {backupDir, cleanups} = scope
 
-interface Background {
-  output(): string
-  /** Resolves when the output contains `text` (rejects when the command ends first). */
-  waitFor(text: string | RegExp): Promise<void>
-  done: Promise<{code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string}>
-  kill9(): Promise<void>
-  resume(): void
-}
-
 /** `node bin/run.js args…` in the background; `pause` names a fault point it stops at until resume(). */
-function start(args: string[], pause?: string): Background {
-  const t = tmpDir('e2ee-resume-')
-  cleanups.push(t.cleanup)
-  const resumeFile = path.join(t.dir, 'resume')
-  const child = spawn(process.execPath, [BIN, ...args], {
-    env: {...process.env, CI: 'true', FORCE_COLOR: '0', NO_COLOR: '1', ...(pause ? {NSELF_E2EE_TEST_PAUSE: pause, NSELF_E2EE_TEST_RESUME: resumeFile} : {})},
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let stdout = ''
-  let stderr = ''
-  const waiters: Array<() => void> = []
-  const notify = () => {
-    for (const w of waiters.splice(0)) w()
-  }
-  child.stdout.on('data', (d) => {
-    stdout += d
-    notify()
-  })
-  child.stderr.on('data', (d) => {
-    stderr += d
-    notify()
-  })
-  const timer = setTimeout(() => child.kill('SIGKILL'), T)
-  const done = new Promise<{code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string}>((resolve) => {
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      resolve({code, signal, stderr, stdout})
-      notify()
-    })
-  })
-  cleanups.push(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  const output = () => stdout + stderr
-  return {
-    done,
-    async kill9() {
-      child.kill('SIGKILL')
-      await done
-    },
-    output,
-    resume: () => writeFileSync(resumeFile, ''),
-    waitFor(text) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const out = output()
-          if (typeof text === 'string' ? out.includes(text) : text.test(out)) return resolve()
-          if (child.exitCode !== null || child.signalCode !== null) return reject(new Error(`ended before "${text}":\n${out}`))
-          waiters.push(check)
-        }
-        check()
-      })
-    },
-  }
-}
+const start = (args: string[], pause?: string) => startCli(args, {cleanups, pause, timeoutMs: T})
 
 const cli = (command: string, db: string, dir: string, extra: string[] = []) => [
   'db',

@@ -1,11 +1,11 @@
-import {type ChildProcess, execFileSync, spawn} from 'node:child_process'
+import {type ChildProcess, execFileSync} from 'node:child_process'
 import {existsSync, readdirSync, readFileSync, statSync} from 'node:fs'
 import path from 'node:path'
 import {describe, expect, it} from 'vitest'
 
 import {SIDECAR_DIR} from '../../src/archive/manifest.js'
 import {ADMIN, connect} from '../helpers/fixture.js'
-import {BIN, dockerCalls, e2eScope, fakeDockerEnv, leftoverDatabases, localArgs, makeProject, parseJson, runCli, tmpDir} from '../helpers/cli.js'
+import {dockerCalls, e2eScope, fakeDockerEnv, leftoverDatabases, localArgs, makeProject, parseJson, runCli, startCli, toolSessionsLeft} from '../helpers/cli.js'
 
 // A standalone dryrun only reads production, so it takes no backup: its rehearsal dump (the whole schema and the
 // rows of the tables the copy restores) is written into the sidecar folder, read back, restored into the copy
@@ -36,78 +36,8 @@ function tableData(file: string): string[] {
   })
 }
 
-interface Paused {
-  child: ChildProcess
-  output: () => string
-  waitFor: (text: string) => Promise<void>
-  done: Promise<{code: number | null; stdout: string; stderr: string}>
-}
-
 /** `node bin/run.js args…` stopping at the test-pause `point` (never resumed: the test signals or kills it). */
-function startPaused(args: string[], point: string): Paused {
-  const t = tmpDir('e2ee-resume-')
-  cleanups.push(t.cleanup)
-  const child = spawn(process.execPath, [BIN, ...args], {
-    env: {...process.env, CI: 'true', NO_COLOR: '1', NSELF_E2EE_TEST_PAUSE: point, NSELF_E2EE_TEST_RESUME: path.join(t.dir, 'never')},
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let stdout = ''
-  let stderr = ''
-  const waiters: Array<() => void> = []
-  const notify = () => {
-    for (const w of waiters.splice(0)) w()
-  }
-  child.stdout!.on('data', (d) => {
-    stdout += d
-    notify()
-  })
-  child.stderr!.on('data', (d) => {
-    stderr += d
-    notify()
-  })
-  const timer = setTimeout(() => child.kill('SIGKILL'), T)
-  const done = new Promise<{code: number | null; stdout: string; stderr: string}>((resolve) => {
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({code, stderr, stdout})
-      notify()
-    })
-  })
-  cleanups.push(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  const output = () => stdout + stderr
-  return {
-    child,
-    done,
-    output,
-    waitFor: (text) =>
-      new Promise((resolve, reject) => {
-        const check = () => {
-          if (output().includes(text)) return resolve()
-          if (child.exitCode !== null || child.signalCode !== null) return reject(new Error(`ended before "${text}":\n${output()}`))
-          waiters.push(check)
-        }
-        check()
-      }),
-  }
-}
-
-async function toolSessionsLeft(database: string): Promise<number> {
-  const sql = connect('postgres')
-  try {
-    let left = 1
-    for (let i = 0; i < 40 && left > 0; i++) {
-      ;[{left}] = await sql<
-        {left: number}[]
-      >`select count(*)::int as left from pg_stat_activity where application_name like 'nself-e2ee-%' and application_name <> 'nself-e2ee-tests' and datname like ${`${database}%`}`
-      if (left > 0) await new Promise((res) => setTimeout(res, 250))
-    }
-    return left
-  } finally {
-    await sql.end()
-  }
-}
+const startPaused = (args: string[], point: string) => startCli(args, {cleanups, pause: point, timeoutMs: T})
 
 const dry = (db: string, dir: string, extra: string[] = []) => ['db', 'e2ee', 'dryrun', '--yes', ...localArgs(db), '--backup-dir', dir, ...extra]
 
@@ -167,8 +97,7 @@ describe('nself db e2ee dryrun: the rehearsal dump', () => {
       expect(list).toContain(` TABLE public ${ODD} `)
       expect(list).toMatch(/ INDEX public idx_messages_\w+ /)
 
-      p.child.kill('SIGINT')
-      const r = await p.done
+      const r = await p.kill('SIGINT')
       expect(r.code, r.stdout + r.stderr).toBe(130)
       expect(r.stderr).toMatch(/Interrupted by Ctrl\+C/)
       expect(r.stderr).toMatch(/Interrupted by Ctrl\+C: the rehearsal dump \S+ was stopped, and the file was removed; production was not changed\./)
@@ -187,8 +116,7 @@ describe('nself db e2ee dryrun: the rehearsal dump', () => {
       const a = startPaused(dry(db.name, dirA), 'dryrun:clone-restored')
       await a.waitFor('[test-pause] dryrun:clone-restored')
       expect(filesUnder(dirA)).toHaveLength(1)
-      a.child.kill('SIGTERM')
-      const ra = await a.done
+      const ra = await a.kill('SIGTERM')
       expect(ra.code, ra.stdout + ra.stderr).toBe(143)
       expect(filesUnder(dirA)).toEqual([])
       expect(await leftoverDatabases(db.name)).toEqual([])
@@ -249,8 +177,7 @@ describe('nself db e2ee dryrun: the rehearsal dump', () => {
       const dir = backupDir()
       const p = startPaused(dry(db.name, dir), 'dryrun:dump-written')
       await p.waitFor('[test-pause] dryrun:dump-written')
-      p.child.kill('SIGKILL')
-      await p.done
+      await p.kill9()
       const [left] = filesUnder(dir)
       expect(left).toMatch(/^\.nself-e2ee\/rehearsal_/)
       const file = path.join(dir, left)

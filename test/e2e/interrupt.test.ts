@@ -7,7 +7,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {escapeRegExp} from '../../src/text.js'
 import {ADMIN, connect, createV030Database, type V030Database} from '../helpers/fixture.js'
 import {appSchemaDump} from '../helpers/engine.js'
-import {BIN, e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, runCli, tmpDir} from '../helpers/cli.js'
+import {BIN, e2eScope, fakeDockerEnv, ledgerVersion, leftoverDatabases, localArgs, runCli, tmpDir, TOOL_SESSIONS, toolSessionsLeft} from '../helpers/cli.js'
 
 // Ctrl+C at each step of migrate: exit 130, production as it was, no clone, no partial backup, no session left.
 describe('Ctrl+C during nself db e2ee migrate', () => {
@@ -78,9 +78,6 @@ async function hold(database: string, statement: string, isolation = 'read commi
   }
 }
 
-/** The tool's own server sessions on `database` (the tests' sessions are named nself-e2ee-tests). */
-const TOOL_SESSIONS = `application_name like 'nself-e2ee-%' and application_name <> 'nself-e2ee-tests'`
-
 /** Poll the server until `query` returns a row (bounded only so a broken run cannot hang the suite). */
 async function waitForRow<T>(database: string, query: string, params: unknown[] = []): Promise<T> {
   const sql = connect(database)
@@ -91,20 +88,6 @@ async function waitForRow<T>(database: string, query: string, params: unknown[] 
       await new Promise((res) => setTimeout(res, 100))
     }
     throw new Error(`no row for: ${query}`)
-  } finally {
-    await sql.end()
-  }
-}
-
-async function toolSessionsLeft(database: string): Promise<number> {
-  const sql = connect('postgres')
-  try {
-    let left = 1
-    for (let i = 0; i < 40 && left > 0; i++) {
-      ;[{left}] = await sql.unsafe<{left: number}[]>(`select count(*)::int as left from pg_stat_activity where ${TOOL_SESSIONS} and datname = $1`, [database])
-      if (left > 0) await new Promise((res) => setTimeout(res, 250))
-    }
-    return left
   } finally {
     await sql.end()
   }

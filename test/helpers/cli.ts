@@ -158,3 +158,102 @@ export function e2eScope() {
     },
   }
 }
+
+export interface Background {
+  output(): string
+  /** Resolves when the output contains `text` (rejects when the command ends first). */
+  waitFor(text: string | RegExp): Promise<void>
+  done: Promise<{code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string}>
+  /** Send a signal (SIGINT, SIGTERM) and wait for the command to end. */
+  kill(signal: NodeJS.Signals): Promise<{code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string}>
+  kill9(): Promise<void>
+  resume(): void
+}
+
+/**
+ * `node bin/run.js args…` in the background (no TTY, CI set); `pause` names a fault point it stops at until resume()
+ * (src/test-pause.ts). It is killed after `timeoutMs`, and by `cleanups` if still running.
+ */
+export function startCli(args: string[], o: {cleanups: Array<() => Promise<void> | void>; pause?: string; timeoutMs: number}): Background {
+  const t = tmpDir('e2ee-resume-')
+  o.cleanups.push(t.cleanup)
+  const resumeFile = path.join(t.dir, 'resume')
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: {
+      ...process.env,
+      CI: 'true',
+      FORCE_COLOR: '0',
+      NO_COLOR: '1',
+      ...(o.pause ? {NSELF_E2EE_TEST_PAUSE: o.pause, NSELF_E2EE_TEST_RESUME: resumeFile} : {}),
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  const waiters: Array<() => void> = []
+  const notify = () => {
+    for (const w of waiters.splice(0)) w()
+  }
+  child.stdout.on('data', (d) => {
+    stdout += d
+    notify()
+  })
+  child.stderr.on('data', (d) => {
+    stderr += d
+    notify()
+  })
+  const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs)
+  const done = new Promise<{code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string}>((resolve) => {
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      resolve({code, signal, stderr, stdout})
+      notify()
+    })
+  })
+  o.cleanups.push(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  const output = () => stdout + stderr
+  return {
+    done,
+    kill(signal) {
+      child.kill(signal)
+      return done
+    },
+    async kill9() {
+      child.kill('SIGKILL')
+      await done
+    },
+    output,
+    resume: () => writeFileSync(resumeFile, ''),
+    waitFor(text) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const out = output()
+          if (typeof text === 'string' ? out.includes(text) : text.test(out)) return resolve()
+          if (child.exitCode !== null || child.signalCode !== null) return reject(new Error(`ended before "${text}":\n${out}`))
+          waiters.push(check)
+        }
+        check()
+      })
+    },
+  }
+}
+
+/** The tool's own server sessions (not the tests', named nself-e2ee-tests). */
+export const TOOL_SESSIONS = `application_name like 'nself-e2ee-%' and application_name <> 'nself-e2ee-tests'`
+
+/** How many sessions of the tool are still on `database`, after waiting up to 10 s for them to go. */
+export async function toolSessionsLeft(database: string): Promise<number> {
+  const sql = connect('postgres')
+  try {
+    let left = 1
+    for (let i = 0; i < 40 && left > 0; i++) {
+      ;[{left}] = await sql.unsafe<{left: number}[]>(`select count(*)::int as left from pg_stat_activity where ${TOOL_SESSIONS} and datname = $1`, [database])
+      if (left > 0) await new Promise((res) => setTimeout(res, 250))
+    }
+    return left
+  } finally {
+    await sql.end()
+  }
+}
