@@ -21,9 +21,11 @@ import {ensureBackupDir, exists, fsErrorSentence, fsyncDir, publish, removeQuiet
 import {missingTableData, readToc, tableDataKey, type Toc, tocHeader} from '../archive/toc.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
-import {APP_NAME, openSession, quoteIdent, type Sql} from '../connection/connect.js'
+import {APP_NAME, openSession, type Sql} from '../connection/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
 import {terminateSessions} from '../pg/databases.js'
 import {testPause} from '../test-pause.js'
+import type {RunScope} from '../run/scope.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
 import {judgeTools, olderRestoreSentence} from '../connection/versions.js'
@@ -83,6 +85,23 @@ interface InSnapshot {
   snapshotAt: string
 }
 
+/**
+ * What every dump starts with: the run's scope (it travels with the tools: Ctrl+C stops pg_dump and removes what it
+ * wrote), the server and tools checked, the backup folder ready.
+ */
+async function beginDump(
+  opts: Pick<TakeBackupOptions, 'dir' | 'log' | 'sql' | 'target' | 'tools'>,
+  what: string,
+): Promise<{dir: string; scope: RunScope; setting: DumpSetting; started: number}> {
+  const scope = opts.tools.scope
+  const started = Date.now()
+  const dir = path.resolve(opts.dir ?? opts.target.backupDir)
+  scope.throwIfCancelled(`the ${what}`)
+  const setting = await prepareDump(opts, dir, what)
+  await ensureBackupDir(dir, opts.log)
+  return {dir, scope, setting, started}
+}
+
 /** Checked before anything is written: the connection is to the database dumped, and the client tools fit the server. */
 async function prepareDump(opts: Pick<TakeBackupOptions, 'sql' | 'target' | 'tools'>, dir: string, what: string): Promise<DumpSetting> {
   const {sql, target, tools} = opts
@@ -127,16 +146,9 @@ async function existingTablesIn(sql: Sql, schema: string, tables: string[]): Pro
 
 export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
   const {log, sql, target} = opts
-  // The run's scope travels with its tools: Ctrl+C stops pg_dump and removes the partial file.
-  const scope = opts.tools.scope
-  const started = Date.now()
   const database = target.conn.database
-  const dir = path.resolve(opts.dir ?? target.backupDir)
   const purpose = opts.purpose ?? 'pre-migration'
-  scope.throwIfCancelled('the backup')
-
-  const setting = await prepareDump(opts, dir, 'backup')
-  await ensureBackupDir(dir, log)
+  const {dir, scope, setting, started} = await beginDump(opts, 'backup')
   const project = (target.projectName || database).replaceAll(/[^A-Za-z0-9_.-]/g, '_')
   const {existing, plain} = await existingTablesIn(sql, opts.schema, opts.tables)
 
@@ -221,13 +233,8 @@ export interface RehearsalDump {
  */
 export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<RehearsalDump> {
   const {log, sql, target} = opts
-  const scope = opts.tools.scope
-  const started = Date.now()
   const database = target.conn.database
-  const dir = path.resolve(opts.dir ?? target.backupDir)
-  scope.throwIfCancelled('the rehearsal dump')
-  const setting = await prepareDump(opts, dir, 'rehearsal dump')
-  await ensureBackupDir(dir, log)
+  const {dir, scope, setting, started} = await beginDump(opts, 'rehearsal dump')
   await ensureSidecarDir(dir)
   const file = rehearsalPathFor(dir, database)
   const {exclude, keep} = await copyRows(sql, opts.dataTables, opts.schema)
