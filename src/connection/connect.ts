@@ -139,7 +139,5 @@ export async function connectChecked(conn: ConnectionInfo, options: ConnectOptio
   return sql
 }
 
-export {quoteIdent} from '../pg/identifiers.js'
-
 /** Anything queries can run on: the pool, a transaction, or a reserved connection. */
 export type Querier = postgres.Sql | postgres.TransactionSql | postgres.ReservedSql

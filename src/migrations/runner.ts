@@ -2,7 +2,8 @@ import path from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 
 import {CancelledError, interrupted, interruption, isConnectionLost, toUserError, UserError} from '../errors.js'
-import {openSession, type Querier, quoteIdent, reopen, type Sql} from '../connection/connect.js'
+import {openSession, type Querier, reopen, type Sql} from '../connection/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
 import type {MigrationFile} from './files.js'
 import {
   ensureOwnLedger,

@@ -2,7 +2,7 @@ import {CancelledError, interrupted, interruption, toUserError, UserError} from 
 import {createdTables, existingTables} from '../migrations/plan.js'
 import {activeLedgerRows, readLedgerVersion} from '../migrations/ledger.js'
 import {migrateDown, type RunnerSettings} from '../migrations/runner.js'
-import {connect, connectChecked, quoteIdent} from '../connection/connect.js'
+import {connect, connectChecked} from '../connection/connect.js'
 import type {CommandLock} from '../migrations/command-lock.js'
 import {testPause} from '../test-pause.js'
 import {PgTools} from '../connection/tools.js'
@@ -22,7 +22,7 @@ import {
   SwapCommittedError,
   swapDatabases,
 } from '../steps/restore.js'
-import {validateIdentifier} from '../pg/identifiers.js'
+import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
 import type {RunScope} from '../run/scope.js'
 import {backupProduction, Steps, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'

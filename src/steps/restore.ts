@@ -1,8 +1,8 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
 import {CancelledError, firstLine, UserError} from '../errors.js'
-import {openSession, quoteIdent, RUN_ID, type Sql} from '../connection/connect.js'
-import {fitIdentifier, validateIdentifier} from '../pg/identifiers.js'
+import {openSession, RUN_ID, type Sql} from '../connection/connect.js'
+import {fitIdentifier, quoteIdent, validateIdentifier} from '../pg/identifiers.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
 import {testPause} from '../test-pause.js'
