@@ -3,8 +3,7 @@ import {pipeline} from 'node:stream/promises'
 import type {MigrationFile} from '../migrations/files.js'
 import type {RunReport} from '../migrations/runner.js'
 import {concurrentIndexName, referencedTables, stripComments, validatedConstraintName, type Statement} from '../migrations/statements.js'
-import type {Sql} from '../connection/connect.js'
-import {quoteIdent} from '../pg/identifiers.js'
+import {quoteIdent, type Sql} from '../connection/connect.js'
 import type {SlimTable} from './content.js'
 
 /**
@@ -27,7 +26,7 @@ const SAMPLE_PREFIX = 'nself_e2ee_sample_'
 
 /** How close the forecast came to the actual apply in the benchmark (docs/benchmarks-dryrun.md), stated in reports. */
 export const FORECAST_ERROR =
-  "from 0.7 s under to 1.7 s over the actual apply (−38 % to +114 %; it over-estimates more often than not), as measured in 27 runs at 100k, 1M and 5M messages (three runs of node bench/dryrun-sizes.js --runs 3 on a shared 2-core machine, where the actual apply of the same database varied up to 2.4× between runs (0.59 s to 1.40 s at 1M messages); docs/benchmarks-dryrun.md); waits for production's own traffic not included"
+  "from 1.1 s under to 1.7 s over the actual apply (−38 % to +152 %; it over-estimates more often than not), as measured in 36 runs at 100k, 1M and 5M messages (four runs of node bench/dryrun-sizes.js --runs 3 on a shared 2-core machine, where the actual apply of the same database varied up to 2.5× between runs: 0.53 s to 1.34 s at 1M messages; docs/benchmarks-dryrun.md); waits for production's own traffic not included"
 
 export interface TableSample {
   table: string
