@@ -3,7 +3,8 @@ import {pipeline} from 'node:stream/promises'
 import type {MigrationFile} from '../migrations/files.js'
 import type {RunReport} from '../migrations/runner.js'
 import {concurrentIndexName, referencedTables, stripComments, validatedConstraintName, type Statement} from '../migrations/statements.js'
-import {quoteIdent, type Sql} from '../connection/connect.js'
+import type {Sql} from '../connection/connect.js'
+import {quoteIdent} from '../pg/identifiers.js'
 import type {SlimTable} from './content.js'
 
 /**
