@@ -127,6 +127,19 @@ export async function openSession(pool: Sql): Promise<Session> {
   }
 }
 
+/**
+ * `fn` on a session of its own (openSession: one server session, never written to once lost), closed when `fn`
+ * ends, however it ends: the one place such a session is closed.
+ */
+export async function withSession<T>(pool: Sql, fn: (session: Session) => Promise<T>): Promise<T> {
+  const session = await openSession(pool)
+  try {
+    return await fn(session)
+  } finally {
+    await session.close()
+  }
+}
+
 /** Connect and make sure the server answers, translating failures into one clear sentence. */
 export async function connectChecked(conn: ConnectionInfo, options: ConnectOptions = {}): Promise<Sql> {
   const sql = connect(conn, options)

@@ -2,7 +2,7 @@ import path from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 
 import {CancelledError, interrupted, interruption, isConnectionLost, toUserError, UserError} from '../errors.js'
-import {openSession, type Querier, reopen, type Sql} from '../connection/connect.js'
+import {withSession, type Querier, reopen, type Sql} from '../connection/connect.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {MigrationFile} from './files.js'
 import {
@@ -535,62 +535,61 @@ async function waitForLongHolders(o: Resolved, schema: string, tables: string[],
 
 /** A statement that cannot run in a transaction (or needs its own): on a session of its own, alone. */
 async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statement): Promise<StatementRun> {
-  const session = await openSession(o.sql)
-  const conn = session.sql
-  let running: {cancel: () => void} | undefined
-  const dispose = o.scope.onCancel(() => running?.cancel())
-  const started = Date.now()
-  let lockRetries = 0
-  try {
-    // These take SHARE UPDATE EXCLUSIVE, which writers do not queue behind; the long lock_timeout only
-    // bounds the wait for old snapshots to end.
-    await conn.unsafe(`set lock_timeout = ${Math.max(1000, o.maxLockWaitMs)}`)
-    await conn.unsafe(`set statement_timeout = ${Math.round(o.buildTimeoutMs)}`)
-    await conn.unsafe(`set search_path to ${quoteIdent(schema)}`)
-    const [{pid}] = await conn<{pid: number}[]>`select pg_backend_pid() as pid`
-    await o.beforeWrite?.(conn)
-    const indexName = concurrentIndexName(s)
-    for (let attempt = 0; ; attempt++) {
-      checkpoint(o, `migration ${m.name}`)
-      if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by an interrupted build; rebuilding it')
-      const stopProgress = indexName ? watchIndexBuild(o, pid, indexName) : () => {}
-      try {
-        const q = conn.unsafe(s.sql)
-        running = q
-        await q
-        break
-      } catch (error) {
-        // A session the server ended is never queried again; an index it left INVALID goes with the undo
-        // (the down file drops it) or is rebuilt by the next run.
-        if (session.lost || isConnectionLost(error)) throw statementError(m, s, error, 'up')
-        if (o.scope.cancelled) {
-          if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by the cancelled build; dropping it').catch(() => {})
-          throw new CancelledError(`migration ${m.name}`)
+  return withSession(o.sql, async (session) => {
+    const conn = session.sql
+    let running: {cancel: () => void} | undefined
+    const dispose = o.scope.onCancel(() => running?.cancel())
+    const started = Date.now()
+    let lockRetries = 0
+    try {
+      // These take SHARE UPDATE EXCLUSIVE, which writers do not queue behind; the long lock_timeout only
+      // bounds the wait for old snapshots to end.
+      await conn.unsafe(`set lock_timeout = ${Math.max(1000, o.maxLockWaitMs)}`)
+      await conn.unsafe(`set statement_timeout = ${Math.round(o.buildTimeoutMs)}`)
+      await conn.unsafe(`set search_path to ${quoteIdent(schema)}`)
+      const [{pid}] = await conn<{pid: number}[]>`select pg_backend_pid() as pid`
+      await o.beforeWrite?.(conn)
+      const indexName = concurrentIndexName(s)
+      for (let attempt = 0; ; attempt++) {
+        checkpoint(o, `migration ${m.name}`)
+        if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by an interrupted build; rebuilding it')
+        const stopProgress = indexName ? watchIndexBuild(o, pid, indexName) : () => {}
+        try {
+          const q = conn.unsafe(s.sql)
+          running = q
+          await q
+          break
+        } catch (error) {
+          // A session the server ended is never queried again; an index it left INVALID goes with the undo
+          // (the down file drops it) or is rebuilt by the next run.
+          if (session.lost || isConnectionLost(error)) throw statementError(m, s, error, 'up')
+          if (o.scope.cancelled) {
+            if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by the cancelled build; dropping it').catch(() => {})
+            throw new CancelledError(`migration ${m.name}`)
+          }
+          if (isLockConflict(error) && Date.now() - started < o.maxLockWaitMs) {
+            lockRetries++
+            await sleep(backoffMs(attempt))
+            continue
+          }
+          throw statementError(m, s, error, 'up')
+        } finally {
+          running = undefined
+          stopProgress()
         }
-        if (isLockConflict(error) && Date.now() - started < o.maxLockWaitMs) {
-          lockRetries++
-          await sleep(backoffMs(attempt))
-          continue
-        }
-        throw statementError(m, s, error, 'up')
-      } finally {
-        running = undefined
-        stopProgress()
       }
+      const report: StatementReport = {
+        durationMs: Date.now() - started,
+        line: s.line,
+        mode: s.mode,
+        summary: s.summary,
+        ...(o.observeLocks ? {locks: [{mode: 'ShareUpdateExclusiveLock', relation: referencedTables(s.sql)[0] ?? '?'}]} : {}),
+      }
+      return {lockRetries, statements: [report]}
+    } finally {
+      dispose()
     }
-    const report: StatementReport = {
-      durationMs: Date.now() - started,
-      line: s.line,
-      mode: s.mode,
-      summary: s.summary,
-      ...(o.observeLocks ? {locks: [{mode: 'ShareUpdateExclusiveLock', relation: referencedTables(s.sql)[0] ?? '?'}]} : {}),
-    }
-    return {lockRetries, statements: [report]}
-  } finally {
-    dispose()
-    // Closing the session's own pool resets its settings; nothing is sent on a connection that died.
-    await session.close()
-  }
+  })
 }
 
 /** An index left INVALID by an interrupted CONCURRENTLY build is dropped (so it can be built again). */

@@ -21,7 +21,7 @@ import {ensureBackupDir, exists, fsErrorSentence, fsyncDir, publish, removeQuiet
 import {missingTableData, readToc, tableDataKey, type Toc, tocHeader} from '../archive/toc.js'
 import {CancelledError, firstLine, UserError, toUserError} from '../errors.js'
 import {readLedgerVersion} from '../migrations/ledger.js'
-import {APP_NAME, openSession, type Sql} from '../connection/connect.js'
+import {APP_NAME, withSession, type Sql} from '../connection/connect.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import {terminateSessions} from '../pg/databases.js'
 import {testPause} from '../test-pause.js'
@@ -449,12 +449,11 @@ async function dumpChecked(
   async function dumpInSnapshot(dumpArgs: string[]): Promise<InSnapshot> {
     // A session of its own, not sql.begin: postgres.js crashes the process when a transaction's connection dies
     // and the transaction goes on (porsager/postgres 1208). A lost session is never written to again.
-    const session = await openSession(sql)
-    const tx = session.sql
-    const alive = () => {
-      if (session.lost) throw Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
-    }
-    try {
+    return withSession(sql, async (session) => {
+      const tx = session.sql
+      const alive = () => {
+        if (session.lost) throw Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
+      }
       await tx.unsafe('begin isolation level repeatable read read only')
       try {
         alive()
@@ -499,9 +498,7 @@ async function dumpChecked(
         if (!session.lost) await tx.unsafe('rollback').catch(() => {})
         throw error
       }
-    } finally {
-      await session.close()
-    }
+    })
   }
 
   async function streamDump(dumpArgs: string[]): Promise<DumpResult> {

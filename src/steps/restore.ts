@@ -1,7 +1,7 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
 import {CancelledError, firstLine, UserError} from '../errors.js'
-import {openSession, RUN_ID, type Sql} from '../connection/connect.js'
+import {withSession, RUN_ID, type Sql} from '../connection/connect.js'
 import {fitIdentifier, quoteIdent, validateIdentifier} from '../pg/identifiers.js'
 import type {Target} from '../connection/target.js'
 import type {PgTools} from '../connection/tools.js'
@@ -242,99 +242,98 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
   // The swap's own session (a one-connection pool, not admin.begin): postgres.js crashes the process when a
   // transaction's connection dies and the transaction goes on (porsager/postgres 1208); here every statement
   // first checks that the session is still there, and a session that was lost is never written to again.
-  const session = await openSession(admin)
-  const run = async <T extends object[] = object[]>(statement: string): Promise<T> => {
-    if (session.lost) throw connectionLost()
-    return session.sql.unsafe<T>(statement)
-  }
-  try {
-    // The replacement is ours: close it for good (nobody but a stray check should be on it) and end its sessions.
-    await run(`SET lock_timeout = ${lockTimeout}`)
-    await run(`ALTER DATABASE ${q.replacement} WITH ALLOW_CONNECTIONS false`)
-    await terminate(replacement, 0)
-    scope.throwIfCancelled('the swap')
-    const [{pid}] = await run<{pid: number}[]>('select pg_backend_pid() as pid')
-    for (let attempt = 1; ; attempt++) {
-      // End them before the transaction and let them exit (bounded), so the rename rarely has to wait: the
-      // server re-checks only every 100 ms while new connections wait on it.
-      await terminate(live, 0)
-      for (let i = 0; i < 100 && (await sessionsOn(live)) > 0; i++) {
-        await sleep(5)
-      }
-      let done = false
-      // Ends live's sessions until the transaction is over: the ones there now, and any that got in before the
-      // rename took the database lock. Nothing new gets in after that.
-      const terminator = (async () => {
-        while (!done) {
-          await terminate(live, pid).catch(() => {})
-          await sleep(10)
-        }
-      })()
-      t0 = performance.now()
-      try {
-        await run('BEGIN')
-        try {
-          await run('SET LOCAL statement_timeout = 15000')
-          await run(`ALTER DATABASE ${q.live} RENAME TO ${q.kept}`)
-          if (opts.liveOid !== undefined) {
-            const [{oid}] = await run<{oid: string}[]>(`select oid::int8::text as oid from pg_database where datname = ${quoteLiteral(keptName)}`)
-            if (Number(oid) !== opts.liveOid) throw new UserError(`the database ${live} was replaced since this command started`)
-          }
-          await run(`ALTER DATABASE ${q.replacement} RENAME TO ${q.live}`)
-          await run(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`)
-          await run(`COMMENT ON DATABASE ${q.live} IS ${liveComment === null ? 'NULL' : quoteLiteral(liveComment)}`)
-          await testPause('swap:renamed', scope.signal)
-          // Ctrl+C or SIGTERM during the swap: nothing is committed yet, so the swap is rolled back.
-          scope.throwIfCancelled('the swap')
-          await run('COMMIT')
-        } catch (error) {
-          if (!session.lost) await session.sql.unsafe('ROLLBACK').catch(() => {})
-          throw error
-        }
-        // A COMMIT sent as the session died may have reached a new connection instead: believe the catalog.
-        const names = await namesNow()
-        if (!(names.includes(keptName) && names.includes(live) && !names.includes(replacement))) {
-          throw connectionLost()
-        }
-        break
-      } catch (error) {
-        // 55006: a session of live did not end within the server's 5 s; try again (bounded).
-        if ((error as {code?: string}).code === '55006' && attempt < attempts && !scope.cancelled && !session.lost) {
-          log(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
-          continue
-        }
-        throw error
-      } finally {
-        done = true
-        await terminator
-      }
+  return withSession(admin, async (session) => {
+    const run = async <T extends object[] = object[]>(statement: string): Promise<T> => {
+      if (session.lost) throw connectionLost()
+      return session.sql.unsafe<T>(statement)
     }
-    const windowMs = Math.round(performance.now() - t0)
-    log(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
-    return {keptName, windowMs}
-  } catch (error) {
-    const cause = firstLine(error)
-    // Where do the names point now? The transaction either committed or did not; look before saying so.
-    const names = await namesNow().catch(() => undefined)
-    if (names?.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
-      // The commit went through although the client saw an error (e.g. the connection broke on COMMIT).
-      throw new SwapCommittedError(
-        `The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`,
+    try {
+      // The replacement is ours: close it for good (nobody but a stray check should be on it) and end its sessions.
+      await run(`SET lock_timeout = ${lockTimeout}`)
+      await run(`ALTER DATABASE ${q.replacement} WITH ALLOW_CONNECTIONS false`)
+      await terminate(replacement, 0)
+      scope.throwIfCancelled('the swap')
+      const [{pid}] = await run<{pid: number}[]>('select pg_backend_pid() as pid')
+      for (let attempt = 1; ; attempt++) {
+        // End them before the transaction and let them exit (bounded), so the rename rarely has to wait: the
+        // server re-checks only every 100 ms while new connections wait on it.
+        await terminate(live, 0)
+        for (let i = 0; i < 100 && (await sessionsOn(live)) > 0; i++) {
+          await sleep(5)
+        }
+        let done = false
+        // Ends live's sessions until the transaction is over: the ones there now, and any that got in before the
+        // rename took the database lock. Nothing new gets in after that.
+        const terminator = (async () => {
+          while (!done) {
+            await terminate(live, pid).catch(() => {})
+            await sleep(10)
+          }
+        })()
+        t0 = performance.now()
+        try {
+          await run('BEGIN')
+          try {
+            await run('SET LOCAL statement_timeout = 15000')
+            await run(`ALTER DATABASE ${q.live} RENAME TO ${q.kept}`)
+            if (opts.liveOid !== undefined) {
+              const [{oid}] = await run<{oid: string}[]>(`select oid::int8::text as oid from pg_database where datname = ${quoteLiteral(keptName)}`)
+              if (Number(oid) !== opts.liveOid) throw new UserError(`the database ${live} was replaced since this command started`)
+            }
+            await run(`ALTER DATABASE ${q.replacement} RENAME TO ${q.live}`)
+            await run(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`)
+            await run(`COMMENT ON DATABASE ${q.live} IS ${liveComment === null ? 'NULL' : quoteLiteral(liveComment)}`)
+            await testPause('swap:renamed', scope.signal)
+            // Ctrl+C or SIGTERM during the swap: nothing is committed yet, so the swap is rolled back.
+            scope.throwIfCancelled('the swap')
+            await run('COMMIT')
+          } catch (error) {
+            if (!session.lost) await session.sql.unsafe('ROLLBACK').catch(() => {})
+            throw error
+          }
+          // A COMMIT sent as the session died may have reached a new connection instead: believe the catalog.
+          const names = await namesNow()
+          if (!(names.includes(keptName) && names.includes(live) && !names.includes(replacement))) {
+            throw connectionLost()
+          }
+          break
+        } catch (error) {
+          // 55006: a session of live did not end within the server's 5 s; try again (bounded).
+          if ((error as {code?: string}).code === '55006' && attempt < attempts && !scope.cancelled && !session.lost) {
+            log(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
+            continue
+          }
+          throw error
+        } finally {
+          done = true
+          await terminator
+        }
+      }
+      const windowMs = Math.round(performance.now() - t0)
+      log(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
+      return {keptName, windowMs}
+    } catch (error) {
+      const cause = firstLine(error)
+      // Where do the names point now? The transaction either committed or did not; look before saying so.
+      const names = await namesNow().catch(() => undefined)
+      if (names?.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
+        // The commit went through although the client saw an error (e.g. the connection broke on COMMIT).
+        throw new SwapCommittedError(
+          `The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`,
+          {cause: error},
+        )
+      }
+      // Not committed: no kept database (the replacement may be gone already, dropped by a Ctrl+C handler).
+      if (names?.includes(live) && !names.includes(keptName)) {
+        if (scope.cancelled) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
+        throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
+      }
+      throw new UserError(
+        `Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`,
         {cause: error},
       )
     }
-    // Not committed: no kept database (the replacement may be gone already, dropped by a Ctrl+C handler).
-    if (names?.includes(live) && !names.includes(keptName)) {
-      if (scope.cancelled) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
-      throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
-    }
-    throw new UserError(
-      `Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`,
-      {cause: error},
-    )
-  } finally {
-    await session.close()
-  }
+  })
 }
 
 /** The error a statement gets when its session was lost before it was sent (never written to a dead socket). */
