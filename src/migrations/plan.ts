@@ -78,11 +78,11 @@ export function describeChanges(m: MigrationFile): string {
     if (s.mode === 'concurrent') online++
   }
   const parts = [
-    created.length ? `creates ${created.join(', ')}` : '',
+    created.length ? messages.getMessage('info.Creates', [created.join(', ')]) : '',
     views ? plural(views, 'view') : '',
     functions ? plural(functions, 'function') : '',
-    altered.size ? `alters ${[...altered].join(', ')}` : '',
-    online ? `builds ${plural(online, 'index', 'indexes')} online` : '',
+    altered.size ? messages.getMessage('info.Alters', [[...altered].join(', ')]) : '',
+    online ? messages.getMessage('info.BuildsOnline', [plural(online, 'index', 'indexes')]) : '',
   ].filter(Boolean)
   return `${m.name}: ${parts.join('; ')}`
 }
