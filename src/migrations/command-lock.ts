@@ -4,6 +4,9 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {CancelledError, toUserError, UserError} from '../errors.js'
 import {APP_NAME, connect, type Querier, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.migrations.command-lock')
 
 /**
  * One command at a time per database, across every command that changes it (migrate, dryrun, rollback with
@@ -50,13 +53,10 @@ export async function connectMaintenance(
   const code = (last as {code?: string})?.code
   if (!['3D000', '42501', '55000'].includes(code ?? '')) throw toUserError(last)
   const cause = toUserError(last).message.replace(/\.$/, '')
-  throw new UserError(
-    `Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}, which holds the lock that keeps two commands from changing "${target.conn.database}" at once: ${cause}.`,
-    {
-      cause: last,
-      hint: 'Grant the user CONNECT on the database "postgres".',
-    },
-  )
+  throw new UserError(messages.getMessage('error.NoMaintenanceDb', [target.conn.host, target.conn.port, target.conn.database, cause]), {
+    cause: last,
+    hint: messages.getMessage('error.NoMaintenanceDb.hint'),
+  })
 }
 
 export interface CommandLockHolder {
@@ -84,9 +84,11 @@ export async function commandLockHolder(admin: Querier, database: string): Promi
 }
 
 export function describeHolder(h: CommandLockHolder | null): string {
-  if (!h) return 'another session'
-  const what = h.command ? `nself db e2ee ${h.command}` : `session "${h.application || 'unnamed'}"`
-  return `${what}, pid ${h.pid}, running since ${h.since.toISOString().slice(0, 19).replace('T', ' ')} UTC`
+  if (!h) return messages.getMessage('info.HolderUnknown')
+  const since = h.since.toISOString().slice(0, 19).replace('T', ' ')
+  return h.command
+    ? messages.getMessage('info.HolderCommand', [h.command, h.pid, since])
+    : messages.getMessage('info.HolderSession', [h.application || messages.getMessage('info.UnnamedSession'), h.pid, since])
 }
 
 export interface CommandLock {
@@ -157,32 +159,31 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
       }
       const holder = await commandLockHolder(conn, database)
       if (Date.now() - started >= options.waitMs) {
-        throw new UserError(
-          `Another command (${describeHolder(holder)}) is changing the database "${database}"; waited ${Math.round(options.waitMs / 1000)} s for it to finish.`,
-          {
-            hint: 'Let it finish and run again, or raise --lock-wait.',
-          },
-        )
+        throw new UserError(messages.getMessage('error.CommandLockWait', [describeHolder(holder), database, Math.round(options.waitMs / 1000)]), {
+          hint: messages.getMessage('error.CommandLockWait.hint'),
+        })
       }
       if (!told) {
-        options.log?.(`Waiting for another command (${describeHolder(holder)}) to finish with "${database}"…`)
+        options.log?.(messages.getMessage('info.WaitingForCommand', [describeHolder(holder), database]))
         told = true
       }
-      if (options.signal?.aborted) throw new CancelledError('waiting for the other command')
+      if (options.signal?.aborted) throw new CancelledError(messages.getMessage('info.CancelledWaitingForCommand'))
       await sleep(Math.min(500, Math.max(50, options.waitMs / 20)))
     }
     held = true
     const rows = await conn<{oid: number}[]>`select oid::int8 as oid from pg_database where datname = ${database}`
     if (rows.length === 0) {
-      throw new UserError(`The database "${database}" does not exist on ${target.conn.host}:${target.conn.port}.`, {hint: 'Check --database or POSTGRES_DB.'})
+      throw new UserError(messages.getMessage('error.NoDatabase', [database, target.conn.host, target.conn.port]), {
+        hint: messages.getMessage('error.NoDatabase.hint'),
+      })
     }
     const oid = Number(rows[0].oid)
     admin = connect(target.conn, {database: maintenance, max: 2})
     const lostError = (holder?: CommandLockHolder | null) =>
       new UserError(
-        `The connection holding the lock on "${database}" was lost${holder ? ` and ${describeHolder(holder)} took it` : ', so another command could start'}; stopping before writing anything more.`,
+        holder ? messages.getMessage('error.LockLostTaken', [database, describeHolder(holder)]) : messages.getMessage('error.LockLost', [database]),
         {
-          hint: 'Check the server, then run nself db e2ee status.',
+          hint: messages.getMessage('error.LockLost.hint'),
         },
       )
     const assertHeld = () => {
@@ -193,7 +194,7 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
     const regain = async () => {
       if (!lost) return
       const fresh = await openLockConnection().catch((error: unknown) => {
-        throw new UserError(`${lostError().message.replace(/\.$/, '')}; taking it again failed: ${toUserError(error).message}`, {cause: error})
+        throw new UserError(messages.getMessage('error.LockLostRegainFailed', [database, toUserError(error).message]), {cause: error})
       })
       const [{ok}] = await fresh.sql<{ok: boolean}[]>`select pg_try_advisory_lock(${COMMAND_LOCK_CLASS}, ${key}) as ok`
       if (!ok) {
@@ -204,7 +205,7 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
       const old = conn
       conn = fresh.sql
       lost = false
-      options.log?.(`Took the lock on "${database}" again after its connection was lost.`)
+      options.log?.(messages.getMessage('info.LockRegained', [database]))
       await old.end({timeout: 1}).catch(() => {})
     }
     const lockAdmin = admin
@@ -217,12 +218,9 @@ export async function acquireCommandLock(target: Target, options: AcquireOptions
           {name: string; oid: string}[]
         >`select current_database() as name, oid::int8::text as oid from pg_database where datname = current_database()`
         if (now.name !== database || Number(now.oid) !== oid) {
-          throw new UserError(
-            `The database "${database}" was replaced while this command was working on it (it is not the database the command started on: OID ${oid} then, ${now.oid} now); nothing more was written.`,
-            {
-              hint: 'Something renamed or restored it meanwhile; run nself db e2ee status to see where it stands.',
-            },
-          )
+          throw new UserError(messages.getMessage('error.DatabaseReplaced', [database, oid, now.oid]), {
+            hint: messages.getMessage('error.DatabaseReplaced.hint'),
+          })
         }
       },
       database,

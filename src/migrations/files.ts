@@ -4,7 +4,10 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import {parseStatements, type Statement} from './statements.js'
+
+const messages = loadMessages('lib.migrations.files')
 
 export interface MigrationFile {
   version: number
@@ -43,7 +46,7 @@ export function readChecksumList(dir: string): Map<string, string> | undefined {
 }
 
 export function loadMigrations(dir = packagedMigrationsDir()): MigrationFile[] {
-  if (!existsSync(dir)) throw new UserError(`The migrations folder ${dir} does not exist.`, {hint: 'Check --migrations-dir.'})
+  if (!existsSync(dir)) throw new UserError(messages.getMessage('error.NoFolder', [dir]), {hint: messages.getMessage('error.NoFolder.hint')})
   const names = readdirSync(dir)
   const sums = readChecksumList(dir)
   const read = (name: string) => {
@@ -53,12 +56,12 @@ export function loadMigrations(dir = packagedMigrationsDir()): MigrationFile[] {
     if (sums) {
       const expected = sums.get(name)
       if (!expected)
-        throw new UserError(`The migration file ${full} is not listed in ${CHECKSUM_FILE}.`, {
-          hint: 'Reinstall the plugin; files must not be added to its migrations folder.',
+        throw new UserError(messages.getMessage('error.NotListed', [full, CHECKSUM_FILE]), {
+          hint: messages.getMessage('error.NotListed.hint'),
         })
       if (expected !== checksum) {
-        throw new UserError(`The migration file ${full} was modified: its sha256 does not match ${CHECKSUM_FILE}.`, {
-          hint: 'Reinstall the plugin (or restore the file); nothing was run.',
+        throw new UserError(messages.getMessage('error.Modified', [full, CHECKSUM_FILE]), {
+          hint: messages.getMessage('error.Modified.hint'),
         })
       }
     }
@@ -66,9 +69,9 @@ export function loadMigrations(dir = packagedMigrationsDir()): MigrationFile[] {
     try {
       statements = parseStatements(bytes.toString('utf8'))
     } catch (error) {
-      throw new UserError(`The migration file ${full} cannot be parsed: ${(error as Error).message}.`)
+      throw new UserError(messages.getMessage('error.Unparsable', [full, (error as Error).message]))
     }
-    if (statements.length === 0) throw new UserError(`The migration file ${full} contains no SQL statement.`)
+    if (statements.length === 0) throw new UserError(messages.getMessage('error.NoStatement', [full]))
     return {checksum, file: full, statements}
   }
 
@@ -77,24 +80,24 @@ export function loadMigrations(dir = packagedMigrationsDir()): MigrationFile[] {
     const m = UP.exec(name)
     if (!m) continue
     const version = Number(m[1])
-    if (byVersion.has(version)) throw new UserError(`Two migration files have version ${version} in ${dir}.`)
+    if (byVersion.has(version)) throw new UserError(messages.getMessage('error.DuplicateVersion', [version, dir]))
     const downName = `${m[1]}_${m[2]}.down.sql`
     if (!names.includes(downName))
-      throw new UserError(`The migration ${name} has no down file ${downName} in ${dir}.`, {hint: 'Every migration needs a way back.'})
+      throw new UserError(messages.getMessage('error.NoDownFile', [name, downName, dir]), {hint: messages.getMessage('error.NoDownFile.hint')})
     const up = read(name)
     const down = read(downName)
     checkLayout(up.statements, up.file)
     if (down.statements.some((s) => s.mode !== 'transaction')) {
-      throw new UserError(`The down file ${down.file} uses CONCURRENTLY or VALIDATE; down files must run in one transaction.`)
+      throw new UserError(messages.getMessage('error.DownNotTransactional', [down.file]))
     }
     byVersion.set(version, {...up, down, name: name.replace(/\.sql$/, ''), version})
   }
   for (const name of names) {
     const m = DOWN.exec(name)
-    if (m && !names.includes(`${m[1]}_${m[2]}.sql`)) throw new UserError(`The down file ${name} in ${dir} has no up file.`)
+    if (m && !names.includes(`${m[1]}_${m[2]}.sql`)) throw new UserError(messages.getMessage('error.DownWithoutUp', [name, dir]))
   }
   const list = [...byVersion.values()].sort((a, b) => a.version - b.version)
-  if (list.length === 0) throw new UserError(`No migration files (NNN_name.sql) in ${dir}.`)
+  if (list.length === 0) throw new UserError(messages.getMessage('error.NoMigrations', [dir]))
   return list
 }
 
@@ -104,8 +107,8 @@ function checkLayout(statements: Statement[], file: string): void {
   for (const s of statements) {
     if (s.mode !== 'transaction') seenAlone = true
     else if (seenAlone) {
-      throw new UserError(`In ${file}, the statement at line ${s.line} (${s.summary}) follows a CONCURRENTLY/VALIDATE statement.`, {
-        hint: 'Statements that run outside the transaction must come last in an up file.',
+      throw new UserError(messages.getMessage('error.StatementAfterAlone', [file, s.line, s.summary]), {
+        hint: messages.getMessage('error.StatementAfterAlone.hint'),
       })
     }
   }

@@ -1,8 +1,11 @@
 import os from 'node:os'
 
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {Querier} from '../connection/connect.js'
+
+const messages = loadMessages('lib.migrations.ledger')
 
 /** Our own ledger, beside nself's `schema_migrations`: checksums, durations, who, and rollbacks. */
 export const LEDGER_SCHEMA = 'nself_e2ee'
@@ -16,18 +19,22 @@ export async function findAppSchema(sql: Querier, override?: string): Promise<st
   const schemas = rows.map((r) => r.schema)
   if (override) {
     if (!schemas.includes(override)) {
-      throw new UserError(`The schema "${override}" given by --schema has no nchat_users table${schemas.length ? ` (found in: ${schemas.join(', ')})` : ''}.`)
+      throw new UserError(
+        schemas.length
+          ? messages.getMessage('error.SchemaOverrideMissingFoundIn', [override, schemas.join(', ')])
+          : messages.getMessage('error.SchemaOverrideMissing', [override]),
+      )
     }
     return override
   }
   if (schemas.length === 0) {
     const [{db}] = await sql<{db: string}[]>`select current_database() as db`
-    throw new UserError(`The database "${db}" has no nChat tables (no nchat_users in any schema); it does not look like nChat's database.`, {
-      hint: 'Check --database / POSTGRES_DB.',
+    throw new UserError(messages.getMessage('error.NotNchat', [db]), {
+      hint: messages.getMessage('error.NotNchat.hint'),
     })
   }
   if (schemas.length > 1) {
-    throw new UserError(`nchat_users exists in several schemas (${schemas.join(', ')}).`, {hint: 'Choose one with --schema.'})
+    throw new UserError(messages.getMessage('error.SeveralSchemas', [schemas.join(', ')]), {hint: messages.getMessage('error.SeveralSchemas.hint')})
   }
   return schemas[0]
 }
@@ -61,14 +68,14 @@ export async function detectShape(sql: Querier, appSchema: string): Promise<Ledg
     select a.attname as name, format_type(a.atttypid, a.atttypmod) as type, a.attnotnull as notnull, a.atthasdef as hasdefault
     from pg_attribute a where a.attrelid = ${`${quoteIdent(schema)}.schema_migrations`}::regclass and a.attnum > 0 and not a.attisdropped`
   const version = cols.find((c) => c.name === 'version')
-  if (!version) throw new UserError(`${schema}.schema_migrations has no "version" column; its shape is unknown to this tool.`)
+  if (!version) throw new UserError(messages.getMessage('error.NoVersionColumn', [schema]))
   const versionType = /int|numeric/.test(version.type) ? 'int' : 'text'
   const nameColumn = cols.find((c) => c.name === 'name')?.name
   const time = cols.find((c) => ['executed_at', 'applied_at', 'run_at', 'created_at', 'installed_on'].includes(c.name))
   const known = new Set(['version', nameColumn, time?.name])
   const unfillable = cols.filter((c) => !known.has(c.name) && c.notnull && !c.hasdefault)
   if (unfillable.length > 0) {
-    throw new UserError(`${schema}.schema_migrations has required columns this tool cannot fill (${unfillable.map((c) => c.name).join(', ')}).`)
+    throw new UserError(messages.getMessage('error.UnfillableColumns', [schema, unfillable.map((c) => c.name).join(', ')]))
   }
   let textWithName = false
   let textPadded = false

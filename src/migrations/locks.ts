@@ -1,8 +1,11 @@
 import {setTimeout as sleep} from 'node:timers/promises'
 
 import {CancelledError, UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import {openSession, type Querier, type Sql} from '../connection/connect.js'
 import {plural} from '../text.js'
+
+const messages = loadMessages('lib.migrations.locks')
 
 /** 'nslf' and the release: the advisory lock key every `nself db e2ee` run on a database takes. */
 const LOCK_CLASS = 0x6e_73_6c_66
@@ -59,17 +62,21 @@ export async function acquireRunLock(sql: Sql, waitMs: number, log: (line: strin
         select a.pid, coalesce(a.application_name, '') as application, extract(epoch from now() - a.backend_start)::int as seconds, '' as query
         from pg_locks l join pg_stat_activity a on a.pid = l.pid
         where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS} and l.objid = ${LOCK_OBJ} and l.granted limit 1`
-      const who = holder ? `pid ${holder.pid}${holder.application ? ` (${holder.application})` : ''}` : 'another session'
+      const who = holder
+        ? holder.application
+          ? messages.getMessage('info.RunHolderApp', [holder.pid, holder.application])
+          : messages.getMessage('info.RunHolder', [holder.pid])
+        : messages.getMessage('info.RunHolderUnknown')
       if (Date.now() - started >= waitMs) {
-        throw new UserError(`Another nself db e2ee run (${who}) is working on this database; waited ${Math.round(waitMs / 1000)} s for it.`, {
-          hint: 'Let it finish, or raise --lock-wait.',
+        throw new UserError(messages.getMessage('error.RunLockWait', [who, Math.round(waitMs / 1000)]), {
+          hint: messages.getMessage('error.RunLockWait.hint'),
         })
       }
       if (!told) {
-        log(`waiting for another nself db e2ee run (${who}) to finish…`)
+        log(messages.getMessage('info.WaitingForRunLock', [who]))
         told = true
       }
-      if (signal?.aborted) throw new CancelledError('waiting for the migration lock')
+      if (signal?.aborted) throw new CancelledError(messages.getMessage('info.CancelledWaitingForRunLock'))
       await sleep(Math.min(500, Math.max(50, waitMs / 20)))
     }
   }
@@ -123,8 +130,15 @@ export interface LockAttempts {
 }
 
 export function describeHolder(h: LockHolder): string {
-  const waiting = h.blockedBy?.length ? `, itself waiting for pid ${h.blockedBy.join(', ')}` : ''
-  return `pid ${h.pid} (transaction open ${h.seconds} s on ${h.relation}${h.query ? `: ${h.query}` : ''}${waiting})`
+  if (h.blockedBy?.length) {
+    const waitingFor = h.blockedBy.join(', ')
+    return h.query
+      ? messages.getMessage('info.HolderQueryWaiting', [h.pid, h.seconds, String(h.relation), h.query, waitingFor])
+      : messages.getMessage('info.HolderWaiting', [h.pid, h.seconds, String(h.relation), waitingFor])
+  }
+  return h.query
+    ? messages.getMessage('info.HolderQuery', [h.pid, h.seconds, String(h.relation), h.query])
+    : messages.getMessage('info.Holder', [h.pid, h.seconds, String(h.relation)])
 }
 
 /**
@@ -140,24 +154,38 @@ export async function lockWaitError(
   seen: LockAttempts,
 ): Promise<UserError> {
   const holders = await longLockHolders(sql, schema, tables, o.lockTimeoutMs).catch(() => [] as LockHolder[])
-  const lost = [
-    seen.timeouts > 0 ? `${plural(seen.timeouts, 'lock timeout')} of ${o.lockTimeoutMs} ms` : '',
-    seen.deadlocks > 0 ? plural(seen.deadlocks, 'deadlock') : '',
-  ]
-    .filter(Boolean)
-    .join(' and ')
-  const head = `Migration ${o.migration} could not get its locks within ${Math.round(o.waitedMs / 1000)} s (--max-lock-wait${lost ? `; ${lost} at ${seen.at}` : ''})`
+  const timeouts = plural(seen.timeouts, 'lock timeout')
+  const deadlocks = plural(seen.deadlocks, 'deadlock')
+  const lost =
+    seen.timeouts > 0
+      ? seen.deadlocks > 0
+        ? messages.getMessage('info.LostTimeoutsAndDeadlocks', [timeouts, o.lockTimeoutMs, deadlocks])
+        : messages.getMessage('info.LostTimeouts', [timeouts, o.lockTimeoutMs])
+      : seen.deadlocks > 0
+        ? deadlocks
+        : ''
+  const within = Math.round(o.waitedMs / 1000)
+  const at = String(seen.at)
   const long = holders.find((h) => h.seconds * 1000 >= o.waitedMs / 2)
   if (long) {
-    return new UserError(`${head}: the long transaction ${describeHolder(long)} is in the way; nothing of the migration was applied.`, {
-      hint: `Let that transaction finish, or end it with SELECT pg_terminate_backend(${long.pid}); then run again.`,
-    })
+    const holder = describeHolder(long)
+    return new UserError(
+      lost
+        ? messages.getMessage('error.LockWait.LongAfterLost', [o.migration, within, lost, at, holder])
+        : messages.getMessage('error.LockWait.Long', [o.migration, within, holder]),
+      {hint: messages.getMessage('error.LockWait.Long.hint', [long.pid])},
+    )
   }
-  const latest = holders[0] ? `the latest: ${describeHolder(holders[0])}` : `none open longer than ${o.lockTimeoutMs} ms when checked`
-  return new UserError(
-    `${head}: other sessions' short transactions held the tables one after another (${latest}), so there is no long transaction to end; nothing of the migration was applied.`,
-    {
-      hint: `The tables are too busy for a ${o.lockTimeoutMs} ms lock wait: run it when writes are lighter, or raise --lock-timeout above those transactions' length (a writer may then wait that long) or --max-lock-wait.`,
-    },
-  )
+  const latest = holders[0] ? describeHolder(holders[0]) : undefined
+  let message: string
+  if (latest === undefined) {
+    message = lost
+      ? messages.getMessage('error.LockWait.BusyNoneSeenAfterLost', [o.migration, within, lost, at, o.lockTimeoutMs])
+      : messages.getMessage('error.LockWait.BusyNoneSeen', [o.migration, within, o.lockTimeoutMs])
+  } else {
+    message = lost
+      ? messages.getMessage('error.LockWait.BusyAfterLost', [o.migration, within, lost, at, latest])
+      : messages.getMessage('error.LockWait.Busy', [o.migration, within, latest])
+  }
+  return new UserError(message, {hint: messages.getMessage('error.LockWait.Busy.hint', [o.lockTimeoutMs])})
 }

@@ -1,9 +1,12 @@
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import type {Querier} from '../connection/connect.js'
 import type {MigrationFile} from './files.js'
 import {activeLedgerRows, detectShape, findAppSchema, type LedgerRow, type LedgerShape, recordedVersions} from './ledger.js'
 import {concurrentIndexName, stripComments, validatedConstraintName} from './statements.js'
 import {plural} from '../text.js'
+
+const messages = loadMessages('lib.migrations.plan')
 
 export type MigrationState =
   /** In our ledger with the same checksum, every statement done. */
@@ -75,11 +78,11 @@ export function describeChanges(m: MigrationFile): string {
     if (s.mode === 'concurrent') online++
   }
   const parts = [
-    created.length ? `creates ${created.join(', ')}` : '',
+    created.length ? messages.getMessage('info.Creates', [created.join(', ')]) : '',
     views ? plural(views, 'view') : '',
     functions ? plural(functions, 'function') : '',
-    altered.size ? `alters ${[...altered].join(', ')}` : '',
-    online ? `builds ${plural(online, 'index', 'indexes')} online` : '',
+    altered.size ? messages.getMessage('info.Alters', [[...altered].join(', ')]) : '',
+    online ? messages.getMessage('info.BuildsOnline', [plural(online, 'index', 'indexes')]) : '',
   ].filter(Boolean)
   return `${m.name}: ${parts.join('; ')}`
 }
@@ -143,7 +146,7 @@ export async function readPlan(sql: Querier, migrations: MigrationFile[], option
   }
 
   if (options.to !== undefined && !migrations.some((m) => m.version === options.to)) {
-    throw new UserError(`--to ${options.to} is not one of the packaged migrations (${migrations.map((m) => m.version).join(', ')}).`)
+    throw new UserError(messages.getMessage('error.UnknownTo', [options.to, migrations.map((m) => m.version).join(', ')]))
   }
   const limit = options.to ?? newest
   const toApply = migrations.filter((m, i) => m.version <= limit && statuses[i].state !== 'applied')
@@ -165,26 +168,20 @@ export function assertCanMigrate(plan: Plan, to?: number): void {
     (m): m is MigrationStatus & {ledger: NonNullable<MigrationStatus['ledger']>} => m.state === 'drifted' && m.ledger !== undefined,
   )
   if (d) {
-    throw new UserError(
-      `Migration ${d.name} was applied with a different file (checksum ${d.ledger.checksum.slice(0, 12)}… in the ledger, ${d.checksum.slice(0, 12)}… now); refusing to run.`,
-      {
-        hint: 'Use the plugin version that applied it, or roll it back first (nself db e2ee rollback).',
-      },
-    )
+    throw new UserError(messages.getMessage('error.Drifted', [d.name, d.ledger.checksum.slice(0, 12), d.checksum.slice(0, 12)]), {
+      hint: messages.getMessage('error.Drifted.hint'),
+    })
   }
   if (plan.ahead.length > 0) {
-    throw new UserError(
-      `schema_migrations records version ${plan.ahead.at(-1)}, newer than the newest migration this plugin knows (${Math.max(...plan.migrations.map((m) => m.version))}).`,
-      {
-        hint: 'This database was migrated by a newer nChat; use the matching plugin version.',
-      },
-    )
+    throw new UserError(messages.getMessage('error.LedgerAhead', [String(plan.ahead.at(-1)), Math.max(...plan.migrations.map((m) => m.version))]), {
+      hint: messages.getMessage('error.LedgerAhead.hint'),
+    })
   }
   if (to !== undefined) {
     const highest = plan.migrations.filter((m) => m.version > to && m.state !== 'pending').at(-1)
     if (highest) {
-      throw new UserError(`--to ${to} is below version ${highest.version}, which is already applied; migrate only moves forward.`, {
-        hint: 'Use nself db e2ee rollback --strategy down --to VERSION to go back.',
+      throw new UserError(messages.getMessage('error.ToBelowApplied', [to, highest.version]), {
+        hint: messages.getMessage('error.ToBelowApplied.hint'),
       })
     }
   }
@@ -197,8 +194,8 @@ export async function serverVersionNum(sql: Querier): Promise<{num: number; text
 
 export function assertServerSupported(v: {num: number; text: string}): void {
   if (v.num < 140_000) {
-    throw new UserError(`The PostgreSQL server is version ${v.text}; nChat v0.4.0 needs PostgreSQL 14 or newer.`, {
-      hint: 'Upgrade the nself postgres image first.',
+    throw new UserError(messages.getMessage('error.OldServer', [v.text]), {
+      hint: messages.getMessage('error.OldServer.hint'),
     })
   }
 }

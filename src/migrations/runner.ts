@@ -3,6 +3,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {CancelledError, interrupted, interruption, isConnectionLost, toUserError, UserError} from '../errors.js'
 import {withSession, type Querier, reopen, type Sql} from '../connection/connect.js'
+import {loadMessages} from '../messages.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {MigrationFile} from './files.js'
 import {
@@ -31,6 +32,8 @@ import {assertCanMigrate, existingTables, type MigrationStatus, type Plan, readP
 import {concurrentIndexName, referencedTables, type Statement} from './statements.js'
 import {createRunScope, type RunScope} from '../run/scope.js'
 import {plural} from '../text.js'
+
+const messages = loadMessages('lib.migrations.runner')
 
 /** A run's lock settings, converted once from the flags (--lock-timeout, --max-lock-wait, --lock-wait) and passed as they are. */
 export interface RunnerSettings {
@@ -126,12 +129,9 @@ class RunLockLost extends UserError {}
 function watchRunLock(o: Resolved, lock: RunLock): void {
   o.lockHeld = (what) => {
     if (lock.lost()) {
-      throw new RunLockLost(
-        `The session holding this run's lock on the database was ended (by the server, a restart or pg_terminate_backend), so the run stopped at ${what}: another run could start beside it.`,
-        {
-          hint: 'Check the server, then run the same command again; `nself db e2ee status` shows where the database stands.',
-        },
-      )
+      throw new RunLockLost(messages.getMessage('error.RunLockLost', [what]), {
+        hint: messages.getMessage('error.RunLockLost.hint'),
+      })
     }
   }
 }
@@ -151,8 +151,9 @@ function resolve(o: RunnerOptions): Resolved {
 function statementError(m: MigrationFile | {name: string; file: string}, s: Statement, error: unknown, direction: 'up' | 'down'): UserError {
   if (error instanceof CancelledError || error instanceof RunLockLost) return error
   const inner = toUserError(error)
-  const file = direction === 'down' ? `down file of ${m.name}` : `migration ${m.name}`
-  return new UserError(`The ${file} failed at line ${s.line} (${s.summary}): ${inner.message.replace(/\.$/, '')}.`, {cause: error, hint: inner.hint})
+  const tokens = [m.name, s.line, s.summary, inner.message.replace(/\.$/, '')]
+  const message = direction === 'down' ? messages.getMessage('error.DownStatementFailed', tokens) : messages.getMessage('error.UpStatementFailed', tokens)
+  return new UserError(message, {cause: error, hint: inner.hint})
 }
 
 /** Where `m` stood when the plan was read (the plan has a status for every file it lists to apply). */
@@ -184,14 +185,18 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
     let undoing: Promise<UndoOutcome> | undefined
     const undo = () => (undoing ??= undoCommitted(o, {...plan, shape}, [...committed].reverse(), applied))
     const unregister = o.revertOnFailure ? o.scope.registerCrashUndo(async () => (await undo()).sentence) : () => {}
-    let at = 'the migrations'
+    let at = messages.getMessage('info.TheMigrations')
     try {
       for (const m of plan.toApply) {
-        at = `migration ${m.name}`
-        checkpoint(o, `migration ${m.name}`)
+        at = messages.getMessage('info.Migration', [m.name])
+        checkpoint(o, at)
         const status = statusOf(plan, m)
         o.log(
-          `applying ${m.name}${status.state === 'partial' ? ' (finishing an interrupted run)' : status.state === 'recorded-elsewhere' ? ' (recorded by another tool: re-checking every object)' : ''}`,
+          status.state === 'partial'
+            ? messages.getMessage('info.ApplyingPartial', [m.name])
+            : status.state === 'recorded-elsewhere'
+              ? messages.getMessage('info.ApplyingRecordedElsewhere', [m.name])
+              : messages.getMessage('info.Applying', [m.name]),
         )
         const t0 = Date.now()
         const inTx = m.statements.filter((s) => s.mode === 'transaction')
@@ -241,24 +246,24 @@ export async function migrateUp(options: RunnerOptions & {to?: number}): Promise
         }
         report.migrations.push(mr)
         report.after = Math.max(report.after ?? 0, m.version)
-        o.log(`applied ${m.name} in ${mr.durationMs} ms`)
+        o.log(messages.getMessage('info.Applied', [m.name, mr.durationMs]))
       }
     } catch (error) {
-      const unchanged = `nothing this run applied had committed, so the database is as it was before (at ${plan.current ?? 'no migration'})`
+      const unchanged = messages.getMessage('info.Unchanged', [plan.current ?? messages.getMessage('info.NoMigration')])
       if (error instanceof RunLockLost && committed.length === 0) {
         throw new RunLockLost(`${error.message.replace(/\.$/, '')}; ${unchanged}.`, {hint: error.hint})
       }
       if (committed.length === 0 && !(error instanceof UserError)) {
         // A server gone between statements (a restart while the run waited): name the migration and the state.
         const inner = toUserError(error)
-        throw new UserError(`Applying ${at} stopped: ${inner.message.replace(/\.$/, '')}; ${unchanged}.`, {cause: error, hint: inner.hint})
+        throw new UserError(messages.getMessage('error.ApplyingStopped', [at, inner.message.replace(/\.$/, ''), unchanged]), {cause: error, hint: inner.hint})
       }
       if (!o.revertOnFailure || committed.length === 0) throw error
       const reason = error instanceof UserError ? error : toUserError(error)
-      o.log(`undoing what this run applied (${committed.map((m) => m.name).join(', ')})…`)
+      o.log(messages.getMessage('info.Undoing', [committed.map((m) => m.name).join(', ')]))
       const outcome = await undo()
       if (reason instanceof CancelledError) {
-        throw interrupted(`Interrupted by ${interruption().by}: the migration was stopped, and ${outcome.sentence}.`, outcome.hint)
+        throw interrupted(messages.getMessage('error.MigrationInterrupted', [interruption().by, outcome.sentence]), outcome.hint)
       }
       throw new UserError(`${reason.message.replace(/\.$/, '')}; ${outcome.sentence}.`, {
         cause: error,
@@ -282,7 +287,7 @@ export async function migrateDown(options: RunnerOptions & {to: number}): Promis
   try {
     const plan = await readPlan(o.sql, o.migrations, {schema: o.schema})
     const drifted = plan.migrations.find((m) => m.state === 'drifted' && m.version > options.to)
-    if (drifted) throw new UserError(`Migration ${drifted.name} was applied with a different file; its down file may not match, refusing to roll it back.`)
+    if (drifted) throw new UserError(messages.getMessage('error.DownDrifted', [drifted.name]))
     const applied = new Set(plan.migrations.filter((m) => m.state !== 'pending').map((m) => m.version))
     const targets = o.migrations.filter((m) => m.version > options.to && applied.has(m.version)).reverse()
     const report: RunReport = {after: plan.current, appSchema: plan.appSchema, before: plan.current, migrations: [], reverted: []}
@@ -290,9 +295,9 @@ export async function migrateDown(options: RunnerOptions & {to: number}): Promis
       report.migrations = await runDown(o, plan, targets, applied)
     } catch (error) {
       const state = await describeState(o, plan)
-      const hint = `\`nself db e2ee rollback --strategy down --to ${options.to}\` continues the rollback; \`nself db e2ee migrate\` re-applies what was reverted.`
+      const hint = messages.getMessage('error.RollbackStopped.hint', [options.to])
       if (error instanceof CancelledError) {
-        throw interrupted(`Interrupted by ${interruption().by}: the rollback was stopped; ${state}.`, hint)
+        throw interrupted(messages.getMessage('error.RollbackInterrupted', [interruption().by, state]), hint)
       }
       const reason = toUserError(error)
       throw new UserError(`${reason.message.replace(/\.$/, '')}; ${state}.`, {cause: error, exitCode: reason.exitCode, hint})
@@ -318,7 +323,7 @@ interface UndoOutcome {
  * may be the ones that died), under an undo scope that the first Ctrl+C does not cut short; a second one does.
  */
 async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile[], applied: Set<number>): Promise<UndoOutcome> {
-  if (newestFirst.length === 0) return {ok: true, sentence: 'nothing this run applied had committed, so the database is as it was before'}
+  if (newestFirst.length === 0) return {ok: true, sentence: messages.getMessage('info.UndoNothingCommitted')}
   const names = newestFirst
     .map((m) => m.name)
     .reverse()
@@ -330,19 +335,19 @@ async function undoCommitted(o: Resolved, plan: Plan, newestFirst: MigrationFile
       // The undo does not stop for a lost run lock: leaving half a migration behind would be worse.
       await serverBack(fresh, o.log, undo)
       await runDown({...o, lockHeld: undefined, scope: undo, sql: fresh}, plan, newestFirst, applied)
+      const undone = [plural(newestFirst.length, 'migration'), names, plan.current ?? messages.getMessage('info.NoMigration')]
       return {
         ok: true,
-        sentence: `${plural(newestFirst.length, 'migration')} this run applied (${names}) ${newestFirst.length === 1 ? 'was' : 'were'} undone, so the database is as it was before (at ${plan.current ?? 'no migration'})`,
+        sentence: newestFirst.length === 1 ? messages.getMessage('info.UndoneOne', undone) : messages.getMessage('info.UndoneMany', undone),
       }
     } catch (error) {
       const state = await describeState({...o, sql: fresh}, plan)
-      const hint = `\`nself db e2ee migrate\` finishes the migration; \`nself db e2ee rollback --strategy down --to ${plan.current ?? 0}\` undoes it.`
-      if (error instanceof CancelledError)
-        return {hint, ok: false, sentence: `undoing what it applied was abandoned by a second ${interruption().by}: ${state}`}
+      const hint = messages.getMessage('info.UndoFailed.hint', [plan.current ?? 0])
+      if (error instanceof CancelledError) return {hint, ok: false, sentence: messages.getMessage('info.UndoAbandoned', [interruption().by, state])}
       return {
         hint,
         ok: false,
-        sentence: `undoing the migrations this run applied (${names}) also failed (${toUserError(error).message.replace(/\.$/, '')}): ${state}`,
+        sentence: messages.getMessage('info.UndoFailed', [names, toUserError(error).message.replace(/\.$/, ''), state]),
       }
     }
   })
@@ -361,12 +366,10 @@ async function serverBack(sql: Sql, log: (line: string) => void, scope: RunScope
       const transient = isConnectionLost(error) || ['ECONNREFUSED', 'CONNECT_TIMEOUT', '57P03'].includes(code)
       if (!transient || Date.now() - started > waitMs) throw error
       if (!told) {
-        log(
-          `the server is not accepting connections (${toUserError(error).message.replace(/\.$/, '')}); waiting up to ${waitMs / 1000} s for it to undo what this run applied`,
-        )
+        log(messages.getMessage('info.ServerNotAccepting', [toUserError(error).message.replace(/\.$/, ''), waitMs / 1000]))
         told = true
       }
-      scope.throwIfCancelled('waiting for the server to undo what this run applied')
+      scope.throwIfCancelled(messages.getMessage('info.WaitingForServerToUndo'))
       await sleep(500)
     }
   }
@@ -385,10 +388,14 @@ async function describeState(o: Resolved, before: Plan): Promise<string> {
   try {
     const now = await readPlan(o.sql, o.migrations, {schema: o.schema})
     const done = now.migrations.filter((m) => m.state !== 'pending')
-    const list = done.map((m) => `${m.name} ${m.state === 'partial' ? 'partial (its online index builds or validation did not finish)' : m.state}`)
-    return `the database is left at ${now.current ?? 'no migration'}${list.length ? ` (${list.join(', ')})` : ''}, it was at ${before.current ?? 'no migration'} before`
+    const list = done.map((m) => (m.state === 'partial' ? messages.getMessage('info.StatePartial', [m.name]) : `${m.name} ${m.state}`))
+    const nowAt = now.current ?? messages.getMessage('info.NoMigration')
+    const beforeAt = before.current ?? messages.getMessage('info.NoMigration')
+    return list.length
+      ? messages.getMessage('info.StateLeftAtWith', [nowAt, list.join(', '), beforeAt])
+      : messages.getMessage('info.StateLeftAt', [nowAt, beforeAt])
   } catch (error) {
-    return `where the database stands could not be read (${toUserError(error).message.replace(/\.$/, '')}); \`nself db e2ee status\` shows it`
+    return messages.getMessage('info.StateUnreadable', [toUserError(error).message.replace(/\.$/, '')])
   }
 }
 
@@ -396,7 +403,7 @@ async function runDown(o: Resolved, plan: Plan, newestFirst: MigrationFile[], ap
   const reports: MigrationReport[] = []
   const applied = new Set(appliedNow)
   for (const m of newestFirst) {
-    o.log(`reverting ${m.name}`)
+    o.log(messages.getMessage('info.Reverting', [m.name]))
     const t0 = Date.now()
     const {lockRetries, statements} = await runTransaction(o, {
       appSchema: plan.appSchema,
@@ -413,7 +420,7 @@ async function runDown(o: Resolved, plan: Plan, newestFirst: MigrationFile[], ap
     applied.delete(m.version)
     const mr: MigrationReport = {direction: 'down', durationMs: Date.now() - t0, lockRetries, name: m.name, statements, version: m.version}
     reports.push(mr)
-    o.log(`reverted ${m.name} in ${mr.durationMs} ms`)
+    o.log(messages.getMessage('info.Reverted', [m.name, mr.durationMs]))
   }
   return reports
 }
@@ -460,7 +467,7 @@ async function runTransaction(o: Resolved, w: TransactionWork): Promise<Statemen
         let seen = new Map<string, string>()
         for (const s of statements) {
           current = s
-          checkpoint(o, `migration ${m.name}`)
+          checkpoint(o, messages.getMessage('info.Migration', [m.name]))
           const t = Date.now()
           const q = tx.unsafe(s.sql)
           running = q
@@ -479,10 +486,10 @@ async function runTransaction(o: Resolved, w: TransactionWork): Promise<Statemen
       })
       return {lockRetries, statements: reports}
     } catch (error) {
-      if (o.scope.cancelled) throw new CancelledError(`migration ${m.name}`)
+      if (o.scope.cancelled) throw new CancelledError(messages.getMessage('info.Migration', [m.name]))
       // A deadlock is a lock wait lost as well: the server rolled our transaction back and the writers went on.
       if (isLockConflict(error)) {
-        const where = current ? current.summary : 'the ledger'
+        const where = current ? current.summary : messages.getMessage('info.TheLedger')
         if (isDeadlock(error)) lost.deadlocks++
         else lost.timeouts++
         lost.at = where
@@ -490,7 +497,9 @@ async function runTransaction(o: Resolved, w: TransactionWork): Promise<Statemen
           lockRetries++
           const wait = backoffMs(attempt)
           o.log(
-            `${isDeadlock(error) ? `lock cycle (deadlock) with another session on ${where}; this attempt was rolled back` : `lock wait on ${where} exceeded ${o.lockTimeoutMs} ms`} (writers were let through); retry ${attempt + 1} in ${wait} ms`,
+            isDeadlock(error)
+              ? messages.getMessage('info.DeadlockRetry', [where, attempt + 1, wait])
+              : messages.getMessage('info.LockTimeoutRetry', [where, o.lockTimeoutMs, attempt + 1, wait]),
           )
           await sleep(wait)
           continue
@@ -498,7 +507,7 @@ async function runTransaction(o: Resolved, w: TransactionWork): Promise<Statemen
         throw await lockWaitError(o.sql, appSchema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: m.name, waitedMs: Date.now() - started}, lost)
       }
       if (current) throw statementError(m, current, error, direction)
-      throw toUserError(error, `recording ${m.name} in the ledger`)
+      throw toUserError(error, messages.getMessage('info.RecordingInLedger', [m.name]))
     } finally {
       dispose()
     }
@@ -525,7 +534,7 @@ async function waitForLongHolders(o: Resolved, schema: string, tables: string[],
       throw await lockWaitError(o.sql, schema, tables, {lockTimeoutMs: o.lockTimeoutMs, migration: what, waitedMs: Date.now() - started}, lost)
     }
     if (!told) {
-      o.log(`waiting, without taking any lock, for ${describeHolder(holders[0])} to finish`)
+      o.log(messages.getMessage('info.WaitingForLongHolder', [describeHolder(holders[0])]))
       told = true
     }
     checkpoint(o, what)
@@ -551,8 +560,8 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
       await o.beforeWrite?.(conn)
       const indexName = concurrentIndexName(s)
       for (let attempt = 0; ; attempt++) {
-        checkpoint(o, `migration ${m.name}`)
-        if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by an interrupted build; rebuilding it')
+        checkpoint(o, messages.getMessage('info.Migration', [m.name]))
+        if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, messages.getMessage('info.InvalidIndexRebuilt', [indexName]))
         const stopProgress = indexName ? watchIndexBuild(o, pid, indexName) : () => {}
         try {
           const q = conn.unsafe(s.sql)
@@ -564,8 +573,8 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
           // (the down file drops it) or is rebuilt by the next run.
           if (session.lost || isConnectionLost(error)) throw statementError(m, s, error, 'up')
           if (o.scope.cancelled) {
-            if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, 'left invalid by the cancelled build; dropping it').catch(() => {})
-            throw new CancelledError(`migration ${m.name}`)
+            if (indexName) await dropInvalidIndex(conn, schema, indexName, o.log, messages.getMessage('info.InvalidIndexDropped', [indexName])).catch(() => {})
+            throw new CancelledError(messages.getMessage('info.Migration', [m.name]))
           }
           if (isLockConflict(error) && Date.now() - started < o.maxLockWaitMs) {
             lockRetries++
@@ -593,12 +602,12 @@ async function runAlone(o: Resolved, schema: string, m: MigrationFile, s: Statem
 }
 
 /** An index left INVALID by an interrupted CONCURRENTLY build is dropped (so it can be built again). */
-async function dropInvalidIndex(conn: Querier, schema: string, name: string, log: (l: string) => void, why: string): Promise<void> {
+async function dropInvalidIndex(conn: Querier, schema: string, name: string, log: (l: string) => void, line: string): Promise<void> {
   const rows = await conn<{valid: boolean}[]>`
     select i.indisvalid as valid from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = ${schema} and c.relname = ${name}`
   if (rows.length === 1 && !rows[0].valid) {
-    log(`index ${name} was ${why}`)
+    log(line)
     await conn.unsafe(`drop index concurrently if exists ${quoteIdent(schema)}.${quoteIdent(name)}`)
   }
 }
@@ -611,8 +620,11 @@ function watchIndexBuild(o: Resolved, pid: number, name: string): () => void {
       const [p] = await o.sql<{phase: string; blocks_done: string; blocks_total: string; tuples_done: string; tuples_total: string}[]>`
         select phase, blocks_done, blocks_total, tuples_done, tuples_total from pg_stat_progress_create_index where pid = ${pid}`
       if (p && !stopped) {
-        const pct = Number(p.blocks_total) > 0 ? ` ${Math.round((100 * Number(p.blocks_done)) / Number(p.blocks_total))}% of ${p.blocks_total} blocks` : ''
-        o.progress(`${name}: ${p.phase}${pct}`)
+        o.progress(
+          Number(p.blocks_total) > 0
+            ? messages.getMessage('info.BuildProgress', [name, p.phase, Math.round((100 * Number(p.blocks_done)) / Number(p.blocks_total)), p.blocks_total])
+            : messages.getMessage('info.BuildPhase', [name, p.phase]),
+        )
       }
     } catch {
       // Progress is cosmetic.

@@ -3,6 +3,10 @@
  * understood) and says how each must run. The runner never sends a whole file at once: postgres.js would
  * run a multi-statement string as one implicit transaction, where CREATE INDEX CONCURRENTLY fails.
  */
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.migrations.statements')
+
 export type RunMode =
   /** Inside the file's single transaction, with its ledger rows. */
   | 'transaction'
@@ -53,7 +57,7 @@ export function splitStatements(text: string): Array<{sql: string; line: number}
           i += 2
         } else i++
       }
-      if (depth > 0) throw new SyntaxError(`unterminated /* comment starting at line ${lineAt(text, start)}`)
+      if (depth > 0) throw new SyntaxError(messages.getMessage('error.UnterminatedComment', [lineAt(text, start)]))
     } else if (c === "'" || c === '"') {
       const startQuote = i
       i++
@@ -70,14 +74,19 @@ export function splitStatements(text: string): Array<{sql: string; line: number}
         if (text[i] === '\\' && c === "'" && /[eE]/.test(text[startQuote - 1] ?? '')) i++
         i++
       }
-      if (i >= n) throw new SyntaxError(`unterminated ${c === "'" ? 'string' : 'quoted identifier'} at line ${lineAt(text, startQuote)}`)
+      if (i >= n)
+        throw new SyntaxError(
+          c === "'"
+            ? messages.getMessage('error.UnterminatedString', [lineAt(text, startQuote)])
+            : messages.getMessage('error.UnterminatedIdentifier', [lineAt(text, startQuote)]),
+        )
       i++
     } else if (c === '$') {
       const m = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(text.slice(i, i + 64))
       if (m && !/[A-Za-z0-9_]/.test(text[i - 1] ?? '')) {
         const tag = m[0]
         const close = text.indexOf(tag, i + tag.length)
-        if (close === -1) throw new SyntaxError(`unterminated ${tag} quote at line ${lineAt(text, i)}`)
+        if (close === -1) throw new SyntaxError(messages.getMessage('error.UnterminatedDollarQuote', [tag, lineAt(text, i)]))
         i = close + tag.length
       } else i++
     } else if (c === ';') {
