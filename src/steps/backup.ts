@@ -31,6 +31,9 @@ import type {PgTools} from '../connection/tools.js'
 import {judgeTools, olderRestoreSentence} from '../connection/versions.js'
 import {copyRows} from '../clone/clone.js'
 import {fmtBytes, plural, redact} from '../text.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.steps.backup')
 
 /**
  * Backups in nself's own layout (README, "Shared with nself's ledger and backups"): `pg_dump -Fc` through
@@ -91,24 +94,28 @@ interface InSnapshot {
  */
 async function beginDump(
   opts: Pick<TakeBackupOptions, 'dir' | 'log' | 'sql' | 'target' | 'tools'>,
-  what: string,
+  what: DumpKind,
 ): Promise<{dir: string; scope: RunScope; setting: DumpSetting; started: number}> {
   const scope = opts.tools.scope
   const started = Date.now()
   const dir = path.resolve(opts.dir ?? opts.target.backupDir)
-  scope.throwIfCancelled(`the ${what}`)
+  scope.throwIfCancelled(what === 'backup' ? messages.getMessage('step.Backup') : messages.getMessage('step.Rehearsal'))
   const setting = await prepareDump(opts, dir, what)
   await ensureBackupDir(dir, opts.log)
   return {dir, scope, setting, started}
 }
 
 /** Checked before anything is written: the connection is to the database dumped, and the client tools fit the server. */
-async function prepareDump(opts: Pick<TakeBackupOptions, 'sql' | 'target' | 'tools'>, dir: string, what: string): Promise<DumpSetting> {
+async function prepareDump(opts: Pick<TakeBackupOptions, 'sql' | 'target' | 'tools'>, dir: string, what: DumpKind): Promise<DumpSetting> {
   const {sql, target, tools} = opts
   const database = target.conn.database
   const [{db}] = await sql<{db: string}[]>`select current_database() as db`
   if (db !== database) {
-    throw new UserError(`The ${what} must be taken over a connection to "${database}", not "${db}".`)
+    throw new UserError(
+      what === 'backup'
+        ? messages.getMessage('error.WrongConnection.Backup', [database, db])
+        : messages.getMessage('error.WrongConnection.Rehearsal', [database, db]),
+    )
   }
   const [server] = await sql<{version: string; num: number; size: string}[]>`
     select current_setting('server_version') as version, current_setting('server_version_num')::int as num,
@@ -118,12 +125,22 @@ async function prepareDump(opts: Pick<TakeBackupOptions, 'sql' | 'target' | 'too
   const toolCheck = judgeTools(
     Math.floor(server.num / 10_000),
     {pg_dump: pgDumpMajor, pg_restore: await tools.toolMajor('pg_restore')},
-    tools.container ? `in container ${tools.container}` : 'local client tools',
+    tools.container ? messages.getMessage('info.ToolsInContainer', [tools.container]) : messages.getMessage('info.ToolsLocal'),
     {dumps: true, local: !tools.container},
   )
-  if (toolCheck.status === 'fail') throw new UserError(`No ${what} was taken: ${toolCheck.detail}.`, {hint: toolCheck.fix})
+  if (toolCheck.status === 'fail') {
+    throw new UserError(
+      what === 'backup'
+        ? messages.getMessage('error.NotTaken.Backup', [toolCheck.detail])
+        : messages.getMessage('error.NotTaken.Rehearsal', [toolCheck.detail]),
+      {hint: toolCheck.fix},
+    )
+  }
   return {dir, pgDumpMajor, server: {num: server.num, size: Number(server.size), version: server.version}}
 }
+
+/** Which dump: the names the sentences about it use follow from it. */
+type DumpKind = 'backup' | 'rehearsal dump'
 
 interface DumpSetting {
   dir: string
@@ -161,12 +178,12 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       count: existing,
       extraArgs: [],
       file: partial,
-      name: `the backup to ${final}`,
+      name: messages.getMessage('step.BackupTo', [final]),
       requireData: [{schema: opts.schema, tables: plain}],
       shown: final,
       what: 'backup',
     })
-    scope.throwIfCancelled(`the backup to ${final}`)
+    scope.throwIfCancelled(messages.getMessage('step.BackupTo', [final]))
     await testPause('backup:partial-written', scope.signal)
 
     const manifest = manifestOf(dump, setting, {database, file: final, project: target.projectName, purpose, schema: opts.schema, started})
@@ -174,7 +191,7 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
       await publish(partial, final)
     } catch (error) {
       if (error instanceof UserError) throw error
-      throw fsErrorSentence(error, 'Writing the backup', final)
+      throw fsErrorSentence(error, messages.getMessage('subject.WritingBackup'), final)
     }
     try {
       await writeManifest(manifestFile, manifest)
@@ -182,16 +199,16 @@ export async function takeBackup(opts: TakeBackupOptions): Promise<BackupInfo> {
     } catch (error) {
       await removeQuietly(final)
       await removeQuietly(manifestFile)
-      throw fsErrorSentence(error, 'Writing the backup', final)
+      throw fsErrorSentence(error, messages.getMessage('subject.WritingBackup'), final)
     }
-    log?.(`Backup written: ${final} (${fmtBytes(dump.result.bytes)}, ${dump.toc.entries.length} entries, sha256 ${dump.result.sha256.slice(0, 12)}…).`)
+    log?.(messages.getMessage('info.BackupWritten', [final, fmtBytes(dump.result.bytes), dump.toc.entries.length, dump.result.sha256.slice(0, 12)]))
     return {bytes: dump.result.bytes, durationMs: Date.now() - started, file: final, manifest, manifestFile}
   } catch (error) {
     await removeQuietly(partial)
     await removeQuietly(manifestFile)
-    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the backup to ${final}`)
+    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(messages.getMessage('step.BackupTo', [final]))
     if (error instanceof UserError) throw error
-    const e = toUserError(error, `The backup to ${final} failed`)
+    const e = toUserError(error, messages.getMessage('error.Failed.Backup', [final]))
     throw new UserError(redact(e.message, target.conn.password), {cause: error, hint: e.hint})
   }
 }
@@ -257,14 +274,14 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
   const unregister = scope.onCancel(remove)
   try {
     const fh = await fs.open(file, 'wx', 0o600).catch((error) => {
-      throw fsErrorSentence(error, 'Writing the rehearsal dump', file)
+      throw fsErrorSentence(error, messages.getMessage('subject.WritingRehearsal'), file)
     })
     await fh.close()
     const dump = await dumpChecked(opts, setting, {
       count: existing,
       extraArgs: exclude.map((t) => `--exclude-table-data=${dumpPattern(t.schema, t.name)}`),
       file,
-      name: `the rehearsal dump ${file}`,
+      name: messages.getMessage('step.RehearsalDump', [file]),
       requireData: [...bySchema].map(([schema, tables]) => ({schema, tables})),
       shown: file,
       what: 'rehearsal dump',
@@ -272,16 +289,13 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     // pg_dump's patterns are quoted exactly, so a table left out must have no data in it: say so if one has.
     const excluded = new Set(exclude.map((t) => tableDataKey(t.schema, t.name)))
     const stray = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA' && excluded.has(tableDataKey(e.schema, e.name)))
-    if (stray.length > 0)
-      log?.(`The rehearsal dump holds the rows of ${stray.map((e) => `${e.schema}.${e.name}`).join(', ')} after all; the copy leaves them out.`)
-    scope.throwIfCancelled(`the rehearsal dump ${file}`)
+    if (stray.length > 0) log?.(messages.getMessage('info.RehearsalStray', [stray.map((e) => `${e.schema}.${e.name}`).join(', ')]))
+    scope.throwIfCancelled(messages.getMessage('step.RehearsalDump', [file]))
     await testPause('dryrun:dump-written', scope.signal)
-    scope.throwIfCancelled(`the rehearsal dump ${file}`)
+    scope.throwIfCancelled(messages.getMessage('step.RehearsalDump', [file]))
     const manifest = manifestOf(dump, setting, {database, file, project: target.projectName, purpose: 'rehearsal', schema: opts.schema, started})
     const tablesWithData = dump.toc.entries.filter((e) => e.desc === 'TABLE DATA').map((e) => `${e.schema ?? ''}.${e.name}`)
-    log?.(
-      `Rehearsal dump written: ${file} (${fmtBytes(dump.result.bytes)}, the schema and the rows of ${plural(tablesWithData.length, 'table')}; not a backup, removed when the dry run ends).`,
-    )
+    log?.(messages.getMessage('info.RehearsalWritten', [file, fmtBytes(dump.result.bytes), plural(tablesWithData.length, 'table')]))
     return {
       bytes: dump.result.bytes,
       durationMs: Date.now() - started,
@@ -299,7 +313,7 @@ export async function takeRehearsalDump(opts: RehearsalDumpOptions): Promise<Reh
     unregister()
     await remove()
     if (scope.cancelled || error instanceof CancelledError)
-      throw new CancelledError(`the rehearsal dump ${file}`, 'the file was removed; production was not changed')
+      throw new CancelledError(messages.getMessage('step.RehearsalDump', [file]), messages.getMessage('info.RehearsalCancelled'))
     throw error
   }
 }
@@ -346,7 +360,7 @@ interface DumpTarget {
   /** The file as messages name it, and the phrase for the whole operation ("the backup to X"). */
   shown: string
   name: string
-  what: 'backup' | 'rehearsal dump'
+  what: DumpKind
   /** Tables (in the options' schema) counted in the dump's snapshot. */
   count: string[]
   /** Tables whose data the dump must hold, per schema. */
@@ -373,9 +387,9 @@ async function dumpChecked(
   const scope = tools.scope
   const database = target.conn.database
   const secret = target.conn.password
-  const Shown = d.name.charAt(0).toUpperCase() + d.name.slice(1)
+  const backup = d.what === 'backup'
   // "The backup to X failed: …", "The rehearsal dump X failed: …"
-  const opening = d.what === 'backup' ? 'The backup to' : 'The rehearsal dump'
+  const opening = backup ? messages.getMessage('subject.BackupTo') : messages.getMessage('subject.Rehearsal')
   // A full backup can be large: warn when the folder has less room than the database takes (the rehearsal dump
   // holds the schema and a few tables' rows).
   if (d.what === 'backup') {
@@ -383,9 +397,7 @@ async function dumpChecked(
       const stat = await fs.statfs(setting.dir)
       const free = Number(stat.bavail) * Number(stat.bsize)
       if (free < setting.server.size) {
-        log?.(
-          `Warning: ${setting.dir} has ${fmtBytes(free)} free and the database takes ${fmtBytes(setting.server.size)}; a compressed dump is usually much smaller, but watch the disk.`,
-        )
+        log?.(messages.getMessage('warning.LowSpace', [setting.dir, fmtBytes(free), fmtBytes(setting.server.size)]))
       }
     } catch {
       // statfs is advisory.
@@ -406,7 +418,7 @@ async function dumpChecked(
         break
       } catch (error) {
         if (compression.fallback && !scope.cancelled && /zstd|not built with|not supported/i.test(firstLine(error))) {
-          log?.(`pg_dump ${setting.pgDumpMajor} has no zstd support (${firstLine(error)}); using gzip level 1.`)
+          log?.(messages.getMessage('info.NoZstd', [setting.pgDumpMajor, firstLine(error)]))
           compression = {args: compression.fallback.args, label: compression.fallback.label}
           continue
         }
@@ -421,14 +433,23 @@ async function dumpChecked(
       toc = await readToc(tools, d.file)
     } catch (error) {
       if (scope.cancelled) throw error
-      throw new UserError(`The new ${d.what} ${d.shown} cannot be read back by pg_restore: ${redact(firstLine(error), secret)}.`, {cause: error})
+      const why = redact(firstLine(error), secret)
+      throw new UserError(
+        backup ? messages.getMessage('error.ReadBack.Backup', [d.shown, why]) : messages.getMessage('error.ReadBack.Rehearsal', [d.shown, why]),
+        {cause: error},
+      )
     }
     for (const r of d.requireData) {
       const missing = missingTableData(toc, r.schema, r.tables)
       if (missing) {
-        throw new UserError(`The new ${d.what} ${d.shown} holds no data for table ${r.schema}.${missing}.`, {
-          hint: 'Check that the database user may read every table (pg_dump skips nothing it can read).',
-        })
+        throw new UserError(
+          backup
+            ? messages.getMessage('error.NoData.Backup', [d.shown, r.schema, missing])
+            : messages.getMessage('error.NoData.Rehearsal', [d.shown, r.schema, missing]),
+          {
+            hint: messages.getMessage('error.NoData.hint'),
+          },
+        )
       }
     }
     return {...out, compression: compression.label, toc}
@@ -436,7 +457,7 @@ async function dumpChecked(
     await stopDump?.()
     if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(d.name)
     if (error instanceof UserError) throw error
-    const e = toUserError(error, `${Shown} failed`)
+    const e = toUserError(error, backup ? messages.getMessage('error.Failed.Backup', [d.shown]) : messages.getMessage('error.Failed.Rehearsal', [d.shown]))
     throw new UserError(redact(e.message, secret), {cause: error, hint: e.hint})
   } finally {
     unregister()
@@ -452,7 +473,7 @@ async function dumpChecked(
     return withSession(sql, async (session) => {
       const tx = session.sql
       const alive = () => {
-        if (session.lost) throw Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
+        if (session.lost) throw Object.assign(new Error(messages.getMessage('error.ConnectionLost')), {code: 'CONNECTION_CLOSED'})
       }
       await tx.unsafe('begin isolation level repeatable read read only')
       try {
@@ -508,7 +529,7 @@ async function dumpChecked(
       // Created by the caller: truncate what an earlier attempt wrote.
       fh = await fs.open(d.file, 'w', 0o600)
     } catch (error) {
-      throw fsErrorSentence(error, `Writing the ${d.what}`, d.shown)
+      throw fsErrorSentence(error, backup ? messages.getMessage('subject.WritingBackup') : messages.getMessage('subject.WritingRehearsal'), d.shown)
     }
     const args = ['--format=custom', ...dumpArgs, '--no-password', '--lock-wait-timeout=60s']
     const child = tools.run('pg_dump', args, database, {buffer: {stderr: true, stdout: false}, maxBuffer: 16 * 1024 * 1024}, {appName: dumpAppName})
@@ -528,7 +549,7 @@ async function dumpChecked(
       const output = child.stdout
       if (!output) {
         child.kill('SIGTERM')
-        throw new Error('pg_dump was started without a pipe for its stdout.')
+        throw new Error(messages.getMessage('error.NoPipe'))
       }
       for await (const chunk of output as AsyncIterable<Buffer>) {
         hash.update(chunk)
@@ -556,7 +577,7 @@ async function dumpChecked(
         dumpDone = true
       } catch (error) {
         if (scope.cancelled) throw new CancelledError(d.name)
-        throw new UserError(`pg_dump failed writing ${d.shown}: ${redact(firstLine(error), secret)}.`, {
+        throw new UserError(messages.getMessage('error.PgDumpFailed', [d.shown, redact(firstLine(error), secret)]), {
           cause: error,
           hint: dumpHint(firstLine(error), target),
         })
@@ -569,19 +590,19 @@ async function dumpChecked(
     } finally {
       await fh.close().catch(() => {})
     }
-    if (bytes === 0) throw new UserError(`pg_dump wrote nothing to ${d.shown}.`)
+    if (bytes === 0) throw new UserError(messages.getMessage('error.PgDumpEmpty', [d.shown]))
     return {bytes, sha256: hash.digest('hex')}
   }
 }
 
 function dumpHint(message: string, target: Target): string | undefined {
   if (/lock/i.test(message) && /timeout/i.test(message)) {
-    return 'A session holds an exclusive lock on a table for over 60 s; find it in pg_stat_activity and retry.'
+    return messages.getMessage('hint.LockTimeout')
   }
   if (/version mismatch/i.test(message)) {
-    return target.mode === 'local' ? 'Install client tools at least as new as the server, or drop --local.' : undefined
+    return target.mode === 'local' ? messages.getMessage('hint.VersionMismatch') : undefined
   }
-  if (/password|authentication/i.test(message)) return 'Set POSTGRES_PASSWORD in the nself env file or PGPASSWORD.'
+  if (/password|authentication/i.test(message)) return messages.getMessage('hint.Password')
   return undefined
 }
 
@@ -613,10 +634,10 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   try {
     st = await fs.stat(file)
   } catch (error) {
-    if ((error as {code?: string}).code === 'ENOENT') throw new UserError(`The backup file ${file} does not exist.`)
-    throw new UserError(`Cannot read the backup file ${file}: ${(error as Error).message}.`)
+    if ((error as {code?: string}).code === 'ENOENT') throw new UserError(messages.getMessage('error.FileMissing', [file]))
+    throw new UserError(messages.getMessage('error.FileUnreadable', [file, (error as Error).message]))
   }
-  if (!st.isFile()) throw new UserError(`The backup file ${file} is not a regular file.`)
+  if (!st.isFile()) throw new UserError(messages.getMessage('error.NotRegular', [file]))
 
   const manifestFile = (await findManifestFor(file)) ?? manifestPathFor(file)
   const hasManifest = await fs.access(manifestFile).then(
@@ -629,27 +650,29 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
       manifest = await readManifest(manifestFile)
     } catch (error) {
       if (error instanceof UserError) {
-        throw new UserError(`The backup ${file} cannot be checked: ${lowerFirst(error.message)}`, {cause: error, hint: error.hint})
+        throw new UserError(messages.getMessage('error.CannotCheck', [file, lowerFirst(error.message)]), {cause: error, hint: error.hint})
       }
       throw error
     }
     if (opts.database !== undefined && manifest.database !== opts.database) {
-      throw new UserError(`The backup ${file} is of database ${manifest.database}, not ${opts.database}.`, {hint: 'Pass a backup of this database.'})
+      throw new UserError(messages.getMessage('error.ManifestOtherDatabase', [file, manifest.database, opts.database]), {
+        hint: messages.getMessage('hint.PassThisDatabase'),
+      })
     }
     if (manifest.file !== path.basename(file)) {
-      throw new UserError(`The backup ${file} does not match its manifest, which describes ${manifest.file}.`)
+      throw new UserError(messages.getMessage('error.ManifestOtherFile', [file, manifest.file]))
     }
     if (st.size !== manifest.size) {
-      throw new UserError(`The backup ${file} is ${st.size} bytes but its manifest says ${manifest.size}: the file is truncated or was replaced.`, {
-        hint: 'Do not use this backup; take a new one.',
+      throw new UserError(messages.getMessage('error.SizeMismatch', [file, st.size, manifest.size]), {
+        hint: messages.getMessage('hint.DoNotUse'),
       })
     }
   }
 
   const {sha256, size} = await sha256File(file)
   if (manifest && sha256 !== manifest.sha256) {
-    throw new UserError(`The backup ${file} does not match the sha256 checksum in its manifest: the file is corrupt or was changed.`, {
-      hint: 'Do not use this backup; take a new one.',
+    throw new UserError(messages.getMessage('error.ChecksumMismatch', [file]), {
+      hint: messages.getMessage('hint.DoNotUse'),
     })
   }
 
@@ -657,32 +680,30 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
   try {
     toc = await readToc(opts.tools, file)
   } catch (error) {
-    if (opts.tools.scope.cancelled) throw new CancelledError(`checking the backup ${file}`)
+    if (opts.tools.scope.cancelled) throw new CancelledError(messages.getMessage('step.Checking', [file]))
     const older = olderRestoreSentence(file, firstLine(error), await opts.tools.toolMajor('pg_restore').catch(() => 0), manifest?.pg_dump_major)
     if (older) {
       const m = manifest?.pg_dump_major
       throw new UserError(`${older}.`, {
         cause: error,
-        hint: m
-          ? `Install the PostgreSQL ${m} client tools (postgresql-client-${m}) or newer where pg_restore runs.`
-          : 'Install the client tools of the PostgreSQL version that wrote it, or newer, where pg_restore runs.',
+        hint: m ? messages.getMessage('hint.InstallTools', [m, m]) : messages.getMessage('hint.InstallToolsUnknown'),
       })
     }
-    throw new UserError(`The backup ${file} is not readable by pg_restore: ${firstLine(error)}.`, {
+    throw new UserError(messages.getMessage('error.NotReadable', [file, firstLine(error)]), {
       cause: error,
-      hint: 'The file is truncated, corrupt, or not a custom-format (-Fc) dump.',
+      hint: messages.getMessage('error.NotReadable.hint'),
     })
   }
 
   checkDumpHeader(file, toc, manifest, opts.database)
   if (manifest) {
     const missing = missingTableData(toc, manifest.schema, Object.keys(manifest.row_counts))
-    if (missing) throw new UserError(`The backup ${file} holds no data for table ${manifest.schema}.${missing}, which its manifest lists.`)
+    if (missing) throw new UserError(messages.getMessage('error.NoDataListed', [file, manifest.schema, missing]))
   }
   if (opts.requireTables) {
     const {schema, tables} = opts.requireTables
     const missing = missingTableData(toc, schema, tables)
-    if (missing) throw new UserError(`The backup ${file} holds no table ${schema}.${missing}: it is not a backup of this nChat database.`)
+    if (missing) throw new UserError(messages.getMessage('error.NoTable', [file, schema, missing]))
   }
 
   if (opts.deep || !manifest) {
@@ -691,16 +712,16 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
         ? opts.tools.run('pg_restore', ['-f', '/dev/null'], null, {inputFile: file})
         : opts.tools.run('pg_restore', ['-f', '/dev/null', file], null))
     } catch (error) {
-      if (opts.tools.scope.cancelled) throw new CancelledError(`checking the backup ${file}`)
-      throw new UserError(`The backup ${file} cannot be read to the end by pg_restore: ${firstLine(error)}.`, {
+      if (opts.tools.scope.cancelled) throw new CancelledError(messages.getMessage('step.Checking', [file]))
+      throw new UserError(messages.getMessage('error.ReadToEnd', [file, firstLine(error)]), {
         cause: error,
-        hint: 'The file is truncated or corrupt; do not use it.',
+        hint: messages.getMessage('error.ReadToEnd.hint'),
       })
     }
   }
 
   if (!manifest) {
-    opts.log?.(`The backup ${file} has no manifest; it was read to the end and its table of contents is used instead.`)
+    opts.log?.(messages.getMessage('info.NoManifest', [file]))
     manifest = synthesizeManifest(file, toc, sha256, size)
   }
   return {entries: toc.entries.length, manifest}
@@ -712,32 +733,26 @@ export async function verifyBackup(opts: VerifyOptions): Promise<{manifest: Mani
  */
 function checkDumpHeader(file: string, toc: Toc, manifest: Manifest | undefined, database: string | undefined): void {
   const dumped = tocHeader(toc, 'dbname')
-  if (dumped === undefined) throw new UserError(`The backup ${file} does not name the database it was dumped from, so it cannot be checked.`)
+  if (dumped === undefined) throw new UserError(messages.getMessage('error.NoDatabaseName', [file]))
   if (database !== undefined && dumped !== database) {
     throw new UserError(
-      `The backup ${file} is a dump of the database "${dumped}", not of "${database}"${manifest && !manifest.synthesized && manifest.database !== dumped ? ` (its manifest says "${manifest.database}")` : ''}.`,
-      {
-        hint: 'Pass a backup of this database.',
-      },
+      manifest && !manifest.synthesized && manifest.database !== dumped
+        ? messages.getMessage('error.DumpOfOtherManifest', [file, dumped, database, manifest.database])
+        : messages.getMessage('error.DumpOfOther', [file, dumped, database]),
+      {hint: messages.getMessage('hint.PassThisDatabase')},
     )
   }
   if (!manifest || manifest.synthesized) return
   if (dumped !== manifest.database) {
-    throw new UserError(
-      `The backup ${file} is a dump of the database "${dumped}", but its manifest says "${manifest.database}": the manifest does not belong to this dump.`,
-    )
+    throw new UserError(messages.getMessage('error.ManifestNotThisDatabase', [file, dumped, manifest.database]))
   }
   const dumpedBy = Number((tocHeader(toc, 'Dumped by pg_dump version') ?? '').split('.')[0])
   if (dumpedBy && manifest.pg_dump_major && dumpedBy !== manifest.pg_dump_major) {
-    throw new UserError(
-      `The backup ${file} was written by pg_dump ${dumpedBy}, but its manifest says pg_dump ${manifest.pg_dump_major}: the manifest does not belong to this dump.`,
-    )
+    throw new UserError(messages.getMessage('error.ManifestNotThisPgDump', [file, dumpedBy, manifest.pg_dump_major]))
   }
   const dumpedFrom = (tocHeader(toc, 'Dumped from database version') ?? '').split(' ')[0]
   if (dumpedFrom && manifest.server_version && dumpedFrom !== manifest.server_version.split(' ')[0]) {
-    throw new UserError(
-      `The backup ${file} was dumped from PostgreSQL ${dumpedFrom}, but its manifest says ${manifest.server_version}: the manifest does not belong to this dump.`,
-    )
+    throw new UserError(messages.getMessage('error.ManifestNotThisServer', [file, dumpedFrom, manifest.server_version]))
   }
 }
 

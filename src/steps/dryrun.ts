@@ -15,6 +15,9 @@ import {TOUCHED_TABLES} from '../nchat/tables.js'
 import type {VerifyReport} from '../verify/report.js'
 import {verifyDatabase} from '../verify/verify-database.js'
 import type {RunScope} from '../run/scope.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.steps.dryrun')
 
 export interface DryRunOptions {
   /** The run's scope: the step's logger, Ctrl+C (which drops the clone), and the clone's connections. */
@@ -85,8 +88,8 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
   const log = (line: string) => scope.log.info(line)
   const schema = o.plan.appSchema
   const content = o.content ?? (await decideCopy(o))
-  for (const s of content.slim) log(`Leaving out the rows of ${s.table}: ${s.why}.`)
-  for (const k of content.keptAltered) log(`Restoring the rows of ${k.table}: ${k.why}.`)
+  for (const s of content.slim) log(messages.getMessage('info.LeavingOut', [s.table, s.why]))
+  for (const k of content.keptAltered) log(messages.getMessage('info.RestoringRows', [k.table, k.why]))
   const clone = await createClone({
     admin: o.sql,
     allData: o.full,
@@ -96,7 +99,10 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
     keep: o.keep,
     leftOutOfArchive: o.leftOutOfArchive,
     log,
-    onProgress: (p) => scope.log.progress(`restoring: ${p.done}/${p.total} archive entries${p.item ? ` (${p.item})` : ''}`),
+    onProgress: (p) =>
+      scope.log.progress(
+        p.item ? messages.getMessage('info.RestoreProgressItem', [p.done, p.total, p.item]) : messages.getMessage('info.RestoreProgress', [p.done, p.total]),
+      ),
     target: o.target,
     tools: o.tools,
   })
@@ -105,9 +111,7 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
   const slim = content.slim.filter((s) => clone.leftOut.some((l) => l.table === s.table || l.table === `${s.schema}.${s.table}`))
   const leftOut = clone.leftOut.map((l) => ({
     ...l,
-    why:
-      slim.find((s) => l.table === s.table || l.table === `${s.schema}.${s.table}`)?.why
-      ?? 'no statement of 013-016 reads, alters or references this table; its definition, indexes, constraints, triggers and policies are restored',
+    why: slim.find((s) => l.table === s.table || l.table === `${s.schema}.${s.table}`)?.why ?? messages.getMessage('info.NotReadWhy'),
   }))
   const report: DryRunReport = {
     applyMs: 0,
@@ -139,13 +143,13 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
         })
       } catch (error) {
         // Ctrl+C stops the trial (its cancel handlers end the clone's sessions): that is no forecast of a failure.
-        if (run.cancelled) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
+        if (run.cancelled) throw new CancelledError(messages.getMessage('info.Step'), messages.getMessage('info.CancelledOutcome', [clone.name]))
         report.failure = toUserError(error).message
         return report
       } finally {
         report.applyMs = Date.now() - t0
       }
-      if (run.cancelled) throw new CancelledError('the dry run', `its copy ${clone.name} is dropped and production was not changed`)
+      if (run.cancelled) throw new CancelledError(messages.getMessage('info.Step'), messages.getMessage('info.CancelledOutcome', [clone.name]))
       // Row counts are compared only for tables whose rows the clone holds.
       const counts = Object.fromEntries(Object.entries(o.backup.manifest.row_counts ?? {}).filter(([t]) => !slim.some((s) => s.table === t)))
       report.verify = await verifyDatabase(cloneSql, {
@@ -155,7 +159,7 @@ export async function dryRun(o: DryRunOptions): Promise<DryRunReport> {
         upTo: report.run.after ?? undefined,
       })
       if (!report.verify.ok) {
-        report.failure = `Verification on the dry-run database failed: ${report.verify.failures[0]}`
+        report.failure = messages.getMessage('error.VerifyFailed', [report.verify.failures[0]])
         return report
       }
       const applied = report.run

@@ -7,6 +7,9 @@ import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
 import {type Querier, RUN_ID, type Sql} from '../connection/connect.js'
 import {REHEARSAL_FILE, SIDECAR_DIR} from '../archive/manifest.js'
 import {COMMENT_PREFIX, dropDatabase, newDatabaseName, type NewDatabaseKind} from '../pg/databases.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.steps.leftovers')
 
 /**
  * What an interrupted command can leave behind, and how the next command proves it is its own to remove.
@@ -100,13 +103,15 @@ export async function sweepLeftovers(lock: CommandLock, backupDir: string | unde
     if (d.kept || d.run === RUN_ID) continue
     if (d.foreignSessions > 0) {
       log(
-        `Not dropping ${d.name} (left by an interrupted ${d.kind === 'dryrun' ? 'dry run' : 'rollback'}): ${d.foreignSessions} other session(s) are connected to it.`,
+        d.kind === 'dryrun'
+          ? messages.getMessage('info.NotDroppingDryRun', [d.name, d.foreignSessions])
+          : messages.getMessage('info.NotDroppingRollback', [d.name, d.foreignSessions]),
       )
       continue
     }
     await dropDatabase(lock.admin, d.name)
     removed.push(d.name)
-    log(`Dropped ${d.name}, left by an interrupted ${d.kind === 'dryrun' ? 'dry run' : 'rollback'} (${d.comment}).`)
+    log(d.kind === 'dryrun' ? messages.getMessage('info.DroppedDryRun', [d.name, d.comment]) : messages.getMessage('info.DroppedRollback', [d.name, d.comment]))
   }
   if (backupDir) {
     const partials = await leftoverPartials(backupDir)
@@ -115,9 +120,7 @@ export async function sweepLeftovers(lock: CommandLock, backupDir: string | unde
       if (!p.run || p.run === RUN_ID || alive.has(p.run)) continue
       await fs.rm(p.file, {force: true})
       removed.push(p.file)
-      log(
-        `Removed ${p.file}, ${p.kind === 'rehearsal' ? 'the rehearsal dump of an interrupted dry run' : 'the unfinished backup of an interrupted run'} (${p.run}).`,
-      )
+      log(p.kind === 'rehearsal' ? messages.getMessage('info.RemovedRehearsal', [p.file, p.run]) : messages.getMessage('info.RemovedPartial', [p.file, p.run]))
     }
   }
   return removed
@@ -142,13 +145,10 @@ export async function repairClosedDatabase(admin: Sql, database: string): Promis
   if (!state.exists || state.allowConnections) return null
   const restores = (await leftoverDatabases(admin, database)).filter((d) => d.kind === 'restore')
   if (restores.length === 0) {
-    throw new UserError(
-      `The database "${database}" does not accept connections (ALLOW_CONNECTIONS is false), and no interrupted swap of nself db e2ee explains it.`,
-      {
-        hint: `If it was closed on purpose, wait until it is opened again; otherwise: ALTER DATABASE ${quoteIdent(database)} WITH ALLOW_CONNECTIONS true.`,
-      },
-    )
+    throw new UserError(messages.getMessage('error.ClosedUnexplained', [database]), {
+      hint: messages.getMessage('error.ClosedUnexplained.hint', [quoteIdent(database)]),
+    })
   }
   await admin.unsafe(`ALTER DATABASE ${quoteIdent(database)} WITH ALLOW_CONNECTIONS true`)
-  return `Repaired: "${database}" was left refusing connections by an interrupted rollback swap (its restored copy ${restores.map((r) => r.name).join(', ')} is still beside it); it accepts connections again, unchanged.`
+  return messages.getMessage('info.Repaired', [database, restores.map((r) => r.name).join(', ')])
 }

@@ -1,6 +1,9 @@
 import {LEDGER_SCHEMA} from '../migrations/ledger.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {Sql} from '../connection/connect.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.steps.loss')
 
 /**
  * What a restore rollback would lose: every row inserted, updated or deleted since the backup, in every table
@@ -100,7 +103,7 @@ export async function compareWithBackup(o: CompareOptions): Promise<TableLoss[]>
     const old = backupTables.get(id)
     if (!old) {
       const n = await count(o.live, from)
-      if (n > 0) out.push({added: n, changed: 0, exact: true, note: 'the table was created after the backup', removed: 0, table: id})
+      if (n > 0) out.push({added: n, changed: 0, exact: true, note: messages.getMessage('note.CreatedAfter'), removed: 0, table: id})
       continue
     }
     // Compare what both have: columns a migration added since the backup are not part of the backup's rows.
@@ -120,7 +123,7 @@ export async function compareWithBackup(o: CompareOptions): Promise<TableLoss[]>
         added: Math.max(0, delta),
         changed: 'yes',
         exact: false,
-        note: `over ${limit.toLocaleString('en-US')} rows differ; counted from the row totals`,
+        note: messages.getMessage('note.TooManyDiffer', [limit.toLocaleString('en-US')]),
         removed: Math.max(0, -delta),
         table: id,
       })
@@ -152,14 +155,14 @@ export async function compareWithBackup(o: CompareOptions): Promise<TableLoss[]>
         exact: true,
         removed,
         table: id,
-        ...(maybeUpdated ? {note: 'no primary key: an updated row counts as one removed and one added'} : {}),
+        ...(maybeUpdated ? {note: messages.getMessage('note.NoPrimaryKey')} : {}),
       })
     }
   }
   for (const [id, old] of [...backupTables].sort(([a], [b]) => a.localeCompare(b))) {
     if (liveTables.has(id)) continue
     const n = await count(o.backup, `${quoteIdent(old.schema)}.${quoteIdent(old.name)}`)
-    if (n > 0) out.push({added: 0, changed: 0, exact: true, note: 'the table was dropped after the backup; the rollback brings it back', removed: n, table: id})
+    if (n > 0) out.push({added: 0, changed: 0, exact: true, note: messages.getMessage('note.DroppedAfter'), removed: n, table: id})
   }
   return out.sort((a, b) => a.table.localeCompare(b.table))
 }
@@ -172,10 +175,11 @@ export function rows(n: number): string {
 /** One line per table: "public.nchat_reactions: 1,000 rows added, 100 rows changed, 1 row removed". */
 export function describeLoss(l: TableLoss): string {
   const parts: string[] = []
-  if (l.added > 0) parts.push(`${l.exact ? '' : 'at least '}${rows(l.added)} added`)
-  if (l.changed === 'yes') parts.push('changed: yes')
-  else if (l.changed > 0) parts.push(`${rows(l.changed)} changed`)
-  if (l.removed > 0) parts.push(`${l.exact ? '' : 'at least '}${rows(l.removed)} removed`)
-  if (parts.length === 0) parts.push('rows differ')
+  if (l.added > 0) parts.push(l.exact ? messages.getMessage('part.Added', [rows(l.added)]) : messages.getMessage('part.AddedAtLeast', [rows(l.added)]))
+  if (l.changed === 'yes') parts.push(messages.getMessage('part.ChangedYes'))
+  else if (l.changed > 0) parts.push(messages.getMessage('part.Changed', [rows(l.changed)]))
+  if (l.removed > 0)
+    parts.push(l.exact ? messages.getMessage('part.Removed', [rows(l.removed)]) : messages.getMessage('part.RemovedAtLeast', [rows(l.removed)]))
+  if (parts.length === 0) parts.push(messages.getMessage('part.RowsDiffer'))
   return `${l.table}: ${parts.join(', ')}${l.note ? ` (${l.note})` : ''}`
 }

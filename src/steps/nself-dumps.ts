@@ -6,6 +6,9 @@ import {versionNumber} from '../migrations/ledger.js'
 import type {PgTools} from '../connection/tools.js'
 import {findManifestFor, type Manifest} from '../archive/manifest.js'
 import {readToc} from '../archive/toc.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.steps.nself-dumps')
 
 /**
  * nself's own backups (`nself db backup`: `backups/<Project>_<YYYYMMDD_HHMMSS>.dump`, pg_dump -Fc, no manifest)
@@ -73,7 +76,7 @@ export async function plainDumpsIn(dir: string): Promise<string[]> {
     names = await fs.readdir(dir)
   } catch (error) {
     if ((error as {code?: string}).code === 'ENOENT') return []
-    throw new UserError(`Cannot list the backup folder ${dir}: ${(error as Error).message}.`)
+    throw new UserError(messages.getMessage('error.CannotList', [dir, (error as Error).message]))
   }
   const out: string[] = []
   for (const name of names.filter((n) => n.endsWith('.dump')).sort()) {
@@ -108,12 +111,12 @@ export async function newestPlainDumpSource(o: {
     try {
       dump = await describePlainDump(o.tools, file)
     } catch (error) {
-      o.log?.(`Skipping ${file}: pg_restore cannot read it (${firstLine(error)}).`)
+      o.log?.(messages.getMessage('info.SkippingUnreadable', [file, firstLine(error)]))
       continue
     }
     const why = plainDumpMisfit(dump, o.database, o.firstMigration, o.before)
     if (why) {
-      o.log?.(`Skipping ${file}: ${why}.`)
+      o.log?.(messages.getMessage('info.Skipping', [file, why]))
       continue
     }
     candidates.push({createdAt: dump.createdAt, file, plain: true})
@@ -123,11 +126,12 @@ export async function newestPlainDumpSource(o: {
 
 /** Why a plain dump cannot undo the migration, or undefined when it fits. */
 export function plainDumpMisfit(dump: PlainDump, database: string, firstMigration: number, before?: Date): string | undefined {
-  if (dump.database !== database) return `it is a dump of ${dump.database || 'an unnamed database'}, not ${database}`
-  if (dump.ledgerVersion === null) return 'it holds no schema_migrations rows, so its migration is unknown'
-  if (dump.ledgerVersion >= firstMigration) return `it was taken at migration ${dump.ledgerVersion}, after the upgrade began`
+  if (dump.database !== database)
+    return dump.database ? messages.getMessage('misfit.OtherDatabase', [dump.database, database]) : messages.getMessage('misfit.UnnamedDatabase', [database])
+  if (dump.ledgerVersion === null) return messages.getMessage('misfit.NoLedger')
+  if (dump.ledgerVersion >= firstMigration) return messages.getMessage('misfit.AfterUpgradeBegan', [dump.ledgerVersion])
   if (before && dump.createdAt.getTime() > before.getTime())
-    return `it was taken (${dump.createdAt.toISOString()}) after the migration ran (${before.toISOString()})`
+    return messages.getMessage('misfit.AfterMigrationRan', [dump.createdAt.toISOString(), before.toISOString()])
   return undefined
 }
 
@@ -138,12 +142,12 @@ export function plainDumpMisfit(dump: PlainDump, database: string, firstMigratio
 export async function checkPlainDump(tools: PgTools, file: string, manifest: Manifest, database: string, firstMigration: number): Promise<Manifest> {
   if (!manifest.synthesized) return manifest
   const ledgerVersion = await readDumpLedgerVersion(tools, file).catch((error: unknown) => {
-    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${firstLine(error)}.`, {cause: error})
+    throw new UserError(messages.getMessage('error.Unreadable', [file, firstLine(error)]), {cause: error})
   })
   const why = plainDumpMisfit({createdAt: new Date(manifest.created_at), database: manifest.database, file, ledgerVersion}, database, firstMigration)
   if (why)
-    throw new UserError(`The backup ${file} cannot undo the upgrade: ${why}.`, {
-      hint: 'Pass a backup of this database taken before the migration with --backup FILE.',
+    throw new UserError(messages.getMessage('error.CannotUndo', [file, why]), {
+      hint: messages.getMessage('error.CannotUndo.hint'),
     })
   return {...manifest, ledger_version: ledgerVersion}
 }

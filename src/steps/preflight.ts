@@ -13,6 +13,9 @@ import {TOUCHED_TABLES} from '../nchat/tables.js'
 import {existingTableShapes} from '../verify/existing-tables.js'
 import type {Inspection} from '../migrations/inspect.js'
 import {fmtBytes} from '../text.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.steps.preflight')
 
 export interface Check {
   name: string
@@ -46,14 +49,19 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
   const {sql, plan, server} = o.ins
   const checks: Check[] = []
   const schema = plan.appSchema
-  checks.push({detail: `PostgreSQL ${server.text}`, name: 'server version', status: 'ok'})
-  checks.push({detail: `nChat tables in schema ${schema}`, name: 'nChat database', status: 'ok'})
+  checks.push({detail: messages.getMessage('check.ServerVersion', [server.text]), name: 'server version', status: 'ok'})
+  checks.push({detail: messages.getMessage('check.Database', [schema]), name: 'nChat database', status: 'ok'})
 
   try {
     assertCanMigrate(plan, o.to)
     const drift = plan.migrations.filter((m) => m.state !== 'pending' && m.state !== 'applied')
+    const nothing = messages.getMessage('info.nothing')
+    const at = plan.current ?? nothing
+    const toApply = plan.toApply.map((m) => m.name).join(', ') || nothing
     checks.push({
-      detail: `schema_migrations at ${plan.current ?? 'nothing'}; to apply: ${plan.toApply.map((m) => m.name).join(', ') || 'nothing'}${drift.length ? ` (${drift.map((m) => `${m.name} ${m.state}`).join(', ')})` : ''}`,
+      detail: drift.length
+        ? messages.getMessage('check.LedgerDrift', [at, toApply, drift.map((m) => `${m.name} ${m.state}`).join(', ')])
+        : messages.getMessage('check.Ledger', [at, toApply]),
       name: 'ledger',
       status: 'ok',
     })
@@ -66,8 +74,8 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
     where not exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = ${schema} and c.relname = t)`
   if (missing.length > 0) {
     checks.push({
-      detail: `schema ${schema} has no ${missing.map((m) => m.name).join(', ')}`,
-      fix: 'This is not a complete nChat v0.3.0 database.',
+      detail: messages.getMessage('check.MissingTables', [schema, missing.map((m) => m.name).join(', ')]),
+      fix: messages.getMessage('check.MissingTables.fix'),
       name: 'nChat tables',
       status: 'fail',
     })
@@ -91,7 +99,7 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
 
   if (o.tools) {
     const tools = {pg_dump: await o.tools.toolMajor('pg_dump'), pg_restore: await o.tools.toolMajor('pg_restore')}
-    const where = o.tools.container ? `in container ${o.tools.container}` : 'local client tools'
+    const where = o.tools.container ? messages.getMessage('check.ToolsInContainer', [o.tools.container]) : messages.getMessage('check.ToolsLocal')
     checks.push({
       ...judgeTools(Math.floor(server.num / 10_000), tools, where, {dumps: o.backupDir !== undefined, local: !o.tools.container}),
       name: 'client tools',
@@ -99,7 +107,7 @@ export async function preflight(o: PreflightOptions): Promise<PreflightReport> {
   }
 
   const failed = checks.find((c) => c.status === 'fail')
-  if (failed) throw new UserError(`Preflight failed (${failed.name}): ${failed.detail}.`, {hint: failed.fix})
+  if (failed) throw new UserError(messages.getMessage('error.Failed', [failed.name, failed.detail]), {hint: failed.fix})
   return {checks, dataBytes, databaseBytes}
 }
 
@@ -156,49 +164,68 @@ async function privilegeCheck(o: PreflightOptions): Promise<Check> {
 
   const missing: string[] = []
   const grants: string[] = []
+  let notOwner = false
+  let noCreateDb = false
   const db = quoteIdent(p.db)
   const role = quoteIdent(p.role)
   if (!p.superuser) {
     if (!p.ledgerSchema && !p.dbCreate) {
-      missing.push(`CREATE on database ${p.db} (to create the ledger schema ${LEDGER_SCHEMA})`)
+      missing.push(messages.getMessage('privilege.CreateOnDatabase', [p.db, LEDGER_SCHEMA]))
       grants.push(`GRANT CREATE ON DATABASE ${db} TO ${role}`)
     } else if (p.ledgerSchema && !p.ledgerTable && !p.ledgerSchemaCreate) {
-      missing.push(`USAGE and CREATE on schema ${LEDGER_SCHEMA} (to create the ledger table)`)
+      missing.push(messages.getMessage('privilege.LedgerSchema', [LEDGER_SCHEMA]))
       grants.push(`GRANT USAGE, CREATE ON SCHEMA ${LEDGER_SCHEMA} TO ${role}`)
     } else if (p.ledgerTable && !p.ledgerWrite) {
-      missing.push(`SELECT, INSERT and UPDATE on ${LEDGER_TABLE} (the ledger)`)
+      missing.push(messages.getMessage('privilege.LedgerTable', [LEDGER_TABLE]))
       grants.push(`GRANT USAGE ON SCHEMA ${LEDGER_SCHEMA} TO ${role}; GRANT SELECT, INSERT, UPDATE ON ${LEDGER_TABLE} TO ${role}`)
     }
     if (!p.schemaCreate) {
-      missing.push(`CREATE on schema ${schema} (for the new tables)`)
+      missing.push(messages.getMessage('privilege.CreateOnSchema', [schema]))
       grants.push(`GRANT CREATE ON SCHEMA ${quoteIdent(schema)} TO ${role}`)
     }
     if (p.ledger && !p.ledgerWriteApp) {
-      missing.push(`SELECT, INSERT and DELETE on ${p.ledger} (to record each migration)`)
+      missing.push(messages.getMessage('privilege.AppLedger', [p.ledger]))
       grants.push(`GRANT SELECT, INSERT, DELETE ON ${p.ledger} TO ${role}`)
     }
     const notOwned = tables.filter((t) => !t.owns).map((t) => `${schema}.${t.name}`)
-    if (notOwned.length > 0) missing.push(`ownership of ${listJoin(notOwned)} (to alter ${notOwned.length === 1 ? 'it' : 'them'})`)
+    if (notOwned.length > 0) {
+      notOwner = true
+      missing.push(
+        notOwned.length === 1
+          ? messages.getMessage('privilege.OwnershipOne', [listJoin(notOwned)])
+          : messages.getMessage('privilege.OwnershipMany', [listJoin(notOwned)]),
+      )
+    }
     const noRefs = tables.filter((t) => t.owns && !t.refs).map((t) => `${schema}.${t.name}`)
     if (noRefs.length > 0) {
-      missing.push(`REFERENCES on ${listJoin(noRefs)} (for the new foreign keys)`)
+      missing.push(messages.getMessage('privilege.References', [listJoin(noRefs)]))
       grants.push(`GRANT REFERENCES ON ${noRefs.join(', ')} TO ${role}`)
     }
-    if (o.needCreateDb && !p.createdb) missing.push('CREATEDB (for the dry-run copy)')
+    if (o.needCreateDb && !p.createdb) {
+      noCreateDb = true
+      missing.push(messages.getMessage('privilege.CreateDb'))
+    }
     if (unreadable.length > 0) {
-      missing.push(`SELECT on ${listJoin(unreadable.map((u) => u.name))}${unreadable.length > 5 ? ' and more' : ''} (pg_dump reads every table for the backup)`)
+      const names = listJoin(unreadable.map((u) => u.name))
+      missing.push(unreadable.length > 5 ? messages.getMessage('privilege.SelectAndMore', [names]) : messages.getMessage('privilege.Select', [names]))
     }
   }
   if (missing.length > 0) {
     const fix = [
       ...grants.map((g) => `${g};`),
-      ...(missing.some((m) => m.startsWith('ownership')) ? ['run as the owner of the nChat tables (POSTGRES_USER)'] : []),
-      ...(missing.some((m) => m.startsWith('CREATEDB')) ? ['use a role with CREATEDB or pass --skip-dryrun'] : []),
+      ...(notOwner ? [messages.getMessage('privilege.fix.Owner')] : []),
+      ...(noCreateDb ? [messages.getMessage('privilege.fix.CreateDb')] : []),
     ].join(' ')
-    return {detail: `role ${p.role} lacks ${listJoin(missing)}`, fix: fix || undefined, name: 'privileges', status: 'fail'}
+    return {detail: messages.getMessage('privilege.Lacks', [p.role, listJoin(missing)]), fix: fix || undefined, name: 'privileges', status: 'fail'}
   }
+  const altered = TOUCHED_TABLES.join(', ')
+  let detail: string
+  if (p.superuser && o.needCreateDb) detail = messages.getMessage('privilege.OkSuperuserCreateDb', [p.role, altered])
+  else if (p.superuser) detail = messages.getMessage('privilege.OkSuperuser', [p.role, altered])
+  else if (o.needCreateDb) detail = messages.getMessage('privilege.OkCreateDb', [p.role, altered])
+  else detail = messages.getMessage('privilege.Ok', [p.role, altered])
   return {
-    detail: `${p.role}${p.superuser ? ' (superuser)' : ''} may create the ledger and the new tables and alter ${TOUCHED_TABLES.join(', ')}${o.needCreateDb ? ', and create the dry-run database' : ''}`,
+    detail,
     name: 'privileges',
     status: 'ok',
   }
@@ -218,13 +245,13 @@ async function backupSpaceCheck(dir: string, dataBytes: number): Promise<Check> 
   const need = Math.ceil(dataBytes * 0.5) + 64 * 1024 * 1024
   if (free < need) {
     return {
-      detail: `${fmtBytes(free)} free at ${probe}, the backup may need up to ${fmtBytes(need)}`,
-      fix: 'Free disk space or choose another --backup-dir.',
+      detail: messages.getMessage('space.BackupShort', [fmtBytes(free), probe, fmtBytes(need)]),
+      fix: messages.getMessage('space.BackupShort.fix'),
       name: 'backup space',
       status: 'fail',
     }
   }
-  return {detail: `${fmtBytes(free)} free at ${probe} (backup estimated below ${fmtBytes(need)})`, name: 'backup space', status: 'ok'}
+  return {detail: messages.getMessage('space.BackupOk', [fmtBytes(free), probe, fmtBytes(need)]), name: 'backup space', status: 'ok'}
 }
 
 async function serverSpaceCheck(o: PreflightOptions, databaseBytes: number): Promise<Check> {
@@ -243,19 +270,18 @@ async function serverSpaceCheck(o: PreflightOptions, databaseBytes: number): Pro
       const fs = await statfs(dir)
       free = fs.bavail * fs.bsize
     }
-    if (free === undefined || Number.isNaN(free))
-      return {detail: "cannot see the server's disk from here; the dry-run clone needs room for the touched tables", name, status: 'warn'}
+    if (free === undefined || Number.isNaN(free)) return {detail: messages.getMessage('space.ServerUnseen'), name, status: 'warn'}
     const need = databaseBytes + 64 * 1024 * 1024
     if (free < need)
       return {
-        detail: `${fmtBytes(free)} free on the server, the dry-run clone may need up to ${fmtBytes(need)}`,
-        fix: 'Free space on the server, or pass --skip-dryrun.',
+        detail: messages.getMessage('space.ServerShort', [fmtBytes(free), fmtBytes(need)]),
+        fix: messages.getMessage('space.ServerShort.fix'),
         name,
         status: 'fail',
       }
-    return {detail: `${fmtBytes(free)} free on the server for the clone (at most ${fmtBytes(need)})`, name, status: 'ok'}
+    return {detail: messages.getMessage('space.ServerOk', [fmtBytes(free), fmtBytes(need)]), name, status: 'ok'}
   } catch {
-    return {detail: 'data_directory is not readable by this role; free space for the clone not checked', name, status: 'warn'}
+    return {detail: messages.getMessage('space.ServerUnreadable'), name, status: 'warn'}
   }
 }
 
@@ -269,42 +295,46 @@ async function dataChecks(o: PreflightOptions): Promise<Check[]> {
     return rows.length > 0
   }
   const checks: Check[] = []
-  const probes: Array<{name: string; table: string; column?: string; query: string; fix: string; what: string}> = [
+  const probes: Array<{name: string; table: string; column?: string; query: string; fix: string; found: (n: string) => string}> = [
     {
-      fix: "Delete them (the guide's Issue 1): DELETE FROM nchat_identity_keys WHERE user_id NOT IN (SELECT id FROM nchat_users).",
+      fix: messages.getMessage('probe.OrphanedKeys.fix'),
+      found: (n) => messages.getMessage('probe.OrphanedKeys.found', [n]),
       name: 'orphaned identity keys',
       query: `select count(*) as n from ${s}.nchat_identity_keys k where not exists (select 1 from ${s}.nchat_users u where u.id = k.user_id)`,
       table: 'nchat_identity_keys',
-      what: 'identity keys whose user no longer exists',
     },
     {
-      fix: "Keep one row per device_id (the guide's Issue 2).",
+      fix: messages.getMessage('probe.DuplicateDevices.fix'),
+      found: (n) => messages.getMessage('probe.DuplicateDevices.found', [n]),
       name: 'duplicate device ids',
       query: `select count(*) as n from (select device_id from ${s}.nchat_identity_keys group by device_id having count(*) > 1) d`,
       table: 'nchat_identity_keys',
-      what: 'device ids used by more than one identity key',
     },
     {
-      fix: "Set them to NULL or one of manual, qr_code, out_of_band (the guide's CHECK let them in, DESIGN D1).",
+      fix: messages.getMessage('probe.InvalidMethods.fix'),
+      found: (n) => messages.getMessage('probe.InvalidMethods.found', [n]),
       name: 'invalid verification methods',
       query: `select count(*) as n from ${s}.nchat_safety_numbers where verification_method is not null and verification_method not in ('manual', 'qr_code', 'out_of_band')`,
       table: 'nchat_safety_numbers',
-      what: 'safety numbers with a verification method outside manual/qr_code/out_of_band',
     },
     {
       column: 'sender_device_id',
-      fix: 'Set nchat_messages.sender_device_id to NULL where the device is unknown.',
+      fix: messages.getMessage('probe.UnknownDevices.fix'),
+      found: (n) => messages.getMessage('probe.UnknownDevices.found', [n]),
       name: 'unknown sender devices',
       query: `select count(*) as n from ${s}.nchat_messages m where m.sender_device_id is not null and not exists (select 1 from ${s}.nchat_identity_keys k where k.device_id = m.sender_device_id)`,
       table: 'nchat_messages',
-      what: 'messages whose sender_device_id has no identity key',
     },
   ]
   for (const p of probes) {
     if (!(await exists(p.table, p.column))) continue
     if (p.column && !(await exists('nchat_identity_keys'))) continue
     const [{n}] = await sql.unsafe<{n: string}[]>(p.query)
-    checks.push(Number(n) > 0 ? {detail: `${n} ${p.what}`, fix: p.fix, name: p.name, status: 'fail'} : {detail: `none found`, name: p.name, status: 'ok'})
+    checks.push(
+      Number(n) > 0
+        ? {detail: p.found(n), fix: p.fix, name: p.name, status: 'fail'}
+        : {detail: messages.getMessage('probe.NoneFound'), name: p.name, status: 'ok'},
+    )
   }
   return checks
 }

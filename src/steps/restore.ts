@@ -12,6 +12,9 @@ import {restoreArchive, type RestoreProgress} from '../archive/restore.js'
 import {readBackupToc} from '../archive/toc.js'
 import {COMMENT_PREFIX, createDatabaseLike, describeDatabase, dropDatabase, freeDatabaseName, quoteLiteral, retryOnLostConnection} from '../pg/databases.js'
 import {plural, redact, timestamp} from '../text.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.steps.restore')
 
 /**
  * Rollback option 1 done safely (docs/deviations.md, D7). The guide drops the live database and then restores into an
@@ -42,18 +45,18 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
   const {admin, backup, log, target, tools} = opts
   // The run's scope travels with its tools: Ctrl+C stops pg_restore and drops the new database.
   const scope = tools.scope
-  scope.throwIfCancelled('the restore')
+  scope.throwIfCancelled(messages.getMessage('info.StepRestore'))
   const live = target.conn.database
   const file = backup.file
   const secret = target.conn.password
   validateIdentifier(live, 'database')
   if (backup.manifest.database && backup.manifest.database !== live) {
-    throw new UserError(`The backup ${file} is a backup of the database "${backup.manifest.database}", not of "${live}".`, {
-      hint: 'Choose a backup of this database (nself db e2ee rollback lists them).',
+    throw new UserError(messages.getMessage('error.OtherDatabase', [file, backup.manifest.database, live]), {
+      hint: messages.getMessage('error.OtherDatabase.hint'),
     })
   }
 
-  const toc = await readBackupToc(tools, file, 'the restore', secret)
+  const toc = await readBackupToc(tools, file, messages.getMessage('info.StepRestore'), secret)
 
   const like = await describeDatabase(admin, live)
   const name = await freeDatabaseName(admin, live, 'restore')
@@ -74,14 +77,14 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     // Same owner, encoding, locale, settings, grants and connection limit as the live database: after the swap
     // it is the live database.
     await createDatabaseLike(admin, name, like, comment, {connLimit: true, log})
-    scope.throwIfCancelled('the restore')
-    log?.(`Restoring ${file} in full into ${name}.`)
+    scope.throwIfCancelled(messages.getMessage('info.StepRestore'))
+    log?.(messages.getMessage('info.Restoring', [file, name]))
     const started = Date.now()
     // Owners are always restored as dumped: this database becomes production. A user who may not assign them
     // gets pg_restore's error (and the live database stays as it is).
     await restoreArchive({database: name, file, jobs: opts.jobs, onProgress: opts.onProgress, target, tools, total: toc.entries.length})
-    scope.throwIfCancelled('the restore')
-    log?.(`Restored ${name} in ${((Date.now() - started) / 1000).toFixed(1)} s.`)
+    scope.throwIfCancelled(messages.getMessage('info.StepRestore'))
+    log?.(messages.getMessage('info.Restored', [name, ((Date.now() - started) / 1000).toFixed(1)]))
     return {
       async drop() {
         unregister()
@@ -92,17 +95,23 @@ export async function restoreIntoNewDatabase(opts: RestoreIntoNewDatabaseOptions
     }
   } catch (error) {
     unregister()
-    let dropNote = ''
+    let dropFailure: string | undefined
     try {
       await dropOnce()
     } catch (dropError) {
-      dropNote = ` The unfinished database ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
+      dropFailure = firstLine(dropError)
     }
-    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the restore into ${name}`)
-    throw new UserError(`Restoring ${file} into the new database ${name} failed: ${redact(firstLine(error), secret)}.${dropNote}`, {
-      cause: error,
-      hint: `The live database "${live}" was not touched.`,
-    })
+    if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(messages.getMessage('info.StepRestoreInto', [name]))
+    const why = redact(firstLine(error), secret)
+    throw new UserError(
+      dropFailure === undefined
+        ? messages.getMessage('error.RestoreFailed', [file, name, why])
+        : messages.getMessage('error.RestoreFailedNotDropped', [file, name, why, name, dropFailure]),
+      {
+        cause: error,
+        hint: messages.getMessage('error.RestoreFailed.hint', [live]),
+      },
+    )
   }
 }
 
@@ -124,20 +133,23 @@ export async function checkRestoredMatchesManifest(
     const qualified = `${quoteIdent(schema)}.${quoteIdent(table)}`
     const [{exists}] = await sql<{exists: boolean}[]>`select to_regclass(${qualified}) is not null as exists`
     if (!exists) {
-      throw new UserError(`The restored database ${db} has no table ${schema}.${table}, which the backup ${manifest.file} holds.`)
+      throw new UserError(messages.getMessage('error.MissingTable', [db, schema, table, manifest.file]))
     }
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${qualified}`)
     if (Number(n) !== expected) {
-      throw new UserError(
-        `The restored database ${db} has ${plural(Number(n), 'row')} in ${schema}.${table}, but the backup ${manifest.file} holds ${expected}.`,
-      )
+      throw new UserError(messages.getMessage('error.RowCount', [db, plural(Number(n), 'row'), schema, table, manifest.file, expected]))
     }
   }
   if (!manifest.synthesized) {
     const version = await readLedgerVersion(sql)
     if (version !== manifest.ledger_version) {
       throw new UserError(
-        `The restored database ${db} is at migration ${version ?? 'none'}, but the backup ${manifest.file} was taken at ${manifest.ledger_version ?? 'none'}.`,
+        messages.getMessage('error.LedgerVersion', [
+          db,
+          version ?? messages.getMessage('info.none'),
+          manifest.file,
+          manifest.ledger_version ?? messages.getMessage('info.none'),
+        ]),
       )
     }
   }
@@ -195,25 +207,22 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
     validateIdentifier(n, what)
   }
   if (new Set([live, replacement, keptName]).size !== 3) {
-    throw new UserError(`Cannot swap: the live (${live}), replacement (${replacement}) and kept (${keptName}) names must all differ.`)
+    throw new UserError(messages.getMessage('error.NamesMustDiffer', [live, replacement, keptName]))
   }
-  const untouched = `the live database ${live} is untouched`
   const [{db}] = await admin<{db: string}[]>`select current_database() as db`
   if (db === live || db === replacement) {
-    throw new UserError(`Cannot swap databases over a connection to ${db}; ${untouched}.`, {hint: 'Connect to a maintenance database such as "postgres".'})
+    throw new UserError(messages.getMessage('error.OverConnection', [db, live]), {hint: messages.getMessage('error.OverConnection.hint')})
   }
   const present = await admin<{name: string; comment: string | null; oid: string}[]>`
     select datname as name, shobj_description(oid, 'pg_database') as comment, oid::int8::text as oid from pg_database
     where datname = any(${[live, replacement, keptName]})`
   const has = (n: string) => present.some((p) => p.name === n)
   const liveRow = present.find((p) => p.name === live)
-  if (!liveRow) throw new UserError(`Cannot swap: the live database ${live} does not exist.`)
-  if (!has(replacement)) throw new UserError(`Cannot swap: the replacement database ${replacement} does not exist; ${untouched}.`)
-  if (has(keptName)) throw new UserError(`Cannot swap: a database named ${keptName} already exists; ${untouched}.`)
+  if (!liveRow) throw new UserError(messages.getMessage('error.LiveMissing', [live]))
+  if (!has(replacement)) throw new UserError(messages.getMessage('error.ReplacementMissing', [replacement, live]))
+  if (has(keptName)) throw new UserError(messages.getMessage('error.KeptExists', [keptName, live]))
   if (opts.liveOid !== undefined && Number(liveRow.oid) !== opts.liveOid) {
-    throw new UserError(
-      `Cannot swap: the database ${live} was replaced since this command started (OID ${opts.liveOid} then, ${liveRow.oid} now); nothing was changed.`,
-    )
+    throw new UserError(messages.getMessage('error.LiveReplaced', [live, opts.liveOid, liveRow.oid]))
   }
   const liveComment = liveRow.comment
   const q = {kept: quoteIdent(keptName), live: quoteIdent(live), replacement: quoteIdent(replacement)}
@@ -252,7 +261,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       await run(`SET lock_timeout = ${lockTimeout}`)
       await run(`ALTER DATABASE ${q.replacement} WITH ALLOW_CONNECTIONS false`)
       await terminate(replacement, 0)
-      scope.throwIfCancelled('the swap')
+      scope.throwIfCancelled(messages.getMessage('info.StepSwap'))
       const [{pid}] = await run<{pid: number}[]>('select pg_backend_pid() as pid')
       for (let attempt = 1; ; attempt++) {
         // End them before the transaction and let them exit (bounded), so the rename rarely has to wait: the
@@ -278,14 +287,14 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
             await run(`ALTER DATABASE ${q.live} RENAME TO ${q.kept}`)
             if (opts.liveOid !== undefined) {
               const [{oid}] = await run<{oid: string}[]>(`select oid::int8::text as oid from pg_database where datname = ${quoteLiteral(keptName)}`)
-              if (Number(oid) !== opts.liveOid) throw new UserError(`the database ${live} was replaced since this command started`)
+              if (Number(oid) !== opts.liveOid) throw new UserError(messages.getMessage('error.LiveReplacedDuringSwap', [live]))
             }
             await run(`ALTER DATABASE ${q.replacement} RENAME TO ${q.live}`)
             await run(`ALTER DATABASE ${q.live} WITH ALLOW_CONNECTIONS true`)
             await run(`COMMENT ON DATABASE ${q.live} IS ${liveComment === null ? 'NULL' : quoteLiteral(liveComment)}`)
             await testPause('swap:renamed', scope.signal)
             // Ctrl+C or SIGTERM during the swap: nothing is committed yet, so the swap is rolled back.
-            scope.throwIfCancelled('the swap')
+            scope.throwIfCancelled(messages.getMessage('info.StepSwap'))
             await run('COMMIT')
           } catch (error) {
             if (!session.lost) await session.sql.unsafe('ROLLBACK').catch(() => {})
@@ -300,7 +309,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
         } catch (error) {
           // 55006: a session of live did not end within the server's 5 s; try again (bounded).
           if ((error as {code?: string}).code === '55006' && attempt < attempts && !scope.cancelled && !session.lost) {
-            log(`A session on ${live} did not end in time; trying the swap again (${attempt + 1}/${attempts}).`)
+            log(messages.getMessage('info.SwapRetry', [live, attempt + 1, attempts]))
             continue
           }
           throw error
@@ -310,7 +319,7 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
         }
       }
       const windowMs = Math.round(performance.now() - t0)
-      log(`Swapped: ${live} now holds the restored data; the replaced database is kept as ${keptName} (new connections waited ${windowMs} ms).`)
+      log(messages.getMessage('info.Swapped', [live, keptName, windowMs]))
       return {keptName, windowMs}
     } catch (error) {
       const cause = firstLine(error)
@@ -318,25 +327,19 @@ export async function swapDatabases(opts: SwapOptions): Promise<{keptName: strin
       const names = await namesNow().catch(() => undefined)
       if (names?.includes(keptName) && names.includes(live) && !names.includes(replacement)) {
         // The commit went through although the client saw an error (e.g. the connection broke on COMMIT).
-        throw new SwapCommittedError(
-          `The swap committed but reported an error (${cause}): ${live} now holds the restored data and ${keptName} holds the replaced one.`,
-          {cause: error},
-        )
+        throw new SwapCommittedError(messages.getMessage('error.SwapCommitted', [cause, live, keptName]), {cause: error})
       }
       // Not committed: no kept database (the replacement may be gone already, dropped by a Ctrl+C handler).
       if (names?.includes(live) && !names.includes(keptName)) {
-        if (scope.cancelled) throw new CancelledError('the swap', `${untouched} (the swap's transaction was rolled back before it committed)`)
-        throw new UserError(`Swapping ${replacement} in for ${live} did not commit: ${cause}, so ${untouched}.`, {cause: error})
+        if (scope.cancelled) throw new CancelledError(messages.getMessage('info.StepSwap'), messages.getMessage('info.SwapRolledBack', [live]))
+        throw new UserError(messages.getMessage('error.SwapNotCommitted', [replacement, live, cause, live]), {cause: error})
       }
-      throw new UserError(
-        `Swapping ${replacement} in for ${live} failed (${cause}) and the databases cannot be read back: run nself db e2ee status to see where ${live} stands.`,
-        {cause: error},
-      )
+      throw new UserError(messages.getMessage('error.SwapUnknown', [replacement, live, cause, live]), {cause: error})
     }
   })
 }
 
 /** The error a statement gets when its session was lost before it was sent (never written to a dead socket). */
 function connectionLost(): Error {
-  return Object.assign(new Error('the connection to PostgreSQL was lost'), {code: 'CONNECTION_CLOSED'})
+  return Object.assign(new Error(messages.getMessage('error.ConnectionLost')), {code: 'CONNECTION_CLOSED'})
 }

@@ -8,10 +8,13 @@
 import {CancelledError, toUserError, UserError} from '../errors.js'
 import {quoteIdent, validateIdentifier} from '../pg/identifiers.js'
 import type {Querier, Sql} from '../connection/connect.js'
+import {loadMessages} from '../messages.js'
 import {createRunScope, type RunScope} from '../run/scope.js'
 
+const messages = loadMessages('lib.steps.vacuum')
+
 /** What is true when the vacuum is interrupted: it only refreshes statistics, nothing is undone. */
-const VACUUM_OUTCOME = 'the migrations stay applied (the vacuum only refreshes statistics; nothing was undone, run VACUUM (ANALYZE) on those tables later)'
+const VACUUM_OUTCOME = messages.getMessage('info.Outcome')
 
 /**
  * `VACUUM (ANALYZE) schema.table` for each of `tables` that exists (others are skipped silently: a database
@@ -34,32 +37,32 @@ export async function vacuumTables(
     const found = new Set(rows.map((r) => r.name))
     existing = tables.filter((t) => found.has(t))
   } catch (error) {
-    throw toUserError(error, `finding the tables to vacuum in schema ${schema}`)
+    throw toUserError(error, messages.getMessage('info.FindingTables', [schema]))
   }
 
   const done: Array<{table: string; ms: number}> = []
   for (const [i, table] of existing.entries()) {
-    if (scope.cancelled) throw new CancelledError('VACUUM (ANALYZE)', VACUUM_OUTCOME)
+    if (scope.cancelled) throw new CancelledError(messages.getMessage('info.Step'), VACUUM_OUTCOME)
     const statement = `VACUUM (ANALYZE) ${quoteIdent(schema)}.${quoteIdent(table)}`
-    progress(`VACUUM (ANALYZE) ${table} (${i + 1}/${existing.length})`)
+    progress(messages.getMessage('info.Progress', [table, i + 1, existing.length]))
     const started = Date.now()
     const q = sql.unsafe(statement)
     const dispose = scope.onCancel(() => q.cancel())
     try {
       await q
     } catch (error) {
-      if (scope.cancelled) throw new CancelledError(`VACUUM (ANALYZE) of ${table}`, VACUUM_OUTCOME)
+      if (scope.cancelled) throw new CancelledError(messages.getMessage('info.StepOf', [table]), VACUUM_OUTCOME)
       const inner = toUserError(error)
-      throw new UserError(`VACUUM (ANALYZE) of ${schema}.${table} failed: ${inner.message.replace(/\.$/, '')}.`, {
+      throw new UserError(messages.getMessage('error.Failed', [schema, table, inner.message.replace(/\.$/, '')]), {
         cause: error,
-        hint: inner.hint ?? 'The migration itself is done; run VACUUM (ANALYZE) on that table by hand later.',
+        hint: inner.hint ?? messages.getMessage('error.Failed.hint'),
       })
     } finally {
       dispose()
     }
     const ms = Date.now() - started
     done.push({ms, table})
-    progress(`VACUUM (ANALYZE) ${table}: ${ms} ms`)
+    progress(messages.getMessage('info.Done', [table, ms]))
   }
   return done
 }
