@@ -2,7 +2,10 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import {type BackupPurpose, type ListedBackup, type Manifest, MANIFEST_SUFFIX, readManifest, SIDECAR_DIR} from './manifest.js'
+
+const messages = loadMessages('lib.archive.listing')
 
 /** Backups with a readable manifest in `dir` (optionally of one database), newest first. */
 export async function listBackups(dir: string, database?: string): Promise<ListedBackup[]> {
@@ -38,7 +41,7 @@ async function manifestFilesIn(dir: string): Promise<string[]> {
       names = await fs.readdir(folder)
     } catch (error) {
       if ((error as {code?: string}).code === 'ENOENT') continue
-      throw new UserError(`Cannot list the backup folder ${folder}: ${(error as Error).message}.`)
+      throw new UserError(messages.getMessage('error.cannot-list', [folder, (error as Error).message]))
     }
     files.push(...names.filter((n) => n.endsWith(MANIFEST_SUFFIX)).map((n) => path.join(folder, n)))
   }

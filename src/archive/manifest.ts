@@ -4,8 +4,11 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import {RUN_ID} from '../connection/connect.js'
 import {type Toc, tocHeader} from './toc.js'
+
+const messages = loadMessages('lib.archive.manifest')
 
 /**
  * The manifest of a dump (README, "Shared with nself's ledger and backups"): what the dump holds (checksum,
@@ -163,20 +166,20 @@ export async function readManifest(manifestFile: string): Promise<Manifest> {
     text = await fs.readFile(manifestFile, 'utf8')
   } catch (error) {
     if ((error as {code?: string}).code === 'ENOENT') {
-      throw new UserError(`The backup manifest ${manifestFile} does not exist.`, {
-        hint: 'Without its manifest a backup cannot be checked; take a new backup, or pass the dump of an nself backup explicitly.',
+      throw new UserError(messages.getMessage('error.missing', [manifestFile]), {
+        hint: messages.getMessage('hint.missing'),
       })
     }
-    throw new UserError(`Cannot read the backup manifest ${manifestFile}: ${(error as Error).message}.`)
+    throw new UserError(messages.getMessage('error.unreadable', [manifestFile, (error as Error).message]))
   }
   let parsed: unknown
   try {
     parsed = JSON.parse(text)
   } catch {
-    throw new UserError(`The backup manifest ${manifestFile} is not valid JSON.`, {hint: 'It was damaged or edited; take a new backup.'})
+    throw new UserError(messages.getMessage('error.not-json', [manifestFile]), {hint: messages.getMessage('hint.not-json')})
   }
   if (!isManifest(parsed)) {
-    throw new UserError(`The backup manifest ${manifestFile} is not an ${MANIFEST_FORMAT} manifest or misses fields.`)
+    throw new UserError(messages.getMessage('error.not-a-manifest', [manifestFile, MANIFEST_FORMAT]))
   }
   return parsed
 }

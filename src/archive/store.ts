@@ -3,8 +3,11 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import {nextSecond, timestamp} from '../text.js'
 import {legacyManifestPathFor, manifestPathFor, partialPathFor} from './manifest.js'
+
+const messages = loadMessages('lib.archive.store')
 
 /** The backup folder: created 0700, file names reserved in nself's pattern, finished dumps published without overwriting. */
 
@@ -29,18 +32,18 @@ export function fsErrorSentence(error: unknown, what: string, file: string): Use
   const code = (error as {code?: string}).code ?? ''
   const msg = (error as Error).message ?? String(error)
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new UserError(`${what} ${file} failed: the disk is full (${code}).`, {
+    return new UserError(messages.getMessage('fs.disk-full', [what, file, code]), {
       cause: error,
-      hint: 'Free disk space or choose another folder with --backup-dir; nothing was changed in the database.',
+      hint: messages.getMessage('fs.disk-full.hint'),
     })
   }
   if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || code === 'ENOTDIR' || code === 'EEXIST' || code === 'EISDIR') {
-    return new UserError(`${what} ${file} failed: the folder is not writable (${code}).`, {
+    return new UserError(messages.getMessage('fs.not-writable', [what, file, code]), {
       cause: error,
-      hint: "Choose a writable folder with --backup-dir, or fix the folder's owner and permissions.",
+      hint: messages.getMessage('fs.not-writable.hint'),
     })
   }
-  return new UserError(`${what} ${file} failed: ${msg.replace(/\.$/, '')}.`, {cause: error})
+  return new UserError(messages.getMessage('fs.other', [what, file, msg.replace(/\.$/, '')]), {cause: error})
 }
 
 /** Create the backup folder (0700) or tighten an existing one that others could read. */
@@ -50,34 +53,34 @@ export async function ensureBackupDir(dir: string, log?: (line: string) => void)
   } catch (error) {
     const code = (error as {code?: string}).code
     if (code === 'EEXIST' || code === 'ENOTDIR') {
-      const what = code === 'EEXIST' ? 'is a file, not a folder' : 'cannot be created: part of its path is a file, not a folder'
-      throw new UserError(`The backup folder ${dir} ${what}.`, {cause: error, hint: 'Choose a folder with --backup-dir.'})
+      const sentence = code === 'EEXIST' ? messages.getMessage('folder.is-file', [dir]) : messages.getMessage('folder.path-has-file', [dir])
+      throw new UserError(sentence, {cause: error, hint: messages.getMessage('folder.choose.hint')})
     }
-    throw fsErrorSentence(error, 'Creating the backup folder', dir)
+    throw fsErrorSentence(error, messages.getMessage('what.creating-folder'), dir)
   }
   let st: Stats
   try {
     st = await fs.stat(dir)
   } catch (error) {
-    throw fsErrorSentence(error, 'Reading the backup folder', dir)
+    throw fsErrorSentence(error, messages.getMessage('what.reading-folder'), dir)
   }
   if (!st.isDirectory()) {
-    throw new UserError(`The backup folder ${dir} is not a folder.`, {hint: 'Choose a folder with --backup-dir.'})
+    throw new UserError(messages.getMessage('folder.not-folder', [dir]), {hint: messages.getMessage('folder.choose.hint')})
   }
   if ((st.mode & 0o077) !== 0) {
     const mode = (st.mode & 0o777).toString(8)
     try {
       if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw new Error('not owner')
       await fs.chmod(dir, 0o700)
-      log?.(`The backup folder ${dir} had mode ${mode}; set it to 700 (backups hold all the chat data).`)
+      log?.(messages.getMessage('log.folder-mode-tightened', [dir, mode]))
     } catch {
-      log?.(`Warning: the backup folder ${dir} has mode ${mode} and is not ours to change; the dumps themselves are 600.`)
+      log?.(messages.getMessage('log.folder-mode-not-ours', [dir, mode]))
     }
   }
   try {
     await fs.access(dir, fsConstants.W_OK)
   } catch (error) {
-    throw fsErrorSentence(error, 'Writing to the backup folder', dir)
+    throw fsErrorSentence(error, messages.getMessage('what.writing-to-folder'), dir)
   }
 }
 
@@ -102,7 +105,7 @@ export async function reserveFileName(dir: string, project: string): Promise<{fi
       const fh = await fs.open(placeholder, 'wx', 0o600)
       await fh.close()
     } catch (error) {
-      if ((error as {code?: string}).code !== 'EEXIST') throw fsErrorSentence(error, 'Writing the backup', final)
+      if ((error as {code?: string}).code !== 'EEXIST') throw fsErrorSentence(error, messages.getMessage('what.writing-backup'), final)
       await nextSecond()
       continue
     }
@@ -111,7 +114,7 @@ export async function reserveFileName(dir: string, project: string): Promise<{fi
     await removeQuietly(placeholder)
     await nextSecond()
   }
-  throw new UserError(`Cannot find a free backup file name in ${dir}: every name tried for the last 10 seconds is taken.`)
+  throw new UserError(messages.getMessage('error.no-free-name', [dir]))
 }
 
 /** Give the finished dump its name without ever replacing a file of that name (e.g. an `nself db backup`). */
@@ -120,8 +123,7 @@ export async function publish(partial: string, final: string): Promise<void> {
     await fs.link(partial, final)
   } catch (error) {
     const code = (error as {code?: string}).code
-    if (code === 'EEXIST')
-      throw new UserError(`Another program wrote ${final} while this backup was taken; it was not overwritten and this backup was discarded.`)
+    if (code === 'EEXIST') throw new UserError(messages.getMessage('error.written-meanwhile', [final]))
     if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV') throw error
     // No hard links on this filesystem: the name was reserved, a rename is the next best thing.
     await fs.rename(partial, final)

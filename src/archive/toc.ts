@@ -1,6 +1,9 @@
 import {CancelledError, firstLine, UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import type {PgTools} from '../connection/tools.js'
 import {redact} from '../text.js'
+
+const messages = loadMessages('lib.archive.toc')
 
 /** The archive's table of contents, as `pg_restore --list` prints it. */
 
@@ -130,6 +133,6 @@ export async function readBackupToc(tools: PgTools, file: string, during: string
     return await readToc(tools, file)
   } catch (error) {
     if (tools.scope.cancelled) throw new CancelledError(during)
-    throw new UserError(`The backup ${file} cannot be read by pg_restore: ${redact(firstLine(error), secret)}.`)
+    throw new UserError(messages.getMessage('error.unreadable', [file, redact(firstLine(error), secret)]))
   }
 }

@@ -8,6 +8,9 @@ import {plural, redact} from '../text.js'
 import type {Manifest} from '../archive/manifest.js'
 import {type RestoreProgress, restoreArchive} from '../archive/restore.js'
 import {readBackupToc, tableDataKey} from '../archive/toc.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.clone.clone')
 
 /**
  * The dry-run clone (docs/deviations.md, D9): a new database restored from the backup just taken, with `pg_restore -j`
@@ -131,17 +134,15 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
   const requested = opts.allData ? [] : opts.dataTables.map((t) => parseTableRef(t, defaultSchema))
   for (const t of requested) {
     if (!tocTables.has(tableDataKey(t.schema, t.name))) {
-      throw new UserError(`The table ${t.schema}.${t.name} is not in the backup ${file}.`, {
-        hint: 'The dry run restores the data of the tables the migration touches; take a new backup of the current database.',
+      throw new UserError(messages.getMessage('error.table-missing', [t.schema, t.name, file]), {
+        hint: messages.getMessage('hint.table-missing'),
       })
     }
   }
   const kept = await tablesWithDependencies(admin, requested)
   const added = kept.slice(requested.length)
   if (added.length > 0) {
-    log?.(
-      `Also restoring the data of ${added.map((t) => `${t.schema}.${t.name}`).join(', ')} (referenced by foreign keys or partitions of the migrated tables).`,
-    )
+    log?.(messages.getMessage('log.also-restoring', [added.map((t) => `${t.schema}.${t.name}`).join(', ')]))
   }
   const keptKeys = new Set(kept.map((t) => tableDataKey(t.schema, t.name)))
 
@@ -189,14 +190,14 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     await createDatabaseLike(admin, name, live, comment, {log})
     scope.throwIfCancelled('the dry run')
     log?.(
-      `Restoring ${file} into ${name} (${opts.allData ? 'every table with its data' : `${plural(requested.length + added.length, 'table')} with data, ${leftOut.length} without`}).`,
+      opts.allData
+        ? messages.getMessage('log.restoring-all', [file, name])
+        : messages.getMessage('log.restoring-some', [file, name, plural(requested.length + added.length, 'table'), leftOut.length]),
     )
     const extraArgs = ['--no-subscriptions']
     if (!live.superuser) {
       extraArgs.push('--no-owner')
-      log?.(
-        `${live.currentUser} is not a superuser: the clone's objects are owned by ${live.currentUser} (--no-owner), so ownership problems will not show in the dry run.`,
-      )
+      log?.(messages.getMessage('log.not-superuser', [live.currentUser, live.currentUser]))
     }
     const restoreStarted = Date.now()
     await restoreArchive({
@@ -212,7 +213,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     })
     const restoreMs = Date.now() - restoreStarted
     scope.throwIfCancelled('the dry run')
-    log?.(`Clone ${name} restored in ${(restoreMs / 1000).toFixed(1)} s (${((Date.now() - started) / 1000).toFixed(1)} s in all).`)
+    log?.(messages.getMessage('log.restored', [name, (restoreMs / 1000).toFixed(1), ((Date.now() - started) / 1000).toFixed(1)]))
     if (opts.keep) {
       unregister()
       unregister = () => true
@@ -221,7 +222,7 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
       async drop() {
         unregister()
         await dropOnce()
-        log?.(`Dropped the dry-run clone ${name}.`)
+        log?.(messages.getMessage('log.dropped', [name]))
       },
       leftOut,
       name,
@@ -231,12 +232,12 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     unregister()
     let dropNote = ''
     if (opts.keep) {
-      dropNote = ` The clone ${name} was kept for inspection.`
+      dropNote = ` ${messages.getMessage('note.kept', [name])}`
     } else {
       try {
         await dropOnce()
       } catch (dropError) {
-        dropNote = ` The clone ${name} could not be dropped (${firstLine(dropError)}); drop it with DROP DATABASE.`
+        dropNote = ` ${messages.getMessage('note.not-dropped', [name, firstLine(dropError)])}`
       }
     }
     if (scope.cancelled || error instanceof CancelledError) throw new CancelledError(`the dry run (clone ${name})`)
@@ -246,14 +247,12 @@ export async function createClone(opts: CreateCloneOptions): Promise<Clone> {
     const cause = redact(firstLine(error), secret)
     // A full disk on the server is no fault of the backup: say where space is missing.
     const diskFull = /No space left on device|could not extend file|disk full|53100/i.test(cause)
-    throw new UserError(
-      `Restoring the dry-run clone ${name} from ${file} failed${diskFull ? " because the database server's disk is full" : ''}: ${cause}.${dropNote}`,
-      {
-        cause: error,
-        hint: diskFull
-          ? 'The live database was not touched. Free space on the database server (the dry run needs room for a copy of the tables the migration touches), or run with --skip-dryrun.'
-          : 'The live database was not touched. Check the backup with `nself db e2ee verify`, or re-run with a fresh backup.',
-      },
-    )
+    const sentence = diskFull
+      ? messages.getMessage('error.restore-failed.disk-full', [name, file, cause])
+      : messages.getMessage('error.restore-failed', [name, file, cause])
+    throw new UserError(sentence + dropNote, {
+      cause: error,
+      hint: diskFull ? messages.getMessage('hint.restore-failed.disk-full') : messages.getMessage('hint.restore-failed'),
+    })
   }
 }

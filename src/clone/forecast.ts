@@ -6,6 +6,9 @@ import {concurrentIndexName, referencedTables, stripComments, validatedConstrain
 import type {Sql} from '../connection/connect.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {SlimTable} from './content.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.clone.forecast')
 
 /**
  * The forecast of the production apply time (issue 11). On a clone that holds every row, the apply time measured
@@ -103,7 +106,7 @@ export async function forecastApply(o: ForecastOptions): Promise<Forecast> {
         for (let i = 0; i < REPLAYS; i++) sampleMs.push(await replay(o, table, s.statement))
       } catch (error) {
         // Not a shape this module can replay: its clone time stands, and the report says it was not scaled.
-        o.log?.(`Forecast: ${s.statement.summary} was not replayed on the sample (${(error as Error).message}).`)
+        o.log?.(messages.getMessage('log.not-replayed', [s.statement.summary, (error as Error).message]))
         out.scaled.push({cloneMs: s.cloneMs, forecastMs: s.cloneMs, line: s.statement.line, migration: s.migration, sampleMs: [], table})
         continue
       }
@@ -160,9 +163,7 @@ async function takeSample(o: ForecastOptions, table: string): Promise<TableSampl
   )
   const samplePages = Number(got.pages)
   const factor = samplePages === 0 ? 0 : productionPages / samplePages
-  o.log?.(
-    `Forecast sample of ${table}: ${got.rows} rows, ${samplePages} of production's ${productionPages} pages (${percent.toFixed(1)} %), copied in ${copyMs} ms; scale ×${factor.toFixed(1)}.`,
-  )
+  o.log?.(messages.getMessage('log.sample', [table, got.rows, samplePages, productionPages, percent.toFixed(1), copyMs, factor.toFixed(1)]))
   return {copyMs, factor, productionPages, productionRows: Math.round(size.rows), sampleRows: Number(got.rows), samplePages, table}
 }
 

@@ -2,7 +2,10 @@ import {randomBytes} from 'node:crypto'
 import postgres from 'postgres'
 
 import {toUserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import type {ConnectionInfo} from './target.js'
+
+const messages = loadMessages('lib.connection.connect')
 
 export type Sql = postgres.Sql
 
@@ -113,7 +116,7 @@ export async function openSession(pool: Sql): Promise<Session> {
     await sql`select 1`
   } catch (error) {
     await sql.end({timeout: 0}).catch(() => {})
-    throw toUserError(error, `database "${origin.options.database ?? origin.conn.database}" at ${origin.conn.host}:${origin.conn.port}`)
+    throw toUserError(error, messages.getMessage('what.database', [origin.options.database ?? origin.conn.database, origin.conn.host, origin.conn.port]))
   }
   opened = true
   return {
@@ -147,7 +150,7 @@ export async function connectChecked(conn: ConnectionInfo, options: ConnectOptio
     await sql`select 1`
   } catch (error) {
     await sql.end({timeout: 1}).catch(() => {})
-    throw toUserError(error, `database "${options.database ?? conn.database}" at ${conn.host}:${conn.port}`)
+    throw toUserError(error, messages.getMessage('what.database', [options.database ?? conn.database, conn.host, conn.port]))
   }
   return sql
 }

@@ -4,6 +4,9 @@ import path from 'node:path'
 import dotenv from 'dotenv'
 
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.connection.env-files')
 
 /**
  * nself's settings, resolved as today's nself (the Go CLI) resolves them:
@@ -147,13 +150,13 @@ function expandVariables(value: string, find: (name: string) => string | undefin
 function readEnvFile(file: string, lookup: (name: string) => string | undefined): Record<string, string> {
   let text: string
   try {
-    if (statSync(file).size > MAX_ENV_FILE) throw new UserError(`The env file ${file} is larger than 1 MB; nself refuses it too.`)
+    if (statSync(file).size > MAX_ENV_FILE) throw new UserError(messages.getMessage('error.too-large', [file]))
     text = readFileSync(file, 'utf8')
   } catch (error) {
     if (error instanceof UserError) throw error
-    throw new UserError(`Cannot read the env file ${file}: ${(error as Error).message}.`)
+    throw new UserError(messages.getMessage('error.unreadable', [file, (error as Error).message]))
   }
-  if (text.includes('\0')) throw new UserError(`The env file ${file} contains a NUL byte; nself refuses it too.`)
+  if (text.includes('\0')) throw new UserError(messages.getMessage('error.nul-byte', [file]))
   return parseEnvText(text, lookup)
 }
 
@@ -194,7 +197,7 @@ export function readNselfEnv(dir: string, options: ReadEnvOptions = {}, env: Nod
     values: {},
   }
   const extra = options.extraFile ? path.resolve(options.extraFile) : undefined
-  if (extra && !existsSync(extra)) throw new UserError(`The env file ${extra} given by --nself-env-file does not exist.`)
+  if (extra && !existsSync(extra)) throw new UserError(messages.getMessage('error.extra-missing', [extra]))
 
   // godotenv.Overload puts each file into the process environment before the next is read, so a later file's
   // $VAR sees earlier files' values over the real environment.

@@ -1,8 +1,11 @@
 import path from 'node:path'
 
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import {validateIdentifier} from '../pg/identifiers.js'
 import {readNselfEnv} from './env-files.js'
+
+const messages = loadMessages('lib.connection.target')
 
 /** What the operator gave on the command line (every field optional). */
 export interface TargetOptions {
@@ -108,7 +111,7 @@ export function resolveTarget(opts: TargetOptions, env: NodeJS.ProcessEnv = proc
   )
   const port = Number(portRaw[0])
   if (!Number.isInteger(port) || port < 1 || port > 65_535) {
-    throw new UserError(`The port "${portRaw[0]}" (from ${portRaw[1]}) is not a TCP port number.`)
+    throw new UserError(messages.getMessage('error.bad-port', [portRaw[0], portRaw[1]]))
   }
 
   const [password, pwSrc] = pick<string>(
@@ -121,7 +124,7 @@ export function resolveTarget(opts: TargetOptions, env: NodeJS.ProcessEnv = proc
 
   const containerCandidates = opts.container ? [opts.container] : [...new Set([`${projectName}_postgres`, 'nself-postgres'])]
   for (const c of containerCandidates) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(c)) throw new UserError(`The container name "${c}" is not a valid docker container name.`)
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(c)) throw new UserError(messages.getMessage('error.bad-container', [c]))
   }
 
   if (opts.schema) validateIdentifier(opts.schema, 'schema')

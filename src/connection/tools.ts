@@ -6,6 +6,9 @@ import {CancelledError, firstLine, UserError} from '../errors.js'
 import {APP_NAME} from './connect.js'
 import type {Target} from './target.js'
 import {createRunScope, type RunScope} from '../run/scope.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.connection.tools')
 
 export type PgTool = 'pg_dump' | 'pg_restore' | 'psql'
 
@@ -42,7 +45,7 @@ export class PgTools {
   }
 
   describe(): string {
-    return this.container ? `docker exec in container ${this.container}` : 'local client tools'
+    return this.container ? messages.getMessage('where.container', [this.container]) : messages.getMessage('where.local')
   }
 
   /**
@@ -98,11 +101,9 @@ export class PgTools {
       // Ctrl+C on a terminal reaches the child too: its death is the interruption, not a broken tool.
       if (this.scope.cancelled) throw new CancelledError(`checking ${tool}`, 'nothing was changed')
       if ((error as {code?: string}).code === 'ENOENT') {
-        throw new UserError(`${tool} was not found on this machine.`, {
-          hint: 'Install the PostgreSQL client tools (same or newer major version than the server), or drop --local to run them in the nself postgres container.',
-        })
+        throw new UserError(messages.getMessage('error.tool-missing', [tool]), {hint: messages.getMessage('hint.tool-missing')})
       }
-      throw new UserError(`Cannot run ${tool} ${this.describe()}: ${firstLine(error)}.`)
+      throw new UserError(messages.getMessage('error.cannot-run', [tool, this.describe(), firstLine(error)]))
     }
   }
 
@@ -122,7 +123,7 @@ export class PgTools {
     try {
       await execa('docker', ['cp', localPath, `${container}:${remote}`])
     } catch (error) {
-      throw new UserError(`Cannot copy ${localPath} into container ${container}: ${firstLine(error)}.`)
+      throw new UserError(messages.getMessage('error.cannot-copy', [localPath, container, firstLine(error)]))
     }
     return {
       cleanup: async () => {
@@ -139,24 +140,20 @@ async function findContainer(candidates: string[]): Promise<string> {
     try {
       const {stdout} = await execa('docker', ['inspect', '--format', '{{.State.Running}}', name])
       if (stdout.trim() === 'true') return name
-      tried.push(`${name} (not running)`)
+      tried.push(messages.getMessage('tried.not-running', [name]))
     } catch (error) {
       if ((error as {code?: string}).code === 'ENOENT') {
-        throw new UserError('docker was not found on this machine.', {
-          hint: 'Install docker, or pass --local to run pg_dump/pg_restore on this machine.',
-        })
+        throw new UserError(messages.getMessage('error.docker-missing'), {hint: messages.getMessage('hint.docker-missing')})
       }
       if (/Cannot connect to the Docker daemon|Is the docker daemon running|error during connect/i.test(firstLine(error))) {
-        throw new UserError(`The docker daemon is not reachable (${firstLine(error)}), so container ${name} cannot be checked.`, {
-          hint: 'Start docker (and the nself stack with `nself start`), or pass --local to run pg_dump/pg_restore on this machine.',
+        throw new UserError(messages.getMessage('error.docker-unreachable', [firstLine(error), name]), {
+          hint: messages.getMessage('hint.docker-unreachable'),
         })
       }
-      tried.push(`${name} (not found)`)
+      tried.push(messages.getMessage('tried.not-found', [name]))
     }
   }
-  throw new UserError(`No running nself postgres container: tried ${tried.join(', ')}.`, {
-    hint: 'Start the stack with `nself start`, name the container with --container, or pass --local.',
-  })
+  throw new UserError(messages.getMessage('error.no-container', [tried.join(', ')]), {hint: messages.getMessage('hint.no-container')})
 }
 
 export interface ToolReport {

@@ -1,3 +1,7 @@
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.connection.versions')
+
 /**
  * Which client tools may work with which server (README "Supported PostgreSQL versions"). The plugin runs
  * pg_dump (backups) and pg_restore (reading a backup back, the dry-run clone, the restore rollback); psql it
@@ -31,31 +35,32 @@ export interface VersionCheck {
  * nchat_postgres") judged by the rules above. `dumps`: this run takes a backup with pg_dump.
  */
 export function judgeTools(serverMajor: number, tools: ToolMajors, where: string, o: {dumps: boolean; local: boolean}): VersionCheck {
-  const install = (major: number) =>
-    o.local
-      ? `Install the PostgreSQL ${major} client tools (postgresql-client-${major}) or newer, or drop --local to use the container's tools.`
-      : `The container's client tools should be those of its server; use an image with PostgreSQL ${major} client tools, or pass --local with postgresql-client-${major} or newer installed here.`
+  const install = (major: number) => (o.local ? messages.getMessage('fix.local', [major, major]) : messages.getMessage('fix.container', [major, major]))
   if (o.dumps && tools.pg_dump < serverMajor) {
-    return {detail: `pg_dump ${tools.pg_dump} (${where}) cannot dump the PostgreSQL ${serverMajor} server`, fix: install(serverMajor), status: 'fail'}
+    return {
+      detail: messages.getMessage('tools.dump-too-old', [tools.pg_dump, where, serverMajor]),
+      fix: install(serverMajor),
+      status: 'fail',
+    }
   }
   if (tools.pg_restore < tools.pg_dump) {
     return {
-      detail: `pg_restore ${tools.pg_restore} (${where}) cannot read the backups pg_dump ${tools.pg_dump} writes`,
+      detail: messages.getMessage('tools.restore-older-than-dump', [tools.pg_restore, where, tools.pg_dump]),
       fix: install(tools.pg_dump),
       status: 'fail',
     }
   }
-  const names = `pg_dump ${tools.pg_dump}, pg_restore ${tools.pg_restore} (${where}) for server ${serverMajor}`
+  const names = [tools.pg_dump, tools.pg_restore, where, serverMajor]
   if (serverMajor > NEWEST_TESTED) {
     return {
-      detail: `${names}; PostgreSQL ${serverMajor} is newer than the versions this plugin was tested on (${OLDEST_SERVER} to ${NEWEST_TESTED})`,
+      detail: messages.getMessage('tools.server-newer-than-tested', [...names, serverMajor, OLDEST_SERVER, NEWEST_TESTED]),
       status: 'warn',
     }
   }
   if (tools.pg_restore >= SENDS_TRANSACTION_TIMEOUT && serverMajor < SENDS_TRANSACTION_TIMEOUT) {
-    return {detail: `${names}; pg_restore's SET transaction_timeout, unknown to this server, is the one error restores accept`, status: 'ok'}
+    return {detail: messages.getMessage('tools.transaction-timeout', names), status: 'ok'}
   }
-  return {detail: names, status: 'ok'}
+  return {detail: messages.getMessage('tools.ok', names), status: 'ok'}
 }
 
 /** The error pg_restore 17+ reports on every connection to a server 16 or older; nothing else goes wrong. */
@@ -67,6 +72,7 @@ export const TRANSACTION_TIMEOUT_ERROR = /unrecognized configuration parameter "
  */
 export function olderRestoreSentence(file: string, message: string, restoreMajor: number, dumpMajor: number | undefined): string | undefined {
   if (!/unsupported version \([\d.]+\) in file header/i.test(message)) return undefined
-  const by = dumpMajor ? `pg_dump ${dumpMajor} (its manifest says so)` : 'a newer pg_dump'
-  return `The backup ${file} was written by ${by}, and pg_restore ${restoreMajor} cannot read that archive format; the file itself is not damaged`
+  return dumpMajor
+    ? messages.getMessage('older-restore.known-dump', [file, dumpMajor, restoreMajor])
+    : messages.getMessage('older-restore.unknown-dump', [file, restoreMajor])
 }

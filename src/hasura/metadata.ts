@@ -12,6 +12,9 @@ import {isMap, isSeq, parseDocument, stringify, type Document, type YAMLMap, typ
 
 import {firstLine, UserError} from '../errors.js'
 import {FUNCTIONS, MESSAGE_INSERT_COLUMNS, ROLE, TABLES, type TablePermission, type TableSpec} from './spec.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.hasura.metadata')
 
 export const METADATA_DIRS = ['hasura/metadata', 'backend/hasura/metadata'] as const
 export const RECORD_FILE = '.nself-e2ee-hasura.json'
@@ -46,7 +49,7 @@ const include = (file: string) => `!include ${file}`
 
 function readDoc(file: string): Document {
   const doc = parseDocument(readFileSync(file, 'utf8'))
-  if (doc.errors.length > 0) throw new UserError(`The Hasura metadata file ${file} is not valid YAML: ${firstLine(doc.errors[0])}.`)
+  if (doc.errors.length > 0) throw new UserError(messages.getMessage('error.not-yaml', [file, firstLine(doc.errors[0])]))
   return doc
 }
 
@@ -131,7 +134,7 @@ export function writeHasuraMetadata(projectDir: string, schema: string, existing
     return {
       changed: [],
       dir: null,
-      note: `no Hasura metadata folder (${METADATA_DIRS.join(' or ')}) in ${projectDir}: track the new tables in the Hasura console`,
+      note: messages.getMessage('note.no-folder', [METADATA_DIRS.join(' or '), projectDir]),
       written: [],
     }
   const recordFile = path.join(dir, RECORD_FILE)
@@ -210,7 +213,7 @@ export function writeHasuraMetadata(projectDir: string, schema: string, existing
   }
 
   writeAtomic(recordFile, `${JSON.stringify(record, null, 2)}\n`)
-  return {changed, dir, note: `run \`${APPLY_COMMAND}\` to expose the new tables to nChat`, written}
+  return {changed, dir, note: messages.getMessage('note.apply', [APPLY_COMMAND]), written}
 }
 
 function addMessageColumns(doc: Document): string[] {
@@ -239,7 +242,7 @@ function addMessageColumns(doc: Document): string[] {
 export function removeHasuraMetadata(projectDir: string): HasuraResult {
   const dir = findMetadataDir(projectDir)
   const recordFile = dir ? path.join(dir, RECORD_FILE) : ''
-  if (!dir || !existsSync(recordFile)) return {changed: [], dir, note: 'no Hasura metadata written by this plugin', written: []}
+  if (!dir || !existsSync(recordFile)) return {changed: [], dir, note: messages.getMessage('note.nothing-written'), written: []}
   const record = JSON.parse(readFileSync(recordFile, 'utf8')) as HasuraRecord
   const changed: string[] = []
   const byFile = new Map<string, string[]>()
@@ -289,7 +292,7 @@ export function removeHasuraMetadata(projectDir: string): HasuraResult {
   const functionsDir = path.join(dir, 'databases', 'default', 'functions')
   if (existsSync(functionsDir) && readdirSync(functionsDir).length === 0) rmSync(functionsDir, {recursive: true})
   rmSync(recordFile)
-  return {changed, dir, note: `removed what the upgrade added; run \`${APPLY_COMMAND}\``, written: record.createdFiles}
+  return {changed, dir, note: messages.getMessage('note.removed', [APPLY_COMMAND]), written: record.createdFiles}
 }
 
 /** The tracked tables, views and functions of TABLES/FUNCTIONS that exist in `schema` now. */

@@ -4,6 +4,9 @@ import path from 'node:path'
 import {UserError} from '../errors.js'
 import {listBackups} from '../archive/listing.js'
 import {type ListedBackup, sha256File} from '../archive/manifest.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.maintain.backups')
 
 /**
  * Housekeeping of what upgrades leave behind in the backup folder: our dumps (with a manifest, read through
@@ -55,7 +58,7 @@ export async function listAllBackups(dir: string, o: {deep?: boolean; now?: numb
   try {
     names = await fs.readdir(dir)
   } catch (error) {
-    if ((error as {code?: string}).code !== 'ENOENT') throw new UserError(`Cannot list the backup folder ${dir}: ${(error as Error).message}.`)
+    if ((error as {code?: string}).code !== 'ENOENT') throw new UserError(messages.getMessage('error.cannot-list', [dir, (error as Error).message]))
   }
   for (const name of names) {
     const file = path.resolve(dir, name)
@@ -155,6 +158,9 @@ export async function removeBackup(e: BackupEntry): Promise<void> {
     await fs.rm(e.file, {force: true})
     if (e.manifestFile) await fs.rm(e.manifestFile, {force: true})
   } catch (error) {
-    throw new UserError(`Cannot delete the backup ${e.file}: ${(error as Error).message}.`, {cause: error, hint: "Check the folder's owner and permissions."})
+    throw new UserError(messages.getMessage('error.cannot-delete', [e.file, (error as Error).message]), {
+      cause: error,
+      hint: messages.getMessage('hint.cannot-delete'),
+    })
   }
 }

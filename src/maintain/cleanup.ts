@@ -5,6 +5,9 @@ import {backoffMs, isLockTimeout} from '../migrations/locks.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {Querier, Sql} from '../connection/connect.js'
 import {createRunScope, type RunScope} from '../run/scope.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.maintain.cleanup')
 
 /**
  * The guide's "Set Up Automated Cleanup", done in small batches:
@@ -120,8 +123,8 @@ export async function assertTablesExist(sql: Querier, schema: string, tables: st
     where n.nspname = ${schema} and c.relname = any(${tables}) and c.relkind in ('r', 'p')`
   const missing = tables.filter((t) => !rows.some((r) => r.name === t))
   if (missing.length > 0) {
-    throw new UserError(`The table ${schema}.${missing[0]} does not exist, so there is nothing to ${what} (migration 014 is not applied).`, {
-      hint: 'Run nself db e2ee migrate first, or check --database and --schema.',
+    throw new UserError(messages.getMessage('error.table-missing', [schema, missing[0], what]), {
+      hint: messages.getMessage('hint.table-missing'),
     })
   }
 }
@@ -228,10 +231,17 @@ export async function runCleanup(sql: Sql, opts: CleanupOptions): Promise<Cleanu
           lockWaitStarted ??= Date.now()
           if (Date.now() - lockWaitStarted > opts.maxLockWaitMs) {
             throw new UserError(
-              `Cleanup of ${opts.schema}.${t.table} could not get its locks within ${Math.round(opts.maxLockWaitMs / 1000)} s (lock_timeout ${opts.lockTimeoutMs} ms, retried ${r.lockTimeouts} times); ${r.deleted} rows were deleted before that.`,
+              messages.getMessage('error.lock-wait', [
+                opts.schema,
+                t.table,
+                Math.round(opts.maxLockWaitMs / 1000),
+                opts.lockTimeoutMs,
+                r.lockTimeouts,
+                r.deleted,
+              ]),
               {
                 cause: error,
-                hint: 'A session holds a strong lock on the table (see pg_locks); run cleanup again later, or raise --max-lock-wait.',
+                hint: messages.getMessage('hint.lock-wait'),
               },
             )
           }

@@ -1,6 +1,9 @@
 import {UserError} from '../errors.js'
 import {fitIdentifier, quoteIdent} from '../pg/identifiers.js'
 import type {Querier} from '../connection/connect.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.maintain.kept')
 
 /**
  * The databases `rollback --strategy restore` keeps: the replaced live database renamed
@@ -39,14 +42,14 @@ export async function keptDatabases(admin: Querier, database: string): Promise<K
 }
 
 export async function dropKeptDatabase(admin: Querier, kept: KeptDatabase, database: string): Promise<void> {
-  if (!isKeptName(kept.name, database)) throw new UserError(`The database ${kept.name} is not a copy a rollback of ${database} kept; it is not dropped.`)
+  if (!isKeptName(kept.name, database)) throw new UserError(messages.getMessage('error.not-kept', [kept.name, database]))
   try {
     await admin.unsafe(`drop database ${quoteIdent(kept.name)}`)
   } catch (error) {
     if ((error as {code?: string}).code === '55006') {
-      throw new UserError(`The kept database ${kept.name} was not dropped: sessions are connected to it.`, {
+      throw new UserError(messages.getMessage('error.in-use', [kept.name]), {
         cause: error,
-        hint: `End them first (see pg_stat_activity where datname = '${kept.name}'); nothing else was dropped after it.`,
+        hint: messages.getMessage('hint.in-use', [kept.name]),
       })
     }
     throw error

@@ -4,6 +4,9 @@ import type {MigrationFile} from '../migrations/files.js'
 import {quoteIdent} from '../pg/identifiers.js'
 import type {Querier} from '../connection/connect.js'
 import {estimateIndexBloat, estimateTableBloat, type BloatRow} from './bloat.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.maintain.report')
 
 /**
  * What the guide asks operators to watch after the upgrade ("Monitor Index Usage", key rotation, prekey stock,
@@ -175,13 +178,13 @@ export async function maintenanceReport(sql: Querier, o: ReportOptions): Promise
     ? {
         indexes: await pgstattupleIndexes(sql, o.schema, watched),
         method: 'pgstattuple' as const,
-        note: 'pgstattuple is installed: pgstattuple_approx for tables (visibility map, samples the rest) and pgstatindex for btree indexes (reads each index).',
+        note: messages.getMessage('bloat.pgstattuple'),
         tables: await pgstattupleTables(sql, o.schema, watched),
       }
     : {
         indexes: await estimateIndexBloat(sql, o.schema, watched),
         method: 'estimate' as const,
-        note: 'Estimated from the planner statistics (the well-known pgsql-bloat-estimation method: expected size from row count and average row width versus actual pages); stale without a recent ANALYZE. Install pgstattuple for measured figures.',
+        note: messages.getMessage('bloat.estimate'),
         tables: await estimateTableBloat(sql, o.schema, watched),
       }
 

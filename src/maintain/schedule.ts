@@ -1,6 +1,9 @@
 import path from 'node:path'
 
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.maintain.schedule')
 
 /**
  * Nightly cleanup as a crontab entry, printed for the operator to install (never installed by us). Cron runs
@@ -35,7 +38,8 @@ export function parseTime(at: string): {hour: number; minute: number} {
   const m = /^(\d{1,2}):(\d{2})$/.exec(at)
   const hour = m ? Number(m[1]) : Number.NaN
   const minute = m ? Number(m[2]) : Number.NaN
-  if (!m || hour > 23 || minute > 59) throw new UserError(`The time "${at}" is not a time of day as HH:MM.`, {exitCode: 2, hint: 'For example --at 03:17.'})
+  if (!m || hour > 23 || minute > 59)
+    throw new UserError(messages.getMessage('error.bad-time', [at]), {exitCode: 2, hint: messages.getMessage('hint.bad-time')})
   return {hour, minute}
 }
 
@@ -52,7 +56,7 @@ export function buildSchedule(o: ScheduleOptions): Schedule {
   const nselfCron = `${when} cd ${shellQuote(project)} && mkdir -p ${shellQuote(path.dirname(log))} && flock -n ${shellQuote(lock)} nself ${nselfArgs} ${tail}`
   return {
     cron,
-    lines: ['# nself db e2ee maintain cleanup, nightly. Install with `crontab -e` (this command installs nothing).', `PATH=${o.pathEnv}`, cron],
+    lines: [messages.getMessage('crontab.comment'), `PATH=${o.pathEnv}`, cron],
     nselfCron,
   }
 }

@@ -3,6 +3,9 @@ import {readLedgerVersion} from '../migrations/ledger.js'
 import {connect, connectChecked, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 import type {DatabaseState} from './backups.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.maintain.server')
 
 /** A connection to a maintenance database (postgres, else template1), for listing and dropping other databases. */
 export async function connectAdmin(target: Target): Promise<Sql> {
@@ -15,13 +18,9 @@ export async function connectAdmin(target: Target): Promise<Sql> {
       last = error
     }
   }
-  throw new UserError(
-    `Cannot connect to a maintenance database (postgres or template1) on ${target.conn.host}:${target.conn.port}: ${(last as Error)?.message ?? 'refused'}`.replace(
-      /\.?$/,
-      '.',
-    ),
-    {cause: last},
-  )
+  const reason = (last as Error)?.message ?? messages.getMessage('error.refused')
+  const sentence = messages.getMessage('error.no-maintenance-db', [target.conn.host, target.conn.port, reason])
+  throw new UserError(sentence.replace(/\.?$/, '.'), {cause: last})
 }
 
 /** Where each database stands (its schema_migrations), to know which backups a rollback still needs. */

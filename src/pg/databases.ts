@@ -5,6 +5,9 @@ import {connect, type Sql} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 import {fitIdentifier, quoteIdent, validateIdentifier} from './identifiers.js'
 import {nextSecond, timestamp} from '../text.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.pg.databases')
 
 /**
  * Databases as a whole: the new ones this plugin creates (named and commented so leftovers are recognisable),
@@ -53,7 +56,7 @@ export async function describeDatabase(sql: Sql, database: string): Promise<Data
     select to_jsonb(d) as d, pg_get_userbyid(d.datdba) as owner, pg_encoding_to_char(d.encoding) as enc,
            shobj_description(d.oid, 'pg_database') as comment
     from pg_database d where d.datname = ${database}`
-  if (rows.length === 0) throw new UserError(`The database "${database}" does not exist.`)
+  if (rows.length === 0) throw new UserError(messages.getMessage('error.no-database', [database]))
   const {comment, d, enc, owner} = rows[0]
   const [me] = await sql<{user: string; superuser: boolean; num: number; can_own: boolean}[]>`
     select current_user as user, r.rolsuper as superuser, current_setting('server_version_num')::int as num,
@@ -143,7 +146,7 @@ function splitGucList(value: string): string[] {
 
 function settingSql(name: string, value: string): string {
   if (!/^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$/.test(name)) {
-    throw new UserError(`The database setting name "${name}" cannot be copied.`)
+    throw new UserError(messages.getMessage('error.setting-not-copyable', [name]))
   }
   const nameSql = name
     .split('.')
@@ -170,7 +173,7 @@ export async function createDatabaseLike(
   options: {connLimit?: boolean; log?: (line: string) => void} = {},
 ): Promise<void> {
   const owner = live.canOwnAs ? ` OWNER ${quoteIdent(live.owner)}` : ''
-  if (!live.canOwnAs) options.log?.(`${live.currentUser} cannot create databases owned by ${live.owner}; ${name} is owned by ${live.currentUser}.`)
+  if (!live.canOwnAs) options.log?.(messages.getMessage('log.owned-by-us', [live.currentUser, live.owner, name, live.currentUser]))
   await admin.unsafe(`CREATE DATABASE ${quoteIdent(name)}${owner} TEMPLATE template0 ${live.createOptions}`)
   const q = quoteIdent(name)
   await admin.unsafe(`COMMENT ON DATABASE ${q} IS ${quoteLiteral(comment)}`)
@@ -223,7 +226,7 @@ export async function freeDatabaseName(admin: Sql, database: string, kind: NewDa
     if (rows.length === 0) return name
     await nextSecond()
   }
-  throw new UserError(`Cannot find a free name for a new ${kind} database of "${database}".`)
+  throw new UserError(messages.getMessage('error.no-free-name', [kind, database]))
 }
 
 /** End the server sessions that carry `appName` (children `docker exec` left running), over a fresh connection. */

@@ -4,6 +4,9 @@
  * longer one silently, so a longer name would point at another object.
  */
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.pg.identifiers')
 
 export const MAX_IDENTIFIER_BYTES = 63
 
@@ -17,14 +20,14 @@ const IDENTIFIER = /^[\p{L}_][\p{L}\p{M}\p{Nd}_$-]*$/u
 /** `name` itself, or a UserError naming `what` (e.g. "database", "schema") and what is wrong with it. */
 export function validateIdentifier(name: string, what: string): string {
   if (!IDENTIFIER.test(name)) {
-    throw new UserError(`The ${what} name ${shown(name)} is not a valid PostgreSQL identifier for this tool.`, {
-      hint: `Use letters, digits, "_", "-" or "$", starting with a letter or "_", at most ${MAX_IDENTIFIER_BYTES} bytes.`,
+    throw new UserError(messages.getMessage('error.invalid', [what, shown(name)]), {
+      hint: messages.getMessage('hint.invalid', [MAX_IDENTIFIER_BYTES]),
     })
   }
   const bytes = Buffer.byteLength(name)
   if (bytes > MAX_IDENTIFIER_BYTES) {
-    throw new UserError(`The ${what} name ${shown(name)} is ${bytes} bytes long; PostgreSQL keeps only the first ${MAX_IDENTIFIER_BYTES} bytes of a name.`, {
-      hint: `Use a name of at most ${MAX_IDENTIFIER_BYTES} bytes (a letter outside ASCII takes 2 to 4).`,
+    throw new UserError(messages.getMessage('error.too-long', [what, shown(name), bytes, MAX_IDENTIFIER_BYTES]), {
+      hint: messages.getMessage('hint.too-long', [MAX_IDENTIFIER_BYTES]),
     })
   }
   return name

@@ -15,11 +15,14 @@ import {
 } from './catalog.js'
 import {canonical, expectedAt, type ExpectedObject, type ExpectedSchema, sameDef} from './expected.js'
 import type {Checks} from './report.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.verify.compare')
 
 /** The live catalog compared with the reference snapshot: every expected object by name, the guide's leftovers gone. */
 
 function migrationLabel(expected: ExpectedSchema, version: number): string {
-  return expected.migrations[String(version)] ?? `migration ${version}`
+  return expected.migrations[String(version)] ?? messages.getMessage('label.migration', [version])
 }
 
 function describeColumn(d: ColumnDef): string {
@@ -42,8 +45,9 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
 
     if (at.def === null) {
       // The migration drops it.
-      if (cur) checks.fail(name, `${o.kind} ${o.name}${o.table ? ` on ${o.table}` : ''} still exists; ${by} removes it`)
-      else checks.ok(name, `absent, as ${by} leaves it`)
+      if (cur && o.table) checks.fail(name, messages.getMessage('dropped.still-exists.on-table', [o.kind, o.name, o.table, by]))
+      else if (cur) checks.fail(name, messages.getMessage('dropped.still-exists', [o.kind, o.name, by]))
+      else checks.ok(name, messages.getMessage('dropped.absent', [by]))
       continue
     }
     if (o.table && broken.has(o.table)) {
@@ -58,17 +62,15 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
       case 'sequence': {
         const def = at.def as RelationDef
         if (!cur) {
-          checks.fail(name, `${o.kind} ${o.name} is missing (${by} creates it)`)
+          checks.fail(name, messages.getMessage('relation.missing', [o.kind, o.name, by]))
           if (o.kind === 'table') broken.add(o.name)
           break
         }
         const have = cur.def as RelationDef
         if (have.relkind !== def.relkind) {
-          const d2 =
-            o.name === 'nchat_prekey_bundles' && have.relkind === 'm'
-              ? " (the guide's materialized view, defect D2: refreshed on every key write); run nself db e2ee migrate to convert it into the plain view"
-              : ''
-          checks.fail(name, `${o.kind} ${o.name} is ${RELKIND_TEXT[have.relkind] ?? have.relkind}, expected ${RELKIND_TEXT[def.relkind] ?? def.relkind}${d2}`)
+          const kinds = [o.kind, o.name, RELKIND_TEXT[have.relkind] ?? have.relkind, RELKIND_TEXT[def.relkind] ?? def.relkind]
+          const guideMatview = o.name === 'nchat_prekey_bundles' && have.relkind === 'm'
+          checks.fail(name, guideMatview ? messages.getMessage('relation.wrong-kind.guide-matview', kinds) : messages.getMessage('relation.wrong-kind', kinds))
           if (o.kind === 'table') broken.add(o.name)
           break
         }
@@ -76,37 +78,46 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
           const want = def.columns.map((c) => `${c.name} ${c.type}`)
           const got = (have.columns ?? []).map((c) => `${c.name} ${c.type}`)
           if (want.join(', ') !== got.join(', ')) {
-            checks.fail(name, `${o.kind} ${o.name} has the columns (${got.join(', ')}), expected (${want.join(', ')}) in this order`)
+            checks.fail(name, messages.getMessage('relation.columns-differ', [o.kind, o.name, got.join(', '), want.join(', ')]))
             break
           }
-          checks.ok(name, `${def.columns.length} columns in the expected order (${by})`)
+          checks.ok(name, messages.getMessage('relation.columns-ok', [def.columns.length, by]))
           break
         }
         if (o.kind === 'sequence' && (have.ownedBy !== def.ownedBy || have.type !== def.type)) {
           checks.fail(
             name,
-            `sequence ${o.name} is ${have.type ?? '?'} owned by ${have.ownedBy ?? 'nothing'}, expected ${def.type ?? '?'} owned by ${def.ownedBy ?? 'nothing'}`,
+            messages.getMessage('sequence.differs', [
+              o.name,
+              have.type ?? '?',
+              have.ownedBy ?? messages.getMessage('value.nothing'),
+              def.type ?? '?',
+              def.ownedBy ?? messages.getMessage('value.nothing'),
+            ]),
           )
           break
         }
-        checks.ok(name, `exists (${by})`)
+        checks.ok(name, messages.getMessage('exists', [by]))
         break
       }
 
       case 'column': {
         const def = at.def as ColumnDef
         if (!cur) {
-          checks.fail(name, `column ${o.table}.${o.name} is missing (${by} adds it as ${describeColumn(def)})`)
+          checks.fail(name, messages.getMessage('column.missing', [String(o.table), o.name, by, describeColumn(def)]))
           break
         }
         const have = cur.def as ColumnDef
         const diffs: string[] = []
-        if (have.type !== def.type) diffs.push(`its type is ${have.type}, expected ${def.type}`)
-        if (have.notNull !== def.notNull) diffs.push(def.notNull ? 'it is nullable, expected NOT NULL' : 'it is NOT NULL, expected nullable')
-        if ((have.default ?? null) !== (def.default ?? null)) diffs.push(`its default is ${have.default ?? 'none'}, expected ${def.default ?? 'none'}`)
+        if (have.type !== def.type) diffs.push(messages.getMessage('column.diff.type', [have.type, def.type]))
+        if (have.notNull !== def.notNull) diffs.push(def.notNull ? messages.getMessage('column.diff.nullable') : messages.getMessage('column.diff.not-null'))
+        if ((have.default ?? null) !== (def.default ?? null))
+          diffs.push(
+            messages.getMessage('column.diff.default', [have.default ?? messages.getMessage('value.none'), def.default ?? messages.getMessage('value.none')]),
+          )
         if ((have.identity ?? '') !== (def.identity ?? '') || (have.generated ?? '') !== (def.generated ?? ''))
-          diffs.push('its identity/generated property differs')
-        if (diffs.length > 0) checks.fail(name, `column ${o.table}.${o.name} differs from ${by}: ${diffs.join('; ')}`)
+          diffs.push(messages.getMessage('column.diff.identity'))
+        if (diffs.length > 0) checks.fail(name, messages.getMessage('column.differs', [String(o.table), o.name, by, diffs.join('; ')]))
         else checks.ok(name, `${describeColumn(def)} (${by})`)
         break
       }
@@ -115,30 +126,33 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
         const def = at.def as IndexDef
         if (!cur) {
           const twin = [...live.values()].find((x) => x.kind === 'index' && sameDef(x.def, def))
-          if (twin) checks.warn(name, `index ${o.name} on ${def.table} is missing by name, but ${twin.name} has the same definition (${def.definition})`)
-          else checks.fail(name, `index ${o.name} on ${def.table} is missing (${by} creates it: ${def.unique ? 'UNIQUE ' : ''}${def.definition})`)
+          if (twin) checks.warn(name, messages.getMessage('index.twin', [o.name, def.table, twin.name, def.definition]))
+          else checks.fail(name, messages.getMessage('index.missing', [o.name, def.table, by, `${def.unique ? 'UNIQUE ' : ''}${def.definition}`]))
           break
         }
         const have = cur.def as IndexDef
         if (have.table !== def.table) {
-          checks.fail(name, `index ${o.name} is on ${have.table}, expected on ${def.table}`)
+          checks.fail(name, messages.getMessage('index.wrong-table', [o.name, have.table, def.table]))
           break
         }
         if (have.definition !== def.definition || have.unique !== def.unique || have.primary !== def.primary) {
           checks.fail(
             name,
-            `index ${o.name} on ${def.table} is ${have.unique ? 'UNIQUE ' : ''}${have.definition}, expected ${def.unique ? 'UNIQUE ' : ''}${def.definition} (${by})`,
+            messages.getMessage('index.differs', [
+              o.name,
+              def.table,
+              `${have.unique ? 'UNIQUE ' : ''}${have.definition}`,
+              `${def.unique ? 'UNIQUE ' : ''}${def.definition}`,
+              by,
+            ]),
           )
           break
         }
         if (cur.state?.valid === false || cur.state?.ready === false) {
-          checks.fail(
-            name,
-            `index ${o.name} on ${def.table} is INVALID (an interrupted CREATE INDEX CONCURRENTLY build), so no query uses it: run nself db e2ee migrate again to rebuild it, or REINDEX INDEX CONCURRENTLY ${q(o.name)}`,
-          )
+          checks.fail(name, messages.getMessage('index.invalid', [o.name, def.table, q(o.name)]))
           break
         }
-        checks.ok(name, `on ${def.table}, valid: ${def.unique ? 'UNIQUE ' : ''}${def.definition}`)
+        checks.ok(name, messages.getMessage('index.ok', [def.table, `${def.unique ? 'UNIQUE ' : ''}${def.definition}`]))
         break
       }
 
@@ -151,28 +165,35 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
         if (!cur) {
           const base = o.name.replace(/\(.*$/, '')
           const other = [...live.values()].filter((x) => x.kind === 'function' && x.name.startsWith(`${base}(`)).map((x) => x.name)
-          checks.fail(name, `function ${o.name} is missing (${by} creates it)${other.length ? `; found only ${other.join(', ')}` : ''}`)
+          checks.fail(
+            name,
+            other.length
+              ? messages.getMessage('function.missing.others', [o.name, by, other.join(', ')])
+              : messages.getMessage('function.missing', [o.name, by]),
+          )
           break
         }
         const have = cur.def as FunctionDef
         const diffs: string[] = []
-        if (have.returns !== def.returns) diffs.push(`it returns ${have.returns}, expected ${def.returns}`)
-        if (have.language !== def.language) diffs.push(`its language is ${have.language}, expected ${def.language}`)
-        if (have.volatility !== def.volatility) diffs.push(`it is ${have.volatility}, expected ${def.volatility}`)
-        if (have.securityDefiner !== def.securityDefiner) diffs.push(def.securityDefiner ? 'it is not SECURITY DEFINER' : 'it is SECURITY DEFINER')
-        if (canonical(have.config) !== canonical(def.config)) diffs.push(`its settings are [${have.config.join(', ')}], expected [${def.config.join(', ')}]`)
-        if (have.bodySha256 !== def.bodySha256) diffs.push('its body is not the one the migration defines')
-        if (diffs.length > 0) checks.fail(name, `function ${o.name} differs from ${by}: ${diffs.join('; ')}`)
-        else checks.ok(name, `exists as ${by} defines it`)
+        if (have.returns !== def.returns) diffs.push(messages.getMessage('function.diff.returns', [String(have.returns), String(def.returns)]))
+        if (have.language !== def.language) diffs.push(messages.getMessage('function.diff.language', [have.language, def.language]))
+        if (have.volatility !== def.volatility) diffs.push(messages.getMessage('function.diff.volatility', [have.volatility, def.volatility]))
+        if (have.securityDefiner !== def.securityDefiner)
+          diffs.push(def.securityDefiner ? messages.getMessage('function.diff.not-security-definer') : messages.getMessage('function.diff.security-definer'))
+        if (canonical(have.config) !== canonical(def.config))
+          diffs.push(messages.getMessage('function.diff.settings', [have.config.join(', '), def.config.join(', ')]))
+        if (have.bodySha256 !== def.bodySha256) diffs.push(messages.getMessage('function.diff.body'))
+        if (diffs.length > 0) checks.fail(name, messages.getMessage('function.differs', [o.name, by, diffs.join('; ')]))
+        else checks.ok(name, messages.getMessage('function.ok', [by]))
         break
       }
 
       case 'trigger': {
         const def = at.def as TriggerDef
-        if (!cur) checks.fail(name, `trigger ${o.name} on ${o.table} is missing (${by} creates it)`)
+        if (!cur) checks.fail(name, messages.getMessage('trigger.missing', [o.name, String(o.table), by]))
         else if ((cur.def as TriggerDef).definition !== def.definition)
-          checks.fail(name, `trigger ${o.name} on ${o.table} differs from ${by}: ${(cur.def as TriggerDef).definition}`)
-        else checks.ok(name, `exists (${by})`)
+          checks.fail(name, messages.getMessage('trigger.differs', [o.name, String(o.table), by, (cur.def as TriggerDef).definition]))
+        else checks.ok(name, messages.getMessage('exists', [by]))
         break
       }
     }
@@ -180,7 +201,7 @@ export function checkObjects(checks: Checks, expected: ExpectedSchema, live: Cat
 
   for (const [table, n] of suppressed) {
     const c = checks.list.find((x) => x.status === 'fail' && x.name === `table ${table}`)
-    if (c) c.detail = c.detail.replace(/\.$/, ` (with its ${n} columns, indexes and constraints).`)
+    if (c) c.detail = c.detail.replace(/\.$/, ` ${messages.getMessage('suppressed', [n])}.`)
   }
   return broken
 }

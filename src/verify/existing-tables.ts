@@ -9,6 +9,9 @@ import type {Plan} from '../migrations/plan.js'
 import type {Querier} from '../connection/connect.js'
 import type {ColumnDef} from './catalog.js'
 import {loadExpectedSchema} from './expected.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.verify.existing-tables')
 
 export interface ShapeCheck {
   name: string
@@ -62,21 +65,20 @@ export async function existingTableShapes(sql: Querier, plan: Plan): Promise<Sha
     const missing = [...t.columns].filter(([c, d]) => d.since === t.since && !have.has(c)).map(([c]) => c)
     const retyped = [...have].flatMap(([c, type]) => {
       const want = t.columns.get(c)
-      return want && want.type !== type ? [`${c} is ${type}, not ${want.type}`] : []
+      return want && want.type !== type ? [messages.getMessage('difference.retyped', [c, type, want.type])] : []
     })
     const extra = [...have.keys()].filter((c) => !t.columns.has(c))
     const differences = [
-      missing.length > 0 ? `no column ${missing.join(', ')}` : '',
+      missing.length > 0 ? messages.getMessage('difference.missing', [missing.join(', ')]) : '',
       retyped.join(', '),
-      extra.length > 0 ? `columns ${extra.join(', ')} that migration ${t.since} does not make` : '',
+      extra.length > 0 ? messages.getMessage('difference.extra', [extra.join(', '), t.since]) : '',
     ].filter(Boolean)
     const name = `existing ${t.table}`
-    if (differences.length === 0)
-      checks.push({detail: `${plan.appSchema}.${t.table} exists already in the shape migration ${t.since} makes; it is kept`, name, status: 'ok'})
+    if (differences.length === 0) checks.push({detail: messages.getMessage('ok.same-shape', [plan.appSchema, t.table, t.since]), name, status: 'ok'})
     else {
       checks.push({
-        detail: `${plan.appSchema}.${t.table} exists already in another shape (${differences.join('; ')}); migration ${t.since} would keep it and nChat would fail on it`,
-        fix: `It was not made by this upgrade (nChat's later calls migration makes nchat_calls with initiator_id, for one). Rename it (ALTER TABLE ${t.table} RENAME TO ${t.table}_old) or drop it after taking what you need, then run the migration again.`,
+        detail: messages.getMessage('fail.other-shape', [plan.appSchema, t.table, differences.join('; '), t.since]),
+        fix: messages.getMessage('fix.other-shape', [t.table, t.table]),
         name,
         status: 'fail',
       })

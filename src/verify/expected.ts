@@ -5,6 +5,9 @@ import {validateIdentifier} from '../pg/identifiers.js'
 import type {Sql} from '../connection/connect.js'
 import expectedJson from '../migrations/expected-schema.json' with {type: 'json'}
 import {type Catalog, type ObjectDef, type ObjectKind, readCatalog} from './catalog.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.verify.expected')
 
 /**
  * The reference snapshot (src/migrations/expected-schema.json): the catalog of a fresh v0.3.0 database migrated
@@ -109,12 +112,12 @@ export async function generateExpectedSchema(opts: {
   const baseline = await readCatalog(opts.sql, opts.schema)
   const after: Array<{version: number; name: string; catalog: Catalog}> = []
   for (const m of opts.migrations) {
-    opts.log?.(`applying ${m.name}`)
+    opts.log?.(messages.getMessage('log.applying', [m.name]))
     await migrateUp({migrations: opts.migrations, schema: opts.schema, sql: opts.sql, to: m.version})
     const catalog = await readCatalog(opts.sql, opts.schema)
     for (const o of catalog.values()) {
-      if (o.state?.valid === false || o.state?.ready === false) throw new UserError(`After ${m.name}, index ${o.name} is invalid; the snapshot would be wrong.`)
-      if (o.state?.validated === false) throw new UserError(`After ${m.name}, constraint ${o.name} is not validated; the snapshot would be wrong.`)
+      if (o.state?.valid === false || o.state?.ready === false) throw new UserError(messages.getMessage('error.index-invalid', [m.name, o.name]))
+      if (o.state?.validated === false) throw new UserError(messages.getMessage('error.constraint-not-validated', [m.name, o.name]))
     }
     after.push({catalog, name: m.name, version: m.version})
   }

@@ -9,6 +9,9 @@ import type {Querier} from '../connection/connect.js'
 import type {Catalog} from './catalog.js'
 import {hasColumn} from './compare.js'
 import type {Checks} from './report.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.verify.functional')
 
 /**
  * Functional checks: data invariants, row counts against the backup manifest, the prekey bundle view against
@@ -23,10 +26,10 @@ export async function checkData(checks: Checks, sql: Querier, schema: string, li
     try {
       const [row] = await sql.unsafe<{bad: string}[]>(`select count(*)::bigint as bad from ${quoteIdent(schema)}.${quoteIdent(d.table)} where ${d.query}`)
       const bad = Number(row.bad)
-      if (bad > 0) checks.fail(name, `${d.table} has ${bad} ${d.what}`)
+      if (bad > 0) checks.fail(name, messages.getMessage('data.bad-rows', [d.table, bad, d.what]))
       else checks.ok(name, d.ok)
     } catch (error) {
-      checks.fail(name, `checking ${d.table} failed: ${toUserError(error).message}`)
+      checks.fail(name, messages.getMessage('data.error', [d.table, toUserError(error).message]))
     }
   }
 }
@@ -44,21 +47,21 @@ export async function checkRowCounts(
     if (typeof before !== 'number') continue
     const name = `row count ${table}`
     if (!live.has(`rel:${table}`)) {
-      checks.fail(name, `table ${table}, counted in the backup manifest, does not exist`)
+      checks.fail(name, messages.getMessage('rows.no-table', [table]))
       continue
     }
     try {
       const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(schema)}.${quoteIdent(table)}`)
       const now = Number(n)
       const delta = now - before
-      if (delta === 0) checks.ok(name, `${now} rows, as in the backup manifest`)
+      if (delta === 0) checks.ok(name, messages.getMessage('rows.same', [now]))
       else {
-        const text = `${table} has ${now} rows, the backup manifest counted ${before} (${delta > 0 ? '+' : ''}${delta})`
-        if (exact) checks.fail(name, `${text}; nothing may have changed them`)
-        else checks.warn(name, `${text}, which live traffic can explain`)
+        const values = [table, now, before, `${delta > 0 ? '+' : ''}${delta}`]
+        if (exact) checks.fail(name, messages.getMessage('rows.differ-exact', values))
+        else checks.warn(name, messages.getMessage('rows.differ-live', values))
       }
     } catch (error) {
-      checks.fail(name, `counting the rows of ${table} failed: ${toUserError(error).message}`)
+      checks.fail(name, messages.getMessage('rows.error', [table, toUserError(error).message]))
     }
   }
 }
@@ -74,8 +77,7 @@ export async function checkBehaviour(checks: Checks, sql: Querier, schema: strin
       'nchat_prekey_bundles',
       'function:nchat_claim_prekey_bundle(text)',
     ])
-    if (missing.length > 0)
-      checks.warn('bundle view freshness', `not run: ${missing.map((m) => m.replace(/^function:/, '')).join(', ')} missing (reported above)`)
+    if (missing.length > 0) checks.warn('bundle view freshness', messages.getMessage('not-run', [missing.map((m) => m.replace(/^function:/, '')).join(', ')]))
     else await checkBundles(checks, sql, schema)
   }
   const plans = PLAN_CHECKS.filter((p) => upTo >= p.since)
@@ -109,8 +111,7 @@ async function checkBundles(checks: Checks, sql: Querier, schema: string): Promi
       if (made.ok) userId = made.value[0].id
       else {
         const any = await tx.unsafe<{id: string}[]>(`select id from ${s}.nchat_users limit 1`)
-        if (any.length === 0)
-          throw new UserError(`no user could be created in nchat_users for the test (${toUserError(made.error).message.replace(/\.$/, '')}) and none exists`)
+        if (any.length === 0) throw new UserError(messages.getMessage('bundle.no-user', [toUserError(made.error).message.replace(/\.$/, '')]))
         userId = any[0].id
       }
       await tx.unsafe(
@@ -136,50 +137,35 @@ async function checkBundles(checks: Checks, sql: Querier, schema: string): Promi
       const out: string[] = []
       const view = () => tx.unsafe<BundleRow[]>(`select * from ${s}.nchat_prekey_bundles where device_id = $1`, [device])
       const first = await view()
-      if (first.length !== 1)
-        out.push(`view nchat_prekey_bundles returned ${first.length} rows for a device with two active signed prekeys, expected exactly one`)
+      if (first.length !== 1) out.push(messages.getMessage('bundle.view-rows', [first.length]))
       else {
         const b = first[0]
-        if (b.user_id !== userId) out.push(`view nchat_prekey_bundles returned user ${b.user_id} for the test device, expected ${userId}`)
-        if (Number(b.signed_prekey_id) !== 1)
-          out.push(`view nchat_prekey_bundles offered signed prekey ${b.signed_prekey_id}, expected the newest active one (1)`)
-        if (Number(b.one_time_prekey_id) !== 20)
-          out.push(
-            `view nchat_prekey_bundles offered one-time prekey ${b.one_time_prekey_id ?? 'none'} right after the insert, expected the oldest unconsumed one (20): the view is not fresh`,
-          )
+        if (b.user_id !== userId) out.push(messages.getMessage('bundle.view-user', [b.user_id, userId]))
+        if (Number(b.signed_prekey_id) !== 1) out.push(messages.getMessage('bundle.view-signed', [b.signed_prekey_id]))
+        if (Number(b.one_time_prekey_id) !== 20) out.push(messages.getMessage('bundle.view-one-time', [b.one_time_prekey_id ?? messages.getMessage('none')]))
       }
       if (out.length > 0) return out
 
       const claimed = await tx.unsafe<BundleRow[]>(`select * from ${s}.nchat_claim_prekey_bundle($1)`, [device])
-      if (claimed.length !== 1) return [`function nchat_claim_prekey_bundle(text) returned ${claimed.length} rows for a device with a bundle, expected one`]
+      if (claimed.length !== 1) return [messages.getMessage('bundle.claim-rows', [claimed.length])]
       if (Number(claimed[0].one_time_prekey_id) !== 20)
-        out.push(
-          `function nchat_claim_prekey_bundle(text) handed out one-time prekey ${claimed[0].one_time_prekey_id ?? 'none'}, expected the oldest unconsumed one (20)`,
-        )
-      if (Number(claimed[0].signed_prekey_id) !== 1)
-        out.push(`function nchat_claim_prekey_bundle(text) returned signed prekey ${claimed[0].signed_prekey_id}, expected the newest active one (1)`)
+        out.push(messages.getMessage('bundle.claim-one-time', [claimed[0].one_time_prekey_id ?? messages.getMessage('none')]))
+      if (Number(claimed[0].signed_prekey_id) !== 1) out.push(messages.getMessage('bundle.claim-signed', [claimed[0].signed_prekey_id]))
       const [consumed] = await tx.unsafe<{is_consumed: boolean; consumed_at: Date | null}[]>(
         `select is_consumed, consumed_at from ${s}.nchat_one_time_prekeys where device_id = $1 and prekey_id = 20`,
         [device],
       )
-      if (!consumed?.is_consumed || !consumed.consumed_at)
-        out.push('function nchat_claim_prekey_bundle(text) did not mark the one-time prekey it handed out as consumed')
+      if (!consumed?.is_consumed || !consumed.consumed_at) out.push(messages.getMessage('bundle.claim-not-consumed'))
       const next = await view()
       if (next.length !== 1 || Number(next[0].one_time_prekey_id) !== 10) {
-        out.push(
-          `after a claim, view nchat_prekey_bundles offers one-time prekey ${next[0]?.one_time_prekey_id ?? 'none'}, expected the next one (10): the view is not fresh`,
-        )
+        out.push(messages.getMessage('bundle.after-claim', [next[0]?.one_time_prekey_id ?? messages.getMessage('none')]))
       }
       return out
     })
-    if (problems.length === 0)
-      checks.ok(
-        name,
-        'nchat_prekey_bundles offers the newest signed prekey and the oldest one-time prekey at once, and nchat_claim_prekey_bundle hands it out and moves to the next (test rows rolled back)',
-      )
+    if (problems.length === 0) checks.ok(name, messages.getMessage('bundle.ok'))
     else for (const p of problems) checks.fail(name, p)
   } catch (error) {
-    checks.fail(name, `the prekey bundle test could not run: ${toUserError(error).message}`)
+    checks.fail(name, messages.getMessage('bundle.error', [toUserError(error).message]))
   }
 }
 
@@ -214,7 +200,7 @@ async function checkPlans(
   const s = quoteIdent(schema)
   const runnable = plans.filter((p) => {
     const missing = [p.relation, ...p.expectTables].filter((t) => !live.has(`rel:${t}`) || broken.has(t))
-    if (missing.length > 0) checks.warn(`query plan: ${p.name}`, `not run: ${[...new Set(missing)].join(', ')} missing (reported above)`)
+    if (missing.length > 0) checks.warn(`query plan: ${p.name}`, messages.getMessage('not-run', [[...new Set(missing)].join(', ')]))
     return missing.length === 0
   })
   if (runnable.length === 0) return
@@ -242,25 +228,27 @@ async function checkPlans(
       const name = `query plan: ${r.p.name}`
       const query = `SELECT * FROM ${r.p.relation} WHERE ${r.p.where}`
       if (r.error) {
-        checks.fail(name, `EXPLAIN of the ${r.p.name} query (${query}) failed: ${toUserError(r.error).message}`)
+        checks.fail(name, messages.getMessage('plan.error', [r.p.name, query, toUserError(r.error).message]))
         continue
       }
       const used = r.indexes.map((i) => ({index: i, table: live.get(`index:${i}`)?.table ?? '?'}))
       const lacking = r.p.expectTables.filter((t) => !used.some((u) => u.table === t))
-      const usedText = used.map((u) => `${u.index} on ${u.table}`).join(', ')
+      const usedText = used.map((u) => messages.getMessage('plan.index-on', [u.index, u.table])).join(', ')
       if (used.length === 0) {
         checks.fail(
           name,
-          `the ${r.p.name} query (${query}) uses no index even with sequential scans disabled${r.seqScans.length ? ` (sequential scan of ${r.seqScans.join(', ')})` : ''}`,
+          r.seqScans.length
+            ? messages.getMessage('plan.no-index.seq-scan', [r.p.name, query, r.seqScans.join(', ')])
+            : messages.getMessage('plan.no-index', [r.p.name, query]),
         )
       } else if (lacking.length > 0) {
-        checks.fail(name, `the ${r.p.name} query (${query}) uses no index of ${lacking.join(', ')} (it uses ${usedText})`)
+        checks.fail(name, messages.getMessage('plan.lacking', [r.p.name, query, lacking.join(', '), usedText]))
       } else {
-        const guide = used.some((u) => u.index === r.p.guideIndex) ? '' : ` (the guide's table names ${r.p.guideIndex})`
-        checks.ok(name, `uses ${usedText}${guide}`)
+        const guide = used.some((u) => u.index === r.p.guideIndex)
+        checks.ok(name, guide ? messages.getMessage('plan.ok', [usedText]) : messages.getMessage('plan.ok.not-guide-index', [usedText, r.p.guideIndex]))
       }
     }
   } catch (error) {
-    checks.fail('query plans', `the EXPLAIN checks could not run: ${toUserError(error).message}`)
+    checks.fail('query plans', messages.getMessage('plans.error', [toUserError(error).message]))
   }
 }

@@ -20,6 +20,9 @@ import {checkGuideLeftovers, checkInvalidLeftovers, checkObjects} from './compar
 import {loadExpectedSchema} from './expected.js'
 import {checkBehaviour, checkData, checkRowCounts} from './functional.js'
 import {Checks, type VerifyReport} from './report.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.verify.verify-database')
 
 export interface VerifyOptions {
   /** The application schema (where nchat_users lives). */
@@ -41,19 +44,19 @@ export async function verifyDatabase(sql: Querier, opts: VerifyOptions): Promise
   const expected = loadExpectedSchema()
   const versions = Object.keys(expected.migrations).map(Number)
   const upTo = opts.upTo ?? (versions.length > 0 ? Math.max(...versions) : 16)
-  if (!Number.isInteger(upTo)) throw new UserError(`The version to verify up to (${upTo}) is not a whole number.`)
+  if (!Number.isInteger(upTo)) throw new UserError(messages.getMessage('error.up-to-not-whole', [upTo]))
   const checks = new Checks()
 
   let live: Catalog
   try {
     const ns = await sql<{n: number}[]>`select count(*)::int as n from pg_namespace where nspname = ${schema}`
     if (ns[0].n === 0) {
-      checks.fail(`schema ${schema}`, `schema ${schema} does not exist in this database`)
+      checks.fail(`schema ${schema}`, messages.getMessage('fail.no-schema', [schema]))
       return checks.report()
     }
     live = await readCatalog(sql, schema)
   } catch (error) {
-    throw toUserError(error, `reading the catalogs of schema ${schema}`)
+    throw toUserError(error, messages.getMessage('what.reading-catalogs', [schema]))
   }
 
   const brokenTables = checkObjects(checks, expected, live, upTo, schema)
