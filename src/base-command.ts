@@ -127,7 +127,7 @@ export abstract class BaseCommand<T = unknown> extends Command {
     const ue = toUserError(err)
     // Also when the flags could not be parsed: jsonEnabled() reads --json from argv.
     if (this.jsonEnabled()) this.logJson(this.toErrorJson(ue))
-    process.stderr.write(`Error: ${ue.message}\n`)
+    process.stderr.write(`${messages.getMessage('error.Failed', [ue.message])}\n`)
     if (ue.hint) process.stderr.write(`  ${ue.hint}\n`)
     if (this.verbose || process.argv.includes('--verbose')) {
       const cause = (ue.cause ?? err) as Error

@@ -1,4 +1,7 @@
 import {activeScope} from './run/signals.js'
+import {loadMessages} from './messages.js'
+
+const messages = loadMessages('lib.errors')
 
 /**
  * Errors meant for the operator. Every failure the commands report is a UserError: one sentence that names
@@ -37,9 +40,9 @@ export function interruption(): {by: string; exitCode: number} {
  * true afterwards (default: the step's own cleanup ran, which each step guarantees for what it started).
  */
 export class CancelledError extends UserError {
-  constructor(what = 'the run', outcome = 'what it had started was cleaned up', hint?: string) {
+  constructor(what = messages.getMessage('error.Cancelled.what'), outcome = messages.getMessage('error.Cancelled.outcome'), hint?: string) {
     const {by, exitCode} = interruption()
-    super(`Interrupted by ${by}: ${what} was stopped, and ${outcome}.`, {exitCode, hint})
+    super(messages.getMessage('error.Cancelled', [by, what, outcome]), {exitCode, hint})
     this.name = 'CancelledError'
   }
 }
@@ -83,26 +86,26 @@ export function toUserError(err: unknown, context?: string): UserError {
   const code = e.code ?? e.errno
   switch (code) {
     case 'ECONNREFUSED':
-      return new UserError(`${where}cannot connect to PostgreSQL at ${e.address ?? '?'}:${e.port ?? '?'} (connection refused).`, {
-        hint: 'Is the server running and is --host/--port (or POSTGRES_PORT in the nself env) right?',
+      return new UserError(messages.getMessage('error.ConnectionRefused', [where, e.address ?? '?', e.port ?? '?']), {
+        hint: messages.getMessage('error.ConnectionRefused.hint'),
         cause: err,
       })
     case 'ENOTFOUND':
     case 'EAI_AGAIN':
-      return new UserError(`${where}cannot resolve the database host.`, {hint: 'Check --host or POSTGRES_HOST.', cause: err})
+      return new UserError(messages.getMessage('error.HostNotFound', [where]), {hint: messages.getMessage('error.HostNotFound.hint'), cause: err})
     case 'CONNECT_TIMEOUT':
-      return new UserError(`${where}timed out connecting to PostgreSQL.`, {hint: 'Check --host/--port and the firewall.', cause: err})
+      return new UserError(messages.getMessage('error.ConnectTimeout', [where]), {hint: messages.getMessage('error.ConnectTimeout.hint'), cause: err})
     case '28P01':
     case '28000':
-      return new UserError(`${where}PostgreSQL refused the login: ${e.message}.`, {
-        hint: 'Set POSTGRES_PASSWORD in the nself env file or PGPASSWORD; passwords are never taken from flags.',
+      return new UserError(messages.getMessage('error.LoginRefused', [where, String(e.message)]), {
+        hint: messages.getMessage('error.LoginRefused.hint'),
         cause: err,
       })
     case '3D000':
-      return new UserError(`${where}${e.message}.`, {hint: 'Check --database or POSTGRES_DB.', cause: err})
+      return new UserError(`${where}${e.message}.`, {hint: messages.getMessage('error.NoDatabase.hint'), cause: err})
     case '42501':
-      return new UserError(`${where}permission denied: ${e.message}.`, {
-        hint: 'Run as the database owner or a superuser (POSTGRES_USER of the nself project).',
+      return new UserError(messages.getMessage('error.PermissionDenied', [where, String(e.message)]), {
+        hint: messages.getMessage('error.PermissionDenied.hint'),
         cause: err,
       })
     case 'CONNECTION_CLOSED':
@@ -114,21 +117,25 @@ export function toUserError(err: unknown, context?: string): UserError {
     case '57P02':
     case '57P03':
       return new UserError(
-        `${where}the connection to PostgreSQL was lost (${e.code?.startsWith('57') ? `the server ended the session: ${e.message}` : 'the server closed it or went away'}).`,
+        e.code?.startsWith('57')
+          ? messages.getMessage('error.ConnectionLost.serverEnded', [where, String(e.message)])
+          : messages.getMessage('error.ConnectionLost', [where]),
         {
-          hint: 'Check that the server is up (a restart or pg_terminate_backend ends sessions), then run `nself db e2ee status` and run again.',
+          hint: messages.getMessage('error.ConnectionLost.hint'),
           cause: err,
         },
       )
     case '57014':
-      return new UserError(`${where}the statement was cancelled (${e.message}).`, {cause: err})
+      return new UserError(messages.getMessage('error.StatementCancelled', [where, String(e.message)]), {cause: err})
     default:
       break
   }
 
   if (e.severity && e.message) {
-    const detail = e.detail ? ` (${e.detail})` : ''
-    return new UserError(`${where}PostgreSQL error ${e.code}: ${e.message}${detail}.`, {hint: e.hint, cause: err})
+    const message = e.detail
+      ? messages.getMessage('error.Postgres.withDetail', [where, String(e.code), e.message, e.detail])
+      : messages.getMessage('error.Postgres', [where, String(e.code), e.message])
+    return new UserError(message, {hint: e.hint, cause: err})
   }
 
   const message = err instanceof Error ? err.message : String(err)

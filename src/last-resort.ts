@@ -1,5 +1,8 @@
 import {interruption, isConnectionLost, toUserError, UserError, wasInterrupted} from './errors.js'
 import {activeScope} from './run/signals.js'
+import {loadMessages} from './messages.js'
+
+const messages = loadMessages('lib.last-resort')
 
 /**
  * The last line of defence: an exception nothing caught (postgres.js 3.4.9 throws one from a setImmediate when a
@@ -22,9 +25,9 @@ async function onFatal(error: unknown): Promise<void> {
   const verbose = process.argv.includes('--verbose') || Boolean(process.env.DEBUG)
   // After Ctrl+C, a connection that dies is the cancel's doing (a dropped clone, a terminated child session).
   const ue = wasInterrupted()
-    ? new UserError(`Interrupted by ${interruption().by}: the run was stopped`, {cause: error, exitCode: interruption().exitCode})
+    ? new UserError(messages.getMessage('error.Interrupted', [interruption().by]), {cause: error, exitCode: interruption().exitCode})
     : isConnectionLost(error)
-      ? new UserError("The connection to PostgreSQL was lost (the server ended this tool's session, restarted, or the network failed), so the run stopped.", {
+      ? new UserError(messages.getMessage('error.ConnectionLost'), {
           cause: error,
         })
       : toUserError(error)
@@ -33,8 +36,8 @@ async function onFatal(error: unknown): Promise<void> {
   if (told === undefined) return
   const message = `${ue.message.replace(/\.$/, '')}${told.length > 0 ? `; ${told.join('; ')}` : ''}.`
   if (process.argv.includes('--json')) process.stdout.write(`${JSON.stringify({error: {hint: ue.hint, message}, ok: false}, null, 2)}\n`)
-  process.stderr.write(`Error: ${message}\n`)
-  process.stderr.write(`  ${ue.hint ?? 'Run `nself db e2ee status` to see where the database stands; running the same command again continues from there.'}\n`)
+  process.stderr.write(`${messages.getMessage('error.Crash', [message])}\n`)
+  process.stderr.write(`  ${ue.hint ?? messages.getMessage('error.Crash.hint')}\n`)
   if (verbose) process.stderr.write(`\n${(error as Error)?.stack ?? String(error)}\n`)
   process.exit(ue.exitCode === 0 ? 1 : ue.exitCode)
 }

@@ -1,6 +1,7 @@
 import {acquireCommandLock, type CommandLock, type CommandName, commandLockHolder, connectMaintenance, describeHolder} from '../migrations/command-lock.js'
 import type {Sql} from '../connection/connect.js'
 import {UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
 import type {RunScope} from '../run/scope.js'
 import {
   connectionState,
@@ -12,6 +13,8 @@ import {
   repairClosedDatabase,
   sweepLeftovers,
 } from '../steps/leftovers.js'
+
+const messages = loadMessages('lib.pipeline.command')
 
 /** Notes for the operator outside the step list: stderr, so `--json` keeps stdout to the document. */
 export function note(line: string): void {
@@ -63,8 +66,8 @@ export async function checkBeforeReading(scope: RunScope, command: CommandName):
     const state = await connectionState(admin, database)
     if (state.exists && !state.allowConnections) {
       if (holder) {
-        throw new UserError(`The database "${database}" refuses connections while another command (${describeHolder(holder)}) works on it.`, {
-          hint: 'Run this again when it has finished.',
+        throw new UserError(messages.getMessage('error.RefusesConnections', [database, describeHolder(holder)]), {
+          hint: messages.getMessage('error.RefusesConnections.hint'),
         })
       }
       const lock = await acquireCommandLock(target, {command, tryOnly: true, waitMs: 0})

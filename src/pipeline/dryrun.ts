@@ -13,6 +13,9 @@ import {backupProduction, rehearsalOptions, Steps, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {fmtMs} from './ui.js'
 import {fmtBytes, plural} from '../text.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.pipeline.dryrun')
 
 /** What `dryrun` is asked to do; the database is the scope's target. */
 export interface DryRunCommandOptions {
@@ -77,7 +80,7 @@ export interface DryRunSummary {
 }
 
 /** The title of the standalone dry run's second step when it takes no backup. */
-const REHEARSAL_STEP = 'Rehearsal dump (the schema and the rows the copy restores)'
+const REHEARSAL_STEP = messages.getMessage('step.Rehearsal')
 
 /** The guide's dry run as its own command: production is only read, nothing in it changes. */
 export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promise<DryRunSummary> {
@@ -91,27 +94,27 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
   return scope.child(async (run) => {
     const lock = await beginChangingCommand(run, {command: 'dryrun', waitMs: o.runner.runLockWaitMs})
     const steps = new Steps(run, o.json)
-    const pre = await steps.run('Preflight (read-only)', (task) =>
+    const pre = await steps.run(messages.getMessage('step.Preflight'), (task) =>
       timed(timings, 'preflight', async () => {
         const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
         run.ownPool(ins.sql)
         await lock.assertSameDatabase(ins.sql)
         if (ins.plan.toApply.length === 0) {
-          task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
+          task.title = messages.getMessage('step.Preflight.nothingToApply', [target.conn.database, ins.plan.current ?? messages.getMessage('info.nothing')])
           return {ins, todo: false as const}
         }
         const tools = await PgTools.create(target, run)
         // Room for a full backup is checked only when one is taken (--full); the rehearsal dump holds the schema
         // and a few tables' rows, and a full disk while writing it is one sentence, with the file removed.
         const report = await preflight({backupDir: o.full && !o.fromBackup ? target.backupDir : undefined, ins, needCreateDb: true, target, to: o.to, tools})
-        task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; would apply ${ins.plan.toApply.map((m) => m.name).join(', ')}`
+        task.title = messages.getMessage('step.Preflight.done', [plural(report.checks.length, 'check'), ins.plan.toApply.map((m) => m.name).join(', ')])
         return {ins, report, todo: true as const, tools}
       }),
     )
     const {ins} = pre
     if (!pre.todo) {
-      await steps.skip(withBackup ? 'Backup' : REHEARSAL_STEP)
-      await steps.skip('Apply and verify on a restored copy')
+      await steps.skip(withBackup ? messages.getMessage('step.Backup') : REHEARSAL_STEP)
+      await steps.skip(messages.getMessage('step.DryRun'))
       return summarize({
         current: ins.plan.current,
         database: target.conn.database,
@@ -124,11 +127,11 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
     const {tools} = pre
 
     const source: DumpSource = withBackup
-      ? await steps.run('Backup', (task) =>
+      ? await steps.run(messages.getMessage('step.Backup'), (task) =>
           timed(timings, 'backup', async () => {
             if (o.fromBackup) {
               const checked = await verifyBackup({database: target.conn.database, file: o.fromBackup, requireManifest: true, tools})
-              task.title = `Backup ${o.fromBackup}: checked against its manifest`
+              task.title = messages.getMessage('step.Backup.checked', [o.fromBackup])
               return {
                 backup: {file: o.fromBackup, manifest: checked.manifest, manifestFile: manifestPathFor(o.fromBackup)},
                 kind: 'backup' as const,
@@ -136,7 +139,7 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
               }
             }
             const info = await backupProduction({ins, purpose: 'dryrun', scope: task.scope, target, tools})
-            task.title = `Backup: ${info.file} (${fmtBytes(info.bytes)}, verified)`
+            task.title = messages.getMessage('step.Backup.done', [info.file, fmtBytes(info.bytes)])
             return {backup: info, kind: 'backup' as const, taken: true}
           }),
         )
@@ -148,14 +151,14 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
               dataTables: content.dataTables,
               ledgerVersion: ins.plan.current,
               log: (l) => log.info(l),
-              onProgress: (bytes) => log.progress(`${fmtBytes(bytes)} written`),
+              onProgress: (bytes) => log.progress(messages.getMessage('info.BytesWritten', [fmtBytes(bytes)])),
               schema: ins.plan.appSchema,
               sql: ins.sql,
               tables: TOUCHED_TABLES,
               target,
               tools,
             })
-            task.title = `Rehearsal dump: ${fmtBytes(dump.bytes)}, the schema and the rows of ${plural(dump.tablesWithData.length, 'table')} (not a backup; removed at the end)`
+            task.title = messages.getMessage('step.Rehearsal.done', [fmtBytes(dump.bytes), plural(dump.tablesWithData.length, 'table')])
             return {content, dump, kind: 'rehearsal' as const}
           }),
         )
@@ -163,7 +166,7 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
     let applied: {dry: DryRunReport; existing: string[]}
     let removed = false
     try {
-      applied = await steps.run('Apply and verify on a restored copy', (task) =>
+      applied = await steps.run(messages.getMessage('step.DryRun'), (task) =>
         timed(timings, 'dryrun', async () => {
           await lock.assertSameDatabase(ins.sql)
           const from =
@@ -172,8 +175,10 @@ export async function runDryRun(scope: RunScope, o: DryRunCommandOptions): Promi
           const locked = (report.run?.migrations ?? []).flatMap((m) => m.statements.flatMap((st) => (st.locks ?? []).map((l) => l.relation)))
           const tables = await existingTables(ins.sql, ins.plan.appSchema, [...new Set(locked)])
           task.title = report.failure
-            ? `Dry run on ${report.clone}: WOULD FAIL`
-            : `Dry run on ${report.clone}: applied in ${fmtMs(report.applyMs)}, verified${report.kept ? ' (kept)' : ', dropped'}`
+            ? messages.getMessage('step.DryRun.wouldFail', [report.clone])
+            : report.kept
+              ? messages.getMessage('step.DryRun.done.kept', [report.clone, fmtMs(report.applyMs)])
+              : messages.getMessage('step.DryRun.done.dropped', [report.clone, fmtMs(report.applyMs)])
           return {dry: report, existing: tables}
         }),
       )

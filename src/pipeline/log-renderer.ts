@@ -8,6 +8,9 @@
 import {type ListrRenderer, ListrTaskEventType, ListrTaskState} from 'listr2'
 
 import {fmtMs} from './ui.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.pipeline.log-renderer')
 
 type Task = ConstructorParameters<typeof ListrRenderer>[0][number]
 
@@ -127,7 +130,7 @@ export class LogRenderer {
         startedAt = Date.now()
         logLine('STARTED', task.title ?? '')
       } else if (state === ListrTaskState.COMPLETED) {
-        logLine('COMPLETED', `${task.title} (took ${took()})`)
+        logLine('COMPLETED', messages.getMessage('log.Completed', [String(task.title), took()]))
       }
     })
     task.on(ListrTaskEventType.OUTPUT, (data) => {
@@ -141,7 +144,7 @@ export class LogRenderer {
       }
     })
     task.on(ListrTaskEventType.MESSAGE, (message) => {
-      if (message?.error) logLine('FAILED', `${task.title} (after ${took()})`)
+      if (message?.error) logLine('FAILED', messages.getMessage('log.Failed', [String(task.title), took()]))
       else if (message?.skip) logLine('SKIPPED', message.skip === task.title ? task.title : `${task.title}: ${message.skip}`)
     })
   }

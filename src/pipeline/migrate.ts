@@ -17,6 +17,9 @@ import {backupProduction, namingTheStep, rehearsalOptions, Steps, timed} from '.
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 import {fmtBytes, plural} from '../text.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.pipeline.migrate')
 
 /** What `migrate` is asked to do; the database is the scope's target. */
 export interface MigrateOptions {
@@ -59,9 +62,9 @@ export interface MigrateSummary {
 /** The guide's whole procedure, in order, stopping at the first failure with production as it was. */
 export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<MigrateSummary> {
   if (o.skipBackup && !o.yes) {
-    throw new UserError('--skip-backup needs --yes: migrating without a fresh backup leaves no way back but the down files.', {exitCode: 2})
+    throw new UserError(messages.getMessage('error.SkipBackupNeedsYes'), {exitCode: 2})
   }
-  assertCanConfirm(o.yes, 'Migrating the production database')
+  assertCanConfirm(o.yes, messages.getMessage('info.ConfirmWhat'))
   const startedAt = Date.now()
   const timings: Record<string, number> = {}
   const warnings: string[] = []
@@ -94,77 +97,79 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
       hasura: r.hasura ?? null,
     })
 
-    const pre = await steps.run('Preflight', (task) =>
+    const pre = await steps.run(messages.getMessage('step.Preflight'), (task) =>
       timed(timings, 'preflight', () =>
-        readOnlyStep(run, 'the preflight', PREFLIGHT_STATE, async () => {
+        readOnlyStep(run, messages.getMessage('step.Preflight.name'), messages.getMessage('step.Preflight.what'), PREFLIGHT_STATE, async () => {
           const ins = await inspect(target, {migrationsDir: o.migrationsDir, to: o.to})
           run.ownPool(ins.sql)
           // Ctrl+C came while the preflight waited: the step has already been reported as stopped (the scope stops the pool).
-          if (run.cancelled) throw new CancelledError('the preflight', PREFLIGHT_STATE)
+          if (run.cancelled) throw new CancelledError(messages.getMessage('step.Preflight.what'), PREFLIGHT_STATE)
           await guard(ins.sql)
           if (ins.plan.toApply.length === 0) {
-            task.title = `Preflight: nothing to apply, ${target.conn.database} is at ${ins.plan.current ?? 'nothing'}`
+            task.title = messages.getMessage('step.Preflight.nothingToApply', [target.conn.database, ins.plan.current ?? messages.getMessage('info.nothing')])
             return {ins, todo: false as const}
           }
           const needTools = !o.skipBackup || !o.skipDryrun
           const tools = needTools ? await PgTools.create(target, run) : undefined
           const report = await preflight({backupDir: o.skipBackup ? undefined : target.backupDir, ins, needCreateDb: !o.skipDryrun, target, to: o.to, tools})
           for (const ch of report.checks.filter((x) => x.status === 'warn')) warnings.push(`${ch.name}: ${ch.detail}`)
-          task.title = `Preflight: ${plural(report.checks.length, 'check')} passed; to apply: ${ins.plan.toApply.map((m) => m.name).join(', ')}`
+          task.title = messages.getMessage('step.Preflight.done', [plural(report.checks.length, 'check'), ins.plan.toApply.map((m) => m.name).join(', ')])
           return {ins, report, todo: true as const, tools}
         }),
       ),
     )
     const {ins} = pre
     if (!pre.todo) {
-      await steps.skip('Backup')
-      await steps.skip('Dry run on a restored copy')
+      await steps.skip(messages.getMessage('step.Backup'))
+      await steps.skip(messages.getMessage('step.DryRun'))
       return done({after: ins.plan.current, before: ins.plan.current, nothingToDo: true, schema: ins.plan.appSchema})
     }
     const {tools} = pre
 
     const backup =
       o.skipBackup || !tools
-        ? await steps.skip('Backup', 'skipped (--skip-backup): NO BACKUP WAS TAKEN')
-        : await steps.run('Backup', (task) =>
+        ? await steps.skip(messages.getMessage('step.Backup'), messages.getMessage('step.Backup.skipped'))
+        : await steps.run(messages.getMessage('step.Backup'), (task) =>
             timed(timings, 'backup', () =>
-              namingTheStep('The backup', 'production was not changed', async () => {
+              namingTheStep(messages.getMessage('step.Backup.name'), messages.getMessage('state.ProductionUnchanged'), async () => {
                 await guard(ins.sql)
                 const taken = await backupProduction({ins, purpose: 'pre-migration', scope: task.scope, target, tools})
-                task.title = `Backup: ${taken.file} (${fmtBytes(taken.bytes)}, verified)`
+                task.title = messages.getMessage('step.Backup.done', [taken.file, fmtBytes(taken.bytes)])
                 return taken
               }),
             ),
           )
 
     const dry = o.skipDryrun
-      ? await steps.skip('Dry run on a restored copy', 'skipped (--skip-dryrun)')
+      ? await steps.skip(messages.getMessage('step.DryRun'), messages.getMessage('step.DryRun.skipped'))
       : !backup || !tools
-        ? await steps.skip('Dry run on a restored copy', 'skipped: the dry run restores the backup, and there is none')
-        : await steps.run('Dry run on a restored copy', (task) =>
+        ? await steps.skip(messages.getMessage('step.DryRun'), messages.getMessage('step.DryRun.noBackup'))
+        : await steps.run(messages.getMessage('step.DryRun'), (task) =>
             timed(timings, 'dryrun', async () => {
               await guard(ins.sql)
               const report = await dryRun({...rehearsalOptions(ins, o, task.scope, tools), backup})
               if (report.failure)
-                throw new UserError(`The dry run on a copy failed, so production was not touched: ${report.failure.replace(/\.$/, '')}.`, {
-                  hint: 'Fix the cause shown, then run again.',
+                throw new UserError(messages.getMessage('error.DryRunFailed', [report.failure.replace(/\.$/, '')]), {
+                  hint: messages.getMessage('error.DryRunFailed.hint'),
                 })
-              task.title = `Dry run: applied and verified on ${report.clone} in ${fmtMs(report.applyMs)} (restore ${fmtMs(report.restoreMs)})${report.kept ? ', kept' : ', dropped'}`
+              task.title = report.kept
+                ? messages.getMessage('step.DryRun.done.kept', [report.clone, fmtMs(report.applyMs), fmtMs(report.restoreMs)])
+                : messages.getMessage('step.DryRun.done.dropped', [report.clone, fmtMs(report.applyMs), fmtMs(report.restoreMs)])
               return report
             }),
           )
 
     if (!o.yes) {
-      const forecast = dry ? `Forecast from the dry run: ${fmtMs(dry.applyMs)}.` : 'No dry run was made.'
-      const taken = backup ? `Backup: ${backup.file}.` : 'NO BACKUP WAS TAKEN.'
-      process.stderr.write(`\nAbout to change ${target.conn.database} (schema ${ins.plan.appSchema}) on ${target.conn.host}:${target.conn.port}:\n`)
+      const forecast = dry ? messages.getMessage('info.Forecast', [fmtMs(dry.applyMs)]) : messages.getMessage('info.NoDryRun')
+      const taken = backup ? messages.getMessage('info.BackupTaken', [backup.file]) : messages.getMessage('info.NoBackup')
+      process.stderr.write(`\n${messages.getMessage('info.AboutToChange', [target.conn.database, ins.plan.appSchema, target.conn.host, target.conn.port])}\n`)
       for (const m of ins.plan.toApply) process.stderr.write(`  ${describeChanges(m)}\n`)
       process.stderr.write(`${forecast} ${taken}\n`)
-      if (!(await confirm(run, 'Apply to production now?', false, 'production was not changed')))
-        throw new UserError('Stopped at the confirmation; production was not changed.', {exitCode: 1})
+      if (!(await confirm(run, messages.getMessage('info.ApplyNow'), false, messages.getMessage('state.ProductionUnchanged'))))
+        throw new UserError(messages.getMessage('error.StoppedAtConfirmation'), {exitCode: 1})
     }
 
-    const applied = await steps.run('Apply to production', (task) =>
+    const applied = await steps.run(messages.getMessage('step.Apply'), (task) =>
       timed(timings, 'apply', async () => {
         const t0 = Date.now()
         const report = await migrateUp({
@@ -179,11 +184,14 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
           to: o.to,
         })
         if (report.migrations.length === 0) {
-          task.title = `Apply: nothing left; another run brought ${target.conn.database} to ${report.after ?? 'nothing'} while this one waited`
+          task.title = messages.getMessage('step.Apply.otherRun', [target.conn.database, report.after ?? messages.getMessage('info.nothing')])
           return report
         }
         const retries = report.migrations.reduce((n, m) => n + m.lockRetries, 0)
-        task.title = `Apply: ${report.migrations.map((m) => m.name).join(', ') || 'nothing left'} in ${fmtMs(Date.now() - t0)}${retries ? ` (${retries} lock retries)` : ''}`
+        const names = report.migrations.map((m) => m.name).join(', ') || messages.getMessage('step.Apply.nothingLeft')
+        task.title = retries
+          ? messages.getMessage('step.Apply.done.withRetries', [names, fmtMs(Date.now() - t0), retries])
+          : messages.getMessage('step.Apply.done', [names, fmtMs(Date.now() - t0)])
         return report
       }),
     )
@@ -202,44 +210,42 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
         ...rest,
       })
     if (applied.migrations.length === 0) {
-      await steps.skip('Verify', 'skipped: this run applied nothing')
-      await steps.skip('Vacuum and analyze', 'skipped: this run applied nothing')
+      await steps.skip(messages.getMessage('step.Verify'), messages.getMessage('step.AppliedNothing'))
+      await steps.skip(messages.getMessage('step.Vacuum'), messages.getMessage('step.AppliedNothing'))
       const hasura = await hasuraStep(steps, timings, target, ins.sql, ins.plan.appSchema)
       return summary({hasura})
     }
 
-    const stays = `the migrations stay applied (at ${applied.after}; verify only reads): check them later with \`nself db e2ee verify\``
-    const verify = await steps.run('Verify', (task) =>
+    const stays = messages.getMessage('state.VerifyStays', [String(applied.after)])
+    const verify = await steps.run(messages.getMessage('step.Verify'), (task) =>
       timed(timings, 'verify', () =>
-        namingTheStep('Verify', stays, async () => {
+        namingTheStep(messages.getMessage('step.Verify.name'), stays, async () => {
           const report = await run.untilCancelled(
             verifyDatabase(ins.sql, {exactCounts: false, manifest: backup?.manifest, schema: ins.plan.appSchema, upTo: applied.after ?? undefined}),
-            () => new CancelledError('verify', stays),
+            () => new CancelledError(messages.getMessage('step.Verify.what'), stays),
           )
           for (const w of report.checks.filter((x) => x.status === 'warn')) warnings.push(`${w.name}: ${w.detail}`)
           if (!report.ok)
             throw new UserError(
-              `Verification failed after the migration: ${report.failures[0].replace(/\.$/, '')}${report.failures.length > 1 ? ` (and ${report.failures.length - 1} more)` : ''}.`,
-              {hint: `Run nself db e2ee verify for the full list; the backup is ${backup?.file ?? 'missing'}.`},
+              report.failures.length > 1
+                ? messages.getMessage('error.VerifyFailed.more', [report.failures[0].replace(/\.$/, ''), report.failures.length - 1])
+                : messages.getMessage('error.VerifyFailed', [report.failures[0].replace(/\.$/, '')]),
+              {hint: backup ? messages.getMessage('error.VerifyFailed.hint', [backup.file]) : messages.getMessage('error.VerifyFailed.hint.noBackup')},
             )
-          task.title = `Verify: ${plural(report.checks.length, 'check')} passed`
+          task.title = messages.getMessage('step.Verify.done', [plural(report.checks.length, 'check')])
           return report
         }),
       ),
     )
 
-    const vacuumed = await steps.run('Vacuum and analyze', (task) =>
+    const vacuumed = await steps.run(messages.getMessage('step.Vacuum'), (task) =>
       timed(timings, 'vacuum', () =>
-        namingTheStep(
-          'VACUUM (ANALYZE)',
-          `the migrations stay applied (at ${applied.after}; the vacuum only refreshes statistics, run it again later)`,
-          async () => {
-            await guard(ins.sql)
-            const tables = (await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, task.scope)).map((d) => d.table)
-            task.title = `Vacuum: VACUUM ANALYZE of ${plural(tables.length, 'table')}`
-            return tables
-          },
-        ),
+        namingTheStep(messages.getMessage('step.Vacuum.name'), messages.getMessage('state.VacuumStays', [String(applied.after)]), async () => {
+          await guard(ins.sql)
+          const tables = (await vacuumTables(ins.sql, ins.plan.appSchema, VACUUM_TABLES, task.scope)).map((d) => d.table)
+          task.title = messages.getMessage('step.Vacuum.done', [plural(tables.length, 'table')])
+          return tables
+        }),
       ),
     )
 
@@ -250,25 +256,25 @@ export async function runMigrate(scope: RunScope, o: MigrateOptions): Promise<Mi
 
 /** The Hasura metadata written to the project for the tables the database now has. */
 function hasuraStep(steps: Steps, timings: Record<string, number>, target: Target, sql: Inspection['sql'], schema: string): Promise<HasuraResult> {
-  return steps.run('Hasura metadata', (task) =>
+  return steps.run(messages.getMessage('step.Hasura'), (task) =>
     timed(timings, 'hasura', async () => {
       const hasura = writeHasuraMetadata(target.projectDir, schema, await existingRelations(sql, schema))
-      task.title = hasura.dir ? `Hasura metadata: ${hasura.written.length} files written in ${hasura.dir}` : 'Hasura metadata: none in this project'
+      task.title = hasura.dir ? messages.getMessage('step.Hasura.written', [hasura.written.length, hasura.dir]) : messages.getMessage('step.Hasura.none')
       return hasura
     }),
   )
 }
 
-const PREFLIGHT_STATE = 'production was not changed (the preflight only reads)'
+const PREFLIGHT_STATE = messages.getMessage('state.PreflightOnlyReads')
 
 /**
  * A step that only reads: Ctrl+C or SIGTERM stops it at once (its queries waiting on the server are cancelled),
  * and a lost connection is reported as this step's.
  */
-async function readOnlyStep<T>(scope: RunScope, what: string, state: string, fn: () => Promise<T>): Promise<T> {
+async function readOnlyStep<T>(scope: RunScope, name: string, what: string, state: string, fn: () => Promise<T>): Promise<T> {
   const dispose = scope.onCancel(() => cancelOwnQueries(scope))
   try {
-    return await scope.untilCancelled(namingTheStep(`${what[0].toUpperCase()}${what.slice(1)}`, state, fn), () => new CancelledError(what, state))
+    return await scope.untilCancelled(namingTheStep(name, state, fn), () => new CancelledError(what, state))
   } finally {
     dispose()
   }

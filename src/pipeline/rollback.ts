@@ -28,6 +28,9 @@ import {backupProduction, Steps, timed} from './shared.js'
 import {beginChangingCommand} from './command.js'
 import {assertCanConfirm, confirm, fmtMs} from './ui.js'
 import {existingRelations, type HasuraResult, syncHasuraMetadata} from '../hasura/metadata.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.pipeline.rollback')
 
 /** What `rollback` is asked to do; the database is the scope's target. */
 export interface RollbackOptions {
@@ -73,7 +76,7 @@ export interface RollbackSummary {
 }
 
 export async function runRollback(scope: RunScope, o: RollbackOptions): Promise<RollbackSummary> {
-  assertCanConfirm(o.yes, 'Rolling back the production database')
+  assertCanConfirm(o.yes, messages.getMessage('info.ConfirmWhat'))
   const startedAt = Date.now()
   // Everything this run opens is closed when it ends, newest first: the pools, then the command lock.
   return scope.child(async (run) => {
@@ -102,17 +105,14 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
       const applied = ins.plan.migrations.filter((m) => m.state !== 'pending')
       if (applied.length === 0) {
         if (o.backupFile) {
-          throw new UserError(
-            `${db} has none of migrations ${versionList(ins)} applied, so there is nothing to roll back; restoring ${o.backupFile} would only replace its data with older data.`,
-            {
-              hint: 'To restore a backup over a database anyway, use nself db restore.',
-            },
-          )
+          throw new UserError(messages.getMessage('error.NothingApplied', [db, versionList(ins), o.backupFile]), {
+            hint: messages.getMessage('error.NothingApplied.hint'),
+          })
         }
         return {nothing: nothingToRollBack(o, ins, db), ready: false as const}
       }
       if (o.to !== undefined && (ins.plan.current ?? 0) <= o.to) {
-        throw new UserError(`${db} is at migration ${ins.plan.current ?? 'none'}, not above --to ${o.to}: there is nothing to roll back.`, {exitCode: 2})
+        throw new UserError(messages.getMessage('error.NotAboveTo', [db, ins.plan.current ?? messages.getMessage('info.none'), o.to]), {exitCode: 2})
       }
       // Every name the rollback will create, checked before anything is restored.
       const keptName = keptDatabaseName(db)
@@ -121,12 +121,10 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
       validateIdentifier(keptName, 'kept database')
       validateIdentifier(restoreName, 'restored database')
       if (new Set([db, keptName, restoreName]).size !== 3) {
-        throw new UserError(
-          `Cannot roll back ${db}: the names for the restored copy (${restoreName}) and the kept database (${keptName}) would not differ from it.`,
-        )
+        throw new UserError(messages.getMessage('error.NamesCollide', [db, restoreName, keptName]))
       }
       const [{taken}] = await ins.sql<{taken: boolean}[]>`select exists (select 1 from pg_database where datname = ${keptName}) as taken`
-      if (taken) throw new UserError(`Cannot roll back ${db}: a database named ${keptName} already exists.`, {hint: 'Wait a second and run again.'})
+      if (taken) throw new UserError(messages.getMessage('error.KeptNameTaken', [db, keptName]), {hint: messages.getMessage('error.KeptNameTaken.hint')})
       // The restore creates a database and the swap renames the live one: CREATEDB and ownership of it (or superuser).
       const [may] = await ins.sql<{role: string; superuser: boolean; createdb: boolean; owns: boolean}[]>`
         select current_user as role, r.rolsuper as superuser, r.rolcreatedb as createdb,
@@ -134,17 +132,19 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
         from pg_roles r, pg_database d where r.rolname = current_user and d.datname = current_database()`
       const lacks = may.superuser
         ? []
-        : [
-            ...(may.createdb ? [] : ['CREATEDB (to restore the backup into a new database)']),
-            ...(may.owns ? [] : [`ownership of the database ${db} (to rename it in the swap)`]),
-          ]
+        : [...(may.createdb ? [] : [messages.getMessage('lacks.createdb')]), ...(may.owns ? [] : [messages.getMessage('lacks.ownership', [db])])]
       if (lacks.length > 0) {
-        throw new UserError(`Cannot roll back ${db}: role ${may.role} lacks ${lacks.join(' and ')}.`, {
-          hint: 'Run as the database owner with CREATEDB (POSTGRES_USER), or use --strategy down.',
-        })
+        throw new UserError(
+          lacks.length === 2
+            ? messages.getMessage('error.RoleLacks.both', [db, may.role, lacks[0], lacks[1]])
+            : messages.getMessage('error.RoleLacks', [db, may.role, lacks[0]]),
+          {
+            hint: messages.getMessage('error.RoleLacks.hint'),
+          },
+        )
       }
 
-      const {backup, tools} = await steps.run('Check the backup', (task) =>
+      const {backup, tools} = await steps.run(messages.getMessage('step.CheckBackup'), (task) =>
         timed(timings, 'backup check', async () => {
           await lock.assertSameDatabase(ins.sql)
           // The tools belong to the run (not to this phase): Ctrl+C during the swap still drops the restored copy.
@@ -162,25 +162,30 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
           const manifest = await checkPlainDump(tools, file, checked.manifest, db, firstMigration)
           if (o.to !== undefined && !backupIsAt(manifest.ledger_version, o.to, ins)) {
             throw new UserError(
-              `--to ${o.to} cannot be honoured by a restore rollback: the backup ${file} was taken at migration ${manifest.ledger_version ?? 'none'}, so restoring it goes to ${manifest.ledger_version ?? 'none'}.`,
+              messages.getMessage('error.ToNotHonoured', [
+                o.to,
+                file,
+                manifest.ledger_version ?? messages.getMessage('info.none'),
+                manifest.ledger_version ?? messages.getMessage('info.none'),
+              ]),
               {
                 exitCode: 2,
-                hint: `Use --strategy down --to ${o.to}, or leave out --to.`,
+                hint: messages.getMessage('error.ToNotHonoured.hint', [o.to]),
               },
             )
           }
-          task.title = `Backup ${file}: sha256, archive and its database verified (taken ${manifest.created_at}, at migration ${manifest.ledger_version ?? 'none'})`
+          task.title = messages.getMessage('step.CheckBackup.done', [file, manifest.created_at, manifest.ledger_version ?? messages.getMessage('info.none')])
           return {backup: {file, manifest, manifestFile: manifestPathFor(file)}, tools}
         }),
       )
-      const copy = await steps.run('Restore into a new database', (task) =>
+      const copy = await steps.run(messages.getMessage('step.Restore'), (task) =>
         timed(timings, 'restore', async () => {
           restored = await restoreIntoNewDatabase({
             admin,
             backup,
             jobs: o.jobs,
             log: (l) => task.scope.log.info(l),
-            onProgress: (p) => task.scope.log.progress(`restoring: ${p.done}/${p.total} archive entries`),
+            onProgress: (p) => task.scope.log.progress(messages.getMessage('info.Restoring', [p.done, p.total])),
             target,
             tools,
           })
@@ -189,29 +194,29 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
             const rsql = checking.own(connect(target.conn, {database: name, max: 1}))
             await checkRestoredMatchesManifest(rsql, backup.manifest, (q) => readLedgerVersion(q, backup.manifest.schema))
           })
-          task.title = `Restored into ${name} and checked against the manifest (row counts, ledger ${backup.manifest.ledger_version ?? 'none'})`
+          task.title = messages.getMessage('step.Restore.done', [name, backup.manifest.ledger_version ?? messages.getMessage('info.none')])
           return restored
         }),
       )
-      const lost = await steps.run('Count what the rollback loses', (task) =>
+      const lost = await steps.run(messages.getMessage('step.Loss'), (task) =>
         timed(timings, 'loss', async () => {
-          task.scope.log.info('comparing every table of the live database with the restored backup')
+          task.scope.log.info(messages.getMessage('info.Comparing'))
           const found = await lossSinceBackup(task.scope, ins, copy.name)
           task.title = found.length
-            ? `Since the backup, written and lost by the rollback: ${found.length} ${found.length === 1 ? 'table' : 'tables'} differ`
-            : 'Nothing was written since the backup'
+            ? found.length === 1
+              ? messages.getMessage('step.Loss.one', [found.length])
+              : messages.getMessage('step.Loss.many', [found.length])
+            : messages.getMessage('step.Loss.none')
           return found
         }),
       )
 
       if (!o.yes) {
-        process.stderr.write(
-          `\nAbout to replace ${db} by ${copy.name} (the backup of ${backup.manifest.created_at}). Connections to ${db} will be ended for a moment.\n`,
-        )
-        for (const l of lost) process.stderr.write(`  will be lost: ${l.what}\n`)
-        if (lost.length > 0) process.stderr.write('  (counted just now; whatever is written before the swap is lost too)\n')
-        if (!(await confirm(run, 'Swap now?', false))) {
-          throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
+        process.stderr.write(`\n${messages.getMessage('info.AboutToReplace', [db, copy.name, backup.manifest.created_at, db])}\n`)
+        for (const l of lost) process.stderr.write(`  ${messages.getMessage('info.WillBeLost', [l.what])}\n`)
+        if (lost.length > 0) process.stderr.write(`  ${messages.getMessage('info.CountedJustNow')}\n`)
+        if (!(await confirm(run, messages.getMessage('info.SwapNow'), false))) {
+          throw new UserError(messages.getMessage('error.StoppedAtConfirmation', [db]))
         }
       }
       return {backup, copy, ins, keptName, lost, ready: true as const}
@@ -223,18 +228,18 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
     lock.assertHeld()
     let status: {after: number | null; hasura: HasuraResult} | undefined
     try {
-      const swap = await steps.run('Swap the databases', (task) =>
+      const swap = await steps.run(messages.getMessage('step.Swap'), (task) =>
         timed(timings, 'swap', async () => {
           const r = await swapDatabases({admin, keptName, live: db, liveOid: lock.oid, replacement: copy.name, scope: task.scope})
           swapped = r
-          task.title = `Swapped: ${db} is the restored backup; the replaced database is kept as ${r.keptName} (new connections waited ${fmtMs(r.windowMs)})`
+          task.title = messages.getMessage('step.Swap.done', [db, r.keptName, fmtMs(r.windowMs)])
           await testPause('rollback:swapped', run.signal)
           return r
         }),
       )
-      status = await steps.run('Status', async (task) => {
+      status = await steps.run(messages.getMessage('step.Status'), async (task) => {
         const now = await afterSwap(run, ins)
-        task.title = `Status: ${db} is at migration ${now.after ?? 'none'}`
+        task.title = messages.getMessage('step.Status.done', [db, now.after ?? messages.getMessage('info.none')])
         return now
       })
       return {
@@ -256,12 +261,12 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
       // Ctrl+C or SIGTERM came after the swap had committed: the rollback is done; finish its bookkeeping and say so.
       const kept = swapped.keptName
       const now = await afterSwap(run, ins).then(
-        (r) => `at migration ${r.after ?? 'none'}`,
-        () => 'its migration could not be read',
+        (r) => messages.getMessage('info.AtMigration', [r.after ?? messages.getMessage('info.none')]),
+        () => messages.getMessage('info.MigrationUnreadable'),
       )
       throw interrupted(
-        `Interrupted by ${interruption().by} after the swap had committed: ${db} now holds the restored backup (${now}) and the replaced database is kept as ${kept}.`,
-        `Drop ${kept} when it is no longer needed: DROP DATABASE ${quoteIdent(kept)};`,
+        messages.getMessage('error.InterruptedAfterSwap', [interruption().by, db, now, kept]),
+        messages.getMessage('error.InterruptedAfterSwap.hint', [kept, quoteIdent(kept)]),
       )
     }
   } catch (error) {
@@ -269,9 +274,8 @@ async function rollbackRestore(run: RunScope, o: RollbackOptions, lock: CommandL
       // Say what is true: the restored copy is gone, or still there (and removed by the next command).
       const {name} = restored
       const dropped = await restored.drop().then(
-        () => `the restored copy ${name} was dropped`,
-        (dropError: unknown) =>
-          `the restored copy ${name} could not be dropped (${toUserError(dropError).message.replace(/\.$/, '')}); the next nself db e2ee command drops it`,
+        () => messages.getMessage('info.CopyDropped', [name]),
+        (dropError: unknown) => messages.getMessage('info.CopyNotDropped', [name, toUserError(dropError).message.replace(/\.$/, '')]),
       )
       if (error instanceof UserError) {
         error.message = `${error.message.replace(/\.$/, '')}; ${dropped}.`
@@ -314,12 +318,15 @@ async function pickBackup(o: RollbackOptions, scope: RunScope, ins: Inspection, 
   }
   const newest = candidates.sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime())[0]
   if (newest) return newest.file
-  const wanted = o.to === undefined ? `from before migration ${String(first).padStart(3, '0')}` : `taken at migration ${o.to}`
-  const seen = choice.passedOver[0] ? ` (the newest, ${choice.passedOver[0].backup.file}, was ${choice.passedOver[0].why})` : ''
-  throw new UserError(`No pre-migration backup of ${db} ${wanted} in ${target.backupDir}${seen}; refusing to roll back without a way back.`, {
+  const wanted =
+    o.to === undefined ? messages.getMessage('backup.wantedBefore', [String(first).padStart(3, '0')]) : messages.getMessage('backup.wantedAt', [o.to])
+  const newestSeen = choice.passedOver[0]
+  const message = newestSeen
+    ? messages.getMessage('error.NoBackup.passedOver', [db, wanted, target.backupDir, newestSeen.backup.file, newestSeen.why])
+    : messages.getMessage('error.NoBackup', [db, wanted, target.backupDir])
+  throw new UserError(message, {
     exitCode: o.to === undefined ? 1 : 2,
-    hint:
-      o.to === undefined ? 'Name one with --backup FILE, or use --strategy down.' : `Use --strategy down --to ${o.to}, or name a backup with --backup FILE.`,
+    hint: o.to === undefined ? messages.getMessage('error.NoBackup.hint') : messages.getMessage('error.NoBackup.hint.to', [o.to]),
   })
 }
 
@@ -368,7 +375,8 @@ async function rowsInNewTables(ins: Inspection, versions: number[]): Promise<Los
   const created = [...new Set(ins.migrations.filter((m) => versions.includes(m.version)).flatMap(createdTables))]
   for (const t of await existingTables(sql, plan.appSchema, created)) {
     const [{n}] = await sql.unsafe<{n: string}[]>(`select count(*)::bigint as n from ${quoteIdent(plan.appSchema)}.${quoteIdent(t)}`)
-    if (Number(n) > 0) out.push({rows: Number(n), table: `${plan.appSchema}.${t}`, what: `${rows(Number(n))} in ${plan.appSchema}.${t} (the table is dropped)`})
+    if (Number(n) > 0)
+      out.push({rows: Number(n), table: `${plan.appSchema}.${t}`, what: messages.getMessage('loss.TableDropped', [rows(Number(n)), `${plan.appSchema}.${t}`])})
   }
   return out
 }
@@ -390,7 +398,7 @@ async function rowsInNewColumns(ins: Inspection, versions: number[]): Promise<Lo
       out.push({
         rows: Number(n),
         table: `${plan.appSchema}.nchat_messages`,
-        what: `${plan.appSchema}.nchat_messages: ${rows(Number(n))} encrypted (their payload columns are dropped)`,
+        what: messages.getMessage('loss.Encrypted', [`${plan.appSchema}.nchat_messages`, rows(Number(n))]),
       })
   }
   if (cols.some((c) => c.column_name === 'enforce_encryption')) {
@@ -399,7 +407,7 @@ async function rowsInNewColumns(ins: Inspection, versions: number[]): Promise<Lo
       out.push({
         rows: Number(n),
         table: `${plan.appSchema}.nchat_channels`,
-        what: `${plan.appSchema}.nchat_channels: ${rows(Number(n))} enforcing encryption (the setting is dropped)`,
+        what: messages.getMessage('loss.Enforcing', [`${plan.appSchema}.nchat_channels`, rows(Number(n))]),
       })
   }
   return out
@@ -415,10 +423,9 @@ async function rollbackDown(run: RunScope, o: RollbackOptions, lock: CommandLock
   run.ownPool(ins.sql)
   await lock.assertSameDatabase(ins.sql)
   if (!ins.migrations.some((m) => m.version === to) && to !== ins.migrations[0].version - 1) {
-    throw new UserError(
-      `--to ${to} is not a version this rollback can reach (${ins.migrations[0].version - 1} or one of ${ins.migrations.map((m) => m.version).join(', ')}).`,
-      {exitCode: 2},
-    )
+    throw new UserError(messages.getMessage('error.ToUnreachable', [to, ins.migrations[0].version - 1, ins.migrations.map((m) => m.version).join(', ')]), {
+      exitCode: 2,
+    })
   }
   const revert = ins.plan.migrations.filter((m) => m.version > to && m.state !== 'pending').map((m) => m.version)
   if (revert.length === 0) {
@@ -438,22 +445,24 @@ async function rollbackDown(run: RunScope, o: RollbackOptions, lock: CommandLock
   }
   const lost = [...(await rowsInNewTables(ins, revert)), ...(await rowsInNewColumns(ins, revert))]
   if (!o.yes) {
-    process.stderr.write(`\nAbout to revert ${revert.flatMap((v) => ins.migrations.filter((m) => m.version === v).map((m) => m.name)).join(', ')} on ${db}.\n`)
-    for (const l of lost) process.stderr.write(`  will be destroyed: ${l.what}\n`)
-    if (lost.length === 0) process.stderr.write('  the tables to drop hold no rows\n')
-    if (!(await confirm(run, 'Revert now? A safety backup is taken first.', false))) throw new UserError(`Stopped at the confirmation; ${db} was not changed.`)
+    process.stderr.write(
+      `\n${messages.getMessage('info.AboutToRevert', [revert.flatMap((v) => ins.migrations.filter((m) => m.version === v).map((m) => m.name)).join(', '), db])}\n`,
+    )
+    for (const l of lost) process.stderr.write(`  ${messages.getMessage('info.WillBeDestroyed', [l.what])}\n`)
+    if (lost.length === 0) process.stderr.write(`  ${messages.getMessage('info.NoRows')}\n`)
+    if (!(await confirm(run, messages.getMessage('info.RevertNow'), false))) throw new UserError(messages.getMessage('error.StoppedAtConfirmation', [db]))
   }
   const steps = new Steps(run, o.json)
-  const backup = await steps.run('Safety backup', (task) =>
+  const backup = await steps.run(messages.getMessage('step.SafetyBackup'), (task) =>
     timed(timings, 'backup', async () => {
       await lock.assertSameDatabase(ins.sql)
       const tools = await PgTools.create(target, run)
       const taken = await backupProduction({ins, purpose: 'pre-rollback', scope: task.scope, target, tools})
-      task.title = `Safety backup: ${taken.file}`
+      task.title = messages.getMessage('step.SafetyBackup.done', [taken.file])
       return taken
     }),
   )
-  const down = await steps.run('Run the down migrations, newest first', (task) =>
+  const down = await steps.run(messages.getMessage('step.Down'), (task) =>
     timed(timings, 'down', async () => {
       const report = await migrateDown({
         ...o.runner,
@@ -465,14 +474,14 @@ async function rollbackDown(run: RunScope, o: RollbackOptions, lock: CommandLock
         sql: ins.sql,
         to,
       })
-      task.title = `Reverted ${report.migrations.map((m) => m.name).join(', ')}`
+      task.title = messages.getMessage('step.Down.done', [report.migrations.map((m) => m.name).join(', ')])
       return report
     }),
   )
-  const status = await steps.run('Status', async (task) => {
+  const status = await steps.run(messages.getMessage('step.Status'), async (task) => {
     const after = await readLedgerVersion(ins.sql, ins.plan.appSchema)
     const hasura = syncHasuraMetadata(target.projectDir, ins.plan.appSchema, await existingRelations(ins.sql, ins.plan.appSchema))
-    task.title = `Status: ${db} is at migration ${after ?? 'none'}`
+    task.title = messages.getMessage('step.Status.done', [db, after ?? messages.getMessage('info.none')])
     return {after, hasura}
   })
   return {

@@ -13,6 +13,9 @@ import {TOUCHED_TABLES} from '../nchat/tables.js'
 import {fmtBytes} from '../text.js'
 import {LogRenderer, progressOf, startStepProgress} from './log-renderer.js'
 import {outputMode} from './ui.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.pipeline.shared')
 
 /** What a step's work sees of its step: the title shown when it ends, and the run's scope logging into the step. */
 export interface StepTask {
@@ -86,7 +89,7 @@ export class Steps {
 }
 
 function notStarted(title: string): CancelledError {
-  return interrupted(`Interrupted by ${interruption().by}: the run was stopped before "${title}" started; the steps before it had finished.`)
+  return interrupted(messages.getMessage('error.NotStarted', [interruption().by, title]))
 }
 
 /** Run a step and record how long it took under `name`, also when it fails. */
@@ -127,7 +130,7 @@ export function backupProduction(o: {ins: Inspection; scope: RunScope; target: T
     dir: o.target.backupDir,
     ledgerVersion: o.ins.plan.current,
     log: (line) => log.info(line),
-    onProgress: (bytes) => log.progress(`${fmtBytes(bytes)} written`),
+    onProgress: (bytes) => log.progress(messages.getMessage('info.BytesWritten', [fmtBytes(bytes)])),
     purpose: o.purpose,
     schema: o.ins.plan.appSchema,
     sql: o.ins.sql,
@@ -149,6 +152,6 @@ export async function namingTheStep<T>(what: string, state: string, fn: () => Pr
     const lost = isConnectionLost(error) ? error : error instanceof UserError && isConnectionLost(error.cause) ? error.cause : undefined
     if (lost === undefined) throw error
     const inner = toUserError(lost)
-    throw new UserError(`${what} could not finish: ${inner.message.replace(/\.$/, '')}; ${state}.`, {cause: error, hint: inner.hint})
+    throw new UserError(messages.getMessage('error.StepLost', [what, inner.message.replace(/\.$/, ''), state]), {cause: error, hint: inner.hint})
   }
 }

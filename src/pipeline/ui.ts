@@ -3,6 +3,9 @@ import {createInterface} from 'node:readline/promises'
 import type {RunScope} from '../run/scope.js'
 import {deliverSignal} from '../run/signals.js'
 import {CancelledError, UserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.pipeline.ui')
 
 /** listr2's default renderer on a terminal; lines made for logs in CI or when piped; nothing with --json. */
 export function outputMode(json: boolean): 'terminal' | 'log' | 'silent' {
@@ -15,17 +18,20 @@ export function outputMode(json: boolean): 'terminal' | 'log' | 'silent' {
 export function assertCanConfirm(yes: boolean, what: string): void {
   if (yes) return
   if (!process.stdin.isTTY || !process.stdout.isTTY) {
-    throw new UserError(`${what} needs confirmation, and there is no terminal to ask on.`, {hint: 'Pass --yes to confirm in scripts and CI.', exitCode: 2})
+    throw new UserError(messages.getMessage('error.NeedsConfirmation', [what]), {hint: messages.getMessage('error.NeedsConfirmation.hint'), exitCode: 2})
   }
 }
 
 /** Ask on the terminal. Ctrl+C (typed, which readline swallows, or a signal) is an interruption: exit 130. */
-export async function confirm(scope: RunScope, question: string, yes: boolean, outcome = 'nothing was changed'): Promise<boolean> {
+export async function confirm(scope: RunScope, question: string, yes: boolean, outcome = messages.getMessage('info.NothingChanged')): Promise<boolean> {
   if (yes) return true
   const rl = createInterface({input: process.stdin, output: process.stderr})
   rl.on('SIGINT', () => deliverSignal('SIGINT'))
   try {
-    const answer = await scope.untilCancelled(rl.question(`${question} [y/N] `), () => new CancelledError('the confirmation', outcome))
+    const answer = await scope.untilCancelled(
+      rl.question(`${messages.getMessage('info.Question', [question])} `),
+      () => new CancelledError(messages.getMessage('info.TheConfirmation'), outcome),
+    )
     return /^y(es)?$/i.test(answer.trim())
   } finally {
     rl.close()

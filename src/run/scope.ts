@@ -1,6 +1,9 @@
 import {type Sql, stopPool} from '../connection/connect.js'
 import type {Target} from '../connection/target.js'
 import {CancelledError, toUserError} from '../errors.js'
+import {loadMessages} from '../messages.js'
+
+const messages = loadMessages('lib.run.scope')
 
 /**
  * The run scope: what a command's run holds and must give back. Every pipeline and step receives one; it carries
@@ -280,15 +283,13 @@ export class RootScope extends RunScope {
     const by = signal === 'SIGINT' ? 'Ctrl+C' : signal
     if (root.signals === 1) {
       process.stderr.write(
-        root.undos.size > 0
-          ? `\n${by}: the undo that is running will finish first (a second Ctrl+C abandons it).\n`
-          : `\nStopping (${by}): cancelling the running step; the last message says what is left (a second Ctrl+C abandons an undo).\n`,
+        root.undos.size > 0 ? `\n${messages.getMessage('info.SignalDuringUndo', [by])}\n` : `\n${messages.getMessage('info.Stopping', [by])}\n`,
       )
       void this.abort()
       return
     }
     if (root.signals === 2) {
-      process.stderr.write(`\n${by} again: abandoning the undo; the final message says what is left.\n`)
+      process.stderr.write(`\n${messages.getMessage('info.SignalAgain', [by])}\n`)
       void this.abandonUndo()
     }
   }
@@ -312,7 +313,7 @@ export class RootScope extends RunScope {
       try {
         told.push(await undo())
       } catch (undoError) {
-        told.push(`undoing what this run applied failed: ${toUserError(undoError).message.replace(/\.$/, '')}`)
+        told.push(messages.getMessage('error.CrashUndoFailed', [toUserError(undoError).message.replace(/\.$/, '')]))
       }
     }
     return told
