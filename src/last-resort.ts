@@ -20,6 +20,11 @@ export function installLastResort(): void {
   process.on('unhandledRejection', (reason) => void onFatal(reason))
 }
 
+/** The sentence for a connection lost under us, naming the step that was running when there was one. */
+function connectionLost(step: string | undefined): string {
+  return step === undefined ? messages.getMessage('error.ConnectionLost') : messages.getMessage('error.ConnectionLost.inStep', [step])
+}
+
 async function onFatal(error: unknown): Promise<void> {
   const scope = activeScope()
   const verbose = process.argv.includes('--verbose') || Boolean(process.env.DEBUG)
@@ -27,9 +32,7 @@ async function onFatal(error: unknown): Promise<void> {
   const ue = wasInterrupted()
     ? new UserError(messages.getMessage('error.Interrupted', [interruption().by]), {cause: error, exitCode: interruption().exitCode})
     : isConnectionLost(error)
-      ? new UserError(messages.getMessage('error.ConnectionLost'), {
-          cause: error,
-        })
+      ? new UserError(connectionLost(scope?.runningStep), {cause: error})
       : toUserError(error)
   // Only the first crash reports (the scope's cancel handlers and undo run once); without a scope nothing awaits here.
   const told = scope ? await scope.crash() : []

@@ -47,6 +47,7 @@ export class Steps {
         // A step that finished while Ctrl+C arrived may not have looked: the next one must not start.
         if (scope.cancelled) throw notStarted(title)
         const progress = mode === 'log' ? startStepProgress(task) : null
+        const leaveStep = scope.enterStep(title)
         try {
           const log = {
             info: (line: string) => {
@@ -65,6 +66,7 @@ export class Steps {
           }
           produced = {value: await work(view)}
         } finally {
+          leaveStep()
           progress?.flush()
         }
       },

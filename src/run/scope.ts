@@ -50,6 +50,8 @@ interface Root {
   undos: Set<State>
   crashUndos: Set<() => Promise<string>>
   crashing: boolean
+  /** The pipeline step running now (Steps.run), so that a crash can say where the run stopped. */
+  step?: string
 }
 
 interface State {
@@ -146,6 +148,16 @@ export class RunScope {
   /** The same scope, working on `target` (a command's root scope exists before its flags are parsed). */
   withTarget(target: Target): RunScope {
     return new RunScope(this.#s, this.log, target)
+  }
+
+  /** Mark `title` as the step running now (until the returned function is called): a crash names it. */
+  enterStep(title: string): () => void {
+    const root = this.#s.root
+    const before = root.step
+    root.step = title
+    return () => {
+      root.step = before
+    }
   }
 
   /** Close `close` with this scope (newest first); returns the function that closes it now instead. */
@@ -292,6 +304,11 @@ export class RootScope extends RunScope {
       process.stderr.write(`\n${messages.getMessage('info.SignalAgain', [by])}\n`)
       void this.abandonUndo()
     }
+  }
+
+  /** The pipeline step that was running, if any (for the crash's sentence). */
+  get runningStep(): string | undefined {
+    return this.state.root.step
   }
 
   /** True once a crash is being handled: the normal error path then leaves the report to it. */

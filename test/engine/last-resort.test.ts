@@ -41,6 +41,17 @@ describe('the last-resort handler', () => {
     )
   })
 
+  it('names the pipeline step that was running when the connection went', () => {
+    const r = crash(`
+      scope.enterStep('Dry run on a restored copy')
+      void Promise.reject(Object.assign(new Error('write CONNECTION_CLOSED'), {code: 'CONNECTION_CLOSED'}))
+    `)
+    expect(r.status, r.stderr).toBe(1)
+    expect(r.stderr).toMatch(
+      /^Error: The connection to PostgreSQL was lost during the step "Dry run on a restored copy" \(the server ended this tool's session, restarted, or the network failed\), so the run stopped\.\n/,
+    )
+  })
+
   it('says when the undo itself failed, and an unhandled rejection is reported the same way', () => {
     const r = crash(`
       registerUndo(async () => { throw Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), {code: 'ECONNREFUSED', address: '127.0.0.1', port: 5432}) })
