@@ -241,74 +241,83 @@ function checkConstraint(
             ?? (def.columns.length > 0 ? candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns)) : undefined))
           : candidates.find((x) => canonical(cdef(x).columns) === canonical(def.columns))
     if (!found) {
-      checks.fail(name, `${what} ${o.name} on ${def.table} is missing (${by} creates it: ${def.type === 'f' ? describeFk(def) : def.definition})`)
+      checks.fail(name, messages.getMessage('constraint.missing', [what, o.name, def.table, by, def.type === 'f' ? describeFk(def) : def.definition]))
       return
     }
     renamed = true
   }
   const have = found.def as ConstraintDef
-  const label = `${what} ${found.name}${renamed ? ` (expected as ${o.name})` : ''} on ${def.table}`
+  const label = renamed
+    ? messages.getMessage('constraint.label.renamed', [what, found.name, o.name, def.table])
+    : messages.getMessage('constraint.label', [what, found.name, def.table])
   if (have.type !== def.type) {
-    checks.fail(name, `${label} is a ${CONSTRAINT_TYPE[have.type] ?? have.type}, expected a ${what}`)
+    checks.fail(name, messages.getMessage('constraint.wrongType', [label, CONSTRAINT_TYPE[have.type] ?? have.type, what]))
     return
   }
   if (def.type === 'f' && have.references && def.references) {
     const diffs: string[] = []
-    if (canonical(have.columns) !== canonical(def.columns)) diffs.push(`it is on (${have.columns.join(', ')}), expected (${def.columns.join(', ')})`)
+    if (canonical(have.columns) !== canonical(def.columns)) {
+      diffs.push(messages.getMessage('constraint.diff.columns', [have.columns.join(', '), def.columns.join(', ')]))
+    }
     if (have.references.table !== def.references.table || canonical(have.references.columns) !== canonical(def.references.columns)) {
       diffs.push(
-        `it references ${have.references.table}(${have.references.columns.join(', ')}), expected ${def.references.table}(${def.references.columns.join(', ')})`,
+        messages.getMessage('constraint.diff.references', [
+          have.references.table,
+          have.references.columns.join(', '),
+          def.references.table,
+          def.references.columns.join(', '),
+        ]),
       )
     }
     if (have.references.onDelete !== def.references.onDelete)
-      diffs.push(`it has ON DELETE ${have.references.onDelete}, expected ON DELETE ${def.references.onDelete}`)
+      diffs.push(messages.getMessage('constraint.diff.onDelete', [have.references.onDelete, def.references.onDelete]))
     if (have.references.onUpdate !== def.references.onUpdate)
-      diffs.push(`it has ON UPDATE ${have.references.onUpdate}, expected ON UPDATE ${def.references.onUpdate}`)
+      diffs.push(messages.getMessage('constraint.diff.onUpdate', [have.references.onUpdate, def.references.onUpdate]))
     if (diffs.length > 0) {
-      checks.fail(name, `${label} differs from ${by}: ${diffs.join('; ')}`)
+      checks.fail(name, messages.getMessage('constraint.differs', [label, by, diffs.join('; ')]))
       return
     }
   }
   if (have.definition !== def.definition) {
-    const d1 =
-      def.type === 'c' && /verification_method/.test(def.definition) && !/IS NULL/.test(have.definition)
-        ? " — the guide's IN (…, NULL) check (defect D1), which accepts any value"
-        : ''
-    checks.fail(name, `${label} is ${have.definition}, expected ${def.definition}${d1}`)
-    return
-  }
-  if (have.deferrable !== def.deferrable || have.deferred !== def.deferred) {
-    checks.fail(name, `${label} is ${have.deferrable ? 'DEFERRABLE' : 'NOT DEFERRABLE'}${have.deferred ? ' INITIALLY DEFERRED' : ''}, unlike ${by}`)
-    return
-  }
-  if (found.state?.validated === false) {
+    const d1 = def.type === 'c' && /verification_method/.test(def.definition) && !/IS NULL/.test(have.definition)
     checks.fail(
       name,
-      `${label} is NOT VALID (never validated, existing rows were not checked): run ALTER TABLE ${q(def.table)} VALIDATE CONSTRAINT ${displayIdent(found.name)}`,
+      d1
+        ? messages.getMessage('constraint.definition.d1', [label, have.definition, def.definition])
+        : messages.getMessage('constraint.definition', [label, have.definition, def.definition]),
     )
     return
   }
-  const summary = def.type === 'f' ? `${describeFk(def)}, validated` : def.definition
-  if (renamed) checks.warn(name, `${label} is found under another name: ${summary}`)
-  else checks.ok(name, `on ${def.table}: ${summary}`)
+  if (have.deferrable !== def.deferrable || have.deferred !== def.deferred) {
+    const timing = have.deferrable ? 'DEFERRABLE' : 'NOT DEFERRABLE'
+    checks.fail(
+      name,
+      have.deferred
+        ? messages.getMessage('constraint.deferrable.deferred', [label, timing, by])
+        : messages.getMessage('constraint.deferrable', [label, timing, by]),
+    )
+    return
+  }
+  if (found.state?.validated === false) {
+    checks.fail(name, messages.getMessage('constraint.notValid', [label, q(def.table), displayIdent(found.name)]))
+    return
+  }
+  const summary = def.type === 'f' ? messages.getMessage('constraint.fk.validated', [describeFk(def)]) : def.definition
+  if (renamed) checks.warn(name, messages.getMessage('constraint.renamed', [label, summary]))
+  else checks.ok(name, messages.getMessage('constraint.ok', [def.table, summary]))
 }
 
 export function checkGuideLeftovers(checks: Checks, live: Catalog): void {
   for (const f of GUIDE_LEFTOVERS.functions) {
     const found = [...live.values()].filter((x) => x.kind === 'function' && x.name.startsWith(`${f}(`))
-    if (found.length > 0)
-      checks.fail(`absent: function ${f}`, `function ${found[0].name} (the guide's refresh of the materialized view, defect D2) still exists; 014 removes it`)
-    else checks.ok(`absent: function ${f}`, "the guide's refresh function is gone")
+    if (found.length > 0) checks.fail(`absent: function ${f}`, messages.getMessage('leftover.function', [found[0].name]))
+    else checks.ok(`absent: function ${f}`, messages.getMessage('leftover.function.gone'))
   }
   const triggers = [...live.values()].filter((x) => x.kind === 'trigger')
   for (const t of GUIDE_LEFTOVERS.triggers) {
     const found = triggers.find((x) => x.table === t.table && x.name === t.name)
-    if (found)
-      checks.fail(
-        `absent: trigger ${t.name}`,
-        `trigger ${t.name} on ${t.table} (the guide's refresh on every key write, defect D2) still exists; 014 removes it`,
-      )
-    else checks.ok(`absent: trigger ${t.name}`, "the guide's refresh trigger is gone")
+    if (found) checks.fail(`absent: trigger ${t.name}`, messages.getMessage('leftover.trigger', [t.name, t.table]))
+    else checks.ok(`absent: trigger ${t.name}`, messages.getMessage('leftover.trigger.gone'))
   }
   for (const t of triggers) {
     const d = t.def as TriggerDef
@@ -316,13 +325,13 @@ export function checkGuideLeftovers(checks: Checks, live: Catalog): void {
       GUIDE_LEFTOVERS.functions.includes(d.function as (typeof GUIDE_LEFTOVERS.functions)[number])
       && !GUIDE_LEFTOVERS.triggers.some((g) => g.name === t.name && g.table === t.table)
     ) {
-      checks.fail(`absent: trigger ${t.name}`, `trigger ${t.name} on ${t.table} still runs ${d.function}() (the guide's materialized view refresh, defect D2)`)
+      checks.fail(`absent: trigger ${t.name}`, messages.getMessage('leftover.trigger.runs', [t.name, String(t.table), d.function]))
     }
   }
   for (const i of GUIDE_LEFTOVERS.indexes) {
     const found = live.get(`index:${i}`)
-    if (found) checks.fail(`absent: index ${i}`, `index ${i} on ${found.table} (of the guide's materialized view) still exists`)
-    else checks.ok(`absent: index ${i}`, "the guide's materialized view index is gone")
+    if (found) checks.fail(`absent: index ${i}`, messages.getMessage('leftover.index', [i, String(found.table)]))
+    else checks.ok(`absent: index ${i}`, messages.getMessage('leftover.index.gone'))
   }
 }
 
@@ -333,10 +342,7 @@ export function checkInvalidLeftovers(checks: Checks, expected: ExpectedSchema, 
   for (const o of live.values()) {
     if (o.kind !== 'index' || ours.has(o.name) || !o.table || !tables.has(o.table)) continue
     if (o.state?.valid === false || o.state?.ready === false) {
-      checks.warn(
-        `index ${o.name}`,
-        `index ${o.name} on ${o.table} is INVALID (an interrupted concurrent build); it slows every write and serves no query: drop it with DROP INDEX CONCURRENTLY ${o.name}`,
-      )
+      checks.warn(`index ${o.name}`, messages.getMessage('leftover.invalidIndex', [o.name, String(o.table), o.name]))
     }
   }
 }
