@@ -49,6 +49,11 @@ export interface Scenario {
   names: RegExp
   /** Messages in the v0.3.0 database (more where the step is held by its length rather than by a lock). */
   messages?: number
+  /**
+   * Users in it: the dry-run copy restores the rows of nchat_users but not those of the messages (it leaves them
+   * out), so a step held by the copy's restore is made long by users.
+   */
+  users?: number
   /** Holds taken before the CLI starts. */
   prepare?: (c: Ctx) => Promise<void>
   /** Extra environment of the CLI (a test pause). */
@@ -153,6 +158,7 @@ export const SCENARIOS: Scenario[] = [
     names: /dry.run|clone|cop(y|ies)/i,
     phase: 'before apply',
     step: 'clone restore',
+    users: 200_000,
     reach: async (c) => {
       await until('pg_restore into the dry-run clone', () => /restoring: \d+\/\d+ archive entries \(creating TABLE/.test(c.run!.output), {run: c.run})
       await until('a session of the tool on the clone', async () => (await toolSessions(c.cluster)).some((s) => /_dryrun_/.test(s.datname ?? '')), {run: c.run})
@@ -327,7 +333,7 @@ export async function runCase(cluster: PrivateCluster, sc: Scenario, fault: Faul
   const db = uniqueDb()
   const dir = tmpDir('e2ee-flt-')
   const backupDir = path.join(dir.dir, 'backups')
-  await cluster.createV030(db, {messages: sc.messages ?? 2000})
+  await cluster.createV030(db, {messages: sc.messages ?? 2000, users: sc.users})
   const c: Ctx = {backupDir, cluster, db, holds: [], resumeFile: path.join(dir.dir, 'resume')}
   const record: Record<string, unknown> = {fault, step: sc.step}
   try {
