@@ -9,76 +9,17 @@
 //
 // The databases come from bench/template-cache.js (made once by the project's generator, kept as templates).
 // Every database this makes is named e2ee_bench_<run>_dry_… and dropped at the end. Needs dist/ built.
-import {spawn} from 'node:child_process'
-import {randomBytes} from 'node:crypto'
-import {closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 import postgres from 'postgres'
 
+import {cli, conn, GUIDE_SQL_FILE, mustRun, psqlArgs, ROOT, RUN} from './lib/harness.js'
 import {ADMIN, CACHE_CHANNELS, CACHE_USERS, cachedTemplate} from './template-cache.js'
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const BIN = path.join(ROOT, 'bin', 'run.js')
-const GUIDE_SQL_FILE = path.join(ROOT, 'test', 'fixtures', 'guide_014_by_hand.sql')
-const RUN = randomBytes(3).toString('hex')
 const PREFIX = `e2ee_bench_${RUN}_dry`
-const conn = ['-h', ADMIN.host, '-p', String(ADMIN.port), '-U', ADMIN.user]
-const psqlArgs = (db, ...rest) => ['-X', '-q', ...conn, '-d', db, ...rest]
 const log = (l) => process.stderr.write(`[dryrun-sizes ${new Date().toISOString().slice(11, 19)}] ${l}\n`)
-
-function run(cmd, args, {stdinFile, stdoutFile, cwd} = {}) {
-  return new Promise((resolve, reject) => {
-    const stdin = stdinFile ? openSync(stdinFile, 'r') : 'ignore'
-    const stdout = stdoutFile ? openSync(stdoutFile, 'w') : 'pipe'
-    const t0 = performance.now()
-    const child = spawn(cmd, args, {cwd: cwd ?? ROOT, env: {...process.env, CI: 'true', NO_COLOR: '1'}, stdio: [stdin, stdout, 'pipe']})
-    let out = ''
-    let err = ''
-    child.stdout?.on('data', (d) => {
-      out += d
-    })
-    child.stderr.on('data', (d) => {
-      err += d
-    })
-    const close = () => {
-      if (typeof stdin === 'number') closeSync(stdin)
-      if (typeof stdout === 'number') closeSync(stdout)
-    }
-    child.on('error', (e) => {
-      close()
-      reject(e)
-    })
-    child.on('close', (code) => {
-      close()
-      resolve({code, ms: performance.now() - t0, stderr: err, stdout: out})
-    })
-  })
-}
-
-async function mustRun(cmd, args, opts) {
-  const r = await run(cmd, args, opts)
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`)
-  return r
-}
-
-async function cli(args, projectDir) {
-  const r = await run(
-    process.execPath,
-    [BIN, ...args, '--project-dir', projectDir, '--local', '--host', ADMIN.host, '--port', String(ADMIN.port), '-U', ADMIN.user],
-    {cwd: projectDir},
-  )
-  let json
-  try {
-    json = JSON.parse(r.stdout)
-  } catch {}
-  if (r.code !== 0 || !json || json.ok === false)
-    throw new Error(
-      `nself ${args.join(' ')} failed (exit ${r.code}): ${json?.failure ?? json?.error?.message ?? r.stderr.trim().split('\n').slice(-3).join(' | ')}`,
-    )
-  return {...r, json}
-}
 
 async function admin(text) {
   const sql = postgres({...ADMIN, database: 'postgres', max: 1, onnotice: () => {}})

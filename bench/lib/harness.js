@@ -96,7 +96,8 @@ export async function cli(args, projectDir) {
     json = undefined
   }
   if (r.code !== 0 || !json || json.ok === false) {
-    throw new Error(`nself ${args.join(' ')} failed (exit ${r.code}): ${json?.error?.message ?? lastLines(r.stderr)}`)
+    // A dry run that would fail says why in `failure` (its document has ok: false and no error).
+    throw new Error(`nself ${args.join(' ')} failed (exit ${r.code}): ${json?.failure ?? json?.error?.message ?? lastLines(r.stderr)}`)
   }
   return {...r, json}
 }
